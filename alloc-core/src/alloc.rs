@@ -1,0 +1,426 @@
+//! The engine's entry points: allocate, free, resize, measure.
+//!
+//! The fast paths are here: `malloc` of a small size is a table lookup, a countdown, and a pop
+//! from the thread cache; `free` is a registry lookup, a descriptor check that the pointer
+//! starts a live block, and a push. Everything else (refills, flushes, large and huge blocks,
+//! threads that are not set up) is on the slow paths below them.
+//!
+//! Misuse is fatal: freeing a pointer that does not start a live block of ours aborts with one
+//! line naming the function and the pointer.
+
+use crate::arena::{self, Arena};
+use crate::global;
+use crate::huge;
+use crate::os::{self, PAGE_SIZE};
+use crate::segment::{self, kind, span_start, Location, Segment, SpanDesc, USABLE_PAGES};
+use crate::size_class::{
+    class_of, is_small, CLASSES, LARGE_MAX, NUM_CACHED, NUM_SMALL, QUANTUM, SMALL_MAX,
+};
+use crate::slab;
+use crate::thread;
+use crate::thread_cache::{self, ThreadCache, EVENT_INTERVAL};
+use core::ptr;
+use core::sync::atomic::Ordering::Relaxed;
+
+/// The public function a pointer was handed to, for error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `free`.
+    Free,
+    /// `realloc`.
+    Realloc,
+    /// `malloc_usable_size`.
+    UsableSize,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Free => "free",
+            Op::Realloc => "realloc",
+            Op::UsableSize => "malloc_usable_size",
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn misuse(op: Op, what: &str, p: *mut u8) -> ! {
+    os::Line::new()
+        .str("sampalloc: ")
+        .str(op.name())
+        .str("(): ")
+        .str(what)
+        .str(" ")
+        .hex(p as usize)
+        .emit();
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
+}
+
+/// Allocates at least `size` bytes aligned to 16. Null when out of memory.
+#[inline(always)]
+pub fn malloc(size: usize) -> *mut u8 {
+    if size <= SMALL_MAX {
+        let tc = thread::cache();
+        if !tc.is_null() {
+            let class = class_of(size);
+            // SAFETY: a non-null cache belongs to the calling thread alone.
+            unsafe {
+                let tc = &mut *tc;
+                let left = tc.bytes_until_event - CLASSES[class].size as i64;
+                let bin = &tc.bins[class];
+                let n = bin.count.load(Relaxed);
+                if left >= 0 && n != 0 {
+                    tc.bytes_until_event = left;
+                    bin.count.store(n - 1, Relaxed);
+                    bin.requests.store(bin.requests.load(Relaxed) + 1, Relaxed);
+                    let p = *bin.slots.add(n as usize - 1);
+                    // Clear the free key so that freeing an untouched block stays fast.
+                    p.cast::<u64>().write(0);
+                    return p;
+                }
+            }
+        }
+    }
+    alloc_slow(size, false)
+}
+
+/// Allocates at least `size` zeroed bytes aligned to 16. Fresh pages from the kernel are not
+/// zeroed again. Null when out of memory.
+#[inline]
+pub fn malloc_zeroed(size: usize) -> *mut u8 {
+    alloc_slow(size, true)
+}
+
+/// `calloc`: `n * size` zeroed bytes; null if the product overflows or memory ran out.
+#[inline]
+pub fn calloc(n: usize, size: usize) -> *mut u8 {
+    match n.checked_mul(size) {
+        Some(total) => malloc_zeroed(total),
+        None => ptr::null_mut(),
+    }
+}
+
+#[inline(never)]
+fn alloc_slow(size: usize, zero: bool) -> *mut u8 {
+    if size > LARGE_MAX {
+        global::ensure_ready();
+        let tc = thread::cache();
+        if !tc.is_null() {
+            // SAFETY: our own cache.
+            unsafe { count_event(tc, size) };
+        }
+        return huge::alloc(size, QUANTUM, zero);
+    }
+    let class = class_of(size);
+    let tc = thread::cache_or_init();
+    if tc.is_null() {
+        return fallback_alloc(class, zero, size);
+    }
+    // SAFETY: a non-null cache belongs to the calling thread.
+    unsafe { alloc_class(tc, class, zero, size) }
+}
+
+/// Counts `bytes` towards the next thread event and runs it when due.
+#[inline(always)]
+unsafe fn count_event(tc: *mut ThreadCache, bytes: usize) {
+    // SAFETY: the caller's own cache.
+    unsafe {
+        (*tc).bytes_until_event -= bytes as i64;
+        if (*tc).bytes_until_event < 0 {
+            thread_event(tc);
+        }
+    }
+}
+
+/// Periodic work, every [`EVENT_INTERVAL`] bytes a thread allocates: lets decay make progress in
+/// programs that allocate without freeing large blocks.
+#[cold]
+unsafe fn thread_event(tc: *mut ThreadCache) {
+    // SAFETY: the caller's own cache.
+    unsafe {
+        (*tc).bytes_until_event = EVENT_INTERVAL;
+        (*tc).arena.purge(false);
+    }
+    huge::maybe_purge(os::now_ms());
+}
+
+unsafe fn alloc_class(tc: *mut ThreadCache, class: usize, zero: bool, size: usize) -> *mut u8 {
+    // SAFETY: the caller's own cache.
+    unsafe {
+        count_event(tc, CLASSES[class].size as usize);
+        let arena = (*tc).arena;
+        if class >= NUM_CACHED {
+            return arena.alloc_large(class, 1, zero);
+        }
+        let bin = &(*tc).bins[class];
+        let mut n = bin.count.load(Relaxed) as usize;
+        bin.requests.store(bin.requests.load(Relaxed) + 1, Relaxed);
+        if n == 0 {
+            if !is_small(class) {
+                return arena.alloc_large(class, 1, zero);
+            }
+            let want = (bin.capacity as usize / 2).max(1);
+            let slots = core::slice::from_raw_parts_mut(bin.slots, want);
+            n = arena.fill_small(class, slots, false);
+            if n == 0 {
+                return ptr::null_mut();
+            }
+        }
+        bin.count.store(n as u32 - 1, Relaxed);
+        let p = *bin.slots.add(n - 1);
+        if zero {
+            ptr::write_bytes(p, 0, size.max(8));
+        } else {
+            p.cast::<u64>().write(0);
+        }
+        p
+    }
+}
+
+/// Serves a thread that has no cache (setting up, exiting, or out of metadata): straight from
+/// arena 0 under its locks.
+#[cold]
+fn fallback_alloc(class: usize, zero: bool, size: usize) -> *mut u8 {
+    global::ensure_ready();
+    let a = arena::get(0);
+    if is_small(class) {
+        let mut out = [ptr::null_mut(); 1];
+        if a.fill_small(class, &mut out, true) == 0 {
+            return ptr::null_mut();
+        }
+        if zero {
+            // SAFETY: a block of at least `size` bytes, ours.
+            unsafe { ptr::write_bytes(out[0], 0, size) };
+        }
+        out[0]
+    } else {
+        a.alloc_large(class, 1, zero)
+    }
+}
+
+/// The arena the calling thread should take blocks from outside its cache.
+fn home_arena() -> &'static Arena {
+    let tc = thread::cache_or_init();
+    if tc.is_null() {
+        global::ensure_ready();
+        arena::get(0)
+    } else {
+        // SAFETY: our own cache.
+        unsafe { (*tc).arena }
+    }
+}
+
+/// Allocates at least `size` bytes aligned to `align` (a power of two), zeroed if `zero`.
+/// Null when out of memory.
+pub fn alloc_aligned(align: usize, size: usize, zero: bool) -> *mut u8 {
+    debug_assert!(align.is_power_of_two());
+    if align <= QUANTUM {
+        return if zero {
+            malloc_zeroed(size)
+        } else {
+            malloc(size)
+        };
+    }
+    let Some(rounded) = size.max(1).checked_add(align - 1).map(|v| v & !(align - 1)) else {
+        return ptr::null_mut();
+    };
+    // Small classes whose size is a multiple of `align` have aligned objects (size_class docs).
+    if rounded <= SMALL_MAX && align <= PAGE_SIZE {
+        return if zero {
+            malloc_zeroed(rounded)
+        } else {
+            malloc(rounded)
+        };
+    }
+    if rounded <= LARGE_MAX {
+        let class = class_of(rounded).max(NUM_SMALL);
+        let align_pages = align / PAGE_SIZE;
+        if CLASSES[class].pages as usize + align_pages.max(1) - 1 <= USABLE_PAGES {
+            return home_arena().alloc_large(class, align_pages.max(1), zero);
+        }
+    }
+    global::ensure_ready();
+    huge::alloc(size.max(1), align, zero)
+}
+
+/// What `p` is, validated: aborts (naming `op`) unless `p` starts a live block of ours.
+enum Block {
+    Span(*mut SpanDesc, usize),
+    Huge(*mut u8),
+}
+
+#[inline(always)]
+fn validate(p: *mut u8, op: Op) -> Block {
+    match segment::locate(p as usize) {
+        Location::Span(d) => {
+            // SAFETY: the registry found a live segment; the descriptor is checked before use.
+            unsafe {
+                let k = (*d).kind;
+                let ok = if k == kind::SLAB {
+                    slab::object_index(d, p as usize).is_some()
+                } else {
+                    k == kind::LARGE && span_start(d) == p
+                };
+                if !ok {
+                    bad_span_pointer(d, p, op);
+                }
+                Block::Span(d, (*d).class as usize)
+            }
+        }
+        Location::Huge(h) => Block::Huge(h),
+        Location::Foreign => misuse(op, "invalid pointer", p),
+    }
+}
+
+#[cold]
+fn bad_span_pointer(d: *mut SpanDesc, p: *mut u8, op: Op) -> ! {
+    // SAFETY: `d` is a descriptor of a live segment.
+    let k = unsafe { (*d).kind };
+    if (k == kind::FREE_DIRTY || k == kind::FREE_CLEAN) && span_start(d) == p {
+        misuse(op, "double free of", p)
+    }
+    misuse(op, "invalid pointer", p)
+}
+
+/// Frees `p` (null is ignored). Aborts on a pointer that is not a live block of ours.
+///
+/// # Safety
+/// `p` must be null or a block from this engine that the caller no longer uses. Pointers that
+/// are not live blocks are detected and abort, but a block still in use elsewhere is not.
+#[inline]
+pub unsafe fn free(p: *mut u8) {
+    if p.is_null() {
+        return;
+    }
+    match validate(p, Op::Free) {
+        // SAFETY: validated as a live block of class `class` in span `d`.
+        Block::Span(d, class) => unsafe { free_block(p, d, class) },
+        // SAFETY: `h` is the registered header for `p`.
+        Block::Huge(h) => unsafe { huge::free(h, p, "free") },
+    }
+}
+
+#[inline(always)]
+unsafe fn free_block(p: *mut u8, d: *mut SpanDesc, class: usize) {
+    let tc = thread::cache();
+    if !tc.is_null() && class < NUM_CACHED {
+        // SAFETY: the caller's own cache; `p` is a validated block of `class`.
+        unsafe {
+            let key = (*tc).free_key;
+            if p.cast::<u64>().read() == key {
+                thread_cache::check_double_free(tc, class, d, p);
+            }
+            let bin = &(*tc).bins[class];
+            let mut n = bin.count.load(Relaxed);
+            if n == bin.capacity {
+                thread_cache::flush(tc, class, n as usize / 2);
+                n = bin.count.load(Relaxed);
+            }
+            *bin.slots.add(n as usize) = p;
+            bin.count.store(n + 1, Relaxed);
+            p.cast::<u64>().write(key);
+        }
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { free_block_slow(p, d, class) }
+}
+
+#[cold]
+unsafe fn free_block_slow(p: *mut u8, d: *mut SpanDesc, class: usize) {
+    let tc = thread::cache_or_init();
+    // SAFETY: `p` is a validated block of `class` in span `d`.
+    unsafe {
+        if !tc.is_null() && class < NUM_CACHED {
+            return free_block(p, d, class);
+        }
+        let owner = arena::of_segment(Segment::of(p as usize));
+        if is_small(class) {
+            owner.put_small(class, &[p]);
+        } else {
+            owner.free_large(&[p]);
+        }
+    }
+}
+
+/// Usable bytes of the block `p`. Aborts on a pointer that is not a live block of ours.
+///
+/// # Safety
+/// `p` should be a live block from this engine (anything else aborts).
+pub unsafe fn usable_size(p: *mut u8) -> usize {
+    match validate(p, Op::UsableSize) {
+        Block::Span(_, class) => CLASSES[class].size as usize,
+        // SAFETY: `h` is the registered header for `p`.
+        Block::Huge(h) => unsafe { huge::usable_size(h, p, "malloc_usable_size") },
+    }
+}
+
+/// Resizes `p` to at least `size` bytes, in place when it can, keeping the contents; null `p`
+/// allocates. Returns null (leaving `p` intact) when memory ran out. Aborts on a pointer that
+/// is not a live block of ours.
+///
+/// # Safety
+/// `p` must be null or a live block from this engine; on success it must not be used again.
+pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
+    if p.is_null() {
+        return malloc(size);
+    }
+    let old_usable = match validate(p, Op::Realloc) {
+        Block::Huge(h) => {
+            // SAFETY: `h` is the registered header for `p`.
+            unsafe { huge::check(h.cast(), p, "realloc") };
+            if size > LARGE_MAX {
+                // SAFETY: `h` is the validated header of `p`.
+                return unsafe { huge::realloc(h, p, size) };
+            }
+            // SAFETY: as above.
+            unsafe { huge::usable_size(h, p, "realloc") }
+        }
+        Block::Span(d, class) => {
+            if size <= LARGE_MAX {
+                let new_class = class_of(size);
+                if new_class == class {
+                    return p;
+                }
+                // SAFETY: `d` heads the live large block `p`.
+                if !is_small(class)
+                    && !is_small(new_class)
+                    && unsafe {
+                        arena::of_segment(Segment::of(p as usize)).resize_large(d, new_class)
+                    }
+                {
+                    return p;
+                }
+            }
+            CLASSES[class].size as usize
+        }
+    };
+    let q = malloc(size);
+    if q.is_null() {
+        return q;
+    }
+    // SAFETY: both blocks are live and at least the copied length long.
+    unsafe {
+        ptr::copy_nonoverlapping(p, q, old_usable.min(size));
+        free(p);
+    }
+    q
+}
+
+/// Returns the calling thread's cached blocks to their arenas.
+pub fn flush_thread_cache() {
+    let tc = thread::cache();
+    if !tc.is_null() {
+        // SAFETY: our own cache.
+        unsafe { thread_cache::flush_all(tc) };
+    }
+}
+
+/// Gives memory back to the kernel: dirty pages past their decay time, or all of them if
+/// `all`, and likewise cached huge blocks.
+pub fn purge(all: bool) {
+    arena::purge_all_arenas(all);
+    huge::purge(os::now_ms(), all);
+}

@@ -1,0 +1,415 @@
+//! Arenas: the shared pools that thread caches refill from and flush to.
+//!
+//! There are at most [`MAX_ARENAS`] (256), statically allocated and constant-initialised, of
+//! which the first `narenas` are handed to threads (least-loaded first). An arena owns its
+//! segments. It has one lock per small size class (the bin: the class's current slab and its
+//! list of non-full slabs) and one lock for its page heap (large blocks and new slabs).
+//! Lock order: a bin lock may be held while the page lock is taken, never the reverse.
+
+use crate::config;
+use crate::lock::Locked;
+use crate::os;
+use crate::pages::PageHeap;
+use crate::segment::{kind, span_start, Segment, SpanDesc};
+use crate::size_class::{CLASSES, NUM_CLASSES, NUM_SMALL};
+use crate::slab::{self, Put};
+use core::ptr;
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use static_assertions::const_assert;
+
+/// The most arenas a process can have.
+pub const MAX_ARENAS: usize = 256;
+/// Classes that are large (page runs).
+pub const NUM_LARGE: usize = NUM_CLASSES - NUM_SMALL;
+
+// Every slab holds at least two objects, so a slab that becomes empty was on the non-full list.
+const_assert!({
+    let mut ok = true;
+    let mut c = 0;
+    while c < NUM_SMALL {
+        ok &= crate::size_class::slab_objects(c) >= 2;
+        c += 1;
+    }
+    ok
+});
+
+/// One small size class of an arena.
+pub struct SlabBin {
+    /// The slab objects are taken from first.
+    current: *mut SpanDesc,
+    /// Slabs with free objects other than `current` (linked through `prev`/`next`).
+    nonfull: *mut SpanDesc,
+    /// Slabs of this class.
+    pub slabs: usize,
+    /// Objects taken out of slabs: in use, or cached by a thread.
+    pub objects_out: usize,
+    /// Requests served straight from the bin, without a thread cache.
+    pub direct_requests: u64,
+}
+
+// SAFETY: the raw pointers are slab descriptors owned by the bin, reached only under its lock.
+unsafe impl Send for SlabBin {}
+
+/// An arena's page heap and its large-block statistics, under one lock.
+pub struct ArenaPages {
+    /// The span allocator.
+    pub heap: PageHeap,
+    /// Live large blocks per large class (taken out of the heap, maybe in a thread cache).
+    pub large_live: [usize; NUM_LARGE],
+    /// Large requests served straight from the heap.
+    pub large_requests: [u64; NUM_LARGE],
+}
+
+#[repr(align(64))]
+struct Padded<T>(T);
+
+/// An arena. See the module docs.
+pub struct Arena {
+    bins: [Padded<Locked<SlabBin>>; NUM_SMALL],
+    pages: Locked<ArenaPages>,
+    /// Threads currently assigned to this arena.
+    pub threads: AtomicU32,
+}
+
+impl Arena {
+    const fn new() -> Self {
+        Arena {
+            bins: [const {
+                Padded(Locked::new(SlabBin {
+                    current: ptr::null_mut(),
+                    nonfull: ptr::null_mut(),
+                    slabs: 0,
+                    objects_out: 0,
+                    direct_requests: 0,
+                }))
+            }; NUM_SMALL],
+            pages: Locked::new(ArenaPages {
+                heap: PageHeap::new(),
+                large_live: [0; NUM_LARGE],
+                large_requests: [0; NUM_LARGE],
+            }),
+            threads: AtomicU32::new(0),
+        }
+    }
+
+    /// This arena's index.
+    pub fn index(&self) -> usize {
+        (self as *const Arena as usize - ARENAS.as_ptr() as usize) / core::mem::size_of::<Arena>()
+    }
+
+    /// The bin of small class `class`.
+    pub fn bin(&self, class: usize) -> &Locked<SlabBin> {
+        &self.bins[class].0
+    }
+
+    /// The page heap.
+    pub fn pages(&self) -> &Locked<ArenaPages> {
+        &self.pages
+    }
+
+    /// Fills `out` with free objects of small class `class`; returns how many (fewer only when
+    /// memory ran out).
+    pub fn fill_small(&self, class: usize, out: &mut [*mut u8], direct: bool) -> usize {
+        let mut bin = self.bin(class).lock();
+        let mut n = 0;
+        while n < out.len() {
+            let mut s = bin.current;
+            // SAFETY: slabs of this bin are live descriptors guarded by its lock.
+            unsafe {
+                if s.is_null() || (*s).nfree == 0 {
+                    s = bin.nonfull;
+                    if !s.is_null() {
+                        bin.nonfull = (*s).next;
+                        if !bin.nonfull.is_null() {
+                            (*bin.nonfull).prev = ptr::null_mut();
+                        }
+                    } else {
+                        s = self.new_slab(class);
+                        if s.is_null() {
+                            break;
+                        }
+                        bin.slabs += 1;
+                    }
+                    bin.current = s;
+                }
+                n += slab::take(s, &mut out[n..]);
+            }
+        }
+        bin.objects_out += n;
+        if direct {
+            bin.direct_requests += n as u64;
+        }
+        n
+    }
+
+    fn new_slab(&self, class: usize) -> *mut SpanDesc {
+        let pages = CLASSES[class].pages as usize;
+        let mut p = self.pages.lock();
+        match p.heap.alloc(pages, 1, true, self.index() as u32) {
+            Some((d, _)) => {
+                // SAFETY: a fresh span head of ours.
+                unsafe { slab::init(d, class) };
+                d
+            }
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// Returns objects of small class `class`, all from slabs of this arena and validated as
+    /// object starts. A double free found here aborts.
+    ///
+    /// # Safety
+    /// Every pointer must be an object start of a slab of this arena of class `class`.
+    pub unsafe fn put_small(&self, class: usize, objects: &[*mut u8]) {
+        let mut bin = self.bin(class).lock();
+        for &p in objects {
+            // SAFETY: per the contract, `p` is an object start inside a slab of ours.
+            unsafe {
+                let seg = Segment::of(p as usize);
+                let page = (p as usize - seg as usize) >> os::PAGE_SHIFT;
+                let d = Segment::desc(seg, Segment::head_of(seg, page));
+                let index = match slab::object_index(d, p as usize) {
+                    Some(i) if (*d).kind == kind::SLAB => i,
+                    _ => os::fatal_pointer("free(): invalid pointer", p as usize),
+                };
+                match slab::put(d, index) {
+                    Put::Partial => {}
+                    Put::AlreadyFree => os::fatal_pointer("free(): double free of", p as usize),
+                    Put::WasFull => {
+                        if d != bin.current {
+                            (*d).prev = ptr::null_mut();
+                            (*d).next = bin.nonfull;
+                            if !bin.nonfull.is_null() {
+                                (*bin.nonfull).prev = d;
+                            }
+                            bin.nonfull = d;
+                        }
+                    }
+                    Put::NowEmpty => {
+                        if d != bin.current {
+                            if (*d).prev.is_null() {
+                                bin.nonfull = (*d).next;
+                            } else {
+                                (*(*d).prev).next = (*d).next;
+                            }
+                            if !(*d).next.is_null() {
+                                (*(*d).next).prev = (*d).prev;
+                            }
+                            bin.slabs -= 1;
+                            self.pages
+                                .lock()
+                                .heap
+                                .free(d, os::now_ms(), config::decay_ms());
+                        }
+                    }
+                }
+            }
+        }
+        bin.objects_out -= objects.len();
+    }
+
+    /// Whether the object at `p` (a validated object of a slab of ours, class `class`) is free
+    /// in its slab. For double-free diagnosis.
+    ///
+    /// # Safety
+    /// `d` must be the slab holding `p`.
+    pub unsafe fn slab_object_is_free(&self, class: usize, d: *mut SpanDesc, p: usize) -> bool {
+        let _bin = self.bin(class).lock();
+        // SAFETY: the slab is guarded by the lock we hold.
+        unsafe {
+            (*d).kind == kind::SLAB && slab::object_index(d, p).is_some_and(|i| slab::is_free(d, i))
+        }
+    }
+
+    /// Allocates a large block of class `class` aligned to `align_pages` pages; zeroed if
+    /// `zero`. Null when out of memory.
+    pub fn alloc_large(&self, class: usize, align_pages: usize, zero: bool) -> *mut u8 {
+        let pages = CLASSES[class].pages as usize;
+        let (d, fresh) = {
+            let mut p = self.pages.lock();
+            let Some((d, fresh)) = p.heap.alloc(pages, align_pages, false, self.index() as u32)
+            else {
+                return ptr::null_mut();
+            };
+            // SAFETY: a fresh span head of ours.
+            unsafe {
+                (*d).kind = kind::LARGE;
+                (*d).class = class as u8;
+            }
+            p.large_live[class - NUM_SMALL] += 1;
+            p.large_requests[class - NUM_SMALL] += 1;
+            (d, fresh)
+        };
+        let start = span_start(d);
+        if zero && !fresh {
+            // SAFETY: the block is ours, `pages` pages long.
+            unsafe { ptr::write_bytes(start, 0, pages << os::PAGE_SHIFT) };
+        }
+        start
+    }
+
+    /// Frees large blocks (validated starts of large blocks of this arena).
+    ///
+    /// # Safety
+    /// Every pointer must start a live large block of this arena, not used any more.
+    pub unsafe fn free_large(&self, blocks: &[*mut u8]) {
+        let now = os::now_ms();
+        let decay = config::decay_ms();
+        let mut p = self.pages.lock();
+        for &b in blocks {
+            // SAFETY: per the contract.
+            unsafe {
+                let seg = Segment::of(b as usize);
+                let page = (b as usize - seg as usize) >> os::PAGE_SHIFT;
+                let d = Segment::desc(seg, page);
+                if (*d).kind != kind::LARGE {
+                    os::fatal_pointer("free(): double free of", b as usize);
+                }
+                p.large_live[(*d).class as usize - NUM_SMALL] -= 1;
+                p.heap.free(d, now, decay);
+            }
+        }
+    }
+
+    /// Resizes large block `d` in place to class `class`; false if the pages after it are
+    /// taken.
+    ///
+    /// # Safety
+    /// `d` must head a live large block of this arena.
+    pub unsafe fn resize_large(&self, d: *mut SpanDesc, class: usize) -> bool {
+        let new_pages = CLASSES[class].pages as usize;
+        let mut p = self.pages.lock();
+        // SAFETY: per the contract.
+        unsafe {
+            let old_pages = (*d).pages as usize;
+            let ok = if new_pages > old_pages {
+                p.heap.try_grow(d, new_pages)
+            } else {
+                if new_pages < old_pages {
+                    p.heap
+                        .shrink(d, new_pages, os::now_ms(), config::decay_ms());
+                }
+                true
+            };
+            if ok {
+                p.large_live[(*d).class as usize - NUM_SMALL] -= 1;
+                p.large_live[class - NUM_SMALL] += 1;
+                (*d).class = class as u8;
+            }
+            ok
+        }
+    }
+
+    /// Purges this arena's dirty pages: those past the decay time, or all if `all`.
+    pub fn purge(&self, all: bool) {
+        let mut p = self.pages.lock();
+        if all {
+            p.heap.purge_all();
+        } else {
+            p.heap.purge_expired(os::now_ms(), config::decay_ms());
+        }
+    }
+}
+
+static ARENAS: [Arena; MAX_ARENAS] = [const { Arena::new() }; MAX_ARENAS];
+/// Arenas handed to threads.
+static NARENAS: AtomicUsize = AtomicUsize::new(1);
+/// One past the highest arena ever used (fork and stats visit these).
+static ARENAS_USED: AtomicUsize = AtomicUsize::new(1);
+
+/// Arena number `i`.
+pub fn get(i: usize) -> &'static Arena {
+    &ARENAS[i]
+}
+
+/// The arena that owns segment `seg`.
+///
+/// # Safety
+/// `seg` must be a live segment.
+#[inline(always)]
+pub unsafe fn of_segment(seg: *mut Segment) -> &'static Arena {
+    // SAFETY: live segments record the arena that created them, always < MAX_ARENAS.
+    &ARENAS[unsafe { (*seg).arena } as usize]
+}
+
+/// Sets how many arenas new threads are spread over (clamped to 1..=MAX_ARENAS).
+pub fn set_narenas(n: usize) {
+    let n = n.clamp(1, MAX_ARENAS);
+    NARENAS.store(n, Ordering::Relaxed);
+    ARENAS_USED.fetch_max(n, Ordering::Relaxed);
+}
+
+/// How many arenas new threads are spread over.
+pub fn narenas() -> usize {
+    NARENAS.load(Ordering::Relaxed)
+}
+
+/// Arenas that may hold memory.
+pub fn arenas_used() -> usize {
+    ARENAS_USED.load(Ordering::Relaxed)
+}
+
+/// Picks the arena with the fewest threads for a new thread and counts the thread in.
+pub fn assign_thread() -> &'static Arena {
+    let n = narenas();
+    let mut best = 0;
+    let mut best_threads = u32::MAX;
+    for (i, a) in ARENAS.iter().enumerate().take(n) {
+        let t = a.threads.load(Ordering::Relaxed);
+        if t < best_threads {
+            best = i;
+            best_threads = t;
+            if t == 0 {
+                break;
+            }
+        }
+    }
+    ARENAS[best].threads.fetch_add(1, Ordering::Relaxed);
+    &ARENAS[best]
+}
+
+/// Counts a thread out of its arena.
+pub fn release_thread(a: &Arena) {
+    a.threads.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Purges every arena (see [`Arena::purge`]).
+pub fn purge_all_arenas(all: bool) {
+    for a in ARENAS.iter().take(arenas_used()) {
+        a.purge(all);
+    }
+}
+
+/// Fork: take every arena lock, in the documented order.
+pub fn prefork() {
+    for a in ARENAS.iter().take(arenas_used()) {
+        for b in &a.bins {
+            b.0.raw_lock();
+        }
+        a.pages.raw_lock();
+    }
+}
+
+/// Fork: release every arena lock in the parent.
+pub fn postfork_parent() {
+    for a in ARENAS.iter().take(arenas_used()) {
+        // SAFETY: all taken by this thread in `prefork`.
+        unsafe {
+            a.pages.raw_unlock();
+            for b in &a.bins {
+                b.0.raw_unlock();
+            }
+        }
+    }
+}
+
+/// Fork: reset every arena lock in the child.
+pub fn postfork_child() {
+    for a in ARENAS.iter().take(arenas_used()) {
+        a.pages.reset_after_fork();
+        for b in &a.bins {
+            b.0.reset_after_fork();
+        }
+        a.threads.store(0, Ordering::Relaxed);
+    }
+}

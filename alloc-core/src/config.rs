@@ -1,0 +1,323 @@
+//! Configuration: the `SAMPALLOC_CONF` options, in jemalloc's `MALLOC_CONF` style
+//! (`key:value,key:value`), parsed without allocating.
+//!
+//! Options live in atomics so they can be read on any path and changed at run time (from Rust
+//! through `sampalloc::configure`). A bad entry prints one warning line and keeps the default.
+//! The environment is ignored in setuid/setgid processes (`AT_SECURE`).
+
+use crate::lock::Locked;
+use crate::os::Line;
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicUsize, Ordering};
+
+/// Default `dirty_decay_ms`: long enough that a block freed and allocated again within a
+/// second or so reuses resident pages; short enough that RSS follows live memory.
+pub const DEFAULT_DECAY_MS: i64 = 1000;
+/// Default `lg_prof_sample`: a sample every 512 KiB on average, as jemalloc.
+pub const DEFAULT_LG_PROF_SAMPLE: u32 = 19;
+/// Longest `prof_prefix` accepted.
+pub const PREFIX_MAX: usize = 240;
+
+static NARENAS: AtomicUsize = AtomicUsize::new(0);
+static DIRTY_DECAY_MS: AtomicI64 = AtomicI64::new(DEFAULT_DECAY_MS);
+static STATS_PRINT: AtomicBool = AtomicBool::new(false);
+static PROF: AtomicBool = AtomicBool::new(false);
+static PROF_ACTIVE: AtomicBool = AtomicBool::new(true);
+static LG_PROF_SAMPLE: AtomicU32 = AtomicU32::new(DEFAULT_LG_PROF_SAMPLE);
+static LG_PROF_INTERVAL: AtomicI32 = AtomicI32::new(-1);
+static PROF_GDUMP: AtomicBool = AtomicBool::new(false);
+static PROF_FINAL: AtomicBool = AtomicBool::new(false);
+static PROF_LEAK: AtomicBool = AtomicBool::new(false);
+static PROF_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+struct Prefix {
+    bytes: [u8; PREFIX_MAX],
+    len: usize,
+}
+static PROF_PREFIX: Locked<Prefix> = Locked::new(Prefix::default_prefix());
+
+impl Prefix {
+    const fn default_prefix() -> Prefix {
+        let default = b"sampalloc";
+        let mut bytes = [0u8; PREFIX_MAX];
+        let mut i = 0;
+        while i < default.len() {
+            bytes[i] = default[i];
+            i += 1;
+        }
+        Prefix {
+            bytes,
+            len: default.len(),
+        }
+    }
+}
+
+/// `narenas` (0: the default, 4 × CPUs).
+pub fn narenas() -> usize {
+    NARENAS.load(Ordering::Relaxed)
+}
+/// `dirty_decay_ms` (negative: never purge; 0: purge at once).
+#[inline]
+pub fn decay_ms() -> i64 {
+    DIRTY_DECAY_MS.load(Ordering::Relaxed)
+}
+/// `stats_print`.
+pub fn stats_print() -> bool {
+    STATS_PRINT.load(Ordering::Relaxed)
+}
+/// `prof`.
+pub fn prof() -> bool {
+    PROF.load(Ordering::Relaxed)
+}
+/// `prof_active`.
+pub fn prof_active() -> bool {
+    PROF_ACTIVE.load(Ordering::Relaxed)
+}
+/// `lg_prof_sample`.
+pub fn lg_prof_sample() -> u32 {
+    LG_PROF_SAMPLE.load(Ordering::Relaxed)
+}
+/// `lg_prof_interval` (-1: off).
+pub fn lg_prof_interval() -> i32 {
+    LG_PROF_INTERVAL.load(Ordering::Relaxed)
+}
+/// `prof_gdump`.
+pub fn prof_gdump() -> bool {
+    PROF_GDUMP.load(Ordering::Relaxed)
+}
+/// `prof_final`.
+pub fn prof_final() -> bool {
+    PROF_FINAL.load(Ordering::Relaxed)
+}
+/// `prof_leak`.
+pub fn prof_leak() -> bool {
+    PROF_LEAK.load(Ordering::Relaxed)
+}
+/// `prof_signal` (0: none).
+pub fn prof_signal() -> i32 {
+    PROF_SIGNAL.load(Ordering::Relaxed)
+}
+/// Copies `prof_prefix` into `out`; returns its length.
+pub fn prof_prefix(out: &mut [u8; PREFIX_MAX]) -> usize {
+    let p = PROF_PREFIX.lock();
+    out[..p.len].copy_from_slice(&p.bytes[..p.len]);
+    p.len
+}
+
+/// Why an option was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfError {
+    /// The key is not an option.
+    UnknownKey,
+    /// The value does not fit the option.
+    BadValue,
+    /// The entry has no `:`.
+    Malformed,
+}
+
+/// Applies a `key:value,...` string. Each bad entry is reported through `warn(entry, error)`
+/// and skipped; the others take effect. Returns the number of bad entries.
+pub fn apply(conf: &[u8], mut warn: impl FnMut(&[u8], ConfError)) -> usize {
+    let mut bad = 0;
+    for entry in conf.split(|&b| b == b',') {
+        let entry = trim(entry);
+        if entry.is_empty() {
+            continue;
+        }
+        let result = match entry.iter().position(|&b| b == b':') {
+            None => Err(ConfError::Malformed),
+            Some(i) => set(trim(&entry[..i]), trim(&entry[i + 1..])),
+        };
+        if let Err(e) = result {
+            warn(entry, e);
+            bad += 1;
+        }
+    }
+    bad
+}
+
+/// Sets one option.
+pub fn set(key: &[u8], value: &[u8]) -> Result<(), ConfError> {
+    match key {
+        b"narenas" => {
+            let n = parse_u64(value).filter(|&n| (1..=4096).contains(&n));
+            NARENAS.store(n.ok_or(ConfError::BadValue)? as usize, Ordering::Relaxed);
+        }
+        b"dirty_decay_ms" => {
+            let v = parse_i64(value).filter(|&v| v >= -1);
+            DIRTY_DECAY_MS.store(v.ok_or(ConfError::BadValue)?, Ordering::Relaxed);
+        }
+        b"stats_print" => STATS_PRINT.store(parse_bool(value)?, Ordering::Relaxed),
+        b"prof" => PROF.store(parse_bool(value)?, Ordering::Relaxed),
+        b"prof_active" => PROF_ACTIVE.store(parse_bool(value)?, Ordering::Relaxed),
+        b"lg_prof_sample" => {
+            let v = parse_u64(value).filter(|&v| v <= 40);
+            LG_PROF_SAMPLE.store(v.ok_or(ConfError::BadValue)? as u32, Ordering::Relaxed);
+        }
+        b"lg_prof_interval" => {
+            let v = parse_i64(value).filter(|&v| (-1..=62).contains(&v));
+            LG_PROF_INTERVAL.store(v.ok_or(ConfError::BadValue)? as i32, Ordering::Relaxed);
+        }
+        b"prof_gdump" => PROF_GDUMP.store(parse_bool(value)?, Ordering::Relaxed),
+        b"prof_final" => PROF_FINAL.store(parse_bool(value)?, Ordering::Relaxed),
+        b"prof_leak" => PROF_LEAK.store(parse_bool(value)?, Ordering::Relaxed),
+        b"prof_prefix" => {
+            if value.is_empty() || value.len() > PREFIX_MAX || value.contains(&0) {
+                return Err(ConfError::BadValue);
+            }
+            let mut p = PROF_PREFIX.lock();
+            p.bytes[..value.len()].copy_from_slice(value);
+            p.len = value.len();
+        }
+        b"prof_signal" => PROF_SIGNAL.store(
+            parse_signal(value).ok_or(ConfError::BadValue)?,
+            Ordering::Relaxed,
+        ),
+        _ => return Err(ConfError::UnknownKey),
+    }
+    Ok(())
+}
+
+/// Reads `SAMPALLOC_CONF` from the environment (unless the process is setuid/setgid), warning
+/// on stderr about bad entries. Does not allocate.
+pub fn load_from_env() {
+    // SAFETY: getauxval and getenv read process state set up before main; neither allocates.
+    let conf = unsafe {
+        if libc::getauxval(libc::AT_SECURE) != 0 {
+            return;
+        }
+        libc::getenv(c"SAMPALLOC_CONF".as_ptr())
+    };
+    if conf.is_null() {
+        return;
+    }
+    // SAFETY: getenv returns a NUL-terminated string that lives as long as the environment.
+    let bytes = unsafe { core::ffi::CStr::from_ptr(conf) }.to_bytes();
+    apply(bytes, warn_stderr);
+}
+
+/// Prints the one-line warning for a bad entry.
+pub fn warn_stderr(entry: &[u8], e: ConfError) {
+    let what = match e {
+        ConfError::UnknownKey => "unknown option",
+        ConfError::BadValue => "invalid value in",
+        ConfError::Malformed => "expected key:value, got",
+    };
+    Line::new()
+        .str("sampalloc: SAMPALLOC_CONF: ")
+        .str(what)
+        .str(" '")
+        .bytes(entry)
+        .str("'; keeping the default")
+        .emit();
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+fn parse_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &b in s {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + (b - b'0') as u64;
+    }
+    Some(v)
+}
+
+fn parse_i64(s: &[u8]) -> Option<i64> {
+    match s.first() {
+        Some(b'-') => parse_u64(&s[1..]).map(|v| -(v as i64)),
+        _ => parse_u64(s).map(|v| v as i64),
+    }
+}
+
+fn parse_bool(s: &[u8]) -> Result<bool, ConfError> {
+    match s {
+        b"true" | b"1" => Ok(true),
+        b"false" | b"0" => Ok(false),
+        _ => Err(ConfError::BadValue),
+    }
+}
+
+fn parse_signal(s: &[u8]) -> Option<i32> {
+    let name = s.strip_prefix(b"SIG").unwrap_or(s);
+    let n = match name {
+        b"USR1" => libc::SIGUSR1,
+        b"USR2" => libc::SIGUSR2,
+        b"HUP" => libc::SIGHUP,
+        b"PROF" => libc::SIGPROF,
+        b"URG" => libc::SIGURG,
+        b"WINCH" => libc::SIGWINCH,
+        b"none" | b"NONE" | b"0" => 0,
+        _ => {
+            let v = parse_u64(s)? as i32;
+            if v >= 1 && v <= libc::SIGRTMAX() {
+                v
+            } else {
+                return None;
+            }
+        }
+    };
+    Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Options are process-wide; tests restore what they change.
+
+    #[test]
+    fn parses_and_reports_bad_entries() {
+        let mut warnings = Vec::new();
+        let bad = apply(
+            b" lg_prof_sample:17 , prof:true,bogus:1,narenas:x,novalue,prof_signal:SIGUSR2,prof_prefix:/tmp/app",
+            |e, err| warnings.push((e.to_vec(), err)),
+        );
+        assert_eq!(bad, 3);
+        assert_eq!(
+            warnings,
+            vec![
+                (b"bogus:1".to_vec(), ConfError::UnknownKey),
+                (b"narenas:x".to_vec(), ConfError::BadValue),
+                (b"novalue".to_vec(), ConfError::Malformed),
+            ]
+        );
+        assert_eq!(lg_prof_sample(), 17);
+        assert!(prof());
+        assert_eq!(prof_signal(), libc::SIGUSR2);
+        let mut buf = [0u8; PREFIX_MAX];
+        let n = prof_prefix(&mut buf);
+        assert_eq!(&buf[..n], b"/tmp/app");
+        assert_eq!(narenas(), 0, "a bad value keeps the default");
+        apply(
+            b"lg_prof_sample:19,prof:false,prof_signal:none,prof_prefix:sampalloc",
+            |_, _| panic!(),
+        );
+    }
+
+    #[test]
+    fn value_ranges() {
+        assert_eq!(set(b"dirty_decay_ms", b"-2"), Err(ConfError::BadValue));
+        assert_eq!(set(b"lg_prof_sample", b"99"), Err(ConfError::BadValue));
+        assert_eq!(set(b"prof_final", b"yes"), Err(ConfError::BadValue));
+        assert_eq!(set(b"prof_signal", b"12"), Ok(()));
+        assert_eq!(prof_signal(), 12);
+        assert_eq!(set(b"prof_signal", b"0"), Ok(()));
+        assert_eq!(parse_i64(b"-1"), Some(-1));
+        assert_eq!(parse_u64(b"99999999999999999999"), None);
+    }
+}

@@ -1,0 +1,668 @@
+//! The page heap: an arena's allocator of spans (runs of pages) inside its segments, and the
+//! decay that gives unused pages back to the kernel.
+//!
+//! Free spans sit in size-binned lists, split in two sets: *dirty* (freed recently, probably
+//! still resident) and *clean* (purged, reading as zero). Allocation prefers dirty spans, so
+//! recently freed memory is reused before fresh pages are faulted in; that is what keeps
+//! repeated multi-page allocations fast. Dirty spans also sit on a decay list, oldest first;
+//! a span dirty for longer than `dirty_decay_ms` is purged (`madvise`), becomes clean and merges
+//! with clean neighbours. A segment that becomes wholly clean is unmapped.
+//!
+//! Neighbours are found through boundary tags: a free span's first and last `page_head` entries
+//! name its first page, and every descriptor that is not a span head has kind `NONE`. Slabs
+//! have every `page_head` entry set (their objects are looked up from inside the span); large
+//! blocks only the first and last.
+
+use crate::os::{self, PAGE_SHIFT};
+use crate::segment::{
+    kind, page_of_desc, segment_of_desc, span_start, Segment, SpanDesc, HEADER_PAGES,
+    PAGES_PER_SEGMENT, USABLE_PAGES,
+};
+use crate::size_class::{class_of_computed, class_size};
+use core::ptr;
+
+/// Free-span bins, one per page count class (the size-class formula applied to page counts).
+const NUM_PAGE_BINS: usize = 36;
+/// How many spans of the first candidate bin are checked before a larger bin is used.
+const BIN_SCAN_LIMIT: usize = 16;
+
+fn bin_pages(b: usize) -> usize {
+    class_size(b) / 16
+}
+
+/// The bin whose range `[bin_pages(b), bin_pages(b + 1))` holds `pages`.
+fn bin_floor(pages: usize) -> usize {
+    debug_assert!((1..=PAGES_PER_SEGMENT).contains(&pages));
+    let c = class_of_computed(pages * 16);
+    if bin_pages(c) == pages {
+        c
+    } else {
+        c - 1
+    }
+}
+
+struct FreeBins {
+    heads: [*mut SpanDesc; NUM_PAGE_BINS],
+    nonempty: u64,
+}
+
+impl FreeBins {
+    const fn new() -> Self {
+        FreeBins {
+            heads: [ptr::null_mut(); NUM_PAGE_BINS],
+            nonempty: 0,
+        }
+    }
+
+    unsafe fn push(&mut self, d: *mut SpanDesc) {
+        // SAFETY: `d` is a free span head owned by this heap (caller holds the arena lock).
+        unsafe {
+            let b = bin_floor((*d).pages as usize);
+            (*d).prev = ptr::null_mut();
+            (*d).next = self.heads[b];
+            if !(*d).next.is_null() {
+                (*(*d).next).prev = d;
+            }
+            self.heads[b] = d;
+            self.nonempty |= 1 << b;
+        }
+    }
+
+    unsafe fn remove(&mut self, d: *mut SpanDesc) {
+        // SAFETY: `d` is on this set's list for its page count.
+        unsafe {
+            let b = bin_floor((*d).pages as usize);
+            if (*d).prev.is_null() {
+                self.heads[b] = (*d).next;
+            } else {
+                (*(*d).prev).next = (*d).next;
+            }
+            if !(*d).next.is_null() {
+                (*(*d).next).prev = (*d).prev;
+            }
+            if self.heads[b].is_null() {
+                self.nonempty &= !(1 << b);
+            }
+        }
+    }
+
+    /// A span of at least `pages` pages, or null.
+    fn find(&self, pages: usize) -> *mut SpanDesc {
+        let b0 = bin_floor(pages);
+        let mut d = self.heads[b0];
+        let mut scanned = 0;
+        // SAFETY: list members are live descriptors owned by this heap.
+        unsafe {
+            while !d.is_null() && scanned < BIN_SCAN_LIMIT {
+                if (*d).pages as usize >= pages {
+                    return d;
+                }
+                d = (*d).next;
+                scanned += 1;
+            }
+        }
+        let higher = self.nonempty & !((2u64 << b0) - 1);
+        if higher == 0 {
+            ptr::null_mut()
+        } else {
+            self.heads[higher.trailing_zeros() as usize]
+        }
+    }
+}
+
+/// Page counts of a page heap, for statistics.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct PageCounts {
+    /// Pages in slabs and large blocks.
+    pub active: usize,
+    /// Free pages that may be resident.
+    pub dirty: usize,
+    /// Free pages given back to the kernel.
+    pub clean: usize,
+    /// Segments mapped.
+    pub segments: usize,
+    /// Pages purged so far.
+    pub purged: u64,
+}
+
+/// One arena's spans. Every method requires the arena's page lock (the `Locked` around it).
+pub struct PageHeap {
+    dirty: FreeBins,
+    clean: FreeBins,
+    /// Oldest dirty span (purged first).
+    decay_head: *mut SpanDesc,
+    /// Youngest dirty span.
+    decay_tail: *mut SpanDesc,
+    /// Statistics.
+    pub counts: PageCounts,
+}
+
+impl Default for PageHeap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: the raw pointers are descriptors inside segments owned by this heap; the heap is only
+// reached through its lock.
+unsafe impl Send for PageHeap {}
+
+impl PageHeap {
+    /// An empty heap.
+    pub const fn new() -> Self {
+        PageHeap {
+            dirty: FreeBins::new(),
+            clean: FreeBins::new(),
+            decay_head: ptr::null_mut(),
+            decay_tail: ptr::null_mut(),
+            counts: PageCounts {
+                active: 0,
+                dirty: 0,
+                clean: 0,
+                segments: 0,
+                purged: 0,
+            },
+        }
+    }
+
+    /// Allocates a span of `pages` pages whose address is a multiple of `align_pages` pages
+    /// (a power of two up to the segment size). Returns its descriptor (kind still `NONE`, to be
+    /// set by the caller) and whether its memory is known to be zero. `all_heads` sets every
+    /// page's `page_head` entry (slabs need it), otherwise only the first and last. New
+    /// segments are tagged with `arena`, the owner of this heap.
+    pub fn alloc(
+        &mut self,
+        pages: usize,
+        align_pages: usize,
+        all_heads: bool,
+        arena: u32,
+    ) -> Option<(*mut SpanDesc, bool)> {
+        let need = pages + align_pages - 1;
+        if pages == 0 || need > USABLE_PAGES {
+            return None;
+        }
+        let mut found = self.dirty.find(need);
+        let mut dirty = true;
+        if found.is_null() {
+            dirty = false;
+            found = self.clean.find(need);
+            if found.is_null() {
+                self.add_segment(arena)?;
+                found = self.clean.find(need);
+                if found.is_null() {
+                    return None;
+                }
+            }
+        }
+        // SAFETY: `found` is a free span head of this heap; we hold the lock.
+        unsafe {
+            Some((
+                self.carve(found, dirty, pages, align_pages, all_heads),
+                !dirty,
+            ))
+        }
+    }
+
+    unsafe fn carve(
+        &mut self,
+        d: *mut SpanDesc,
+        dirty: bool,
+        pages: usize,
+        align_pages: usize,
+        all_heads: bool,
+    ) -> *mut SpanDesc {
+        // SAFETY: `d` is a free span head owned by this heap.
+        unsafe {
+            let seg = segment_of_desc(d);
+            let head = page_of_desc(d);
+            let total = (*d).pages as usize;
+            let freed_at = (*d).freed_at();
+            let decay_after = if dirty {
+                (*d).decay_prev()
+            } else {
+                ptr::null_mut()
+            };
+            self.unlink_free(d, dirty);
+            (*d).kind = kind::NONE;
+
+            let seg_page_base = seg as usize >> PAGE_SHIFT;
+            let start = ((seg_page_base + head).next_multiple_of(align_pages)) - seg_page_base;
+            let lead = start - head;
+            let trail = total - lead - pages;
+            let mut after = decay_after;
+            if lead > 0 {
+                after = self.insert_free(seg, head, lead, dirty, freed_at, after);
+            }
+            if trail > 0 {
+                self.insert_free(seg, start + pages, trail, dirty, freed_at, after);
+            }
+            let sd = Segment::desc(seg, start);
+            (*sd).pages = pages as u32;
+            (*sd).flags = 0;
+            if all_heads {
+                Segment::set_heads(seg, start, pages, start);
+            } else {
+                Segment::set_heads(seg, start, 1, start);
+                Segment::set_heads(seg, start + pages - 1, 1, start);
+            }
+            self.counts.active += pages;
+            sd
+        }
+    }
+
+    /// Makes `[first, first + pages)` of `seg` a free span and files it; dirty spans go into the
+    /// decay list right after `decay_after` (null: at the head). Returns the new descriptor.
+    unsafe fn insert_free(
+        &mut self,
+        seg: *mut Segment,
+        first: usize,
+        pages: usize,
+        dirty: bool,
+        freed_at: u64,
+        decay_after: *mut SpanDesc,
+    ) -> *mut SpanDesc {
+        // SAFETY: the pages are ours and on no list; the caller holds the lock.
+        unsafe {
+            let d = Segment::desc(seg, first);
+            (*d).pages = pages as u32;
+            Segment::set_heads(seg, first, 1, first);
+            Segment::set_heads(seg, first + pages - 1, 1, first);
+            if dirty {
+                (*d).kind = kind::FREE_DIRTY;
+                (*d).set_freed_at(freed_at);
+                self.dirty.push(d);
+                self.decay_insert_after(decay_after, d);
+                self.counts.dirty += pages;
+            } else {
+                (*d).kind = kind::FREE_CLEAN;
+                self.clean.push(d);
+                self.counts.clean += pages;
+            }
+            d
+        }
+    }
+
+    unsafe fn unlink_free(&mut self, d: *mut SpanDesc, dirty: bool) {
+        // SAFETY: `d` is a free span head on the matching lists.
+        unsafe {
+            let pages = (*d).pages as usize;
+            if dirty {
+                self.dirty.remove(d);
+                self.decay_remove(d);
+                self.counts.dirty -= pages;
+            } else {
+                self.clean.remove(d);
+                self.counts.clean -= pages;
+            }
+        }
+    }
+
+    unsafe fn decay_insert_after(&mut self, after: *mut SpanDesc, d: *mut SpanDesc) {
+        // SAFETY: `after` (if any) is on the decay list; `d` is not.
+        unsafe {
+            let next = if after.is_null() {
+                self.decay_head
+            } else {
+                (*after).decay_next()
+            };
+            (*d).set_decay_prev(after);
+            (*d).set_decay_next(next);
+            if after.is_null() {
+                self.decay_head = d;
+            } else {
+                (*after).set_decay_next(d);
+            }
+            if next.is_null() {
+                self.decay_tail = d;
+            } else {
+                (*next).set_decay_prev(d);
+            }
+        }
+    }
+
+    unsafe fn decay_remove(&mut self, d: *mut SpanDesc) {
+        // SAFETY: `d` is on the decay list.
+        unsafe {
+            let (prev, next) = ((*d).decay_prev(), (*d).decay_next());
+            if prev.is_null() {
+                self.decay_head = next;
+            } else {
+                (*prev).set_decay_next(next);
+            }
+            if next.is_null() {
+                self.decay_tail = prev;
+            } else {
+                (*next).set_decay_prev(prev);
+            }
+        }
+    }
+
+    fn add_segment(&mut self, arena: u32) -> Option<()> {
+        let seg = Segment::create(arena);
+        if seg.is_null() {
+            return None;
+        }
+        self.counts.segments += 1;
+        // SAFETY: a fresh segment of ours; its pages are on no list.
+        unsafe {
+            self.insert_free(seg, HEADER_PAGES, USABLE_PAGES, false, 0, ptr::null_mut());
+        }
+        Some(())
+    }
+
+    /// Frees the span `d` (a slab or large block of this heap): it becomes dirty, merges with
+    /// dirty neighbours and joins the decay list. Then expired dirty spans are purged.
+    ///
+    /// # Safety
+    /// `d` must be the head of an allocated span of this heap, no longer used.
+    pub unsafe fn free(&mut self, d: *mut SpanDesc, now: u64, decay_ms: i64) {
+        // SAFETY: as documented; neighbours are checked through boundary tags.
+        unsafe {
+            self.counts.active -= (*d).pages as usize;
+            self.free_span(d, now);
+        }
+        self.purge_expired(now, decay_ms);
+    }
+
+    unsafe fn free_span(&mut self, d: *mut SpanDesc, now: u64) {
+        // SAFETY: `d` is a span head of ours that is on no list.
+        unsafe {
+            let seg = segment_of_desc(d);
+            let (first, pages) = self.merge_neighbours(seg, d, kind::FREE_DIRTY);
+            let tail = self.decay_tail;
+            self.insert_free(seg, first, pages, true, now, tail);
+        }
+    }
+
+    /// Detaches the free neighbours of kind `k` around span `d` and returns the merged range.
+    /// Absorbed descriptors (and `d` itself) get kind `NONE`.
+    unsafe fn merge_neighbours(
+        &mut self,
+        seg: *mut Segment,
+        d: *mut SpanDesc,
+        k: u8,
+    ) -> (usize, usize) {
+        // SAFETY: descriptors and page_head entries of a live segment; boundary tags are
+        // validated (kind and extent) before they are trusted.
+        unsafe {
+            let dirty = k == kind::FREE_DIRTY;
+            let mut first = page_of_desc(d);
+            let mut pages = (*d).pages as usize;
+            (*d).kind = kind::NONE;
+            if first > HEADER_PAGES {
+                let ph = Segment::head_of(seg, first - 1);
+                let pd = Segment::desc(seg, ph);
+                if (*pd).kind == k && ph + (*pd).pages as usize == first {
+                    self.unlink_free(pd, dirty);
+                    (*pd).kind = kind::NONE;
+                    first = ph;
+                    pages += (*pd).pages as usize;
+                }
+            }
+            let after = first + pages;
+            if after < PAGES_PER_SEGMENT {
+                let nd = Segment::desc(seg, after);
+                if (*nd).kind == k {
+                    self.unlink_free(nd, dirty);
+                    (*nd).kind = kind::NONE;
+                    pages += (*nd).pages as usize;
+                }
+            }
+            (first, pages)
+        }
+    }
+
+    /// Grows the large block `d` to `new_pages` pages in place if the span after it is free and
+    /// big enough. True on success.
+    ///
+    /// # Safety
+    /// `d` must be the head of an allocated large block of this heap.
+    pub unsafe fn try_grow(&mut self, d: *mut SpanDesc, new_pages: usize) -> bool {
+        // SAFETY: as documented.
+        unsafe {
+            let seg = segment_of_desc(d);
+            let first = page_of_desc(d);
+            let old = (*d).pages as usize;
+            let extra = new_pages - old;
+            let next = first + old;
+            if next >= PAGES_PER_SEGMENT {
+                return false;
+            }
+            let nd = Segment::desc(seg, next);
+            let nk = (*nd).kind;
+            if (nk != kind::FREE_DIRTY && nk != kind::FREE_CLEAN) || ((*nd).pages as usize) < extra
+            {
+                return false;
+            }
+            let dirty = nk == kind::FREE_DIRTY;
+            let rest = (*nd).pages as usize - extra;
+            let freed_at = (*nd).freed_at();
+            let after = if dirty {
+                (*nd).decay_prev()
+            } else {
+                ptr::null_mut()
+            };
+            self.unlink_free(nd, dirty);
+            (*nd).kind = kind::NONE;
+            if rest > 0 {
+                self.insert_free(seg, first + new_pages, rest, dirty, freed_at, after);
+            }
+            (*d).pages = new_pages as u32;
+            Segment::set_heads(seg, first + new_pages - 1, 1, first);
+            self.counts.active += extra;
+            true
+        }
+    }
+
+    /// Shrinks the large block `d` to `new_pages` pages, freeing its tail.
+    ///
+    /// # Safety
+    /// `d` must be the head of an allocated large block of this heap, `new_pages` smaller.
+    pub unsafe fn shrink(&mut self, d: *mut SpanDesc, new_pages: usize, now: u64, decay_ms: i64) {
+        // SAFETY: as documented; the tail becomes a span of its own, then freed.
+        unsafe {
+            let seg = segment_of_desc(d);
+            let first = page_of_desc(d);
+            let old = (*d).pages as usize;
+            let tail = Segment::desc(seg, first + new_pages);
+            (*tail).kind = kind::LARGE;
+            (*tail).pages = (old - new_pages) as u32;
+            (*d).pages = new_pages as u32;
+            Segment::set_heads(seg, first + new_pages - 1, 1, first);
+            Segment::set_heads(seg, first + new_pages, 1, first + new_pages);
+            Segment::set_heads(seg, first + old - 1, 1, first + new_pages);
+            self.free(tail, now, decay_ms);
+        }
+    }
+
+    /// Purges dirty spans freed more than `decay_ms` ago (all of them if `decay_ms` is 0;
+    /// none if it is negative).
+    pub fn purge_expired(&mut self, now: u64, decay_ms: i64) {
+        if decay_ms < 0 {
+            return;
+        }
+        while !self.decay_head.is_null() {
+            // SAFETY: the decay head is a dirty span of ours.
+            let freed_at = unsafe { (*self.decay_head).freed_at() };
+            if freed_at.saturating_add(decay_ms as u64) > now {
+                break;
+            }
+            // SAFETY: as above.
+            unsafe { self.purge_span(self.decay_head) };
+        }
+    }
+
+    /// Purges every dirty span now.
+    pub fn purge_all(&mut self) {
+        while !self.decay_head.is_null() {
+            // SAFETY: the decay head is a dirty span of ours.
+            unsafe { self.purge_span(self.decay_head) };
+        }
+    }
+
+    unsafe fn purge_span(&mut self, d: *mut SpanDesc) {
+        // SAFETY: `d` is a dirty span of ours; its pages hold no live data.
+        unsafe {
+            let pages = (*d).pages as usize;
+            self.unlink_free(d, true);
+            os::purge(span_start(d), pages << PAGE_SHIFT);
+            self.counts.purged += pages as u64;
+            let seg = segment_of_desc(d);
+            let (first, merged) = self.merge_neighbours(seg, d, kind::FREE_CLEAN);
+            if first == HEADER_PAGES && merged == USABLE_PAGES {
+                self.counts.segments -= 1;
+                Segment::destroy(seg);
+            } else {
+                self.insert_free(seg, first, merged, false, 0, ptr::null_mut());
+            }
+        }
+    }
+
+    /// Checks the heap's invariants (tests and debugging): list membership, counts and that
+    /// free spans never touch a free span of the same kind.
+    #[cfg(test)]
+    pub fn check(&self) {
+        let mut dirty_pages = 0;
+        let mut clean_pages = 0;
+        for (set, k, total) in [
+            (&self.dirty, kind::FREE_DIRTY, &mut dirty_pages),
+            (&self.clean, kind::FREE_CLEAN, &mut clean_pages),
+        ] {
+            for b in 0..NUM_PAGE_BINS {
+                let mut d = set.heads[b];
+                assert_eq!(set.nonempty & (1 << b) != 0, !d.is_null());
+                while !d.is_null() {
+                    // SAFETY: list members are live descriptors.
+                    unsafe {
+                        assert_eq!((*d).kind, k);
+                        assert_eq!(bin_floor((*d).pages as usize), b);
+                        *total += (*d).pages as usize;
+                        let seg = segment_of_desc(d);
+                        let first = page_of_desc(d);
+                        let after = first + (*d).pages as usize;
+                        assert_eq!(Segment::head_of(seg, first), first);
+                        assert_eq!(Segment::head_of(seg, after - 1), first);
+                        if after < PAGES_PER_SEGMENT {
+                            assert_ne!((*Segment::desc(seg, after)).kind, k, "unmerged neighbours");
+                        }
+                        d = (*d).next;
+                    }
+                }
+            }
+        }
+        assert_eq!(dirty_pages, self.counts.dirty);
+        assert_eq!(clean_pages, self.counts.clean);
+        assert_eq!(
+            self.counts.active + dirty_pages + clean_pages,
+            self.counts.segments * USABLE_PAGES
+        );
+        // The decay list holds every dirty span, oldest first.
+        let mut n = 0;
+        let mut last = 0;
+        let mut d = self.decay_head;
+        while !d.is_null() {
+            // SAFETY: list members are live descriptors.
+            unsafe {
+                assert!((*d).freed_at() >= last);
+                last = (*d).freed_at();
+                n += (*d).pages as usize;
+                d = (*d).decay_next();
+            }
+        }
+        assert_eq!(n, dirty_pages);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark_large(d: *mut SpanDesc) {
+        // SAFETY: a freshly allocated span head.
+        unsafe { (*d).kind = kind::LARGE };
+    }
+
+    #[test]
+    fn bins_cover_every_page_count() {
+        for pages in 1..=PAGES_PER_SEGMENT {
+            let b = bin_floor(pages);
+            assert!(bin_pages(b) <= pages && pages < bin_pages(b + 1));
+        }
+    }
+
+    #[test]
+    fn alloc_free_merge_purge_release() {
+        let mut heap = PageHeap::new();
+        let mut spans = Vec::new();
+        for (i, pages) in [1usize, 3, 7, 16, 100, 2, 300].iter().enumerate() {
+            let (d, zero) = heap.alloc(*pages, 1, i % 2 == 0, 0).unwrap();
+            assert!(zero, "first use comes from fresh pages");
+            mark_large(d);
+            spans.push(d);
+            heap.check();
+        }
+        assert_eq!(heap.counts.segments, 1);
+        // Free every other span, then the rest: everything must merge back.
+        for d in spans.iter().step_by(2) {
+            // SAFETY: allocated above, freed once.
+            unsafe { heap.free(*d, 10, -1) };
+            heap.check();
+        }
+        let (d, zero) = heap.alloc(3, 1, false, 0).unwrap();
+        assert!(!zero, "dirty memory is reused first");
+        mark_large(d);
+        // SAFETY: allocated above.
+        unsafe { heap.free(d, 11, -1) };
+        for d in spans.iter().skip(1).step_by(2) {
+            // SAFETY: allocated above, freed once.
+            unsafe { heap.free(*d, 12, -1) };
+            heap.check();
+        }
+        assert_eq!(heap.counts.active, 0);
+        assert_eq!(heap.counts.dirty, 1 + 3 + 7 + 16 + 100 + 2 + 300);
+        heap.purge_expired(100, 1000);
+        assert_eq!(heap.counts.dirty, 429, "not expired yet");
+        heap.purge_expired(2000, 1000);
+        assert_eq!(
+            heap.counts.segments, 0,
+            "a wholly clean segment is unmapped"
+        );
+        heap.check();
+    }
+
+    #[test]
+    fn aligned_spans() {
+        let mut heap = PageHeap::new();
+        let (a, _) = heap.alloc(1, 1, false, 0).unwrap();
+        mark_large(a);
+        for align in [2usize, 16, 64, 256] {
+            let (d, _) = heap.alloc(5, align, false, 0).unwrap();
+            mark_large(d);
+            assert_eq!((span_start(d) as usize >> PAGE_SHIFT) % align, 0);
+            heap.check();
+        }
+    }
+
+    #[test]
+    fn grow_and_shrink_in_place() {
+        let mut heap = PageHeap::new();
+        let (d, _) = heap.alloc(4, 1, false, 0).unwrap();
+        mark_large(d);
+        // SAFETY: `d` is an allocated large block.
+        unsafe {
+            assert!(heap.try_grow(d, 40));
+            assert_eq!((*d).pages, 40);
+            heap.check();
+            heap.shrink(d, 10, 5, -1);
+            assert_eq!((*d).pages, 10);
+            heap.check();
+            let (blocker, _) = heap.alloc(1, 1, false, 0).unwrap();
+            mark_large(blocker);
+            // The block after `d` is now `blocker`, so growing must fail.
+            if span_start(blocker) as usize == span_start(d) as usize + (10 << PAGE_SHIFT) {
+                assert!(!heap.try_grow(d, 12));
+            }
+            heap.check();
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Segments: the 4 MiB, 4 MiB-aligned mappings that small and large blocks are carved from.
+//!
+//! A segment describes itself: its first pages hold the header, which has one span descriptor
+//! per page and a `page_head` table mapping every page to the first page of the span that
+//! covers it. So `free(p)` finds its metadata with no header in front of the block:
+//!
+//! ```text
+//!  segment (4 MiB, aligned)                         page = (p - segment) >> 12
+//!  ┌──────────────┬────────────┬───────────┬──────┬──────────────────────────┐
+//!  │ header pages │ slab (3 p) │ large (5p)│ free │ ...                      │
+//!  └──────────────┴────────────┴───────────┴──────┴──────────────────────────┘
+//!  header: page_head[page] -> first page of its span -> spans[first] = SpanDesc
+//!          { kind: slab/large/free, class, pages, free bitmap or free-list links }
+//! ```
+//!
+//! Descriptors are only meaningful at a span's first page; every other descriptor has kind
+//! `NONE`, so a pointer into the middle of anything is recognised as invalid.
+
+use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
+use crate::registry;
+use core::ptr;
+use static_assertions::const_assert;
+
+/// log2 of the segment size.
+pub const SEGMENT_SHIFT: u32 = 22;
+/// Segment size and alignment: large enough to hold the largest large block (2 MiB) twice over.
+pub const SEGMENT_SIZE: usize = 1 << SEGMENT_SHIFT;
+/// Pages per segment, header included.
+pub const PAGES_PER_SEGMENT: usize = SEGMENT_SIZE / PAGE_SIZE;
+
+/// Header tag: this chunk belongs to a segment.
+pub const HEADER_SEGMENT: u8 = 1;
+/// Header tag: this chunk holds the start of a huge block.
+pub const HEADER_HUGE: u8 = 2;
+
+/// Descriptor kinds.
+pub mod kind {
+    /// Not the first page of a span.
+    pub const NONE: u8 = 0;
+    /// Free pages that may still be resident.
+    pub const FREE_DIRTY: u8 = 1;
+    /// Free pages given back to the kernel (read as zero).
+    pub const FREE_CLEAN: u8 = 2;
+    /// A slab of small objects.
+    pub const SLAB: u8 = 3;
+    /// One large block.
+    pub const LARGE: u8 = 4;
+}
+
+/// Describes one span (a run of pages). 64 bytes, one cache line.
+#[repr(C, align(64))]
+pub struct SpanDesc {
+    /// One of [`kind`].
+    pub kind: u8,
+    /// Size class (slabs and large blocks).
+    pub class: u8,
+    /// Spare bits for later use (e.g. the profiler's "sampled" mark).
+    pub flags: u16,
+    /// Pages in the span.
+    pub pages: u32,
+    /// Previous in the list this span is on (free bin or a bin's non-full slabs).
+    pub prev: *mut SpanDesc,
+    /// Next in that list.
+    pub next: *mut SpanDesc,
+    /// Free objects (slabs).
+    pub nfree: u32,
+    _pad: u32,
+    /// Slabs: the free-object bitmap (1 = free). Dirty free spans: decay-list links and the
+    /// time the span was freed (see the accessors).
+    pub words: [u64; 4],
+}
+
+const_assert!(core::mem::size_of::<SpanDesc>() == 64);
+
+impl SpanDesc {
+    /// Dirty spans: previous (older) span in the decay list.
+    pub fn decay_prev(&self) -> *mut SpanDesc {
+        self.words[0] as usize as *mut SpanDesc
+    }
+    /// Dirty spans: next (younger) span in the decay list.
+    pub fn decay_next(&self) -> *mut SpanDesc {
+        self.words[1] as usize as *mut SpanDesc
+    }
+    /// Sets the decay-list predecessor.
+    pub fn set_decay_prev(&mut self, d: *mut SpanDesc) {
+        self.words[0] = d as usize as u64;
+    }
+    /// Sets the decay-list successor.
+    pub fn set_decay_next(&mut self, d: *mut SpanDesc) {
+        self.words[1] = d as usize as u64;
+    }
+    /// Dirty spans: when the span was freed (ms of the coarse monotonic clock).
+    pub fn freed_at(&self) -> u64 {
+        self.words[2]
+    }
+    /// Sets the free time.
+    pub fn set_freed_at(&mut self, t: u64) {
+        self.words[2] = t;
+    }
+}
+
+/// The segment header, at the start of every segment.
+#[repr(C)]
+pub struct Segment {
+    /// Always [`HEADER_SEGMENT`]; shares its offset with the huge header's tag.
+    pub header_kind: u8,
+    /// The arena that owns every span in this segment.
+    pub arena: u32,
+    /// For every page, the first page of the span covering it.
+    pub page_head: [u16; PAGES_PER_SEGMENT],
+    /// One descriptor per page; meaningful at span heads.
+    pub spans: [SpanDesc; PAGES_PER_SEGMENT],
+}
+
+/// Pages taken by the header; the first usable page.
+pub const HEADER_PAGES: usize = core::mem::size_of::<Segment>().div_ceil(PAGE_SIZE);
+/// Pages a segment offers for spans.
+pub const USABLE_PAGES: usize = PAGES_PER_SEGMENT - HEADER_PAGES;
+
+const_assert!(USABLE_PAGES >= crate::size_class::LARGE_MAX / PAGE_SIZE);
+const_assert!(PAGES_PER_SEGMENT <= u16::MAX as usize);
+const_assert!(HEADER_PAGES <= 20); // the header costs under 2 % of a segment
+
+impl Segment {
+    /// Maps and registers a new segment for `arena`; its usable pages are not yet on any list.
+    /// Null if the kernel refuses memory.
+    pub fn create(arena: u32) -> *mut Segment {
+        let base = os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE);
+        if base.is_null() {
+            return ptr::null_mut();
+        }
+        let seg = base.cast::<Segment>();
+        // SAFETY: fresh, zeroed, exclusively ours; zero is a valid value for every field.
+        unsafe {
+            (*seg).header_kind = HEADER_SEGMENT;
+            (*seg).arena = arena;
+        }
+        if !registry::insert(base as usize, base) {
+            // SAFETY: we just mapped it and nobody else knows of it.
+            unsafe { os::unmap(base, SEGMENT_SIZE) };
+            return ptr::null_mut();
+        }
+        seg
+    }
+
+    /// Unregisters and unmaps a segment whose spans are all free.
+    ///
+    /// # Safety
+    /// No block in the segment may be in use or on any list.
+    pub unsafe fn destroy(seg: *mut Segment) {
+        registry::remove(seg as usize);
+        // SAFETY: the caller gives the whole segment up.
+        unsafe { os::unmap(seg.cast(), SEGMENT_SIZE) };
+    }
+
+    /// The segment holding `p` (which must be inside one).
+    #[inline(always)]
+    pub fn of(p: usize) -> *mut Segment {
+        (p & !(SEGMENT_SIZE - 1)) as *mut Segment
+    }
+
+    /// The descriptor of page `page` of `seg`.
+    #[inline(always)]
+    pub fn desc(seg: *mut Segment, page: usize) -> *mut SpanDesc {
+        debug_assert!(page < PAGES_PER_SEGMENT);
+        (seg as usize + core::mem::offset_of!(Segment, spans) + page * size_of::<SpanDesc>())
+            as *mut SpanDesc
+    }
+
+    /// Sets `page_head` of pages `first..first + pages` to `head`.
+    ///
+    /// # Safety
+    /// `seg` must be a live segment and the caller must own those pages (arena lock held).
+    #[inline]
+    pub unsafe fn set_heads(seg: *mut Segment, first: usize, pages: usize, head: usize) {
+        debug_assert!(first + pages <= PAGES_PER_SEGMENT);
+        // SAFETY: in bounds; the caller owns the entries.
+        unsafe {
+            let table = ptr::addr_of_mut!((*seg).page_head).cast::<u16>();
+            for i in first..first + pages {
+                *table.add(i) = head as u16;
+            }
+        }
+    }
+
+    /// The first page of the span covering `page`.
+    ///
+    /// # Safety
+    /// `seg` must be a live segment.
+    #[inline(always)]
+    pub unsafe fn head_of(seg: *mut Segment, page: usize) -> usize {
+        // SAFETY: in bounds of the header's table.
+        unsafe { *ptr::addr_of!((*seg).page_head).cast::<u16>().add(page) as usize }
+    }
+}
+
+/// The segment a descriptor lives in (descriptors are inside their segment's header).
+#[inline(always)]
+pub fn segment_of_desc(d: *const SpanDesc) -> *mut Segment {
+    Segment::of(d as usize)
+}
+
+/// The page index a descriptor describes.
+#[inline(always)]
+pub fn page_of_desc(d: *const SpanDesc) -> usize {
+    let seg = segment_of_desc(d);
+    (d as usize - Segment::desc(seg, 0) as usize) / core::mem::size_of::<SpanDesc>()
+}
+
+/// The first byte of the span a descriptor describes.
+#[inline(always)]
+pub fn span_start(d: *const SpanDesc) -> *mut u8 {
+    let seg = segment_of_desc(d);
+    (seg as usize + (page_of_desc(d) << PAGE_SHIFT)) as *mut u8
+}
+
+/// Where a pointer sits, as found by [`locate`].
+pub enum Location {
+    /// In a segment: the descriptor of the span covering it.
+    Span(*mut SpanDesc),
+    /// At the start of a huge block: its header.
+    Huge(*mut u8),
+    /// Not in memory of ours.
+    Foreign,
+}
+
+/// Finds the metadata for `p` in O(1) through the registry.
+#[inline(always)]
+pub fn locate(p: usize) -> Location {
+    let header = registry::lookup(p);
+    if header.is_null() {
+        return Location::Foreign;
+    }
+    // SAFETY: registered headers are live; the tag byte is the first field of both kinds.
+    if unsafe { *header } == HEADER_HUGE {
+        return Location::Huge(header);
+    }
+    let seg = header.cast::<Segment>();
+    let page = (p - seg as usize) >> PAGE_SHIFT;
+    if page < HEADER_PAGES {
+        return Location::Foreign;
+    }
+    // SAFETY: a live segment; `page` is in range.
+    let head = unsafe { Segment::head_of(seg, page) };
+    Location::Span(Segment::desc(seg, head))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_layout() {
+        let seg = Segment::create(3);
+        assert!(!seg.is_null());
+        assert_eq!(seg as usize % SEGMENT_SIZE, 0);
+        let d = Segment::desc(seg, 700);
+        assert_eq!(page_of_desc(d), 700);
+        assert_eq!(span_start(d) as usize, seg as usize + 700 * PAGE_SIZE);
+        // SAFETY: the segment is ours and unused.
+        unsafe {
+            Segment::set_heads(seg, 700, 5, 700);
+            assert_eq!(Segment::head_of(seg, 704), 700);
+            assert!(
+                matches!(locate(seg as usize + 704 * PAGE_SIZE + 17), Location::Span(x) if x == d)
+            );
+            assert!(matches!(locate(seg as usize + 8), Location::Foreign));
+            Segment::destroy(seg);
+        }
+        assert!(matches!(
+            locate(seg as usize + 704 * PAGE_SIZE),
+            Location::Foreign
+        ));
+    }
+}

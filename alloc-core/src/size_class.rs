@@ -1,0 +1,327 @@
+//! Size classes: every request is rounded up to one of 64 sizes, four per power of two.
+//!
+//! ```text
+//!  class  0..=3   16, 32, 48, 64                    (16-byte quantum)
+//!  class  4..=35  80, 96, 112, 128, 160, … 16 KiB   small: objects carved from slabs
+//!  class 36..=63  20 KiB … 2 MiB                     large: one page run per object
+//!  above 2 MiB                                       huge: a dedicated mapping
+//! ```
+//!
+//! With four classes per doubling the waste above 64 bytes is at most a fifth of the block;
+//! below it the 16-byte alignment quantum decides (at most 15 bytes). A class whose size is a
+//! multiple of an alignment `a ≤ 4 KiB` has every object aligned to `a`, because slabs start on
+//! a page and objects are packed from the slab's start; aligned requests rely on that.
+//! The table is computed by `const fn`s and its invariants checked at compile time.
+
+use crate::os::{PAGE_SHIFT, PAGE_SIZE};
+use static_assertions::const_assert;
+
+/// Every block is aligned to at least this many bytes.
+pub const QUANTUM: usize = 16;
+/// The number of size classes.
+pub const NUM_CLASSES: usize = 64;
+/// The largest small class (carved from slabs).
+pub const SMALL_MAX: usize = 16 << 10;
+/// Classes `0..NUM_SMALL` are small.
+pub const NUM_SMALL: usize = 36;
+/// The largest class; larger requests are huge and get their own mapping.
+pub const LARGE_MAX: usize = 2 << 20;
+/// Classes `0..NUM_CACHED` are kept in thread caches: all small ones plus large ones up to
+/// 32 KiB, where a page-run allocation under the arena lock would dominate the cost.
+pub const NUM_CACHED: usize = 40;
+/// The largest number of objects in one slab (its free bitmap has this many bits).
+pub const MAX_SLAB_OBJECTS: usize = 256;
+/// The largest slab, in pages.
+pub const MAX_SLAB_PAGES: usize = 16;
+
+/// The size in bytes of class `c`.
+pub const fn class_size(c: usize) -> usize {
+    if c < 4 {
+        QUANTUM * (c + 1)
+    } else {
+        let group = (c - 4) / 4;
+        let step = (c - 4) % 4;
+        let base = 64 << group;
+        base + (step + 1) * (base / 4)
+    }
+}
+
+/// The smallest class that holds `size` bytes, computed (see [`class_of`] for the fast one).
+/// `size` must be at most [`LARGE_MAX`].
+pub const fn class_of_computed(size: usize) -> usize {
+    if size <= 64 {
+        if size == 0 {
+            0
+        } else {
+            size.div_ceil(QUANTUM) - 1
+        }
+    } else {
+        let lg = (usize::BITS - 1 - (size - 1).leading_zeros()) as usize; // 2^lg < size <= 2^(lg+1)
+        let base = 1usize << lg;
+        let spacing = base / 4;
+        let step = (size - base).div_ceil(spacing) - 1;
+        4 + (lg - 6) * 4 + step
+    }
+}
+
+/// Sizes up to [`SMALL_MAX`] are looked up in this table, indexed by `(size + 15) / 16`.
+static SMALL_CLASS_OF: [u8; SMALL_MAX / QUANTUM + 1] = {
+    let mut table = [0u8; SMALL_MAX / QUANTUM + 1];
+    let mut i = 0;
+    while i < table.len() {
+        table[i] = class_of_computed(i * QUANTUM) as u8;
+        i += 1;
+    }
+    table
+};
+
+/// The smallest class that holds `size` bytes. `size` must be at most [`LARGE_MAX`].
+#[inline(always)]
+pub fn class_of(size: usize) -> usize {
+    if size <= SMALL_MAX {
+        SMALL_CLASS_OF[size.div_ceil(QUANTUM)] as usize
+    } else {
+        class_of_computed(size)
+    }
+}
+
+/// Whether class `c` is small (slab-allocated).
+#[inline(always)]
+pub const fn is_small(c: usize) -> bool {
+    c < NUM_SMALL
+}
+
+/// Pages in a slab of small class `c`: the fewest (up to 16) holding at least four objects
+/// with at most 1/32 of the slab left over, so that slabs waste little and stay small.
+pub const fn slab_pages(c: usize) -> usize {
+    let size = class_size(c);
+    let mut pages = 1;
+    while pages < MAX_SLAB_PAGES {
+        let bytes = pages * PAGE_SIZE;
+        if bytes / size >= 4 && bytes % size <= bytes / 32 {
+            break;
+        }
+        pages += 1;
+    }
+    pages
+}
+
+/// Objects in a slab of small class `c`.
+pub const fn slab_objects(c: usize) -> usize {
+    let n = slab_pages(c) * PAGE_SIZE / class_size(c);
+    if n > MAX_SLAB_OBJECTS {
+        MAX_SLAB_OBJECTS
+    } else {
+        n
+    }
+}
+
+/// Pages in a block of large class `c`.
+pub const fn large_pages(c: usize) -> usize {
+    class_size(c) >> PAGE_SHIFT
+}
+
+/// How many blocks of cached class `c` a thread cache holds at most: about 32 KiB worth,
+/// between 4 and 128 blocks. Small classes get many (refills are batched), large few.
+pub const fn cache_capacity(c: usize) -> usize {
+    let n = (32 << 10) / class_size(c);
+    if n < 4 {
+        4
+    } else if n > 128 {
+        128
+    } else {
+        n
+    }
+}
+
+/// `ceil(2^32 / size)` for class `c`: `(offset * magic) >> 32` divides an offset inside a slab
+/// by the class size exactly when the offset is a multiple of it, which is what free checks.
+pub const fn div_magic(c: usize) -> u64 {
+    let d = class_size(c) as u64;
+    (1u64 << 32).div_ceil(d)
+}
+
+/// Per-class constants gathered in one table, read on the hot paths.
+#[derive(Clone, Copy)]
+pub struct ClassInfo {
+    /// Block size in bytes.
+    pub size: u32,
+    /// Slab pages (small) or block pages (large).
+    pub pages: u16,
+    /// Objects per slab (small only).
+    pub objects: u16,
+    /// See [`div_magic`].
+    pub div_magic: u32,
+    /// Thread-cache capacity (cached classes only).
+    pub cache_capacity: u16,
+}
+
+const fn info(c: usize) -> ClassInfo {
+    let small = is_small(c);
+    ClassInfo {
+        size: class_size(c) as u32,
+        pages: if small {
+            slab_pages(c) as u16
+        } else {
+            large_pages(c) as u16
+        },
+        objects: if small { slab_objects(c) as u16 } else { 1 },
+        div_magic: div_magic(c) as u32,
+        cache_capacity: if c < NUM_CACHED {
+            cache_capacity(c) as u16
+        } else {
+            0
+        },
+    }
+}
+
+/// The class table.
+pub static CLASSES: [ClassInfo; NUM_CLASSES] = {
+    let mut t = [info(0); NUM_CLASSES];
+    let mut c = 0;
+    while c < NUM_CLASSES {
+        t[c] = info(c);
+        c += 1;
+    }
+    t
+};
+
+/// The sum of all thread-cache capacities: the slots one thread cache needs.
+pub const TOTAL_CACHE_SLOTS: usize = {
+    let mut sum = 0;
+    let mut c = 0;
+    while c < NUM_CACHED {
+        sum += cache_capacity(c);
+        c += 1;
+    }
+    sum
+};
+
+const fn table_is_sound() -> bool {
+    let mut c = 0;
+    while c < NUM_CLASSES {
+        let size = class_size(c);
+        // Multiples of the quantum, strictly increasing, and each its own class.
+        if size % QUANTUM != 0 || class_of_computed(size) != c {
+            return false;
+        }
+        if c > 0 {
+            let prev = class_size(c - 1);
+            if size <= prev {
+                return false;
+            }
+            // Worst-case internal waste: a request of prev+1 bytes in this class.
+            if size > 64 && (size - prev - 1) * 5 > size {
+                return false;
+            }
+            if class_of_computed(prev + 1) != c {
+                return false;
+            }
+        }
+        if is_small(c) {
+            let objs = slab_pages(c) * PAGE_SIZE / size;
+            if objs < 1 || objs > MAX_SLAB_OBJECTS || slab_pages(c) > MAX_SLAB_PAGES {
+                return false;
+            }
+        } else if size % PAGE_SIZE != 0 {
+            return false;
+        }
+        c += 1;
+    }
+    true
+}
+
+const_assert!(table_is_sound());
+const_assert!(class_size(NUM_SMALL - 1) == SMALL_MAX);
+const_assert!(class_size(NUM_CLASSES - 1) == LARGE_MAX);
+const_assert!(class_size(NUM_CACHED - 1) == 32 << 10);
+const_assert!(NUM_CLASSES <= 256); // class indices fit a u8
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_matches_computation_for_every_size() {
+        for size in 0..=LARGE_MAX {
+            let c = class_of(size);
+            assert_eq!(c, class_of_computed(size), "size {size}");
+            assert!(class_size(c) >= size.max(1));
+            if c > 0 {
+                assert!(
+                    class_size(c - 1) < size,
+                    "size {size} is not in the smallest class"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn waste_is_bounded() {
+        for size in 1..=LARGE_MAX {
+            let usable = class_size(class_of(size));
+            if size > 64 {
+                assert!(
+                    (usable - size) * 5 <= usable,
+                    "size {size} -> {usable} wastes over 20%"
+                );
+            } else {
+                assert!(usable - size < QUANTUM);
+            }
+        }
+    }
+
+    #[test]
+    fn about_four_classes_per_doubling() {
+        let mut lo = 64;
+        while lo < LARGE_MAX {
+            let n = (0..NUM_CLASSES)
+                .filter(|&c| class_size(c) > lo && class_size(c) <= 2 * lo)
+                .count();
+            assert_eq!(n, 4, "classes in ({lo}, {}]", 2 * lo);
+            lo *= 2;
+        }
+    }
+
+    #[test]
+    fn aligned_sizes_give_aligned_objects() {
+        // A class holding a multiple of `a` has a size that is a multiple of `a`.
+        let mut a = QUANTUM;
+        while a <= PAGE_SIZE {
+            for size in (a..=SMALL_MAX).step_by(a) {
+                let c = class_of(size);
+                assert_eq!(class_size(c) % a, 0, "size {size} align {a}");
+            }
+            a *= 2;
+        }
+    }
+
+    #[test]
+    fn slabs_waste_little() {
+        for c in 0..NUM_SMALL {
+            let bytes = slab_pages(c) * PAGE_SIZE;
+            let used = slab_objects(c) * class_size(c);
+            assert!(bytes - used <= bytes / 32 || slab_pages(c) == MAX_SLAB_PAGES);
+            assert!(slab_objects(c) >= 1);
+        }
+    }
+
+    #[test]
+    fn div_magic_divides_multiples_exactly() {
+        for info in CLASSES.iter().take(NUM_SMALL) {
+            let size = info.size as u64;
+            for i in 0..info.objects as u64 {
+                let off = i * size;
+                assert_eq!((off * info.div_magic as u64) >> 32, i);
+                // Offsets that are not multiples never pass the check.
+                for delta in [1u64, 8, size / 2] {
+                    let bad = off + delta;
+                    if delta % size != 0 {
+                        let q = (bad * info.div_magic as u64) >> 32;
+                        assert_ne!(q * size, bad);
+                    }
+                }
+            }
+        }
+    }
+}

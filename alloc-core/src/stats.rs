@@ -1,0 +1,203 @@
+//! Statistics: what the engine holds, read on demand.
+//!
+//! Counters are kept where they are cheap (per thread cache, per bin under its lock, per page
+//! heap) and merged when read, so keeping them costs the allocation path nothing measurable.
+//!
+//! - *allocated*: bytes in blocks the program holds (usable sizes);
+//! - *active*: bytes of pages in slabs and large blocks, plus huge blocks;
+//! - *resident*: an upper bound on the bytes in RAM (active and dirty pages, headers, metadata);
+//! - *mapped*: bytes of address space mapped; *retained*: mapped but purged;
+//! - *metadata*: segment headers and the engine's own bookkeeping.
+
+use crate::arena::{self, NUM_LARGE};
+use crate::huge;
+use crate::meta;
+use crate::os::{Line, PAGE_SIZE};
+use crate::segment::{HEADER_PAGES, SEGMENT_SIZE};
+use crate::size_class::{CLASSES, NUM_CACHED, NUM_CLASSES, NUM_SMALL};
+use crate::thread_cache;
+use core::sync::atomic::Ordering::Relaxed;
+
+/// Figures for one size class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassStats {
+    /// Block size.
+    pub size: usize,
+    /// Allocation requests served so far.
+    pub requests: u64,
+    /// Blocks the program holds now.
+    pub live: usize,
+    /// Free blocks held in thread caches.
+    pub cached: usize,
+    /// Slabs (small classes).
+    pub slabs: usize,
+}
+
+/// A consistent-enough picture of the engine (each part is read under its own lock).
+#[derive(Clone, Copy, Debug)]
+pub struct Snapshot {
+    /// Bytes in blocks the program holds.
+    pub allocated: usize,
+    /// Bytes of pages in use by blocks (slabs, large and huge).
+    pub active: usize,
+    /// Upper bound on resident bytes.
+    pub resident: usize,
+    /// Bytes mapped.
+    pub mapped: usize,
+    /// Bytes mapped but given back to the kernel.
+    pub retained: usize,
+    /// Bytes of allocator metadata.
+    pub metadata: usize,
+    /// Free pages not yet purged, in bytes.
+    pub dirty: usize,
+    /// Segments mapped.
+    pub segments: usize,
+    /// Arenas threads are spread over.
+    pub narenas: usize,
+    /// Threads with a cache.
+    pub threads: usize,
+    /// Pages given back to the kernel so far.
+    pub purged_pages: u64,
+    /// Bytes in live huge blocks.
+    pub huge_allocated: usize,
+    /// Bytes of freed huge blocks kept for reuse.
+    pub huge_cached: usize,
+    /// Huge allocation requests.
+    pub huge_requests: u64,
+    /// Per size class.
+    pub classes: [ClassStats; NUM_CLASSES],
+}
+
+/// Reads the statistics.
+pub fn snapshot() -> Snapshot {
+    let mut s = Snapshot {
+        allocated: 0,
+        active: 0,
+        resident: 0,
+        mapped: 0,
+        retained: 0,
+        metadata: 0,
+        dirty: 0,
+        segments: 0,
+        narenas: arena::narenas(),
+        threads: 0,
+        purged_pages: 0,
+        huge_allocated: huge::ALLOCATED.load(Relaxed),
+        huge_cached: huge::CACHED.load(Relaxed),
+        huge_requests: huge::REQUESTS.load(Relaxed),
+        classes: [ClassStats::default(); NUM_CLASSES],
+    };
+    let mut out = [0usize; NUM_CLASSES]; // blocks out of arenas
+    let (mut active_pages, mut dirty_pages, mut clean_pages) = (0, 0, 0);
+    for i in 0..arena::arenas_used() {
+        let a = arena::get(i);
+        for (c, o) in out.iter_mut().enumerate().take(NUM_SMALL) {
+            let bin = a.bin(c).lock();
+            *o += bin.objects_out;
+            s.classes[c].slabs += bin.slabs;
+            s.classes[c].requests += bin.direct_requests;
+        }
+        let p = a.pages().lock();
+        active_pages += p.heap.counts.active;
+        dirty_pages += p.heap.counts.dirty;
+        clean_pages += p.heap.counts.clean;
+        s.segments += p.heap.counts.segments;
+        s.purged_pages += p.heap.counts.purged;
+        for l in 0..NUM_LARGE {
+            out[NUM_SMALL + l] += p.large_live[l];
+            if NUM_SMALL + l >= NUM_CACHED {
+                s.classes[NUM_SMALL + l].requests += p.large_requests[l];
+            }
+        }
+    }
+    thread_cache::for_each_live(|tc| {
+        s.threads += 1;
+        for c in 0..NUM_CACHED {
+            s.classes[c].cached += tc.bins[c].count.load(Relaxed) as usize;
+            s.classes[c].requests += tc.bins[c].requests.load(Relaxed);
+        }
+    });
+    for (c, cs) in s.classes.iter_mut().enumerate() {
+        cs.size = CLASSES[c].size as usize;
+        cs.live = out[c].saturating_sub(cs.cached);
+        s.allocated += cs.live * cs.size;
+    }
+    let headers = s.segments * HEADER_PAGES * PAGE_SIZE;
+    let huge_mapped = huge::MAPPED.load(Relaxed);
+    s.allocated += s.huge_allocated;
+    s.active = active_pages * PAGE_SIZE + s.huge_allocated;
+    s.dirty = dirty_pages * PAGE_SIZE + s.huge_cached;
+    s.metadata = headers + meta::mapped();
+    s.mapped = s.segments * SEGMENT_SIZE + meta::mapped() + huge_mapped;
+    s.retained = clean_pages * PAGE_SIZE;
+    s.resident = (active_pages + dirty_pages) * PAGE_SIZE + s.metadata + huge_mapped;
+    s
+}
+
+/// Prints the statistics to file descriptor `fd` (for `stats_print:true` at exit).
+pub fn print(fd: i32) {
+    let s = snapshot();
+    let emit = |l: &mut Line| {
+        l.str("\n");
+        crate::os::write_fd(fd, l.as_bytes());
+    };
+    emit(Line::new().str("___ sampalloc statistics ___"));
+    emit(
+        Line::new()
+            .str("allocated: ")
+            .dec(s.allocated as u64)
+            .str("  active: ")
+            .dec(s.active as u64)
+            .str("  resident: ")
+            .dec(s.resident as u64)
+            .str("  mapped: ")
+            .dec(s.mapped as u64)
+            .str("  retained: ")
+            .dec(s.retained as u64)
+            .str("  metadata: ")
+            .dec(s.metadata as u64),
+    );
+    emit(
+        Line::new()
+            .str("arenas: ")
+            .dec(s.narenas as u64)
+            .str("  threads: ")
+            .dec(s.threads as u64)
+            .str("  segments: ")
+            .dec(s.segments as u64)
+            .str("  dirty: ")
+            .dec(s.dirty as u64)
+            .str("  purged pages: ")
+            .dec(s.purged_pages)
+            .str("  huge: ")
+            .dec(s.huge_allocated as u64)
+            .str(" live, ")
+            .dec(s.huge_cached as u64)
+            .str(" cached, ")
+            .dec(s.huge_requests)
+            .str(" requests"),
+    );
+    emit(Line::new().str("class      size     requests         live     cached    slabs"));
+    for (c, cs) in s.classes.iter().enumerate() {
+        if cs.requests == 0 && cs.live == 0 {
+            continue;
+        }
+        let mut l = Line::new();
+        pad(&mut l, c as u64, 5);
+        pad(&mut l, cs.size as u64, 10);
+        pad(&mut l, cs.requests, 13);
+        pad(&mut l, cs.live as u64, 13);
+        pad(&mut l, cs.cached as u64, 11);
+        pad(&mut l, cs.slabs as u64, 9);
+        emit(&mut l);
+    }
+}
+
+fn pad(l: &mut Line, v: u64, width: usize) {
+    let mut digits = Line::new();
+    digits.dec(v);
+    for _ in digits.as_bytes().len()..width {
+        l.str(" ");
+    }
+    l.bytes(digits.as_bytes());
+}

@@ -1,0 +1,171 @@
+//! Per-thread state: where the thread cache pointer lives, and the thread's life cycle.
+//!
+//! ```text
+//!  Uninit ──first malloc/free──> Initializing ──cache ready──> Live
+//!  Live ──pthread key destructor (thread exit)──> TearingDown ──cache flushed──> Dead
+//! ```
+//!
+//! `Live` threads use their cache. A call made in any other state (the thread is setting up
+//! and a libc call re-entered malloc, or it is exiting and a later destructor allocates) is
+//! served by the locked fallback path straight from an arena.
+//!
+//! The state is one small constant-initialised block of thread-local storage with no
+//! destructor. On x86-64 Linux it is reached with the initial-exec TLS model written out in
+//! assembly, because the dynamic model (`__tls_get_addr`) may call malloc, which a malloc
+//! replacement loaded with `LD_PRELOAD` must never do. Thread exit is seen through a pthread key
+//! destructor registered at start-up.
+
+use crate::arena;
+use crate::global;
+use crate::thread_cache::{self, ThreadCache};
+use core::ptr;
+
+/// The phases of a thread's life (see the module docs).
+pub mod phase {
+    /// No allocation seen yet.
+    pub const UNINIT: u8 = 0;
+    /// Setting up the thread cache.
+    pub const INITIALIZING: u8 = 1;
+    /// Using the thread cache.
+    pub const LIVE: u8 = 2;
+    /// Flushing the cache at thread exit.
+    pub const TEARING_DOWN: u8 = 3;
+    /// After exit clean-up; only the fallback path is used.
+    pub const DEAD: u8 = 4;
+}
+
+/// The thread-local block. Constant-initialised to zeroes (null cache, `UNINIT`).
+#[repr(C)]
+pub struct ThreadState {
+    /// The cache, non-null exactly when the phase is `LIVE`.
+    pub cache: *mut ThreadCache,
+    /// One of [`phase`].
+    pub phase: u8,
+    /// Set while this thread is inside the profiler, so its own allocations are not sampled.
+    pub in_profiler: u8,
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod tls {
+    use super::ThreadState;
+
+    // The block, in .tbss, hidden so that a second copy of the engine in the process (a Rust
+    // program using SampAlloc run with the preload) keeps its own.
+    core::arch::global_asm!(
+        ".pushsection .tbss,\"awT\",@nobits",
+        ".p2align 4",
+        ".globl sampalloc_core_thread_state",
+        ".hidden sampalloc_core_thread_state",
+        ".type sampalloc_core_thread_state,@object",
+        ".size sampalloc_core_thread_state, {size}",
+        "sampalloc_core_thread_state:",
+        ".zero {size}",
+        ".popsection",
+        size = const core::mem::size_of::<ThreadState>(),
+    );
+
+    /// The calling thread's block: the thread pointer plus the initial-exec offset.
+    #[inline(always)]
+    pub fn state() -> *mut ThreadState {
+        let p: usize;
+        // SAFETY: reads the thread pointer (%fs:0 holds it on x86-64 glibc) and the GOT entry
+        // the linker fills with the block's offset; both are constant for the thread.
+        unsafe {
+            core::arch::asm!(
+                "mov {p}, qword ptr fs:[0]",
+                "add {p}, qword ptr [rip + sampalloc_core_thread_state@GOTTPOFF]",
+                p = out(reg) p,
+                options(pure, readonly, nostack),
+            );
+        }
+        p as *mut ThreadState
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+mod tls {
+    use super::ThreadState;
+    use core::cell::UnsafeCell;
+
+    std::thread_local! {
+        static STATE: UnsafeCell<ThreadState> = const {
+            UnsafeCell::new(ThreadState { cache: core::ptr::null_mut(), phase: 0, in_profiler: 0 })
+        };
+    }
+
+    /// The calling thread's block.
+    #[inline(always)]
+    pub fn state() -> *mut ThreadState {
+        STATE.with(|s| s.get())
+    }
+}
+
+pub use tls::state;
+
+/// The calling thread's cache, or null when it is not `LIVE`.
+#[inline(always)]
+pub fn cache() -> *mut ThreadCache {
+    // SAFETY: the block is always valid for the calling thread.
+    unsafe { (*state()).cache }
+}
+
+/// The calling thread's cache, setting the thread up if this is its first call. Null when the
+/// thread must use the fallback path.
+#[cold]
+pub fn cache_or_init() -> *mut ThreadCache {
+    let s = state();
+    // SAFETY: the block belongs to the calling thread.
+    unsafe {
+        match (*s).phase {
+            phase::LIVE => (*s).cache,
+            phase::UNINIT => init(s),
+            _ => ptr::null_mut(),
+        }
+    }
+}
+
+#[cold]
+unsafe fn init(s: *mut ThreadState) -> *mut ThreadCache {
+    // SAFETY: the block belongs to the calling thread.
+    unsafe {
+        (*s).phase = phase::INITIALIZING;
+        global::ensure_ready();
+        // A non-null value makes the key's destructor run at thread exit. This may call
+        // calloc (for high key numbers); the INITIALIZING phase sends that to the fallback.
+        libc::pthread_setspecific(global::thread_key(), 1usize as *const libc::c_void);
+        let a = arena::assign_thread();
+        let tc = thread_cache::acquire(a, global::free_key());
+        if tc.is_null() {
+            arena::release_thread(a);
+            (*s).phase = phase::UNINIT; // try again on the next call
+            return tc;
+        }
+        (*s).cache = tc;
+        (*s).phase = phase::LIVE;
+        tc
+    }
+}
+
+/// The pthread key destructor: returns the exiting thread's cache.
+pub extern "C" fn on_thread_exit(_value: *mut libc::c_void) {
+    let s = state();
+    // SAFETY: the block belongs to the calling (exiting) thread.
+    unsafe {
+        if (*s).phase != phase::LIVE {
+            return;
+        }
+        (*s).phase = phase::TEARING_DOWN;
+        let tc = (*s).cache;
+        (*s).cache = ptr::null_mut();
+        let a = (*tc).arena;
+        thread_cache::release(tc);
+        arena::release_thread(a);
+        (*s).phase = phase::DEAD;
+    }
+}
+
+/// The calling thread's phase.
+pub fn current_phase() -> u8 {
+    // SAFETY: the block belongs to the calling thread.
+    unsafe { (*state()).phase }
+}

@@ -1,0 +1,271 @@
+//! Thread caches: each thread's private stacks of free blocks, one per cached class.
+//!
+//! `malloc` pops and `free` pushes without locks or atomic read-modify-writes. An empty stack is
+//! refilled from the thread's arena with half its capacity in one locked batch; a full one
+//! flushes its older half back to the arenas that own the blocks, grouped so each arena's lock
+//! is taken once. A block freed by another thread simply lands in that thread's cache: remote
+//! frees need no global lock.
+//!
+//! Caches live in metadata memory, not in TLS (which holds only a pointer), so a thread costs
+//! one recycled cache, and all live caches sit on a list that statistics and fork walk.
+//! A freed block carries the process's `free_key` in its first word while cached, which lets a
+//! second `free` of it be recognised cheaply (confirmed by a scan before aborting).
+
+use crate::arena::{self, Arena};
+use crate::lock::Locked;
+use crate::meta;
+use crate::os;
+use crate::segment::{kind, Segment, SpanDesc};
+use crate::size_class::{is_small, CLASSES, NUM_CACHED, TOTAL_CACHE_SLOTS};
+use core::ptr;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Bytes allocated between two thread events (periodic work off the fast path).
+pub const EVENT_INTERVAL: i64 = 1 << 20;
+
+/// One class's stack. Counters are atomics only so that statistics may read them from other
+/// threads; the owner uses plain loads and stores.
+#[repr(C)]
+pub struct CacheBin {
+    /// Blocks on the stack.
+    pub count: AtomicU32,
+    /// Capacity of the stack.
+    pub capacity: u32,
+    /// Bottom of the stack (oldest block first).
+    pub slots: *mut *mut u8,
+    /// Allocation requests served through this bin.
+    pub requests: AtomicU64,
+}
+
+/// A thread's cache. See the module docs.
+#[repr(C)]
+pub struct ThreadCache {
+    /// Counts down the bytes allocated until the next thread event.
+    pub bytes_until_event: i64,
+    /// The value written into cached blocks, for double-free detection.
+    pub free_key: u64,
+    /// The thread's arena: refills come from here.
+    pub arena: &'static Arena,
+    /// The stacks.
+    pub bins: [CacheBin; NUM_CACHED],
+    next: *mut ThreadCache,
+    prev: *mut ThreadCache,
+    slots: [*mut u8; TOTAL_CACHE_SLOTS],
+}
+
+struct CacheList {
+    live: *mut ThreadCache,
+    spare: *mut ThreadCache,
+}
+
+// SAFETY: the list's caches are reached only under its lock (or by their own threads).
+unsafe impl Send for CacheList {}
+
+static CACHES: Locked<CacheList> = Locked::new(CacheList {
+    live: ptr::null_mut(),
+    spare: ptr::null_mut(),
+});
+
+/// Gets a cache for a new thread of `arena`: a recycled one or fresh metadata memory.
+/// Null if memory ran out.
+pub fn acquire(arena: &'static Arena, free_key: u64) -> *mut ThreadCache {
+    let mut list = CACHES.lock();
+    let mut tc = list.spare;
+    if tc.is_null() {
+        tc = meta::alloc(core::mem::size_of::<ThreadCache>(), 64).cast();
+        if tc.is_null() {
+            return tc;
+        }
+    } else {
+        // SAFETY: spare caches are ours, off every other list.
+        list.spare = unsafe { (*tc).next };
+    }
+    // SAFETY: `tc` is exclusively ours; every field is written before use.
+    unsafe {
+        ptr::addr_of_mut!((*tc).bytes_until_event).write(EVENT_INTERVAL);
+        ptr::addr_of_mut!((*tc).free_key).write(free_key);
+        ptr::addr_of_mut!((*tc).arena).write(arena);
+        let slots = ptr::addr_of_mut!((*tc).slots).cast::<*mut u8>();
+        let mut offset = 0;
+        for (class, info) in CLASSES.iter().enumerate().take(NUM_CACHED) {
+            let capacity = info.cache_capacity as usize;
+            ptr::addr_of_mut!((*tc).bins[class]).write(CacheBin {
+                count: AtomicU32::new(0),
+                capacity: capacity as u32,
+                slots: slots.add(offset),
+                requests: AtomicU64::new(0),
+            });
+            offset += capacity;
+        }
+        (*tc).prev = ptr::null_mut();
+        (*tc).next = list.live;
+        if !list.live.is_null() {
+            (*list.live).prev = tc;
+        }
+        list.live = tc;
+    }
+    tc
+}
+
+/// Flushes a cache completely and recycles it (thread exit).
+///
+/// # Safety
+/// `tc` must be a live cache no thread will use again.
+pub unsafe fn release(tc: *mut ThreadCache) {
+    // SAFETY: the caller hands the cache over.
+    unsafe {
+        flush_all(tc);
+        let mut list = CACHES.lock();
+        unlink(&mut list, tc);
+        (*tc).next = list.spare;
+        list.spare = tc;
+    }
+}
+
+unsafe fn unlink(list: &mut CacheList, tc: *mut ThreadCache) {
+    // SAFETY: `tc` is on the live list, which the caller has locked.
+    unsafe {
+        if (*tc).prev.is_null() {
+            list.live = (*tc).next;
+        } else {
+            (*(*tc).prev).next = (*tc).next;
+        }
+        if !(*tc).next.is_null() {
+            (*(*tc).next).prev = (*tc).prev;
+        }
+    }
+}
+
+/// Returns every cached block to its arena.
+///
+/// # Safety
+/// Only the cache's owner (or, after fork, the sole surviving thread) may call this.
+pub unsafe fn flush_all(tc: *mut ThreadCache) {
+    for class in 0..NUM_CACHED {
+        // SAFETY: as documented.
+        unsafe {
+            let n = (*tc).bins[class].count.load(Ordering::Relaxed) as usize;
+            flush(tc, class, n);
+        }
+    }
+}
+
+/// Returns the `n` oldest blocks of `class` to their arenas.
+///
+/// # Safety
+/// Only the cache's owner may call this; `n` must not exceed the count.
+pub unsafe fn flush(tc: *mut ThreadCache, class: usize, n: usize) {
+    // SAFETY: the owner has exclusive use of its stacks.
+    unsafe {
+        let bin = &(*tc).bins[class];
+        let count = bin.count.load(Ordering::Relaxed) as usize;
+        debug_assert!(n <= count);
+        let blocks = core::slice::from_raw_parts_mut(bin.slots, n);
+        return_blocks(class, blocks);
+        ptr::copy(bin.slots.add(n), bin.slots, count - n);
+        bin.count.store((count - n) as u32, Ordering::Relaxed);
+    }
+}
+
+/// Returns blocks of cached class `class` to the arenas owning them, one lock per arena.
+/// Reorders `blocks`.
+///
+/// # Safety
+/// Every block must be a validated, unused block of `class`.
+pub unsafe fn return_blocks(class: usize, blocks: &mut [*mut u8]) {
+    let mut rest = blocks;
+    // SAFETY: validated blocks lie in live segments.
+    let owner_of = |p: *mut u8| unsafe { arena::of_segment(Segment::of(p as usize)) };
+    while !rest.is_empty() {
+        let owner = owner_of(rest[0]);
+        let mut same = 0;
+        for i in 0..rest.len() {
+            if ptr::eq(owner_of(rest[i]), owner) {
+                rest.swap(i, same);
+                same += 1;
+            }
+        }
+        let (mine, others) = rest.split_at_mut(same);
+        // SAFETY: validated blocks of `owner`, as the contract says.
+        unsafe {
+            if is_small(class) {
+                owner.put_small(class, mine);
+            } else {
+                owner.free_large(mine);
+            }
+        }
+        rest = others;
+    }
+}
+
+/// Called when a cached block's first word holds the free key: aborts if the block is in fact
+/// already free (in this cache or in its slab). Otherwise the match was a coincidence.
+///
+/// # Safety
+/// `tc` must be the caller's cache, `d` the span of `p`, validated for class `class`.
+#[cold]
+pub unsafe fn check_double_free(tc: *mut ThreadCache, class: usize, d: *mut SpanDesc, p: *mut u8) {
+    // SAFETY: the owner reads its own stack; the slab check takes the bin lock.
+    unsafe {
+        let bin = &(*tc).bins[class];
+        let count = bin.count.load(Ordering::Relaxed) as usize;
+        if core::slice::from_raw_parts(bin.slots, count).contains(&p) {
+            os::fatal_pointer("free(): double free of", p as usize);
+        }
+        if (*d).kind == kind::SLAB {
+            let owner = arena::of_segment(Segment::of(p as usize));
+            if owner.slab_object_is_free(class, d, p as usize) {
+                os::fatal_pointer("free(): double free of", p as usize);
+            }
+        }
+    }
+}
+
+/// Calls `f` on every live cache while holding the list lock (statistics).
+pub fn for_each_live(mut f: impl FnMut(&ThreadCache)) {
+    let list = CACHES.lock();
+    let mut tc = list.live;
+    while !tc.is_null() {
+        // SAFETY: live caches stay valid while the list lock is held; `f` reads atomics only
+        // of fields other threads may change.
+        unsafe {
+            f(&*tc);
+            tc = (*tc).next;
+        }
+    }
+}
+
+/// Fork: hold the list lock across `fork`.
+pub fn prefork() {
+    CACHES.raw_lock();
+}
+
+/// Fork: release in the parent.
+pub fn postfork_parent() {
+    // SAFETY: taken in `prefork` by this thread.
+    unsafe { CACHES.raw_unlock() };
+}
+
+/// Fork: in the child only the forking thread survives. The other threads' caches are flushed
+/// (their blocks would otherwise leak) and recycled. Arena locks must be usable already.
+pub fn postfork_child(survivor: *mut ThreadCache) {
+    CACHES.reset_after_fork();
+    let mut list = CACHES.lock();
+    let mut tc = list.live;
+    while !tc.is_null() {
+        // SAFETY: single-threaded now; the caches of vanished threads have no owner.
+        unsafe {
+            let next = (*tc).next;
+            if tc != survivor {
+                flush_all(tc);
+                unlink(&mut list, tc);
+                (*tc).next = list.spare;
+                list.spare = tc;
+            } else {
+                // The survivor's thread counts again in the (reset) arena counts.
+                (*tc).arena.threads.fetch_add(1, Ordering::Relaxed);
+            }
+            tc = next;
+        }
+    }
+}

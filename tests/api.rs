@@ -1,0 +1,137 @@
+//! The Rust API: `SampAlloc` as the global allocator of this test binary, so every allocation
+//! of the test harness itself goes through the engine too.
+
+use sampalloc::SampAlloc;
+use std::alloc::{GlobalAlloc, Layout};
+
+#[global_allocator]
+static GLOBAL: SampAlloc = SampAlloc;
+
+#[test]
+fn collections_work() {
+    let mut v: Vec<String> = Vec::new();
+    for i in 0..10_000 {
+        v.push(format!("item {i}"));
+    }
+    let total: usize = v.iter().map(|s| s.len()).sum();
+    assert!(total > 60_000);
+    let mut m = std::collections::HashMap::new();
+    for (i, s) in v.iter().enumerate() {
+        m.insert(s.clone(), i);
+    }
+    assert_eq!(m["item 777"], 777);
+}
+
+#[test]
+fn blocks_are_sized_aligned_and_distinct() {
+    let mut seen = std::collections::HashSet::new();
+    let mut blocks = Vec::new();
+    for size in [
+        0usize, 1, 15, 16, 17, 100, 1000, 5000, 20_000, 40_000, 300_000, 3_000_000,
+    ] {
+        for _ in 0..3 {
+            let layout = Layout::from_size_align(size.max(1), 16).unwrap();
+            // SAFETY: non-zero layout.
+            let p = unsafe { GLOBAL.alloc(layout) };
+            assert!(!p.is_null());
+            assert_eq!(p as usize % 16, 0);
+            // SAFETY: live block of ours.
+            assert!(unsafe { sampalloc::usable_size(p) } >= size);
+            assert!(seen.insert(p as usize));
+            // SAFETY: the block is at least `size` bytes.
+            unsafe { std::ptr::write_bytes(p, 0xab, size.max(1)) };
+            blocks.push((p, layout));
+        }
+    }
+    for (p, layout) in blocks {
+        // SAFETY: allocated above with this layout.
+        unsafe { GLOBAL.dealloc(p, layout) };
+    }
+}
+
+#[test]
+fn alignments_up_to_a_segment() {
+    let mut a = 32;
+    while a <= 8 << 20 {
+        for size in [1usize, a / 2 + 1, a, 3 * a + 5, 100_000] {
+            let layout = Layout::from_size_align(size, a).unwrap();
+            // SAFETY: non-zero layout.
+            unsafe {
+                let p = GLOBAL.alloc(layout);
+                assert!(!p.is_null(), "size {size} align {a}");
+                assert_eq!(p as usize % a, 0, "size {size} align {a}");
+                std::ptr::write_bytes(p, 1, size);
+                let z = GLOBAL.alloc_zeroed(layout);
+                assert_eq!(z as usize % a, 0);
+                assert!(std::slice::from_raw_parts(z, size).iter().all(|&b| b == 0));
+                GLOBAL.dealloc(p, layout);
+                GLOBAL.dealloc(z, layout);
+            }
+        }
+        a *= 2;
+    }
+}
+
+#[test]
+fn impossible_request_returns_null() {
+    let layout = Layout::from_size_align(isize::MAX as usize - 15, 16).unwrap();
+    // SAFETY: a valid layout; null is an allowed answer.
+    let p = unsafe { GLOBAL.alloc(layout) };
+    assert!(p.is_null());
+    let layout = Layout::from_size_align(isize::MAX as usize - 4095, 4096).unwrap();
+    // SAFETY: as above.
+    assert!(unsafe { GLOBAL.alloc(layout) }.is_null());
+    // SAFETY: as above.
+    assert!(unsafe { GLOBAL.alloc_zeroed(layout) }.is_null());
+}
+
+#[test]
+fn realloc_keeps_contents_through_every_kind() {
+    let layout = Layout::from_size_align(8, 8).unwrap();
+    // SAFETY: each step passes the current size and a live pointer.
+    unsafe {
+        let mut p = GLOBAL.alloc(layout);
+        let mut size = 8;
+        *p = 42;
+        for new_size in [
+            24usize, 200, 4000, 30_000, 100_000, 2_500_000, 9_000_000, 50_000, 10,
+        ] {
+            let q = GLOBAL.realloc(p, Layout::from_size_align(size, 8).unwrap(), new_size);
+            assert!(!q.is_null());
+            assert_eq!(*q, 42, "contents lost growing to {new_size}");
+            if new_size > 1 {
+                *q.add(new_size - 1) = 7;
+            }
+            p = q;
+            size = new_size;
+        }
+        GLOBAL.dealloc(p, Layout::from_size_align(size, 8).unwrap());
+    }
+}
+
+#[test]
+fn cross_thread_free_and_stats() {
+    let blocks: Vec<Box<[u8; 64]>> = (0..10_000).map(|i| Box::new([i as u8; 64])).collect();
+    std::thread::spawn(move || {
+        for (i, b) in blocks.iter().enumerate() {
+            assert_eq!(b[63], i as u8);
+        }
+        drop(blocks);
+    })
+    .join()
+    .unwrap();
+    let s = sampalloc::stats::snapshot();
+    assert!(s.mapped > 0 && s.resident > 0 && s.metadata > 0);
+    assert!(s
+        .classes
+        .iter()
+        .any(|c| c.size == 64 && c.requests >= 10_000));
+}
+
+#[test]
+fn configure_reports_bad_entries() {
+    let err = sampalloc::configure("dirty_decay_ms:1000,bogus:3").unwrap_err();
+    assert_eq!(err.len(), 1);
+    assert_eq!(err[0].entry, "bogus:3");
+    assert!(sampalloc::configure("dirty_decay_ms:1000").is_ok());
+}
