@@ -23,6 +23,7 @@
 use core::alloc::{GlobalAlloc, Layout};
 use sampalloc_core as engine;
 
+pub mod profile;
 pub mod stats;
 
 /// The sampalloc allocator, for `#[global_allocator]`.
@@ -37,8 +38,12 @@ const MIN_ALIGN: usize = engine::size_class::QUANTUM;
 
 // SAFETY: the engine returns blocks of at least the requested size and alignment that stay
 // valid until freed, never hands one block out twice, and `realloc` keeps the contents.
+//
+// The methods are never inlined: each is the profiler's entry point, whose frame is dropped
+// from sampled stacks so that they start at the caller. (Peers' methods are FFI calls, so this
+// costs nothing relative to them.)
 unsafe impl GlobalAlloc for SampAlloc {
-    #[inline]
+    #[inline(never)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if layout.align() <= MIN_ALIGN {
             engine::malloc(layout.size())
@@ -47,7 +52,7 @@ unsafe impl GlobalAlloc for SampAlloc {
         }
     }
 
-    #[inline]
+    #[inline(never)]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if layout.align() <= MIN_ALIGN {
             engine::malloc_zeroed(layout.size())
@@ -56,12 +61,12 @@ unsafe impl GlobalAlloc for SampAlloc {
         }
     }
 
-    #[inline]
+    #[inline(never)]
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
         engine::free(ptr)
     }
 
-    #[inline]
+    #[inline(never)]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if layout.align() <= MIN_ALIGN {
             return engine::realloc(ptr, new_size);

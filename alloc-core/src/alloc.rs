@@ -8,17 +8,24 @@
 //! Misuse is fatal: freeing a pointer that does not start a live block of ours aborts with one
 //! line naming the function and the pointer.
 
-use crate::arena::{self, Arena};
+use crate::arena;
+use crate::backtrace;
 use crate::global;
 use crate::huge;
 use crate::os::{self, PAGE_SIZE};
-use crate::segment::{self, kind, span_start, Location, Segment, SpanDesc, USABLE_PAGES};
+use crate::prof::{self, MAX_FRAMES};
+use crate::prof_dump::InProfiler;
+use crate::registry;
+use crate::sampler;
+use crate::segment::{
+    self, kind, span_start, Location, Segment, SpanDesc, FLAG_SAMPLED, USABLE_PAGES,
+};
 use crate::size_class::{
     class_of, is_small, CLASSES, LARGE_MAX, NUM_CACHED, NUM_SMALL, QUANTUM, SMALL_MAX,
 };
 use crate::slab;
 use crate::thread;
-use crate::thread_cache::{self, ThreadCache, EVENT_INTERVAL};
+use crate::thread_cache::{self, ThreadCache};
 use core::ptr;
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -83,35 +90,31 @@ pub fn malloc(size: usize) -> *mut u8 {
             }
         }
     }
-    alloc_slow(size, false)
+    alloc_slow(size, false, backtrace::current_sp())
 }
 
 /// Allocates at least `size` zeroed bytes aligned to 16. Fresh pages from the kernel are not
 /// zeroed again. Null when out of memory.
-#[inline]
+#[inline(always)]
 pub fn malloc_zeroed(size: usize) -> *mut u8 {
-    alloc_slow(size, true)
+    alloc_slow(size, true, backtrace::current_sp())
 }
 
 /// `calloc`: `n * size` zeroed bytes; null if the product overflows or memory ran out.
-#[inline]
+#[inline(always)]
 pub fn calloc(n: usize, size: usize) -> *mut u8 {
     match n.checked_mul(size) {
-        Some(total) => malloc_zeroed(total),
+        Some(total) => alloc_slow(total, true, backtrace::current_sp()),
         None => ptr::null_mut(),
     }
 }
 
+/// The allocation slow path. `entry_sp` is the stack pointer of the public entry point, so a
+/// sampled stack starts at its caller.
 #[inline(never)]
-fn alloc_slow(size: usize, zero: bool) -> *mut u8 {
+fn alloc_slow(size: usize, zero: bool, entry_sp: usize) -> *mut u8 {
     if size > LARGE_MAX {
-        global::ensure_ready();
-        let tc = thread::cache();
-        if !tc.is_null() {
-            // SAFETY: our own cache.
-            unsafe { count_event(tc, size) };
-        }
-        return huge::alloc(size, QUANTUM, zero);
+        return alloc_huge(size, QUANTUM, zero, entry_sp);
     }
     let class = class_of(size);
     let tc = thread::cache_or_init();
@@ -119,37 +122,116 @@ fn alloc_slow(size: usize, zero: bool) -> *mut u8 {
         return fallback_alloc(class, zero, size);
     }
     // SAFETY: a non-null cache belongs to the calling thread.
-    unsafe { alloc_class(tc, class, zero, size) }
-}
-
-/// Counts `bytes` towards the next thread event and runs it when due.
-#[inline(always)]
-unsafe fn count_event(tc: *mut ThreadCache, bytes: usize) {
-    // SAFETY: the caller's own cache.
     unsafe {
-        (*tc).bytes_until_event -= bytes as i64;
-        if (*tc).bytes_until_event < 0 {
-            thread_event(tc);
+        if count_event(tc, CLASSES[class].size as usize) {
+            return alloc_sampled(tc, class, 1, zero, size, entry_sp);
         }
+        alloc_class(tc, class, zero, size)
     }
 }
 
-/// Periodic work, every [`EVENT_INTERVAL`] bytes a thread allocates: lets decay make progress in
-/// programs that allocate without freeing large blocks.
-#[cold]
-unsafe fn thread_event(tc: *mut ThreadCache) {
+fn alloc_huge(size: usize, align: usize, zero: bool, entry_sp: usize) -> *mut u8 {
+    global::ensure_ready();
+    let tc = thread::cache_or_init();
+    // SAFETY: our own cache.
+    let sample = !tc.is_null() && unsafe { count_event(tc, size) };
+    if !sample {
+        return huge::alloc(size, align, zero);
+    }
+    let _inside = InProfiler::enter();
+    let mut frames = [0usize; MAX_FRAMES];
+    let depth = backtrace::capture(&mut frames, entry_sp);
+    let p = huge::alloc(size, align, zero);
+    if !p.is_null() {
+        // SAFETY: a live huge block we just allocated.
+        let usable = unsafe { huge::usable_size(registry::lookup(p as usize), p, "malloc") };
+        let weight = sampler::weight(usable, sampler::mean_interval());
+        let stack = prof::record_alloc(&frames[..depth], size, weight);
+        // SAFETY: as above.
+        unsafe { huge::set_sample(p, stack, size, weight) };
+    }
+    p
+}
+
+/// Counts `bytes` towards the next thread event and runs it when due. True if the allocation
+/// being made is to be sampled.
+#[inline(always)]
+unsafe fn count_event(tc: *mut ThreadCache, bytes: usize) -> bool {
     // SAFETY: the caller's own cache.
     unsafe {
-        (*tc).bytes_until_event = EVENT_INTERVAL;
-        (*tc).arena.purge(false);
+        // Clamped so that the countdown cannot overflow on an impossible request.
+        (*tc).bytes_until_event -= bytes.min(1 << 60) as i64;
+        (*tc).bytes_until_event < 0 && thread_event(tc)
     }
-    huge::maybe_purge(os::now_ms());
+}
+
+/// A thread event: a sample point was crossed, or a tick is due (periodic work: decay makes
+/// progress in programs that never free large blocks; profile dumps are served).
+#[cold]
+#[inline(never)]
+unsafe fn thread_event(tc: *mut ThreadCache) -> bool {
+    // SAFETY: the caller's own cache and thread block.
+    unsafe {
+        let (due, countdown) = (*tc).schedule.on_event((*tc).bytes_until_event);
+        (*tc).bytes_until_event = countdown;
+        let in_profiler = (*thread::state()).in_profiler != 0;
+        if due.tick {
+            (*tc).arena.purge(false);
+            huge::maybe_purge(os::now_ms());
+            if !in_profiler {
+                prof::on_tick(sampler::TICK_BYTES);
+            }
+        }
+        due.sample && !in_profiler
+    }
+}
+
+/// Allocates a sampled block: captures the stack, serves the block from pages of its own so
+/// that its `free` is seen, and records it.
+#[cold]
+#[inline(never)]
+unsafe fn alloc_sampled(
+    tc: *mut ThreadCache,
+    class: usize,
+    align_pages: usize,
+    zero: bool,
+    size: usize,
+    entry_sp: usize,
+) -> *mut u8 {
+    let _inside = InProfiler::enter();
+    let mut frames = [0usize; MAX_FRAMES];
+    let depth = backtrace::capture(&mut frames, entry_sp);
+    // SAFETY: the caller's own cache.
+    let (p, d) = unsafe { (*tc).arena.alloc_sampled(class, align_pages, zero) };
+    if p.is_null() {
+        return p;
+    }
+    let weight = sampler::weight(CLASSES[class].size as usize, sampler::mean_interval());
+    let stack = prof::record_alloc(&frames[..depth], size, weight);
+    // SAFETY: `d` heads the block we just allocated; its words are ours to use.
+    unsafe {
+        (*d).words[0] = stack as usize as u64;
+        (*d).words[1] = size as u64;
+        (*d).words[2] = weight.to_bits();
+    }
+    p
+}
+
+/// Frees a sampled block: the profiler forgets it, then its pages go back.
+#[cold]
+#[inline(never)]
+unsafe fn free_sampled(d: *mut SpanDesc) {
+    // SAFETY: `d` heads a live sampled block whose words hold its record.
+    unsafe {
+        let stack = (*d).words[0] as usize as *mut prof::StackEntry;
+        prof::record_free(stack, (*d).words[1] as usize, f64::from_bits((*d).words[2]));
+        arena::of_segment(segment::segment_of_desc(d)).free_sampled(d);
+    }
 }
 
 unsafe fn alloc_class(tc: *mut ThreadCache, class: usize, zero: bool, size: usize) -> *mut u8 {
     // SAFETY: the caller's own cache.
     unsafe {
-        count_event(tc, CLASSES[class].size as usize);
         let arena = (*tc).arena;
         if class >= NUM_CACHED {
             return arena.alloc_large(class, 1, zero);
@@ -180,7 +262,7 @@ unsafe fn alloc_class(tc: *mut ThreadCache, class: usize, zero: bool, size: usiz
 }
 
 /// Serves a thread that has no cache (setting up, exiting, or out of metadata): straight from
-/// arena 0 under its locks.
+/// arena 0 under its locks. Such allocations are not sampled.
 #[cold]
 fn fallback_alloc(class: usize, zero: bool, size: usize) -> *mut u8 {
     global::ensure_ready();
@@ -200,49 +282,46 @@ fn fallback_alloc(class: usize, zero: bool, size: usize) -> *mut u8 {
     }
 }
 
-/// The arena the calling thread should take blocks from outside its cache.
-fn home_arena() -> &'static Arena {
-    let tc = thread::cache_or_init();
-    if tc.is_null() {
-        global::ensure_ready();
-        arena::get(0)
-    } else {
-        // SAFETY: our own cache.
-        unsafe { (*tc).arena }
-    }
-}
-
 /// Allocates at least `size` bytes aligned to `align` (a power of two), zeroed if `zero`.
 /// Null when out of memory.
+#[inline(always)]
 pub fn alloc_aligned(align: usize, size: usize, zero: bool) -> *mut u8 {
+    aligned_slow(align, size, zero, backtrace::current_sp())
+}
+
+#[inline(never)]
+fn aligned_slow(align: usize, size: usize, zero: bool, entry_sp: usize) -> *mut u8 {
     debug_assert!(align.is_power_of_two());
     if align <= QUANTUM {
-        return if zero {
-            malloc_zeroed(size)
-        } else {
-            malloc(size)
-        };
+        return alloc_slow(size, zero, entry_sp);
     }
     let Some(rounded) = size.max(1).checked_add(align - 1).map(|v| v & !(align - 1)) else {
         return ptr::null_mut();
     };
-    // Small classes whose size is a multiple of `align` have aligned objects (size_class docs).
+    // Small classes whose size is a multiple of `align` have aligned objects (size_class docs);
+    // sampled ones get pages of their own, aligned too.
     if rounded <= SMALL_MAX && align <= PAGE_SIZE {
-        return if zero {
-            malloc_zeroed(rounded)
-        } else {
-            malloc(rounded)
-        };
+        return alloc_slow(rounded, zero, entry_sp);
     }
     if rounded <= LARGE_MAX {
         let class = class_of(rounded).max(NUM_SMALL);
-        let align_pages = align / PAGE_SIZE;
-        if CLASSES[class].pages as usize + align_pages.max(1) - 1 <= USABLE_PAGES {
-            return home_arena().alloc_large(class, align_pages.max(1), zero);
+        let align_pages = (align / PAGE_SIZE).max(1);
+        if CLASSES[class].pages as usize + align_pages - 1 <= USABLE_PAGES {
+            let tc = thread::cache_or_init();
+            if tc.is_null() {
+                global::ensure_ready();
+                return arena::get(0).alloc_large(class, align_pages, zero);
+            }
+            // SAFETY: our own cache.
+            unsafe {
+                if count_event(tc, CLASSES[class].size as usize) {
+                    return alloc_sampled(tc, class, align_pages, zero, size, entry_sp);
+                }
+                return (*tc).arena.alloc_large(class, align_pages, zero);
+            }
         }
     }
-    global::ensure_ready();
-    huge::alloc(size.max(1), align, zero)
+    alloc_huge(size.max(1), align, zero, entry_sp)
 }
 
 /// What `p` is, validated: aborts (naming `op`) unless `p` starts a live block of ours.
@@ -296,7 +375,13 @@ pub unsafe fn free(p: *mut u8) {
     }
     match validate(p, Op::Free) {
         // SAFETY: validated as a live block of class `class` in span `d`.
-        Block::Span(d, class) => unsafe { free_block(p, d, class) },
+        Block::Span(d, class) => unsafe {
+            if (*d).flags & FLAG_SAMPLED != 0 {
+                free_sampled(d);
+            } else {
+                free_block(p, d, class);
+            }
+        },
         // SAFETY: `h` is the registered header for `p`.
         Block::Huge(h) => unsafe { huge::free(h, p, "free") },
     }
@@ -363,9 +448,16 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
 ///
 /// # Safety
 /// `p` must be null or a live block from this engine; on success it must not be used again.
+#[inline(always)]
 pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { realloc_slow(p, size, backtrace::current_sp()) }
+}
+
+#[inline(never)]
+unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize) -> *mut u8 {
     if p.is_null() {
-        return malloc(size);
+        return alloc_slow(size, false, entry_sp);
     }
     let old_usable = match validate(p, Op::Realloc) {
         Block::Huge(h) => {
@@ -384,9 +476,10 @@ pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
                 if new_class == class {
                     return p;
                 }
-                // SAFETY: `d` heads the live large block `p`.
+                // SAFETY: `d` heads the live large block `p`; sampled blocks always move.
                 if !is_small(class)
                     && !is_small(new_class)
+                    && unsafe { (*d).flags } & FLAG_SAMPLED == 0
                     && unsafe {
                         arena::of_segment(Segment::of(p as usize)).resize_large(d, new_class)
                     }
@@ -397,7 +490,7 @@ pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
             CLASSES[class].size as usize
         }
     };
-    let q = malloc(size);
+    let q = alloc_slow(size, false, entry_sp);
     if q.is_null() {
         return q;
     }

@@ -10,7 +10,7 @@ use crate::config;
 use crate::lock::Locked;
 use crate::os;
 use crate::pages::PageHeap;
-use crate::segment::{kind, span_start, Segment, SpanDesc};
+use crate::segment::{kind, span_start, Segment, SpanDesc, FLAG_SAMPLED};
 use crate::size_class::{CLASSES, NUM_CLASSES, NUM_SMALL};
 use crate::slab::{self, Put};
 use core::ptr;
@@ -58,6 +58,8 @@ pub struct ArenaPages {
     pub large_live: [usize; NUM_LARGE],
     /// Large requests served straight from the heap.
     pub large_requests: [u64; NUM_LARGE],
+    /// Live sampled blocks of small classes (each on pages of its own).
+    pub sampled_small_live: [usize; NUM_SMALL],
 }
 
 #[repr(align(64))]
@@ -87,6 +89,7 @@ impl Arena {
                 heap: PageHeap::new(),
                 large_live: [0; NUM_LARGE],
                 large_requests: [0; NUM_LARGE],
+                sampled_small_live: [0; NUM_SMALL],
             }),
             threads: AtomicU32::new(0),
         }
@@ -246,6 +249,65 @@ impl Arena {
             unsafe { ptr::write_bytes(start, 0, pages << os::PAGE_SHIFT) };
         }
         start
+    }
+
+    /// Allocates a block of class `class` that the profiler samples: always a page run of its
+    /// own (small classes too), flagged so that its `free` is seen, aligned to `align_pages`.
+    /// Returns the block and its descriptor; null when out of memory.
+    pub fn alloc_sampled(
+        &self,
+        class: usize,
+        align_pages: usize,
+        zero: bool,
+    ) -> (*mut u8, *mut SpanDesc) {
+        let info = &CLASSES[class];
+        let pages = (info.size as usize).div_ceil(os::PAGE_SIZE);
+        let (d, fresh) = {
+            let mut p = self.pages.lock();
+            let Some((d, fresh)) = p.heap.alloc(pages, align_pages, false, self.index() as u32)
+            else {
+                return (ptr::null_mut(), ptr::null_mut());
+            };
+            // SAFETY: a fresh span head of ours.
+            unsafe {
+                (*d).kind = kind::LARGE;
+                (*d).class = class as u8;
+                (*d).flags = FLAG_SAMPLED;
+            }
+            if class < NUM_SMALL {
+                p.sampled_small_live[class] += 1;
+            } else {
+                p.large_live[class - NUM_SMALL] += 1;
+                p.large_requests[class - NUM_SMALL] += 1;
+            }
+            (d, fresh)
+        };
+        let start = span_start(d);
+        if zero && !fresh {
+            // SAFETY: the block is ours, `pages` pages long.
+            unsafe { ptr::write_bytes(start, 0, pages << os::PAGE_SHIFT) };
+        }
+        (start, d)
+    }
+
+    /// Frees a sampled block.
+    ///
+    /// # Safety
+    /// `d` must head a live sampled block of this arena, no longer used.
+    pub unsafe fn free_sampled(&self, d: *mut SpanDesc) {
+        let now = os::now_ms();
+        let mut p = self.pages.lock();
+        // SAFETY: per the contract.
+        unsafe {
+            let class = (*d).class as usize;
+            if class < NUM_SMALL {
+                p.sampled_small_live[class] -= 1;
+            } else {
+                p.large_live[class - NUM_SMALL] -= 1;
+            }
+            (*d).flags = 0;
+            p.heap.free(d, now, config::decay_ms());
+        }
     }
 
     /// Frees large blocks (validated starts of large blocks of this arena).

@@ -28,6 +28,14 @@ static PROF_GDUMP: AtomicBool = AtomicBool::new(false);
 static PROF_FINAL: AtomicBool = AtomicBool::new(false);
 static PROF_LEAK: AtomicBool = AtomicBool::new(false);
 static PROF_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Bumped when an option that decides sampling changes (see [`sampling_generation`]).
+static SAMPLING_GENERATION: AtomicU32 = AtomicU32::new(1);
+
+/// Changes whenever `prof`, `prof_active` or `lg_prof_sample` is set, so threads know to draw
+/// their next sample point again.
+pub fn sampling_generation() -> u32 {
+    SAMPLING_GENERATION.load(Ordering::Relaxed)
+}
 
 struct Prefix {
     bytes: [u8; PREFIX_MAX],
@@ -173,6 +181,9 @@ pub fn set(key: &[u8], value: &[u8]) -> Result<(), ConfError> {
             Ordering::Relaxed,
         ),
         _ => return Err(ConfError::UnknownKey),
+    }
+    if matches!(key, b"prof" | b"prof_active" | b"lg_prof_sample") {
+        SAMPLING_GENERATION.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
 }

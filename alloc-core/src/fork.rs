@@ -2,32 +2,38 @@
 //! (child) after it, so the child never inherits a lock held by a thread that does not exist
 //! in it. Registered with `pthread_atfork` at start-up.
 //!
-//! Lock order, outermost first: thread-cache list, arena bins, arena pages, huge cache,
-//! metadata. Every path that nests locks follows it.
+//! Lock order, outermost first: profile-dump buffer, thread-cache list, arena bins, arena
+//! pages, huge cache, profiler table, metadata. Every path that nests locks follows it.
 
-use crate::{arena, huge, meta, thread, thread_cache};
+use crate::{arena, huge, meta, prof, prof_dump, thread, thread_cache};
 
 /// Before `fork`: take every lock.
 pub extern "C" fn prefork() {
+    prof_dump::prefork();
     thread_cache::prefork();
     arena::prefork();
     huge::prefork();
+    prof::prefork();
     meta::prefork();
 }
 
 /// After `fork`, in the parent: release every lock.
 pub extern "C" fn postfork_parent() {
     meta::postfork_parent();
+    prof::postfork_parent();
     huge::postfork_parent();
     arena::postfork_parent();
     thread_cache::postfork_parent();
+    prof_dump::postfork_parent();
 }
 
 /// After `fork`, in the child: reset every lock, then return the caches of the threads that
 /// did not survive.
 pub extern "C" fn postfork_child() {
     meta::postfork_child();
+    prof::postfork_child();
     huge::postfork_child();
     arena::postfork_child();
     thread_cache::postfork_child(thread::cache());
+    prof_dump::postfork_child();
 }

@@ -70,9 +70,11 @@ fn init_slow() {
         );
         libc::atexit(at_exit);
     }
+    crate::prof::install_signal_handler();
 }
 
 extern "C" fn at_exit() {
+    crate::prof::at_exit();
     if config::stats_print() {
         stats::print(2);
     }

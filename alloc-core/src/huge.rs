@@ -42,6 +42,12 @@ pub struct HugeHeader {
     pub offset: usize,
     /// Usable bytes of the block.
     pub usable: usize,
+    /// The profiler's record if the block was sampled (null otherwise).
+    pub sample_stack: *mut crate::prof::StackEntry,
+    /// Sampled: the requested size recorded.
+    pub sample_bytes: usize,
+    /// Sampled: the weight recorded.
+    pub sample_weight: f64,
 }
 
 impl HugeHeader {
@@ -122,6 +128,9 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
             map_size,
             offset,
             usable,
+            sample_stack: ptr::null_mut(),
+            sample_bytes: 0,
+            sample_weight: 0.0,
         });
     }
     let p = HugeHeader::block(h);
@@ -130,10 +139,32 @@ pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
         unsafe { os::unmap(base, map_size) };
         return ptr::null_mut();
     }
-    MAPPED.fetch_add(map_size, Ordering::Relaxed);
+    let mapped = MAPPED.fetch_add(map_size, Ordering::Relaxed) + map_size;
     ALLOCATED.fetch_add(usable, Ordering::Relaxed);
     REQUESTS.fetch_add(1, Ordering::Relaxed);
+    crate::prof::note_mapped(
+        mapped + crate::segment::SEGMENTS_MAPPED.load(Ordering::Relaxed) * SEGMENT_SIZE,
+    );
     p
+}
+
+/// Records the profiler's sample for huge block `p` (just allocated).
+///
+/// # Safety
+/// `p` must be a live huge block of ours.
+pub unsafe fn set_sample(
+    p: *mut u8,
+    stack: *mut crate::prof::StackEntry,
+    bytes: usize,
+    weight: f64,
+) {
+    let h = registry::lookup(p as usize).cast::<HugeHeader>();
+    // SAFETY: a live huge block's registered header.
+    unsafe {
+        (*h).sample_stack = stack;
+        (*h).sample_bytes = bytes;
+        (*h).sample_weight = weight;
+    }
 }
 
 fn take_cached(usable: usize, offset: usize) -> Option<*mut HugeHeader> {
@@ -165,6 +196,7 @@ fn take_cached(usable: usize, offset: usize) -> Option<*mut HugeHeader> {
     // SAFETY: the header is ours again.
     unsafe {
         (*h).cached = false;
+        (*h).sample_stack = ptr::null_mut();
         CACHED.fetch_sub((*h).map_size, Ordering::Relaxed);
         ALLOCATED.fetch_add((*h).usable, Ordering::Relaxed);
     }
@@ -201,6 +233,10 @@ pub unsafe fn free(h: *mut u8, p: *mut u8, op: &str) {
     unsafe { check(h, p, op) };
     // SAFETY: a valid, live huge block.
     unsafe {
+        if !(*h).sample_stack.is_null() {
+            crate::prof::record_free((*h).sample_stack, (*h).sample_bytes, (*h).sample_weight);
+            (*h).sample_stack = ptr::null_mut();
+        }
         ALLOCATED.fetch_sub((*h).usable, Ordering::Relaxed);
         let decay = config::decay_ms();
         if decay != 0 && (*h).map_size <= CACHE_MAX_BYTES / 2 {

@@ -11,6 +11,7 @@
 
 pub mod alloc;
 pub mod arena;
+pub mod backtrace;
 pub mod config;
 pub mod fork;
 pub mod global;
@@ -19,7 +20,10 @@ pub mod lock;
 pub mod meta;
 pub mod os;
 pub mod pages;
+pub mod prof;
+pub mod prof_dump;
 pub mod registry;
+pub mod sampler;
 pub mod segment;
 pub mod size_class;
 pub mod slab;

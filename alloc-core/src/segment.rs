@@ -28,6 +28,13 @@ pub const SEGMENT_SIZE: usize = 1 << SEGMENT_SHIFT;
 /// Pages per segment, header included.
 pub const PAGES_PER_SEGMENT: usize = SEGMENT_SIZE / PAGE_SIZE;
 
+/// Span flag: a sampled block (its descriptor's words hold the profiler's record).
+pub const FLAG_SAMPLED: u16 = 1;
+
+/// Segments mapped now, process-wide.
+pub static SEGMENTS_MAPPED: core::sync::atomic::AtomicUsize =
+    core::sync::atomic::AtomicUsize::new(0);
+
 /// Header tag: this chunk belongs to a segment.
 pub const HEADER_SEGMENT: u8 = 1;
 /// Header tag: this chunk holds the start of a huge block.
@@ -140,6 +147,10 @@ impl Segment {
             unsafe { os::unmap(base, SEGMENT_SIZE) };
             return ptr::null_mut();
         }
+        let n = SEGMENTS_MAPPED.fetch_add(1, core::sync::atomic::Ordering::Relaxed) + 1;
+        crate::prof::note_mapped(
+            n * SEGMENT_SIZE + crate::huge::MAPPED.load(core::sync::atomic::Ordering::Relaxed),
+        );
         seg
     }
 
@@ -149,6 +160,7 @@ impl Segment {
     /// No block in the segment may be in use or on any list.
     pub unsafe fn destroy(seg: *mut Segment) {
         registry::remove(seg as usize);
+        SEGMENTS_MAPPED.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
         // SAFETY: the caller gives the whole segment up.
         unsafe { os::unmap(seg.cast(), SEGMENT_SIZE) };
     }

@@ -15,13 +15,11 @@ use crate::arena::{self, Arena};
 use crate::lock::Locked;
 use crate::meta;
 use crate::os;
+use crate::sampler::Schedule;
 use crate::segment::{kind, Segment, SpanDesc};
 use crate::size_class::{is_small, CLASSES, NUM_CACHED, TOTAL_CACHE_SLOTS};
 use core::ptr;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-
-/// Bytes allocated between two thread events (periodic work off the fast path).
-pub const EVENT_INTERVAL: i64 = 1 << 20;
 
 /// One class's stack. Counters are atomics only so that statistics may read them from other
 /// threads; the owner uses plain loads and stores.
@@ -40,8 +38,10 @@ pub struct CacheBin {
 /// A thread's cache. See the module docs.
 #[repr(C)]
 pub struct ThreadCache {
-    /// Counts down the bytes allocated until the next thread event.
+    /// Counts down the bytes allocated until the next thread event (a sample or a tick).
     pub bytes_until_event: i64,
+    /// When the next sample and tick fall.
+    pub schedule: Schedule,
     /// The value written into cached blocks, for double-free detection.
     pub free_key: u64,
     /// The thread's arena: refills come from here.
@@ -82,7 +82,9 @@ pub fn acquire(arena: &'static Arena, free_key: u64) -> *mut ThreadCache {
     }
     // SAFETY: `tc` is exclusively ours; every field is written before use.
     unsafe {
-        ptr::addr_of_mut!((*tc).bytes_until_event).write(EVENT_INTERVAL);
+        let (schedule, countdown) = Schedule::new(free_key ^ (tc as u64).rotate_left(17));
+        ptr::addr_of_mut!((*tc).bytes_until_event).write(countdown);
+        ptr::addr_of_mut!((*tc).schedule).write(schedule);
         ptr::addr_of_mut!((*tc).free_key).write(free_key);
         ptr::addr_of_mut!((*tc).arena).write(arena);
         let slots = ptr::addr_of_mut!((*tc).slots).cast::<*mut u8>();

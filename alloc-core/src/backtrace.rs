@@ -1,0 +1,142 @@
+//! Stack capture for sampled allocations, and the rule that drops the allocator's own frames.
+//!
+//! Every public allocation entry point reads its stack pointer (`entry_sp`) before it calls a
+//! slow path. When the stack is walked, the frames whose stack pointer (at their call to the
+//! next frame) is at or below `entry_sp` belong to the allocator; the first frame above it is
+//! the entry point's caller, where the profile starts (DESIGN §5), however much of the engine
+//! was inlined and whether or not the entry point tail-calls.
+//!
+//! The walk here uses libgcc's `_Unwind_Backtrace` (`.eh_frame` based, so it walks code built
+//! without frame pointers). It is the reference the faster in-process unwinder is tested
+//! against.
+
+use core::ffi::{c_int, c_void};
+
+/// The stack pointer of the calling function (inlined into it).
+#[inline(always)]
+pub fn current_sp() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let sp: usize;
+        // SAFETY: reads a register; no memory access.
+        unsafe {
+            core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
+        };
+        sp
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let sp: usize;
+        // SAFETY: reads a register; no memory access.
+        unsafe {
+            core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags))
+        };
+        sp
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let local = 0u8;
+        &local as *const u8 as usize
+    }
+}
+
+type TraceFn = extern "C" fn(ctx: *mut c_void, arg: *mut c_void) -> c_int;
+
+extern "C" {
+    fn _Unwind_Backtrace(trace: TraceFn, arg: *mut c_void) -> c_int;
+    fn _Unwind_GetIP(ctx: *mut c_void) -> usize;
+    fn _Unwind_GetCFA(ctx: *mut c_void) -> usize;
+}
+
+const URC_NO_REASON: c_int = 0;
+const URC_END_OF_STACK: c_int = 5;
+
+struct Walk<'a> {
+    out: &'a mut [usize],
+    len: usize,
+    entry_sp: usize,
+    in_caller: bool,
+}
+
+extern "C" fn on_frame(ctx: *mut c_void, arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `Walk` passed to `_Unwind_Backtrace` below; `ctx` is libgcc's.
+    unsafe {
+        let walk = &mut *(arg as *mut Walk);
+        // libgcc pairs a frame's IP with the CFA of the frame it called, i.e. the stack pointer
+        // this frame had at its call. The first frame whose stack pointer is above the entry
+        // point's is the entry point's caller.
+        if !walk.in_caller {
+            if _Unwind_GetCFA(ctx) <= walk.entry_sp {
+                return URC_NO_REASON;
+            }
+            walk.in_caller = true;
+        }
+        let ip = _Unwind_GetIP(ctx);
+        if ip == 0 || walk.len == walk.out.len() {
+            return URC_END_OF_STACK;
+        }
+        walk.out[walk.len] = ip;
+        walk.len += 1;
+        URC_NO_REASON
+    }
+}
+
+/// Fills `out` with the return addresses of the frames above the allocation entry point whose
+/// stack pointer was `entry_sp`, innermost first; returns how many. With `entry_sp == 0` every
+/// frame above this function is kept.
+#[inline(never)]
+pub fn capture(out: &mut [usize], entry_sp: usize) -> usize {
+    let mut walk = Walk {
+        out,
+        len: 0,
+        entry_sp: if entry_sp == 0 {
+            current_sp()
+        } else {
+            entry_sp
+        },
+        in_caller: false,
+    };
+    // SAFETY: `on_frame` only touches `walk`, which outlives the call.
+    unsafe { _Unwind_Backtrace(on_frame, &mut walk as *mut Walk as *mut c_void) };
+    walk.len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn entry_point(out: &mut [usize]) -> usize {
+        let sp = current_sp();
+        inner(out, sp)
+    }
+
+    #[inline(never)]
+    fn inner(out: &mut [usize], sp: usize) -> usize {
+        core::hint::black_box(capture(out, sp))
+    }
+
+    #[inline(never)]
+    fn caller(out: &mut [usize]) -> (usize, usize) {
+        // Through an opaque pointer, so the entry point keeps a frame of its own.
+        let entry: fn(&mut [usize]) -> usize = core::hint::black_box(entry_point);
+        let n = entry(out);
+        // Work after the call keeps it from being a tail call: the return address (right after
+        // the call) is inside this function.
+        core::hint::black_box(&n);
+        (n, caller as *const () as usize)
+    }
+
+    #[test]
+    fn starts_at_the_entry_points_caller() {
+        let mut frames = [0usize; 64];
+        let (n, caller_fn) = caller(&mut frames);
+        assert!(n >= 2, "{n} frames");
+        // The first frame returns into `caller`: within a few hundred bytes of its start.
+        assert!(
+            frames[0] > caller_fn && frames[0] < caller_fn + 512,
+            "first frame {:#x}, caller at {caller_fn:#x}",
+            frames[0]
+        );
+    }
+}

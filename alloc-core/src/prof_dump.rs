@@ -1,0 +1,515 @@
+//! Writing heap profiles: the sampled-heap text format that both `jeprof` and Go's `pprof`
+//! read, and the leak summary printed at exit.
+//!
+//! ```text
+//! heap profile:    412: 21307392 [  9877: 4202692608] @ heap_v2/524288
+//!     40:  1310720 [    40:  1310720] @ 0x55d0c1a2b3c4 0x55d0c1a2b100 0x7f3e12a29d90
+//! ...
+//!
+//! MAPPED_LIBRARIES:
+//! <the text of /proc/self/maps>
+//! ```
+//!
+//! Readers scale each row by `1/(1-exp(-(bytes/objects)/R))`, which is biased for a stack that
+//! allocates mixed sizes. So, as jemalloc's `prof_unbias` does, each row is written such that
+//! the reader's formula yields our unbiased estimate: the object count is the number of live
+//! samples `k`, and the byte count is `k·x` where `x` solves `x/(1-exp(-x/R)) = estimate/k`.
+//! For a stack of one block size this is exactly the raw sample sum.
+//!
+//! Nothing here allocates: text goes through one static buffer to a sink (a file descriptor,
+//! or the Rust API's vector), under the dump lock; the stack table is read without its lock.
+
+use crate::config::{self, PREFIX_MAX};
+use crate::lock::Locked;
+use crate::os::{self, Line};
+use crate::prof::{self, Counts, StackEntry, MAX_FRAMES};
+use crate::thread;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Where profile text goes.
+pub trait Sink {
+    /// Writes all of `bytes`; false on failure.
+    fn write_all(&mut self, bytes: &[u8]) -> bool;
+}
+
+/// A file descriptor sink (raw `write(2)`).
+pub struct FdSink(pub i32);
+
+impl Sink for FdSink {
+    fn write_all(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            // SAFETY: `bytes` is a valid slice.
+            let n = unsafe { libc::write(self.0, bytes.as_ptr().cast(), bytes.len()) };
+            if n < 0 && os::errno() == libc::EINTR {
+                continue;
+            }
+            if n <= 0 {
+                return false;
+            }
+            bytes = &bytes[n as usize..];
+        }
+        true
+    }
+}
+
+const BUF_LEN: usize = 16 << 10;
+static BUF: Locked<[u8; BUF_LEN]> = Locked::new([0; BUF_LEN]);
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+struct Writer<'a> {
+    sink: &'a mut dyn Sink,
+    buf: &'a mut [u8; BUF_LEN],
+    len: usize,
+    ok: bool,
+}
+
+impl Writer<'_> {
+    fn bytes(&mut self, mut b: &[u8]) {
+        while !b.is_empty() {
+            if self.len == BUF_LEN {
+                self.flush();
+            }
+            let n = b.len().min(BUF_LEN - self.len);
+            self.buf[self.len..self.len + n].copy_from_slice(&b[..n]);
+            self.len += n;
+            b = &b[n..];
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.ok && self.len > 0 {
+            self.ok = self.sink.write_all(&self.buf[..self.len]);
+        }
+        self.len = 0;
+    }
+
+    fn dec(&mut self, v: u64, width: usize) {
+        let mut l = Line::new();
+        l.dec(v);
+        for _ in l.as_bytes().len()..width {
+            self.bytes(b" ");
+        }
+        self.bytes(l.as_bytes());
+    }
+
+    fn hex(&mut self, v: usize) {
+        let mut l = Line::new();
+        l.hex(v);
+        self.bytes(l.as_bytes());
+    }
+}
+
+/// Marks the calling thread as inside the profiler (its allocations are not sampled and do not
+/// serve pending dumps) until dropped.
+pub struct InProfiler {
+    previous: u8,
+}
+
+impl InProfiler {
+    /// Enters.
+    pub fn enter() -> Self {
+        let s = thread::state();
+        // SAFETY: the thread's own block.
+        unsafe {
+            let previous = (*s).in_profiler;
+            (*s).in_profiler = 1;
+            InProfiler { previous }
+        }
+    }
+}
+
+impl Drop for InProfiler {
+    fn drop(&mut self) {
+        // SAFETY: the thread's own block.
+        unsafe { (*thread::state()).in_profiler = self.previous };
+    }
+}
+
+/// `x / (1 - exp(-x/r))`: the expected bytes one sample of an `x`-byte block stands for.
+fn per_sample(x: f64, r: f64) -> f64 {
+    if x <= 0.0 {
+        return r;
+    }
+    x / -(-x / r).exp_m1()
+}
+
+/// The row `(objects, bytes)` for `samples` samples whose estimate is `estimate` bytes, such
+/// that a reader applying the heap_v2 scaling gets `estimate` back (see the module docs).
+pub fn unbiased_row(samples: u64, estimate: f64, r: f64) -> (u64, u64) {
+    if samples == 0 || estimate <= 0.0 {
+        return (0, 0);
+    }
+    let target = estimate / samples as f64;
+    // per_sample is increasing, with x + r/2 ≥ per_sample(x) ≥ max(x, r): bracket and bisect.
+    let (mut lo, mut hi) = ((target - r).max(0.0), target);
+    for _ in 0..64 {
+        let mid = 0.5 * (lo + hi);
+        if per_sample(mid, r) < target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let bytes = (samples as f64 * 0.5 * (lo + hi)).round() as u64;
+    (samples, bytes.max(1))
+}
+
+fn rows(c: &Counts, r: f64) -> [u64; 4] {
+    let (lo, lb) = unbiased_row(c.live_samples, c.live_bytes, r);
+    let (to, tb) = unbiased_row(c.total_samples, c.total_bytes, r);
+    [lo, lb, to, tb]
+}
+
+fn entries() -> impl Iterator<Item = &'static StackEntry> {
+    let mut e = prof::first_entry();
+    core::iter::from_fn(move || {
+        // SAFETY: entries are never freed; `next` links were written before publication.
+        let entry = unsafe { e.as_ref()? };
+        e = entry.next;
+        Some(entry)
+    })
+}
+
+/// Writes the current heap profile to `sink`. False if the sink failed.
+pub fn write_profile(sink: &mut dyn Sink) -> bool {
+    let _reentry = InProfiler::enter();
+    let r_int = 1u64 << config::lg_prof_sample();
+    let r = r_int as f64;
+    let mut buf = BUF.lock();
+    let mut w = Writer {
+        sink,
+        buf: &mut buf,
+        len: 0,
+        ok: true,
+    };
+    let mut total = [0u64; 4];
+    for e in entries() {
+        for (t, v) in total.iter_mut().zip(rows(&e.counts(), r)) {
+            *t += v;
+        }
+    }
+    w.bytes(b"heap profile: ");
+    write_counts(&mut w, &total);
+    w.bytes(b" @ heap_v2/");
+    w.dec(r_int, 0);
+    w.bytes(b"\n");
+    for e in entries() {
+        let row = rows(&e.counts(), r);
+        if row == [0; 4] {
+            continue;
+        }
+        write_counts(&mut w, &row);
+        w.bytes(b" @");
+        for &pc in e.frames() {
+            w.bytes(b" ");
+            w.hex(pc);
+        }
+        w.bytes(b"\n");
+    }
+    w.bytes(b"\nMAPPED_LIBRARIES:\n");
+    copy_maps(&mut w);
+    w.flush();
+    w.ok
+}
+
+fn write_counts(w: &mut Writer, c: &[u64; 4]) {
+    w.dec(c[0], 6);
+    w.bytes(b": ");
+    w.dec(c[1], 8);
+    w.bytes(b" [");
+    w.dec(c[2], 6);
+    w.bytes(b": ");
+    w.dec(c[3], 8);
+    w.bytes(b"]");
+}
+
+fn copy_maps(w: &mut Writer) {
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/maps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    let mut chunk = [0u8; 1024];
+    loop {
+        // SAFETY: reading into a local buffer of its length.
+        let n = unsafe { libc::read(fd, chunk.as_mut_ptr().cast(), chunk.len()) };
+        if n < 0 && os::errno() == libc::EINTR {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        w.bytes(&chunk[..n as usize]);
+    }
+    // SAFETY: our descriptor.
+    unsafe { libc::close(fd) };
+}
+
+/// Writes the profile to the file `path` (no NUL inside). Err carries `errno`.
+pub fn dump_to_path(path: &[u8]) -> Result<(), i32> {
+    let mut cpath = [0u8; PREFIX_MAX + 80];
+    if path.is_empty() || path.len() >= cpath.len() || path.contains(&0) {
+        return Err(libc::ENAMETOOLONG);
+    }
+    cpath[..path.len()].copy_from_slice(path);
+    // SAFETY: `cpath` is NUL-terminated.
+    let fd = unsafe {
+        libc::open(
+            cpath.as_ptr().cast(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd < 0 {
+        return Err(os::errno());
+    }
+    let ok = write_profile(&mut FdSink(fd));
+    let err = os::errno();
+    // SAFETY: our descriptor.
+    let closed = unsafe { libc::close(fd) } == 0;
+    if ok && closed {
+        Ok(())
+    } else {
+        Err(if ok { os::errno() } else { err })
+    }
+}
+
+/// The file name for a dump of kind `kind`: `<prof_prefix>.<pid>.<seq>.<kind>.heap`. Returns
+/// the length written into `out`.
+pub fn profile_name(kind: u8, out: &mut [u8; PREFIX_MAX + 80]) -> usize {
+    let mut prefix = [0u8; PREFIX_MAX];
+    let n = config::prof_prefix(&mut prefix);
+    let mut l = Line::new();
+    l.bytes(&prefix[..n]).str(".");
+    // SAFETY: getpid has no preconditions.
+    l.dec(unsafe { libc::getpid() } as u64).str(".");
+    l.dec(SEQ.fetch_add(1, Ordering::Relaxed))
+        .str(".")
+        .bytes(&[kind])
+        .str(".heap");
+    let b = l.as_bytes();
+    let len = b.len().min(out.len() - 1);
+    out[..len].copy_from_slice(&b[..len]);
+    len
+}
+
+/// Dumps the profile to its conventional file name; on failure prints one warning line.
+/// Returns whether the file was written.
+pub fn dump_named(kind: u8) -> bool {
+    let mut name = [0u8; PREFIX_MAX + 80];
+    let len = profile_name(kind, &mut name);
+    match dump_to_path(&name[..len]) {
+        Ok(()) => true,
+        Err(e) => {
+            Line::new()
+                .str("sampalloc: cannot write heap profile ")
+                .bytes(&name[..len])
+                .str(": ")
+                .str(errno_text(e))
+                .emit();
+            false
+        }
+    }
+}
+
+fn errno_text(e: i32) -> &'static str {
+    match e {
+        libc::EACCES => "permission denied",
+        libc::ENOENT => "no such directory",
+        libc::ENOSPC => "no space left on device",
+        libc::EROFS => "read-only file system",
+        libc::ENOTDIR => "a path component is not a directory",
+        libc::ENAMETOOLONG => "file name too long",
+        libc::EDQUOT => "disk quota exceeded",
+        libc::EMFILE | libc::ENFILE => "too many open files",
+        _ => "write failed",
+    }
+}
+
+/// Appends a byte count in human units (`512 B`, `3.2 KiB`, `1.5 MiB`, `2.0 GiB`).
+pub fn human_bytes(l: &mut Line, bytes: f64) {
+    let units = [
+        ("B", 1.0),
+        ("KiB", 1024.0),
+        ("MiB", 1048576.0),
+        ("GiB", 1073741824.0),
+    ];
+    let (name, scale) = units
+        .iter()
+        .rev()
+        .find(|(_, s)| bytes >= *s)
+        .copied()
+        .unwrap_or(units[0]);
+    if scale == 1.0 {
+        l.dec(bytes.round() as u64);
+    } else {
+        let tenths = (bytes / scale * 10.0).round() as u64;
+        l.dec(tenths / 10).str(".").dec(tenths % 10);
+    }
+    l.str(" ").str(name);
+}
+
+/// Prints, on stderr, the estimated memory still allocated at exit and its top call sites.
+pub fn leak_summary() {
+    let _reentry = InProfiler::enter();
+    const TOP: usize = 5;
+    let mut top: [(f64, *const StackEntry); TOP] = [(0.0, core::ptr::null()); TOP];
+    let (mut bytes, mut objects, mut sites) = (0.0, 0.0, 0u64);
+    for e in entries() {
+        let c = e.counts();
+        if c.live_samples == 0 {
+            continue;
+        }
+        bytes += c.live_bytes;
+        objects += c.live_objects;
+        sites += 1;
+        if let Some(i) = top.iter().position(|t| c.live_bytes > t.0) {
+            top.copy_within(i..TOP - 1, i + 1);
+            top[i] = (c.live_bytes, e);
+        }
+    }
+    let mut l = Line::new();
+    l.str("sampalloc: leak summary: about ");
+    human_bytes(&mut l, bytes);
+    l.str(" in about ")
+        .dec(objects.round() as u64)
+        .str(" objects from ")
+        .dec(sites)
+        .str(" call sites still allocated at exit (1 sample per ");
+    human_bytes(&mut l, (1u64 << config::lg_prof_sample()) as f64);
+    l.str(")").emit();
+    for &(b, e) in top.iter().take_while(|t| !t.1.is_null()) {
+        // SAFETY: entries are never freed.
+        let e = unsafe { &*e };
+        let c = e.counts();
+        let mut l = Line::new();
+        l.str("sampalloc:   ");
+        human_bytes(&mut l, b);
+        l.str(" in ")
+            .dec(c.live_objects.round() as u64)
+            .str(" objects at");
+        for (i, &pc) in e.frames().iter().take(MAX_FRAMES.min(4)).enumerate() {
+            l.str(if i == 0 { " " } else { " <- " });
+            describe_pc(&mut l, pc);
+        }
+        l.emit();
+    }
+}
+
+/// Appends `symbol (module)` for a return address, or the address.
+fn describe_pc(l: &mut Line, pc: usize) {
+    // SAFETY: dladdr only reads loader state; `info` is a valid out-parameter.
+    unsafe {
+        let mut info: libc::Dl_info = core::mem::zeroed();
+        if libc::dladdr((pc - 1) as *const libc::c_void, &mut info) != 0 {
+            if !info.dli_sname.is_null() {
+                l.bytes(core::ffi::CStr::from_ptr(info.dli_sname).to_bytes());
+            } else {
+                l.hex(pc);
+            }
+            if !info.dli_fname.is_null() {
+                let path = core::ffi::CStr::from_ptr(info.dli_fname).to_bytes();
+                let base = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+                l.str(" (").bytes(base).str(")");
+            }
+            return;
+        }
+    }
+    l.hex(pc);
+}
+
+/// Fork: hold the dump buffer across `fork` (a dump in progress finishes first).
+pub fn prefork() {
+    BUF.raw_lock();
+}
+
+/// Fork: release in the parent.
+pub fn postfork_parent() {
+    // SAFETY: taken in `prefork` by this thread.
+    unsafe { BUF.raw_unlock() };
+}
+
+/// Fork: reset in the child.
+pub fn postfork_child() {
+    BUF.reset_after_fork();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unbiased_rows_invert_the_readers_scaling() {
+        let r = 524288.0;
+        for (samples, sizes) in [
+            (10u64, vec![64.0; 10]),
+            (3, vec![100.0, 100_000.0, 2_000_000.0]),
+            (1, vec![16.0]),
+            (7, vec![4096.0; 7]),
+        ] {
+            let estimate: f64 = sizes.iter().map(|&s| per_sample(s, r)).sum();
+            let (n, b) = unbiased_row(samples, estimate, r);
+            assert_eq!(n, samples);
+            let scale = 1.0 / -(-(b as f64 / n as f64) / r).exp_m1();
+            let read_back = b as f64 * scale;
+            assert!(
+                (read_back - estimate).abs() / estimate < 1e-3,
+                "sizes {sizes:?}: wrote {n}:{b}, reader gets {read_back}, estimate {estimate}"
+            );
+            if sizes.iter().all(|&s| s == sizes[0]) {
+                assert_eq!(
+                    b,
+                    (sizes[0] * samples as f64) as u64,
+                    "uniform rows are raw sums"
+                );
+            }
+        }
+        assert_eq!(unbiased_row(0, 0.0, r), (0, 0));
+    }
+
+    #[test]
+    fn human_units() {
+        let mut l = Line::new();
+        human_bytes(&mut l, 512.0);
+        l.str("|");
+        human_bytes(&mut l, 1536.0);
+        l.str("|");
+        human_bytes(&mut l, 3.0 * 1048576.0);
+        assert_eq!(l.as_bytes(), b"512 B|1.5 KiB|3.0 MiB");
+    }
+
+    struct VecSink(Vec<u8>);
+    impl Sink for VecSink {
+        fn write_all(&mut self, b: &[u8]) -> bool {
+            self.0.extend_from_slice(b);
+            true
+        }
+    }
+
+    #[test]
+    fn profile_text_has_header_rows_and_maps() {
+        prof::record_alloc(&[0x1111, 0x2222], 4096, 128.5);
+        let mut sink = VecSink(Vec::new());
+        assert!(write_profile(&mut sink));
+        let text = String::from_utf8(sink.0).unwrap();
+        let header = text.lines().next().unwrap();
+        assert!(header.starts_with("heap profile: "), "{header}");
+        assert!(header.contains("] @ heap_v2/"), "{header}");
+        assert!(text.contains(" @ 0x1111 0x2222\n"), "{text}");
+        assert!(text.contains("\nMAPPED_LIBRARIES:\n"));
+        assert!(text.contains("[stack]") || text.contains("r-xp"));
+    }
+
+    #[test]
+    fn unwritable_directory_is_an_error_not_a_crash() {
+        assert_eq!(
+            dump_to_path(b"/nonexistent-dir-for-sampalloc/x.heap"),
+            Err(libc::ENOENT)
+        );
+    }
+}

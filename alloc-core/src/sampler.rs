@@ -1,0 +1,177 @@
+//! The per-thread event schedule: when to take the next heap-profile sample, and when to do
+//! periodic work ("ticks": decay, profile-interval accounting, pending dumps).
+//!
+//! Sampling is byte-based and Poisson, as in jemalloc and tcmalloc: each thread counts down the
+//! bytes to its next sample point, drawn from an exponential distribution with mean
+//! `R = 2^lg_prof_sample`; the allocation that crosses the point is sampled. So an allocation
+//! of `s` bytes is sampled with probability `1 - exp(-s/R)`, and a sample stands for
+//! `1 / (1 - exp(-s/R))` allocations (the unbiased weight).
+//!
+//! Both events share one countdown (`ThreadCache::bytes_until_event`), so an allocation that is
+//! not sampled pays one subtraction and one predictable branch, and with profiling off the
+//! countdown only ever reaches the tick.
+
+use crate::config;
+
+/// Bytes a thread allocates between two ticks.
+pub const TICK_BYTES: u64 = 1 << 20;
+
+/// Whether sampling is on now.
+#[inline]
+pub fn sampling_on() -> bool {
+    config::prof() && config::prof_active()
+}
+
+/// The mean sample interval `R` in bytes.
+pub fn mean_interval() -> f64 {
+    (1u64 << config::lg_prof_sample()) as f64
+}
+
+/// The unbiased weight of a sample of `bytes` under mean interval `mean`: how many allocations
+/// of that size it stands for.
+pub fn weight(bytes: usize, mean: f64) -> f64 {
+    let p = -(-(bytes.max(1) as f64) / mean).exp_m1(); // 1 - exp(-s/R), accurate for small s/R
+    1.0 / p
+}
+
+/// One thread's schedule. Lives in the thread cache.
+#[repr(C)]
+pub struct Schedule {
+    /// Bytes the thread had allocated when the countdown was last set.
+    base: u64,
+    /// The countdown's value when it was last set.
+    span: i64,
+    /// Thread-allocated bytes at which the next sample falls (`u64::MAX`: none).
+    next_sample: u64,
+    /// Thread-allocated bytes at which the next tick falls.
+    next_tick: u64,
+    /// The sampling generation the sample point was drawn under.
+    generation: u32,
+    /// xorshift64* state.
+    rng: u64,
+}
+
+/// What an event asks the caller to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Due {
+    /// Sample the allocation that triggered the event.
+    pub sample: bool,
+    /// Run the periodic tick.
+    pub tick: bool,
+}
+
+impl Schedule {
+    /// A schedule whose first event is a tick after [`TICK_BYTES`]; `seed` makes each thread's
+    /// random sequence its own. Returns it with the countdown to store.
+    pub fn new(seed: u64) -> (Schedule, i64) {
+        let s = Schedule {
+            base: 0,
+            span: TICK_BYTES as i64,
+            next_sample: u64::MAX,
+            next_tick: TICK_BYTES,
+            generation: 0, // differs from GENERATION: the first tick draws a sample point
+            rng: seed | 1,
+        };
+        (s, TICK_BYTES as i64)
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// An exponentially distributed number of bytes with mean `mean` (at least 1).
+    fn draw(&mut self, mean: f64) -> u64 {
+        // u in (0, 1]: never zero, so the logarithm is finite.
+        let u = ((self.next_random() >> 11) + 1) as f64 / (1u64 << 53) as f64;
+        let bytes = -u.ln() * mean;
+        if bytes >= u64::MAX as f64 / 2.0 {
+            u64::MAX / 2
+        } else {
+            (bytes as u64).max(1)
+        }
+    }
+
+    /// Handles an event: the countdown went negative (`countdown` is its current value, the
+    /// triggering allocation already subtracted). Returns what is due and the new countdown.
+    pub fn on_event(&mut self, countdown: i64) -> (Due, i64) {
+        // Saturating: one allocation may be absurdly large (a request that will fail).
+        let consumed = (self.span as i128 - countdown as i128).clamp(0, u64::MAX as i128) as u64;
+        let allocated = self.base.saturating_add(consumed);
+        let mut due = Due::default();
+        let generation = config::sampling_generation();
+        if generation != self.generation {
+            self.generation = generation;
+            self.next_sample = if sampling_on() {
+                allocated.saturating_add(self.draw(mean_interval()))
+            } else {
+                u64::MAX
+            };
+        } else if allocated >= self.next_sample {
+            due.sample = true;
+            self.next_sample = allocated.saturating_add(self.draw(mean_interval()));
+        }
+        if allocated >= self.next_tick {
+            due.tick = true;
+            self.next_tick = allocated + TICK_BYTES;
+        }
+        let next = self.next_sample.min(self.next_tick);
+        let span = next.saturating_sub(allocated).min(i64::MAX as u64 / 2) as i64;
+        self.base = allocated;
+        self.span = span;
+        (due, span)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights() {
+        let r = 512.0 * 1024.0;
+        assert!((weight(512 * 1024, r) - 1.0 / (1.0 - (-1.0f64).exp())).abs() < 1e-9);
+        assert!((weight(16, r) - r / 16.0).abs() / (r / 16.0) < 1e-4);
+        assert!((weight(1 << 30, r) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn draws_have_the_right_mean() {
+        let (mut s, _) = Schedule::new(12345);
+        let mean = 4096.0;
+        let n = 200_000;
+        let sum: f64 = (0..n).map(|_| s.draw(mean) as f64).sum();
+        let got = sum / n as f64;
+        assert!((got - mean).abs() / mean < 0.02, "mean {got}");
+    }
+
+    /// Drives the schedule as the allocator does: allocations of one size, sampled when the
+    /// countdown goes negative. The fraction sampled must match 1 - exp(-s/R).
+    #[test]
+    fn sampling_probability_matches_the_model() {
+        config::set(b"prof", b"true").unwrap();
+        config::set(b"lg_prof_sample", b"12").unwrap();
+        let (mut s, mut countdown) = Schedule::new(99);
+        let size = 1000i64;
+        let n = 400_000;
+        let mut samples = 0u64;
+        for _ in 0..n {
+            countdown -= size;
+            if countdown < 0 {
+                let (due, c) = s.on_event(countdown);
+                countdown = c;
+                samples += due.sample as u64;
+            }
+        }
+        config::set(b"prof", b"false").unwrap();
+        config::set(b"lg_prof_sample", b"19").unwrap();
+        let expected = n as f64 * (1.0 - (-(size as f64) / 4096.0).exp());
+        let got = samples as f64;
+        assert!(
+            (got - expected).abs() / expected < 0.02,
+            "{got} samples, expected {expected}"
+        );
+    }
+}

@@ -1,0 +1,103 @@
+//! The heap profiler from Rust: switch sampling on and off, dump profiles, read the live call
+//! sites in-process.
+//!
+//! ```no_run
+//! sampalloc::configure("prof:true,lg_prof_sample:19").unwrap();
+//! // ... run the workload ...
+//! sampalloc::profile::dump("/tmp/app.heap").unwrap(); // jeprof / pprof read it
+//! for site in sampalloc::profile::sites().iter().take(5) {
+//!     println!("{:>12.0} bytes live at {:x?}", site.live_bytes, &site.frames[..3.min(site.frames.len())]);
+//! }
+//! ```
+//!
+//! Profiles use the sampled-heap text format (`heap profile: … @ heap_v2/R`) that `jeprof`
+//! and `go tool pprof` read; see `alloc-core/src/prof_dump.rs`.
+
+use sampalloc_core::prof;
+use sampalloc_core::prof_dump::{self, Sink};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Whether the profiler is set up (`prof:true`) and sampling now (`prof_active:true`).
+pub fn is_active() -> bool {
+    sampalloc_core::config::prof() && sampalloc_core::config::prof_active()
+}
+
+/// Switches sampling on or off at run time (`prof_active`). Has no effect unless `prof:true`
+/// was configured; threads notice within about a megabyte of their next allocations.
+pub fn set_active(active: bool) {
+    let v: &[u8] = if active { b"true" } else { b"false" };
+    // Cannot fail: a known key with a valid value.
+    let _ = sampalloc_core::config::set(b"prof_active", v);
+}
+
+/// Writes the current heap profile to `path`.
+pub fn dump(path: impl AsRef<Path>) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    prof_dump::dump_to_path(path.as_ref().as_os_str().as_bytes())
+        .map_err(io::Error::from_raw_os_error)
+}
+
+/// Writes the heap profile to its conventional name, `<prof_prefix>.<pid>.<seq>.m.heap`, and
+/// returns that name.
+pub fn dump_named() -> io::Result<PathBuf> {
+    let mut name = [0u8; sampalloc_core::config::PREFIX_MAX + 80];
+    let len = prof_dump::profile_name(prof::kind::MANUAL, &mut name);
+    let path = PathBuf::from(String::from_utf8_lossy(&name[..len]).into_owned());
+    dump(&path)?;
+    Ok(path)
+}
+
+struct VecSink(Vec<u8>);
+
+impl Sink for VecSink {
+    fn write_all(&mut self, bytes: &[u8]) -> bool {
+        self.0.extend_from_slice(bytes);
+        true
+    }
+}
+
+/// The current heap profile as bytes, without touching the file system.
+pub fn to_bytes() -> Vec<u8> {
+    let mut sink = VecSink(Vec::with_capacity(64 << 10));
+    prof_dump::write_profile(&mut sink);
+    sink.0
+}
+
+/// One call site of sampled allocations, with unbiased estimates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Site {
+    /// Return addresses, innermost first (starting at the allocating function).
+    pub frames: Vec<usize>,
+    /// Estimated bytes still allocated.
+    pub live_bytes: f64,
+    /// Estimated objects still allocated.
+    pub live_objects: f64,
+    /// Estimated bytes allocated since the start.
+    pub total_bytes: f64,
+    /// Estimated objects allocated since the start.
+    pub total_objects: f64,
+    /// Sampled blocks still allocated.
+    pub live_samples: u64,
+}
+
+/// Every call site seen so far, largest live bytes first.
+pub fn sites() -> Vec<Site> {
+    let mut out = Vec::new();
+    let mut e = prof::first_entry();
+    // SAFETY: entries are never freed and are linked before they are published.
+    while let Some(entry) = unsafe { e.as_ref() } {
+        let c = entry.counts();
+        out.push(Site {
+            frames: entry.frames().to_vec(),
+            live_bytes: c.live_bytes,
+            live_objects: c.live_objects,
+            total_bytes: c.total_bytes,
+            total_objects: c.total_objects,
+            live_samples: c.live_samples,
+        });
+        e = entry.next;
+    }
+    out.sort_by(|a, b| b.live_bytes.total_cmp(&a.live_bytes));
+    out
+}
