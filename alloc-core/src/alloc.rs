@@ -75,8 +75,9 @@ pub fn malloc(size: usize) -> *mut u8 {
             // SAFETY: a non-null cache belongs to the calling thread alone.
             unsafe {
                 let tc = &mut *tc;
-                let left = tc.bytes_until_event - CLASSES[class].size as i64;
-                let bin = &tc.bins[class];
+                // `class_of` of a small size is a small class: in bounds of both tables.
+                let left = tc.bytes_until_event - CLASSES.get_unchecked(class).size as i64;
+                let bin = tc.bins.get_unchecked(class);
                 let n = bin.count.load(Relaxed);
                 if left >= 0 && n != 0 {
                     tc.bytes_until_event = left;
@@ -333,14 +334,14 @@ enum Block {
 #[inline(always)]
 fn validate(p: *mut u8, op: Op) -> Block {
     match segment::locate(p as usize) {
-        Location::Span(d) => {
+        Location::Span(d, start) => {
             // SAFETY: the registry found a live segment; the descriptor is checked before use.
             unsafe {
                 let k = (*d).kind;
                 let ok = if k == kind::SLAB {
-                    slab::object_index(d, p as usize).is_some()
+                    slab::object_index_at(d, start, p as usize).is_some()
                 } else {
-                    k == kind::LARGE && span_start(d) == p
+                    k == kind::LARGE && start == p as usize
                 };
                 if !ok {
                     bad_span_pointer(d, p, op);
@@ -397,7 +398,7 @@ unsafe fn free_block(p: *mut u8, d: *mut SpanDesc, class: usize) {
             if p.cast::<u64>().read() == key {
                 thread_cache::check_double_free(tc, class, d, p);
             }
-            let bin = &(*tc).bins[class];
+            let bin = (*tc).bins.get_unchecked(class);
             let mut n = bin.count.load(Relaxed);
             if n == bin.capacity {
                 thread_cache::flush(tc, class, n as usize / 2);

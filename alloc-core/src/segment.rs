@@ -228,8 +228,8 @@ pub fn span_start(d: *const SpanDesc) -> *mut u8 {
 
 /// Where a pointer sits, as found by [`locate`].
 pub enum Location {
-    /// In a segment: the descriptor of the span covering it.
-    Span(*mut SpanDesc),
+    /// In a segment: the descriptor of the span covering it, and the span's first byte.
+    Span(*mut SpanDesc, usize),
     /// At the start of a huge block: its header.
     Huge(*mut u8),
     /// Not in memory of ours.
@@ -254,7 +254,10 @@ pub fn locate(p: usize) -> Location {
     }
     // SAFETY: a live segment; `page` is in range.
     let head = unsafe { Segment::head_of(seg, page) };
-    Location::Span(Segment::desc(seg, head))
+    Location::Span(
+        Segment::desc(seg, head),
+        seg as usize + (head << PAGE_SHIFT),
+    )
 }
 
 #[cfg(test)]
@@ -274,7 +277,7 @@ mod tests {
             Segment::set_heads(seg, 700, 5, 700);
             assert_eq!(Segment::head_of(seg, 704), 700);
             assert!(
-                matches!(locate(seg as usize + 704 * PAGE_SIZE + 17), Location::Span(x) if x == d)
+                matches!(locate(seg as usize + 704 * PAGE_SIZE + 17), Location::Span(x, _) if x == d)
             );
             assert!(matches!(locate(seg as usize + 8), Location::Foreign));
             Segment::destroy(seg);
