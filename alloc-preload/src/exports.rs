@@ -41,9 +41,31 @@ fn checked(p: *mut u8) -> *mut c_void {
     p.cast()
 }
 
+/// `malloc`. Sizes above [`MAX_SIZE`] are refused here: the engine's event countdown takes
+/// the size as an `i64` and overflows on them (a panic in builds with overflow checks).
+#[inline(always)]
+fn malloc_impl(size: usize) -> *mut c_void {
+    if size > MAX_SIZE {
+        return fail(libc::ENOMEM);
+    }
+    checked(engine::malloc(size))
+}
+
+/// `calloc`, with the same limit as [`malloc_impl`].
+#[inline]
+fn calloc_impl(n: usize, size: usize) -> *mut c_void {
+    match n.checked_mul(size) {
+        Some(total) if total <= MAX_SIZE => checked(engine::malloc_zeroed(total)),
+        _ => fail(libc::ENOMEM),
+    }
+}
+
 /// A block aligned to `align`, which must be a power of two.
 #[inline]
 fn aligned(align: usize, size: usize) -> *mut c_void {
+    if size > MAX_SIZE {
+        return fail(libc::ENOMEM);
+    }
     if align <= QUANTUM {
         return checked(engine::malloc(size));
     }
@@ -54,7 +76,7 @@ fn aligned(align: usize, size: usize) -> *mut c_void {
 #[inline]
 fn memalign_impl(align: usize, size: usize) -> *mut c_void {
     if align <= QUANTUM {
-        return checked(engine::malloc(size));
+        return malloc_impl(size);
     }
     if align > MAX_SIZE + 1 {
         return fail(libc::EINVAL);
@@ -79,7 +101,7 @@ fn pvalloc_impl(size: usize) -> *mut c_void {
 #[inline]
 unsafe fn realloc_impl(p: *mut c_void, size: usize) -> *mut c_void {
     if p.is_null() {
-        return checked(engine::malloc(size));
+        return malloc_impl(size);
     }
     if size == 0 {
         // SAFETY: the caller hands over a live block of ours; invalid pointers abort.
@@ -99,7 +121,7 @@ unsafe fn realloc_impl(p: *mut c_void, size: usize) -> *mut c_void {
 /// Always safe to call; `unsafe` only for the C ABI.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    checked(engine::malloc(size))
+    malloc_impl(size)
 }
 
 /// Frees `p`; null is ignored.
@@ -128,7 +150,7 @@ pub unsafe extern "C" fn cfree(p: *mut c_void) {
 /// Always safe to call; `unsafe` only for the C ABI.
 #[no_mangle]
 pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
-    checked(engine::calloc(n, size))
+    calloc_impl(n, size)
 }
 
 /// Resizes `p`, keeping its contents; see the module docs for null, zero and failure.
@@ -239,7 +261,7 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
 /// As [`malloc`].
 #[no_mangle]
 pub unsafe extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
-    checked(engine::malloc(size))
+    malloc_impl(size)
 }
 
 /// glibc's internal name for [`free`].
@@ -258,7 +280,7 @@ pub unsafe extern "C" fn __libc_free(p: *mut c_void) {
 /// As [`calloc`].
 #[no_mangle]
 pub unsafe extern "C" fn __libc_calloc(n: usize, size: usize) -> *mut c_void {
-    checked(engine::calloc(n, size))
+    calloc_impl(n, size)
 }
 
 /// glibc's internal name for [`realloc`].
