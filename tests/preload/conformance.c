@@ -244,6 +244,10 @@ static void test_aligned(void) {
   CHECK(memalign(V((SIZE_MAX >> 1) + 2), V(16)) == NULL && errno == EINVAL);
   errno = 0;
   CHECK(memalign(V(SIZE_MAX), V(16)) == NULL && errno == EINVAL);
+  errno = 0; /* the largest power of two is a valid alignment, but there is no such memory */
+  CHECK(memalign(V((SIZE_MAX >> 1) + 1), V(16)) == NULL && errno == ENOMEM);
+  errno = 0;
+  CHECK(aligned_alloc(V((SIZE_MAX >> 1) + 1), V(PTRDIFF_MAX)) == NULL && errno == ENOMEM);
   errno = 0;
   CHECK(memalign(V(4096), V(HUGE_SIZE)) == NULL && errno == ENOMEM);
 
