@@ -1,0 +1,16 @@
+//! `libsampalloc.so`: the sampalloc engine behind the C allocation ABI, for `LD_PRELOAD`.
+//!
+//! ```sh
+//! cargo build --release -p sampalloc-preload
+//! SAMPALLOC_CONF=stats_print:true LD_PRELOAD=$PWD/target/release/libsampalloc.so program
+//! ```
+//!
+//! Every export is in [`exports`]. Start-up (configuration from `SAMPALLOC_CONF`, the
+//! thread-exit key, fork and exit hooks) happens lazily inside the engine on the first call,
+//! which the dynamic loader may make before any constructor runs; nothing here allocates,
+//! formats or panics.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod exports;

@@ -1,0 +1,709 @@
+//! `libsampalloc.so` under `LD_PRELOAD`: C conformance, misuse, the programs that break
+//! preloaded allocators (dlopen, fork from threads, thread churn, C++), and real programs.
+//!
+//! The test builds the cdylib itself (`cargo build -p sampalloc-preload`, same profile as this
+//! test), compiles the C and C++ sources of `tests/preload/` into a scratch directory, and runs
+//! everything with `LD_PRELOAD` and `SAMPALLOC_CONF=stats_print:true`: the statistics report on
+//! stderr proves that sampalloc served the program. Every run is bounded by a timeout.
+//!
+//! A tool that is missing (a compiler, java, redis...) fails the test when `CI` is set (`.ci/run`
+//! installs them all) and skips it with a note otherwise.
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// No run may take longer than this; a hung program is killed and the test fails.
+const TIMEOUT: Duration = Duration::from_secs(120);
+const REPORT_HEADER: &str = "___ sampalloc statistics ___";
+
+fn sources() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/preload")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building
+
+/// The cargo profile this test was built with, from where its executable lives
+/// (`<target>/<profile dir>/deps/preload-<hash>`).
+fn profile() -> String {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .and_then(OsStr::to_str)
+        .expect("test executable under <target>/<profile>/deps");
+    match dir {
+        "debug" => "dev".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Builds `libsampalloc.so` once and returns its path, as cargo reports it.
+fn preload_lib() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let out = Command::new(cargo)
+            .args(["build", "-p", "sampalloc-preload", "--message-format=json"])
+            .args(["--profile", &profile()])
+            .arg("--manifest-path")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cargo");
+        assert!(
+            out.status.success(),
+            "cargo build -p sampalloc-preload failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json = String::from_utf8_lossy(&out.stdout);
+        let lib = json
+            .lines()
+            .filter(|l| l.contains("\"compiler-artifact\"") && l.contains("sampalloc-preload"))
+            .flat_map(|l| l.split('"'))
+            .find(|s| s.ends_with("/libsampalloc.so"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("no libsampalloc.so in cargo's output:\n{json}"));
+        assert!(lib.is_file(), "{} does not exist", lib.display());
+        lib
+    })
+}
+
+/// A scratch directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sampalloc-preload-{}-{}-{name}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch(dir)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether `tool` is on `PATH`. Missing: a failure under CI, a skip with a note elsewhere.
+fn have(tool: &str) -> bool {
+    let found = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|d| {
+            let p = d.join(tool);
+            p.is_file() && std::fs::metadata(&p).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+        })
+    });
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "`{tool}` is not installed, and CI is set: .ci/run should have installed it"
+        );
+        eprintln!("note: skipping, `{tool}` is not installed (it is required when CI is set)");
+    }
+    found
+}
+
+/// Compiles `sources` (relative to `tests/preload`) with `compiler` into `scratch/out`.
+fn compile(compiler: &str, scratch: &Scratch, srcs: &[&str], out: &str, flags: &[&str]) -> PathBuf {
+    let exe = scratch.path(out);
+    let mut cmd = Command::new(compiler);
+    cmd.args(["-O1", "-g", "-pthread", "-Wall"])
+        .args(srcs.iter().map(|s| sources().join(s)))
+        .arg("-o")
+        .arg(&exe)
+        .args(flags);
+    let r = run_plain(cmd);
+    assert!(
+        r.status.success(),
+        "{compiler} {srcs:?} failed:\n{}{}",
+        r.stdout,
+        r.stderr
+    );
+    exe
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running
+
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        format!(
+            "status: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status,
+            tail(&self.stdout),
+            tail(&self.stderr)
+        )
+    }
+
+    /// Asserts a clean exit with `needle` on stdout (or stderr, for programs like
+    /// `java -version`).
+    fn assert_ok(&self, what: &str, needle: &str) {
+        assert!(
+            self.status.success(),
+            "{what} failed under the preload\n{}",
+            self.describe()
+        );
+        assert!(
+            self.stdout.contains(needle) || self.stderr.contains(needle),
+            "{what}: expected {needle:?} in its output\n{}",
+            self.describe()
+        );
+    }
+}
+
+fn tail(s: &str) -> &str {
+    let mut start = s.len().saturating_sub(6000);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// Puts `cmd` in its own process group with stdout and stderr going to files in `logs`.
+fn spawn_logged(mut cmd: Command, logs: &Scratch, preload: bool) -> Child {
+    if preload {
+        cmd.env("LD_PRELOAD", preload_lib())
+            .env("SAMPALLOC_CONF", "stats_print:true");
+    } else {
+        cmd.env_remove("LD_PRELOAD");
+    }
+    let out = std::fs::File::create(logs.path("stdout")).expect("stdout file");
+    let err = std::fs::File::create(logs.path("stderr")).expect("stderr file");
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+}
+
+/// Kills the child's whole process group (it may have started others).
+fn kill_group(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Waits for the child for at most `limit`; kills it and fails the test on timeout.
+fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            kill_group(child);
+            panic!("{what} did not finish within {limit:?}; killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn collect(status: ExitStatus, logs: &Scratch) -> Run {
+    let read =
+        |n| String::from_utf8_lossy(&std::fs::read(logs.path(n)).unwrap_or_default()).into_owned();
+    Run {
+        status,
+        stdout: read("stdout"),
+        stderr: read("stderr"),
+    }
+}
+
+fn run_with(cmd: Command, preload: bool) -> Run {
+    let logs = Scratch::new("logs");
+    let what = format!("{cmd:?}");
+    let mut child = spawn_logged(cmd, &logs, preload);
+    let status = wait_bounded(&mut child, TIMEOUT, &what);
+    collect(status, &logs)
+}
+
+/// Runs `cmd` with the preload and `stats_print:true`.
+fn run(cmd: Command) -> Run {
+    run_with(cmd, true)
+}
+
+/// Runs `cmd` without the preload (compilers, reference runs).
+fn run_plain(cmd: Command) -> Run {
+    run_with(cmd, false)
+}
+
+fn command<I, S>(program: impl AsRef<OsStr>, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut c = Command::new(program);
+    c.args(args);
+    c
+}
+
+// ---------------------------------------------------------------------------------------------
+// The statistics report
+
+/// What the `stats_print` reports on a program's stderr add up to.
+#[derive(Debug, Default)]
+struct Served {
+    reports: usize,
+    /// Small and large requests in the class tables plus huge requests. Threads that have
+    /// exited take their cached request counts with them, so this undercounts.
+    requests: u64,
+    /// The largest `allocated:` figure of any report (bytes live at exit).
+    allocated: u64,
+}
+
+fn served(stderr: &str) -> Served {
+    let mut s = Served::default();
+    for report in stderr.split(REPORT_HEADER).skip(1) {
+        s.reports += 1;
+        let mut in_table = false;
+        for line in report.lines() {
+            if let Some(rest) = line.strip_prefix("allocated: ") {
+                let n = rest.split(' ').next().and_then(|t| t.parse().ok());
+                s.allocated = s.allocated.max(n.unwrap_or(0));
+            } else if let Some(rest) = line.split("  huge: ").nth(1) {
+                // "<live> live, <cached> cached, <n> requests"
+                let n = rest.split(", ").nth(2).and_then(|t| t.split(' ').next());
+                s.requests += n.and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+            } else if line.starts_with("class ") {
+                in_table = true;
+            } else if in_table {
+                let cols: Vec<u64> = line
+                    .split_whitespace()
+                    .map_while(|t| t.parse().ok())
+                    .collect();
+                if cols.len() != 6 || line.split_whitespace().count() != 6 {
+                    in_table = false;
+                    continue;
+                }
+                s.requests += cols[2];
+            }
+        }
+    }
+    s
+}
+
+/// Asserts that the stats reports show sampalloc served at least `min_requests` allocations.
+fn assert_served(r: &Run, what: &str, min_requests: u64) -> Served {
+    let s = served(&r.stderr);
+    assert!(
+        s.reports >= 1,
+        "{what}: no `{REPORT_HEADER}` report on stderr: sampalloc did not serve it\n{}",
+        r.describe()
+    );
+    assert!(
+        s.requests >= min_requests,
+        "{what}: the reports count {} requests, expected at least {min_requests}\n{}",
+        s.requests,
+        r.describe()
+    );
+    s
+}
+
+#[test]
+fn stats_report_parser() {
+    let text = "noise\n___ sampalloc statistics ___\n\
+        allocated: 1  active: 2  resident: 3  mapped: 4  retained: 5  metadata: 6\n\
+        arenas: 8  threads: 1  segments: 1  dirty: 0  purged pages: 0  huge: 0 live, 0 cached, 7 requests\n\
+        class      size     requests         live     cached    slabs\n\
+        \x20   0        16           46            0          0        1\n\
+        \x20  19      1024          112            3          0        1\n\
+        program output 1 2 3 4 5 6 7\n";
+    let s = served(text);
+    assert_eq!(s.reports, 1);
+    assert_eq!(s.requests, 7 + 46 + 112);
+    assert_eq!(s.allocated, 1);
+    assert_eq!(served("no report").reports, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// C programs
+
+#[test]
+fn c_api_conformance() {
+    if !have("cc") {
+        return;
+    }
+    let dir = Scratch::new("conformance");
+    let exe = compile(
+        "cc",
+        &dir,
+        &["conformance.c"],
+        "conformance",
+        &["-fno-builtin", "-Wno-deprecated-declarations", "-ldl"],
+    );
+    let r = run(Command::new(&exe));
+    r.assert_ok("conformance", "conformance ok");
+    let s = assert_served(&r, "conformance", 1000);
+    assert!(
+        s.reports >= 2,
+        "malloc_stats() should print a report besides the one at exit\n{}",
+        r.describe()
+    );
+}
+
+#[test]
+fn misuse_aborts_with_one_line() {
+    if !have("cc") {
+        return;
+    }
+    let dir = Scratch::new("misuse");
+    let exe = compile(
+        "cc",
+        &dir,
+        &["misuse.c"],
+        "misuse",
+        &["-O0", "-fno-builtin"],
+    );
+    let cases = [
+        ("free-stack", "free", "invalid pointer"),
+        ("free-interior", "free", "invalid pointer"),
+        ("free-interior-large", "free", "invalid pointer"),
+        ("free-interior-huge", "free", "invalid pointer"),
+        ("double-free", "free", "double free of"),
+        ("double-free-later", "free", "double free of"),
+        ("double-free-large", "free", "double free of"),
+        ("double-free-huge", "free", "double free of"),
+        ("realloc-invalid", "realloc", "invalid pointer"),
+        ("realloc-stack", "realloc", "invalid pointer"),
+        (
+            "usable-size-invalid",
+            "malloc_usable_size",
+            "invalid pointer",
+        ),
+    ];
+    for (mode, func, what) in cases {
+        let r = run(command(&exe, [mode]));
+        assert_eq!(
+            r.status.signal(),
+            Some(6),
+            "{mode}: expected SIGABRT\n{}",
+            r.describe()
+        );
+        let ptr = r
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("ptr "))
+            .unwrap_or_else(|| panic!("{mode}: no pointer printed\n{}", r.describe()));
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(
+            lines,
+            [format!("sampalloc: {func}(): {what} {ptr}")],
+            "{mode}: expected exactly one line on stderr\n{}",
+            r.describe()
+        );
+        assert!(!r.stdout.contains("survived"), "{mode}: {}", r.describe());
+    }
+}
+
+#[test]
+fn dlopen_dlclose_loop() {
+    if !have("cc") {
+        return;
+    }
+    let dir = Scratch::new("dlopen");
+    let plugin = compile(
+        "cc",
+        &dir,
+        &["plugin.c"],
+        "libplugin.so",
+        &["-shared", "-fPIC"],
+    );
+    let exe = compile("cc", &dir, &["dlopen_loop.c"], "dlopen_loop", &["-ldl"]);
+    let r = run(command(&exe, [&plugin]));
+    r.assert_ok("dlopen loop", "dlopen ok");
+    assert_served(&r, "dlopen loop", 1000);
+}
+
+#[test]
+fn fork_from_threaded_process() {
+    if !have("cc") {
+        return;
+    }
+    let dir = Scratch::new("fork");
+    let exe = compile("cc", &dir, &["fork_threads.c"], "fork_threads", &[]);
+    let r = run(Command::new(&exe));
+    r.assert_ok("fork from threads", "fork ok");
+    let s = assert_served(&r, "fork from threads", 1000);
+    // The parent and the child that leaves through exit() both report.
+    assert!(s.reports >= 2, "{}", r.describe());
+}
+
+#[test]
+fn threads_come_and_go() {
+    if !have("cc") {
+        return;
+    }
+    let dir = Scratch::new("threads");
+    let exe = compile("cc", &dir, &["threads.c"], "threads", &[]);
+    let r = run(Command::new(&exe));
+    r.assert_ok("thread churn", "threads ok");
+    assert_served(&r, "thread churn", 100);
+}
+
+#[test]
+fn cxx_exceptions_and_thread_destructors() {
+    if !have("c++") {
+        return;
+    }
+    let dir = Scratch::new("cxx");
+    let exe = compile("c++", &dir, &["cxx.cpp"], "cxx", &["-std=c++17"]);
+    let r = run(Command::new(&exe));
+    r.assert_ok("C++ program", "c++ ok");
+    assert_served(&r, "C++ program", 10_000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real programs
+
+#[test]
+fn java_version() {
+    if !have("java") {
+        return;
+    }
+    let r = run(command("java", ["-version"]));
+    r.assert_ok("java -version", "version");
+    // The JVM's start-up threads have exited (taking their request counts with them), but
+    // megabytes of its native memory are live in sampalloc at exit.
+    let s = assert_served(&r, "java -version", 200);
+    assert!(s.allocated >= 1 << 20, "{}", r.describe());
+}
+
+#[test]
+fn java_zip_workload() {
+    if !have("java") || !have("javac") {
+        return;
+    }
+    let dir = Scratch::new("java");
+    let mut javac = command("javac", ["-d"]);
+    javac.arg(&dir.0).arg(sources().join("Zip.java"));
+    let r = run(javac);
+    assert!(r.status.success(), "javac failed\n{}", r.describe());
+    assert_served(&r, "javac", 1000);
+    let mut java = command("java", ["-cp"]);
+    java.arg(&dir.0).arg("Zip");
+    let r = run(java);
+    r.assert_ok("java Zip", "zip ok");
+    assert_served(&r, "java Zip", 1000);
+}
+
+#[test]
+fn python3_json_re_sqlite() {
+    if !have("python3") {
+        return;
+    }
+    let r = run(command("python3", [sources().join("work.py")]));
+    r.assert_ok("python3", "python ok");
+    assert_served(&r, "python3", 10_000);
+}
+
+#[test]
+fn gcc_compiles_a_program() {
+    if !have("gcc") {
+        return;
+    }
+    let dir = Scratch::new("gcc");
+    let exe = dir.path("hello");
+    let mut gcc = command("gcc", ["-O2", "-Wall", "-o"]);
+    gcc.arg(&exe).arg(sources().join("hello.c"));
+    let r = run(gcc);
+    assert!(r.status.success(), "gcc failed\n{}", r.describe());
+    // The driver, cc1, as and ld each report.
+    let s = assert_served(&r, "gcc", 10_000);
+    assert!(s.reports >= 3, "{}", r.describe());
+    let out = run_plain(Command::new(&exe));
+    out.assert_ok("the program gcc built", "hello 5050");
+}
+
+#[test]
+fn git_init_add_commit() {
+    if !have("git") {
+        return;
+    }
+    let dir = Scratch::new("git");
+    let repo = dir.path("repo");
+    std::fs::create_dir(&repo).unwrap();
+    for i in 0..50 {
+        let text: String = (0..200)
+            .map(|j| format!("line {j} of file {i}\n"))
+            .collect();
+        std::fs::write(repo.join(format!("file{i}.txt")), text).unwrap();
+    }
+    let git = |args: &[&str]| {
+        let mut c = command("git", ["-c", "user.name=Sampalloc Test"]);
+        c.args([
+            "-c",
+            "user.email=test@example.com",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(&repo)
+        .env("HOME", &dir.0)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null");
+        let r = run(c);
+        assert!(r.status.success(), "git {args:?} failed\n{}", r.describe());
+        assert_served(&r, "git", 100);
+        r
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "first commit under sampalloc"]);
+    let log = git(&["log", "--oneline"]);
+    assert!(
+        log.stdout.contains("first commit under sampalloc"),
+        "{}",
+        log.describe()
+    );
+    let status = git(&["status", "--porcelain"]);
+    assert_eq!(status.stdout.trim(), "", "{}", status.describe());
+    let fsck = git(&["fsck", "--strict"]);
+    assert!(fsck.status.success());
+}
+
+#[test]
+fn sqlite3_script() {
+    if !have("sqlite3") {
+        return;
+    }
+    let dir = Scratch::new("sqlite");
+    let mut c = command("sqlite3", [dir.path("test.db")]);
+    c.arg(format!(".read {}", sources().join("script.sql").display()));
+    let r = run(c);
+    r.assert_ok("sqlite3", "11111|");
+    assert!(
+        r.stdout.contains("name20000,name19999,name19998"),
+        "{}",
+        r.describe()
+    );
+    assert_served(&r, "sqlite3", 10_000);
+}
+
+#[test]
+fn node_script() {
+    if !have("node") {
+        return;
+    }
+    let r = run(command("node", ["-e", include_str!("preload/work.js")]));
+    r.assert_ok("node", "node ok");
+    assert_served(&r, "node", 10_000);
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Sends one inline command to redis and returns the first reply line.
+fn redis_command(port: u16, cmd: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(format!("{cmd}\r\n").as_bytes())?;
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim_end().to_string())
+}
+
+#[test]
+fn redis_server_with_benchmark() {
+    if !have("redis-server") || !have("redis-benchmark") {
+        return;
+    }
+    let dir = Scratch::new("redis");
+    let logs = Scratch::new("redis-logs");
+    let port = free_port();
+    let mut cmd = command(
+        "redis-server",
+        ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    );
+    cmd.arg("--port")
+        .arg(port.to_string())
+        .arg("--dir")
+        .arg(&dir.0)
+        .current_dir(&dir.0);
+    let mut server = spawn_logged(cmd, &logs, true);
+    // Kill the server whatever happens below.
+    struct Guard<'a>(&'a mut Child, bool);
+    impl Drop for Guard<'_> {
+        fn drop(&mut self) {
+            if !self.1 {
+                kill_group(self.0);
+            }
+        }
+    }
+    let guard = Guard(&mut server, false);
+    let start = Instant::now();
+    loop {
+        if redis_command(port, "PING").is_ok_and(|r| r == "+PONG") {
+            break;
+        }
+        if let Some(status) = guard.0.try_wait().unwrap() {
+            panic!(
+                "redis-server exited early\n{}",
+                collect(status, &logs).describe()
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "redis-server did not answer PING within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut bench = command(
+        "redis-benchmark",
+        ["-h", "127.0.0.1", "-n", "20000", "-c", "10", "-q"],
+    );
+    bench
+        .args(["-t", "set,get,incr,lpush,lpop,sadd,hset,mset"])
+        .arg("-p")
+        .arg(port.to_string());
+    let b = run(bench);
+    assert!(
+        b.status.success(),
+        "redis-benchmark failed\n{}",
+        b.describe()
+    );
+    assert!(b.stdout.contains("requests per second"), "{}", b.describe());
+    assert_eq!(
+        redis_command(port, "SET sampalloc works").unwrap_or_default(),
+        "+OK"
+    );
+    assert!(redis_command(port, "DBSIZE").is_ok_and(|r| r.starts_with(':')));
+    // SHUTDOWN closes the connection without a reply.
+    let _ = redis_command(port, "SHUTDOWN NOSAVE");
+    let mut guard = guard;
+    let status = wait_bounded(guard.0, Duration::from_secs(30), "redis-server shutdown");
+    guard.1 = true;
+    let r = collect(status, &logs);
+    assert!(r.status.success(), "redis-server failed\n{}", r.describe());
+    assert_served(&r, "redis-server", 10_000);
+}

@@ -1,0 +1,84 @@
+/* Misuse that sampalloc must detect: each mode prints the offending pointer as
+ * "ptr 0x..." on stdout, then makes the bad call, which must abort the process. */
+#include <malloc.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void *(*volatile opaque)(void *); /* keeps the compiler from reasoning about pointers */
+static void *pass(void *p) { return p; }
+
+static void announce(void *p) {
+  printf("ptr %p\n", p);
+  fflush(stdout);
+}
+
+int main(int argc, char **argv) {
+  opaque = pass;
+  if (argc != 2) return 2;
+  const char *mode = argv[1];
+  char local[64];
+  memset(local, 0, sizeof local);
+  if (!strcmp(mode, "free-stack")) {
+    void *p = opaque(local + 16);
+    announce(p);
+    free(p);
+  } else if (!strcmp(mode, "free-interior")) {
+    char *p = opaque(malloc(64));
+    announce(p + 8);
+    free(opaque(p + 8));
+  } else if (!strcmp(mode, "free-interior-large")) {
+    char *p = opaque(malloc(100000));
+    announce(p + 8);
+    free(opaque(p + 8));
+  } else if (!strcmp(mode, "free-interior-huge")) {
+    char *p = opaque(malloc(5 << 20));
+    announce(p + 8);
+    free(opaque(p + 8));
+  } else if (!strcmp(mode, "double-free")) {
+    void *p = opaque(malloc(48));
+    announce(p);
+    free(p);
+    free(opaque(p));
+  } else if (!strcmp(mode, "double-free-later")) {
+    /* The block leaves the thread cache (flushed by the frees after it) before the second
+     * free, so the slab, not the cache, must catch it. */
+    enum { N = 4096 };
+    void **others = malloc(N * sizeof *others);
+    for (int i = 0; i < N; i++) others[i] = malloc(48);
+    void *p = opaque(malloc(48));
+    announce(p);
+    free(p);
+    for (int i = 0; i < N; i++) free(others[i]);
+    free(opaque(p));
+  } else if (!strcmp(mode, "double-free-large")) {
+    void *p = opaque(malloc(300000));
+    announce(p);
+    free(p);
+    free(opaque(p));
+  } else if (!strcmp(mode, "double-free-huge")) {
+    void *p = opaque(malloc(5 << 20));
+    announce(p);
+    free(p);
+    free(opaque(p));
+  } else if (!strcmp(mode, "realloc-invalid")) {
+    char *p = opaque(malloc(64));
+    announce(p + 16);
+    p = realloc(opaque(p + 16), 128);
+    printf("realloc returned %p\n", (void *)p);
+  } else if (!strcmp(mode, "realloc-stack")) {
+    void *p = opaque(local);
+    announce(p);
+    p = realloc(p, 128);
+    printf("realloc returned %p\n", p);
+  } else if (!strcmp(mode, "usable-size-invalid")) {
+    void *p = opaque(local + 8);
+    announce(p);
+    printf("usable %zu\n", malloc_usable_size(p));
+  } else {
+    return 2;
+  }
+  printf("survived\n");
+  return 0;
+}
