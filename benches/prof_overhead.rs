@@ -48,10 +48,16 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
     let modes = [
         ("prof:false", "prof:false"),
-        ("prof:true (lg_prof_sample:19)", "prof:true,prof_active:true,lg_prof_sample:19"),
+        (
+            "prof:true (lg_prof_sample:19)",
+            "prof:true,prof_active:true,lg_prof_sample:19",
+        ),
         ("prof:true,prof_active:false", "prof:true,prof_active:false"),
     ];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];

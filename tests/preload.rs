@@ -392,6 +392,7 @@ fn misuse_aborts_with_one_line() {
         ("double-free-huge", "free", "double free of"),
         ("realloc-invalid", "realloc", "invalid pointer"),
         ("realloc-stack", "realloc", "invalid pointer"),
+        ("realloc-zero-invalid", "realloc", "invalid pointer"),
         (
             "usable-size-invalid",
             "malloc_usable_size",

@@ -371,10 +371,20 @@ fn bad_span_pointer(d: *mut SpanDesc, p: *mut u8, op: Op) -> ! {
 /// are not live blocks are detected and abort, but a block still in use elsewhere is not.
 #[inline]
 pub unsafe fn free(p: *mut u8) {
+    // SAFETY: forwarded contract.
+    unsafe { free_as(p, Op::Free) }
+}
+
+/// [`free`], naming `op` in the message if `p` is not a live block (e.g. `realloc(p, 0)`).
+///
+/// # Safety
+/// As for [`free`].
+#[inline(always)]
+pub unsafe fn free_as(p: *mut u8, op: Op) {
     if p.is_null() {
         return;
     }
-    match validate(p, Op::Free) {
+    match validate(p, op) {
         // SAFETY: validated as a live block of class `class` in span `d`.
         Block::Span(d, class) => unsafe {
             if (*d).flags & FLAG_SAMPLED != 0 {
@@ -384,7 +394,7 @@ pub unsafe fn free(p: *mut u8) {
             }
         },
         // SAFETY: `h` is the registered header for `p`.
-        Block::Huge(h) => unsafe { huge::free(h, p, "free") },
+        Block::Huge(h) => unsafe { huge::free(h, p, op.name()) },
     }
 }
 

@@ -362,7 +362,9 @@ pub unsafe fn realloc(h: *mut u8, p: *mut u8, size: usize) -> *mut u8 {
         let old_usable = (*h).usable;
         let offset = (*h).offset;
         let old_map = (*h).map_size;
-        let new_map = usable + offset;
+        let Some(new_map) = usable.checked_add(offset) else {
+            return ptr::null_mut();
+        };
         if usable <= old_usable {
             if usable < old_usable {
                 os::unmap((h as *mut u8).add(new_map), old_map - new_map);

@@ -118,6 +118,9 @@ pub fn snapshot() -> Snapshot {
         }
     });
     for (c, cs) in s.classes.iter_mut().enumerate() {
+        if c < NUM_CACHED {
+            cs.requests += thread_cache::retired_requests(c);
+        }
         cs.size = CLASSES[c].size as usize;
         cs.live = out[c].saturating_sub(cs.cached);
         s.allocated += cs.live * cs.size;

@@ -61,6 +61,23 @@ struct CacheList {
 // SAFETY: the list's caches are reached only under its lock (or by their own threads).
 unsafe impl Send for CacheList {}
 
+/// Requests served by the caches of threads that have exited, per cached class.
+static RETIRED_REQUESTS: [AtomicU64; NUM_CACHED] = [const { AtomicU64::new(0) }; NUM_CACHED];
+
+/// Requests served so far by the caches of exited threads, for class `class` (< NUM_CACHED).
+pub fn retired_requests(class: usize) -> u64 {
+    RETIRED_REQUESTS[class].load(Ordering::Relaxed)
+}
+
+/// Moves a cache's request counts to the retired totals (the cache is being recycled).
+fn retire_requests(tc: *mut ThreadCache) {
+    for (class, total) in RETIRED_REQUESTS.iter().enumerate() {
+        // SAFETY: the caller owns the cache.
+        let n = unsafe { (*tc).bins[class].requests.swap(0, Ordering::Relaxed) };
+        total.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 static CACHES: Locked<CacheList> = Locked::new(CacheList {
     live: ptr::null_mut(),
     spare: ptr::null_mut(),
@@ -118,6 +135,7 @@ pub unsafe fn release(tc: *mut ThreadCache) {
     unsafe {
         flush_all(tc);
         let mut list = CACHES.lock();
+        retire_requests(tc);
         unlink(&mut list, tc);
         (*tc).next = list.spare;
         list.spare = tc;
@@ -260,6 +278,7 @@ pub fn postfork_child(survivor: *mut ThreadCache) {
             let next = (*tc).next;
             if tc != survivor {
                 flush_all(tc);
+                retire_requests(tc);
                 unlink(&mut list, tc);
                 (*tc).next = list.spare;
                 list.spare = tc;

@@ -104,8 +104,9 @@ unsafe fn realloc_impl(p: *mut c_void, size: usize) -> *mut c_void {
         return malloc_impl(size);
     }
     if size == 0 {
-        // SAFETY: the caller hands over a live block of ours; invalid pointers abort.
-        unsafe { engine::free(p.cast()) };
+        // SAFETY: the caller hands over a live block of ours; invalid pointers abort, naming
+        // realloc.
+        unsafe { engine::free_as(p.cast(), engine::Op::Realloc) };
         return ptr::null_mut();
     }
     if size > MAX_SIZE {

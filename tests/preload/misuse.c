@@ -67,6 +67,11 @@ int main(int argc, char **argv) {
     announce(p + 16);
     p = realloc(opaque(p + 16), 128);
     printf("realloc returned %p\n", (void *)p);
+  } else if (!strcmp(mode, "realloc-zero-invalid")) {
+    char *p = opaque(malloc(64));
+    announce(p + 16);
+    p = realloc(opaque(p + 16), 0);
+    printf("realloc returned %p\n", (void *)p);
   } else if (!strcmp(mode, "realloc-stack")) {
     void *p = opaque(local);
     announce(p);
