@@ -121,14 +121,18 @@ pub const fn large_pages(c: usize) -> usize {
     class_size(c) >> PAGE_SHIFT
 }
 
+/// The most blocks one thread-cache stack holds.
+pub const MAX_CACHE_CAPACITY: usize = 128;
+
 /// How many blocks of cached class `c` a thread cache holds at most: about 32 KiB worth,
-/// between 4 and 128 blocks. Small classes get many (refills are batched), large few.
+/// between 4 and [`MAX_CACHE_CAPACITY`] blocks. Small classes get many (refills are batched),
+/// large few.
 pub const fn cache_capacity(c: usize) -> usize {
     let n = (32 << 10) / class_size(c);
     if n < 4 {
         4
-    } else if n > 128 {
-        128
+    } else if n > MAX_CACHE_CAPACITY {
+        MAX_CACHE_CAPACITY
     } else {
         n
     }

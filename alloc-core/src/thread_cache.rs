@@ -17,7 +17,7 @@ use crate::meta;
 use crate::os;
 use crate::sampler::Schedule;
 use crate::segment::{kind, Segment, SpanDesc};
-use crate::size_class::{is_small, CLASSES, NUM_CACHED, TOTAL_CACHE_SLOTS};
+use crate::size_class::{is_small, CLASSES, MAX_CACHE_CAPACITY, NUM_CACHED, TOTAL_CACHE_SLOTS};
 use core::ptr;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -170,20 +170,28 @@ pub unsafe fn flush_all(tc: *mut ThreadCache) {
     }
 }
 
-/// Returns the `n` oldest blocks of `class` to their arenas.
+/// Returns the `n` most recently cached blocks of `class` to their arenas.
+///
+/// Fork safety: the blocks are copied out and the shortened stack is published with one store
+/// before any block is returned, so at every instant `slots[..count]` holds distinct cached
+/// blocks. A child forked in between sees either all of them cached or none (a few blocks
+/// leak in the child), never one block twice.
 ///
 /// # Safety
 /// Only the cache's owner may call this; `n` must not exceed the count.
 pub unsafe fn flush(tc: *mut ThreadCache, class: usize, n: usize) {
+    let mut batch = [ptr::null_mut::<u8>(); MAX_CACHE_CAPACITY];
     // SAFETY: the owner has exclusive use of its stacks.
     unsafe {
         let bin = &(*tc).bins[class];
         let count = bin.count.load(Ordering::Relaxed) as usize;
-        debug_assert!(n <= count);
-        let blocks = core::slice::from_raw_parts_mut(bin.slots, n);
-        return_blocks(class, blocks);
-        ptr::copy(bin.slots.add(n), bin.slots, count - n);
-        bin.count.store((count - n) as u32, Ordering::Relaxed);
+        debug_assert!(n <= count && n <= MAX_CACHE_CAPACITY);
+        let kept = count - n;
+        ptr::copy_nonoverlapping(bin.slots.add(kept), batch.as_mut_ptr(), n);
+        bin.count.store(kept as u32, Ordering::Relaxed);
+        // The store above must not sink below the locks taken while returning blocks.
+        core::sync::atomic::compiler_fence(Ordering::SeqCst);
+        return_blocks(class, &mut batch[..n]);
     }
 }
 
