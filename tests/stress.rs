@@ -75,8 +75,8 @@ impl Block {
 fn random_size(rng: &mut Rng) -> usize {
     match rng.below(1000) {
         0..=39 => rng.range(1, 15),
-        40..=849 => rng.log_range(16, 16 << 10),
-        850..=994 => rng.log_range((16 << 10) + 1, 2 << 20),
+        40..=919 => rng.log_range(16, 16 << 10),
+        920..=995 => rng.log_range((16 << 10) + 1, 2 << 20),
         _ => rng.range((2 << 20) + 1, MAX_SIZE),
     }
 }
@@ -235,7 +235,7 @@ fn worker(id: usize, n: usize, boxes: &Mailboxes, stop_at: Instant, early: bool)
             }
             post(boxes, to, [b]);
             c.sent += 1;
-        } else if op < 990 {
+        } else if op < 996 {
             let got = std::mem::take(&mut *boxes[id].lock().unwrap());
             for b in got {
                 b.verify("received from another thread");
