@@ -162,7 +162,10 @@ fn check(kind: Kind, ret: Return) {
         common::mib(rss0),
         common::mib(rss_peak)
     );
-    assert!(s_peak.allocated >= TOTAL, "allocated at the peak: {s_peak:?}");
+    assert!(
+        s_peak.allocated >= TOTAL,
+        "allocated at the peak: {s_peak:?}"
+    );
     assert!(s_peak.resident >= TOTAL, "resident at the peak: {s_peak:?}");
     assert!(
         rss1 <= rss0 + SLACK,

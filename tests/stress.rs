@@ -293,7 +293,11 @@ fn run(n: usize) -> (Counts, Duration) {
             .map(|id| {
                 // Odd workers exit half-way.
                 let early = id % 2 == 1;
-                let stop_at = if early { start + PER_COUNT / 2 } else { deadline };
+                let stop_at = if early {
+                    start + PER_COUNT / 2
+                } else {
+                    deadline
+                };
                 s.spawn(move || worker(id, n, boxes, stop_at, early))
             })
             .collect();
