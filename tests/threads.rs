@@ -115,7 +115,10 @@ fn short_lived_threads_leave_nothing_behind() {
         common::mib(after_rss),
     );
     assert_eq!(warm.threads, before.threads, "exited threads still counted");
-    assert_eq!(after.threads, before.threads, "exited threads still counted");
+    assert_eq!(
+        after.threads, before.threads,
+        "exited threads still counted"
+    );
     assert!(
         after.mapped <= warm.mapped + SLACK,
         "mapped grew with the number of threads: {after:?}"
