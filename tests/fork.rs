@@ -412,9 +412,6 @@ fn fork_under_load(mix: Mix) {
 }
 
 #[test]
-#[ignore = "engine bug: a fork child re-frees the blocks another thread was flushing from its \
-            thread cache (thread_cache::flush updates the count after returning the blocks; \
-            thread_cache::postfork_child trusts it); see fork_child_survives_cache_flushes"]
 fn fork_while_threads_allocate() {
     fork_under_load(Mix::All);
 }
@@ -429,9 +426,6 @@ fn fork_while_threads_allocate_uncached_sizes() {
 /// forks children that do nothing but `_exit(0)`. The child's atfork handler flushes the
 /// vanished threads' caches; it must never abort.
 #[test]
-#[ignore = "engine bug: a fork child re-frees the blocks another thread was flushing from its \
-            thread cache (thread_cache::flush updates the count after returning the blocks; \
-            thread_cache::postfork_child trusts it)"]
 fn fork_child_survives_cache_flushes() {
     let _serial = serial();
     let stop = AtomicBool::new(false);
