@@ -14,7 +14,7 @@ use crate::segment::{kind, span_start, Segment, SpanDesc, FLAG_SAMPLED};
 use crate::size_class::{CLASSES, NUM_CLASSES, NUM_SMALL};
 use crate::slab::{self, Put};
 use core::ptr;
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use static_assertions::const_assert;
 
 /// The most arenas a process can have.
@@ -71,6 +71,8 @@ pub struct Arena {
     pages: Locked<ArenaPages>,
     /// Threads currently assigned to this arena.
     pub threads: AtomicU32,
+    /// When empty current slabs were last released (ms).
+    last_sweep: AtomicU64,
 }
 
 impl Arena {
@@ -92,6 +94,7 @@ impl Arena {
                 sampled_small_live: [0; NUM_SMALL],
             }),
             threads: AtomicU32::new(0),
+            last_sweep: AtomicU64::new(0),
         }
     }
 
@@ -362,13 +365,42 @@ impl Arena {
         }
     }
 
-    /// Purges this arena's dirty pages: those past the decay time, or all if `all`.
+    /// Purges this arena's dirty pages: those past the decay time, or all if `all`. Empty
+    /// slabs that bins keep as their current slab (to avoid churn at a slab boundary) are
+    /// released first: always if `all`, else at most once per decay period.
     pub fn purge(&self, all: bool) {
+        let now = os::now_ms();
+        let decay = config::decay_ms();
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        let sweep_due = decay >= 0 && now >= last.saturating_add(decay as u64);
+        if all
+            || (sweep_due
+                && self
+                    .last_sweep
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok())
+        {
+            self.release_empty_slabs(now, decay);
+        }
         let mut p = self.pages.lock();
         if all {
             p.heap.purge_all();
         } else {
-            p.heap.purge_expired(os::now_ms(), config::decay_ms());
+            p.heap.purge_expired(now, decay);
+        }
+    }
+
+    fn release_empty_slabs(&self, now: u64, decay: i64) {
+        for (bin, info) in self.bins.iter().zip(&CLASSES) {
+            let mut bin = bin.0.lock();
+            let s = bin.current;
+            // SAFETY: the current slab is a live descriptor guarded by the bin lock.
+            if !s.is_null() && unsafe { (*s).nfree } == info.objects as u32 {
+                bin.current = ptr::null_mut();
+                bin.slabs -= 1;
+                // SAFETY: an empty slab of this arena, on no list.
+                unsafe { self.pages.lock().heap.free(s, now, decay) };
+            }
         }
     }
 }
