@@ -62,8 +62,14 @@ unsafe impl GlobalAlloc for SampAlloc {
     }
 
     #[inline(never)]
-    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
-        engine::free(ptr)
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if layout.align() <= MIN_ALIGN {
+            // SAFETY: GlobalAlloc's contract: `ptr` came from `alloc`/`realloc` with `layout`.
+            unsafe { engine::free_sized(ptr, layout.size()) }
+        } else {
+            // SAFETY: as above.
+            unsafe { engine::free(ptr) }
+        }
     }
 
     #[inline(never)]

@@ -177,6 +177,7 @@ unsafe fn thread_event(tc: *mut ThreadCache) -> bool {
         (*tc).bytes_until_event = countdown;
         let in_profiler = (*thread::state()).in_profiler != 0;
         if due.tick {
+            thread_cache::gc(tc);
             (*tc).arena.purge(false);
             huge::maybe_purge(os::now_ms());
             if !in_profiler {
@@ -241,6 +242,7 @@ unsafe fn alloc_class(tc: *mut ThreadCache, class: usize, zero: bool, size: usiz
         let mut n = bin.count.load(Relaxed) as usize;
         bin.requests.store(bin.requests.load(Relaxed) + 1, Relaxed);
         if n == 0 {
+            thread_cache::note_refill(tc, class);
             if !is_small(class) {
                 return arena.alloc_large(class, 1, zero);
             }
@@ -375,6 +377,36 @@ pub unsafe fn free(p: *mut u8) {
     unsafe { free_as(p, Op::Free) }
 }
 
+/// Frees `p`, which was allocated with `size` bytes at an alignment of at most 16 (by
+/// [`malloc`], [`malloc_zeroed`], [`calloc`] or [`realloc`] to that size). With the size known
+/// the block's class is known too, so a small block that is not page-aligned goes straight to
+/// the thread cache without the metadata lookup; anything else takes [`free`]'s path. (Sampled
+/// blocks have pages of their own and so are page-aligned.)
+///
+/// # Safety
+/// `p` must be a live block of this engine whose requested (or last reallocated) size was
+/// `size`, freed once. Unlike [`free`], a wrong pointer is not detected.
+#[inline(always)]
+pub unsafe fn free_sized(p: *mut u8, size: usize) {
+    if size <= SMALL_MAX && (p as usize) & (PAGE_SIZE - 1) != 0 {
+        let tc = thread::cache();
+        if !tc.is_null() {
+            // SAFETY: our own cache; `class_of` of a small size is a cached class.
+            unsafe {
+                let bin = (*tc).bins.get_unchecked(class_of(size));
+                let n = bin.count.load(Relaxed);
+                if n < bin.capacity {
+                    *bin.slots.add(n as usize) = p;
+                    bin.count.store(n + 1, Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { free(p) }
+}
+
 /// [`free`], naming `op` in the message if `p` is not a live block (e.g. `realloc(p, 0)`).
 ///
 /// # Safety
@@ -411,7 +443,7 @@ unsafe fn free_block(p: *mut u8, d: *mut SpanDesc, class: usize) {
             let bin = (*tc).bins.get_unchecked(class);
             let mut n = bin.count.load(Relaxed);
             if n == bin.capacity {
-                thread_cache::flush(tc, class, n as usize / 2);
+                thread_cache::on_full(tc, class);
                 n = bin.count.load(Relaxed);
             }
             *bin.slots.add(n as usize) = p;

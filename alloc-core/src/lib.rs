@@ -32,6 +32,6 @@ pub mod thread;
 pub mod thread_cache;
 
 pub use alloc::{
-    alloc_aligned, calloc, flush_thread_cache, free, free_as, malloc, malloc_zeroed, purge,
-    realloc, usable_size, Op,
+    alloc_aligned, calloc, flush_thread_cache, free, free_as, free_sized, malloc, malloc_zeroed,
+    purge, realloc, usable_size, Op,
 };

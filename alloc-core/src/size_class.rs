@@ -121,18 +121,32 @@ pub const fn large_pages(c: usize) -> usize {
     class_size(c) >> PAGE_SHIFT
 }
 
-/// The most blocks one thread-cache stack holds.
-pub const MAX_CACHE_CAPACITY: usize = 128;
+/// The most blocks one thread-cache stack ever holds.
+pub const MAX_CACHE_CAPACITY: usize = 1024;
 
-/// How many blocks of cached class `c` a thread cache holds at most: about 32 KiB worth,
-/// between 4 and [`MAX_CACHE_CAPACITY`] blocks. Small classes get many (refills are batched),
-/// large few.
-pub const fn cache_capacity(c: usize) -> usize {
-    let n = (32 << 10) / class_size(c);
+const fn clamp_capacity(n: usize, max: usize) -> usize {
     if n < 4 {
         4
-    } else if n > MAX_CACHE_CAPACITY {
-        MAX_CACHE_CAPACITY
+    } else if n > max {
+        max
+    } else {
+        n
+    }
+}
+
+/// How many blocks of cached class `c` a thread cache starts out holding: about 32 KiB worth,
+/// between 4 and 128 blocks. Small classes get many (refills are batched), large few.
+pub const fn cache_capacity(c: usize) -> usize {
+    clamp_capacity((32 << 10) / class_size(c), 128)
+}
+
+/// How far a class's stack may grow when the thread keeps overflowing it (allocating and
+/// freeing in batches larger than the stack): about 256 KiB worth, up to
+/// [`MAX_CACHE_CAPACITY`] blocks.
+pub const fn cache_capacity_max(c: usize) -> usize {
+    let n = clamp_capacity((256 << 10) / class_size(c), MAX_CACHE_CAPACITY);
+    if n < cache_capacity(c) {
+        cache_capacity(c)
     } else {
         n
     }
@@ -156,8 +170,10 @@ pub struct ClassInfo {
     pub objects: u16,
     /// See [`div_magic`].
     pub div_magic: u32,
-    /// Thread-cache capacity (cached classes only).
+    /// Initial thread-cache capacity (cached classes only).
     pub cache_capacity: u16,
+    /// Largest thread-cache capacity (cached classes only).
+    pub cache_capacity_max: u16,
 }
 
 const fn info(c: usize) -> ClassInfo {
@@ -176,6 +192,11 @@ const fn info(c: usize) -> ClassInfo {
         } else {
             0
         },
+        cache_capacity_max: if c < NUM_CACHED {
+            cache_capacity_max(c) as u16
+        } else {
+            0
+        },
     }
 }
 
@@ -190,12 +211,13 @@ pub static CLASSES: [ClassInfo; NUM_CLASSES] = {
     t
 };
 
-/// The sum of all thread-cache capacities: the slots one thread cache needs.
+/// The sum of all largest thread-cache capacities: the slots one thread cache needs (the
+/// memory is only touched as far as stacks actually grow).
 pub const TOTAL_CACHE_SLOTS: usize = {
     let mut sum = 0;
     let mut c = 0;
     while c < NUM_CACHED {
-        sum += cache_capacity(c);
+        sum += cache_capacity_max(c);
         c += 1;
     }
     sum

@@ -6,6 +6,11 @@
 //! is taken once. A block freed by another thread simply lands in that thread's cache: remote
 //! frees need no global lock.
 //!
+//! A stack starts small (about 32 KiB worth) and doubles each time the thread overflows it, up
+//! to about 256 KiB worth and within a per-thread budget, so a thread that allocates and frees
+//! in large batches ends up serving them from its cache alone; at the thread's ticks, a grown
+//! stack that saw no refill or overflow since the last tick shrinks back.
+//!
 //! Caches live in metadata memory, not in TLS (which holds only a pointer), so a thread costs
 //! one recycled cache, and all live caches sit on a list that statistics and fork walk.
 //! A freed block carries the process's `free_key` in its first word while cached, which lets a
@@ -17,7 +22,7 @@ use crate::meta;
 use crate::os;
 use crate::sampler::Schedule;
 use crate::segment::{kind, Segment, SpanDesc};
-use crate::size_class::{is_small, CLASSES, MAX_CACHE_CAPACITY, NUM_CACHED, TOTAL_CACHE_SLOTS};
+use crate::size_class::{is_small, CLASSES, NUM_CACHED, TOTAL_CACHE_SLOTS};
 use core::ptr;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -27,7 +32,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 pub struct CacheBin {
     /// Blocks on the stack.
     pub count: AtomicU32,
-    /// Capacity of the stack.
+    /// Capacity of the stack now.
     pub capacity: u32,
     /// Bottom of the stack (oldest block first).
     pub slots: *mut *mut u8,
@@ -48,6 +53,10 @@ pub struct ThreadCache {
     pub arena: &'static Arena,
     /// The stacks.
     pub bins: [CacheBin; NUM_CACHED],
+    /// Refills and overflows per class since the last tick (see [`gc`]).
+    activity: [u16; NUM_CACHED],
+    /// Bytes by which stacks may still grow beyond their initial capacities.
+    growth_budget: usize,
     next: *mut ThreadCache,
     prev: *mut ThreadCache,
     slots: [*mut u8; TOTAL_CACHE_SLOTS],
@@ -60,6 +69,9 @@ struct CacheList {
 
 // SAFETY: the list's caches are reached only under its lock (or by their own threads).
 unsafe impl Send for CacheList {}
+
+/// Bytes of capacity a thread's stacks may grow by, in total, beyond their initial capacities.
+const GROWTH_BUDGET: usize = 2 << 20;
 
 /// Requests served by the caches of threads that have exited, per cached class.
 static RETIRED_REQUESTS: [AtomicU64; NUM_CACHED] = [const { AtomicU64::new(0) }; NUM_CACHED];
@@ -104,17 +116,18 @@ pub fn acquire(arena: &'static Arena, free_key: u64) -> *mut ThreadCache {
         ptr::addr_of_mut!((*tc).schedule).write(schedule);
         ptr::addr_of_mut!((*tc).free_key).write(free_key);
         ptr::addr_of_mut!((*tc).arena).write(arena);
+        ptr::addr_of_mut!((*tc).activity).write([0; NUM_CACHED]);
+        ptr::addr_of_mut!((*tc).growth_budget).write(GROWTH_BUDGET);
         let slots = ptr::addr_of_mut!((*tc).slots).cast::<*mut u8>();
         let mut offset = 0;
         for (class, info) in CLASSES.iter().enumerate().take(NUM_CACHED) {
-            let capacity = info.cache_capacity as usize;
             ptr::addr_of_mut!((*tc).bins[class]).write(CacheBin {
                 count: AtomicU32::new(0),
-                capacity: capacity as u32,
+                capacity: info.cache_capacity as u32,
                 slots: slots.add(offset),
                 requests: AtomicU64::new(0),
             });
-            offset += capacity;
+            offset += info.cache_capacity_max as usize;
         }
         (*tc).prev = ptr::null_mut();
         (*tc).next = list.live;
@@ -170,6 +183,69 @@ pub unsafe fn flush_all(tc: *mut ThreadCache) {
     }
 }
 
+/// The stack of `class` is full and a block is being freed: grow the stack if the budget
+/// allows, else flush half of it.
+///
+/// # Safety
+/// Only the cache's owner may call this.
+#[cold]
+#[inline(never)]
+pub unsafe fn on_full(tc: *mut ThreadCache, class: usize) {
+    // SAFETY: the owner has exclusive use of its cache.
+    unsafe {
+        let t = &mut *tc;
+        t.activity[class] = t.activity[class].saturating_add(1);
+        let info = &CLASSES[class];
+        let cap = t.bins[class].capacity as usize;
+        let grown = (2 * cap).min(info.cache_capacity_max as usize);
+        let cost = (grown - cap) * info.size as usize;
+        if grown > cap && cost <= t.growth_budget {
+            t.growth_budget -= cost;
+            t.bins[class].capacity = grown as u32;
+        } else {
+            flush(tc, class, cap / 2);
+        }
+    }
+}
+
+/// Notes that the stack of `class` had to be refilled (see [`gc`]).
+///
+/// # Safety
+/// Only the cache's owner may call this.
+#[inline]
+pub unsafe fn note_refill(tc: *mut ThreadCache, class: usize) {
+    // SAFETY: the owner has exclusive use of its cache.
+    unsafe { (*tc).activity[class] = (*tc).activity[class].saturating_add(1) };
+}
+
+/// At a tick: stacks that grew but saw no refill or overflow since the last tick shrink back
+/// by half (flushing what no longer fits), so an idle class does not keep memory cached.
+///
+/// # Safety
+/// Only the cache's owner may call this.
+pub unsafe fn gc(tc: *mut ThreadCache) {
+    for class in 0..NUM_CACHED {
+        // SAFETY: the owner has exclusive use of its cache.
+        unsafe {
+            let t = &mut *tc;
+            let info = &CLASSES[class];
+            let cap = t.bins[class].capacity as usize;
+            let initial = info.cache_capacity as usize;
+            if t.activity[class] == 0 && cap > initial {
+                let shrunk = (cap / 2).max(initial);
+                let count = t.bins[class].count.load(Ordering::Relaxed) as usize;
+                if count > shrunk {
+                    flush(tc, class, count - shrunk);
+                }
+                let t = &mut *tc;
+                t.bins[class].capacity = shrunk as u32;
+                t.growth_budget += (cap - shrunk) * info.size as usize;
+            }
+            (*tc).activity[class] = 0;
+        }
+    }
+}
+
 /// Returns the `n` most recently cached blocks of `class` to their arenas.
 ///
 /// Fork safety: the blocks are copied out and the shortened stack is published with one store
@@ -180,20 +256,29 @@ pub unsafe fn flush_all(tc: *mut ThreadCache) {
 /// # Safety
 /// Only the cache's owner may call this; `n` must not exceed the count.
 pub unsafe fn flush(tc: *mut ThreadCache, class: usize, n: usize) {
-    let mut batch = [ptr::null_mut::<u8>(); MAX_CACHE_CAPACITY];
-    // SAFETY: the owner has exclusive use of its stacks.
-    unsafe {
-        let bin = &(*tc).bins[class];
-        let count = bin.count.load(Ordering::Relaxed) as usize;
-        debug_assert!(n <= count && n <= MAX_CACHE_CAPACITY);
-        let kept = count - n;
-        ptr::copy_nonoverlapping(bin.slots.add(kept), batch.as_mut_ptr(), n);
-        bin.count.store(kept as u32, Ordering::Relaxed);
-        // The store above must not sink below the locks taken while returning blocks.
-        core::sync::atomic::compiler_fence(Ordering::SeqCst);
-        return_blocks(class, &mut batch[..n]);
+    // Chunks keep the copy small: callers may be on a small (signal) stack.
+    let mut batch = [ptr::null_mut::<u8>(); FLUSH_CHUNK];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(FLUSH_CHUNK);
+        // SAFETY: the owner has exclusive use of its stacks.
+        unsafe {
+            let bin = &(*tc).bins[class];
+            let count = bin.count.load(Ordering::Relaxed) as usize;
+            debug_assert!(k <= count);
+            let kept = count - k;
+            ptr::copy_nonoverlapping(bin.slots.add(kept), batch.as_mut_ptr(), k);
+            bin.count.store(kept as u32, Ordering::Relaxed);
+            // The store above must not sink below the locks taken while returning blocks.
+            core::sync::atomic::compiler_fence(Ordering::SeqCst);
+            return_blocks(class, &mut batch[..k]);
+        }
+        left -= k;
     }
 }
+
+/// Blocks returned to arenas per round of a flush.
+const FLUSH_CHUNK: usize = 128;
 
 /// Returns blocks of cached class `class` to the arenas owning them, one lock per arena.
 /// Reorders `blocks`.
