@@ -224,11 +224,10 @@ pub unsafe fn note_refill(tc: *mut ThreadCache, class: usize) {
 /// # Safety
 /// Only the cache's owner may call this.
 pub unsafe fn gc(tc: *mut ThreadCache) {
-    for class in 0..NUM_CACHED {
+    for (class, info) in CLASSES.iter().enumerate().take(NUM_CACHED) {
         // SAFETY: the owner has exclusive use of its cache.
         unsafe {
             let t = &mut *tc;
-            let info = &CLASSES[class];
             let cap = t.bins[class].capacity as usize;
             let initial = info.cache_capacity as usize;
             if t.activity[class] == 0 && cap > initial {
