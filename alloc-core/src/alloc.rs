@@ -29,6 +29,11 @@ use crate::thread_cache::{self, ThreadCache};
 use core::ptr;
 use core::sync::atomic::Ordering::Relaxed;
 
+/// Blocks that `realloc` grows to at least this size get a mapping of their own (see
+/// `realloc_slow`): growing one is then `mremap`, not a copy. glibc grows blocks in place at
+/// the top of its heap; this is how a realloc-heavy program keeps up with it.
+const REALLOC_MAP_MIN: usize = 256 << 10;
+
 /// The public function a pointer was handed to, for error messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -115,7 +120,7 @@ pub fn calloc(n: usize, size: usize) -> *mut u8 {
 #[inline(never)]
 fn alloc_slow(size: usize, zero: bool, entry_sp: usize) -> *mut u8 {
     if size > LARGE_MAX {
-        return alloc_huge(size, QUANTUM, zero, entry_sp);
+        return alloc_huge(size, QUANTUM, zero, false, entry_sp);
     }
     let class = class_of(size);
     let tc = thread::cache_or_init();
@@ -131,18 +136,18 @@ fn alloc_slow(size: usize, zero: bool, entry_sp: usize) -> *mut u8 {
     }
 }
 
-fn alloc_huge(size: usize, align: usize, zero: bool, entry_sp: usize) -> *mut u8 {
+fn alloc_huge(size: usize, align: usize, zero: bool, growth: bool, entry_sp: usize) -> *mut u8 {
     global::ensure_ready();
     let tc = thread::cache_or_init();
     // SAFETY: our own cache.
     let sample = !tc.is_null() && unsafe { count_event(tc, size) };
     if !sample {
-        return huge::alloc(size, align, zero);
+        return huge::alloc(size, align, zero, growth);
     }
     let _inside = InProfiler::enter();
     let mut frames = [0usize; MAX_FRAMES];
     let depth = backtrace::capture(&mut frames, entry_sp);
-    let p = huge::alloc(size, align, zero);
+    let p = huge::alloc(size, align, zero, growth);
     if !p.is_null() {
         // SAFETY: a live huge block we just allocated.
         let usable = unsafe { huge::usable_size(registry::lookup(p as usize), p, "malloc") };
@@ -181,7 +186,7 @@ unsafe fn thread_event(tc: *mut ThreadCache) -> bool {
             (*tc).arena.purge(false);
             huge::maybe_purge(os::now_ms());
             if !in_profiler {
-                prof::on_tick(sampler::TICK_BYTES);
+                prof::on_tick(sampler::tick_bytes());
             }
         }
         due.sample && !in_profiler
@@ -285,6 +290,31 @@ fn fallback_alloc(class: usize, zero: bool, size: usize) -> *mut u8 {
     }
 }
 
+/// Allocates the new home of a block that `realloc` is growing, placed so that it can keep
+/// growing: large blocks get free pages after them, and blocks from `REALLOC_MAP_MIN` up
+/// mappings of their own (reusing the largest cached one).
+fn alloc_for_growth(size: usize, entry_sp: usize) -> *mut u8 {
+    if size >= REALLOC_MAP_MIN {
+        return alloc_huge(size, QUANTUM, false, true, entry_sp);
+    }
+    if size <= SMALL_MAX {
+        return alloc_slow(size, false, entry_sp);
+    }
+    let class = class_of(size);
+    let tc = thread::cache_or_init();
+    if tc.is_null() {
+        return fallback_alloc(class, false, size);
+    }
+    // SAFETY: our own cache.
+    unsafe {
+        if count_event(tc, CLASSES[class].size as usize) {
+            return alloc_sampled(tc, class, 1, false, size, entry_sp);
+        }
+        let pages = CLASSES[class].pages as usize;
+        (*tc).arena.alloc_large_with_room(class, 1, pages, false)
+    }
+}
+
 /// Allocates at least `size` bytes aligned to `align` (a power of two), zeroed if `zero`.
 /// Null when out of memory.
 #[inline(always)]
@@ -324,7 +354,7 @@ fn aligned_slow(align: usize, size: usize, zero: bool, entry_sp: usize) -> *mut 
             }
         }
     }
-    alloc_huge(size.max(1), align, zero, entry_sp)
+    alloc_huge(size.max(1), align, zero, false, entry_sp)
 }
 
 /// What `p` is, validated: aborts (naming `op`) unless `p` starts a live block of ours.
@@ -506,7 +536,7 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize) -> *mut u8 {
         Block::Huge(h) => {
             // SAFETY: `h` is the registered header for `p`.
             unsafe { huge::check(h.cast(), p, "realloc") };
-            if size > LARGE_MAX {
+            if size >= REALLOC_MAP_MIN {
                 // SAFETY: `h` is the validated header of `p`.
                 return unsafe { huge::realloc(h, p, size) };
             }
@@ -533,7 +563,13 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize) -> *mut u8 {
             CLASSES[class].size as usize
         }
     };
-    let q = alloc_slow(size, false, entry_sp);
+    // A block growing past REALLOC_MAP_MIN moves into a mapping of its own, so that its later
+    // growth is mremap (page tables move, no copy) rather than a copy per size class.
+    let q = if size > old_usable {
+        alloc_for_growth(size, entry_sp)
+    } else {
+        alloc_slow(size, false, entry_sp)
+    };
     if q.is_null() {
         return q;
     }

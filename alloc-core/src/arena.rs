@@ -73,6 +73,9 @@ pub struct Arena {
     pub threads: AtomicU32,
     /// When empty current slabs were last released (ms).
     last_sweep: AtomicU64,
+    /// No dirty page of this arena expires before this time (ms): ticks skip the lock until
+    /// then.
+    purge_hint: AtomicU64,
 }
 
 impl Arena {
@@ -95,6 +98,16 @@ impl Arena {
             }),
             threads: AtomicU32::new(0),
             last_sweep: AtomicU64::new(0),
+            purge_hint: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Pages were freed at `now`: they expire no earlier than `now + dirty_decay_ms`.
+    fn note_dirty(&self, now: u64) {
+        let decay = config::decay_ms();
+        if decay >= 0 {
+            self.purge_hint
+                .fetch_min(now.saturating_add(decay as u64), Ordering::Relaxed);
         }
     }
 
@@ -230,10 +243,24 @@ impl Arena {
     /// Allocates a large block of class `class` aligned to `align_pages` pages; zeroed if
     /// `zero`. Null when out of memory.
     pub fn alloc_large(&self, class: usize, align_pages: usize, zero: bool) -> *mut u8 {
+        self.alloc_large_with_room(class, align_pages, 0, zero)
+    }
+
+    /// [`Arena::alloc_large`] with `room` free pages after the block where possible (for a
+    /// block that `realloc` is growing: its next growth can then happen in place).
+    pub fn alloc_large_with_room(
+        &self,
+        class: usize,
+        align_pages: usize,
+        room: usize,
+        zero: bool,
+    ) -> *mut u8 {
         let pages = CLASSES[class].pages as usize;
         let (d, fresh) = {
             let mut p = self.pages.lock();
-            let Some((d, fresh)) = p.heap.alloc(pages, align_pages, false, self.index() as u32)
+            let Some((d, fresh)) =
+                p.heap
+                    .alloc_with_room(pages, align_pages, room, false, self.index() as u32)
             else {
                 return ptr::null_mut();
             };
@@ -310,6 +337,7 @@ impl Arena {
             }
             (*d).flags = 0;
             p.heap.free(d, now, config::decay_ms());
+            self.note_dirty(now);
         }
     }
 
@@ -334,6 +362,7 @@ impl Arena {
                 p.heap.free(d, now, decay);
             }
         }
+        self.note_dirty(now);
     }
 
     /// Resizes large block `d` in place to class `class`; false if the pages after it are
@@ -351,8 +380,9 @@ impl Arena {
                 p.heap.try_grow(d, new_pages)
             } else {
                 if new_pages < old_pages {
-                    p.heap
-                        .shrink(d, new_pages, os::now_ms(), config::decay_ms());
+                    let now = os::now_ms();
+                    p.heap.shrink(d, new_pages, now, config::decay_ms());
+                    self.note_dirty(now);
                 }
                 true
             };
@@ -382,12 +412,20 @@ impl Arena {
         {
             self.release_empty_slabs(now, decay);
         }
+        if !all && now < self.purge_hint.load(Ordering::Relaxed) {
+            return;
+        }
         let mut p = self.pages.lock();
         if all {
             p.heap.purge_all();
         } else {
             p.heap.purge_expired(now, decay);
         }
+        let next = match p.heap.oldest_dirty() {
+            Some(t) if decay >= 0 => t.saturating_add(decay as u64),
+            _ => u64::MAX,
+        };
+        self.purge_hint.store(next, Ordering::Relaxed);
     }
 
     fn release_empty_slabs(&self, now: u64, decay: i64) {
@@ -400,6 +438,7 @@ impl Arena {
                 bin.slabs -= 1;
                 // SAFETY: an empty slab of this arena, on no list.
                 unsafe { self.pages.lock().heap.free(s, now, decay) };
+                self.note_dirty(now);
             }
         }
     }

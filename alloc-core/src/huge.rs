@@ -98,13 +98,15 @@ fn round_page(n: usize) -> Option<usize> {
 }
 
 /// Allocates a huge block of at least `size` bytes aligned to `align`; zeroed if `zero`.
-/// Null when out of memory.
-pub fn alloc(size: usize, align: usize, zero: bool) -> *mut u8 {
+/// Null when out of memory. With `growth` (a block `realloc` is growing) the largest cached
+/// mapping that fits is taken whole: its pages are resident and the block's next growth is
+/// free.
+pub fn alloc(size: usize, align: usize, zero: bool, growth: bool) -> *mut u8 {
     let Some(usable) = round_page(size) else {
         return ptr::null_mut();
     };
     let offset = align.max(PAGE_SIZE);
-    if let Some(h) = take_cached(usable, offset) {
+    if let Some(h) = take_cached(usable, offset, growth) {
         let p = HugeHeader::block(h);
         if zero {
             // SAFETY: the block is ours and at least `size` bytes long.
@@ -167,7 +169,7 @@ pub unsafe fn set_sample(
     }
 }
 
-fn take_cached(usable: usize, offset: usize) -> Option<*mut HugeHeader> {
+fn take_cached(usable: usize, offset: usize, largest: bool) -> Option<*mut HugeHeader> {
     if OLDEST_CACHED.load(Ordering::Relaxed) == u64::MAX {
         return None;
     }
@@ -183,9 +185,16 @@ fn take_cached(usable: usize, offset: usize) -> Option<*mut HugeHeader> {
                 (*cache.slots[i].header).offset,
             )
         };
-        if o == offset && u >= usable && u - usable <= usable / 4 {
+        if o == offset && u >= usable && (largest || u - usable <= usable / 4) {
             // SAFETY: as above.
-            if best.is_none_or(|b| u < unsafe { (*cache.slots[b].header).usable }) {
+            let b_usable = |b: usize| unsafe { (*cache.slots[b].header).usable };
+            if best.is_none_or(|b| {
+                if largest {
+                    u > b_usable(b)
+                } else {
+                    u < b_usable(b)
+                }
+            }) {
                 best = Some(i);
             }
         }
@@ -354,12 +363,17 @@ pub unsafe fn usable_size(h: *mut u8, p: *mut u8, op: &str) -> usize {
 /// `h` must be the registered header for `p`, validated.
 pub unsafe fn realloc(h: *mut u8, p: *mut u8, size: usize) -> *mut u8 {
     let h = h.cast::<HugeHeader>();
-    let Some(usable) = round_page(size) else {
+    let Some(mut usable) = round_page(size) else {
         return ptr::null_mut();
     };
     // SAFETY: `h` is a live huge header of ours.
     unsafe {
         let old_usable = (*h).usable;
+        if usable > old_usable {
+            // Grow by at least a quarter, so a block grown in small steps is remapped only a
+            // logarithmic number of times.
+            usable = usable.max(round_page(old_usable + old_usable / 4).unwrap_or(usable));
+        }
         let offset = (*h).offset;
         let old_map = (*h).map_size;
         let Some(new_map) = usable.checked_add(offset) else {

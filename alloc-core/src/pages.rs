@@ -177,7 +177,30 @@ impl PageHeap {
         all_heads: bool,
         arena: u32,
     ) -> Option<(*mut SpanDesc, bool)> {
-        let need = pages + align_pages - 1;
+        self.alloc_with_room(pages, align_pages, 0, all_heads, arena)
+    }
+
+    /// [`PageHeap::alloc`], from a free span with at least `room` more free pages after the
+    /// block (left free), so that the block can later grow in place. `room` is dropped when no
+    /// such span exists without mapping a new segment.
+    pub fn alloc_with_room(
+        &mut self,
+        pages: usize,
+        align_pages: usize,
+        room: usize,
+        all_heads: bool,
+        arena: u32,
+    ) -> Option<(*mut SpanDesc, bool)> {
+        let mut need = pages + align_pages - 1;
+        if room > 0
+            && (need + room > USABLE_PAGES
+                || (self.dirty.find(need + room).is_null()
+                    && self.clean.find(need + room).is_null()))
+        {
+            // Growth room is a hint: not worth a new segment.
+        } else {
+            need += room;
+        }
         if pages == 0 || need > USABLE_PAGES {
             return None;
         }
@@ -490,6 +513,12 @@ impl PageHeap {
             // SAFETY: as above.
             unsafe { self.purge_span(self.decay_head) };
         }
+    }
+
+    /// When the oldest dirty span was freed, if there is one.
+    pub fn oldest_dirty(&self) -> Option<u64> {
+        // SAFETY: the decay head, if any, is a dirty span of ours.
+        (!self.decay_head.is_null()).then(|| unsafe { (*self.decay_head).freed_at() })
     }
 
     /// Purges every dirty span now.

@@ -13,8 +13,18 @@
 
 use crate::config;
 
-/// Bytes a thread allocates between two ticks.
-pub const TICK_BYTES: u64 = 1 << 20;
+/// Bytes a thread allocates between two ticks (fewer when `lg_prof_interval` asks for dumps
+/// more often): often enough for decay and cache trimming to keep up, rarely enough that a
+/// tick's work (a few hundred nanoseconds) is noise even for 256 KiB allocations.
+pub const TICK_BYTES: u64 = 4 << 20;
+
+/// The tick interval now.
+pub fn tick_bytes() -> u64 {
+    match config::lg_prof_interval() {
+        lg if lg >= 0 && config::prof() => TICK_BYTES.min(1 << lg.max(12)),
+        _ => TICK_BYTES,
+    }
+}
 
 /// Whether sampling is on now.
 #[inline]
@@ -115,7 +125,7 @@ impl Schedule {
         }
         if allocated >= self.next_tick {
             due.tick = true;
-            self.next_tick = allocated + TICK_BYTES;
+            self.next_tick = allocated + tick_bytes();
         }
         let next = self.next_sample.min(self.next_tick);
         let span = next.saturating_sub(allocated).min(i64::MAX as u64 / 2) as i64;

@@ -27,8 +27,11 @@ pub const NUM_SMALL: usize = 36;
 /// The largest class; larger requests are huge and get their own mapping.
 pub const LARGE_MAX: usize = 2 << 20;
 /// Classes `0..NUM_CACHED` are kept in thread caches: all small ones plus large ones up to
-/// 32 KiB, where a page-run allocation under the arena lock would dominate the cost.
-pub const NUM_CACHED: usize = 40;
+/// 256 KiB, where a page-run allocation under the arena lock would dominate the cost.
+pub const NUM_CACHED: usize = 52;
+/// Cached classes above this size hold only one or two blocks per thread, and are flushed when
+/// idle.
+pub const CACHED_LARGE_MIN: usize = 32 << 10;
 /// The largest number of objects in one slab (its free bitmap has this many bits).
 pub const MAX_SLAB_OBJECTS: usize = 256;
 /// The largest slab, in pages.
@@ -137,13 +140,20 @@ const fn clamp_capacity(n: usize, max: usize) -> usize {
 /// How many blocks of cached class `c` a thread cache starts out holding: about 32 KiB worth,
 /// between 4 and 128 blocks. Small classes get many (refills are batched), large few.
 pub const fn cache_capacity(c: usize) -> usize {
-    clamp_capacity((32 << 10) / class_size(c), 128)
+    let size = class_size(c);
+    if size > CACHED_LARGE_MIN {
+        return if size <= 64 << 10 { 2 } else { 1 };
+    }
+    clamp_capacity((32 << 10) / size, 128)
 }
 
 /// How far a class's stack may grow when the thread keeps overflowing it (allocating and
 /// freeing in batches larger than the stack): about 256 KiB worth, up to
 /// [`MAX_CACHE_CAPACITY`] blocks.
 pub const fn cache_capacity_max(c: usize) -> usize {
+    if class_size(c) > CACHED_LARGE_MIN {
+        return cache_capacity(c);
+    }
     let n = clamp_capacity((256 << 10) / class_size(c), MAX_CACHE_CAPACITY);
     if n < cache_capacity(c) {
         cache_capacity(c)
@@ -260,7 +270,7 @@ const fn table_is_sound() -> bool {
 const_assert!(table_is_sound());
 const_assert!(class_size(NUM_SMALL - 1) == SMALL_MAX);
 const_assert!(class_size(NUM_CLASSES - 1) == LARGE_MAX);
-const_assert!(class_size(NUM_CACHED - 1) == 32 << 10);
+const_assert!(class_size(NUM_CACHED - 1) == 256 << 10);
 const_assert!(NUM_CLASSES <= 256); // class indices fit a u8
 
 #[cfg(test)]

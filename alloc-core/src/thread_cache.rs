@@ -6,7 +6,10 @@
 //! is taken once. A block freed by another thread simply lands in that thread's cache: remote
 //! frees need no global lock.
 //!
-//! A stack starts small (about 32 KiB worth) and doubles each time the thread overflows it, up
+//! Large classes up to 256 KiB are cached too, one or two blocks each, flushed at a tick when
+//! they were not used since the last one.
+//!
+//! A small class's stack starts small (about 32 KiB worth) and doubles each time the thread overflows it, up
 //! to about 256 KiB worth and within a per-thread budget, so a thread that allocates and frees
 //! in large batches ends up serving them from its cache alone; at the thread's ticks, a grown
 //! stack that saw no refill or overflow since the last tick shrinks back.
@@ -22,7 +25,7 @@ use crate::meta;
 use crate::os;
 use crate::sampler::Schedule;
 use crate::segment::{kind, Segment, SpanDesc};
-use crate::size_class::{is_small, CLASSES, NUM_CACHED, TOTAL_CACHE_SLOTS};
+use crate::size_class::{is_small, CACHED_LARGE_MIN, CLASSES, NUM_CACHED, TOTAL_CACHE_SLOTS};
 use core::ptr;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -203,7 +206,7 @@ pub unsafe fn on_full(tc: *mut ThreadCache, class: usize) {
             t.growth_budget -= cost;
             t.bins[class].capacity = grown as u32;
         } else {
-            flush(tc, class, cap / 2);
+            flush(tc, class, (cap / 2).max(1));
         }
     }
 }
@@ -230,7 +233,11 @@ pub unsafe fn gc(tc: *mut ThreadCache) {
             let t = &mut *tc;
             let cap = t.bins[class].capacity as usize;
             let initial = info.cache_capacity as usize;
-            if t.activity[class] == 0 && cap > initial {
+            if t.activity[class] == 0 && info.size as usize > CACHED_LARGE_MIN {
+                // Idle large blocks go back to the page heap, where others can use them.
+                let count = t.bins[class].count.load(Ordering::Relaxed) as usize;
+                flush(tc, class, count);
+            } else if t.activity[class] == 0 && cap > initial {
                 let shrunk = (cap / 2).max(initial);
                 let count = t.bins[class].count.load(Ordering::Relaxed) as usize;
                 if count > shrunk {
