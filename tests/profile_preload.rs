@@ -674,7 +674,7 @@ fn estimates_are_unbiased_over_repeated_runs() {
     if !have("cc") || !have("nm") {
         return;
     }
-    const RUNS: usize = 10;
+    const RUNS: usize = 16;
     const LG: u32 = 15;
     let started = Instant::now();
     let build = Scratch::new("leaks-repeat");
@@ -1381,4 +1381,79 @@ fn leak_summary_names_the_leaking_function() {
         top.contains(" MiB in ") && (3.4..4.6).contains(&mib),
         "{top}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Engine bugs found here
+
+/// DESIGN §5: estimates are unbiased. But a thread's schedule starts with a tick at 1 MiB
+/// (`Schedule::new`) and draws its first sample point only then, so whatever a thread
+/// allocates in its first mebibyte is never sampled: a leak made early by the main thread, or
+/// by short-lived threads, is invisible (estimated 0 bytes here).
+#[test]
+#[ignore = "engine bug: a thread's first MiB of allocation is never sampled (Schedule::new draws the first sample point only at the first tick)"]
+fn leaks_in_a_threads_first_mebibyte_are_seen() {
+    if !have("cc") || !have("nm") {
+        return;
+    }
+    let dir = Scratch::new("first-mib");
+    let exe = cc(&dir, &["first_mib.c"], "first_mib", &["-O2"]);
+    for mode in ["main", "threads"] {
+        let out = Scratch::new("first-mib-out");
+        let conf = format!(
+            "prof:true,prof_final:true,lg_prof_sample:10,prof_prefix:{}",
+            out.path("f").display()
+        );
+        let r = run_prof(command(&exe, [mode]), &conf);
+        r.assert_ok(mode, "leaked ");
+        let truth: f64 = r
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("leaked "))
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        let p = Profile::read(&final_profile(&out.0, &r));
+        let est: f64 = rows_with(&p, "early_leak", 1)
+            .iter()
+            .map(|r| r.live(p.r))
+            .sum();
+        // R = 1 KiB, 1000-byte blocks: hundreds of samples at least, sd under 3 %.
+        assert!(
+            (est - truth).abs() < 0.2 * truth,
+            "{mode}: early_leak estimated {est:.0} bytes, truth {truth}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reader itself
+
+#[test]
+fn reader_parses_scales_and_rejects() {
+    let text = "heap profile:      3:    12288 [     5:    20480] @ heap_v2/4096\n\
+        \x20    2:     8192 [     3:    12288] @ 0x1000 0x2000\n\
+        \x20    1:     4096 [     2:     8192] @ 0x1010\n\
+        \n\
+        MAPPED_LIBRARIES:\n\
+        00001000-00003000 r-xp 00001000 fe:00 12 /x/prog\n\
+        00000000-00001000 r--p 00000000 fe:00 12 /x/prog\n";
+    let p = Profile::parse(text).unwrap();
+    assert_eq!(p.r, 4096.0);
+    assert_eq!(p.rows.len(), 2);
+    assert_eq!(p.rows[0].frames, [0x1000, 0x2000]);
+    p.assert_header_sums("synthetic");
+    // Rows of 4 KiB blocks at R = 4 KiB: each sample stands for 1/(1-1/e) blocks.
+    let expect = 12288.0 / (1.0 - (-1.0f64).exp());
+    assert!((p.live_total() - expect).abs() < 1e-6 * expect);
+    // PIE: the load bias is where file offset 0 is mapped.
+    assert_eq!(p.module_address(0x1234), Some(("/x/prog", 0x1234)));
+    for bad in [
+        "",
+        "heap profile: 1: 2 [3: 4] @ heap/4096\n\nMAPPED_LIBRARIES:\n0-1 r 0 0 0\n",
+        "heap profile: 1: 2 [3: 4] @ heap_v2/4096\n1: 2 [3: 4] @\n\nMAPPED_LIBRARIES:\n0-1 r 0 0 0\n",
+        "heap profile: 1: 2 [3: 4] @ heap_v2/4096\n1: 2 [3: 4] @ 12\n\nMAPPED_LIBRARIES:\n0-1 r 0 0 0\n",
+        "heap profile: 1: 2 [3: 4] @ heap_v2/4096\n1: 2 [3: 4] @ 0x12\n",
+    ] {
+        assert!(Profile::parse(bad).is_err(), "accepted {bad:?}");
+    }
 }
