@@ -9,259 +9,36 @@
 //! A tool that is missing (a compiler, java, redis...) fails the test when `CI` is set (`.ci/run`
 //! installs them all) and skips it with a note otherwise.
 
-use std::ffi::OsStr;
+mod common;
+
+use common::{collect, command, have, kill_group, spawn_logged, wait_bounded, Run, Scratch};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// No run may take longer than this; a hung program is killed and the test fails.
-const TIMEOUT: Duration = Duration::from_secs(120);
 const REPORT_HEADER: &str = "___ sampalloc statistics ___";
+const STATS: Option<&str> = Some("stats_print:true");
 
 fn sources() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/preload")
 }
 
-// ---------------------------------------------------------------------------------------------
-// Building
-
-/// The cargo profile this test was built with, from where its executable lives
-/// (`<target>/<profile dir>/deps/preload-<hash>`).
-fn profile() -> String {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::file_name)
-        .and_then(OsStr::to_str)
-        .expect("test executable under <target>/<profile>/deps");
-    match dir {
-        "debug" => "dev".to_string(),
-        other => other.to_string(),
-    }
-}
-
-/// Builds `libsampalloc.so` once and returns its path, as cargo reports it.
-fn preload_lib() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-        let out = Command::new(cargo)
-            .args(["build", "-p", "sampalloc-preload", "--message-format=json"])
-            .args(["--profile", &profile()])
-            .arg("--manifest-path")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cargo");
-        assert!(
-            out.status.success(),
-            "cargo build -p sampalloc-preload failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let json = String::from_utf8_lossy(&out.stdout);
-        let lib = json
-            .lines()
-            .filter(|l| l.contains("\"compiler-artifact\"") && l.contains("sampalloc-preload"))
-            .flat_map(|l| l.split('"'))
-            .find(|s| s.ends_with("/libsampalloc.so"))
-            .map(PathBuf::from)
-            .unwrap_or_else(|| panic!("no libsampalloc.so in cargo's output:\n{json}"));
-        assert!(lib.is_file(), "{} does not exist", lib.display());
-        lib
-    })
-}
-
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        static SEQ: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "sampalloc-preload-{}-{}-{name}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        Scratch(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Whether `tool` is on `PATH`. Missing: a failure under CI, a skip with a note elsewhere.
-fn have(tool: &str) -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|d| {
-            let p = d.join(tool);
-            p.is_file() && std::fs::metadata(&p).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
-        })
-    });
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "`{tool}` is not installed, and CI is set: .ci/run should have installed it"
-        );
-        eprintln!("note: skipping, `{tool}` is not installed (it is required when CI is set)");
-    }
-    found
-}
-
 /// Compiles `sources` (relative to `tests/preload`) with `compiler` into `scratch/out`.
 fn compile(compiler: &str, scratch: &Scratch, srcs: &[&str], out: &str, flags: &[&str]) -> PathBuf {
-    let exe = scratch.path(out);
-    let mut cmd = Command::new(compiler);
-    cmd.args(["-O1", "-g", "-pthread", "-Wall"])
-        .args(srcs.iter().map(|s| sources().join(s)))
-        .arg("-o")
-        .arg(&exe)
-        .args(flags);
-    let r = run_plain(cmd);
-    assert!(
-        r.status.success(),
-        "{compiler} {srcs:?} failed:\n{}{}",
-        r.stdout,
-        r.stderr
-    );
-    exe
-}
-
-// ---------------------------------------------------------------------------------------------
-// Running
-
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn describe(&self) -> String {
-        format!(
-            "status: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.status,
-            tail(&self.stdout),
-            tail(&self.stderr)
-        )
-    }
-
-    /// Asserts a clean exit with `needle` on stdout (or stderr, for programs like
-    /// `java -version`).
-    fn assert_ok(&self, what: &str, needle: &str) {
-        assert!(
-            self.status.success(),
-            "{what} failed under the preload\n{}",
-            self.describe()
-        );
-        assert!(
-            self.stdout.contains(needle) || self.stderr.contains(needle),
-            "{what}: expected {needle:?} in its output\n{}",
-            self.describe()
-        );
-    }
-}
-
-fn tail(s: &str) -> &str {
-    let mut start = s.len().saturating_sub(6000);
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
-}
-
-/// Puts `cmd` in its own process group with stdout and stderr going to files in `logs`.
-fn spawn_logged(mut cmd: Command, logs: &Scratch, preload: bool) -> Child {
-    if preload {
-        cmd.env("LD_PRELOAD", preload_lib())
-            .env("SAMPALLOC_CONF", "stats_print:true");
-    } else {
-        cmd.env_remove("LD_PRELOAD");
-    }
-    let out = std::fs::File::create(logs.path("stdout")).expect("stdout file");
-    let err = std::fs::File::create(logs.path("stderr")).expect("stderr file");
-    cmd.stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0);
-    cmd.spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
-}
-
-/// Kills the child's whole process group (it may have started others).
-fn kill_group(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{}", child.id())])
-        .status();
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// Waits for the child for at most `limit`; kills it and fails the test on timeout.
-fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if Instant::now() >= deadline {
-            kill_group(child);
-            panic!("{what} did not finish within {limit:?}; killed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn collect(status: ExitStatus, logs: &Scratch) -> Run {
-    let read =
-        |n| String::from_utf8_lossy(&std::fs::read(logs.path(n)).unwrap_or_default()).into_owned();
-    Run {
-        status,
-        stdout: read("stdout"),
-        stderr: read("stderr"),
-    }
-}
-
-fn run_with(cmd: Command, preload: bool) -> Run {
-    let logs = Scratch::new("logs");
-    let what = format!("{cmd:?}");
-    let mut child = spawn_logged(cmd, &logs, preload);
-    let status = wait_bounded(&mut child, TIMEOUT, &what);
-    collect(status, &logs)
+    common::compile_in(&sources(), compiler, scratch, srcs, out, flags)
 }
 
 /// Runs `cmd` with the preload and `stats_print:true`.
 fn run(cmd: Command) -> Run {
-    run_with(cmd, true)
+    common::run_conf(cmd, STATS)
 }
 
 /// Runs `cmd` without the preload (compilers, reference runs).
 fn run_plain(cmd: Command) -> Run {
-    run_with(cmd, false)
-}
-
-fn command<I, S>(program: impl AsRef<OsStr>, args: I) -> Command
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let mut c = Command::new(program);
-    c.args(args);
-    c
+    common::run_conf(cmd, None)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -651,7 +428,7 @@ fn redis_server_with_benchmark() {
         .arg("--dir")
         .arg(&dir.0)
         .current_dir(&dir.0);
-    let mut server = spawn_logged(cmd, &logs, true);
+    let mut server = spawn_logged(cmd, &logs, STATS);
     // Kill the server whatever happens below.
     struct Guard<'a>(&'a mut Child, bool);
     impl Drop for Guard<'_> {
