@@ -15,7 +15,6 @@ use crate::huge;
 use crate::os::{self, PAGE_SIZE};
 use crate::prof::{self, MAX_FRAMES};
 use crate::prof_dump::InProfiler;
-use crate::registry;
 use crate::sampler;
 use crate::segment::{
     self, kind, span_start, Location, Segment, SpanDesc, FLAG_SAMPLED, USABLE_PAGES,
@@ -80,8 +79,9 @@ pub fn malloc(size: usize) -> *mut u8 {
             // SAFETY: a non-null cache belongs to the calling thread alone.
             unsafe {
                 let tc = &mut *tc;
-                // `class_of` of a small size is a small class: in bounds of both tables.
-                let left = tc.bytes_until_event - CLASSES.get_unchecked(class).size as i64;
+                // Sampling counts requested bytes (see `sampler`).
+                let left = tc.bytes_until_event - size as i64;
+                // `class_of` of a small size is a small class: in bounds of the bins.
                 let bin = tc.bins.get_unchecked(class);
                 let n = bin.count.load(Relaxed);
                 if left >= 0 && n != 0 {
@@ -129,7 +129,7 @@ fn alloc_slow(size: usize, zero: bool, entry_sp: usize) -> *mut u8 {
     }
     // SAFETY: a non-null cache belongs to the calling thread.
     unsafe {
-        if count_event(tc, CLASSES[class].size as usize) {
+        if count_event(tc, size) {
             return alloc_sampled(tc, class, 1, zero, size, entry_sp);
         }
         alloc_class(tc, class, zero, size)
@@ -149,11 +149,9 @@ fn alloc_huge(size: usize, align: usize, zero: bool, growth: bool, entry_sp: usi
     let depth = backtrace::capture(&mut frames, entry_sp);
     let p = huge::alloc(size, align, zero, growth);
     if !p.is_null() {
-        // SAFETY: a live huge block we just allocated.
-        let usable = unsafe { huge::usable_size(registry::lookup(p as usize), p, "malloc") };
-        let weight = sampler::weight(usable, sampler::mean_interval());
+        let weight = sampler::weight(size, sampler::mean_interval());
         let stack = prof::record_alloc(&frames[..depth], size, weight);
-        // SAFETY: as above.
+        // SAFETY: a live huge block we just allocated.
         unsafe { huge::set_sample(p, stack, size, weight) };
     }
     p
@@ -213,12 +211,12 @@ unsafe fn alloc_sampled(
     if p.is_null() {
         return p;
     }
-    let weight = sampler::weight(CLASSES[class].size as usize, sampler::mean_interval());
-    let stack = prof::record_alloc(&frames[..depth], size, weight);
+    let weight = sampler::weight(size, sampler::mean_interval());
+    let stack = prof::record_alloc(&frames[..depth], size.max(1), weight);
     // SAFETY: `d` heads the block we just allocated; its words are ours to use.
     unsafe {
         (*d).words[0] = stack as usize as u64;
-        (*d).words[1] = size as u64;
+        (*d).words[1] = size.max(1) as u64;
         (*d).words[2] = weight.to_bits();
     }
     p
@@ -307,7 +305,7 @@ fn alloc_for_growth(size: usize, entry_sp: usize) -> *mut u8 {
     }
     // SAFETY: our own cache.
     unsafe {
-        if count_event(tc, CLASSES[class].size as usize) {
+        if count_event(tc, size) {
             return alloc_sampled(tc, class, 1, false, size, entry_sp);
         }
         let pages = CLASSES[class].pages as usize;
@@ -347,7 +345,7 @@ fn aligned_slow(align: usize, size: usize, zero: bool, entry_sp: usize) -> *mut 
             }
             // SAFETY: our own cache.
             unsafe {
-                if count_event(tc, CLASSES[class].size as usize) {
+                if count_event(tc, size) {
                     return alloc_sampled(tc, class, align_pages, zero, size, entry_sp);
                 }
                 return (*tc).arena.alloc_large(class, align_pages, zero);

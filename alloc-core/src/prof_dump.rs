@@ -141,7 +141,9 @@ pub fn unbiased_row(samples: u64, estimate: f64, r: f64) -> (u64, u64) {
     }
     let target = estimate / samples as f64;
     // per_sample is increasing, with x + r/2 ≥ per_sample(x) ≥ max(x, r): bracket and bisect.
-    let (mut lo, mut hi) = ((target - r).max(0.0), target);
+    // Every sample's estimate is at least r, so target ≥ r; the 1-byte floor only guards the
+    // object count a reader derives (bytes / x) against a degenerate row.
+    let (mut lo, mut hi) = ((target - r).max(1.0), target.max(1.0));
     for _ in 0..64 {
         let mid = 0.5 * (lo + hi);
         if per_sample(mid, r) < target {
@@ -470,6 +472,20 @@ mod tests {
             }
         }
         assert_eq!(unbiased_row(0, 0.0, r), (0, 0));
+    }
+
+    #[test]
+    fn small_blocks_read_back_with_sane_object_counts() {
+        // 270 samples of 48-byte blocks at R = 512 KiB: a reader must get back about the
+        // estimated objects, not billions.
+        let r = 524288.0;
+        let objects = 270.0 * (1.0 / -(-48.0f64 / r).exp_m1());
+        let (n, b) = unbiased_row(270, objects * 48.0, r);
+        let read_objects = n as f64 / -(-(b as f64 / n as f64) / r).exp_m1();
+        assert!(
+            (read_objects - objects).abs() / objects < 0.01,
+            "{n}:{b} -> {read_objects}"
+        );
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //! Both events share one countdown (`ThreadCache::bytes_until_event`), so an allocation that is
 //! not sampled pays one subtraction and one predictable branch, and with profiling off the
 //! countdown only ever reaches the tick.
+//!
+//! The countdown, the weight and the recorded size all use the *requested* size. Using one size
+//! for all three keeps each sample's estimate `s/(1-exp(-s/R))` at or above `R`, which the
+//! profile writer's per-row unbiasing needs (and profiles report what the program asked for).
 
 use crate::config;
 
@@ -71,18 +75,25 @@ pub struct Due {
 }
 
 impl Schedule {
-    /// A schedule whose first event is a tick after [`TICK_BYTES`]; `seed` makes each thread's
-    /// random sequence its own. Returns it with the countdown to store.
+    /// A new thread's schedule: its first sample point is drawn now (so allocations from the
+    /// thread's very first byte can be sampled), its first tick follows after
+    /// [`tick_bytes`]. `seed` makes each thread's random sequence its own. Returns it with the
+    /// countdown to store.
     pub fn new(seed: u64) -> (Schedule, i64) {
-        let s = Schedule {
+        let mut s = Schedule {
             base: 0,
-            span: TICK_BYTES as i64,
+            span: 0,
             next_sample: u64::MAX,
-            next_tick: TICK_BYTES,
-            generation: 0, // differs from GENERATION: the first tick draws a sample point
+            next_tick: tick_bytes(),
+            generation: config::sampling_generation(),
             rng: seed | 1,
         };
-        (s, TICK_BYTES as i64)
+        if sampling_on() {
+            s.next_sample = s.draw(mean_interval());
+        }
+        s.span = s.next_sample.min(s.next_tick).min(i64::MAX as u64 / 2) as i64;
+        let countdown = s.span;
+        (s, countdown)
     }
 
     fn next_random(&mut self) -> u64 {
@@ -145,6 +156,22 @@ mod tests {
         assert!((weight(512 * 1024, r) - 1.0 / (1.0 - (-1.0f64).exp())).abs() < 1e-9);
         assert!((weight(16, r) - r / 16.0).abs() / (r / 16.0) < 1e-4);
         assert!((weight(1 << 30, r) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_new_thread_samples_from_its_first_byte() {
+        config::set(b"prof", b"true").unwrap();
+        config::set(b"lg_prof_sample", b"10").unwrap();
+        let firsts: Vec<i64> = (0..2000)
+            .map(|seed| Schedule::new(seed * 7919 + 1).1)
+            .collect();
+        config::set(b"prof", b"false").unwrap();
+        config::set(b"lg_prof_sample", b"19").unwrap();
+        let mean = firsts.iter().sum::<i64>() as f64 / firsts.len() as f64;
+        assert!(
+            (mean - 1024.0).abs() < 1024.0 * 0.1,
+            "first countdowns average {mean}"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
-/* Reproduction of a fork bug (no profiling needed): while four threads allocate and free, the
- * main thread forks; each child allocates and frees a little and exits. Under the preload a
- * child now and then aborts with "sampalloc: free(): double free of 0x..." (about one fork in
- * a thousand on a 2-core machine; glibc's malloc runs it clean).
+/* Fork from a threaded process (no profiling needed): while four threads allocate and free, the
+ * main thread forks; each child allocates and frees a little and exits. A child must never see
+ * a block twice: before thread caches published their shortened stacks ahead of returning
+ * blocks, about one fork in a thousand aborted with "free(): double free".
  * argv[1]: what children allocate: 0 small and large blocks up to 9000 bytes, 1 one 8 MiB
  * block, 2 large blocks of 20-300 KB. argv[2]: forks. */
 #include <pthread.h>
