@@ -342,7 +342,11 @@ fn pprof_output_decodes_with_four_sample_types_and_matching_totals() {
 fn flamegraph_is_well_formed_svg_naming_the_functions() {
     let f = fixture();
     let svg = ok(&["flamegraph", p(&f.late)]);
-    let doc = roxmltree::Document::parse(&svg).expect("well-formed XML");
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(&svg, opts).expect("well-formed XML");
     assert_eq!(doc.root_element().tag_name().name(), "svg");
     for name in ["leak_small", "leak_medium", "leak_large", "grow_slowly"] {
         assert!(svg.contains(name), "{name} missing from the SVG");
