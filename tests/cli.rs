@@ -169,7 +169,12 @@ fn top_names_the_leaking_functions_with_lines_and_accurate_bytes() {
     let text = ok(&["top", "-n", "8", p(&f.late)]);
     eprintln!("{text}");
     assert!(text.contains("Total live:"), "{text}");
-    for name in ["cli::leak_small", "cli::leak_medium", "cli::leak_large", "cli::grow_slowly"] {
+    for name in [
+        "cli::leak_small",
+        "cli::leak_medium",
+        "cli::leak_large",
+        "cli::grow_slowly",
+    ] {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }
     assert!(text.contains(" MiB"), "{text}");
@@ -178,7 +183,10 @@ fn top_names_the_leaking_functions_with_lines_and_accurate_bytes() {
     let stacks = ok(&["top", "--stacks", "-n", "3", p(&f.late)]);
     assert!(stacks.contains("    cli::"), "{stacks}");
     let lines = ok(&["top", "--lines", "--alloc", p(&f.late)]);
-    assert!(lines.contains("cli::churn"), "churn ranks by allocated bytes:\n{lines}");
+    assert!(
+        lines.contains("cli::churn"),
+        "churn ranks by allocated bytes:\n{lines}"
+    );
 }
 
 #[test]
@@ -195,16 +203,25 @@ fn diff_puts_the_growing_site_first_and_steady_sites_near_zero() {
     assert_eq!(first["status"], "grew");
     let growth = first["change_bytes"].as_f64().unwrap();
     let truth = (GROW_STEP * (GROW_STEPS_LATE - 1)) as f64;
-    assert!((growth - truth).abs() / truth < 0.10, "growth {growth}, truth {truth}");
+    assert!(
+        (growth - truth).abs() / truth < 0.10,
+        "growth {growth}, truth {truth}"
+    );
     for name in ["leak_small", "leak_medium", "leak_large"] {
         let s = site(sites, name);
         let change = s["change_bytes"].as_f64().unwrap().abs();
-        assert!(change < 0.01 * SITE_BYTES as f64, "{name} changed by {change}");
+        assert!(
+            change < 0.01 * SITE_BYTES as f64,
+            "{name} changed by {change}"
+        );
     }
     let text = ok(&["diff", p(&f.early), p(&f.late)]);
     eprintln!("{text}");
     let first_row = text.lines().nth(4).unwrap();
-    assert!(first_row.contains("grow_slowly") && first_row.contains('+'), "{text}");
+    assert!(
+        first_row.contains("grow_slowly") && first_row.contains('+'),
+        "{text}"
+    );
 
     // top --base subtracts the earlier profile.
     let based: Value =
@@ -288,7 +305,9 @@ fn pprof_output_decodes_with_four_sample_types_and_matching_totals() {
         .filter(|f| f.0 == 1)
         .map(|f| {
             let vt = fields(&f.2);
-            let get = |n| strings[vt.iter().find(|x| x.0 == n).map_or(0, |x| as_u64(&x.2)) as usize].clone();
+            let get = |n| {
+                strings[vt.iter().find(|x| x.0 == n).map_or(0, |x| as_u64(&x.2)) as usize].clone()
+            };
             (get(1), get(2))
         })
         .collect();
@@ -317,7 +336,10 @@ fn pprof_output_decodes_with_four_sample_types_and_matching_totals() {
     assert!(samples > 3);
     assert!(top.iter().filter(|f| f.0 == 4).count() > 3, "locations");
     assert!(top.iter().filter(|f| f.0 == 3).count() > 0, "mappings");
-    assert!(strings.iter().any(|s| s == "cli::leak_small"), "function names");
+    assert!(
+        strings.iter().any(|s| s == "cli::leak_small"),
+        "function names"
+    );
 
     let json: Value = serde_json::from_str(&ok(&["top", "--json", p(&f.late)])).unwrap();
     let total = json["total"]["live_bytes"].as_f64().unwrap();
@@ -327,7 +349,13 @@ fn pprof_output_decodes_with_four_sample_types_and_matching_totals() {
     // go tool pprof reads it, when Go is installed (optional).
     if Command::new("go").arg("version").output().is_ok() {
         let o = Command::new("go")
-            .args(["tool", "pprof", "-top", "-sample_index=inuse_space", p(&out)])
+            .args([
+                "tool",
+                "pprof",
+                "-top",
+                "-sample_index=inuse_space",
+                p(&out),
+            ])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&o.stdout);
@@ -389,12 +417,19 @@ fn perf_map_resolves_jit_frames() {
     )
     .unwrap();
     let map = PathBuf::from(format!("/tmp/perf-{pid}.map"));
-    std::fs::write(&map, "7f0000001000 100 LJitLeaf;alloc\n7f0000002000 0x40 JitCaller\n").unwrap();
+    std::fs::write(
+        &map,
+        "7f0000001000 100 LJitLeaf;alloc\n7f0000002000 0x40 JitCaller\n",
+    )
+    .unwrap();
     let text = ok(&["top", "--stacks", p(&profile)]);
     let _ = std::fs::remove_file(&map);
     assert!(text.contains("LJitLeaf;alloc"), "{text}");
     assert!(text.contains("JitCaller"), "{text}");
-    assert!(text.contains("0x7f0000090000"), "unresolved frames are addresses: {text}");
+    assert!(
+        text.contains("0x7f0000090000"),
+        "unresolved frames are addresses: {text}"
+    );
 
     // --perf-map FILE, with the profile under a name without a pid.
     let other = dir.join("jit.heap");

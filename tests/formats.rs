@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::Command;
 
 fn data(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -20,7 +22,10 @@ fn jemalloc_threaded_format() {
     assert_eq!(p.format, Format::JemallocV2);
     assert_eq!(p.sample_period, 524288);
     assert_eq!(p.rows.len(), 2, "the header's t* line is not a row");
-    assert_eq!(p.rows[0].frames, vec![0x7f8a3d8f7b8d, 0x7f8a3d8e2ea5, 0x400e34]);
+    assert_eq!(
+        p.rows[0].frames,
+        vec![0x7f8a3d8f7b8d, 0x7f8a3d8e2ea5, 0x400e34]
+    );
     let r = 524288.0f64;
     let s0 = 1.0 / (1.0 - (-(6688.0 / 13.0) / r).exp());
     assert!(close(p.rows[0].counts.live_bytes, 6688.0 * s0));
@@ -48,7 +53,10 @@ fn gperftools_unsampled_format() {
 fn legacy_heap_format_with_comments() {
     let p = parse::read(&data("go_heap_v1.heap")).unwrap();
     assert_eq!(p.format, Format::HeapV1);
-    assert_eq!(p.sample_period, 524288, "the header holds twice the interval");
+    assert_eq!(
+        p.sample_period, 524288,
+        "the header holds twice the interval"
+    );
     assert_eq!(p.rows.len(), 1);
     let s = 1.0 / (1.0 - (-2.0f64).exp());
     assert!(close(p.rows[0].counts.live_bytes, 1048576.0 * s));
@@ -67,10 +75,19 @@ fn cli_reads_foreign_formats_and_warns_about_missing_files() {
         String::from_utf8_lossy(&o.stderr),
     );
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("warning: cannot open /nonexistent/bin/app"), "{err}");
+    assert!(
+        err.contains("warning: cannot open /nonexistent/bin/app"),
+        "{err}"
+    );
     // The leading frame in libjemalloc is the allocator's own: dropped.
-    assert!(out.contains("0x400e34") && out.contains("0x400f00"), "{out}");
-    assert!(!out.lines().skip(3).any(|l| l.contains("libjemalloc")), "{out}");
+    assert!(
+        out.contains("0x400e34") && out.contains("0x400f00"),
+        "{out}"
+    );
+    assert!(
+        !out.lines().skip(3).any(|l| l.contains("libjemalloc")),
+        "{out}"
+    );
     let o = Command::new(env!("CARGO_BIN_EXE_sampalloc"))
         .arg("top")
         .arg(data("gperftools_heapprofile.heap"))

@@ -107,8 +107,15 @@ fn run_reports_the_leaks_of_a_c_program() {
     );
     eprintln!("{err}");
     assert_eq!(o.status.code(), Some(0), "{err}");
-    assert!(stdout.contains("leaky: done"), "the program's output is kept: {stdout}");
-    for f in ["leak_request_buffers", "leak_session_cache", "leak_config_strings"] {
+    assert!(
+        stdout.contains("leaky: done"),
+        "the program's output is kept: {stdout}"
+    );
+    for f in [
+        "leak_request_buffers",
+        "leak_session_cache",
+        "leak_config_strings",
+    ] {
         assert!(err.contains(f), "{f} missing from the report:\n{err}");
     }
 }

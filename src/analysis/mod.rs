@@ -186,7 +186,10 @@ pub fn sites(rows: &[ResolvedRow], by: GroupBy) -> Vec<Site> {
         let module = leaf.and_then(|f| f.module.clone()).unwrap_or_default();
         let (key, stack) = match by {
             GroupBy::Function => (format!("{function}\u{0}{module}"), Vec::new()),
-            GroupBy::Line => (format!("{function}\u{0}{location}\u{0}{module}"), Vec::new()),
+            GroupBy::Line => (
+                format!("{function}\u{0}{location}\u{0}{module}"),
+                Vec::new(),
+            ),
             GroupBy::Stack => {
                 let stack: Vec<String> = row.frames().map(describe).collect();
                 (stack.join("\u{0}"), stack)

@@ -381,11 +381,16 @@ pub fn parse(data: &[u8]) -> Result<Profile, ParseError> {
         if c.counts().is_none() {
             return err(
                 n,
-                format!("expected 'heap profile: ' followed by {COUNTS_SYNTAX} '@ heap_v2/<interval>'"),
+                format!(
+                    "expected 'heap profile: ' followed by {COUNTS_SYNTAX} '@ heap_v2/<interval>'"
+                ),
             );
         }
         if !c.eat("@") {
-            return err(n, "expected '@ heap_v2/<interval>' at the end of the header");
+            return err(
+                n,
+                "expected '@ heap_v2/<interval>' at the end of the header",
+            );
         }
         let kind = c.s.trim();
         let (name, rate) = match kind.split_once('/') {
@@ -472,7 +477,7 @@ fn parse_map_line(t: &str, n: usize) -> Result<Mapping, ParseError> {
             "expected a memory map line 'start-end perms offset dev inode path' ({what})"
         ),
     };
-    let mut it = t.splitn(6, |c: char| c == ' ' || c == '\t');
+    let mut it = t.splitn(6, [' ', '\t']);
     let range = it.next().ok_or_else(|| bad("no address range"))?;
     let (a, b) = range
         .split_once('-')
@@ -531,12 +536,14 @@ mod tests {
 
     #[test]
     fn errors_name_the_line() {
-        let bad = "heap profile: 1: 2 [3: 4] @ heap_v2/4096\n1: 2 [3: 4] @ 0x10\n1: x [3: 4] @ 0x10\n";
+        let bad =
+            "heap profile: 1: 2 [3: 4] @ heap_v2/4096\n1: 2 [3: 4] @ 0x10\n1: x [3: 4] @ 0x10\n";
         let e = parse(bad.as_bytes()).unwrap_err();
         assert_eq!(e.line, 3, "{e}");
         let e = parse(b"hello").unwrap_err();
         assert_eq!(e.line, 1);
-        let e = parse(b"heap profile: 1: 2 [3: 4] @ heap_v2/4096\n1: 2 [3: 4] @ 0xzz\n").unwrap_err();
+        let e =
+            parse(b"heap profile: 1: 2 [3: 4] @ heap_v2/4096\n1: 2 [3: 4] @ 0xzz\n").unwrap_err();
         assert_eq!(e.line, 2);
         assert!(e.message.contains("0xzz"));
         assert!(parse(b"").is_err());
@@ -544,7 +551,10 @@ mod tests {
 
     #[test]
     fn pid_from_the_file_name() {
-        assert_eq!(pid_from_name(Path::new("/tmp/x/sampalloc.1234.0.f.heap")), Some(1234));
+        assert_eq!(
+            pid_from_name(Path::new("/tmp/x/sampalloc.1234.0.f.heap")),
+            Some(1234)
+        );
         assert_eq!(pid_from_name(Path::new("a.b.1234.17.m.heap")), Some(1234));
         assert_eq!(pid_from_name(Path::new("profile.heap")), None);
     }

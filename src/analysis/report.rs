@@ -29,7 +29,12 @@ impl Measure {
 pub fn human_bytes(b: f64) -> String {
     let sign = if b < 0.0 { "-" } else { "" };
     let a = b.abs();
-    let units = [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    let units = [
+        ("TiB", 1u64 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
     for (name, scale) in units {
         if a >= scale as f64 {
             return format!("{sign}{:.1} {name}", a / scale as f64);
@@ -111,7 +116,10 @@ pub fn top_text(sites: &[Site], measure: Measure, n: usize, h: &TopHeader) -> St
     let interval = if h.sample_period == 0 {
         "unsampled (every allocation)".to_string()
     } else {
-        format!("1 sample per {} on average", human_bytes(h.sample_period as f64))
+        format!(
+            "1 sample per {} on average",
+            human_bytes(h.sample_period as f64)
+        )
     };
     let nonzero = sites
         .iter()
@@ -163,7 +171,12 @@ pub fn top_text(sites: &[Site], measure: Measure, n: usize, h: &TopHeader) -> St
     write_table(&mut out, &headers, &table, 4);
     for (s, _) in shown.iter().zip(0..) {
         if s.stack.len() > 1 {
-            let _ = writeln!(out, "\n{} {}:", human_bytes(measure.of(&s.counts).0), s.function);
+            let _ = writeln!(
+                out,
+                "\n{} {}:",
+                human_bytes(measure.of(&s.counts).0),
+                s.function
+            );
             for f in &s.stack {
                 let _ = writeln!(out, "    {f}");
             }
@@ -173,7 +186,12 @@ pub fn top_text(sites: &[Site], measure: Measure, n: usize, h: &TopHeader) -> St
 }
 
 /// Writes an aligned table: the first `right` columns right-aligned, the rest left-aligned.
-fn write_table<const N: usize>(out: &mut String, headers: &[&str; N], rows: &[[String; N]], right: usize) {
+fn write_table<const N: usize>(
+    out: &mut String,
+    headers: &[&str; N],
+    rows: &[[String; N]],
+    right: usize,
+) {
     let mut w = [0usize; N];
     for (i, h) in headers.iter().enumerate() {
         w[i] = h.chars().count();
@@ -363,7 +381,9 @@ pub fn diff_text(entries: &[DiffEntry], n: usize, earlier: &str, later: &str) ->
     }
     write_table(
         &mut out,
-        &["change", "relative", "earlier", "later", "status", "function", "location", "module"],
+        &[
+            "change", "relative", "earlier", "later", "status", "function", "location", "module",
+        ],
         &rows,
         4,
     );
@@ -415,8 +435,16 @@ mod tests {
 
     #[test]
     fn diff_orders_by_growth() {
-        let a = [site("steady", 100.0), site("grow", 100.0), site("gone", 50.0)];
-        let b = [site("steady", 100.0), site("grow", 1000.0), site("new", 10.0)];
+        let a = [
+            site("steady", 100.0),
+            site("grow", 100.0),
+            site("gone", 50.0),
+        ];
+        let b = [
+            site("steady", 100.0),
+            site("grow", 1000.0),
+            site("new", 10.0),
+        ];
         let d = diff(&a, &b);
         assert_eq!(d[0].function, "grow");
         assert_eq!(d[0].status, Change::Grew);
@@ -431,7 +459,10 @@ mod tests {
 
     #[test]
     fn subtract_matches_keys() {
-        let s = subtract(&[site("a", 300.0), site("b", 10.0)], &[site("a", 100.0), site("c", 5.0)]);
+        let s = subtract(
+            &[site("a", 300.0), site("b", 10.0)],
+            &[site("a", 100.0), site("c", 5.0)],
+        );
         assert_eq!(s[0].function, "a");
         assert_eq!(s[0].counts.live_bytes, 200.0);
         assert_eq!(s.last().unwrap().counts.live_bytes, -5.0);

@@ -124,9 +124,11 @@ impl Symbolizer {
     /// `/tmp/perf-<pid>.map` when the profile's name carries a pid and that file exists.
     pub fn new(profile: &Profile, perf_map: Option<&Path>) -> Symbolizer {
         let mut warnings = Vec::new();
-        let map_path = perf_map
-            .map(Path::to_path_buf)
-            .or_else(|| profile.pid.map(|p| PathBuf::from(format!("/tmp/perf-{p}.map"))));
+        let map_path = perf_map.map(Path::to_path_buf).or_else(|| {
+            profile
+                .pid
+                .map(|p| PathBuf::from(format!("/tmp/perf-{p}.map")))
+        });
         let perf_map = match map_path {
             Some(p) => match std::fs::read_to_string(&p) {
                 Ok(t) => Some(PerfMap::parse(&t)),
@@ -199,11 +201,11 @@ impl Symbolizer {
             }]
         };
         let Some(m) = self.mapping_of(probe).cloned() else {
-            return self.from_perf_map(probe).unwrap_or_else(|| unknown(None));
+            return self.perf_map_frames(probe).unwrap_or_else(|| unknown(None));
         };
         if !m.is_file() {
             let pseudo = (!m.path.is_empty()).then(|| m.path.clone());
-            return self.from_perf_map(probe).unwrap_or_else(|| unknown(pseudo));
+            return self.perf_map_frames(probe).unwrap_or_else(|| unknown(pseudo));
         }
         let base = m.path.rsplit('/').next().unwrap_or(&m.path).to_string();
         let Some(module) = self.module(&m) else {
@@ -264,7 +266,7 @@ impl Symbolizer {
         out
     }
 
-    fn from_perf_map(&self, probe: u64) -> Option<Vec<SymFrame>> {
+    fn perf_map_frames(&self, probe: u64) -> Option<Vec<SymFrame>> {
         let name = self.perf_map.as_ref()?.lookup(probe)?;
         Some(vec![SymFrame {
             function: name.to_string(),

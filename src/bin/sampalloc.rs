@@ -80,7 +80,12 @@ struct RunArgs {
     #[arg(short = 'n', default_value_t = 10)]
     n: usize,
     /// The program and its arguments
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PROGRAM"
+    )]
     program: Vec<OsString>,
 }
 
@@ -245,7 +250,10 @@ fn diff(a: DiffArgs) -> Result<(), String> {
     let (_, early) = load(&a.earlier, &a.sym)?;
     let (_, late) = load(&a.later, &a.sym)?;
     let entries = report::diff(&analysis::sites(&early, by), &analysis::sites(&late, by));
-    let (e, l) = (a.earlier.display().to_string(), a.later.display().to_string());
+    let (e, l) = (
+        a.earlier.display().to_string(),
+        a.later.display().to_string(),
+    );
     let text = if a.json {
         report::diff_json(&entries, a.n, &e, &l)
     } else {
@@ -280,7 +288,9 @@ fn export_pprof(a: PprofArgs) -> Result<(), String> {
     let (profile, rows) = load(&a.profile, &a.sym)?;
     let data = pprof::encode_gzip(&profile, &rows)?;
     match &a.output {
-        Some(p) => std::fs::write(p, data).map_err(|e| format!("cannot write {}: {e}", p.display())),
+        Some(p) => {
+            std::fs::write(p, data).map_err(|e| format!("cannot write {}: {e}", p.display()))
+        }
         None => emit(&data),
     }
 }
@@ -339,7 +349,8 @@ fn run_inner(a: RunArgs) -> Result<ExitCode, String> {
     let lib = find_library()?;
     let dir = match &a.out {
         Some(d) => {
-            std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+            std::fs::create_dir_all(d)
+                .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
             d.clone()
         }
         None => make_temp_dir()?,
