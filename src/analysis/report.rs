@@ -169,7 +169,7 @@ pub fn top_text(sites: &[Site], measure: Measure, n: usize, h: &TopHeader) -> St
         ]);
     }
     write_table(&mut out, &headers, &table, 4);
-    for (s, _) in shown.iter().zip(0..) {
+    for s in &shown {
         if s.stack.len() > 1 {
             let _ = writeln!(
                 out,
