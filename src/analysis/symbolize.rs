@@ -205,7 +205,9 @@ impl Symbolizer {
         };
         if !m.is_file() {
             let pseudo = (!m.path.is_empty()).then(|| m.path.clone());
-            return self.perf_map_frames(probe).unwrap_or_else(|| unknown(pseudo));
+            return self
+                .perf_map_frames(probe)
+                .unwrap_or_else(|| unknown(pseudo));
         }
         let base = m.path.rsplit('/').next().unwrap_or(&m.path).to_string();
         let Some(module) = self.module(&m) else {
