@@ -17,12 +17,17 @@
 //! Configuration comes from the `SAMPALLOC_CONF` environment variable
 //! (`SAMPALLOC_CONF=narenas:4,dirty_decay_ms:500`) or from [`configure`].
 //! The same engine serves C programs through `libsampalloc.so` and `LD_PRELOAD`.
+//!
+//! With the `cli` feature, [`analysis`] reads, symbolizes and reports heap profiles, and the
+//! `sampalloc` command (`sampalloc run -- program`, `top`, `diff`, `flamegraph`, `pprof`) is built.
 
 #![deny(missing_docs)]
 
 use core::alloc::{GlobalAlloc, Layout};
 use sampalloc_core as engine;
 
+#[cfg(feature = "cli")]
+pub mod analysis;
 pub mod profile;
 pub mod stats;
 

@@ -1,0 +1,535 @@
+//! Symbolization: from a profile's `MAPPED_LIBRARIES` to function names, source lines and
+//! inlined frames.
+//!
+//! An address is mapped to the line of the memory map that contains it. For a file-backed
+//! mapping, the load bias follows from the mapping's start and file offset and the ELF program
+//! header (`PT_LOAD`) that covers that offset; the file's own virtual address is then looked
+//! up in its DWARF (with the `addr2line` crate, inlined frames included), falling back to the
+//! ELF symbol tables (`.symtab`, `.dynsym`). Separate debug files are found by build-id under
+//! `/usr/lib/debug/.build-id/` or by `.gnu_debuglink`. Addresses in no file (JIT code,
+//! anonymous memory) are resolved through a perf map (`/tmp/perf-<pid>.map`: `START SIZE name`
+//! in hex) when there is one, else shown as `0x…`.
+//!
+//! A file that vanished or changed since the profile was written gives one warning naming it,
+//! never an error. Modules and addresses are cached.
+
+use super::parse::{Mapping, Profile};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Instant, SystemTime};
+
+/// One (possibly inlined) frame of a symbolized address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct SymFrame {
+    /// Demangled function name, or `0x…` when unknown.
+    pub function: String,
+    /// Source file, if known (shortened when under the current directory).
+    pub file: Option<String>,
+    /// Source line, if known.
+    pub line: Option<u32>,
+    /// The module's file name (e.g. `libc.so.6`), if the address is in a file.
+    pub module: Option<String>,
+    /// Whether this frame was inlined into the next one.
+    pub inlined: bool,
+}
+
+impl SymFrame {
+    /// `file:line`, `file` or empty.
+    pub fn location(&self) -> String {
+        match (&self.file, self.line) {
+            (Some(f), Some(l)) => format!("{f}:{l}"),
+            (Some(f), None) => f.clone(),
+            _ => String::new(),
+        }
+    }
+}
+
+type Reader = gimli::EndianRcSlice<gimli::RunTimeEndian>;
+
+/// One loaded ELF file.
+struct Module {
+    ctx: Option<addr2line::Context<Reader>>,
+    /// Text symbols: start, size, demangled name; sorted by start.
+    symbols: Vec<(u64, u64, String)>,
+    /// `PT_LOAD` segments: virtual address, file offset, file size.
+    segments: Vec<(u64, u64, u64)>,
+}
+
+/// A perf map: `START SIZE name` lines in hex, written by JIT runtimes.
+#[derive(Clone, Debug, Default)]
+pub struct PerfMap {
+    entries: Vec<(u64, u64, String)>,
+}
+
+impl PerfMap {
+    /// Parses perf map text; malformed lines are skipped.
+    pub fn parse(text: &str) -> PerfMap {
+        let mut entries = Vec::new();
+        for line in text.lines() {
+            let mut it = line.trim().splitn(3, ' ');
+            let (Some(a), Some(s), Some(name)) = (it.next(), it.next(), it.next()) else {
+                continue;
+            };
+            let hex = |t: &str| u64::from_str_radix(t.trim_start_matches("0x"), 16).ok();
+            if let (Some(a), Some(s)) = (hex(a), hex(s)) {
+                entries.push((a, s, name.trim().to_string()));
+            }
+        }
+        entries.sort_by_key(|e| e.0);
+        PerfMap { entries }
+    }
+
+    /// The name of the code containing `addr`.
+    pub fn lookup(&self, addr: u64) -> Option<&str> {
+        let i = self.entries.partition_point(|e| e.0 <= addr);
+        let e = self.entries.get(i.checked_sub(1)?)?;
+        (addr < e.0.saturating_add(e.1.max(1))).then_some(e.2.as_str())
+    }
+}
+
+/// Demangles a Rust or C++ symbol name; other names come back unchanged.
+pub fn demangle(name: &str) -> String {
+    if let Ok(d) = rustc_demangle::try_demangle(name) {
+        return format!("{d:#}");
+    }
+    if name.starts_with("_Z") {
+        if let Ok(sym) = cpp_demangle::Symbol::new(name) {
+            if let Ok(s) = sym.demangle(&cpp_demangle::DemangleOptions::default()) {
+                return s;
+            }
+        }
+    }
+    name.to_string()
+}
+
+/// Resolves addresses of one profile, caching modules and addresses.
+pub struct Symbolizer {
+    mappings: Vec<Mapping>,
+    perf_map: Option<PerfMap>,
+    modules: HashMap<String, Option<Rc<Module>>>,
+    cache: HashMap<(u64, bool), Rc<Vec<SymFrame>>>,
+    warnings: Vec<String>,
+    profile_time: Option<SystemTime>,
+    started: Instant,
+    progress: bool,
+    cwd: Option<String>,
+    debug_root: PathBuf,
+}
+
+impl Symbolizer {
+    /// A symbolizer for `profile`. The perf map is `perf_map` if given, else
+    /// `/tmp/perf-<pid>.map` when the profile's name carries a pid and that file exists.
+    pub fn new(profile: &Profile, perf_map: Option<&Path>) -> Symbolizer {
+        let mut warnings = Vec::new();
+        let map_path = perf_map.map(Path::to_path_buf).or_else(|| {
+            profile
+                .pid
+                .map(|p| PathBuf::from(format!("/tmp/perf-{p}.map")))
+        });
+        let perf_map = match map_path {
+            Some(p) => match std::fs::read_to_string(&p) {
+                Ok(t) => Some(PerfMap::parse(&t)),
+                Err(e) => {
+                    if perf_map.is_some() {
+                        warnings.push(format!("cannot read perf map {}: {e}", p.display()));
+                    }
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut mappings = profile.mappings.clone();
+        mappings.sort_by_key(|m| m.start);
+        Symbolizer {
+            mappings,
+            perf_map,
+            modules: HashMap::new(),
+            cache: HashMap::new(),
+            warnings,
+            profile_time: profile
+                .path
+                .as_ref()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .and_then(|m| m.modified().ok()),
+            started: Instant::now(),
+            progress: std::io::stderr().is_terminal(),
+            cwd: std::env::current_dir()
+                .ok()
+                .and_then(|p| p.to_str().map(|s| format!("{s}/"))),
+            debug_root: PathBuf::from("/usr/lib/debug"),
+        }
+    }
+
+    /// Warnings so far (vanished or changed files, unreadable perf map), each once.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    fn mapping_of(&self, addr: u64) -> Option<&Mapping> {
+        let i = self.mappings.partition_point(|m| m.start <= addr);
+        let m = self.mappings.get(i.checked_sub(1)?)?;
+        (addr < m.end).then_some(m)
+    }
+
+    /// The frames of `addr`, innermost (inlined) first. A return address is looked up at
+    /// `addr - 1`, inside the call instruction.
+    pub fn symbolize(&mut self, addr: u64, return_address: bool) -> Rc<Vec<SymFrame>> {
+        if let Some(v) = self.cache.get(&(addr, return_address)) {
+            return v.clone();
+        }
+        let probe = if return_address {
+            addr.saturating_sub(1)
+        } else {
+            addr
+        };
+        let frames = Rc::new(self.resolve(addr, probe));
+        self.cache.insert((addr, return_address), frames.clone());
+        frames
+    }
+
+    fn resolve(&mut self, addr: u64, probe: u64) -> Vec<SymFrame> {
+        let unknown = |module: Option<String>| {
+            vec![SymFrame {
+                function: format!("0x{addr:x}"),
+                file: None,
+                line: None,
+                module,
+                inlined: false,
+            }]
+        };
+        let Some(m) = self.mapping_of(probe).cloned() else {
+            return self.perf_map_frames(probe).unwrap_or_else(|| unknown(None));
+        };
+        if !m.is_file() {
+            let pseudo = (!m.path.is_empty()).then(|| m.path.clone());
+            return self
+                .perf_map_frames(probe)
+                .unwrap_or_else(|| unknown(pseudo));
+        }
+        let base = m.path.rsplit('/').next().unwrap_or(&m.path).to_string();
+        let Some(module) = self.module(&m) else {
+            return unknown(Some(base));
+        };
+        let bias = bias_of(&module.segments, &m);
+        let svma = probe.wrapping_sub(bias);
+        let mut out = Vec::new();
+        if let Some(ctx) = &module.ctx {
+            if let Ok(mut it) = ctx.find_frames(svma).skip_all_loads() {
+                while let Ok(Some(f)) = it.next() {
+                    let function = f
+                        .function
+                        .as_ref()
+                        .and_then(|n| n.raw_name().ok())
+                        .map(|n| demangle(&n));
+                    let (file, line) = match &f.location {
+                        Some(l) => (l.file.map(|p: &str| self.short_path(p)), l.line),
+                        None => (None, None),
+                    };
+                    out.push(SymFrame {
+                        function: function.unwrap_or_default(),
+                        file,
+                        line,
+                        module: Some(base.clone()),
+                        inlined: true,
+                    });
+                }
+            }
+        }
+        let symbol = lookup_symbol(&module.symbols, svma);
+        if out.is_empty() {
+            out.push(SymFrame {
+                function: symbol
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("0x{addr:x}")),
+                file: None,
+                line: None,
+                module: Some(base),
+                inlined: false,
+            });
+        } else {
+            if let Some(last) = out.last_mut() {
+                last.inlined = false;
+            }
+            let n = out.len();
+            for (i, f) in out.iter_mut().enumerate() {
+                if f.function.is_empty() {
+                    f.function = if i + 1 == n {
+                        symbol.map(str::to_string)
+                    } else {
+                        None
+                    }
+                    .unwrap_or_else(|| format!("0x{addr:x}"));
+                }
+            }
+        }
+        out
+    }
+
+    fn perf_map_frames(&self, probe: u64) -> Option<Vec<SymFrame>> {
+        let name = self.perf_map.as_ref()?.lookup(probe)?;
+        Some(vec![SymFrame {
+            function: name.to_string(),
+            file: None,
+            line: None,
+            module: Some("[jit]".to_string()),
+            inlined: false,
+        }])
+    }
+
+    fn short_path(&self, p: &str) -> String {
+        if let Some(cwd) = &self.cwd {
+            if let Some(rest) = p.strip_prefix(cwd.as_str()) {
+                return rest.to_string();
+            }
+        }
+        // Rust's standard library: /rustc/<hash>/library/… → library/…
+        if let Some(rest) = p.strip_prefix("/rustc/") {
+            if let Some((_, tail)) = rest.split_once('/') {
+                return tail.to_string();
+            }
+        }
+        p.to_string()
+    }
+
+    fn module(&mut self, m: &Mapping) -> Option<Rc<Module>> {
+        if let Some(v) = self.modules.get(&m.path) {
+            return v.clone();
+        }
+        if self.progress && self.started.elapsed().as_secs_f64() > 1.0 {
+            eprintln!("sampalloc: reading symbols of {}", m.path);
+        }
+        let loaded = self.load(m).map(Rc::new);
+        self.modules.insert(m.path.clone(), loaded.clone());
+        loaded
+    }
+
+    fn load(&mut self, m: &Mapping) -> Option<Module> {
+        let path = m.path.as_str();
+        if let Some(p) = path.strip_suffix(" (deleted)") {
+            self.warnings.push(format!(
+                "{p} was deleted while the program ran; its frames are shown as addresses"
+            ));
+            return None;
+        }
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                self.warnings.push(format!(
+                    "cannot open {path} ({e}); its frames are shown as addresses"
+                ));
+                return None;
+            }
+        };
+        let newer = match (meta.modified().ok(), self.profile_time) {
+            (Some(f), Some(p)) => f > p,
+            _ => false,
+        };
+        if newer || m.offset > meta.len() {
+            self.warnings.push(format!(
+                "{path} changed after the profile was written; its symbols may be wrong"
+            ));
+        }
+        let data = match std::fs::read(path) {
+            Ok(d) => d,
+            Err(e) => {
+                self.warnings.push(format!(
+                    "cannot read {path} ({e}); its frames are shown as addresses"
+                ));
+                return None;
+            }
+        };
+        let file = match object::File::parse(&*data) {
+            Ok(f) => f,
+            Err(e) => {
+                self.warnings.push(format!(
+                    "{path} is not an ELF file we can read ({e}); its frames are shown as addresses"
+                ));
+                return None;
+            }
+        };
+        let segments = file
+            .segments()
+            .map(|s| {
+                let (off, size) = s.file_range();
+                (s.address(), off, size)
+            })
+            .collect();
+        let mut symbols = text_symbols(&file);
+        let mut ctx = if has_dwarf(&file) {
+            dwarf_context(&file)
+        } else {
+            None
+        };
+        if ctx.is_none() {
+            if let Some(debug) = self.debug_file(Path::new(path), &file) {
+                if let Ok(df) = object::File::parse(&*debug) {
+                    ctx = dwarf_context(&df);
+                    if symbols.is_empty() {
+                        symbols = text_symbols(&df);
+                    }
+                }
+            }
+        }
+        Some(Module {
+            ctx,
+            symbols,
+            segments,
+        })
+    }
+
+    /// A separate debug file: by build-id, then by `.gnu_debuglink`.
+    fn debug_file(&self, path: &Path, file: &object::File) -> Option<Vec<u8>> {
+        let mut candidates = Vec::new();
+        if let Ok(Some(id)) = file.build_id() {
+            if id.len() > 1 {
+                let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+                candidates.push(
+                    self.debug_root
+                        .join(".build-id")
+                        .join(&hex[..2])
+                        .join(format!("{}.debug", &hex[2..])),
+                );
+            }
+        }
+        if let Ok(Some((link, _crc))) = file.gnu_debuglink() {
+            if let (Ok(link), Some(dir)) = (std::str::from_utf8(link), path.parent()) {
+                candidates.push(dir.join(link));
+                candidates.push(dir.join(".debug").join(link));
+                let rel = dir.strip_prefix("/").unwrap_or(dir);
+                candidates.push(self.debug_root.join(rel).join(link));
+            }
+        }
+        candidates
+            .into_iter()
+            .filter(|c| c != path)
+            .find_map(|c| std::fs::read(c).ok())
+    }
+}
+
+/// `runtime address - file virtual address` for addresses in mapping `m`.
+fn bias_of(segments: &[(u64, u64, u64)], m: &Mapping) -> u64 {
+    let page = |x: u64| x & !0xfff;
+    // Segments share pages at their edges: take the last one starting at or before the
+    // mapping's offset that still covers it.
+    let seg = segments
+        .iter()
+        .filter(|&&(_, off, size)| page(off) <= m.offset && m.offset < off + size.max(1))
+        .max_by_key(|&&(_, off, _)| off);
+    match seg {
+        // The mapping's first byte is file offset m.offset, i.e. vaddr + (m.offset - off).
+        Some(&(vaddr, off, _)) => m
+            .start
+            .wrapping_sub(vaddr.wrapping_add(m.offset).wrapping_sub(off)),
+        None => m.start.wrapping_sub(m.offset),
+    }
+}
+
+fn has_dwarf(file: &object::File) -> bool {
+    file.section_by_name(".debug_info")
+        .is_some_and(|s| s.size() > 0)
+}
+
+fn dwarf_context(file: &object::File) -> Option<addr2line::Context<Reader>> {
+    if !has_dwarf(file) {
+        return None;
+    }
+    let endian = if file.is_little_endian() {
+        gimli::RunTimeEndian::Little
+    } else {
+        gimli::RunTimeEndian::Big
+    };
+    let load = |id: gimli::SectionId| -> Result<Reader, gimli::Error> {
+        let data: Rc<[u8]> = match file.section_by_name(id.name()) {
+            Some(s) => match s.uncompressed_data() {
+                Ok(d) => Rc::from(&*d),
+                Err(_) => Rc::from(&[][..]),
+            },
+            None => Rc::from(&[][..]),
+        };
+        Ok(gimli::EndianRcSlice::new(data, endian))
+    };
+    let dwarf = gimli::Dwarf::load(load).ok()?;
+    addr2line::Context::from_dwarf(dwarf).ok()
+}
+
+fn text_symbols(file: &object::File) -> Vec<(u64, u64, String)> {
+    let mut out: Vec<(u64, u64, String)> = file
+        .symbols()
+        .chain(file.dynamic_symbols())
+        .filter(|s| s.kind() == SymbolKind::Text && s.address() != 0)
+        .filter_map(|s| Some((s.address(), s.size(), demangle(s.name().ok()?))))
+        .filter(|s| !s.2.is_empty())
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    out.dedup_by_key(|s| s.0);
+    out
+}
+
+fn lookup_symbol(symbols: &[(u64, u64, String)], svma: u64) -> Option<&str> {
+    let i = symbols.partition_point(|s| s.0 <= svma);
+    let s = symbols.get(i.checked_sub(1)?)?;
+    // Size 0: unknown extent; accept within 64 KiB.
+    let end = if s.1 == 0 {
+        s.0.saturating_add(1 << 16)
+    } else {
+        s.0.saturating_add(s.1)
+    };
+    (svma < end).then_some(s.2.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perf_map_lookup() {
+        let m = PerfMap::parse("1000 100 LFoo;bar\n0x2000 0x10 Interpreter\nbad line\n");
+        assert_eq!(m.lookup(0x1000), Some("LFoo;bar"));
+        assert_eq!(m.lookup(0x10ff), Some("LFoo;bar"));
+        assert_eq!(m.lookup(0x1100), None);
+        assert_eq!(m.lookup(0x200f), Some("Interpreter"));
+        assert_eq!(m.lookup(0xfff), None);
+    }
+
+    #[test]
+    fn demangles_rust_and_cpp() {
+        assert_eq!(
+            demangle("_ZN3foo3bar17h0123456789abcdefE"),
+            "foo::bar".to_string()
+        );
+        assert_eq!(demangle("_Z3fooi"), "foo(int)");
+        assert_eq!(demangle("malloc"), "malloc");
+    }
+
+    #[test]
+    fn bias_from_segments() {
+        let m = Mapping {
+            start: 0x5555_5555_6000,
+            end: 0x5555_5555_9000,
+            perms: "r-xp".into(),
+            offset: 0x1000,
+            inode: 1,
+            path: "/x".into(),
+        };
+        // PIE text segment at vaddr 0x1000, offset 0x1000.
+        let segs = [(0, 0, 0x800), (0x1000, 0x1000, 0x3000)];
+        assert_eq!(bias_of(&segs, &m), 0x5555_5555_5000);
+        // Non-PIE: vaddr 0x401000 at offset 0x1000 mapped at 0x401000: bias 0.
+        let m2 = Mapping {
+            start: 0x401000,
+            ..m.clone()
+        };
+        assert_eq!(bias_of(&[(0x401000, 0x1000, 0x3000)], &m2), 0);
+        // A read-only first segment whose file size runs into the text's first page.
+        let m3 = Mapping {
+            start: 0x562a78a18000,
+            offset: 0x6b000,
+            ..m.clone()
+        };
+        let segs = [(0, 0, 0x6b5ec), (0x6c5f0, 0x6b5f0, 0xd82d0)];
+        assert_eq!(bias_of(&segs, &m3), 0x562a789ac000);
+    }
+}

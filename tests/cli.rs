@@ -1,0 +1,479 @@
+//! The `sampalloc` command on real profiles: this test binary runs on `SampAlloc`, leaks in
+//! three known functions among churn and in one slowly growing function, dumps an early and a
+//! late profile, and runs the CLI binary on them (`top`, `diff`, `pprof`, `flamegraph`,
+//! `stacks`); plus hand-written profiles for perf maps and malformed input.
+//!
+//! Accuracy: at a 4 KiB mean interval, 8 MiB per site is about 2000 samples, so one standard
+//! deviation is about 2.2 % and ±10 % is over four.
+
+use sampalloc::SampAlloc;
+use serde_json::Value;
+use std::alloc::Layout;
+use std::hint::black_box;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+#[global_allocator]
+static GLOBAL: SampAlloc = SampAlloc;
+
+const SITE_BYTES: usize = 8 << 20;
+const GROW_STEP: usize = 1 << 20;
+const GROW_STEPS_LATE: usize = 16;
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+// Each leaking function allocates directly, so the first frame of its samples is inside it.
+#[inline(never)]
+fn leak_small() {
+    for _ in 0..SITE_BYTES / 256 {
+        // SAFETY: non-zero layout; the block is leaked on purpose.
+        black_box(unsafe { std::alloc::alloc(layout(256)) });
+    }
+}
+
+#[inline(never)]
+fn leak_medium() {
+    for _ in 0..SITE_BYTES / 3000 {
+        // SAFETY: as above.
+        black_box(unsafe { std::alloc::alloc(layout(3000)) });
+    }
+}
+
+#[inline(never)]
+fn leak_large() {
+    for _ in 0..SITE_BYTES / 100_000 {
+        // SAFETY: as above.
+        black_box(unsafe { std::alloc::alloc(layout(100_000)) });
+    }
+}
+
+#[inline(never)]
+fn grow_slowly() {
+    for _ in 0..GROW_STEP / 2048 {
+        // SAFETY: as above.
+        black_box(unsafe { std::alloc::alloc(layout(2048)) });
+    }
+}
+
+#[inline(never)]
+fn churn(rounds: usize) {
+    let mut held = [std::ptr::null_mut::<u8>(); 64];
+    for i in 0..rounds {
+        for (j, slot) in held.iter_mut().enumerate() {
+            let size = 16 + (i * 7 + j * 131) % 5000;
+            // SAFETY: non-zero layout, freed right below with the same layout.
+            unsafe {
+                *slot = std::alloc::alloc(layout(size));
+                black_box(*slot);
+                std::alloc::dealloc(*slot, layout(size));
+            }
+        }
+    }
+}
+
+struct Fixture {
+    early: PathBuf,
+    late: PathBuf,
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sampalloc-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Dumps the early and late profiles once for all tests.
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        sampalloc::configure("prof:true,prof_active:true,lg_prof_sample:12").unwrap();
+        churn(200);
+        leak_small();
+        leak_medium();
+        leak_large();
+        grow_slowly();
+        churn(1000);
+        let dir = temp_dir("profiles");
+        let pid = std::process::id();
+        let early = dir.join(format!("leaky.{pid}.0.m.heap"));
+        sampalloc::profile::dump(&early).unwrap();
+        for _ in 1..GROW_STEPS_LATE {
+            grow_slowly();
+            churn(100);
+        }
+        let late = dir.join(format!("leaky.{pid}.1.m.heap"));
+        sampalloc::profile::dump(&late).unwrap();
+        Fixture { early, late }
+    })
+}
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sampalloc"))
+        .args(args)
+        .output()
+        .expect("run sampalloc")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = cli(args);
+    assert!(
+        o.status.success(),
+        "sampalloc {args:?} failed: {}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn site<'a>(sites: &'a [Value], name: &str) -> &'a Value {
+    sites
+        .iter()
+        .find(|s| s["function"].as_str().unwrap().ends_with(name))
+        .unwrap_or_else(|| panic!("no site {name} in {sites:#?}"))
+}
+
+#[test]
+fn top_names_the_leaking_functions_with_lines_and_accurate_bytes() {
+    let f = fixture();
+    let json: Value = serde_json::from_str(&ok(&["top", "--json", "-n", "0", p(&f.late)])).unwrap();
+    let sites = json["sites"].as_array().unwrap();
+    let truth = [
+        ("leak_small", SITE_BYTES / 256 * 256),
+        ("leak_medium", SITE_BYTES / 3000 * 3000),
+        ("leak_large", SITE_BYTES / 100_000 * 100_000),
+        ("grow_slowly", GROW_STEP * GROW_STEPS_LATE),
+    ];
+    for (name, bytes) in truth {
+        let s = site(sites, name);
+        let live = s["live_bytes"].as_f64().unwrap();
+        let err = (live - bytes as f64) / bytes as f64;
+        assert!(
+            err.abs() < 0.10,
+            "{name}: {live} live bytes, truth {bytes} ({:+.1} %)",
+            err * 100.0
+        );
+        let loc = s["location"].as_str().unwrap();
+        assert!(loc.contains("cli.rs:"), "{name} at {loc:?}");
+        assert!(s["module"].as_str().unwrap().starts_with("cli-"), "{s}");
+    }
+    assert_eq!(json["sample_period"], 4096);
+
+    let text = ok(&["top", "-n", "8", p(&f.late)]);
+    eprintln!("{text}");
+    assert!(text.contains("Total live:"), "{text}");
+    for name in [
+        "cli::leak_small",
+        "cli::leak_medium",
+        "cli::leak_large",
+        "cli::grow_slowly",
+    ] {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
+    assert!(text.contains(" MiB"), "{text}");
+
+    // --stacks prints the stacks below the table; --lines keys by line.
+    let stacks = ok(&["top", "--stacks", "-n", "3", p(&f.late)]);
+    assert!(stacks.contains("    cli::"), "{stacks}");
+    let lines = ok(&["top", "--lines", "--alloc", p(&f.late)]);
+    assert!(
+        lines.contains("cli::churn"),
+        "churn ranks by allocated bytes:\n{lines}"
+    );
+}
+
+#[test]
+fn diff_puts_the_growing_site_first_and_steady_sites_near_zero() {
+    let f = fixture();
+    let json: Value =
+        serde_json::from_str(&ok(&["diff", "--json", "-n", "0", p(&f.early), p(&f.late)])).unwrap();
+    let sites = json["sites"].as_array().unwrap();
+    let first = &sites[0];
+    assert!(
+        first["function"].as_str().unwrap().ends_with("grow_slowly"),
+        "{sites:#?}"
+    );
+    assert_eq!(first["status"], "grew");
+    let growth = first["change_bytes"].as_f64().unwrap();
+    let truth = (GROW_STEP * (GROW_STEPS_LATE - 1)) as f64;
+    assert!(
+        (growth - truth).abs() / truth < 0.10,
+        "growth {growth}, truth {truth}"
+    );
+    for name in ["leak_small", "leak_medium", "leak_large"] {
+        let s = site(sites, name);
+        let change = s["change_bytes"].as_f64().unwrap().abs();
+        assert!(
+            change < 0.01 * SITE_BYTES as f64,
+            "{name} changed by {change}"
+        );
+    }
+    let text = ok(&["diff", p(&f.early), p(&f.late)]);
+    eprintln!("{text}");
+    let first_row = text.lines().nth(4).unwrap();
+    assert!(
+        first_row.contains("grow_slowly") && first_row.contains('+'),
+        "{text}"
+    );
+
+    // top --base subtracts the earlier profile.
+    let based: Value =
+        serde_json::from_str(&ok(&["top", "--json", "--base", p(&f.early), p(&f.late)])).unwrap();
+    assert!(based["sites"][0]["function"]
+        .as_str()
+        .unwrap()
+        .ends_with("grow_slowly"));
+}
+
+/// A minimal protobuf reader: (field, wire type, varint value or bytes) triples.
+fn fields(mut b: &[u8]) -> Vec<(u64, u64, Vec<u8>)> {
+    fn varint(b: &mut &[u8]) -> u64 {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = b[0];
+            *b = &b[1..];
+            v |= ((byte & 0x7f) as u64) << shift;
+            if byte < 0x80 {
+                break;
+            }
+        }
+        v
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let key = varint(&mut b);
+        let (field, wire) = (key >> 3, key & 7);
+        match wire {
+            0 => out.push((field, wire, varint(&mut b).to_le_bytes().to_vec())),
+            2 => {
+                let n = varint(&mut b) as usize;
+                out.push((field, wire, b[..n].to_vec()));
+                b = &b[n..];
+            }
+            _ => panic!("unexpected wire type {wire}"),
+        }
+    }
+    out
+}
+
+fn packed(b: &[u8]) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut v = 0u64;
+    let mut shift = 0;
+    for &byte in b {
+        v |= ((byte & 0x7f) as u64) << shift;
+        shift += 7;
+        if byte < 0x80 {
+            out.push(v);
+            v = 0;
+            shift = 0;
+        }
+    }
+    out
+}
+
+fn as_u64(b: &[u8]) -> u64 {
+    u64::from_le_bytes(b.try_into().unwrap())
+}
+
+#[test]
+fn pprof_output_decodes_with_four_sample_types_and_matching_totals() {
+    let f = fixture();
+    let dir = temp_dir("pprof");
+    let out = dir.join("heap.pb.gz");
+    ok(&["pprof", "-o", p(&out), p(&f.late)]);
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&out).unwrap())
+        .read_to_end(&mut raw)
+        .unwrap();
+    let top = fields(&raw);
+    let strings: Vec<String> = top
+        .iter()
+        .filter(|f| f.0 == 6)
+        .map(|f| String::from_utf8(f.2.clone()).unwrap())
+        .collect();
+    assert_eq!(strings[0], "");
+    let types: Vec<(String, String)> = top
+        .iter()
+        .filter(|f| f.0 == 1)
+        .map(|f| {
+            let vt = fields(&f.2);
+            let get = |n| {
+                strings[vt.iter().find(|x| x.0 == n).map_or(0, |x| as_u64(&x.2)) as usize].clone()
+            };
+            (get(1), get(2))
+        })
+        .collect();
+    let want = [
+        ("alloc_objects", "count"),
+        ("alloc_space", "bytes"),
+        ("inuse_objects", "count"),
+        ("inuse_space", "bytes"),
+    ];
+    assert_eq!(
+        types,
+        want.map(|(a, b)| (a.to_string(), b.to_string())).to_vec()
+    );
+    let period = top.iter().find(|f| f.0 == 12).map(|f| as_u64(&f.2));
+    assert_eq!(period, Some(4096));
+    let mut inuse = 0u64;
+    let mut samples = 0;
+    for s in top.iter().filter(|f| f.0 == 2) {
+        let sf = fields(&s.2);
+        let values = packed(&sf.iter().find(|x| x.0 == 2).unwrap().2);
+        assert_eq!(values.len(), 4);
+        assert!(sf.iter().any(|x| x.0 == 1), "a sample without locations");
+        inuse += values[3];
+        samples += 1;
+    }
+    assert!(samples > 3);
+    assert!(top.iter().filter(|f| f.0 == 4).count() > 3, "locations");
+    assert!(top.iter().filter(|f| f.0 == 3).count() > 0, "mappings");
+    assert!(
+        strings.iter().any(|s| s == "cli::leak_small"),
+        "function names"
+    );
+
+    let json: Value = serde_json::from_str(&ok(&["top", "--json", p(&f.late)])).unwrap();
+    let total = json["total"]["live_bytes"].as_f64().unwrap();
+    let diff = (inuse as f64 - total).abs();
+    assert!(diff <= samples as f64, "pprof inuse {inuse} vs top {total}");
+
+    // go tool pprof reads it, when Go is installed (optional).
+    if Command::new("go").arg("version").output().is_ok() {
+        let o = Command::new("go")
+            .args([
+                "tool",
+                "pprof",
+                "-top",
+                "-sample_index=inuse_space",
+                p(&out),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(text.contains("leak_small"), "{text}");
+    } else {
+        eprintln!("note: go not installed; skipping the go tool pprof check");
+    }
+}
+
+#[test]
+fn flamegraph_is_well_formed_svg_naming_the_functions() {
+    let f = fixture();
+    let svg = ok(&["flamegraph", p(&f.late)]);
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(&svg, opts).expect("well-formed XML");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    for name in ["leak_small", "leak_medium", "leak_large", "grow_slowly"] {
+        assert!(svg.contains(name), "{name} missing from the SVG");
+    }
+    let alloc = ok(&["flamegraph", "--alloc", p(&f.late)]);
+    assert!(alloc.contains("churn"));
+}
+
+#[test]
+fn stacks_are_collapsed_lines() {
+    let f = fixture();
+    let text = ok(&["stacks", p(&f.late)]);
+    let mut found = false;
+    for line in text.lines() {
+        let (stack, v) = line.rsplit_once(' ').expect("'stack value'");
+        let v: u64 = v.parse().expect("integer value");
+        assert!(v > 0);
+        assert!(!stack.is_empty());
+        if stack.ends_with("cli::leak_large") {
+            found = true;
+            assert!(stack.contains(';'), "root first, leaf last: {stack}");
+        }
+    }
+    assert!(found, "{text}");
+}
+
+#[test]
+fn perf_map_resolves_jit_frames() {
+    let dir = temp_dir("perfmap");
+    // A pid that cannot exist (above the kernel's maximum, 2^22).
+    let pid = 5_000_000 + std::process::id() % 100_000;
+    let profile = dir.join(format!("jit.{pid}.0.f.heap"));
+    std::fs::write(
+        &profile,
+        "heap profile:      3:    12288 [     3:    12288] @ heap_v2/4096\n\
+         \x20    3:    12288 [     3:    12288] @ 0x7f0000001010 0x7f0000002020 0x7f0000090000\n\
+         \n\
+         MAPPED_LIBRARIES:\n\
+         7f0000000000-7f0000100000 rwxp 00000000 00:00 0 \n",
+    )
+    .unwrap();
+    let map = PathBuf::from(format!("/tmp/perf-{pid}.map"));
+    std::fs::write(
+        &map,
+        "7f0000001000 100 LJitLeaf;alloc\n7f0000002000 0x40 JitCaller\n",
+    )
+    .unwrap();
+    let text = ok(&["top", "--stacks", p(&profile)]);
+    let _ = std::fs::remove_file(&map);
+    assert!(text.contains("LJitLeaf;alloc"), "{text}");
+    assert!(text.contains("JitCaller"), "{text}");
+    assert!(
+        text.contains("0x7f0000090000"),
+        "unresolved frames are addresses: {text}"
+    );
+
+    // --perf-map FILE, with the profile under a name without a pid.
+    let other = dir.join("jit.heap");
+    std::fs::copy(&profile, &other).unwrap();
+    let explicit = dir.join("custom.map");
+    std::fs::write(&explicit, "7f0000001000 100 Custom\n").unwrap();
+    let text = ok(&["top", "--perf-map", p(&explicit), p(&other)]);
+    assert!(text.contains("Custom"), "{text}");
+}
+
+#[test]
+fn malformed_and_missing_profiles_are_errors_with_exit_code_2() {
+    let dir = temp_dir("bad");
+    let bad = dir.join("bad.heap");
+    std::fs::write(
+        &bad,
+        "heap profile: 1: 4096 [1: 4096] @ heap_v2/4096\n1: 4096 [1: 4096] @ 0x1000\n1: oops\n",
+    )
+    .unwrap();
+    for cmd in ["top", "flamegraph", "stacks"] {
+        let o = cli(&[cmd, p(&bad)]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {err}");
+        assert!(err.contains("line 3"), "{cmd}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
+    let o = cli(&["top", p(&dir.join("missing.heap"))]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot read"), "{err}");
+
+    let garbage = dir.join("garbage.heap");
+    std::fs::write(&garbage, [0xffu8, 0, 1, 2, b'\n']).unwrap();
+    let o = cli(&["diff", p(&garbage), p(&garbage)]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("line 1"));
+}
+
+#[test]
+fn help_teaches_the_workflow() {
+    let text = ok(&["--help"]);
+    assert!(text.contains("sampalloc run --"), "{text}");
+    assert!(text.contains("sampalloc diff"), "{text}");
+    let o = cli(&["top"]);
+    assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
+}
