@@ -1,0 +1,99 @@
+/* pairs.c — single-threaded small-object churn: "pairs" and "batches".
+ *
+ * Usage: pairs pairs   [rounds]   — malloc+free pairs, cycling sizes 16, 64, 256, 1024, 4096 and a
+ *                                   fixed pseudo-random size table (16–512 B); one op = one pair.
+ *        pairs batches [rounds]   — 1000 mallocs then 1000 frees: in allocation order for each
+ *                                   fixed size, in shuffled order for mixed sizes (8 B–4 KiB);
+ *                                   one op = one malloc+free.
+ * Mirrors the rows of the criterion benchmark benches/alloc_pairs.rs, but through the C ABI so
+ * every allocator (glibc, LD_PRELOADed jemalloc/mimalloc/tcmalloc/sampalloc) is called the same
+ * way. Every block gets a fill tag checked before its free (exit 3 on corruption).
+ * Prints one RESULT line (see common.h). Build: cc -O2 -pthread pairs.c -o pairs
+ */
+#include "common.h"
+
+#define BATCH 1000
+
+static const size_t FIXED[] = {16, 64, 256, 1024, 4096};
+#define NFIXED (sizeof FIXED / sizeof FIXED[0])
+
+static long long run_pairs(long rounds) {
+    size_t mixed[256];
+    rng_t r;
+    long long ops = 0;
+    rng_seed(&r, 1);
+    for (int i = 0; i < 256; i++) mixed[i] = rng_range(&r, 16, 512);
+    for (long round = 0; round < rounds; round++) {
+        for (size_t k = 0; k < NFIXED; k++) {
+            size_t n = FIXED[k];
+            for (int i = 0; i < 200; i++) {
+                void *p = xmalloc(n);
+                block_fill(p, n);
+                block_check("pairs", p, n);
+                free(p);
+            }
+            ops += 200;
+        }
+        for (int i = 0; i < 256; i++) {
+            size_t n = mixed[i];
+            void *p = xmalloc(n);
+            block_fill(p, n);
+            block_check("pairs", p, n);
+            free(p);
+        }
+        ops += 256;
+    }
+    return ops;
+}
+
+static long long run_batches(long rounds) {
+    void *blocks[BATCH];
+    size_t sizes[BATCH];
+    int order[BATCH];
+    rng_t r;
+    long long ops = 0;
+    rng_seed(&r, 2);
+    for (int i = 0; i < BATCH; i++) { sizes[i] = rng_range(&r, 8, 4096); order[i] = i; }
+    for (int i = BATCH - 1; i > 0; i--) {
+        int j = (int)rng_range(&r, 0, (size_t)i), t = order[i];
+        order[i] = order[j]; order[j] = t;
+    }
+    for (long round = 0; round < rounds; round++) {
+        for (size_t k = 0; k < NFIXED; k++) {
+            size_t n = FIXED[k];
+            for (int i = 0; i < BATCH; i++) { blocks[i] = xmalloc(n); block_fill(blocks[i], n); }
+            for (int i = 0; i < BATCH; i++) { block_check("batches", blocks[i], n); free(blocks[i]); }
+            ops += BATCH;
+        }
+        for (int i = 0; i < BATCH; i++) {
+            size_t n = sizes[i] < 8 ? 8 : sizes[i];
+            blocks[i] = xmalloc(n);
+            block_fill(blocks[i], n);
+        }
+        for (int i = 0; i < BATCH; i++) {
+            int j = order[i];
+            block_check("batches", blocks[j], sizes[j] < 8 ? 8 : sizes[j]);
+            free(blocks[j]);
+        }
+        ops += BATCH;
+    }
+    return ops;
+}
+
+int main(int argc, char **argv) {
+    const char *mode = argc > 1 ? argv[1] : "pairs";
+    long long ops;
+    double t0, t1;
+    if (strcmp(mode, "pairs") == 0) {
+        long rounds = arg_long(argc, argv, 2, 20000);
+        t0 = now_seconds(); ops = run_pairs(rounds); t1 = now_seconds();
+    } else if (strcmp(mode, "batches") == 0) {
+        long rounds = arg_long(argc, argv, 2, 4000);
+        t0 = now_seconds(); ops = run_batches(rounds); t1 = now_seconds();
+    } else {
+        fprintf(stderr, "usage: %s pairs|batches [rounds]\n", argv[0]);
+        return 1;
+    }
+    print_result(mode, 1, ops, t1 - t0, rss_kb(), "ops_per_sec=%.0f", ops / (t1 - t0));
+    return 0;
+}
