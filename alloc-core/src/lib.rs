@@ -26,6 +26,7 @@ pub mod slab;
 pub mod stats;
 pub mod thread;
 pub mod thread_cache;
+pub mod unwind;
 
 pub use alloc::{
     alloc_aligned, calloc, flush_thread_cache, free, malloc, malloc_zeroed, purge, realloc,
