@@ -97,10 +97,9 @@ pub(super) struct ModInfo {
     bias: u64,
     /// Hash of the `.eh_frame_hdr` bytes, to tell a different library at the same address.
     fingerprint: u64,
-    /// What `_dl_find_object` said about this object when it was learnt: link map and
-    /// exception-handling data pointer. Both zero when it could not be asked.
-    link_map: usize,
-    eh_frame: usize,
+    /// What `_dl_find_object` said about this object when it was learnt. Zero when it could
+    /// not be asked.
+    found: FoundObject,
     /// Whether walks should validate this module with `_dl_find_object`.
     pub validate: bool,
     module: Module<Section>,
@@ -131,10 +130,7 @@ impl Snapshot {
     /// Whether module `i` is still the object loaded at `addr` (`addr` inside it).
     pub fn still_loaded(&self, i: usize, addr: u64) -> bool {
         let m = &self.mods[i];
-        match find_object(addr) {
-            Some(o) => o.link_map == m.link_map && o.eh_frame == m.eh_frame,
-            None => false,
-        }
+        find_object(addr).is_some_and(|o| o == m.found)
     }
 }
 
@@ -231,8 +227,12 @@ pub(super) fn have_find_object() -> bool {
     DL_FIND_OBJECT.load(Ordering::Relaxed) != 0
 }
 
-/// What `_dl_find_object` knows of the object containing `addr`.
+/// What `_dl_find_object` knows of the object containing an address: enough to tell whether
+/// the object at an address is still the one a snapshot learnt.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct FoundObject {
+    map_start: usize,
+    map_end: usize,
     link_map: usize,
     eh_frame: usize,
 }
@@ -251,6 +251,8 @@ pub(super) fn find_object(addr: u64) -> Option<FoundObject> {
     // SAFETY: `_dl_find_object` only reads the loader's tables and writes `out`.
     let rc = unsafe { f(addr as *mut libc::c_void, &mut out) };
     (rc == 0).then_some(FoundObject {
+        map_start: out.map_start as usize,
+        map_end: out.map_end as usize,
         link_map: out.link_map as usize,
         eh_frame: out.eh_frame as usize,
     })
@@ -439,9 +441,8 @@ unsafe extern "C" fn visit(
         end,
         bias,
         fingerprint,
-        link_map: found.as_ref().map_or(0, |f| f.link_map),
-        eh_frame: found.as_ref().map_or(0, |f| f.eh_frame),
         validate: found.is_some() && !is_main && !is_vdso,
+        found: found.unwrap_or_default(),
         module: Module::new(String::new(), start..end, bias, sections),
     });
     0
@@ -530,6 +531,7 @@ impl Clone for ModInfo {
     fn clone(&self) -> Self {
         ModInfo {
             module: self.module.clone(),
+            found: self.found,
             ..*self
         }
     }
