@@ -17,9 +17,12 @@
 //!
 //! Starting registers come from inline `asm!` in [`capture`]; every stack read is bounded by
 //! `[sp, top)` of the stack the caller is running on (the thread's own stack or its alternate
-//! signal stack), and a sample is skipped (0 frames) when less than [`MIN_FREE_STACK`] is left
-//! below the caller, when the stack is unknown, or when the thread is already capturing.
-//!
+//! signal stack; a walk on a signal stack ends at the signal frame), and a sample is skipped
+//! (0 frames) when less than [`MIN_FREE_STACK`] is left below the caller, when the stack is
+//! unknown (a user-made coroutine stack), or when the thread is already capturing (a signal
+//! handler that re-enters). A walk uses about 3.4 KiB of stack; set-up (the thread's cache,
+//! [`init`], refreshes) runs only with 64 KiB free and is otherwise left to a later sample.
+
 //! # Rules for callers (the profiler)
 //!
 //! - Hold **no allocator lock** when calling [`capture`] or [`init`]: a refresh takes the
@@ -30,7 +33,10 @@
 //!   allocator; the walk itself never does.
 //! - Frames: `out[0]` is the return address into the function that called [`capture`], after
 //!   dropping `skip` more frames; addresses are raw return addresses (subtract one to
-//!   symbolize the call).
+//!   symbolize the call). `capture` is `#[inline(never)]`; the number of allocator frames to
+//!   skip depends on what the profiler's own path inlines, so measure it in a test.
+//! - A `dlclose` hook should call [`invalidate_modules`] (see `modules` for the one unload
+//!   that the walk cannot notice by itself).
 //!
 //! Only x86-64 Linux (glibc) is supported; elsewhere [`capture`] returns 0.
 
@@ -127,11 +133,7 @@ mod imp {
             (*st).busy = 1;
             &mut *st
         };
-        let n = if init(false) {
-            capture_locked(st, regs, out, skip)
-        } else {
-            0
-        };
+        let n = capture_locked(st, regs, out, skip);
         st.busy = 0;
         if n == 0 {
             SKIPPED.fetch_add(1, Ordering::Relaxed);
@@ -150,13 +152,18 @@ mod imp {
         if free < stack::MIN_FREE_STACK {
             return 0;
         }
+        // Set-up and refreshes run libc and allocator code: only on a roomy stack.
+        let roomy = free >= stack::MIN_FREE_STACK_FOR_SETUP;
+        if INIT.load(Ordering::Acquire) != 2 && !(roomy && init(false)) {
+            return 0;
+        }
         let cache = stack::cache_or_create(st, free);
         if cache.is_null() {
             return 0;
         }
         // SAFETY: the cache belongs to this thread and is used only while `busy` is set.
         let cache: &mut Cache = unsafe { &mut *cache };
-        if modules::STALE.load(Ordering::Relaxed) {
+        if roomy && modules::STALE.load(Ordering::Relaxed) {
             modules::refresh();
         }
         let len = out.len().min(MAX_FRAMES);
@@ -178,7 +185,7 @@ mod imp {
             );
             n = got;
             drop(hold);
-            if !stale || !modules::refresh() {
+            if !stale || !roomy || !modules::refresh() {
                 break;
             }
         }
@@ -218,7 +225,8 @@ mod imp {
         let mut to_skip = skip.saturating_add(1);
         let mut n = 0;
         let (mut cur_start, mut cur_end) = (0u64, 0u64);
-        let mut validated = 0u64;
+        // Modules validated in this walk (indexes past 255 are validated at every entry).
+        let mut validated = [0u64; 4];
         let mut stale = false;
         let mut unknown = false;
         while n < out.len() {
@@ -232,9 +240,12 @@ mod imp {
                     Some(i) => {
                         let m = &snap.mods[i];
                         (cur_start, cur_end) = (m.start, m.end);
-                        let bit = 1u64 << (i % 64);
-                        if m.validate && (i >= 64 || validated & bit == 0) && have_dlfo {
-                            validated |= bit;
+                        let (word, bit) = (i / 64, 1u64 << (i % 64));
+                        let seen = validated.get(word).is_some_and(|w| w & bit != 0);
+                        if m.validate && !seen && have_dlfo {
+                            if let Some(w) = validated.get_mut(word) {
+                                *w |= bit;
+                            }
                             if !snap.still_loaded(i, look) {
                                 stale = true;
                                 check = false;

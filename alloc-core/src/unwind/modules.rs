@@ -17,13 +17,17 @@
 //! (never unmapped) are read in place. The cost is memory: the copies of every loaded
 //! library's unwind tables (a few MiB for a JVM), kept while a snapshot refers to them.
 //!
-//! Staleness: a walk checks that each module it passes through is still the one at that
-//! address with `_dl_find_object` (lock-free on glibc 2.35+), once per module per walk, and
-//! that each program counter outside every known module is really outside every loaded object
-//! (JIT code) rather than in a library loaded since; either failure triggers a refresh and a
-//! second walk. Without `_dl_find_object` (older glibc), unknown program counters trigger a
-//! refresh at most once per [`BLIND_REFRESH_EVERY`] such walks, and unloads go unnoticed until
-//! then (stacks through a replaced library may be wrong, never unsafe).
+//! Staleness: a walk checks that each module it passes through is still the object at that
+//! address with `_dl_find_object` (lock-free on glibc 2.35+; same mapping bounds, link map and
+//! `.eh_frame_hdr` address), once per module per walk, and that each program counter outside
+//! every known module is really outside every loaded object (JIT code) rather than in a library
+//! loaded since; either failure triggers a refresh and a second walk. One replacement escapes
+//! that check: a library closed and another of identical layout loaded at the same address
+//! whose link map the loader happened to reuse. `invalidate_modules` (called by a `dlclose`
+//! hook) covers it; without the hook such frames may be unwound with the old tables — a wrong
+//! stack, never a wrong read. Without `_dl_find_object` (glibc < 2.35), unknown program counters
+//! trigger a refresh at most once per [`BLIND_REFRESH_EVERY`] such walks, and unloads are seen
+//! only through `invalidate_modules`.
 
 use core::ops::{Deref, Range};
 use core::ptr;

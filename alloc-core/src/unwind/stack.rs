@@ -19,9 +19,11 @@ pub(super) type Cache = CacheX86_64<super::modules::LeanCfi>;
 /// leaves room for DWARF expressions and compiler differences.
 pub const MIN_FREE_STACK: usize = 6 * 1024;
 
-/// Stack that must be free to create the thread's cache: framehop builds the ~14 KiB cache by
-/// value before boxing it (an 8 KiB frame), so creation waits for a sample on a roomy stack.
-pub(super) const MIN_FREE_STACK_FOR_CACHE: usize = 64 * 1024;
+/// Stack that must be free to create the thread's cache (framehop builds the ~14 KiB cache by
+/// value before boxing it: an 8 KiB frame), to initialise, or to refresh the module list (libc's
+/// `dl_iterate_phdr`, the allocator, framehop's module set-up). With less, a capture skips
+/// set-up and walks with what it has; set-up waits for a sample on a roomy stack.
+pub(super) const MIN_FREE_STACK_FOR_SETUP: usize = 64 * 1024;
 
 /// The thread-local block.
 #[repr(C)]
@@ -106,7 +108,7 @@ pub(super) fn cache_or_create(st: &mut UnwindTls, free_stack: usize) -> *mut Cac
     if !st.cache.is_null() {
         return st.cache;
     }
-    if st.dead != 0 || free_stack < MIN_FREE_STACK_FOR_CACHE {
+    if st.dead != 0 || free_stack < MIN_FREE_STACK_FOR_SETUP {
         return core::ptr::null_mut();
     }
     create_cache(st)

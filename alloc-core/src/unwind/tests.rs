@@ -259,3 +259,122 @@ fn too_little_stack_is_skipped() {
     assert!(r.0 > 0, "{r:?}");
     assert_eq!(r.1, 0, "{r:?}");
 }
+
+/// Code with no unwind information (as JIT code is) is walked by its frame pointer: a
+/// hand-written `push rbp; mov rbp, rsp; call rdi; pop rbp; ret` in an anonymous executable
+/// page, called from Rust, calling back into Rust, which captures.
+#[test]
+fn jit_code_is_walked_by_frame_pointer() {
+    static SEEN: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+    extern "C" fn callback() {
+        *SEEN.lock().unwrap() = ours();
+    }
+    #[inline(never)]
+    fn run_jit(code: usize) {
+        // SAFETY: `code` is the page written below: a function taking one callback pointer.
+        let f: extern "C" fn(extern "C" fn()) = unsafe { core::mem::transmute(code) };
+        f(callback);
+        black_box(());
+    }
+    const CODE: [u8; 8] = [0x55, 0x48, 0x89, 0xe5, 0xff, 0xd7, 0x5d, 0xc3];
+    assert!(init());
+    // SAFETY: a fresh anonymous page, written while writable, then made executable.
+    let page = unsafe {
+        let p = libc::mmap(
+            core::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        core::ptr::copy_nonoverlapping(CODE.as_ptr(), p.cast::<u8>(), CODE.len());
+        assert_eq!(
+            libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC),
+            0
+        );
+        p as usize
+    };
+    run_jit(page);
+    let frames = core::mem::take(&mut *SEEN.lock().unwrap());
+    // ours -> callback -> [page + 6] -> run_jit -> this test
+    let at = frames.iter().position(|&pc| pc == page + 6);
+    let Some(at) = at else {
+        panic!("no JIT frame ({:#x}) in {frames:x?}", page + 6)
+    };
+    let rj = run_jit as *const () as usize;
+    assert!(
+        frames
+            .get(at + 1)
+            .is_some_and(|&pc| pc > rj && pc < rj + 4096),
+        "the frame above the JIT code should return into run_jit: {frames:x?}"
+    );
+    assert!(
+        frames.len() > at + 3,
+        "walk stopped after the JIT frame: {frames:x?}"
+    );
+    // SAFETY: our own page, no longer used.
+    unsafe { libc::munmap(page as *mut libc::c_void, 4096) };
+}
+
+/// Captures from a signal handler running on an alternate signal stack: a roomy one gives the
+/// handler's frames; an 8 KiB one (SIGSTKSZ) must not overflow (the sample may be skipped).
+#[test]
+fn capture_on_alternate_signal_stack() {
+    static RESULT: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+    extern "C" fn handler(_sig: libc::c_int) {
+        let mut buf = [0usize; 32];
+        let n = capture(&mut buf, 0);
+        if let Ok(mut r) = RESULT.try_lock() {
+            *r = buf[..n].to_vec();
+        }
+    }
+    fn run_with_altstack(size: usize) -> Vec<usize> {
+        let mut mem = vec![0u8; size];
+        // SAFETY: the alternate stack is our buffer, removed again before it is freed; the
+        // handler only captures and stores.
+        unsafe {
+            let ss = libc::stack_t {
+                ss_sp: mem.as_mut_ptr().cast(),
+                ss_flags: 0,
+                ss_size: size,
+            };
+            assert_eq!(libc::sigaltstack(&ss, core::ptr::null_mut()), 0);
+            let mut sa: libc::sigaction = core::mem::zeroed();
+            sa.sa_sigaction = handler as *const () as usize;
+            sa.sa_flags = libc::SA_ONSTACK;
+            assert_eq!(
+                libc::sigaction(libc::SIGUSR2, &sa, core::ptr::null_mut()),
+                0
+            );
+            assert_eq!(libc::pthread_kill(libc::pthread_self(), libc::SIGUSR2), 0);
+            let off = libc::stack_t {
+                ss_sp: core::ptr::null_mut(),
+                ss_flags: libc::SS_DISABLE,
+                ss_size: 0,
+            };
+            assert_eq!(libc::sigaltstack(&off, core::ptr::null_mut()), 0);
+        }
+        drop(mem);
+        core::mem::take(&mut *RESULT.lock().unwrap())
+    }
+    let (roomy, small) = std::thread::spawn(|| {
+        assert!(init());
+        let mut b = [0usize; 4];
+        assert!(capture(&mut b, 0) > 0); // the thread's cache, made on its own stack
+        (run_with_altstack(128 * 1024), run_with_altstack(8 * 1024))
+    })
+    .join()
+    .unwrap();
+    let h = handler as *const () as usize;
+    assert!(
+        roomy.first().is_some_and(|&pc| pc > h && pc < h + 4096),
+        "first frame should return into the handler: {roomy:x?}"
+    );
+    eprintln!(
+        "altstack capture: 128 KiB: {} frames, 8 KiB: {} frames",
+        roomy.len(),
+        small.len()
+    );
+}
