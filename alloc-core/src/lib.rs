@@ -30,6 +30,7 @@ pub mod slab;
 pub mod stats;
 pub mod thread;
 pub mod thread_cache;
+pub mod unwind;
 
 pub use alloc::{
     alloc_aligned, calloc, flush_thread_cache, free, free_as, free_sized, malloc, malloc_zeroed,

@@ -1,0 +1,373 @@
+//! In-process stack capture for the profiler: the return addresses of the calling thread, taken
+//! from inside `malloc` without allocating, without locks and without trusting frame pointers.
+//!
+//! It exists because the stacks that matter to our users run through code built without frame
+//! pointers (glibc, zlib, libjvm): a frame-pointer walk stops or lies there, and libgcc's
+//! `_Unwind_Backtrace` is an order of magnitude slower and takes the loader's lock. This module
+//! walks `.eh_frame` CFI with [framehop] (its allocation-free policy), falling back to frame
+//! pointers for code with no unwind information (JIT code), and owns:
+//!
+//! - the **module list** (`modules`): learnt from `dl_iterate_phdr`, published as an immutable
+//!   snapshot behind an atomic pointer, with each library's unwind tables copied so that
+//!   `dlclose` can never leave a walk reading unmapped memory; refreshed when a walk meets code
+//!   that is not in the snapshot, or a module that `_dl_find_object` says was replaced;
+//! - the **per-thread state** (`stack`): the thread's unwind cache (about 30 KiB, created at the
+//!   thread's first sample, freed at thread exit), the thread's stack bounds (found once per
+//!   thread) and a re-entrancy flag.
+//!
+//! Starting registers come from inline `asm!` in [`capture`]; every stack read is bounded by
+//! `[sp, top)` of the stack the caller is running on (the thread's own stack or its alternate
+//! signal stack; a walk on a signal stack ends at the signal frame), and a sample is skipped
+//! (0 frames) when less than [`MIN_FREE_STACK`] is left below the caller, when the stack is
+//! unknown (a user-made coroutine stack), or when the thread is already capturing (a signal
+//! handler that re-enters). A walk uses about 3.4 KiB of stack; set-up (the thread's cache,
+//! [`init`], refreshes) runs only with 64 KiB free and is otherwise left to a later sample.
+
+//! # Rules for callers (the profiler)
+//!
+//! - Hold **no allocator lock** when calling [`capture`] or [`init`]: a refresh takes the
+//!   loader's lock (`dl_iterate_phdr`) and allocates under it, which is the loader's own order
+//!   (`dlopen` allocates under that lock); the reverse order deadlocks.
+//! - Keep **allocation sampling off** on this thread during the call (`ThreadState::in_profiler`):
+//!   [`init`], a thread's first capture (its cache) and refreshes allocate through the global
+//!   allocator; the walk itself never does.
+//! - Frames: `out[0]` is the return address into the function that called [`capture`], after
+//!   dropping `skip` more frames; addresses are raw return addresses (subtract one to
+//!   symbolize the call). `capture` is `#[inline(never)]`; the number of allocator frames to
+//!   skip depends on what the profiler's own path inlines, so measure it in a test.
+//! - A `dlclose` hook should call [`invalidate_modules`] (see `modules` for the one unload
+//!   that the walk cannot notice by itself).
+//!
+//! Only x86-64 Linux (glibc) is supported; elsewhere [`capture`] returns 0.
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod modules;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod stack;
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub use stack::MIN_FREE_STACK;
+
+/// Stack needed below the caller (elsewhere: nothing is ever captured).
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+pub const MIN_FREE_STACK: usize = 0;
+
+/// The largest useful output: [`capture`] never writes more frames than this.
+pub const MAX_FRAMES: usize = 128;
+
+/// Counters of the unwinder's work, for stats and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindStats {
+    /// Captures that returned frames.
+    pub captures: u64,
+    /// Captures skipped: stack unknown or too short, re-entered, cache not yet creatable.
+    pub skipped: u64,
+    /// Module-list refreshes (`dl_iterate_phdr` walks).
+    pub refreshes: u64,
+    /// Old module snapshots freed.
+    pub snapshots_freed: u64,
+    /// Modules in the current snapshot.
+    pub modules: usize,
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod imp {
+    use super::modules::{self, Hold, Snapshot};
+    use super::stack::{self, Cache, UnwindTls};
+    use super::{UnwindStats, MAX_FRAMES};
+    use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+    use framehop::x86_64::UnwindRegsX86_64;
+    use framehop::Unwinder;
+
+    /// 0: not started; 1: running; 2: ready; 3: failed.
+    static INIT: AtomicU8 = AtomicU8::new(0);
+    static CAPTURES: AtomicU64 = AtomicU64::new(0);
+    static SKIPPED: AtomicU64 = AtomicU64::new(0);
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Regs {
+        pub pc: u64,
+        pub sp: u64,
+        pub bp: u64,
+    }
+
+    /// Sets up once. When another thread is setting up, waits if `wait`, else returns false.
+    pub(super) fn init(wait: bool) -> bool {
+        loop {
+            match INIT.load(Ordering::Acquire) {
+                2 => return true,
+                3 => return false,
+                1 if !wait => return false,
+                // SAFETY: sched_yield is a plain system call.
+                1 => unsafe {
+                    libc::sched_yield();
+                },
+                _ => {
+                    if INIT
+                        .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        modules::resolve_dl_find_object();
+        let ok = stack::create_key() && modules::refresh();
+        INIT.store(if ok { 2 } else { 3 }, Ordering::Release);
+        ok
+    }
+
+    /// Everything after the registers were read in `capture` (whose frame stays live, so the
+    /// registers stay valid for as long as this runs).
+    #[inline(never)]
+    pub(super) fn capture_from(regs: Regs, out: &mut [usize], skip: usize) -> usize {
+        let st = stack::state();
+        // SAFETY: the block belongs to the calling thread; the busy flag keeps a signal
+        // handler that re-enters from taking a second reference while this one is live.
+        let st: &mut UnwindTls = unsafe {
+            if (*st).busy != 0 || (*st).dead != 0 {
+                SKIPPED.fetch_add(1, Ordering::Relaxed);
+                return 0;
+            }
+            (*st).busy = 1;
+            &mut *st
+        };
+        let n = capture_locked(st, regs, out, skip);
+        st.busy = 0;
+        if n == 0 {
+            SKIPPED.fetch_add(1, Ordering::Relaxed);
+        } else {
+            CAPTURES.fetch_add(1, Ordering::Relaxed);
+        }
+        n
+    }
+
+    fn capture_locked(st: &mut UnwindTls, regs: Regs, out: &mut [usize], skip: usize) -> usize {
+        let sp = regs.sp as usize;
+        let Some((lo, hi)) = stack::bounds(st, sp) else {
+            return 0;
+        };
+        let free = sp - lo;
+        if free < stack::MIN_FREE_STACK {
+            return 0;
+        }
+        // Set-up and refreshes run libc and allocator code: only on a roomy stack.
+        let roomy = free >= stack::MIN_FREE_STACK_FOR_SETUP;
+        if INIT.load(Ordering::Acquire) != 2 && !(roomy && init(false)) {
+            return 0;
+        }
+        let cache = stack::cache_or_create(st, free);
+        if cache.is_null() {
+            return 0;
+        }
+        // SAFETY: the cache belongs to this thread and is used only while `busy` is set.
+        let cache: &mut Cache = unsafe { &mut *cache };
+        if roomy && modules::STALE.load(Ordering::Relaxed) {
+            modules::refresh();
+        }
+        let len = out.len().min(MAX_FRAMES);
+        let out = &mut out[..len];
+        let mut n = 0;
+        for attempt in 0..2 {
+            let Some(hold) = Hold::acquire() else {
+                return 0;
+            };
+            let (got, stale) = walk(
+                hold.snapshot(),
+                cache,
+                regs,
+                sp as u64,
+                hi as u64,
+                out,
+                skip,
+                attempt == 0,
+            );
+            n = got;
+            drop(hold);
+            if !stale || !roomy || !modules::refresh() {
+                break;
+            }
+        }
+        n
+    }
+
+    /// One walk over `snap`. Returns the frame count and whether the snapshot was found stale
+    /// (then `check` is switched off for the rest of the walk).
+    #[allow(clippy::too_many_arguments)]
+    fn walk(
+        snap: &Snapshot,
+        cache: &mut Cache,
+        regs: Regs,
+        lo: u64,
+        hi: u64,
+        out: &mut [usize],
+        skip: usize,
+        mut check: bool,
+    ) -> (usize, bool) {
+        let mut read = |addr: u64| -> Result<u64, ()> {
+            if addr >= lo && addr <= hi - 8 {
+                // SAFETY: [addr, addr + 8) lies in [sp, top) of the stack this thread runs on,
+                // which is mapped (it is this thread's live stack above its stack pointer).
+                Ok(unsafe { (addr as *const u64).read_unaligned() })
+            } else {
+                Err(())
+            }
+        };
+        let mut it = snap.unwinder.iter_frames(
+            regs.pc,
+            UnwindRegsX86_64::new(regs.pc, regs.sp, regs.bp),
+            cache,
+            &mut read,
+        );
+        let have_dlfo = modules::have_find_object();
+        // The first frame is the program counter inside `capture` itself.
+        let mut to_skip = skip.saturating_add(1);
+        let mut n = 0;
+        let (mut cur_start, mut cur_end) = (0u64, 0u64);
+        // Modules validated in this walk (indexes past 255 are validated at every entry).
+        let mut validated = [0u64; 4];
+        let mut stale = false;
+        let mut unknown = false;
+        while n < out.len() {
+            let f = match it.next() {
+                Ok(Some(f)) => f,
+                _ => break,
+            };
+            let look = f.address_for_lookup();
+            if check && !(look >= cur_start && look < cur_end) {
+                match snap.find(look) {
+                    Some(i) => {
+                        let m = &snap.mods[i];
+                        (cur_start, cur_end) = (m.start, m.end);
+                        let (word, bit) = (i / 64, 1u64 << (i % 64));
+                        let seen = validated.get(word).is_some_and(|w| w & bit != 0);
+                        if m.validate && !seen && have_dlfo {
+                            if let Some(w) = validated.get_mut(word) {
+                                *w |= bit;
+                            }
+                            if !snap.still_loaded(i, look) {
+                                stale = true;
+                                check = false;
+                            }
+                        }
+                    }
+                    None => {
+                        (cur_start, cur_end) = (0, 0);
+                        if have_dlfo {
+                            if modules::find_object(look).is_some() {
+                                stale = true;
+                                check = false;
+                            }
+                        } else {
+                            unknown = true;
+                        }
+                    }
+                }
+            }
+            if to_skip > 0 {
+                to_skip -= 1;
+                continue;
+            }
+            out[n] = f.address() as usize;
+            n += 1;
+        }
+        if unknown && !stale && modules::blind_refresh_due() {
+            stale = true;
+        }
+        (n, stale)
+    }
+
+    pub(super) fn invalidate() {
+        modules::STALE.store(true, Ordering::Relaxed);
+    }
+
+    pub(super) fn stats() -> UnwindStats {
+        let modules = Hold::acquire().map_or(0, |h| h.snapshot().mods.len());
+        UnwindStats {
+            captures: CAPTURES.load(Ordering::Relaxed),
+            skipped: SKIPPED.load(Ordering::Relaxed),
+            refreshes: modules::REFRESHES.load(Ordering::Relaxed),
+            snapshots_freed: modules::FREED.load(Ordering::Relaxed),
+            modules,
+        }
+    }
+}
+
+/// Prepares the unwinder: looks up `_dl_find_object`, creates the thread-exit key and takes the
+/// first module snapshot. Called lazily by the first [`capture`] (which skips its sample,
+/// rather than wait, while another thread is initialising); the profiler should call it at its
+/// own start-up instead, outside the allocation path. Waits for a concurrent initialisation;
+/// returns whether stacks can be captured. Not for signal handlers.
+///
+/// Allocates and takes the loader's lock: hold no allocator lock, keep sampling off.
+pub fn init() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        imp::init(true)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        false
+    }
+}
+
+/// Fills `out` with the calling thread's return addresses, innermost first, and returns how
+/// many it wrote (at most `min(out.len(), MAX_FRAMES)`). `out[0]` is the return address into
+/// the caller of `capture`, unless `skip` drops that many more frames. Returns 0 when the
+/// sample must be skipped (see the module docs).
+///
+/// The walk allocates nothing and takes no lock. The thread's first capture (its unwind cache)
+/// and module refreshes do both: see the rules in the module docs.
+#[inline(never)]
+pub fn capture(out: &mut [usize], skip: usize) -> usize {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        let (pc, sp, bp): (u64, u64, u64);
+        // SAFETY: reads the instruction pointer (of the next instruction, inside this
+        // function), the stack pointer and rbp; touches no memory and no flags.
+        unsafe {
+            core::arch::asm!(
+                "lea {pc}, [rip]",
+                "mov {sp}, rsp",
+                "mov {bp}, rbp",
+                pc = out(reg) pc,
+                sp = out(reg) sp,
+                bp = out(reg) bp,
+                options(nomem, nostack, preserves_flags),
+            );
+        }
+        let n = imp::capture_from(imp::Regs { pc, sp, bp }, out, skip);
+        // Using the result after the call keeps it from being a tail call, which would
+        // release this frame (whose registers the walk starts from) while the walk runs.
+        core::hint::black_box(n)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        let _ = (out, skip);
+        0
+    }
+}
+
+/// Marks the module list stale so that the next [`capture`] refreshes it first. For a
+/// `dlclose` hook: unloads are otherwise noticed when a walk meets the replaced module.
+/// Allocation-free and lock-free.
+pub fn invalidate_modules() {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    imp::invalidate();
+}
+
+/// The unwinder's counters.
+pub fn stats() -> UnwindStats {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        imp::stats()
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        UnwindStats::default()
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64", target_os = "linux"))]
+mod tests;
