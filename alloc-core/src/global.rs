@@ -71,6 +71,13 @@ fn init_slow() {
         libc::atexit(at_exit);
     }
     crate::prof::install_signal_handler();
+    if config::prof() {
+        // Set the unwinder up now, not at the first sample (which would be skipped if another
+        // thread were setting it up). It takes the loader's lock and allocates: no engine lock
+        // is held here, and its allocations are served but not sampled.
+        let _inside = crate::prof_dump::InProfiler::enter();
+        crate::unwind::init();
+    }
 }
 
 extern "C" fn at_exit() {

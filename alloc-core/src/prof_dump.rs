@@ -162,6 +162,8 @@ fn rows(c: &Counts, r: f64) -> [u64; 4] {
     [lo, lb, to, tb]
 }
 
+/// The stacks to write: those with frames (a sample whose capture was skipped has none, and a
+/// row without addresses is not valid for readers).
 fn entries() -> impl Iterator<Item = &'static StackEntry> {
     let mut e = prof::first_entry();
     core::iter::from_fn(move || {
@@ -170,6 +172,7 @@ fn entries() -> impl Iterator<Item = &'static StackEntry> {
         e = entry.next;
         Some(entry)
     })
+    .filter(|entry| entry.depth > 0)
 }
 
 /// Writes the current heap profile to `sink`. False if the sink failed.

@@ -12,7 +12,7 @@
 //!   `dlclose` can never leave a walk reading unmapped memory; refreshed when a walk meets code
 //!   that is not in the snapshot, or a module that `_dl_find_object` says was replaced;
 //! - the **per-thread state** (`stack`): the thread's unwind cache (about 30 KiB, created at the
-//!   thread's first sample, freed at thread exit), the thread's stack bounds (found once per
+//!   thread's first sample, freed at thread exit), the thread's stack bounds (found without libc calls, once per
 //!   thread) and a re-entrancy flag.
 //!
 //! Starting registers come from inline `asm!` in [`capture`]; every stack read is bounded by
@@ -55,6 +55,16 @@ pub const MIN_FREE_STACK: usize = 0;
 /// The largest useful output: [`capture`] never writes more frames than this.
 pub const MAX_FRAMES: usize = 128;
 
+/// Which frames a walk keeps.
+#[derive(Clone, Copy, Debug)]
+enum Keep {
+    /// All but the first `n` frames above the caller of `capture`.
+    After(usize),
+    /// The frames whose stack pointer (at their call to the next frame) lies above this
+    /// address: those of the callers of a function that read its stack pointer there.
+    Above(usize),
+}
+
 /// Counters of the unwinder's work, for stats and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UnwindStats {
@@ -74,10 +84,11 @@ pub struct UnwindStats {
 mod imp {
     use super::modules::{self, Hold, Snapshot};
     use super::stack::{self, Cache, UnwindTls};
+    use super::Keep;
     use super::{UnwindStats, MAX_FRAMES};
     use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
     use framehop::x86_64::UnwindRegsX86_64;
-    use framehop::Unwinder;
+    use framehop::{FrameAddress, Unwinder};
 
     /// 0: not started; 1: running; 2: ready; 3: failed.
     static INIT: AtomicU8 = AtomicU8::new(0);
@@ -121,7 +132,7 @@ mod imp {
     /// Everything after the registers were read in `capture` (whose frame stays live, so the
     /// registers stay valid for as long as this runs).
     #[inline(never)]
-    pub(super) fn capture_from(regs: Regs, out: &mut [usize], skip: usize) -> usize {
+    pub(super) fn capture_from(regs: Regs, out: &mut [usize], keep: Keep) -> usize {
         let st = stack::state();
         // SAFETY: the block belongs to the calling thread; the busy flag keeps a signal
         // handler that re-enters from taking a second reference while this one is live.
@@ -133,7 +144,7 @@ mod imp {
             (*st).busy = 1;
             &mut *st
         };
-        let n = capture_locked(st, regs, out, skip);
+        let n = capture_locked(st, regs, out, keep);
         st.busy = 0;
         if n == 0 {
             SKIPPED.fetch_add(1, Ordering::Relaxed);
@@ -143,21 +154,20 @@ mod imp {
         n
     }
 
-    fn capture_locked(st: &mut UnwindTls, regs: Regs, out: &mut [usize], skip: usize) -> usize {
+    fn capture_locked(st: &mut UnwindTls, regs: Regs, out: &mut [usize], keep: Keep) -> usize {
         let sp = regs.sp as usize;
-        let Some((lo, hi)) = stack::bounds(st, sp) else {
+        let Some(hi) = stack::top(st, sp) else {
             return 0;
         };
-        let free = sp - lo;
-        if free < stack::MIN_FREE_STACK {
+        if !stack::has_free(st, sp, stack::MIN_FREE_STACK) {
             return 0;
         }
         // Set-up and refreshes run libc and allocator code: only on a roomy stack.
-        let roomy = free >= stack::MIN_FREE_STACK_FOR_SETUP;
+        let roomy = stack::has_free(st, sp, stack::MIN_FREE_STACK_FOR_SETUP);
         if INIT.load(Ordering::Acquire) != 2 && !(roomy && init(false)) {
             return 0;
         }
-        let cache = stack::cache_or_create(st, free);
+        let cache = stack::cache_or_create(st, roomy);
         if cache.is_null() {
             return 0;
         }
@@ -180,7 +190,7 @@ mod imp {
                 sp as u64,
                 hi as u64,
                 out,
-                skip,
+                keep,
                 attempt == 0,
             );
             n = got;
@@ -202,7 +212,7 @@ mod imp {
         lo: u64,
         hi: u64,
         out: &mut [usize],
-        skip: usize,
+        keep: Keep,
         mut check: bool,
     ) -> (usize, bool) {
         let mut read = |addr: u64| -> Result<u64, ()> {
@@ -214,15 +224,16 @@ mod imp {
                 Err(())
             }
         };
-        let mut it = snap.unwinder.iter_frames(
-            regs.pc,
-            UnwindRegsX86_64::new(regs.pc, regs.sp, regs.bp),
-            cache,
-            &mut read,
-        );
+        // Walked by hand rather than with framehop's iterator, because `Keep::Above` needs each
+        // frame's stack pointer: `frame_regs` holds the registers of the frame `next` names.
+        let mut frame_regs = UnwindRegsX86_64::new(regs.pc, regs.sp, regs.bp);
+        let mut next = Some(FrameAddress::InstructionPointer(regs.pc));
         let have_dlfo = modules::have_find_object();
         // The first frame is the program counter inside `capture` itself.
-        let mut to_skip = skip.saturating_add(1);
+        let mut to_skip = match keep {
+            Keep::After(skip) => skip.saturating_add(1),
+            Keep::Above(_) => 0,
+        };
         let mut n = 0;
         let (mut cur_start, mut cur_end) = (0u64, 0u64);
         // Modules validated in this walk (indexes past 255 are validated at every entry).
@@ -230,10 +241,8 @@ mod imp {
         let mut stale = false;
         let mut unknown = false;
         while n < out.len() {
-            let f = match it.next() {
-                Ok(Some(f)) => f,
-                _ => break,
-            };
+            let Some(f) = next else { break };
+            let frame_sp = frame_regs.sp();
             let look = f.address_for_lookup();
             if check && !(look >= cur_start && look < cur_end) {
                 match snap.find(look) {
@@ -265,12 +274,25 @@ mod imp {
                     }
                 }
             }
-            if to_skip > 0 {
-                to_skip -= 1;
-                continue;
+            let kept = match keep {
+                Keep::Above(entry_sp) => frame_sp > entry_sp as u64,
+                Keep::After(_) if to_skip > 0 => {
+                    to_skip -= 1;
+                    false
+                }
+                Keep::After(_) => true,
+            };
+            if kept {
+                out[n] = f.address() as usize;
+                n += 1;
             }
-            out[n] = f.address() as usize;
-            n += 1;
+            next = match snap
+                .unwinder
+                .unwind_frame(f, &mut frame_regs, cache, &mut read)
+            {
+                Ok(Some(ra)) => FrameAddress::from_return_address(ra),
+                _ => None,
+            };
         }
         if unknown && !stale && modules::blind_refresh_due() {
             stale = true;
@@ -321,6 +343,14 @@ pub fn init() -> bool {
 /// and module refreshes do both: see the rules in the module docs.
 #[inline(never)]
 pub fn capture(out: &mut [usize], skip: usize) -> usize {
+    // One more frame to drop: this function's own. Using the result afterwards keeps the call
+    // from being a tail call, so that frame always exists.
+    core::hint::black_box(capture_with(out, Keep::After(skip.saturating_add(1))))
+}
+
+/// The walk shared by [`capture`] and [`capture_above`]; its own frame is the first one seen.
+#[inline(never)]
+fn capture_with(out: &mut [usize], keep: Keep) -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
         let (pc, sp, bp): (u64, u64, u64);
@@ -337,16 +367,24 @@ pub fn capture(out: &mut [usize], skip: usize) -> usize {
                 options(nomem, nostack, preserves_flags),
             );
         }
-        let n = imp::capture_from(imp::Regs { pc, sp, bp }, out, skip);
+        let n = imp::capture_from(imp::Regs { pc, sp, bp }, out, keep);
         // Using the result after the call keeps it from being a tail call, which would
         // release this frame (whose registers the walk starts from) while the walk runs.
         core::hint::black_box(n)
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
-        let _ = (out, skip);
+        let _ = (out, keep);
         0
     }
+}
+
+/// Captures the stack of the callers of an allocation entry point that read its stack pointer
+/// as `entry_sp` (see `backtrace`): the frames whose stack pointer lies above it, innermost
+/// first, into `out`. Returns how many (0: the sample is skipped). Same rules as [`capture`].
+#[inline(never)]
+pub fn capture_above(out: &mut [usize], entry_sp: usize) -> usize {
+    capture_with(out, Keep::Above(entry_sp))
 }
 
 /// Marks the module list stale so that the next [`capture`] refreshes it first. For a

@@ -30,10 +30,12 @@ pub(super) const MIN_FREE_STACK_FOR_SETUP: usize = 64 * 1024;
 pub(super) struct UnwindTls {
     /// The thread's cache, or null before its first walk.
     pub cache: *mut Cache,
-    /// Lowest address of the thread's own stack, or 0 when not yet known.
+    /// Lowest address of the thread's own stack verified readable so far.
     pub stack_lo: usize,
     /// One past the highest address of the thread's own stack, or 0 when not yet known.
     pub stack_hi: usize,
+    /// Lowest address of the alternate signal stack last seen in use (0: none).
+    pub alt_lo: usize,
     /// Set while a capture is running on this thread (a signal handler must not re-enter).
     pub busy: u8,
     /// Set once the thread-exit destructor has freed the cache: no more captures.
@@ -104,11 +106,11 @@ pub(super) fn create_key() -> bool {
 
 /// The thread's cache, creating it if this is the thread's first walk. Null when it cannot
 /// be created now (too little stack, no key, thread exiting). May allocate.
-pub(super) fn cache_or_create(st: &mut UnwindTls, free_stack: usize) -> *mut Cache {
+pub(super) fn cache_or_create(st: &mut UnwindTls, roomy: bool) -> *mut Cache {
     if !st.cache.is_null() {
         return st.cache;
     }
-    if st.dead != 0 || free_stack < MIN_FREE_STACK_FOR_SETUP {
+    if st.dead != 0 || !roomy {
         return core::ptr::null_mut();
     }
     create_cache(st)
@@ -151,13 +153,60 @@ extern "C" fn on_thread_exit(value: *mut libc::c_void) {
     }
 }
 
-/// The stack `[lo, hi)` that contains `sp`: the thread's own stack (found once per thread with
-/// `pthread_getattr_np`, which may allocate) or the alternate signal stack the thread is
-/// running on. `None` when `sp` is on neither (a user-made coroutine stack, for example).
-pub(super) fn bounds(st: &mut UnwindTls, sp: usize) -> Option<(usize, usize)> {
-    if st.stack_hi != 0 && sp > st.stack_lo && sp < st.stack_hi {
-        return Some((st.stack_lo, st.stack_hi));
+/// The top (one past the highest address) of the stack `sp` is on: the thread's own stack or
+/// the alternate signal stack it is running on. `None` when `sp` is on neither (a user-made
+/// coroutine stack, for example). Found without calling into libc: `pthread_getattr_np`
+/// allocates while holding the thread's lock, so a query from inside a `malloc` that it made
+/// deadlocks (seen under the JVM, which calls it at every thread start).
+pub(super) fn top(st: &mut UnwindTls, sp: usize) -> Option<usize> {
+    // Within the part of the own stack verified before: no system call needed.
+    if st.stack_hi != 0 && sp >= st.stack_lo && sp < st.stack_hi {
+        st.alt_lo = 0;
+        return Some(st.stack_hi);
     }
+    // Deeper than ever, or somewhere else: an alternate signal stack may lie anywhere, even
+    // below the own stack's top, so ask before trusting `[sp, top)`.
+    if let Some((lo, hi)) = alt_stack(sp) {
+        st.alt_lo = lo;
+        return Some(hi);
+    }
+    st.alt_lo = 0;
+    let hi = own_stack_top(sp)?;
+    if st.stack_hi != hi {
+        st.stack_hi = hi;
+        st.stack_lo = hi;
+    }
+    // `has_free` verifies `[sp - need, stack_lo)` before the walk reads `[sp, hi)`.
+    Some(hi)
+}
+
+/// Whether at least `need` bytes of stack are free below `sp` (after [`top`] found the stack).
+/// On the alternate signal stack the bounds are known; on the thread's own stack the pages
+/// below `sp` are probed once (see [`readable`]) and the lowest verified address remembered.
+pub(super) fn has_free(st: &mut UnwindTls, sp: usize, need: usize) -> bool {
+    let want = sp.saturating_sub(need);
+    if st.alt_lo != 0 {
+        return want >= st.alt_lo;
+    }
+    if want >= st.stack_lo {
+        return true;
+    }
+    // Above `sp` is the live stack; only the free part below it needs checking.
+    match readable(want, st.stack_lo.min(sp)) {
+        Some(false) => false,
+        // Readable, or the probe is unavailable (seccomp): trust the stack, as other
+        // profilers always do.
+        _ => {
+            st.stack_lo = want;
+            true
+        }
+    }
+}
+
+/// A thread stack is assumed no larger than this when locating its top.
+const MAX_STACK: usize = 1 << 30;
+
+fn alt_stack(sp: usize) -> Option<(usize, usize)> {
     // SAFETY: a zeroed stack_t is a valid out-parameter; a null new stack only queries.
     let mut ss: libc::stack_t = unsafe { core::mem::zeroed() };
     // SAFETY: as above; sigaltstack is a plain system call.
@@ -170,34 +219,79 @@ pub(super) fn bounds(st: &mut UnwindTls, sp: usize) -> Option<(usize, usize)> {
             return Some((lo, hi));
         }
     }
-    if st.stack_hi == 0 {
-        let (lo, hi) = thread_stack()?;
-        st.stack_lo = lo;
-        st.stack_hi = hi;
-        if sp > lo && sp < hi {
-            return Some((lo, hi));
-        }
+    None
+}
+
+extern "C" {
+    /// Set by the dynamic loader: the main thread's stack pointer at process start (argv is
+    /// just above it), so the main stack is readable from any `sp` of it up to here.
+    static __libc_stack_end: *mut libc::c_void;
+}
+
+/// The top of the calling thread's own stack. A thread made by glibc's `pthread_create` (on a
+/// stack glibc allocated or one the caller supplied) has its thread control block, where `%fs`
+/// points, at the top of that stack, just above the static TLS blocks: so `[sp, fs base)` is
+/// this thread's stack and its TLS. The main thread's control block lives elsewhere; its stack
+/// ends at `__libc_stack_end`.
+fn own_stack_top(sp: usize) -> Option<usize> {
+    let tp: usize;
+    // SAFETY: reads the thread pointer from the thread control block's self-pointer.
+    unsafe {
+        core::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags))
+    };
+    if sp < tp && tp - sp <= MAX_STACK {
+        return Some(tp);
+    }
+    // SAFETY: a plain pointer-sized variable the loader sets before any code of ours runs.
+    let end = unsafe { __libc_stack_end } as usize;
+    if sp < end && end - sp <= MAX_STACK {
+        return Some(end);
     }
     None
 }
 
-/// The calling thread's stack from `pthread_getattr_np`. For the main thread glibc reads
-/// `/proc/self/maps` and allocates; for others it allocates a CPU set.
-fn thread_stack() -> Option<(usize, usize)> {
-    // SAFETY: `attr` is initialised by pthread_getattr_np before use and destroyed after;
-    // the out-pointers are valid locals.
-    unsafe {
-        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
-        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
-            return None;
-        }
-        let mut addr: *mut libc::c_void = core::ptr::null_mut();
-        let mut size: libc::size_t = 0;
-        let rc = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
-        libc::pthread_attr_destroy(&mut attr);
-        if rc != 0 || addr.is_null() || size == 0 {
-            return None;
-        }
-        Some((addr as usize, (addr as usize).saturating_add(size)))
+/// Whether `[from, to)` is readable memory, asking the kernel for one byte of every page
+/// (`process_vm_readv` on our own process: it fails on a guard page instead of faulting).
+/// `None` if the kernel would not say (the call is filtered, e.g. by seccomp).
+fn readable(from: usize, to: usize) -> Option<bool> {
+    const MAX_PAGES: usize = 32;
+    let page = crate::os::PAGE_SIZE;
+    let mut remote = [libc::iovec {
+        iov_base: core::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_PAGES];
+    let mut n = 0;
+    let mut addr = from;
+    while addr < to && n < MAX_PAGES {
+        remote[n] = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: 1,
+        };
+        n += 1;
+        addr = (addr & !(page - 1)) + page;
+    }
+    let mut sink = [0u8; MAX_PAGES];
+    let local = libc::iovec {
+        iov_base: sink.as_mut_ptr().cast(),
+        iov_len: n,
+    };
+    // SAFETY: reads at most `n` bytes of our own memory into `sink`, through the kernel, which
+    // checks every remote address; nothing is written to the remote side.
+    let got = unsafe {
+        libc::process_vm_readv(
+            libc::getpid(),
+            &local,
+            1,
+            remote.as_ptr(),
+            n as libc::c_ulong,
+            0,
+        )
+    };
+    if got == n as isize {
+        Some(true)
+    } else if got >= 0 || crate::os::errno() == libc::EFAULT {
+        Some(false)
+    } else {
+        None
     }
 }
