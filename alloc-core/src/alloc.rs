@@ -181,8 +181,10 @@ unsafe fn thread_event(tc: *mut ThreadCache) -> bool {
         let in_profiler = (*thread::state()).in_profiler != 0;
         if due.tick {
             thread_cache::gc(tc);
+            let now = os::now_ms();
             (*tc).arena.purge(false);
-            huge::maybe_purge(os::now_ms());
+            arena::purge_due_arenas(now);
+            huge::maybe_purge(now);
             if !in_profiler {
                 prof::on_tick(sampler::tick_bytes());
             }

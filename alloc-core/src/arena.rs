@@ -102,6 +102,17 @@ impl Arena {
         }
     }
 
+    /// Frees span `d` into the page heap (held by the caller) and notes that dirty pages now
+    /// exist. Every span this arena frees goes through here.
+    ///
+    /// # Safety
+    /// `d` must head an allocated span of this arena, no longer used.
+    unsafe fn free_span(&self, p: &mut ArenaPages, d: *mut SpanDesc, now: u64) {
+        // SAFETY: per the contract.
+        unsafe { p.heap.free(d, now, config::decay_ms()) };
+        self.note_dirty(now);
+    }
+
     /// Pages were freed at `now`: they expire no earlier than `now + dirty_decay_ms`.
     fn note_dirty(&self, now: u64) {
         let decay = config::decay_ms();
@@ -215,10 +226,7 @@ impl Arena {
                                 (*(*d).next).prev = (*d).prev;
                             }
                             bin.slabs -= 1;
-                            self.pages
-                                .lock()
-                                .heap
-                                .free(d, os::now_ms(), config::decay_ms());
+                            self.free_span(&mut self.pages.lock(), d, os::now_ms());
                         }
                     }
                 }
@@ -336,8 +344,7 @@ impl Arena {
                 p.large_live[class - NUM_SMALL] -= 1;
             }
             (*d).flags = 0;
-            p.heap.free(d, now, config::decay_ms());
-            self.note_dirty(now);
+            self.free_span(&mut p, d, now);
         }
     }
 
@@ -347,7 +354,6 @@ impl Arena {
     /// Every pointer must start a live large block of this arena, not used any more.
     pub unsafe fn free_large(&self, blocks: &[*mut u8]) {
         let now = os::now_ms();
-        let decay = config::decay_ms();
         let mut p = self.pages.lock();
         for &b in blocks {
             // SAFETY: per the contract.
@@ -359,10 +365,9 @@ impl Arena {
                     os::fatal_pointer("free(): double free of", b as usize);
                 }
                 p.large_live[(*d).class as usize - NUM_SMALL] -= 1;
-                p.heap.free(d, now, decay);
+                self.free_span(&mut p, d, now);
             }
         }
-        self.note_dirty(now);
     }
 
     /// Resizes large block `d` in place to class `class`; false if the pages after it are
@@ -410,7 +415,7 @@ impl Arena {
                     .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok())
         {
-            self.release_empty_slabs(now, decay);
+            self.release_empty_slabs(now);
         }
         if !all && now < self.purge_hint.load(Ordering::Relaxed) {
             return;
@@ -428,7 +433,7 @@ impl Arena {
         self.purge_hint.store(next, Ordering::Relaxed);
     }
 
-    fn release_empty_slabs(&self, now: u64, decay: i64) {
+    fn release_empty_slabs(&self, now: u64) {
         for (bin, info) in self.bins.iter().zip(&CLASSES) {
             let mut bin = bin.0.lock();
             let s = bin.current;
@@ -437,8 +442,7 @@ impl Arena {
                 bin.current = ptr::null_mut();
                 bin.slabs -= 1;
                 // SAFETY: an empty slab of this arena, on no list.
-                unsafe { self.pages.lock().heap.free(s, now, decay) };
-                self.note_dirty(now);
+                unsafe { self.free_span(&mut self.pages.lock(), s, now) };
             }
         }
     }
@@ -504,6 +508,17 @@ pub fn assign_thread() -> &'static Arena {
 /// Counts a thread out of its arena.
 pub fn release_thread(a: &Arena) {
     a.threads.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Purges the arenas whose dirty pages have reached their decay time, whoever uses them: the
+/// arenas of threads that exited are visited by the ticks of those that remain. Costs one
+/// atomic load per arena when nothing is due.
+pub fn purge_due_arenas(now: u64) {
+    for a in ARENAS.iter().take(arenas_used()) {
+        if now >= a.purge_hint.load(Ordering::Relaxed) {
+            a.purge(false);
+        }
+    }
 }
 
 /// Purges every arena (see [`Arena::purge`]).

@@ -26,8 +26,12 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Cached blocks kept at most.
 const CACHE_SLOTS: usize = 8;
-/// Bytes kept in the cache at most.
-const CACHE_MAX_BYTES: usize = 512 << 20;
+/// Bytes kept in the cache at most: enough to keep loops over buffers of a few MiB fast, small
+/// next to what such a program uses anyway.
+const CACHE_MAX_BYTES: usize = 64 << 20;
+/// Larger blocks are unmapped when freed: faulting their pages in again costs little next to
+/// filling them, and keeping them would hold much memory.
+const CACHE_MAX_BLOCK: usize = 32 << 20;
 
 /// The header at the start of a huge mapping.
 #[repr(C)]
@@ -248,7 +252,7 @@ pub unsafe fn free(h: *mut u8, p: *mut u8, op: &str) {
         }
         ALLOCATED.fetch_sub((*h).usable, Ordering::Relaxed);
         let decay = config::decay_ms();
-        if decay != 0 && (*h).map_size <= CACHE_MAX_BYTES / 2 {
+        if decay != 0 && (*h).map_size <= CACHE_MAX_BLOCK {
             let now = os::now_ms();
             let mut cache = CACHE.lock();
             while cache.len == CACHE_SLOTS || cache.bytes + (*h).map_size > CACHE_MAX_BYTES {

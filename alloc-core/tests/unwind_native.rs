@@ -60,10 +60,18 @@ fn probe() -> (Vec<usize>, Vec<usize>) {
 
 /// The frames above `probe`, checked equal in both lists.
 fn same_above_probe(a: &[usize], b: &[usize]) -> Vec<usize> {
+    let common = common_above_probe(a, b);
+    assert!(a.len().abs_diff(b.len()) <= 1, "{a:x?} / {b:x?}");
+    common
+}
+
+/// Like [`same_above_probe`], but our walk may stop early (never differ): what a walk racing a
+/// `dlclose` that swapped in a library of identical layout may do (see `unwind::modules`).
+fn common_above_probe(a: &[usize], b: &[usize]) -> Vec<usize> {
     assert!(a.len() > 3 && b.len() > 3, "{a:x?} / {b:x?}");
     let n = a.len().min(b.len());
     assert_eq!(&a[2..n], &b[2..n], "\nours:   {a:x?}\nlibgcc: {b:x?}");
-    assert!(a.len().abs_diff(b.len()) <= 1, "{a:x?} / {b:x?}");
+    assert!(a.len() <= b.len() + 1, "{a:x?} / {b:x?}");
     a[2..n].to_vec()
 }
 
@@ -248,6 +256,7 @@ fn dlopen_dlclose_loop_while_capturing() {
                 }
             }
         });
+        let mut truncated = 0;
         for i in 0..100 {
             let hinted = i >= 50;
             let path = match (hinted, i % 2) {
@@ -263,7 +272,12 @@ fn dlopen_dlclose_loop_while_capturing() {
             let r = unsafe { run(plugin_cb, 2) };
             assert_eq!(r, (2 + 2) * 3 + 1);
             let (ours, gcc) = PSEEN.lock().unwrap().take().unwrap();
-            let common = same_above_probe(&ours, &gcc);
+            // A walk that races the other thread's module refresh around the swap may end early,
+            // and must still be right as far as it goes.
+            let common = common_above_probe(&ours, &gcc);
+            if ours.len() + 1 < gcc.len() {
+                truncated += 1;
+            }
             let lib_name = path.file_name().unwrap().to_str().unwrap();
             let in_plugin = common
                 .iter()
@@ -278,6 +292,7 @@ fn dlopen_dlclose_loop_while_capturing() {
                 unwind::invalidate_modules();
             }
         }
+        assert!(truncated <= 10, "{truncated} of 100 walks ended early");
     });
     let st = unwind::stats();
     eprintln!(

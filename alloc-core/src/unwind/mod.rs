@@ -174,7 +174,9 @@ mod imp {
         // SAFETY: the cache belongs to this thread and is used only while `busy` is set.
         let cache: &mut Cache = unsafe { &mut *cache };
         if roomy && modules::STALE.load(Ordering::Relaxed) {
-            modules::refresh();
+            // Wait for a refresh another thread is making: it may have read the module list
+            // before the change that made it stale.
+            modules::refresh_waiting();
         }
         let len = out.len().min(MAX_FRAMES);
         let out = &mut out[..len];
@@ -195,7 +197,7 @@ mod imp {
             );
             n = got;
             drop(hold);
-            if !stale || !roomy || !modules::refresh() {
+            if !stale || !roomy || !modules::refresh_waiting() {
                 break;
             }
         }

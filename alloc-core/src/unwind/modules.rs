@@ -268,6 +268,24 @@ pub(super) fn find_object(addr: u64) -> Option<FoundObject> {
 /// Builds a new snapshot from `dl_iterate_phdr` and publishes it. Returns false when another
 /// thread is refreshing (the caller keeps its snapshot). Allocates, and takes the loader's
 /// lock: the caller must hold no allocator lock and must have allocation sampling disabled.
+/// [`refresh`], but if another thread holds the refresh, waits for it (at most about 10 ms,
+/// yielding) and then refreshes again: for a walk that met code the current snapshot lacks,
+/// which a refresh that began before that code was loaded would still lack. Bounded, so that a
+/// caller inside `dlopen` (holding the loader's lock the other refresh may wait for) cannot
+/// deadlock; it then walks with what it has.
+pub(super) fn refresh_waiting() -> bool {
+    for _ in 0..1000 {
+        if refresh() {
+            return true;
+        }
+        if REFRESH_LOCK.load(Ordering::Acquire) != 0 {
+            // SAFETY: a plain system call; ~10 µs each at most when another thread runs.
+            unsafe { libc::usleep(10) };
+        }
+    }
+    false
+}
+
 pub(super) fn refresh() -> bool {
     if !try_lock() {
         return false;
