@@ -384,7 +384,10 @@ pub unsafe fn realloc(h: *mut u8, p: *mut u8, size: usize) -> *mut u8 {
             return ptr::null_mut();
         };
         if usable <= old_usable {
-            if usable < old_usable {
+            // Shrink only when more than half would be unused: a block that was grown with room
+            // to spare must not give the room back at the next small step (munmap, then mremap
+            // again a few steps later).
+            if usable < old_usable / 2 {
                 os::unmap((h as *mut u8).add(new_map), old_map - new_map);
                 (*h).map_size = new_map;
                 (*h).usable = usable;
