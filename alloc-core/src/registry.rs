@@ -24,6 +24,11 @@ const ROOT_LEN: usize = 1 << ROOT_BITS;
 
 type Leaf = [AtomicPtr<u8>; LEAF_LEN];
 
+/// Set in an entry's low bit when the chunk holds a huge block's start rather than a segment.
+/// Segment headers are 4 MiB aligned and huge headers page aligned, so the bit is free; with it,
+/// `free` tells the two apart without reading the header's tag (another cache line).
+pub const TAG_HUGE: usize = 1;
+
 static ROOT: [AtomicPtr<Leaf>; ROOT_LEN] = [const { AtomicPtr::new(ptr::null_mut()) }; ROOT_LEN];
 
 #[inline(always)]
@@ -35,7 +40,8 @@ fn split(addr: usize) -> Option<(usize, usize)> {
     Some((chunk >> LEAF_BITS, chunk & (LEAF_LEN - 1)))
 }
 
-/// The header registered for the chunk holding `addr`, or null if the chunk is not ours.
+/// The entry registered for the chunk holding `addr` (a header, tagged with [`TAG_HUGE`] for
+/// huge blocks), or null if the chunk is not ours.
 #[inline(always)]
 pub fn lookup(addr: usize) -> *mut u8 {
     let Some((r, l)) = split(addr) else {

@@ -239,15 +239,14 @@ pub enum Location {
 /// Finds the metadata for `p` in O(1) through the registry.
 #[inline(always)]
 pub fn locate(p: usize) -> Location {
-    let header = registry::lookup(p);
-    if header.is_null() {
+    let entry = registry::lookup(p) as usize;
+    if entry == 0 {
         return Location::Foreign;
     }
-    // SAFETY: registered headers are live; the tag byte is the first field of both kinds.
-    if unsafe { *header } == HEADER_HUGE {
-        return Location::Huge(header);
+    if entry & registry::TAG_HUGE != 0 {
+        return Location::Huge((entry & !registry::TAG_HUGE) as *mut u8);
     }
-    let seg = header.cast::<Segment>();
+    let seg = entry as *mut Segment;
     let page = (p - seg as usize) >> PAGE_SHIFT;
     if page < HEADER_PAGES {
         return Location::Foreign;
