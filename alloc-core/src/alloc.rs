@@ -182,7 +182,6 @@ unsafe fn thread_event(tc: *mut ThreadCache) -> bool {
         if due.tick {
             thread_cache::gc(tc);
             let now = os::now_ms();
-            (*tc).arena.purge(false);
             arena::purge_due_arenas(now);
             huge::maybe_purge(now);
             if !in_profiler {

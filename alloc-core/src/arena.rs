@@ -264,29 +264,7 @@ impl Arena {
         zero: bool,
     ) -> *mut u8 {
         let pages = CLASSES[class].pages as usize;
-        let (d, fresh) = {
-            let mut p = self.pages.lock();
-            let Some((d, fresh)) =
-                p.heap
-                    .alloc_with_room(pages, align_pages, room, false, self.index() as u32)
-            else {
-                return ptr::null_mut();
-            };
-            // SAFETY: a fresh span head of ours.
-            unsafe {
-                (*d).kind = kind::LARGE;
-                (*d).class = class as u8;
-            }
-            p.large_live[class - NUM_SMALL] += 1;
-            p.large_requests[class - NUM_SMALL] += 1;
-            (d, fresh)
-        };
-        let start = span_start(d);
-        if zero && !fresh {
-            // SAFETY: the block is ours, `pages` pages long.
-            unsafe { ptr::write_bytes(start, 0, pages << os::PAGE_SHIFT) };
-        }
-        start
+        self.alloc_block(class, pages, align_pages, room, zero, 0).0
     }
 
     /// Allocates a block of class `class` that the profiler samples: always a page run of its
@@ -298,11 +276,26 @@ impl Arena {
         align_pages: usize,
         zero: bool,
     ) -> (*mut u8, *mut SpanDesc) {
-        let info = &CLASSES[class];
-        let pages = (info.size as usize).div_ceil(os::PAGE_SIZE);
+        let pages = (CLASSES[class].size as usize).div_ceil(os::PAGE_SIZE);
+        self.alloc_block(class, pages, align_pages, 0, zero, FLAG_SAMPLED)
+    }
+
+    /// One block of `pages` pages for class `class` (a large block, or a sampled block of any
+    /// class), counted in the statistics and zeroed if asked and not fresh.
+    fn alloc_block(
+        &self,
+        class: usize,
+        pages: usize,
+        align_pages: usize,
+        room: usize,
+        zero: bool,
+        flags: u16,
+    ) -> (*mut u8, *mut SpanDesc) {
         let (d, fresh) = {
             let mut p = self.pages.lock();
-            let Some((d, fresh)) = p.heap.alloc(pages, align_pages, false, self.index() as u32)
+            let Some((d, fresh)) =
+                p.heap
+                    .alloc_with_room(pages, align_pages, room, false, self.index() as u32)
             else {
                 return (ptr::null_mut(), ptr::null_mut());
             };
@@ -310,7 +303,7 @@ impl Arena {
             unsafe {
                 (*d).kind = kind::LARGE;
                 (*d).class = class as u8;
-                (*d).flags = FLAG_SAMPLED;
+                (*d).flags = flags;
             }
             if class < NUM_SMALL {
                 p.sampled_small_live[class] += 1;
@@ -404,7 +397,11 @@ impl Arena {
     /// slabs that bins keep as their current slab (to avoid churn at a slab boundary) are
     /// released first: always if `all`, else at most once per decay period.
     pub fn purge(&self, all: bool) {
-        let now = os::now_ms();
+        self.purge_at(os::now_ms(), all);
+    }
+
+    /// [`Arena::purge`] at time `now`. When nothing is due it costs two atomic loads.
+    fn purge_at(&self, now: u64, all: bool) {
         let decay = config::decay_ms();
         let last = self.last_sweep.load(Ordering::Relaxed);
         let sweep_due = decay >= 0 && now >= last.saturating_add(decay as u64);
@@ -510,14 +507,12 @@ pub fn release_thread(a: &Arena) {
     a.threads.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Purges the arenas whose dirty pages have reached their decay time, whoever uses them: the
-/// arenas of threads that exited are visited by the ticks of those that remain. Costs one
-/// atomic load per arena when nothing is due.
+/// Purges what is due in every arena, whoever uses it: the arenas of threads that exited are
+/// visited by the ticks of those that remain. Costs two atomic loads per arena when nothing is
+/// due.
 pub fn purge_due_arenas(now: u64) {
     for a in ARENAS.iter().take(arenas_used()) {
-        if now >= a.purge_hint.load(Ordering::Relaxed) {
-            a.purge(false);
-        }
+        a.purge_at(now, false);
     }
 }
 
