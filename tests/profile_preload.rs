@@ -1220,19 +1220,25 @@ fn triggers(dir: &Scratch) -> PathBuf {
     cc(dir, &["triggers.c"], "triggers", &["-O2", "-rdynamic"])
 }
 
+/// Builds triggers.c in `dir`, runs it in `mode` under `conf` and checks it finished.
+fn run_triggers(dir: &Scratch, mode: &str, conf: &str) -> Run {
+    let exe = triggers(dir);
+    let r = run_prof(command(&exe, [mode]), conf);
+    r.assert_ok(mode, &format!("triggers {mode} ok"));
+    r
+}
+
 #[test]
 fn interval_dumps() {
     if !have("cc") {
         return;
     }
     let dir = Scratch::new("trig-interval");
-    let exe = triggers(&dir);
     let conf = format!(
         "prof:true,lg_prof_interval:24,prof_prefix:{}",
         dir.path("iv").display()
     );
-    let r = run_prof(command(&exe, ["churn"]), &conf);
-    r.assert_ok("interval", "triggers churn ok");
+    run_triggers(&dir, "churn", &conf);
     // 256 MiB allocated at one dump per 16 MiB.
     let i = profiles(&dir.0, ".i.heap");
     eprintln!("interval dumps: {}", i.len());
@@ -1252,13 +1258,11 @@ fn high_water_dumps() {
         return;
     }
     let dir = Scratch::new("trig-gdump");
-    let exe = triggers(&dir);
     let conf = format!(
         "prof:true,prof_gdump:true,lg_prof_sample:16,prof_prefix:{}",
         dir.path("hw").display()
     );
-    let r = run_prof(command(&exe, ["grow"]), &conf);
-    r.assert_ok("gdump", "triggers grow ok");
+    run_triggers(&dir, "grow", &conf);
     let u = profiles(&dir.0, ".u.heap");
     eprintln!("high-water dumps: {}", u.len());
     assert!(u.len() >= 8, "{} high-water dumps", u.len());
@@ -1326,11 +1330,9 @@ fn unwritable_prefix_warns_once_and_exits_cleanly() {
         return;
     }
     let dir = Scratch::new("trig-unwritable");
-    let exe = triggers(&dir);
     let prefix = dir.path("no-such-dir").join("sub").join("x");
     let conf = format!("prof:true,prof_final:true,prof_prefix:{}", prefix.display());
-    let r = run_prof(command(&exe, ["leak"]), &conf);
-    r.assert_ok("unwritable prefix", "triggers leak ok");
+    let r = run_triggers(&dir, "leak", &conf);
     let lines: Vec<&str> = r.stderr.lines().collect();
     assert_eq!(
         lines.len(),
@@ -1352,12 +1354,7 @@ fn leak_summary_names_the_leaking_function() {
         return;
     }
     let dir = Scratch::new("trig-leak");
-    let exe = triggers(&dir);
-    let r = run_prof(
-        command(&exe, ["leak"]),
-        "prof:true,prof_leak:true,lg_prof_sample:12",
-    );
-    r.assert_ok("leak summary", "triggers leak ok");
+    let r = run_triggers(&dir, "leak", "prof:true,prof_leak:true,lg_prof_sample:12");
     let lines: Vec<&str> = r.stderr.lines().collect();
     let at = lines
         .iter()
