@@ -1,9 +1,10 @@
 //! The engine's entry points: allocate, free, resize, measure.
 //!
 //! The fast paths are here: `malloc` of a small size is a table lookup, a countdown, and a pop
-//! from the thread cache; `free` is a registry lookup, a descriptor check that the pointer
-//! starts a live block, and a push. Everything else (refills, flushes, large and huge blocks,
-//! threads that are not set up) is on the slow paths below them.
+//! from the thread cache; `free` of a block of a cached class is a segment-map load, the page's
+//! fast-path code (its class), one multiplication that checks the pointer starts a block, and a
+//! push. Everything else (refills, flushes, large and huge blocks, sampled blocks, threads that
+//! are not set up, anything suspicious) is on the slow paths below them, reached by tail calls.
 //!
 //! Misuse is fatal: freeing a pointer that does not start a live block of ours aborts with one
 //! line naming the function and the pointer.
@@ -12,12 +13,14 @@ use crate::arena;
 use crate::backtrace;
 use crate::global;
 use crate::huge;
-use crate::os::{self, PAGE_SIZE};
+use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
 use crate::prof::{self, MAX_FRAMES};
 use crate::prof_dump::InProfiler;
+use crate::registry;
 use crate::sampler;
 use crate::segment::{
-    self, kind, span_start, Location, Segment, SpanDesc, FLAG_SAMPLED, USABLE_PAGES,
+    self, kind, span_start, Location, Segment, SpanDesc, FLAG_SAMPLED, PAGES_PER_SEGMENT,
+    USABLE_PAGES,
 };
 use crate::size_class::{
     class_of, is_small, CLASSES, LARGE_MAX, NUM_CACHED, NUM_SMALL, QUANTUM, SMALL_MAX,
@@ -72,6 +75,17 @@ fn misuse(op: Op, what: &str, p: *mut u8) -> ! {
 /// Allocates at least `size` bytes aligned to 16. Null when out of memory.
 #[inline(always)]
 pub fn malloc(size: usize) -> *mut u8 {
+    let p = malloc_fast(size);
+    if !p.is_null() {
+        return p;
+    }
+    alloc_slow(size, false, backtrace::current_sp())
+}
+
+/// [`malloc`]'s fast path alone: a small block popped from the thread cache, or null when the
+/// slow path ([`malloc_slow`]) must run. For entry points that want the slow path as a tail call.
+#[inline(always)]
+pub fn malloc_fast(size: usize) -> *mut u8 {
     if size <= SMALL_MAX {
         let tc = thread::cache();
         if !tc.is_null() {
@@ -96,7 +110,14 @@ pub fn malloc(size: usize) -> *mut u8 {
             }
         }
     }
-    alloc_slow(size, false, backtrace::current_sp())
+    ptr::null_mut()
+}
+
+/// [`malloc`]'s slow path: everything [`malloc_fast`] does not serve. `entry_sp` is the public
+/// entry point's stack pointer (see `backtrace`). Null when out of memory.
+#[inline(always)]
+pub fn malloc_slow(size: usize, entry_sp: usize) -> *mut u8 {
+    alloc_slow(size, false, entry_sp)
 }
 
 /// Allocates at least `size` zeroed bytes aligned to 16. Fresh pages from the kernel are not
@@ -438,10 +459,59 @@ pub unsafe fn free_sized(p: *mut u8, size: usize) {
 
 /// [`free`], naming `op` in the message if `p` is not a live block (e.g. `realloc(p, 0)`).
 ///
+/// The fast path serves the common case, a block of a cached class in a segment, from the page's
+/// fast-path code: the registry says the chunk is a segment, the code gives the class, the page's
+/// span start and the class's constants check that `p` starts a block, and the block goes on the
+/// thread cache. The segment's address comes from `p` itself, so the loads of the code and of
+/// the registry run side by side. Everything else (null, huge and sampled blocks, uncached
+/// classes, invalid pointers, a full stack, a suspected double free, a thread without a cache)
+/// takes the checked path, always as a tail call so the fast path saves no registers.
+///
 /// # Safety
 /// As for [`free`].
 #[inline(always)]
 pub unsafe fn free_as(p: *mut u8, op: Op) {
+    let addr = p as usize;
+    if registry::is_segment(addr) {
+        let seg = Segment::of(addr);
+        let page = (addr >> PAGE_SHIFT) & (PAGES_PER_SEGMENT - 1);
+        // SAFETY: `seg` is a live segment (registered) and `page` is in range.
+        let code = unsafe { Segment::fast_class_of(seg, page) };
+        if code != 0 {
+            let class = code - 1;
+            // SAFETY: pages with a code belong to a live span, so their `page_head` is valid;
+            // codes are at most NUM_CACHED.
+            let (start, info) = unsafe {
+                (
+                    seg as usize + (Segment::head_of(seg, page) << PAGE_SHIFT),
+                    CLASSES.get_unchecked(class),
+                )
+            };
+            let tc = thread::cache();
+            if info.starts_block(addr - start) && !tc.is_null() {
+                // SAFETY: our own cache; `p` starts a live-or-cached block of cached `class`.
+                unsafe {
+                    let bin = (*tc).bins.get_unchecked(class);
+                    let n = bin.count.load(Relaxed);
+                    let key = (*tc).free_key;
+                    if n != bin.capacity && p.cast::<u64>().read() != key {
+                        *bin.slots.add(n as usize) = p;
+                        bin.count.store(n + 1, Relaxed);
+                        p.cast::<u64>().write(key);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { free_checked(p, op) }
+}
+
+/// `free` through the descriptors, with every check: the path for everything the fast path of
+/// [`free_as`] does not take.
+#[inline(never)]
+unsafe fn free_checked(p: *mut u8, op: Op) {
     if p.is_null() {
         return;
     }

@@ -10,7 +10,7 @@ use crate::config;
 use crate::lock::Locked;
 use crate::os;
 use crate::pages::PageHeap;
-use crate::segment::{kind, span_start, Segment, SpanDesc, FLAG_SAMPLED};
+use crate::segment::{self, kind, span_start, Segment, SpanDesc, FLAG_SAMPLED};
 use crate::size_class::{CLASSES, NUM_CLASSES, NUM_SMALL};
 use crate::slab::{self, Put};
 use core::ptr;
@@ -304,6 +304,7 @@ impl Arena {
                 (*d).kind = kind::LARGE;
                 (*d).class = class as u8;
                 (*d).flags = flags;
+                segment::set_fast_class_of_span(d);
             }
             if class < NUM_SMALL {
                 p.sampled_small_live[class] += 1;
@@ -388,6 +389,7 @@ impl Arena {
                 p.large_live[(*d).class as usize - NUM_SMALL] -= 1;
                 p.large_live[class - NUM_SMALL] += 1;
                 (*d).class = class as u8;
+                segment::set_fast_class_of_span(d);
             }
             ok
         }

@@ -97,11 +97,6 @@ pub static CACHED: AtomicUsize = AtomicUsize::new(0);
 /// Huge allocations made.
 pub static REQUESTS: AtomicU64 = AtomicU64::new(0);
 
-/// A huge header as the registry stores it.
-fn tagged(header: *mut u8) -> *mut u8 {
-    (header as usize | registry::TAG_HUGE) as *mut u8
-}
-
 fn round_page(n: usize) -> Option<usize> {
     n.checked_add(PAGE_SIZE - 1).map(|v| v & !(PAGE_SIZE - 1))
 }
@@ -145,7 +140,7 @@ pub fn alloc(size: usize, align: usize, zero: bool, growth: bool) -> *mut u8 {
         });
     }
     let p = HugeHeader::block(h);
-    if !registry::insert(p as usize, tagged(base)) {
+    if !registry::insert(p as usize, base) {
         // SAFETY: our fresh mapping, known to nobody.
         unsafe { os::unmap(base, map_size) };
         return ptr::null_mut();
@@ -169,7 +164,7 @@ pub unsafe fn set_sample(
     bytes: usize,
     weight: f64,
 ) {
-    let h = (registry::lookup(p as usize) as usize & !registry::TAG_HUGE) as *mut HugeHeader;
+    let h = registry::lookup(p as usize).cast::<HugeHeader>();
     // SAFETY: a live huge block's registered header.
     unsafe {
         (*h).sample_stack = stack;
@@ -415,7 +410,7 @@ pub unsafe fn realloc(h: *mut u8, p: *mut u8, size: usize) -> *mut u8 {
         }
         registry::remove(p as usize);
         if !os::remap_to(h.cast(), old_map, new_map, to) {
-            registry::insert(p as usize, tagged(h.cast()));
+            registry::insert(p as usize, h.cast());
             os::unmap(to, new_map);
             return ptr::null_mut();
         }
@@ -423,7 +418,7 @@ pub unsafe fn realloc(h: *mut u8, p: *mut u8, size: usize) -> *mut u8 {
         (*nh).map_size = new_map;
         (*nh).usable = usable;
         let np = HugeHeader::block(nh);
-        if !registry::insert(np as usize, tagged(to)) {
+        if !registry::insert(np as usize, to) {
             os::fatal("out of metadata memory while moving a huge block");
         }
         MAPPED.fetch_add(new_map - old_map, Ordering::Relaxed);

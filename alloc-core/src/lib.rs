@@ -33,6 +33,6 @@ pub mod thread_cache;
 pub mod unwind;
 
 pub use alloc::{
-    alloc_aligned, calloc, flush_thread_cache, free, free_as, free_sized, malloc, malloc_zeroed,
-    purge, realloc, usable_size, Op,
+    alloc_aligned, calloc, flush_thread_cache, free, free_as, free_sized, malloc, malloc_fast,
+    malloc_slow, malloc_zeroed, purge, realloc, usable_size, Op,
 };

@@ -390,6 +390,7 @@ impl PageHeap {
     unsafe fn free_span(&mut self, d: *mut SpanDesc, now: u64) {
         // SAFETY: `d` is a span head of ours that is on no list.
         unsafe {
+            crate::segment::clear_fast_class_of_span(d);
             let seg = segment_of_desc(d);
             let (first, pages) = self.merge_neighbours(seg, d, kind::FREE_DIRTY);
             let tail = self.decay_tail;

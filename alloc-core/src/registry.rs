@@ -9,11 +9,16 @@
 //!  address bits  47 ........ 35 34 ........ 22 21 ........ 0
 //!                 root index     leaf index     offset in chunk
 //! ```
+//!
+//! Beside it, the segment map answers only "is this chunk a segment?" for `free`'s fast path:
+//! one byte per chunk in a flat array indexed by `addr >> 22` (64 MiB of address space, reserved
+//! at the first segment, of which only the pages covering our chunks are ever touched). One load
+//! whose address depends on nothing but `addr`.
 
 use crate::meta;
 use crate::segment::SEGMENT_SHIFT;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
 /// User-space addresses on x86_64 and aarch64 (4-level paging) fit in 48 bits.
 const ADDRESS_BITS: u32 = 48;
@@ -24,10 +29,10 @@ const ROOT_LEN: usize = 1 << ROOT_BITS;
 
 type Leaf = [AtomicPtr<u8>; LEAF_LEN];
 
-/// Set in an entry's low bit when the chunk holds a huge block's start rather than a segment.
+/// Set in an entry's low bit when the chunk is a segment rather than the start of a huge block.
 /// Segment headers are 4 MiB aligned and huge headers page aligned, so the bit is free; with it,
-/// `free` tells the two apart without reading the header's tag (another cache line).
-pub const TAG_HUGE: usize = 1;
+/// `free` tells the two apart with one test and without reading the header (another cache line).
+pub const TAG_SEGMENT: usize = 1;
 
 static ROOT: [AtomicPtr<Leaf>; ROOT_LEN] = [const { AtomicPtr::new(ptr::null_mut()) }; ROOT_LEN];
 
@@ -40,8 +45,8 @@ fn split(addr: usize) -> Option<(usize, usize)> {
     Some((chunk >> LEAF_BITS, chunk & (LEAF_LEN - 1)))
 }
 
-/// The entry registered for the chunk holding `addr` (a header, tagged with [`TAG_HUGE`] for
-/// huge blocks), or null if the chunk is not ours.
+/// The entry registered for the chunk holding `addr` (a header, tagged with [`TAG_SEGMENT`] for
+/// segments), or null if the chunk is not ours.
 #[inline(always)]
 pub fn lookup(addr: usize) -> *mut u8 {
     let Some((r, l)) = split(addr) else {
@@ -53,6 +58,86 @@ pub fn lookup(addr: usize) -> *mut u8 {
     }
     // SAFETY: leaves are never freed once published.
     unsafe { (*leaf)[l].load(Ordering::Acquire) }
+}
+
+/// Chunks the segment map covers: the whole 48-bit space.
+const MAP_LEN: usize = 1 << (ADDRESS_BITS - SEGMENT_SHIFT);
+
+/// The segment map (see the module docs); null until the first segment.
+static SEGMENT_MAP: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
+/// Chunks covered by [`SEGMENT_MAP`]: 0 until it is mapped, then [`MAP_LEN`].
+static SEGMENT_MAP_CHUNKS: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether the chunk holding `addr` is one of our segments: [`mark_segment`] set it and no
+/// [`unmark_segment`] came after. Never faults.
+#[inline(always)]
+pub fn is_segment(addr: usize) -> bool {
+    let chunk = addr >> SEGMENT_SHIFT;
+    if chunk >= SEGMENT_MAP_CHUNKS.load(Ordering::Acquire) {
+        return false;
+    }
+    // SAFETY: the map is published before its length and never unmapped; `chunk` is in range.
+    unsafe {
+        (*SEGMENT_MAP
+            .load(Ordering::Relaxed)
+            .add(chunk)
+            .cast::<AtomicU8>())
+        .load(Ordering::Relaxed)
+            != 0
+    }
+}
+
+/// Marks the chunk at `addr` (a new segment's header) as a segment in the segment map. False if
+/// the map could not be reserved.
+pub fn mark_segment(addr: usize) -> bool {
+    let mut map = SEGMENT_MAP.load(Ordering::Acquire);
+    if map.is_null() {
+        let fresh = crate::os::reserve(MAP_LEN);
+        if fresh.is_null() {
+            return false;
+        }
+        match SEGMENT_MAP.compare_exchange(
+            ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                map = fresh;
+                SEGMENT_MAP_CHUNKS.store(MAP_LEN, Ordering::Release);
+            }
+            Err(existing) => {
+                // Lost a race with another arena's first segment.
+                // SAFETY: our own reservation, never published.
+                unsafe { crate::os::unmap(fresh, MAP_LEN) };
+                map = existing;
+            }
+        }
+    }
+    // SAFETY: in range (a 48-bit address); the byte is this segment's alone.
+    unsafe {
+        map.add(addr >> SEGMENT_SHIFT)
+            .cast::<AtomicU8>()
+            .as_ref()
+            .unwrap_unchecked()
+    }
+    .store(1, Ordering::Release);
+    true
+}
+
+/// Clears the segment-map byte of the segment at `addr`, which is being unmapped.
+pub fn unmark_segment(addr: usize) {
+    let map = SEGMENT_MAP.load(Ordering::Acquire);
+    if !map.is_null() {
+        // SAFETY: as in `mark_segment`.
+        unsafe {
+            map.add(addr >> SEGMENT_SHIFT)
+                .cast::<AtomicU8>()
+                .as_ref()
+                .unwrap_unchecked()
+        }
+        .store(0, Ordering::Release);
+    }
 }
 
 /// Registers `header` for the chunk holding `addr`. False if metadata memory ran out.

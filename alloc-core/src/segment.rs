@@ -15,9 +15,14 @@
 //!
 //! Descriptors are only meaningful at a span's first page; every other descriptor has kind
 //! `NONE`, so a pointer into the middle of anything is recognised as invalid.
+//!
+//! `free`'s fast path reads neither: a third table, `fast_class`, holds one byte per page, the
+//! class + 1 of a live slab (every page) or of an unsampled cached large block (first page).
+//! Everything else reads 0 and takes the checked path through the descriptors.
 
 use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
 use crate::registry;
+use crate::size_class::NUM_CACHED;
 use core::ptr;
 use static_assertions::const_assert;
 
@@ -113,6 +118,10 @@ pub struct Segment {
     pub header_kind: u8,
     /// The arena that owns every span in this segment.
     pub arena: u32,
+    /// For every page, `free`'s fast-path code: class + 1 on every page of a slab and on the
+    /// first page of an unsampled large block of a cached class, 0 everywhere else (free pages,
+    /// the header, sampled and uncached blocks), which sends `free` to its checked path.
+    pub fast_class: [u8; PAGES_PER_SEGMENT],
     /// For every page, the first page of the span covering it.
     pub page_head: [u16; PAGES_PER_SEGMENT],
     /// One descriptor per page; meaningful at span heads.
@@ -142,8 +151,14 @@ impl Segment {
             (*seg).header_kind = HEADER_SEGMENT;
             (*seg).arena = arena;
         }
-        if !registry::insert(base as usize, base) {
+        if !registry::insert(base as usize, base.wrapping_add(registry::TAG_SEGMENT)) {
             // SAFETY: we just mapped it and nobody else knows of it.
+            unsafe { os::unmap(base, SEGMENT_SIZE) };
+            return ptr::null_mut();
+        }
+        if !registry::mark_segment(base as usize) {
+            registry::remove(base as usize);
+            // SAFETY: as above: no block of it was handed out.
             unsafe { os::unmap(base, SEGMENT_SIZE) };
             return ptr::null_mut();
         }
@@ -159,6 +174,7 @@ impl Segment {
     /// # Safety
     /// No block in the segment may be in use or on any list.
     pub unsafe fn destroy(seg: *mut Segment) {
+        registry::unmark_segment(seg as usize);
         registry::remove(seg as usize);
         SEGMENTS_MAPPED.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
         // SAFETY: the caller gives the whole segment up.
@@ -195,6 +211,30 @@ impl Segment {
         }
     }
 
+    /// Sets the fast-path code (see [`Segment::fast_class`]) of pages `first..first + pages`.
+    ///
+    /// # Safety
+    /// `seg` must be a live segment and the caller must own those pages (arena lock held).
+    #[inline]
+    pub unsafe fn set_fast_class(seg: *mut Segment, first: usize, pages: usize, code: u8) {
+        debug_assert!(first + pages <= PAGES_PER_SEGMENT);
+        // SAFETY: in bounds; the caller owns the entries.
+        unsafe {
+            let table = ptr::addr_of_mut!((*seg).fast_class).cast::<u8>();
+            ptr::write_bytes(table.add(first), code, pages);
+        }
+    }
+
+    /// The fast-path code of `page`: its class + 1, or 0 (see [`Segment::fast_class`]).
+    ///
+    /// # Safety
+    /// `seg` must be a live segment and `page` in range.
+    #[inline(always)]
+    pub unsafe fn fast_class_of(seg: *mut Segment, page: usize) -> usize {
+        // SAFETY: in bounds of the header's table.
+        unsafe { *ptr::addr_of!((*seg).fast_class).cast::<u8>().add(page) as usize }
+    }
+
     /// The first page of the span covering `page`.
     ///
     /// # Safety
@@ -217,6 +257,37 @@ pub fn segment_of_desc(d: *const SpanDesc) -> *mut Segment {
 pub fn page_of_desc(d: *const SpanDesc) -> usize {
     let seg = segment_of_desc(d);
     (d as usize - Segment::desc(seg, 0) as usize) / core::mem::size_of::<SpanDesc>()
+}
+
+/// Sets the fast-path codes of span `d` from its kind, class and flags: class + 1 on every page
+/// of a slab, on the first page of an unsampled large block of a cached class; 0 otherwise.
+/// Called whenever a span becomes a slab or a large block, or a large block changes class.
+///
+/// # Safety
+/// `d` must head a live span that the caller owns (arena lock held).
+pub unsafe fn set_fast_class_of_span(d: *mut SpanDesc) {
+    let seg = segment_of_desc(d);
+    let first = page_of_desc(d);
+    // SAFETY: per the contract.
+    unsafe {
+        let code = (*d).class + 1;
+        match (*d).kind {
+            kind::SLAB => Segment::set_fast_class(seg, first, (*d).pages as usize, code),
+            kind::LARGE if (*d).flags == 0 && ((*d).class as usize) < NUM_CACHED => {
+                Segment::set_fast_class(seg, first, 1, code)
+            }
+            _ => Segment::set_fast_class(seg, first, 1, 0),
+        }
+    }
+}
+
+/// Clears the fast-path codes of every page of span `d`, which is about to be freed.
+///
+/// # Safety
+/// As for [`set_fast_class_of_span`].
+pub unsafe fn clear_fast_class_of_span(d: *mut SpanDesc) {
+    // SAFETY: per the contract.
+    unsafe { Segment::set_fast_class(segment_of_desc(d), page_of_desc(d), (*d).pages as usize, 0) }
 }
 
 /// The first byte of the span a descriptor describes.
@@ -243,10 +314,10 @@ pub fn locate(p: usize) -> Location {
     if entry == 0 {
         return Location::Foreign;
     }
-    if entry & registry::TAG_HUGE != 0 {
-        return Location::Huge((entry & !registry::TAG_HUGE) as *mut u8);
+    if entry & registry::TAG_SEGMENT == 0 {
+        return Location::Huge(entry as *mut u8);
     }
-    let seg = entry as *mut Segment;
+    let seg = (entry & !registry::TAG_SEGMENT) as *mut Segment;
     let page = (p - seg as usize) >> PAGE_SHIFT;
     if page < HEADER_PAGES {
         return Location::Foreign;
@@ -285,5 +356,55 @@ mod tests {
             locate(seg as usize + 704 * PAGE_SIZE),
             Location::Foreign
         ));
+    }
+
+    #[test]
+    fn fast_codes_follow_live_blocks() {
+        use crate::alloc::{free, malloc, realloc};
+        use crate::size_class::class_of;
+        // A sampled block (the profiler may pick any) has no code: it takes the checked path.
+        let code_of = |p: *mut u8| {
+            let a = p as usize;
+            let Location::Span(d, _) = locate(a) else {
+                panic!("not in a segment")
+            };
+            // SAFETY: `p` is a live block in a segment of ours.
+            unsafe {
+                let code =
+                    Segment::fast_class_of(Segment::of(a), (a >> PAGE_SHIFT) % PAGES_PER_SEGMENT);
+                if (*d).flags & FLAG_SAMPLED != 0 {
+                    assert_eq!(code, 0, "a sampled block has a fast-path code");
+                    return class_of((*d).words[1] as usize) + 1;
+                }
+                code
+            }
+        };
+        let small = malloc(5000);
+        assert_eq!(code_of(small), class_of(5000) + 1);
+        // A cached large block: its first page only, so that no other page passes for a start.
+        let mut large = malloc(100_000);
+        assert_eq!(code_of(large), class_of(100_000) + 1);
+        let second = large as usize + PAGE_SIZE;
+        // SAFETY: a page of a live block of ours.
+        let second_code = unsafe {
+            Segment::fast_class_of(
+                Segment::of(second),
+                (second >> PAGE_SHIFT) % PAGES_PER_SEGMENT,
+            )
+        };
+        assert_eq!(second_code, 0);
+        // Resized in place, the code follows the class; an uncached class has none.
+        // SAFETY: live blocks of ours, each freed once.
+        unsafe {
+            large = realloc(large, 150_000);
+            assert_eq!(code_of(large), class_of(150_000) + 1);
+            large = realloc(large, 600_000);
+            assert_eq!(code_of(large), 0);
+            let uncached = malloc(1 << 20);
+            assert_eq!(code_of(uncached), 0);
+            free(uncached);
+            free(large);
+            free(small);
+        }
     }
 }

@@ -169,6 +169,21 @@ pub const fn div_magic(c: usize) -> u64 {
     (1u64 << 32).div_ceil(d)
 }
 
+/// The multiplier of [`ClassInfo::starts_block`] for class `c`: `floor(2^64 / size) + 1`.
+///
+/// With `e = mul * size - 2^64` (between 1 and `size`), an offset `k * size` times `mul` wraps
+/// to `k * e`, while any other offset below 4 MiB lands at `mul` or above (Lemire, Kaser and
+/// Kurz, "Faster remainder by direct computation"). So one multiplication and one comparison
+/// against `objects * e` tell whether an offset starts one of the span's blocks.
+pub const fn start_mul(c: usize) -> u64 {
+    ((1u128 << 64) / class_size(c) as u128 + 1) as u64
+}
+
+const fn start_limit(c: usize, objects: usize) -> u64 {
+    let e = start_mul(c).wrapping_mul(class_size(c) as u64);
+    e * objects as u64
+}
+
 /// Per-class constants gathered in one table, read on the hot paths.
 #[derive(Clone, Copy)]
 pub struct ClassInfo {
@@ -184,10 +199,24 @@ pub struct ClassInfo {
     pub cache_capacity: u16,
     /// Largest thread-cache capacity (cached classes only).
     pub cache_capacity_max: u16,
+    /// See [`start_mul`].
+    pub start_mul: u64,
+    /// `objects * e`: see [`start_mul`].
+    pub start_limit: u64,
+}
+
+impl ClassInfo {
+    /// Whether `offset` (from the start of a span of this class, below 4 MiB) is the start of
+    /// one of its blocks.
+    #[inline(always)]
+    pub fn starts_block(&self, offset: usize) -> bool {
+        (offset as u64).wrapping_mul(self.start_mul) < self.start_limit
+    }
 }
 
 const fn info(c: usize) -> ClassInfo {
     let small = is_small(c);
+    let objects = if small { slab_objects(c) } else { 1 };
     ClassInfo {
         size: class_size(c) as u32,
         pages: if small {
@@ -195,7 +224,7 @@ const fn info(c: usize) -> ClassInfo {
         } else {
             large_pages(c) as u16
         },
-        objects: if small { slab_objects(c) as u16 } else { 1 },
+        objects: objects as u16,
         div_magic: div_magic(c) as u32,
         cache_capacity: if c < NUM_CACHED {
             cache_capacity(c) as u16
@@ -207,6 +236,8 @@ const fn info(c: usize) -> ClassInfo {
         } else {
             0
         },
+        start_mul: start_mul(c),
+        start_limit: start_limit(c, objects),
     }
 }
 
@@ -357,6 +388,34 @@ mod tests {
                         assert_ne!(q * size, bad);
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn starts_block_accepts_exactly_the_block_starts() {
+        // Every offset of a span (and a little past it) against the plain definition; large
+        // classes only at coarse steps and around the block's start and end.
+        for (c, info) in CLASSES.iter().enumerate() {
+            let size = info.size as usize;
+            let span = info.pages as usize * PAGE_SIZE;
+            let check = |off: usize| {
+                let expected = off % size == 0 && off / size < info.objects as usize;
+                assert_eq!(info.starts_block(off), expected, "class {c} offset {off}");
+            };
+            if is_small(c) {
+                (0..span + 2 * size).for_each(check);
+            } else {
+                (0..span + 2 * PAGE_SIZE).step_by(4093).for_each(check);
+                (0..64).chain(size - 64..size + 64).for_each(check);
+            }
+        }
+        // Offsets up to the segment size never pass falsely.
+        for info in CLASSES.iter() {
+            for off in (1..4 << 20).step_by(9973) {
+                let expected = off % info.size as usize == 0
+                    && off / (info.size as usize) < info.objects as usize;
+                assert_eq!(info.starts_block(off), expected);
             }
         }
     }

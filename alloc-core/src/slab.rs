@@ -41,6 +41,7 @@ pub unsafe fn init(d: *mut SpanDesc, class: usize) {
                 0
             };
         }
+        crate::segment::set_fast_class_of_span(d);
     }
 }
 

@@ -45,6 +45,9 @@ pub struct ThreadState {
     pub in_profiler: u8,
 }
 
+// `tls::cache` reads the cache pointer at offset 0 of the block.
+const _: () = assert!(core::mem::offset_of!(ThreadState, cache) == 0);
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod tls {
     use super::ThreadState;
@@ -80,6 +83,23 @@ mod tls {
         }
         p as *mut ThreadState
     }
+
+    /// The block's first field, the cache pointer, read directly through the thread pointer:
+    /// one instruction fewer than going through [`state`], on every `malloc` and `free`.
+    #[inline(always)]
+    pub fn cache() -> *mut crate::thread_cache::ThreadCache {
+        let p: usize;
+        // SAFETY: as in `state`; the cache pointer is the block's first field (offset 0).
+        unsafe {
+            core::arch::asm!(
+                "mov {p}, qword ptr [rip + sampalloc_core_thread_state@GOTTPOFF]",
+                "mov {p}, qword ptr fs:[{p}]",
+                p = out(reg) p,
+                options(pure, readonly, nostack, preserves_flags),
+            );
+        }
+        p as *mut crate::thread_cache::ThreadCache
+    }
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
@@ -98,6 +118,13 @@ mod tls {
     pub fn state() -> *mut ThreadState {
         STATE.with(|s| s.get())
     }
+
+    /// The calling thread's cache pointer.
+    #[inline(always)]
+    pub fn cache() -> *mut crate::thread_cache::ThreadCache {
+        // SAFETY: the block is always valid for the calling thread.
+        unsafe { (*state()).cache }
+    }
 }
 
 pub use tls::state;
@@ -105,8 +132,7 @@ pub use tls::state;
 /// The calling thread's cache, or null when it is not `LIVE`.
 #[inline(always)]
 pub fn cache() -> *mut ThreadCache {
-    // SAFETY: the block is always valid for the calling thread.
-    unsafe { (*state()).cache }
+    tls::cache()
 }
 
 /// The calling thread's cache, setting the thread up if this is its first call. Null when the

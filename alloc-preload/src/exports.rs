@@ -45,10 +45,20 @@ fn checked(p: *mut u8) -> *mut c_void {
 /// the size as an `i64` and overflows on them (a panic in builds with overflow checks).
 #[inline(always)]
 fn malloc_impl(size: usize) -> *mut c_void {
+    let p = engine::malloc_fast(size);
+    if !p.is_null() {
+        return p.cast();
+    }
+    malloc_slow(size, engine::backtrace::current_sp())
+}
+
+/// `malloc` past the thread cache: a tail call, so that `malloc` itself needs no stack frame.
+#[inline(never)]
+fn malloc_slow(size: usize, entry_sp: usize) -> *mut c_void {
     if size > MAX_SIZE {
         return fail(libc::ENOMEM);
     }
-    checked(engine::malloc(size))
+    checked(engine::malloc_slow(size, entry_sp))
 }
 
 /// `calloc`, with the same limit as [`malloc_impl`].

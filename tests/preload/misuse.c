@@ -32,6 +32,23 @@ int main(int argc, char **argv) {
     char *p = opaque(malloc(100000));
     announce(p + 8);
     free(opaque(p + 8));
+  } else if (!strcmp(mode, "free-large-second-page")) {
+    /* page-aligned, inside a cached large block but not its first page */
+    char *p = opaque(malloc(100000));
+    announce(p + 4096);
+    free(opaque(p + 4096));
+  } else if (!strcmp(mode, "free-segment-header")) {
+    /* inside the 4 MiB segment that holds a small block, in its header pages */
+    uintptr_t seg = (uintptr_t)opaque(malloc(64)) & ~(uintptr_t)((4 << 20) - 1);
+    announce((void *)(seg + 256));
+    free(opaque((void *)(seg + 256)));
+  } else if (!strcmp(mode, "double-free-released-slab")) {
+    /* the block's slab empties and goes back to the page heap before the second free */
+    void *p = opaque(malloc(12000));
+    announce(p);
+    free(p);
+    malloc_trim(0);
+    free(opaque(p));
   } else if (!strcmp(mode, "free-interior-huge")) {
     char *p = opaque(malloc(5 << 20));
     announce(p + 8);
