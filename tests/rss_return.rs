@@ -49,6 +49,9 @@ enum Kind {
 enum Return {
     Purge,
     Decay,
+    /// The memory is built and freed by a thread that then exits: its arena, left without
+    /// threads, gives the pages back at once (no purge call, no sleep, default decay time).
+    ThreadExit,
 }
 
 /// Restores the default decay time when dropped (also when an assertion fails).
@@ -126,16 +129,24 @@ fn check(kind: Kind, ret: Return) {
     sampalloc::purge(true);
     let rss0 = common::rss();
     let s0 = sampalloc::stats::snapshot();
-    let mut blocks: Vec<usize> = Vec::with_capacity(TOTAL / 64);
-
-    build(kind, &mut blocks);
-    let rss_peak = common::rss();
-    let s_peak = sampalloc::stats::snapshot();
-    let n = blocks.len();
-    free_all(&mut blocks);
-    drop(blocks);
+    let cycle = move || {
+        let mut blocks: Vec<usize> = Vec::with_capacity(TOTAL / 64);
+        build(kind, &mut blocks);
+        let rss_peak = common::rss();
+        let s_peak = sampalloc::stats::snapshot();
+        let n = blocks.len();
+        free_all(&mut blocks);
+        drop(blocks);
+        (n, rss_peak, s_peak)
+    };
+    let (n, rss_peak, s_peak) = if ret == Return::ThreadExit {
+        std::thread::spawn(cycle).join().expect("worker thread")
+    } else {
+        cycle()
+    };
 
     match ret {
+        Return::ThreadExit => {}
         Return::Purge => sampalloc::purge(true),
         Return::Decay => {
             std::thread::sleep(Duration::from_millis(2 * SHORT_DECAY_MS + 100));
@@ -192,6 +203,11 @@ fn small_blocks_purge() {
 #[test]
 fn small_blocks_decay() {
     check(Kind::Small, Return::Decay);
+}
+
+#[test]
+fn small_blocks_thread_exit() {
+    check(Kind::Small, Return::ThreadExit);
 }
 
 #[test]

@@ -114,7 +114,9 @@ fn huge_blocks_are_counted() {
         rise.abs_diff(3 * SIZE as i64) <= 512 << 10,
         "allocated rose by {rise}"
     );
-    assert!(mid.resident >= before.resident + 3 * SIZE);
+    // Resident memory counts the huge blocks' pages (compared within one snapshot: an exiting
+    // harness thread's arena may purge between two).
+    assert!(mid.resident >= mid.dirty + mid.metadata + 3 * SIZE);
     assert_eq!(after.huge_allocated, before.huge_allocated);
     assert!(after.allocated.abs_diff(before.allocated) <= 512 << 10);
 }

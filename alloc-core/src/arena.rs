@@ -407,6 +407,7 @@ impl Arena {
         let decay = config::decay_ms();
         let last = self.last_sweep.load(Ordering::Relaxed);
         let sweep_due = decay >= 0 && now >= last.saturating_add(decay as u64);
+        let mut idle_sweep = false;
         if all
             || (sweep_due
                 && self
@@ -415,12 +416,16 @@ impl Arena {
                     .is_ok())
         {
             self.release_empty_slabs(now);
+            // An arena no thread uses any more (its threads exited; remote frees have emptied
+            // its slabs since) will not reuse its pages soon: at a sweep they all go back now
+            // rather than one decay period later.
+            idle_sweep = decay >= 0 && self.threads.load(Ordering::Relaxed) == 0;
         }
-        if !all && now < self.purge_hint.load(Ordering::Relaxed) {
+        if !all && !idle_sweep && now < self.purge_hint.load(Ordering::Relaxed) {
             return;
         }
         let mut p = self.pages.lock();
-        if all {
+        if all || idle_sweep {
             p.heap.purge_all();
         } else {
             p.heap.purge_expired(now, decay);
@@ -432,6 +437,7 @@ impl Arena {
         self.purge_hint.store(next, Ordering::Relaxed);
     }
 
+    /// Frees the bins' current slabs that are empty, as freed at `now` (for decay).
     fn release_empty_slabs(&self, now: u64) {
         for (bin, info) in self.bins.iter().zip(&CLASSES) {
             let mut bin = bin.0.lock();
@@ -505,8 +511,24 @@ pub fn assign_thread() -> &'static Arena {
 }
 
 /// Counts a thread out of its arena.
+/// Dirty pages an arena keeps when its last thread exits; above this, all of them are purged.
+/// A pool of short-lived threads with small heaps then never pays for purges and refaults, while
+/// a thread that leaves megabytes behind gives them back at once.
+const IDLE_DIRTY_KEEP_PAGES: usize = 512;
+
+/// Counts a thread out of arena `a` (it exited). The last thread out also releases the bins'
+/// empty current slabs, which nobody will reuse soon, and purges the arena's dirty pages if
+/// there are many (see [`IDLE_DIRTY_KEEP_PAGES`]).
 pub fn release_thread(a: &Arena) {
-    a.threads.fetch_sub(1, Ordering::Relaxed);
+    if a.threads.fetch_sub(1, Ordering::Relaxed) == 1 {
+        let now = os::now_ms();
+        a.release_empty_slabs(now);
+        let mut p = a.pages.lock();
+        if config::decay_ms() >= 0 && p.heap.counts.dirty > IDLE_DIRTY_KEEP_PAGES {
+            p.heap.purge_all();
+            a.purge_hint.store(u64::MAX, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Purges what is due in every arena, whoever uses it: the arenas of threads that exited are

@@ -13,6 +13,7 @@ pub mod alloc;
 pub mod arena;
 pub mod backtrace;
 pub mod config;
+pub mod fmath;
 pub mod fork;
 pub mod global;
 pub mod huge;

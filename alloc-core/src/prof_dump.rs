@@ -130,7 +130,7 @@ fn per_sample(x: f64, r: f64) -> f64 {
     if x <= 0.0 {
         return r;
     }
-    x / -(-x / r).exp_m1()
+    x / -crate::fmath::exp_m1(-x / r)
 }
 
 /// The row `(objects, bytes)` for `samples` samples whose estimate is `estimate` bytes, such
