@@ -260,3 +260,42 @@ fn stats_print_at_exit() {
     assert!(quiet.status.success());
     assert!(!String::from_utf8_lossy(&quiet.stderr).contains("sampalloc statistics"));
 }
+
+/// Thread caches grow only for threads that allocate from a class too: a thread that only frees
+/// blocks other threads allocated (a consumer) keeps its initial stack and passes the rest on,
+/// while one that allocates and frees in batches grows its stack to hold a batch.
+#[test]
+fn only_allocating_threads_grow_their_caches() {
+    let _serial = serial();
+    const SIZE: usize = 1536; // a class little used elsewhere: initial stack 21 blocks, 170 at most
+    const N: usize = 2000;
+    let cached = |s: &Snapshot| s.classes[class(s, SIZE)].cached;
+    let blocks: Vec<usize> = (0..N).map(|_| alloc(SIZE) as usize).collect();
+    let consumer = std::thread::spawn(move || {
+        let before = snapshot();
+        for &p in &blocks {
+            free(p as *mut u8, SIZE);
+        }
+        cached(&snapshot()) as i64 - cached(&before) as i64
+    });
+    let consumer_growth = consumer.join().unwrap();
+    assert!(
+        consumer_growth <= 64,
+        "a thread that only frees holds {consumer_growth} more cached blocks of {SIZE} B"
+    );
+    let batcher = std::thread::spawn(move || {
+        let before = snapshot();
+        for _ in 0..20 {
+            let batch: Vec<*mut u8> = (0..150).map(|_| alloc(SIZE)).collect();
+            for p in batch {
+                free(p, SIZE);
+            }
+        }
+        cached(&snapshot()) as i64 - cached(&before) as i64
+    });
+    let batcher_growth = batcher.join().unwrap();
+    assert!(
+        batcher_growth >= 100,
+        "a thread freeing batches of 150 blocks of {SIZE} B caches only {batcher_growth} more"
+    );
+}

@@ -189,7 +189,7 @@ pub unsafe fn flush_all(tc: *mut ThreadCache) {
 }
 
 /// The stack of `class` is full and a block is being freed: grow the stack if the budget
-/// allows, else flush half of it.
+/// allows and the thread allocates from this class too, else flush half of it.
 ///
 /// # Safety
 /// Only the cache's owner may call this.
@@ -204,7 +204,10 @@ pub unsafe fn on_full(tc: *mut ThreadCache, class: usize) {
         let cap = t.bins[class].capacity as usize;
         let grown = (2 * cap).min(info.cache_capacity_max as usize);
         let cost = (grown - cap) * info.size as usize;
-        if grown > cap && cost <= t.growth_budget {
+        // Only a thread that also allocates from this class gains from a bigger stack; one that
+        // only frees (a consumer of blocks other threads allocate) would just hold more memory.
+        let allocates = t.bins[class].requests.load(Ordering::Relaxed) >= cap as u64;
+        if grown > cap && cost <= t.growth_budget && allocates {
             t.growth_budget -= cost;
             t.bins[class].capacity = grown as u32;
         } else {
