@@ -114,14 +114,8 @@ pub fn mark_segment(addr: usize) -> bool {
             }
         }
     }
-    // SAFETY: in range (a 48-bit address); the byte is this segment's alone.
-    unsafe {
-        map.add(addr >> SEGMENT_SHIFT)
-            .cast::<AtomicU8>()
-            .as_ref()
-            .unwrap_unchecked()
-    }
-    .store(1, Ordering::Release);
+    // SAFETY: `map` is the published map.
+    unsafe { set_map_byte(map, addr, 1) };
     true
 }
 
@@ -129,15 +123,18 @@ pub fn mark_segment(addr: usize) -> bool {
 pub fn unmark_segment(addr: usize) {
     let map = SEGMENT_MAP.load(Ordering::Acquire);
     if !map.is_null() {
-        // SAFETY: as in `mark_segment`.
-        unsafe {
-            map.add(addr >> SEGMENT_SHIFT)
-                .cast::<AtomicU8>()
-                .as_ref()
-                .unwrap_unchecked()
-        }
-        .store(0, Ordering::Release);
+        // SAFETY: `map` is the published map.
+        unsafe { set_map_byte(map, addr, 0) };
     }
+}
+
+/// Sets the segment-map byte of the segment at `addr`.
+///
+/// # Safety
+/// `map` must be the segment map and `addr` a segment's address (below 2^48), owned by the caller.
+unsafe fn set_map_byte(map: *mut u8, addr: usize, value: u8) {
+    // SAFETY: in range (a 48-bit address); the byte is this segment's alone.
+    unsafe { (*map.add(addr >> SEGMENT_SHIFT).cast::<AtomicU8>()).store(value, Ordering::Release) }
 }
 
 /// Registers `header` for the chunk holding `addr`. False if metadata memory ran out.
@@ -191,5 +188,19 @@ mod tests {
         assert!(lookup(a).is_null());
         assert!(lookup(usize::MAX).is_null());
         assert!(lookup(0).is_null());
+    }
+
+    #[test]
+    fn segment_map_marks_and_unmarks() {
+        // A chunk in an otherwise unused part of the space (not the one of the test above).
+        let a = 0x5b5b_0000_0000usize;
+        assert!(!is_segment(a));
+        assert!(mark_segment(a));
+        assert!(is_segment(a) && is_segment(a + (1 << SEGMENT_SHIFT) - 1));
+        assert!(!is_segment(a + (1 << SEGMENT_SHIFT)) && !is_segment(a - 1));
+        unmark_segment(a);
+        assert!(!is_segment(a));
+        // Never a segment, never a fault: beyond 48 bits, and address 0.
+        assert!(!is_segment(usize::MAX) && !is_segment(1 << 48) && !is_segment(0));
     }
 }
