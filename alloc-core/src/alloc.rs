@@ -97,12 +97,13 @@ pub fn malloc_fast(size: usize) -> *mut u8 {
                 let left = tc.bytes_until_event - size as i64;
                 // `class_of` of a small size is a small class: in bounds of the bins.
                 let bin = tc.bins.get_unchecked(class);
-                let n = bin.count.load(Relaxed);
-                if left >= 0 && n != 0 {
+                let top = bin.top.load(Relaxed);
+                if left >= 0 && top != bin.base {
                     tc.bytes_until_event = left;
-                    bin.count.store(n - 1, Relaxed);
+                    let top = top.sub(1);
+                    bin.top.store(top, Relaxed);
                     bin.requests.store(bin.requests.load(Relaxed) + 1, Relaxed);
-                    let p = *bin.slots.add(n as usize - 1);
+                    let p = *top;
                     // Clear the free key so that freeing an untouched block stays fast.
                     p.cast::<u64>().write(0);
                     return p;
@@ -264,22 +265,22 @@ unsafe fn alloc_class(tc: *mut ThreadCache, class: usize, zero: bool, size: usiz
             return arena.alloc_large(class, 1, zero);
         }
         let bin = &(*tc).bins[class];
-        let mut n = bin.count.load(Relaxed) as usize;
+        let mut n = bin.count();
         bin.requests.store(bin.requests.load(Relaxed) + 1, Relaxed);
         if n == 0 {
             thread_cache::note_refill(tc, class);
             if !is_small(class) {
                 return arena.alloc_large(class, 1, zero);
             }
-            let want = (bin.capacity as usize / 2).max(1);
-            let slots = core::slice::from_raw_parts_mut(bin.slots, want);
+            let want = (bin.capacity() / 2).max(1);
+            let slots = core::slice::from_raw_parts_mut(bin.base, want);
             n = arena.fill_small(class, slots, false);
             if n == 0 {
                 return ptr::null_mut();
             }
         }
-        bin.count.store(n as u32 - 1, Relaxed);
-        let p = *bin.slots.add(n - 1);
+        bin.set_count(n - 1);
+        let p = *bin.base.add(n - 1);
         if zero {
             ptr::write_bytes(p, 0, size.max(8));
         } else {
@@ -444,10 +445,10 @@ pub unsafe fn free_sized(p: *mut u8, size: usize) {
             // SAFETY: our own cache; `class_of` of a small size is a cached class.
             unsafe {
                 let bin = (*tc).bins.get_unchecked(class_of(size));
-                let n = bin.count.load(Relaxed);
-                if n < bin.capacity {
-                    *bin.slots.add(n as usize) = p;
-                    bin.count.store(n + 1, Relaxed);
+                let top = bin.top.load(Relaxed);
+                if top != bin.end {
+                    *top = p;
+                    bin.top.store(top.add(1), Relaxed);
                     return;
                 }
             }
@@ -492,11 +493,11 @@ pub unsafe fn free_as(p: *mut u8, op: Op) {
                 // SAFETY: our own cache; `p` starts a live-or-cached block of cached `class`.
                 unsafe {
                     let bin = (*tc).bins.get_unchecked(class);
-                    let n = bin.count.load(Relaxed);
+                    let top = bin.top.load(Relaxed);
                     let key = (*tc).free_key;
-                    if n != bin.capacity && p.cast::<u64>().read() != key {
-                        *bin.slots.add(n as usize) = p;
-                        bin.count.store(n + 1, Relaxed);
+                    if top != bin.end && p.cast::<u64>().read() != key {
+                        *top = p;
+                        bin.top.store(top.add(1), Relaxed);
                         p.cast::<u64>().write(key);
                         return;
                     }
@@ -539,14 +540,18 @@ unsafe fn free_block(p: *mut u8, d: *mut SpanDesc, class: usize) {
             if p.cast::<u64>().read() == key {
                 thread_cache::check_double_free(tc, class, d, p);
             }
-            let bin = (*tc).bins.get_unchecked(class);
-            let mut n = bin.count.load(Relaxed);
-            if n == bin.capacity {
+            let full = {
+                let bin = (*tc).bins.get_unchecked(class);
+                bin.top.load(Relaxed) == bin.end
+            };
+            if full {
                 thread_cache::on_full(tc, class);
-                n = bin.count.load(Relaxed);
             }
-            *bin.slots.add(n as usize) = p;
-            bin.count.store(n + 1, Relaxed);
+            // Read again: `on_full` grew or flushed the stack.
+            let bin = (*tc).bins.get_unchecked(class);
+            let top = bin.top.load(Relaxed);
+            *top = p;
+            bin.top.store(top.add(1), Relaxed);
             p.cast::<u64>().write(key);
         }
         return;

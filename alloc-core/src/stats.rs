@@ -113,7 +113,7 @@ pub fn snapshot() -> Snapshot {
     thread_cache::for_each_live(|tc| {
         s.threads += 1;
         for c in 0..NUM_CACHED {
-            s.classes[c].cached += tc.bins[c].count.load(Relaxed) as usize;
+            s.classes[c].cached += tc.bins[c].count();
             s.classes[c].requests += tc.bins[c].requests.load(Relaxed);
         }
     });

@@ -27,20 +27,50 @@ use crate::sampler::Schedule;
 use crate::segment::{kind, Segment, SpanDesc};
 use crate::size_class::{is_small, CACHED_LARGE_MIN, CLASSES, NUM_CACHED, TOTAL_CACHE_SLOTS};
 use core::ptr;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
-/// One class's stack. Counters are atomics only so that statistics may read them from other
-/// threads; the owner uses plain loads and stores.
+/// One class's stack: the blocks are `base..top`, oldest first, and `end` is `base` plus the
+/// capacity. Pointers rather than counts keep `malloc` and `free` to one load, one compare and
+/// one store on the stack. `top` and `requests` are atomics only so that statistics may read
+/// them from other threads; the owner uses plain loads and stores.
 #[repr(C)]
 pub struct CacheBin {
-    /// Blocks on the stack.
-    pub count: AtomicU32,
-    /// Capacity of the stack now.
-    pub capacity: u32,
-    /// Bottom of the stack (oldest block first).
-    pub slots: *mut *mut u8,
+    /// The next free slot.
+    pub top: AtomicPtr<*mut u8>,
+    /// Bottom of the stack.
+    pub base: *mut *mut u8,
+    /// One past the last slot the stack may use now.
+    pub end: *mut *mut u8,
     /// Allocation requests served through this bin.
     pub requests: AtomicU64,
+}
+
+impl CacheBin {
+    /// Blocks on the stack.
+    #[inline]
+    pub fn count(&self) -> usize {
+        // SAFETY: `top` stays within `base..=end`, one allocation.
+        unsafe { self.top.load(Ordering::Relaxed).offset_from(self.base) as usize }
+    }
+
+    /// Sets the number of blocks on the stack (the slots below it must hold them).
+    #[inline]
+    pub fn set_count(&self, n: usize) {
+        self.top.store(self.base.wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// The stack's capacity now.
+    #[inline]
+    pub fn capacity(&self) -> usize {
+        // SAFETY: `end` is within the bin's slot range, like `top`.
+        unsafe { self.end.offset_from(self.base) as usize }
+    }
+
+    /// Sets the capacity (at most the class's largest, and not below the count).
+    #[inline]
+    pub fn set_capacity(&mut self, n: usize) {
+        self.end = self.base.wrapping_add(n);
+    }
 }
 
 /// A thread's cache. See the module docs.
@@ -126,10 +156,11 @@ pub fn acquire(arena: &'static Arena, free_key: u64) -> *mut ThreadCache {
         let slots = ptr::addr_of_mut!((*tc).slots).cast::<*mut u8>();
         let mut offset = 0;
         for (class, info) in CLASSES.iter().enumerate().take(NUM_CACHED) {
+            let base = slots.add(offset);
             ptr::addr_of_mut!((*tc).bins[class]).write(CacheBin {
-                count: AtomicU32::new(0),
-                capacity: info.cache_capacity as u32,
-                slots: slots.add(offset),
+                top: AtomicPtr::new(base),
+                base,
+                end: base.add(info.cache_capacity as usize),
                 requests: AtomicU64::new(0),
             });
             offset += info.cache_capacity_max as usize;
@@ -182,7 +213,7 @@ pub unsafe fn flush_all(tc: *mut ThreadCache) {
     for class in 0..NUM_CACHED {
         // SAFETY: as documented.
         unsafe {
-            let n = (*tc).bins[class].count.load(Ordering::Relaxed) as usize;
+            let n = (*tc).bins[class].count();
             flush(tc, class, n);
         }
     }
@@ -201,7 +232,7 @@ pub unsafe fn on_full(tc: *mut ThreadCache, class: usize) {
         let t = &mut *tc;
         t.activity[class] = t.activity[class].saturating_add(1);
         let info = &CLASSES[class];
-        let cap = t.bins[class].capacity as usize;
+        let cap = t.bins[class].capacity();
         let grown = (2 * cap).min(info.cache_capacity_max as usize);
         let cost = (grown - cap) * info.size as usize;
         // Only a thread that also allocates from this class gains from a bigger stack; one that
@@ -209,7 +240,7 @@ pub unsafe fn on_full(tc: *mut ThreadCache, class: usize) {
         let allocates = t.bins[class].requests.load(Ordering::Relaxed) >= cap as u64;
         if grown > cap && cost <= t.growth_budget && allocates {
             t.growth_budget -= cost;
-            t.bins[class].capacity = grown as u32;
+            t.bins[class].set_capacity(grown);
         } else {
             flush(tc, class, (cap / 2).max(1));
         }
@@ -236,20 +267,20 @@ pub unsafe fn gc(tc: *mut ThreadCache) {
         // SAFETY: the owner has exclusive use of its cache.
         unsafe {
             let t = &mut *tc;
-            let cap = t.bins[class].capacity as usize;
+            let cap = t.bins[class].capacity();
             let initial = info.cache_capacity as usize;
             if t.activity[class] == 0 && info.size as usize > CACHED_LARGE_MIN {
                 // Idle large blocks go back to the page heap, where others can use them.
-                let count = t.bins[class].count.load(Ordering::Relaxed) as usize;
+                let count = t.bins[class].count();
                 flush(tc, class, count);
             } else if t.activity[class] == 0 && cap > initial {
                 let shrunk = (cap / 2).max(initial);
-                let count = t.bins[class].count.load(Ordering::Relaxed) as usize;
+                let count = t.bins[class].count();
                 if count > shrunk {
                     flush(tc, class, count - shrunk);
                 }
                 let t = &mut *tc;
-                t.bins[class].capacity = shrunk as u32;
+                t.bins[class].set_capacity(shrunk);
                 t.growth_budget += (cap - shrunk) * info.size as usize;
             }
             (*tc).activity[class] = 0;
@@ -275,11 +306,11 @@ pub unsafe fn flush(tc: *mut ThreadCache, class: usize, n: usize) {
         // SAFETY: the owner has exclusive use of its stacks.
         unsafe {
             let bin = &(*tc).bins[class];
-            let count = bin.count.load(Ordering::Relaxed) as usize;
+            let count = bin.count();
             debug_assert!(k <= count);
             let kept = count - k;
-            ptr::copy_nonoverlapping(bin.slots.add(kept), batch.as_mut_ptr(), k);
-            bin.count.store(kept as u32, Ordering::Relaxed);
+            ptr::copy_nonoverlapping(bin.base.add(kept), batch.as_mut_ptr(), k);
+            bin.set_count(kept);
             // The store above must not sink below the locks taken while returning blocks.
             core::sync::atomic::compiler_fence(Ordering::SeqCst);
             return_blocks(class, &mut batch[..k]);
@@ -332,8 +363,7 @@ pub unsafe fn check_double_free(tc: *mut ThreadCache, class: usize, d: *mut Span
     // SAFETY: the owner reads its own stack; the slab check takes the bin lock.
     unsafe {
         let bin = &(*tc).bins[class];
-        let count = bin.count.load(Ordering::Relaxed) as usize;
-        if core::slice::from_raw_parts(bin.slots, count).contains(&p) {
+        if core::slice::from_raw_parts(bin.base, bin.count()).contains(&p) {
             os::fatal_pointer("free(): double free of", p as usize);
         }
         if (*d).kind == kind::SLAB {
