@@ -25,7 +25,6 @@ use crate::segment::{
 use crate::size_class::{
     class_of, is_small, CLASSES, LARGE_MAX, NUM_CACHED, NUM_SMALL, QUANTUM, SMALL_MAX,
 };
-use crate::slab;
 use crate::thread;
 use crate::thread_cache::{self, ThreadCache};
 use core::ptr;
@@ -388,11 +387,11 @@ enum Block {
 fn validate(p: *mut u8, op: Op) -> Block {
     match segment::locate(p as usize) {
         Location::Span(d, start) => {
-            // SAFETY: the registry found a live segment; the descriptor is checked before use.
+            // SAFETY: the segment map found a live segment; the descriptor is checked before use.
             unsafe {
                 let k = (*d).kind;
                 let ok = if k == kind::SLAB {
-                    slab::object_index_at(d, start, p as usize).is_some()
+                    CLASSES[(*d).class as usize].starts_block((p as usize).wrapping_sub(start))
                 } else {
                     k == kind::LARGE && start == p as usize
                 };
@@ -461,10 +460,10 @@ pub unsafe fn free_sized(p: *mut u8, size: usize) {
 /// [`free`], naming `op` in the message if `p` is not a live block (e.g. `realloc(p, 0)`).
 ///
 /// The fast path serves the common case, a block of a cached class in a segment, from the page's
-/// fast-path code: the registry says the chunk is a segment, the code gives the class, the page's
-/// span start and the class's constants check that `p` starts a block, and the block goes on the
-/// thread cache. The segment's address comes from `p` itself, so the loads of the code and of
-/// the registry run side by side. Everything else (null, huge and sampled blocks, uncached
+/// fast-path code: the segment map says the chunk is a segment, the code gives the class, the
+/// page's span start and the class's constants check that `p` starts a block, and the block goes
+/// on the thread cache. The segment's address comes from `p` itself, so the loads of the code
+/// and of the segment map run side by side. Everything else (null, huge and sampled blocks, uncached
 /// classes, invalid pointers, a full stack, a suspected double free, a thread without a cache)
 /// takes the checked path, always as a tail call so the fast path saves no registers.
 ///
@@ -489,7 +488,7 @@ pub unsafe fn free_as(p: *mut u8, op: Op) {
                 )
             };
             let tc = thread::cache();
-            if info.starts_block(addr - start) && !tc.is_null() {
+            if info.starts_block(addr.wrapping_sub(start)) && !tc.is_null() {
                 // SAFETY: our own cache; `p` starts a live-or-cached block of cached `class`.
                 unsafe {
                     let bin = (*tc).bins.get_unchecked(class);

@@ -510,7 +510,6 @@ pub fn assign_thread() -> &'static Arena {
     &ARENAS[best]
 }
 
-/// Counts a thread out of its arena.
 /// Dirty pages an arena keeps when its last thread exits; above this, all of them are purged.
 /// A pool of short-lived threads with small heaps then never pays for purges and refaults, while
 /// a thread that leaves megabytes behind gives them back at once.

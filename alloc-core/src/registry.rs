@@ -1,19 +1,21 @@
 //! The registry answers "is this address ours, and whose metadata describes it?" in O(1).
 //!
-//! The address space is cut into 4 MiB chunks (the segment size). A two-level radix table maps
-//! each chunk to the header that owns it: a segment's own header, or a huge block's header for
-//! the chunk holding the block's start. Leaves are mapped on first use and never freed, so a
-//! lookup is two dependent loads and never faults, even for a wild pointer.
+//! The address space is cut into 4 MiB chunks (the segment size). Two tables cover it:
+//!
+//! - the segment map, one byte per chunk in a flat array indexed by `addr >> 22`: is the chunk a
+//!   segment? (A segment is a whole aligned chunk, so its header is `addr & !(4 MiB - 1)`.) It
+//!   takes 64 MiB of address space, reserved at the first segment, of which only the pages
+//!   covering our chunks are ever touched; `free`'s fast path reads it with one load whose
+//!   address depends on nothing but `addr`.
+//! - a two-level radix table mapping the chunk that holds a huge block's start to the block's
+//!   header. Leaves are mapped on first use and never freed.
+//!
+//! Neither lookup faults, even for a wild pointer.
 //!
 //! ```text
 //!  address bits  47 ........ 35 34 ........ 22 21 ........ 0
 //!                 root index     leaf index     offset in chunk
 //! ```
-//!
-//! Beside it, the segment map answers only "is this chunk a segment?" for `free`'s fast path:
-//! one byte per chunk in a flat array indexed by `addr >> 22` (64 MiB of address space, reserved
-//! at the first segment, of which only the pages covering our chunks are ever touched). One load
-//! whose address depends on nothing but `addr`.
 
 use crate::meta;
 use crate::segment::SEGMENT_SHIFT;
@@ -29,11 +31,6 @@ const ROOT_LEN: usize = 1 << ROOT_BITS;
 
 type Leaf = [AtomicPtr<u8>; LEAF_LEN];
 
-/// Set in an entry's low bit when the chunk is a segment rather than the start of a huge block.
-/// Segment headers are 4 MiB aligned and huge headers page aligned, so the bit is free; with it,
-/// `free` tells the two apart with one test and without reading the header (another cache line).
-pub const TAG_SEGMENT: usize = 1;
-
 static ROOT: [AtomicPtr<Leaf>; ROOT_LEN] = [const { AtomicPtr::new(ptr::null_mut()) }; ROOT_LEN];
 
 #[inline(always)]
@@ -45,8 +42,7 @@ fn split(addr: usize) -> Option<(usize, usize)> {
     Some((chunk >> LEAF_BITS, chunk & (LEAF_LEN - 1)))
 }
 
-/// The entry registered for the chunk holding `addr` (a header, tagged with [`TAG_SEGMENT`] for
-/// segments), or null if the chunk is not ours.
+/// The huge block header registered for the chunk holding `addr`, or null.
 #[inline(always)]
 pub fn lookup(addr: usize) -> *mut u8 {
     let Some((r, l)) = split(addr) else {

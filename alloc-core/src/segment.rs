@@ -151,14 +151,8 @@ impl Segment {
             (*seg).header_kind = HEADER_SEGMENT;
             (*seg).arena = arena;
         }
-        if !registry::insert(base as usize, base.wrapping_add(registry::TAG_SEGMENT)) {
-            // SAFETY: we just mapped it and nobody else knows of it.
-            unsafe { os::unmap(base, SEGMENT_SIZE) };
-            return ptr::null_mut();
-        }
         if !registry::mark_segment(base as usize) {
-            registry::remove(base as usize);
-            // SAFETY: as above: no block of it was handed out.
+            // SAFETY: we just mapped it and nobody else knows of it.
             unsafe { os::unmap(base, SEGMENT_SIZE) };
             return ptr::null_mut();
         }
@@ -175,7 +169,6 @@ impl Segment {
     /// No block in the segment may be in use or on any list.
     pub unsafe fn destroy(seg: *mut Segment) {
         registry::unmark_segment(seg as usize);
-        registry::remove(seg as usize);
         SEGMENTS_MAPPED.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
         // SAFETY: the caller gives the whole segment up.
         unsafe { os::unmap(seg.cast(), SEGMENT_SIZE) };
@@ -310,14 +303,15 @@ pub enum Location {
 /// Finds the metadata for `p` in O(1) through the registry.
 #[inline(always)]
 pub fn locate(p: usize) -> Location {
-    let entry = registry::lookup(p) as usize;
-    if entry == 0 {
-        return Location::Foreign;
+    if !registry::is_segment(p) {
+        let header = registry::lookup(p);
+        return if header.is_null() {
+            Location::Foreign
+        } else {
+            Location::Huge(header)
+        };
     }
-    if entry & registry::TAG_SEGMENT == 0 {
-        return Location::Huge(entry as *mut u8);
-    }
-    let seg = (entry & !registry::TAG_SEGMENT) as *mut Segment;
+    let seg = Segment::of(p);
     let page = (p - seg as usize) >> PAGE_SHIFT;
     if page < HEADER_PAGES {
         return Location::Foreign;

@@ -77,21 +77,11 @@ pub unsafe fn take(d: *mut SpanDesc, out: &mut [*mut u8]) -> usize {
 /// `d` must be a slab descriptor covering the page of `p`.
 #[inline(always)]
 pub unsafe fn object_index(d: *const SpanDesc, p: usize) -> Option<usize> {
-    // SAFETY: as documented.
-    unsafe { object_index_at(d, span_start(d) as usize, p) }
-}
-
-/// [`object_index`] when the slab's first byte `start` is already known.
-///
-/// # Safety
-/// `d` must be a slab descriptor starting at `start`.
-#[inline(always)]
-pub unsafe fn object_index_at(d: *const SpanDesc, start: usize, p: usize) -> Option<usize> {
     // SAFETY: `d` is a live slab descriptor; a slab's class (always < NUM_CLASSES) and kind do
     // not change while it is a slab.
     unsafe {
         let info = CLASSES.get_unchecked((*d).class as usize);
-        let off = p.wrapping_sub(start) as u64;
+        let off = p.wrapping_sub(span_start(d) as usize) as u64;
         let index = (off * info.div_magic as u64) >> 32;
         if index * info.size as u64 == off && index < info.objects as u64 {
             Some(index as usize)
