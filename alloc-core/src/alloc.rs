@@ -387,11 +387,14 @@ enum Block {
 fn validate(p: *mut u8, op: Op) -> Block {
     match segment::locate(p as usize) {
         Location::Span(d, start) => {
-            // SAFETY: the segment map found a live segment; the descriptor is checked before use.
+            // SAFETY: the segment map found a live segment; the descriptor is checked before use,
+            // and a slab's class is always below NUM_CLASSES.
             unsafe {
                 let k = (*d).kind;
                 let ok = if k == kind::SLAB {
-                    CLASSES[(*d).class as usize].starts_block((p as usize).wrapping_sub(start))
+                    CLASSES
+                        .get_unchecked((*d).class as usize)
+                        .starts_block((p as usize).wrapping_sub(start))
                 } else {
                     k == kind::LARGE && start == p as usize
                 };
