@@ -18,39 +18,36 @@ static void check_all(const unsigned char *p, size_t n) {
     if (sum != want || p[n - 1] != pattern(n - 1)) die_corrupt("realloc", p, n);
 }
 
+/* Grows one buffer from 16 B to `limit`: by `step` bytes, or doubling when `step` is 0. Writes
+ * the pattern into every added part, checks the whole at the end and frees it. Returns the
+ * number of reallocs, or -1 if one failed. */
+static long grow(size_t limit, size_t step) {
+    size_t n = 16;
+    long ops = 0;
+    unsigned char *p = xmalloc(n);
+    for (size_t i = 0; i < n; i++) p[i] = pattern(i);
+    while (n < limit) {
+        size_t m = step ? n + step : n * 2;
+        p = realloc(p, m);
+        if (!p) return -1;
+        for (size_t i = n; i < m; i++) p[i] = pattern(i);
+        n = m;
+        ops++;
+    }
+    check_all(p, n);
+    free(p);
+    return ops;
+}
+
 int main(int argc, char **argv) {
     long rounds = arg_long(argc, argv, 1, 12);
     long long ops = 0;
     double t0 = now_seconds();
     for (long round = 0; round < rounds; round++) {
-        /* small steps */
-        size_t n = 16;
-        unsigned char *p = xmalloc(n);
-        for (size_t i = 0; i < n; i++) p[i] = pattern(i);
-        while (n < (1u << 20)) {
-            size_t m = n + 64;
-            p = realloc(p, m);
-            if (!p) { fprintf(stderr, "realloc failed\n"); return 2; }
-            for (size_t i = n; i < m; i++) p[i] = pattern(i);
-            n = m;
-            ops++;
-        }
-        check_all(p, n);
-        free(p);
-        /* doubling, touching every page of the new half */
-        n = 16;
-        p = xmalloc(n);
-        for (size_t i = 0; i < n; i++) p[i] = pattern(i);
-        while (n < (64u << 20)) {
-            size_t m = n * 2;
-            p = realloc(p, m);
-            if (!p) { fprintf(stderr, "realloc failed\n"); return 2; }
-            for (size_t i = n; i < m; i++) p[i] = pattern(i);
-            n = m;
-            ops++;
-        }
-        check_all(p, n);
-        free(p);
+        long small = grow(1u << 20, 64);      /* small steps */
+        long doubling = grow(64u << 20, 0);   /* doubling, touching every page of the new half */
+        if (small < 0 || doubling < 0) { fprintf(stderr, "realloc failed\n"); return 2; }
+        ops += small + doubling;
     }
     double t1 = now_seconds();
     print_result("realloc", 1, ops, t1 - t0, rss_kb(), "ops_per_sec=%.0f", ops / (t1 - t0));
