@@ -6,6 +6,9 @@
 //! Accuracy: at a 4 KiB mean interval, 8 MiB per site is about 2000 samples, so one standard
 //! deviation is about 2.2 % and ±10 % is over four.
 
+mod common;
+
+use common::churn;
 use sampalloc::SampAlloc;
 use serde_json::Value;
 use std::alloc::Layout;
@@ -56,22 +59,6 @@ fn grow_slowly() {
     for _ in 0..GROW_STEP / 2048 {
         // SAFETY: as above.
         black_box(unsafe { std::alloc::alloc(layout(2048)) });
-    }
-}
-
-#[inline(never)]
-fn churn(rounds: usize) {
-    let mut held = [std::ptr::null_mut::<u8>(); 64];
-    for i in 0..rounds {
-        for (j, slot) in held.iter_mut().enumerate() {
-            let size = 16 + (i * 7 + j * 131) % 5000;
-            // SAFETY: non-zero layout, freed right below with the same layout.
-            unsafe {
-                *slot = std::alloc::alloc(layout(size));
-                black_box(*slot);
-                std::alloc::dealloc(*slot, layout(size));
-            }
-        }
     }
 }
 
@@ -184,7 +171,7 @@ fn top_names_the_leaking_functions_with_lines_and_accurate_bytes() {
     assert!(stacks.contains("    cli::"), "{stacks}");
     let lines = ok(&["top", "--lines", "--alloc", p(&f.late)]);
     assert!(
-        lines.contains("cli::churn"),
+        lines.contains("common::churn"),
         "churn ranks by allocated bytes:\n{lines}"
     );
 }

@@ -5,9 +5,11 @@
 //! Sampling noise per site is about 1/sqrt(samples): with a 4 KiB mean interval and 8 MiB per
 //! site (about 2000 samples) one standard deviation is about 2.2 %, so ±10 % is over four.
 
+mod common;
+
+use common::churn;
 use sampalloc::SampAlloc;
 use std::alloc::Layout;
-use std::hint::black_box;
 
 #[global_allocator]
 static GLOBAL: SampAlloc = SampAlloc;
@@ -40,22 +42,6 @@ fn leak_large(out: &mut Vec<(*mut u8, usize)>) {
     for _ in 0..SITE_BYTES / 100_000 {
         // SAFETY: as above.
         out.push((unsafe { std::alloc::alloc(layout(100_000)) }, 100_000));
-    }
-}
-
-#[inline(never)]
-fn churn(rounds: usize) {
-    let mut held = [std::ptr::null_mut::<u8>(); 64];
-    for i in 0..rounds {
-        for (j, slot) in held.iter_mut().enumerate() {
-            let size = 16 + (i * 7 + j * 131) % 5000;
-            // SAFETY: non-zero layout, freed right below with the same layout.
-            unsafe {
-                *slot = std::alloc::alloc(layout(size));
-                black_box(*slot);
-                std::alloc::dealloc(*slot, layout(size));
-            }
-        }
     }
 }
 

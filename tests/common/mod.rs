@@ -409,3 +409,23 @@ where
     c.args(args);
     c
 }
+
+/// Allocates and frees blocks of mixed sizes (16 B to 5 KB, 64 at a time), `rounds` times: heavy
+/// allocation that leaves nothing live, for profiles to tell from the leaks beside it. Not
+/// inlined, so its samples name it (`common::churn`).
+#[inline(never)]
+pub fn churn(rounds: usize) {
+    let layout = |size: usize| std::alloc::Layout::from_size_align(size, 8).unwrap();
+    let mut held = [std::ptr::null_mut::<u8>(); 64];
+    for i in 0..rounds {
+        for (j, slot) in held.iter_mut().enumerate() {
+            let size = 16 + (i * 7 + j * 131) % 5000;
+            // SAFETY: non-zero layout, freed right below with the same layout.
+            unsafe {
+                *slot = std::alloc::alloc(layout(size));
+                std::hint::black_box(*slot);
+                std::alloc::dealloc(*slot, layout(size));
+            }
+        }
+    }
+}
