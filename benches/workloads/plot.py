@@ -18,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(os.path.dirname(HERE), "results")
 COLORS = {
     "glibc": "#888888", "jemalloc": "#4e79a7", "mimalloc": "#59a14f", "tcmalloc": "#f28e2b",
-    "sampalloc": "#e15759", "sampalloc-prof": "#b07aa1",
+    "sampalloc": "#e15759", "sampalloc-prof": "#b07aa1", "jemalloc-prof": "#76b7b2",
 }
 
 

@@ -15,13 +15,15 @@ What it does:
    multiarch directory); when one is missing it installs the Debian packages if run as root with
    apt-get, and otherwise says what to install and leaves that allocator out;
 3. runs each workload under each configuration — glibc (no preload), jemalloc, mimalloc, tcmalloc,
-   sampalloc (`SAMPALLOC_CONF=prof:false`) and sampalloc-prof (`prof:true`, default sample
-   interval) — interleaved: for each workload, repetition 1 runs A B C D E F, repetition 2 the same
+   sampalloc (`SAMPALLOC_CONF=prof:false`), sampalloc-prof (`prof:true`, default sample
+   interval) and jemalloc-prof (`MALLOC_CONF=prof:true`: jemalloc's own profiler at the same
+   512 KiB mean interval, the yardstick for the cost of profiling) — interleaved: for each workload, repetition 1 runs A B C D E F, repetition 2 the same
    list rotated by one, and so on, so slow phases of a shared machine hit every allocator alike;
 4. writes benches/results/workloads.csv (one row per run), benches/results/workloads-summary.csv
    and benches/results/workloads-summary.md (medians; ratios to glibc: speed as glibc_time/x_time,
    bigger is better; memory as x/glibc, smaller is better; the issue's targets marked met/missed;
-   the cost of profiling as sampalloc-prof time / sampalloc time), and prints the summary;
+   the cost of profiling as sampalloc-prof time / sampalloc time, and jemalloc-prof / jemalloc
+   beside it), and prints the summary;
 5. with --real, the same for real programs: redis-server on 127.0.0.1 (a free port, no
    persistence) driven by redis-benchmark, a python3 JSON/dict workload, and gcc -O2 on a
    generated C file; and checks with `SAMPALLOC_CONF=stats_print:true` that sampalloc really
@@ -180,12 +182,15 @@ def find_allocators(so, wanted):
     for name in wanted:
         if name == "glibc":
             allocs.append((name, None, {}))
-        elif name in LIBS:
-            path = find_lib(LIBS[name][0])
+        elif name in LIBS or name == "jemalloc-prof":
+            lib = LIBS[name.removesuffix("-prof")][0]
+            path = find_lib(lib)
+            # jemalloc's profiler at its default interval (lg_prof_sample:19, as ours), no dumps.
+            env = {"MALLOC_CONF": "prof:true"} if name == "jemalloc-prof" else {}
             if path:
-                allocs.append((name, path, {}))
+                allocs.append((name, path, env))
             else:
-                log(f"== {name}: {LIBS[name][0]} not found, left out (apt-get install {LIBS[name][1]})")
+                log(f"== {name}: {lib} not found, left out")
         elif name == "sampalloc":
             allocs.append((name, so, {"SAMPALLOC_CONF": "prof:false"}))
         elif name == "sampalloc-prof":
@@ -499,10 +504,11 @@ def summarize(rows, allocs, workloads):
     return summary
 
 
-def prof_costs(rows, workloads):
-    """Per workload: median over repetitions of (sampalloc-prof time / sampalloc time), each pair
+def prof_costs(rows, workloads, base="sampalloc"):
+    """Per workload: median over repetitions of (`base`-prof time / `base` time), each pair
     taken from the same repetition (adjacent runs); for the workload's timer and for CPU time."""
     out = {}
+    prof = base + "-prof"
     for wl in workloads:
         if wl in ("rss1g",):
             continue
@@ -510,10 +516,9 @@ def prof_costs(rows, workloads):
         for metric in SPEED_METRICS:
             by_rep = {}
             for r in rows:
-                if r["workload"] == wl and r.get("status") == "ok" and r["allocator"] in ("sampalloc", "sampalloc-prof"):
+                if r["workload"] == wl and r.get("status") == "ok" and r["allocator"] in (base, prof):
                     by_rep.setdefault(r["rep"], {})[r["allocator"]] = fnum(r.get(metric))
-            pairs = [v["sampalloc-prof"] / v["sampalloc"] for v in by_rep.values()
-                     if v.get("sampalloc") and v.get("sampalloc-prof")]
+            pairs = [v[prof] / v[base] for v in by_rep.values() if v.get(base) and v.get(prof)]
             res.append(statistics.median(pairs) if pairs else None)
         if res[0] is not None:
             out[wl] = tuple(res)
@@ -528,7 +533,7 @@ def fmt(v, digits=3):
     return f"{v:.{digits}g}" if abs(v) < 100 else f"{v:.0f}"
 
 
-def render(summary, allocs, workloads, profc, targets_for, notes):
+def render(summary, allocs, workloads, profc, je_profc, targets_for, notes):
     names = [a[0] for a in allocs]
     lines = []
     lines.append("Medians over repetitions; `ratio` is to glibc: speed (seconds rows) as "
@@ -560,17 +565,21 @@ def render(summary, allocs, workloads, profc, targets_for, notes):
     lines.append("")
     if profc:
         lines.append("Cost of profiling (`prof:true`, default sample interval, vs `prof:false`): "
-                     "median over repetitions of the paired time ratio sampalloc-prof / sampalloc.\n")
-        lines.append("| workload | prof:true / prof:false (timer) | (CPU time) |")
-        lines.append("|---|---|---|")
+                     "median over repetitions of the paired time ratio sampalloc-prof / sampalloc; "
+                     "jemalloc's own profiler (jemalloc-prof / jemalloc, same interval) beside it.\n")
+        lines.append("| workload | sampalloc (timer) | (CPU time) | jemalloc (timer) | (CPU time) |")
+        lines.append("|---|---|---|---|---|")
 
         def pc(c):
             return "–" if c is None else f"{c:.3f} ({100 * (c - 1):+.1f} %)"
         for wl, (c, cc) in profc.items():
-            lines.append(f"| {wl} | {pc(c)} | {pc(cc)} |")
+            jc, jcc = je_profc.get(wl, (None, None))
+            lines.append(f"| {wl} | {pc(c)} | {pc(cc)} | {pc(jc)} | {pc(jcc)} |")
         g = geomean([c for c, _ in profc.values()])
         gc = geomean([cc for _, cc in profc.values() if cc])
-        lines.append(f"| geometric mean | {pc(g)} | {pc(gc)} |")
+        jg = geomean([c for c, _ in je_profc.values()])
+        jgc = geomean([cc for _, cc in je_profc.values() if cc])
+        lines.append(f"| geometric mean | {pc(g)} | {pc(gc)} | {pc(jg)} | {pc(jgc)} |")
         lines.append("")
     if targets_for:
         lines.append("Targets (sampalloc):\n")
@@ -636,7 +645,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5, help="repetitions per configuration (default 5)")
     ap.add_argument("--only", default="", help="comma-separated workloads (default: all)")
-    ap.add_argument("--allocators", default="glibc,jemalloc,mimalloc,tcmalloc,sampalloc,sampalloc-prof")
+    ap.add_argument("--allocators",
+                    default="glibc,jemalloc,mimalloc,tcmalloc,sampalloc,sampalloc-prof,jemalloc-prof")
     ap.add_argument("--real", action="store_true", help="also run redis, python3 and gcc")
     ap.add_argument("--real-only", action="store_true", help="run only the real programs")
     ap.add_argument("--no-cargo", action="store_true", help="use the existing target/release/libsampalloc.so")
@@ -705,7 +715,8 @@ def main():
     notes.insert(0, machine_note(args.reps) + f" Suite time {time.monotonic() - t_start:.0f} s.")
     cmd = "benches/workloads/run.sh " + " ".join(sys.argv[1:])
     notes.insert(1, f"Command: `{cmd.strip()}`")
-    text = render(summary, allocs, all_wl, profc, targets, notes)
+    je_profc = prof_costs(rows, all_wl, "jemalloc") if "jemalloc-prof" in names and "jemalloc" in names else {}
+    text = render(summary, allocs, all_wl, profc, je_profc, targets, notes)
     with open(os.path.join(RESULTS, f"{args.tag}-summary.md"), "w") as f:
         f.write(text + "\n")
     log("\n" + text)
