@@ -156,7 +156,7 @@ fn misuse_aborts_with_one_line() {
         &dir,
         &["misuse.c"],
         "misuse",
-        &["-O0", "-fno-builtin"],
+        &["-O0", "-fno-builtin", "-pthread"],
     );
     let cases = [
         ("free-stack", "free", "invalid pointer"),
@@ -171,6 +171,9 @@ fn misuse_aborts_with_one_line() {
         ("double-free-later", "free", "double free of"),
         ("double-free-large", "free", "double free of"),
         ("double-free-huge", "free", "double free of"),
+        // Freed by a thread of another arena: caught in its remote buffer, then in its slab.
+        ("double-free-remote", "free", "double free of"),
+        ("double-free-remote-later", "free", "double free of"),
         ("realloc-invalid", "realloc", "invalid pointer"),
         ("realloc-stack", "realloc", "invalid pointer"),
         ("realloc-zero-invalid", "realloc", "invalid pointer"),

@@ -24,6 +24,7 @@ use crate::segment::{
 };
 use crate::size_class::{
     class_of, is_small, CLASSES, LARGE_MAX, NUM_CACHED, NUM_SMALL, QUANTUM, SMALL_MAX,
+    STARTS_BY_CODE,
 };
 use crate::thread;
 use crate::thread_cache::{self, ThreadCache};
@@ -434,7 +435,8 @@ pub unsafe fn free(p: *mut u8) {
 /// [`malloc`], [`malloc_zeroed`], [`calloc`] or [`realloc`] to that size). With the size known
 /// the block's class is known too, so a small block that is not page-aligned goes straight to
 /// the thread cache without the metadata lookup; anything else takes [`free`]'s path. (Sampled
-/// blocks have pages of their own and so are page-aligned.)
+/// blocks have pages of their own and so are page-aligned.) Blocks smaller than a cache line
+/// from other arenas take [`free`]'s path, which may send them home.
 ///
 /// # Safety
 /// `p` must be a live block of this engine whose requested (or last reallocated) size was
@@ -443,10 +445,17 @@ pub unsafe fn free(p: *mut u8) {
 pub unsafe fn free_sized(p: *mut u8, size: usize) {
     if size <= SMALL_MAX && (p as usize) & (PAGE_SIZE - 1) != 0 {
         let tc = thread::cache();
-        if !tc.is_null() {
+        let class = class_of(size);
+        // A block that may have to go home takes `free`.
+        // SAFETY: a non-null cache is our own.
+        let foreign = || {
+            thread_cache::may_send_home(class)
+                && registry::segment_tag(p as usize) != unsafe { (*tc).arena_tag }
+        };
+        if !tc.is_null() && !foreign() {
             // SAFETY: our own cache; `class_of` of a small size is a cached class.
             unsafe {
-                let bin = (*tc).bins.get_unchecked(class_of(size));
+                let bin = (*tc).bins.get_unchecked(class);
                 let top = bin.top.load(Relaxed);
                 if top != bin.end {
                     *top = p;
@@ -466,49 +475,93 @@ pub unsafe fn free_sized(p: *mut u8, size: usize) {
 /// fast-path code: the segment map says the chunk is a segment, the code gives the class, the
 /// page's span start and the class's constants check that `p` starts a block, and the block goes
 /// on the thread cache. The segment's address comes from `p` itself, so the loads of the code
-/// and of the segment map run side by side. Everything else (null, huge and sampled blocks, uncached
-/// classes, invalid pointers, a full stack, a suspected double free, a thread without a cache)
-/// takes the checked path, always as a tail call so the fast path saves no registers.
+/// and of the segment map run side by side. A block smaller than a cache line whose segment
+/// belongs to another arena (the map byte is the arena's tag) takes [`free_foreign`], which may
+/// send it home. Everything else (null, huge and sampled blocks, uncached classes, invalid
+/// pointers, a full stack, a suspected double free, a thread without a cache) takes the checked
+/// path. Both are tail calls, so the fast path saves no registers.
 ///
 /// # Safety
 /// As for [`free`].
 #[inline(always)]
 pub unsafe fn free_as(p: *mut u8, op: Op) {
-    let addr = p as usize;
-    if registry::is_segment(addr) {
-        let seg = Segment::of(addr);
-        let page = (addr >> PAGE_SHIFT) & (PAGES_PER_SEGMENT - 1);
-        // SAFETY: `seg` is a live segment (registered) and `page` is in range.
-        let code = unsafe { Segment::fast_class_of(seg, page) };
-        if code != 0 {
-            let class = code - 1;
-            // SAFETY: pages with a code belong to a live span, so their `page_head` is valid;
-            // codes are at most NUM_CACHED.
-            let (start, info) = unsafe {
-                (
-                    seg as usize + (Segment::head_of(seg, page) << PAGE_SHIFT),
-                    CLASSES.get_unchecked(class),
-                )
-            };
-            let tc = thread::cache();
-            if info.starts_block(addr.wrapping_sub(start)) && !tc.is_null() {
-                // SAFETY: our own cache; `p` starts a live-or-cached block of cached `class`.
-                unsafe {
-                    let bin = (*tc).bins.get_unchecked(class);
-                    let top = bin.top.load(Relaxed);
-                    let key = (*tc).free_key;
-                    if top != bin.end && p.cast::<u64>().read() != key {
-                        *top = p;
-                        bin.top.store(top.add(1), Relaxed);
-                        p.cast::<u64>().write(key);
-                        return;
-                    }
+    let tag = registry::segment_tag(p as usize);
+    if tag != 0 {
+        let tc = thread::cache();
+        // SAFETY: `p` lies in a live segment.
+        let class = unsafe { cached_block_class(p) };
+        if let (Some((class, subline)), false) = (class, tc.is_null()) {
+            // SAFETY: our own cache; `p` starts a live-or-cached block of cached `class`.
+            unsafe {
+                if (tag ^ (*tc).arena_tag) as u64 & subline != 0 {
+                    return free_foreign(tc, p, class, tag, op);
+                }
+                let bin = (*tc).bins.get_unchecked(class);
+                let top = bin.top.load(Relaxed);
+                let key = (*tc).free_key;
+                if top != bin.end && p.cast::<u64>().read() != key {
+                    *top = p;
+                    bin.top.store(top.add(1), Relaxed);
+                    p.cast::<u64>().write(key);
+                    return;
                 }
             }
         }
     }
     // SAFETY: forwarded contract.
     unsafe { free_checked(p, op) }
+}
+
+/// The class of the block starting at `p`, a pointer into a live segment, if the page's
+/// fast-path code says it is a block of a cached class and `p` is where one starts; with the
+/// class's `subline` mask (see [`STARTS_BY_CODE`]).
+///
+/// # Safety
+/// `p` must lie in a live segment.
+#[inline(always)]
+unsafe fn cached_block_class(p: *mut u8) -> Option<(usize, u64)> {
+    let addr = p as usize;
+    let seg = Segment::of(addr);
+    let page = (addr >> PAGE_SHIFT) & (PAGES_PER_SEGMENT - 1);
+    // SAFETY: `seg` is a live segment and `page` is in range; codes are at most NUM_CACHED.
+    // A page without a code has a `page_head` too (any value): code 0 accepts no offset.
+    unsafe {
+        let code = Segment::fast_class_of(seg, page);
+        let start = seg as usize + (Segment::head_of(seg, page) << PAGE_SHIFT);
+        let entry = STARTS_BY_CODE.get_unchecked(code);
+        entry
+            .accepts(addr.wrapping_sub(start))
+            .then(|| (code - 1, entry.subline))
+    }
+}
+
+/// [`free_as`] of a block smaller than a cache line from another arena, already checked to
+/// start a block of cached class `class` in a segment with tag `tag`: into the remote buffer if
+/// it goes home (see `thread_cache`), else onto this thread's stack. A suspected double free or
+/// a full stack takes the checked path.
+///
+/// # Safety
+/// `tc` must be the caller's cache; otherwise as for [`free`].
+#[inline(never)]
+unsafe fn free_foreign(tc: *mut ThreadCache, p: *mut u8, class: usize, tag: u8, op: Op) {
+    // SAFETY: our own cache; `p` starts a block of `class` (checked by the caller).
+    unsafe {
+        let key = (*tc).free_key;
+        if p.cast::<u64>().read() == key {
+            return free_checked(p, op);
+        }
+        if thread_cache::sends_home(class, arena::of_tag(tag)) {
+            return thread_cache::push_remote(tc, class, p);
+        }
+        let bin = (*tc).bins.get_unchecked(class);
+        let top = bin.top.load(Relaxed);
+        if top == bin.end {
+            return free_checked(p, op);
+        }
+        *top = p;
+        bin.top.store(top.add(1), Relaxed);
+        p.cast::<u64>().write(key);
+    }
 }
 
 /// `free` through the descriptors, with every check: the path for everything the fast path of
@@ -541,6 +594,11 @@ unsafe fn free_block(p: *mut u8, d: *mut SpanDesc, class: usize) {
             let key = (*tc).free_key;
             if p.cast::<u64>().read() == key {
                 thread_cache::check_double_free(tc, class, d, p);
+            }
+            let owner = arena::of_segment(segment::segment_of_desc(d));
+            if !ptr::eq(owner, (*tc).arena) && thread_cache::sends_home(class, owner) {
+                thread_cache::push_remote(tc, class, p);
+                return;
             }
             let full = {
                 let bin = (*tc).bins.get_unchecked(class);

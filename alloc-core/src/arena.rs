@@ -1,6 +1,6 @@
 //! Arenas: the shared pools that thread caches refill from and flush to.
 //!
-//! There are at most [`MAX_ARENAS`] (256), statically allocated and constant-initialised, of
+//! There are at most [`MAX_ARENAS`] (255), statically allocated and constant-initialised, of
 //! which the first `narenas` are handed to threads (least-loaded first). An arena owns its
 //! segments. It has one lock per small size class (the bin: the class's current slab and its
 //! list of non-full slabs) and one lock for its page heap (large blocks and new slabs).
@@ -17,8 +17,13 @@ use core::ptr;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use static_assertions::const_assert;
 
-/// The most arenas a process can have.
-pub const MAX_ARENAS: usize = 256;
+/// The most arenas a process can have: each has a one-byte tag (index + 1) in the segment map.
+pub const MAX_ARENAS: usize = 255;
+
+/// The segment-map tag of arena number `index` (see `registry`): never 0.
+pub const fn tag_of_index(index: usize) -> u8 {
+    (index + 1) as u8
+}
 /// Classes that are large (page runs).
 pub const NUM_LARGE: usize = NUM_CLASSES - NUM_SMALL;
 
@@ -120,6 +125,13 @@ impl Arena {
             self.purge_hint
                 .fetch_min(now.saturating_add(decay as u64), Ordering::Relaxed);
         }
+    }
+
+    /// Whether threads use this arena now. Freed blocks of an arena nobody uses are better
+    /// reused by the thread that frees them than sent home to wait for a new thread.
+    #[inline(always)]
+    pub fn is_used(&self) -> bool {
+        self.threads.load(Ordering::Relaxed) != 0
     }
 
     /// This arena's index.
@@ -472,6 +484,13 @@ pub fn get(i: usize) -> &'static Arena {
 pub unsafe fn of_segment(seg: *mut Segment) -> &'static Arena {
     // SAFETY: live segments record the arena that created them, always < MAX_ARENAS.
     &ARENAS[unsafe { (*seg).arena } as usize]
+}
+
+/// The arena with segment-map tag `tag` (non-zero, from a live segment).
+#[inline(always)]
+pub fn of_tag(tag: u8) -> &'static Arena {
+    // SAFETY: tags are index + 1 of an arena below MAX_ARENAS, so `tag - 1` is in bounds.
+    unsafe { ARENAS.get_unchecked(tag as usize - 1) }
 }
 
 /// Sets how many arenas new threads are spread over (clamped to 1..=MAX_ARENAS).

@@ -3,10 +3,11 @@
 //! The address space is cut into 4 MiB chunks (the segment size). Two tables cover it:
 //!
 //! - the segment map, one byte per chunk in a flat array indexed by `addr >> 22`: is the chunk a
-//!   segment? (A segment is a whole aligned chunk, so its header is `addr & !(4 MiB - 1)`.) It
-//!   takes 64 MiB of address space, reserved at the first segment, of which only the pages
-//!   covering our chunks are ever touched; `free`'s fast path reads it with one load whose
-//!   address depends on nothing but `addr`.
+//!   segment, and of which arena? (A segment is a whole aligned chunk, so its header is
+//!   `addr & !(4 MiB - 1)`.) The byte is the owning arena's tag (index + 1; 0: not a segment). It
+//!   takes 64 MiB of address space (`.bss`), of which only the pages covering our chunks are
+//!   ever touched; `free`'s fast path reads it with one load whose
+//!   address depends on nothing but `addr`, and compares it with the thread's own arena.
 //! - a two-level radix table mapping the chunk that holds a huge block's start to the block's
 //!   header. Leaves are mapped on first use and never freed.
 //!
@@ -19,8 +20,9 @@
 
 use crate::meta;
 use crate::segment::SEGMENT_SHIFT;
+use core::cell::UnsafeCell;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 /// User-space addresses on x86_64 and aarch64 (4-level paging) fit in 48 bits.
 const ADDRESS_BITS: u32 = 48;
@@ -59,78 +61,53 @@ pub fn lookup(addr: usize) -> *mut u8 {
 /// Chunks the segment map covers: the whole 48-bit space.
 const MAP_LEN: usize = 1 << (ADDRESS_BITS - SEGMENT_SHIFT);
 
-/// The segment map (see the module docs); null until the first segment.
-static SEGMENT_MAP: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
-/// Chunks covered by [`SEGMENT_MAP`]: 0 until it is mapped, then [`MAP_LEN`].
-static SEGMENT_MAP_CHUNKS: AtomicUsize = AtomicUsize::new(0);
+/// The segment map (see the module docs): zero-initialised, so it lives in `.bss`, where the
+/// kernel maps pages only when they are first written (reads of untouched pages share the zero
+/// page). A static rather than a mapping: `free` reaches it PC-relative, with no pointer or
+/// length to load first.
+struct SegmentMap(UnsafeCell<[u8; MAP_LEN]>);
 
-/// Whether the chunk holding `addr` is one of our segments: [`mark_segment`] set it and no
-/// [`unmark_segment`] came after. Never faults.
+// SAFETY: every access is an atomic byte load or store (see `byte`).
+unsafe impl Sync for SegmentMap {}
+
+static SEGMENT_MAP: SegmentMap = SegmentMap(UnsafeCell::new([0; MAP_LEN]));
+
+/// The map byte of chunk `chunk` (< MAP_LEN).
+#[inline(always)]
+fn byte(chunk: usize) -> &'static AtomicU8 {
+    debug_assert!(chunk < MAP_LEN);
+    // SAFETY: in bounds; the map is only ever accessed through atomics.
+    unsafe { &*SEGMENT_MAP.0.get().cast::<AtomicU8>().add(chunk) }
+}
+
+/// The tag of the arena owning the segment at `addr` (its index + 1), or 0 if the chunk holding
+/// `addr` is not one of our segments ([`mark_segment`] set it and no [`unmark_segment`] came
+/// after). Never faults.
+#[inline(always)]
+pub fn segment_tag(addr: usize) -> u8 {
+    let chunk = addr >> SEGMENT_SHIFT;
+    if chunk >= MAP_LEN {
+        return 0;
+    }
+    byte(chunk).load(Ordering::Relaxed)
+}
+
+/// Whether the chunk holding `addr` is one of our segments. Never faults.
 #[inline(always)]
 pub fn is_segment(addr: usize) -> bool {
-    let chunk = addr >> SEGMENT_SHIFT;
-    if chunk >= SEGMENT_MAP_CHUNKS.load(Ordering::Acquire) {
-        return false;
-    }
-    // SAFETY: the map is published before its length and never unmapped; `chunk` is in range.
-    unsafe {
-        (*SEGMENT_MAP
-            .load(Ordering::Relaxed)
-            .add(chunk)
-            .cast::<AtomicU8>())
-        .load(Ordering::Relaxed)
-            != 0
-    }
+    segment_tag(addr) != 0
 }
 
-/// Marks the chunk at `addr` (a new segment's header) as a segment in the segment map. False if
-/// the map could not be reserved.
-pub fn mark_segment(addr: usize) -> bool {
-    let mut map = SEGMENT_MAP.load(Ordering::Acquire);
-    if map.is_null() {
-        let fresh = crate::os::reserve(MAP_LEN);
-        if fresh.is_null() {
-            return false;
-        }
-        match SEGMENT_MAP.compare_exchange(
-            ptr::null_mut(),
-            fresh,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => {
-                map = fresh;
-                SEGMENT_MAP_CHUNKS.store(MAP_LEN, Ordering::Release);
-            }
-            Err(existing) => {
-                // Lost a race with another arena's first segment.
-                // SAFETY: our own reservation, never published.
-                unsafe { crate::os::unmap(fresh, MAP_LEN) };
-                map = existing;
-            }
-        }
-    }
-    // SAFETY: `map` is the published map.
-    unsafe { set_map_byte(map, addr, 1) };
-    true
+/// Marks the chunk at `addr` (a new segment's header, below 2^48) as a segment of the arena
+/// with tag `tag` (non-zero) in the segment map.
+pub fn mark_segment(addr: usize, tag: u8) {
+    debug_assert!(tag != 0);
+    byte(addr >> SEGMENT_SHIFT).store(tag, Ordering::Release);
 }
 
-/// Clears the segment-map byte of the segment at `addr`, which is being unmapped.
+/// Clears the segment-map byte of the segment at `addr` (it is being unmapped).
 pub fn unmark_segment(addr: usize) {
-    let map = SEGMENT_MAP.load(Ordering::Acquire);
-    if !map.is_null() {
-        // SAFETY: `map` is the published map.
-        unsafe { set_map_byte(map, addr, 0) };
-    }
-}
-
-/// Sets the segment-map byte of the segment at `addr`.
-///
-/// # Safety
-/// `map` must be the segment map and `addr` a segment's address (below 2^48), owned by the caller.
-unsafe fn set_map_byte(map: *mut u8, addr: usize, value: u8) {
-    // SAFETY: in range (a 48-bit address); the byte is this segment's alone.
-    unsafe { (*map.add(addr >> SEGMENT_SHIFT).cast::<AtomicU8>()).store(value, Ordering::Release) }
+    byte(addr >> SEGMENT_SHIFT).store(0, Ordering::Release);
 }
 
 /// Registers `header` for the chunk holding `addr`. False if metadata memory ran out.
@@ -191,8 +168,9 @@ mod tests {
         // A chunk in an otherwise unused part of the space (not the one of the test above).
         let a = 0x5b5b_0000_0000usize;
         assert!(!is_segment(a));
-        assert!(mark_segment(a));
+        mark_segment(a, 7);
         assert!(is_segment(a) && is_segment(a + (1 << SEGMENT_SHIFT) - 1));
+        assert_eq!(segment_tag(a + 12345), 7);
         assert!(!is_segment(a + (1 << SEGMENT_SHIFT)) && !is_segment(a - 1));
         unmark_segment(a);
         assert!(!is_segment(a));

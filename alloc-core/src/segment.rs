@@ -151,11 +151,7 @@ impl Segment {
             (*seg).header_kind = HEADER_SEGMENT;
             (*seg).arena = arena;
         }
-        if !registry::mark_segment(base as usize) {
-            // SAFETY: we just mapped it and nobody else knows of it.
-            unsafe { os::unmap(base, SEGMENT_SIZE) };
-            return ptr::null_mut();
-        }
+        registry::mark_segment(base as usize, crate::arena::tag_of_index(arena as usize));
         let n = SEGMENTS_MAPPED.fetch_add(1, core::sync::atomic::Ordering::Relaxed) + 1;
         crate::prof::note_mapped(
             n * SEGMENT_SIZE + crate::huge::MAPPED.load(core::sync::atomic::Ordering::Relaxed),

@@ -32,6 +32,12 @@ pub const NUM_CACHED: usize = 52;
 /// Cached classes above this size hold only one or two blocks per thread, and are flushed when
 /// idle.
 pub const CACHED_LARGE_MIN: usize = 32 << 10;
+/// The cache line size assumed for false sharing.
+pub const CACHE_LINE: usize = 64;
+/// Classes `0..SUBLINE_CLASSES` are smaller than a cache line: several objects share a line.
+pub const SUBLINE_CLASSES: usize = class_of_computed(CACHE_LINE);
+const_assert!(class_size(SUBLINE_CLASSES) == CACHE_LINE);
+
 /// The largest number of objects in one slab (its free bitmap has this many bits).
 pub const MAX_SLAB_OBJECTS: usize = 256;
 /// The largest slab, in pages.
@@ -183,6 +189,46 @@ const fn start_limit(c: usize, objects: usize) -> u64 {
     let e = start_mul(c).wrapping_mul(class_size(c) as u64);
     e * objects as u64
 }
+
+/// What `free`'s fast path needs of one cached class, in a table indexed by a page's fast-path
+/// code (class + 1, or 0 where no cached block starts): the block-start check
+/// ([`ClassInfo::starts_block`]'s constants) and whether the class is smaller than a cache line.
+#[derive(Clone, Copy)]
+pub struct BlockStarts {
+    mul: u64,
+    limit: u64,
+    /// All ones for classes below [`SUBLINE_CLASSES`], else 0: `(tag ^ own) & subline` is
+    /// non-zero exactly for a line-sharing block of another arena, with no branch on the class.
+    pub subline: u64,
+}
+
+impl BlockStarts {
+    /// Whether `offset` (from the span's start, below 4 MiB) starts a block.
+    #[inline(always)]
+    pub fn accepts(&self, offset: usize) -> bool {
+        (offset as u64).wrapping_mul(self.mul) < self.limit
+    }
+}
+
+/// [`BlockStarts`] by fast-path code. Code 0's entry accepts no offset (nothing is below 0), so
+/// `free` needs no separate test for it.
+pub static STARTS_BY_CODE: [BlockStarts; NUM_CACHED + 1] = {
+    let mut t = [BlockStarts {
+        mul: 0,
+        limit: 0,
+        subline: 0,
+    }; NUM_CACHED + 1];
+    let mut c = 0;
+    while c < NUM_CACHED {
+        t[c + 1] = BlockStarts {
+            mul: start_mul(c),
+            limit: start_limit(c, if is_small(c) { slab_objects(c) } else { 1 }),
+            subline: if c < SUBLINE_CLASSES { u64::MAX } else { 0 },
+        };
+        c += 1;
+    }
+    t
+};
 
 /// Per-class constants gathered in one table, read on the hot paths.
 #[derive(Clone, Copy)]
@@ -389,6 +435,26 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn fast_free_table_matches_the_classes_and_code_0_accepts_nothing() {
+        for off in (0..(4usize << 20)).step_by(16) {
+            assert!(
+                !STARTS_BY_CODE[0].accepts(off),
+                "code 0 accepted offset {off}"
+            );
+        }
+        for (c, info) in CLASSES.iter().enumerate().take(NUM_CACHED) {
+            let span = info.pages as usize * PAGE_SIZE;
+            for off in (0..span + 2 * info.size as usize).step_by(16) {
+                assert_eq!(STARTS_BY_CODE[c + 1].accepts(off), info.starts_block(off));
+            }
+            assert_eq!(
+                STARTS_BY_CODE[c + 1].subline != 0,
+                (info.size as usize) < CACHE_LINE
+            );
         }
     }
 

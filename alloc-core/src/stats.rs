@@ -116,6 +116,7 @@ pub fn snapshot() -> Snapshot {
             s.classes[c].cached += tc.bins[c].count();
             s.classes[c].requests += tc.bins[c].requests.load(Relaxed);
         }
+        thread_cache::for_each_remote(tc, |c| s.classes[c].cached += 1);
     });
     for (c, cs) in s.classes.iter_mut().enumerate() {
         if c < NUM_CACHED {

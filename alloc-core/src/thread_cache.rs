@@ -3,8 +3,14 @@
 //! `malloc` pops and `free` pushes without locks or atomic read-modify-writes. An empty stack is
 //! refilled from the thread's arena with half its capacity in one locked batch; a full one
 //! flushes its older half back to the arenas that own the blocks, grouped so each arena's lock
-//! is taken once. A block freed by another thread simply lands in that thread's cache: remote
-//! frees need no global lock.
+//! is taken once.
+//!
+//! A block freed by a thread of another arena than the block's is normally cached and reused
+//! by the thread that frees it, as in jemalloc and tcmalloc: that is cheapest and keeps memory
+//! where it is used. Blocks smaller than a cache line are the exception while their arena has
+//! threads: handed out here, they would put this thread's objects in lines the owner's thread
+//! still writes (passive false sharing). Those wait in the cache's remote buffer and go home
+//! with up to [`REMOTE_CAP`] others, sorted by class and arena, one lock per group.
 //!
 //! Large classes up to 256 KiB are cached too, one or two blocks each, flushed at a tick when
 //! they were not used since the last one.
@@ -25,9 +31,11 @@ use crate::meta;
 use crate::os;
 use crate::sampler::Schedule;
 use crate::segment::{kind, Segment, SpanDesc};
-use crate::size_class::{is_small, CACHED_LARGE_MIN, CLASSES, NUM_CACHED, TOTAL_CACHE_SLOTS};
+use crate::size_class::{
+    is_small, CACHED_LARGE_MIN, CLASSES, NUM_CACHED, SUBLINE_CLASSES, TOTAL_CACHE_SLOTS,
+};
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 /// One class's stack: the blocks are `base..top`, oldest first, and `end` is `base` plus the
 /// capacity. Pointers rather than counts keep `malloc` and `free` to one load, one compare and
@@ -90,10 +98,22 @@ pub struct ThreadCache {
     activity: [u16; NUM_CACHED],
     /// Bytes by which stacks may still grow beyond their initial capacities.
     growth_budget: usize,
+    /// The segment-map tag of the thread's arena, which tells `free` a block of another arena.
+    pub arena_tag: u8,
     next: *mut ThreadCache,
     prev: *mut ThreadCache,
+    /// Blocks of other arenas freed by this thread, waiting to go home: `remote[..remote_len]`,
+    /// with their classes. Atomics only so that statistics may read them.
+    remote_len: AtomicUsize,
+    remote: [AtomicPtr<u8>; REMOTE_CAP],
+    remote_class: [AtomicU8; REMOTE_CAP],
     slots: [*mut u8; TOTAL_CACHE_SLOTS],
 }
+
+/// Blocks of other arenas a cache holds before sending them home: enough that a consumer
+/// thread's frees take one lock per class and arena for dozens of blocks, little enough (2 KiB
+/// of pointers) that a thread which stops freeing keeps little memory from others.
+pub const REMOTE_CAP: usize = 256;
 
 struct CacheList {
     live: *mut ThreadCache,
@@ -150,7 +170,9 @@ pub fn acquire(arena: &'static Arena, free_key: u64) -> *mut ThreadCache {
         ptr::addr_of_mut!((*tc).bytes_until_event).write(countdown);
         ptr::addr_of_mut!((*tc).schedule).write(schedule);
         ptr::addr_of_mut!((*tc).free_key).write(free_key);
+        ptr::addr_of_mut!((*tc).arena_tag).write(arena::tag_of_index(arena.index()));
         ptr::addr_of_mut!((*tc).arena).write(arena);
+        ptr::addr_of_mut!((*tc).remote_len).write(AtomicUsize::new(0));
         ptr::addr_of_mut!((*tc).activity).write([0; NUM_CACHED]);
         ptr::addr_of_mut!((*tc).growth_budget).write(GROWTH_BUDGET);
         let slots = ptr::addr_of_mut!((*tc).slots).cast::<*mut u8>();
@@ -217,6 +239,103 @@ pub unsafe fn flush_all(tc: *mut ThreadCache) {
             flush(tc, class, n);
         }
     }
+    // SAFETY: as documented.
+    unsafe { flush_remote(tc) };
+}
+
+/// Whether a block of class `class` may go home when another arena's thread frees it: the
+/// first, cheap test of [`sends_home`], predictable where most blocks are larger.
+#[inline(always)]
+pub fn may_send_home(class: usize) -> bool {
+    class < SUBLINE_CLASSES
+}
+
+/// Whether a block of class `class` from arena `owner` (not the freeing thread's) goes home
+/// rather than into the freeing thread's cache: see the module docs.
+#[inline(always)]
+pub fn sends_home(class: usize, owner: &Arena) -> bool {
+    may_send_home(class) && owner.is_used()
+}
+
+/// Takes block `p` of cached class `class`, which belongs to another arena, into the remote
+/// buffer (see the module docs), sending the buffer home first if it is full.
+///
+/// # Safety
+/// Only the cache's owner may call this; `p` must be a validated, unused block of `class`.
+pub unsafe fn push_remote(tc: *mut ThreadCache, class: usize, p: *mut u8) {
+    // SAFETY: the owner has exclusive use of its cache.
+    unsafe {
+        let mut n = (*tc).remote_len.load(Ordering::Relaxed);
+        if n == REMOTE_CAP {
+            flush_remote(tc);
+            n = 0;
+        }
+        let t = &*tc;
+        t.remote[n].store(p, Ordering::Relaxed);
+        t.remote_class[n].store(class as u8, Ordering::Relaxed);
+        t.remote_len.store(n + 1, Ordering::Relaxed);
+        p.cast::<u64>().write(t.free_key);
+    }
+}
+
+/// Sends every block of the remote buffer home: grouped by class, then by arena in
+/// [`return_blocks`]. Published before any block is returned, in chunks, as in [`flush`].
+///
+/// # Safety
+/// Only the cache's owner (or, after fork, the sole surviving thread) may call this.
+pub unsafe fn flush_remote(tc: *mut ThreadCache) {
+    let mut batch = [ptr::null_mut::<u8>(); FLUSH_CHUNK];
+    let mut classes = [0u8; FLUSH_CHUNK];
+    let mut sorted = [ptr::null_mut::<u8>(); FLUSH_CHUNK];
+    // SAFETY: the owner has exclusive use of its cache.
+    let t = unsafe { &*tc };
+    loop {
+        let n = t.remote_len.load(Ordering::Relaxed);
+        if n == 0 {
+            return;
+        }
+        let k = n.min(FLUSH_CHUNK);
+        for i in 0..k {
+            batch[i] = t.remote[n - k + i].load(Ordering::Relaxed);
+            classes[i] = t.remote_class[n - k + i].load(Ordering::Relaxed);
+        }
+        t.remote_len.store(n - k, Ordering::Relaxed);
+        core::sync::atomic::compiler_fence(Ordering::SeqCst);
+        // A counting sort by class: `ends[c]` is one past the last slot of class `c`.
+        let mut ends = [0u16; NUM_CACHED];
+        for &c in &classes[..k] {
+            ends[c as usize] += 1;
+        }
+        let mut total = 0;
+        for e in ends.iter_mut() {
+            total += *e;
+            *e = total;
+        }
+        let mut next = ends;
+        for i in (0..k).rev() {
+            let c = classes[i] as usize;
+            next[c] -= 1;
+            sorted[next[c] as usize] = batch[i];
+        }
+        let mut start = 0;
+        for (class, &end) in ends.iter().enumerate() {
+            let end = end as usize;
+            if end > start {
+                // SAFETY: validated, unused blocks of `class` (`push_remote`'s contract).
+                unsafe { return_blocks(class, &mut sorted[start..end]) };
+            }
+            start = end;
+        }
+    }
+}
+
+/// Calls `f(class)` for every block in a cache's remote buffer (statistics; racy but in
+/// bounds).
+pub fn for_each_remote(tc: &ThreadCache, mut f: impl FnMut(usize)) {
+    let n = tc.remote_len.load(Ordering::Relaxed).min(REMOTE_CAP);
+    for c in &tc.remote_class[..n] {
+        f(c.load(Ordering::Relaxed) as usize);
+    }
 }
 
 /// The stack of `class` is full and a block is being freed: grow the stack if the budget
@@ -257,12 +376,16 @@ pub unsafe fn note_refill(tc: *mut ThreadCache, class: usize) {
     unsafe { (*tc).activity[class] = (*tc).activity[class].saturating_add(1) };
 }
 
-/// At a tick: stacks that grew but saw no refill or overflow since the last tick shrink back
-/// by half (flushing what no longer fits), so an idle class does not keep memory cached.
+/// At a tick: the remote buffer goes home, and stacks that grew but saw no refill or overflow
+/// since the last tick shrink back by half (flushing what no longer fits), so an idle class
+/// does not keep memory cached.
 ///
 /// # Safety
 /// Only the cache's owner may call this.
 pub unsafe fn gc(tc: *mut ThreadCache) {
+    // Blocks of other arenas go home at least once a tick.
+    // SAFETY: the owner's own cache.
+    unsafe { flush_remote(tc) };
     for (class, info) in CLASSES.iter().enumerate().take(NUM_CACHED) {
         // SAFETY: the owner has exclusive use of its cache.
         unsafe {
@@ -364,6 +487,13 @@ pub unsafe fn check_double_free(tc: *mut ThreadCache, class: usize, d: *mut Span
     unsafe {
         let bin = &(*tc).bins[class];
         if core::slice::from_raw_parts(bin.base, bin.count()).contains(&p) {
+            os::fatal_pointer("free(): double free of", p as usize);
+        }
+        let n = (*tc).remote_len.load(Ordering::Relaxed);
+        if (&(*tc).remote)[..n]
+            .iter()
+            .any(|r| r.load(Ordering::Relaxed) == p)
+        {
             os::fatal_pointer("free(): double free of", p as usize);
         }
         if (*d).kind == kind::SLAB {

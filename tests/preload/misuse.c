@@ -1,6 +1,7 @@
 /* Misuse that sampalloc must detect: each mode prints the offending pointer as
  * "ptr 0x..." on stdout, then makes the bad call, which must abort the process. */
 #include <malloc.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,27 @@ static void *pass(void *p) { return p; }
 static void announce(void *p) {
   printf("ptr %p\n", p);
   fflush(stdout);
+}
+
+/* A second thread (so of another arena than main's, which stays in use) frees every other one
+ * of main's first `n` small blocks, then the first again: its remote buffer holds it, or, after
+ * the others pushed it out (n > 512), its slab, which the blocks left live keep in use. */
+enum { REMOTE_MAX = 1200 };
+static void *remote_blocks[REMOTE_MAX];
+static int remote_n;
+static void *remote_frees(void *unused) {
+  (void)unused;
+  for (int i = 0; i < remote_n; i += 2) free(remote_blocks[i]);
+  free(opaque(remote_blocks[0]));
+  return NULL;
+}
+static void double_free_remote(int n) {
+  remote_n = n;
+  for (int i = 0; i < n; i++) remote_blocks[i] = malloc(16);
+  announce(remote_blocks[0]);
+  pthread_t t;
+  pthread_create(&t, NULL, remote_frees, NULL);
+  pthread_join(t, NULL);
 }
 
 int main(int argc, char **argv) {
@@ -79,6 +101,10 @@ int main(int argc, char **argv) {
     announce(p);
     free(p);
     free(opaque(p));
+  } else if (!strcmp(mode, "double-free-remote")) {
+    double_free_remote(2);
+  } else if (!strcmp(mode, "double-free-remote-later")) {
+    double_free_remote(REMOTE_MAX);
   } else if (!strcmp(mode, "realloc-invalid")) {
     char *p = opaque(malloc(64));
     announce(p + 16);
