@@ -273,7 +273,8 @@ fn as_u64(b: &[u8]) -> u64 {
 #[test]
 fn pprof_output_decodes_with_four_sample_types_and_matching_totals() {
     let f = fixture();
-    let dir = temp_dir("pprof");
+    let scratch = common::Scratch::new("cli-pprof");
+    let dir = scratch.0.clone();
     let out = dir.join("heap.pb.gz");
     ok(&["pprof", "-o", p(&out), p(&f.late)]);
     let mut raw = Vec::new();
@@ -390,7 +391,8 @@ fn stacks_are_collapsed_lines() {
 
 #[test]
 fn perf_map_resolves_jit_frames() {
-    let dir = temp_dir("perfmap");
+    let scratch = common::Scratch::new("cli-perfmap");
+    let dir = scratch.0.clone();
     // A pid that cannot exist (above the kernel's maximum, 2^22).
     let pid = 5_000_000 + std::process::id() % 100_000;
     let profile = dir.join(format!("jit.{pid}.0.f.heap"));
@@ -429,7 +431,8 @@ fn perf_map_resolves_jit_frames() {
 
 #[test]
 fn malformed_and_missing_profiles_are_errors_with_exit_code_2() {
-    let dir = temp_dir("bad");
+    let scratch = common::Scratch::new("cli-bad");
+    let dir = scratch.0.clone();
     let bad = dir.join("bad.heap");
     std::fs::write(
         &bad,

@@ -5,17 +5,13 @@
 //! The preload library is built into its own target directory (`target/run-test`): the
 //! outer `cargo test` holds the lock of the main one.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sampalloc-run-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn sampalloc() -> Command {
@@ -24,7 +20,8 @@ fn sampalloc() -> Command {
 
 #[test]
 fn exit_code_passes_through_and_a_missing_profile_is_explained() {
-    let out = temp_dir("nolib");
+    let scratch = common::Scratch::new("run-nolib");
+    let out = scratch.0.clone();
     // Not a shared object: the loader ignores it with a warning, so nothing is profiled.
     let not_a_lib = root().join("Cargo.toml");
     let o = sampalloc()
@@ -47,6 +44,13 @@ fn exit_code_passes_through_and_a_missing_profile_is_explained() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(128 + 9), "{err}");
     assert!(err.contains("killed by signal 9"), "{err}");
+    // The directory `run` made for the profiles stayed empty: it is removed, not left behind.
+    let made = err
+        .lines()
+        .find_map(|l| l.strip_prefix("sampalloc: profiles go to "))
+        .unwrap_or_else(|| panic!("no profile directory named: {err}"));
+    assert!(!Path::new(made).exists(), "{made} left behind: {err}");
+    assert!(err.contains("removed the empty"), "{err}");
 
     let o = sampalloc()
         .env("SAMPALLOC_LIB", "/nonexistent/libsampalloc.so")
@@ -77,7 +81,8 @@ fn run_reports_the_leaks_of_a_c_program() {
     let lib = target.join("debug/libsampalloc.so");
     assert!(lib.is_file(), "{} missing", lib.display());
 
-    let dir = temp_dir("leaky");
+    let scratch = common::Scratch::new("run-leaky");
+    let dir = scratch.0.clone();
     let exe = dir.join("leaky");
     let cc = Command::new("cc")
         .args(["-g", "-O1", "-o"])

@@ -446,6 +446,10 @@ fn run_inner(a: RunArgs) -> Result<ExitCode, String> {
                 "sampalloc: no final profile of pid {pid} in {}: {why}",
                 dir.display()
             );
+            // A directory of our own that nothing was written to is not worth keeping.
+            if a.out.is_none() && std::fs::remove_dir(&dir).is_ok() {
+                eprintln!("sampalloc: removed the empty {}", dir.display());
+            }
         }
     }
     Ok(ExitCode::from(code))
