@@ -454,14 +454,8 @@ pub unsafe fn free_sized(p: *mut u8, size: usize) {
         };
         if !tc.is_null() && !foreign() {
             // SAFETY: our own cache; `class_of` of a small size is a cached class.
-            unsafe {
-                let bin = (*tc).bins.get_unchecked(class);
-                let top = bin.top.load(Relaxed);
-                if top != bin.end {
-                    *top = p;
-                    bin.top.store(top.add(1), Relaxed);
-                    return;
-                }
+            if unsafe { (*tc).bins.get_unchecked(class).try_push(p) } {
+                return;
             }
         }
     }
@@ -496,12 +490,8 @@ pub unsafe fn free_as(p: *mut u8, op: Op) {
                 if (tag ^ (*tc).arena_tag) as u64 & subline != 0 {
                     return free_foreign(tc, p, class, tag, op);
                 }
-                let bin = (*tc).bins.get_unchecked(class);
-                let top = bin.top.load(Relaxed);
                 let key = (*tc).free_key;
-                if top != bin.end && p.cast::<u64>().read() != key {
-                    *top = p;
-                    bin.top.store(top.add(1), Relaxed);
+                if p.cast::<u64>().read() != key && (*tc).bins.get_unchecked(class).try_push(p) {
                     p.cast::<u64>().write(key);
                     return;
                 }
@@ -537,8 +527,8 @@ unsafe fn cached_block_class(p: *mut u8) -> Option<(usize, u64)> {
 
 /// [`free_as`] of a block smaller than a cache line from another arena, already checked to
 /// start a block of cached class `class` in a segment with tag `tag`: into the remote buffer if
-/// it goes home (see `thread_cache`), else onto this thread's stack. A suspected double free or
-/// a full stack takes the checked path.
+/// it goes home (see `thread_cache`). Otherwise (its arena is unused, or a double free is
+/// suspected) the checked path, which caches it here.
 ///
 /// # Safety
 /// `tc` must be the caller's cache; otherwise as for [`free`].
@@ -546,21 +536,12 @@ unsafe fn cached_block_class(p: *mut u8) -> Option<(usize, u64)> {
 unsafe fn free_foreign(tc: *mut ThreadCache, p: *mut u8, class: usize, tag: u8, op: Op) {
     // SAFETY: our own cache; `p` starts a block of `class` (checked by the caller).
     unsafe {
-        let key = (*tc).free_key;
-        if p.cast::<u64>().read() == key {
-            return free_checked(p, op);
-        }
-        if thread_cache::sends_home(class, arena::of_tag(tag)) {
+        if p.cast::<u64>().read() != (*tc).free_key
+            && thread_cache::sends_home(class, arena::of_tag(tag))
+        {
             return thread_cache::push_remote(tc, class, p);
         }
-        let bin = (*tc).bins.get_unchecked(class);
-        let top = bin.top.load(Relaxed);
-        if top == bin.end {
-            return free_checked(p, op);
-        }
-        *top = p;
-        bin.top.store(top.add(1), Relaxed);
-        p.cast::<u64>().write(key);
+        free_checked(p, op)
     }
 }
 
@@ -600,18 +581,12 @@ unsafe fn free_block(p: *mut u8, d: *mut SpanDesc, class: usize) {
                 thread_cache::push_remote(tc, class, p);
                 return;
             }
-            let full = {
-                let bin = (*tc).bins.get_unchecked(class);
-                bin.top.load(Relaxed) == bin.end
-            };
-            if full {
+            if !(*tc).bins.get_unchecked(class).try_push(p) {
                 thread_cache::on_full(tc, class);
+                // `on_full` grew or flushed the stack: there is room now.
+                let pushed = (*tc).bins.get_unchecked(class).try_push(p);
+                debug_assert!(pushed);
             }
-            // Read again: `on_full` grew or flushed the stack.
-            let bin = (*tc).bins.get_unchecked(class);
-            let top = bin.top.load(Relaxed);
-            *top = p;
-            bin.top.store(top.add(1), Relaxed);
             p.cast::<u64>().write(key);
         }
         return;

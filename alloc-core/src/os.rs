@@ -16,27 +16,6 @@ pub fn map(size: usize) -> *mut u8 {
     map_hinted(ptr::null_mut(), size)
 }
 
-/// Reserves `size` bytes of zeroed read-write address space that is not counted as committed
-/// memory: pages cost nothing until touched. Null on failure.
-pub fn reserve(size: usize) -> *mut u8 {
-    // SAFETY: an anonymous private mapping touches no existing memory.
-    let p = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        ptr::null_mut()
-    } else {
-        p.cast()
-    }
-}
-
 fn map_hinted(hint: *mut u8, size: usize) -> *mut u8 {
     // SAFETY: an anonymous private mapping touches no existing memory; a hint is only a hint.
     let p = unsafe {

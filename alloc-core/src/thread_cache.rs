@@ -74,6 +74,24 @@ impl CacheBin {
         unsafe { self.end.offset_from(self.base) as usize }
     }
 
+    /// Pushes `p` if the stack has room; false if it is full.
+    ///
+    /// # Safety
+    /// Only the cache's owner may push.
+    #[inline(always)]
+    pub unsafe fn try_push(&self, p: *mut u8) -> bool {
+        let top = self.top.load(Ordering::Relaxed);
+        if top == self.end {
+            return false;
+        }
+        // SAFETY: `top` is below `end`, a slot of this stack, which only the owner writes.
+        unsafe {
+            *top = p;
+            self.top.store(top.add(1), Ordering::Relaxed);
+        }
+        true
+    }
+
     /// Sets the capacity (at most the class's largest, and not below the count).
     #[inline]
     pub fn set_capacity(&mut self, n: usize) {
@@ -261,8 +279,10 @@ pub fn sends_home(class: usize, owner: &Arena) -> bool {
 /// buffer (see the module docs), sending the buffer home first if it is full.
 ///
 /// # Safety
-/// Only the cache's owner may call this; `p` must be a validated, unused block of `class`.
+/// Only the cache's owner may call this; `p` must be a validated, unused block of `class`, a
+/// class [`sends_home`] may send.
 pub unsafe fn push_remote(tc: *mut ThreadCache, class: usize, p: *mut u8) {
+    debug_assert!(may_send_home(class));
     // SAFETY: the owner has exclusive use of its cache.
     unsafe {
         let mut n = (*tc).remote_len.load(Ordering::Relaxed);
@@ -278,7 +298,7 @@ pub unsafe fn push_remote(tc: *mut ThreadCache, class: usize, p: *mut u8) {
     }
 }
 
-/// Sends every block of the remote buffer home: grouped by class, then by arena in
+/// Sends every block of the remote buffer home: grouped by class here, then by arena in
 /// [`return_blocks`]. Published before any block is returned, in chunks, as in [`flush`].
 ///
 /// # Safety
@@ -286,7 +306,7 @@ pub unsafe fn push_remote(tc: *mut ThreadCache, class: usize, p: *mut u8) {
 pub unsafe fn flush_remote(tc: *mut ThreadCache) {
     let mut batch = [ptr::null_mut::<u8>(); FLUSH_CHUNK];
     let mut classes = [0u8; FLUSH_CHUNK];
-    let mut sorted = [ptr::null_mut::<u8>(); FLUSH_CHUNK];
+    let mut same = [ptr::null_mut::<u8>(); FLUSH_CHUNK];
     // SAFETY: the owner has exclusive use of its cache.
     let t = unsafe { &*tc };
     loop {
@@ -301,30 +321,19 @@ pub unsafe fn flush_remote(tc: *mut ThreadCache) {
         }
         t.remote_len.store(n - k, Ordering::Relaxed);
         core::sync::atomic::compiler_fence(Ordering::SeqCst);
-        // A counting sort by class: `ends[c]` is one past the last slot of class `c`.
-        let mut ends = [0u16; NUM_CACHED];
-        for &c in &classes[..k] {
-            ends[c as usize] += 1;
-        }
-        let mut total = 0;
-        for e in ends.iter_mut() {
-            total += *e;
-            *e = total;
-        }
-        let mut next = ends;
-        for i in (0..k).rev() {
-            let c = classes[i] as usize;
-            next[c] -= 1;
-            sorted[next[c] as usize] = batch[i];
-        }
-        let mut start = 0;
-        for (class, &end) in ends.iter().enumerate() {
-            let end = end as usize;
-            if end > start {
-                // SAFETY: validated, unused blocks of `class` (`push_remote`'s contract).
-                unsafe { return_blocks(class, &mut sorted[start..end]) };
+        // Only the few sub-line classes come here: one pass per class.
+        for class in 0..SUBLINE_CLASSES {
+            let mut m = 0;
+            for i in 0..k {
+                if classes[i] as usize == class {
+                    same[m] = batch[i];
+                    m += 1;
+                }
             }
-            start = end;
+            if m > 0 {
+                // SAFETY: validated, unused blocks of `class` (`push_remote`'s contract).
+                unsafe { return_blocks(class, &mut same[..m]) };
+            }
         }
     }
 }
