@@ -75,7 +75,7 @@ fn served(stderr: &str) -> Served {
                     .split_whitespace()
                     .map_while(|t| t.parse().ok())
                     .collect();
-                if cols.len() != 6 || line.split_whitespace().count() != 6 {
+                if cols.len() != 7 || line.split_whitespace().count() != 7 {
                     in_table = false;
                     continue;
                 }
@@ -108,9 +108,9 @@ fn stats_report_parser() {
     let text = "noise\n___ sampalloc statistics ___\n\
         allocated: 1  active: 2  resident: 3  mapped: 4  retained: 5  metadata: 6\n\
         arenas: 8  threads: 1  segments: 1  dirty: 0  purged pages: 0  huge: 0 live, 0 cached, 7 requests\n\
-        class      size     requests         live     cached    slabs\n\
-        \x20   0        16           46            0          0        1\n\
-        \x20  19      1024          112            3          0        1\n\
+        class      size     requests         live     cached    slabs    empty\n\
+        \x20   0        16           46            0          0        1        0\n\
+        \x20  19      1024          112            3          0        1        1\n\
         program output 1 2 3 4 5 6 7\n";
     let s = served(text);
     assert_eq!(s.reports, 1);

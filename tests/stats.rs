@@ -238,7 +238,7 @@ fn stats_print_at_exit() {
     let row = stderr
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.len() == 6 && f[1] == "1536")
+        .find(|f| f.len() == 7 && f[1] == "1536")
         .unwrap_or_else(|| panic!("no row for class 1536: {stderr}"));
     let requests: u64 = row[2].parse().expect("requests column");
     let live: u64 = row[3].parse().expect("live column");
@@ -298,4 +298,93 @@ fn only_allocating_threads_grow_their_caches() {
         batcher_growth >= 100,
         "a thread freeing batches of 150 blocks of {SIZE} B caches only {batcher_growth} more"
     );
+}
+
+/// Allocates and frees `bytes` in 1 MiB blocks: enough allocation to pass the thread's ticks
+/// (one each 4 MiB allocated) without touching the small classes.
+fn pass_ticks(bytes: usize) {
+    const MIB: usize = 1 << 20;
+    for _ in 0..bytes / MIB {
+        free(alloc(MIB), MIB);
+    }
+}
+
+/// A grown stack is kept while its class is used, however many ticks fall between the rounds
+/// that use it (a batch job using several classes in turn), and shrinks back once the class
+/// has been idle for `dirty_decay_ms` (1 s by default).
+#[test]
+fn grown_caches_last_while_used_and_shrink_when_idle() {
+    let _serial = serial();
+    const SIZE: usize = 256; // initial stack 128 blocks, 1024 at most
+    const N: usize = 1000;
+    let cached = |s: &Snapshot| s.classes[class(s, SIZE)].cached as i64;
+    let (in_use, idle) = std::thread::spawn(move || {
+        let before = cached(&snapshot());
+        for _ in 0..6 {
+            let batch: Vec<*mut u8> = (0..N).map(|_| alloc(SIZE)).collect();
+            for p in batch {
+                free(p, SIZE);
+            }
+            pass_ticks(12 << 20);
+        }
+        let in_use = cached(&snapshot()) - before;
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        pass_ticks(12 << 20);
+        (in_use, cached(&snapshot()) - before)
+    })
+    .join()
+    .unwrap();
+    assert!(
+        in_use >= 900,
+        "after rounds of {N} blocks of {SIZE} B with ticks between, the cache holds only {in_use}"
+    );
+    assert!(
+        idle <= 600,
+        "a class idle for over a decay period still has {idle} blocks of {SIZE} B cached"
+    );
+}
+
+/// Slabs that empty go to their bin's empty list, not back to the page heap, so refilling the
+/// class maps no new slabs; a full purge releases them.
+#[test]
+fn empty_slabs_are_kept_for_reuse_until_purged() {
+    let _serial = serial();
+    const SIZE: usize = 3072; // 4 to a 3-page slab; the stack holds 85 at most
+    const N: usize = 1000;
+    let c = |s: &Snapshot| s.classes[class(s, SIZE)];
+    std::thread::spawn(move || {
+        let first: Vec<*mut u8> = (0..N).map(|_| alloc(SIZE)).collect();
+        let full = c(&snapshot());
+        for p in first {
+            free(p, SIZE);
+        }
+        let emptied = c(&snapshot());
+        assert!(
+            emptied.empty_slabs >= 100,
+            "freeing {N} blocks of {SIZE} B kept {} empty slabs: {emptied:?}",
+            emptied.empty_slabs
+        );
+        assert_eq!(emptied.slabs, full.slabs, "slabs were released at once");
+        let again: Vec<*mut u8> = (0..N).map(|_| alloc(SIZE)).collect();
+        let refilled = c(&snapshot());
+        assert_eq!(
+            refilled.slabs, full.slabs,
+            "refilling the class made new slabs instead of reusing the empty ones"
+        );
+        for p in again {
+            free(p, SIZE);
+        }
+        sampalloc::purge(true);
+        let purged = c(&snapshot());
+        assert_eq!(
+            purged.empty_slabs, 0,
+            "a full purge kept empty slabs: {purged:?}"
+        );
+        assert!(
+            purged.slabs < full.slabs,
+            "a full purge kept the slabs: {purged:?}"
+        );
+    })
+    .join()
+    .unwrap();
 }

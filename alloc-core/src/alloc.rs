@@ -202,8 +202,8 @@ unsafe fn thread_event(tc: *mut ThreadCache) -> bool {
         (*tc).bytes_until_event = countdown;
         let in_profiler = (*thread::state()).in_profiler != 0;
         if due.tick {
-            thread_cache::gc(tc);
             let now = os::now_ms();
+            thread_cache::gc(tc, now);
             arena::purge_due_arenas(now);
             huge::maybe_purge(now);
             if !in_profiler {
@@ -268,7 +268,6 @@ unsafe fn alloc_class(tc: *mut ThreadCache, class: usize, zero: bool, size: usiz
         let mut n = bin.count();
         bin.requests.store(bin.requests.load(Relaxed) + 1, Relaxed);
         if n == 0 {
-            thread_cache::note_refill(tc, class);
             if !is_small(class) {
                 return arena.alloc_large(class, 1, zero);
             }

@@ -24,6 +24,10 @@ pub const MAX_ARENAS: usize = 255;
 pub const fn tag_of_index(index: usize) -> u8 {
     (index + 1) as u8
 }
+/// Pages of empty slabs an arena's bins keep for reuse, together (see [`SlabBin::empty`]):
+/// 8 MiB. They are released at the arena's sweeps, once per `dirty_decay_ms`, so they live no
+/// longer than the dirty pages they would otherwise have become.
+const EMPTY_KEEP_PAGES: usize = (8 << 20) >> os::PAGE_SHIFT;
 /// Classes that are large (page runs).
 pub const NUM_LARGE: usize = NUM_CLASSES - NUM_SMALL;
 
@@ -44,6 +48,12 @@ pub struct SlabBin {
     current: *mut SpanDesc,
     /// Slabs with free objects other than `current` (linked through `prev`/`next`).
     nonfull: *mut SpanDesc,
+    /// Empty slabs kept for reuse (linked through `next`; see [`EMPTY_KEEP_PAGES`]): a class
+    /// that empties and refills its slabs in batches then does not churn them through the page
+    /// heap.
+    empty: *mut SpanDesc,
+    /// Slabs on `empty`.
+    pub empty_slabs: usize,
     /// Slabs of this class.
     pub slabs: usize,
     /// Objects taken out of slabs: in use, or cached by a thread.
@@ -76,6 +86,9 @@ pub struct Arena {
     pages: Locked<ArenaPages>,
     /// Threads currently assigned to this arena.
     pub threads: AtomicU32,
+    /// Pages in the bins' kept empty slabs (changed under a bin lock, so bins may overshoot
+    /// [`EMPTY_KEEP_PAGES`] by a slab each at most).
+    empty_pages: AtomicUsize,
     /// When empty current slabs were last released (ms).
     last_sweep: AtomicU64,
     /// No dirty page of this arena expires before this time (ms): ticks skip the lock until
@@ -90,6 +103,8 @@ impl Arena {
                 Padded(Locked::new(SlabBin {
                     current: ptr::null_mut(),
                     nonfull: ptr::null_mut(),
+                    empty: ptr::null_mut(),
+                    empty_slabs: 0,
                     slabs: 0,
                     objects_out: 0,
                     direct_requests: 0,
@@ -102,6 +117,7 @@ impl Arena {
                 sampled_small_live: [0; NUM_SMALL],
             }),
             threads: AtomicU32::new(0),
+            empty_pages: AtomicUsize::new(0),
             last_sweep: AtomicU64::new(0),
             purge_hint: AtomicU64::new(u64::MAX),
         }
@@ -165,6 +181,12 @@ impl Arena {
                         if !bin.nonfull.is_null() {
                             (*bin.nonfull).prev = ptr::null_mut();
                         }
+                    } else if !bin.empty.is_null() {
+                        s = bin.empty;
+                        bin.empty = (*s).next;
+                        bin.empty_slabs -= 1;
+                        self.empty_pages
+                            .fetch_sub(CLASSES[class].pages as usize, Ordering::Relaxed);
                     } else {
                         s = self.new_slab(class);
                         if s.is_null() {
@@ -237,8 +259,17 @@ impl Arena {
                             if !(*d).next.is_null() {
                                 (*(*d).next).prev = (*d).prev;
                             }
-                            bin.slabs -= 1;
-                            self.free_span(&mut self.pages.lock(), d, os::now_ms());
+                            let pages = CLASSES[class].pages as usize;
+                            if self.empty_pages.load(Ordering::Relaxed) + pages <= EMPTY_KEEP_PAGES
+                            {
+                                self.empty_pages.fetch_add(pages, Ordering::Relaxed);
+                                (*d).next = bin.empty;
+                                bin.empty = d;
+                                bin.empty_slabs += 1;
+                            } else {
+                                bin.slabs -= 1;
+                                self.free_span(&mut self.pages.lock(), d, os::now_ms());
+                            }
                         }
                     }
                 }
@@ -449,10 +480,23 @@ impl Arena {
         self.purge_hint.store(next, Ordering::Relaxed);
     }
 
-    /// Frees the bins' current slabs that are empty, as freed at `now` (for decay).
+    /// Frees the bins' kept empty slabs and their current slabs that are empty, as freed at
+    /// `now` (for decay).
     fn release_empty_slabs(&self, now: u64) {
         for (bin, info) in self.bins.iter().zip(&CLASSES) {
             let mut bin = bin.0.lock();
+            while !bin.empty.is_null() {
+                let s = bin.empty;
+                // SAFETY: kept empty slabs are live descriptors of ours, guarded by the lock.
+                unsafe {
+                    bin.empty = (*s).next;
+                    self.free_span(&mut self.pages.lock(), s, now);
+                }
+                self.empty_pages
+                    .fetch_sub(info.pages as usize, Ordering::Relaxed);
+                bin.empty_slabs -= 1;
+                bin.slabs -= 1;
+            }
             let s = bin.current;
             // SAFETY: the current slab is a live descriptor guarded by the bin lock.
             if !s.is_null() && unsafe { (*s).nfree } == info.objects as u32 {

@@ -31,6 +31,8 @@ pub struct ClassStats {
     pub cached: usize,
     /// Slabs (small classes).
     pub slabs: usize,
+    /// Of those, empty slabs kept for reuse.
+    pub empty_slabs: usize,
 }
 
 /// A consistent-enough picture of the engine (each part is read under its own lock).
@@ -95,6 +97,7 @@ pub fn snapshot() -> Snapshot {
             let bin = a.bin(c).lock();
             *o += bin.objects_out;
             s.classes[c].slabs += bin.slabs;
+            s.classes[c].empty_slabs += bin.empty_slabs;
             s.classes[c].requests += bin.direct_requests;
         }
         let p = a.pages().lock();
@@ -181,7 +184,7 @@ pub fn print(fd: i32) {
             .dec(s.huge_requests)
             .str(" requests"),
     );
-    emit(Line::new().str("class      size     requests         live     cached    slabs"));
+    emit(Line::new().str("class      size     requests         live     cached    slabs    empty"));
     for (c, cs) in s.classes.iter().enumerate() {
         if cs.requests == 0 && cs.live == 0 {
             continue;
@@ -193,6 +196,7 @@ pub fn print(fd: i32) {
         pad(&mut l, cs.live as u64, 13);
         pad(&mut l, cs.cached as u64, 11);
         pad(&mut l, cs.slabs as u64, 9);
+        pad(&mut l, cs.empty_slabs as u64, 9);
         emit(&mut l);
     }
 }

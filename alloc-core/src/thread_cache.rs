@@ -15,10 +15,12 @@
 //! Large classes up to 256 KiB are cached too, one or two blocks each, flushed at a tick when
 //! they were not used since the last one.
 //!
-//! A small class's stack starts small (about 32 KiB worth) and doubles each time the thread overflows it, up
-//! to about 256 KiB worth and within a per-thread budget, so a thread that allocates and frees
-//! in large batches ends up serving them from its cache alone; at the thread's ticks, a grown
-//! stack that saw no refill or overflow since the last tick shrinks back.
+//! A small class's stack starts small (about 32 KiB worth) and doubles each time the thread
+//! overflows it, up to about 256 KiB worth and within a per-thread budget, so a thread that
+//! allocates and frees in large batches ends up serving them from its cache alone. A grown
+//! stack whose class the thread has not used for `dirty_decay_ms` shrinks back by half at a
+//! tick, once per period, as dirty pages decay: a class used in every round of a batch job
+//! keeps its stack however many ticks fall between its rounds.
 //!
 //! Caches live in metadata memory, not in TLS (which holds only a pointer), so a thread costs
 //! one recycled cache, and all live caches sit on a list that statistics and fork walk.
@@ -26,6 +28,7 @@
 //! second `free` of it be recognised cheaply (confirmed by a scan before aborting).
 
 use crate::arena::{self, Arena};
+use crate::config;
 use crate::lock::Locked;
 use crate::meta;
 use crate::os;
@@ -112,8 +115,10 @@ pub struct ThreadCache {
     pub arena: &'static Arena,
     /// The stacks.
     pub bins: [CacheBin; NUM_CACHED],
-    /// Refills and overflows per class since the last tick (see [`gc`]).
-    activity: [u16; NUM_CACHED],
+    /// Each stack's `requests` at the last tick: unchanged means unused since (see [`gc`]).
+    requests_seen: [u64; NUM_CACHED],
+    /// When each class was last seen used at a tick, or its stack last shrank (ms).
+    used_at: [u64; NUM_CACHED],
     /// Bytes by which stacks may still grow beyond their initial capacities.
     growth_budget: usize,
     /// The segment-map tag of the thread's arena, which tells `free` a block of another arena.
@@ -191,7 +196,8 @@ pub fn acquire(arena: &'static Arena, free_key: u64) -> *mut ThreadCache {
         ptr::addr_of_mut!((*tc).arena_tag).write(arena::tag_of_index(arena.index()));
         ptr::addr_of_mut!((*tc).arena).write(arena);
         ptr::addr_of_mut!((*tc).remote_len).write(AtomicUsize::new(0));
-        ptr::addr_of_mut!((*tc).activity).write([0; NUM_CACHED]);
+        ptr::addr_of_mut!((*tc).requests_seen).write([0; NUM_CACHED]);
+        ptr::addr_of_mut!((*tc).used_at).write([os::now_ms(); NUM_CACHED]);
         ptr::addr_of_mut!((*tc).growth_budget).write(GROWTH_BUDGET);
         let slots = ptr::addr_of_mut!((*tc).slots).cast::<*mut u8>();
         let mut offset = 0;
@@ -358,7 +364,6 @@ pub unsafe fn on_full(tc: *mut ThreadCache, class: usize) {
     // SAFETY: the owner has exclusive use of its cache.
     unsafe {
         let t = &mut *tc;
-        t.activity[class] = t.activity[class].saturating_add(1);
         let info = &CLASSES[class];
         let cap = t.bins[class].capacity();
         let grown = (2 * cap).min(info.cache_capacity_max as usize);
@@ -375,37 +380,39 @@ pub unsafe fn on_full(tc: *mut ThreadCache, class: usize) {
     }
 }
 
-/// Notes that the stack of `class` had to be refilled (see [`gc`]).
+/// At a tick (time `now`, ms): the remote buffer goes home; a large class's blocks go back to
+/// the page heap if the class was not used since the last tick; a grown stack whose class was
+/// not used for `dirty_decay_ms` shrinks back by half (flushing what no longer fits), at most
+/// once per period, so an idle class gives its blocks and budget back.
 ///
 /// # Safety
 /// Only the cache's owner may call this.
-#[inline]
-pub unsafe fn note_refill(tc: *mut ThreadCache, class: usize) {
-    // SAFETY: the owner has exclusive use of its cache.
-    unsafe { (*tc).activity[class] = (*tc).activity[class].saturating_add(1) };
-}
-
-/// At a tick: the remote buffer goes home, and stacks that grew but saw no refill or overflow
-/// since the last tick shrink back by half (flushing what no longer fits), so an idle class
-/// does not keep memory cached.
-///
-/// # Safety
-/// Only the cache's owner may call this.
-pub unsafe fn gc(tc: *mut ThreadCache) {
+pub unsafe fn gc(tc: *mut ThreadCache, now: u64) {
     // Blocks of other arenas go home at least once a tick.
     // SAFETY: the owner's own cache.
     unsafe { flush_remote(tc) };
+    let decay = config::decay_ms();
     for (class, info) in CLASSES.iter().enumerate().take(NUM_CACHED) {
         // SAFETY: the owner has exclusive use of its cache.
         unsafe {
             let t = &mut *tc;
+            let requests = t.bins[class].requests.load(Ordering::Relaxed);
+            if requests != t.requests_seen[class] {
+                t.requests_seen[class] = requests;
+                t.used_at[class] = now;
+                continue;
+            }
             let cap = t.bins[class].capacity();
             let initial = info.cache_capacity as usize;
-            if t.activity[class] == 0 && info.size as usize > CACHED_LARGE_MIN {
+            if info.size as usize > CACHED_LARGE_MIN {
                 // Idle large blocks go back to the page heap, where others can use them.
                 let count = t.bins[class].count();
                 flush(tc, class, count);
-            } else if t.activity[class] == 0 && cap > initial {
+            } else if cap > initial
+                && decay >= 0
+                && now >= t.used_at[class].saturating_add(decay as u64)
+            {
+                t.used_at[class] = now;
                 let shrunk = (cap / 2).max(initial);
                 let count = t.bins[class].count();
                 if count > shrunk {
@@ -415,7 +422,6 @@ pub unsafe fn gc(tc: *mut ThreadCache) {
                 t.bins[class].set_capacity(shrunk);
                 t.growth_budget += (cap - shrunk) * info.size as usize;
             }
-            (*tc).activity[class] = 0;
         }
     }
 }
