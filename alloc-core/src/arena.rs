@@ -7,7 +7,7 @@
 //! Lock order: a bin lock may be held while the page lock is taken, never the reverse.
 
 use crate::config;
-use crate::lock::Locked;
+use crate::lock::{Guard, Locked};
 use crate::os;
 use crate::pages::PageHeap;
 use crate::segment::{self, kind, span_start, Segment, SpanDesc, FLAG_SAMPLED};
@@ -325,6 +325,12 @@ impl Arena {
 
     /// One block of `pages` pages for class `class` (a large block, or a sampled block of any
     /// class), counted in the statistics and zeroed if asked and not fresh.
+    ///
+    /// Resident pages come first, wherever they are: this arena's dirty spans, then another
+    /// arena's (see [`Arena::span_elsewhere`]), and only then purged pages or a new segment. A
+    /// block is owned by the arena whose segment holds it, and every free finds that arena
+    /// from the address, so a block may come from any arena. Slabs may not: their bin is their
+    /// arena's.
     fn alloc_block(
         &self,
         class: usize,
@@ -334,35 +340,75 @@ impl Arena {
         zero: bool,
         flags: u16,
     ) -> (*mut u8, *mut SpanDesc) {
-        let (d, fresh) = {
-            let mut p = self.pages.lock();
-            let Some((d, fresh)) =
-                p.heap
-                    .alloc_with_room(pages, align_pages, room, false, self.index() as u32)
-            else {
-                return (ptr::null_mut(), ptr::null_mut());
-            };
-            // SAFETY: a fresh span head of ours.
-            unsafe {
-                (*d).kind = kind::LARGE;
-                (*d).class = class as u8;
-                (*d).flags = flags;
-                segment::set_fast_class_of_span(d);
-            }
-            if class < NUM_SMALL {
-                p.sampled_small_live[class] += 1;
-            } else {
-                p.large_live[class - NUM_SMALL] += 1;
-                p.large_requests[class - NUM_SMALL] += 1;
-            }
-            (d, fresh)
+        // A block with growth room (realloc) stays in this arena, where the room is looked for.
+        let resident = if room == 0 {
+            self.span_resident(pages, align_pages)
+        } else {
+            None
         };
+        let (mut p, d, fresh) = match resident {
+            Some((p, d)) => (p, d, false),
+            None => {
+                let mut p = self.pages.lock();
+                let index = self.index() as u32;
+                match p
+                    .heap
+                    .alloc_with_room(pages, align_pages, room, false, index)
+                {
+                    Some((d, fresh)) => (p, d, fresh),
+                    None => return (ptr::null_mut(), ptr::null_mut()),
+                }
+            }
+        };
+        // SAFETY: a fresh span head of the heap `p` guards.
+        unsafe {
+            (*d).kind = kind::LARGE;
+            (*d).class = class as u8;
+            (*d).flags = flags;
+            segment::set_fast_class_of_span(d);
+        }
+        if class < NUM_SMALL {
+            p.sampled_small_live[class] += 1;
+        } else {
+            p.large_live[class - NUM_SMALL] += 1;
+            p.large_requests[class - NUM_SMALL] += 1;
+        }
+        drop(p);
         let start = span_start(d);
         if zero && !fresh {
             // SAFETY: the block is ours, `pages` pages long.
             unsafe { ptr::write_bytes(start, 0, pages << os::PAGE_SHIFT) };
         }
         (start, d)
+    }
+
+    /// A span of resident (dirty) pages, with the page heap that gave it still locked: from
+    /// this arena, else from another arena whose lock is free (busy ones are not waited for).
+    /// None if no arena has one. This is how memory one thread freed serves another thread's
+    /// large blocks before its arena faults in new pages: in `frag`, the bursts of different
+    /// threads share pages.
+    fn span_resident(
+        &self,
+        pages: usize,
+        align_pages: usize,
+    ) -> Option<(Guard<'_, ArenaPages>, *mut SpanDesc)> {
+        {
+            let mut p = self.pages.lock();
+            if let Some(d) = p.heap.alloc_dirty(pages, align_pages, false) {
+                return Some((p, d));
+            }
+        }
+        let used = arenas_used();
+        let me = self.index();
+        for k in 1..used {
+            let other = &ARENAS[(me + k) % used];
+            if let Some(mut q) = other.pages.try_lock() {
+                if let Some(d) = q.heap.alloc_dirty(pages, align_pages, false) {
+                    return Some((q, d));
+                }
+            }
+        }
+        None
     }
 
     /// Frees a sampled block.

@@ -40,6 +40,14 @@ impl Mutex {
         }
     }
 
+    /// Takes the lock if it is free now; false if another thread holds it.
+    #[inline]
+    pub fn try_lock(&self) -> bool {
+        self.state
+            .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
     #[cold]
     fn lock_contended(&self) {
         for _ in 0..SPINS {
@@ -131,6 +139,13 @@ impl<T> Locked<T> {
         Guard { locked: self }
     }
 
+    /// Takes the lock if it is free now, without waiting.
+    #[inline]
+    pub fn try_lock(&self) -> Option<Guard<'_, T>> {
+        // Lazily: a guard made for a failed attempt would unlock on drop.
+        self.mutex.try_lock().then(|| Guard { locked: self })
+    }
+
     /// Takes the lock with no guard (fork handlers hold locks across calls).
     pub fn raw_lock(&self) {
         self.mutex.lock();
@@ -208,6 +223,21 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(*counter.lock(), 160_000);
+    }
+
+    #[test]
+    fn try_lock_fails_only_while_held() {
+        let l = Locked::new(1);
+        let held = l.lock();
+        assert!(l.try_lock().is_none());
+        // The failed attempt must have left the lock held.
+        assert!(
+            l.try_lock().is_none(),
+            "a failed try_lock released the lock"
+        );
+        drop(held);
+        *l.try_lock().expect("a free lock") += 1;
+        assert_eq!(*l.lock(), 2);
     }
 
     #[test]

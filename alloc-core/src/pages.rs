@@ -226,6 +226,27 @@ impl PageHeap {
         }
     }
 
+    /// A span of `pages` pages aligned to `align_pages` pages, carved only from dirty (resident)
+    /// free spans: never from purged pages or a new segment. The descriptor is as
+    /// [`PageHeap::alloc`] returns it.
+    pub fn alloc_dirty(
+        &mut self,
+        pages: usize,
+        align_pages: usize,
+        all_heads: bool,
+    ) -> Option<*mut SpanDesc> {
+        let need = pages + align_pages - 1;
+        if pages == 0 || need > USABLE_PAGES {
+            return None;
+        }
+        let found = self.dirty.find(need);
+        if found.is_null() {
+            return None;
+        }
+        // SAFETY: `found` is a dirty free span head of this heap; we hold the lock.
+        Some(unsafe { self.carve(found, true, pages, align_pages, all_heads) })
+    }
+
     unsafe fn carve(
         &mut self,
         d: *mut SpanDesc,
