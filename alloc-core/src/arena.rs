@@ -4,7 +4,8 @@
 //! which the first `narenas` are handed to threads (least-loaded first). An arena owns its
 //! segments. It has one lock per small size class (the bin: the class's current slab and its
 //! list of non-full slabs) and one lock for its page heap (large blocks and new slabs).
-//! Lock order: a bin lock may be held while the page lock is taken, never the reverse.
+//! Lock order: a bin lock may be held while the page lock is taken, never the reverse. Another
+//! arena's page lock is only ever tried (`try_lock`), with no lock of ours held.
 
 use crate::config;
 use crate::lock::{Guard, Locked};
@@ -141,6 +142,13 @@ impl Arena {
             self.purge_hint
                 .fetch_min(now.saturating_add(decay as u64), Ordering::Relaxed);
         }
+    }
+
+    /// Whether this arena may have dirty pages: false only when it surely has none (its purge
+    /// hint is unset, which with decay on means nothing was freed since its last purge), so
+    /// other arenas can skip its lock.
+    fn may_have_dirty(&self) -> bool {
+        config::decay_ms() < 0 || self.purge_hint.load(Ordering::Relaxed) != u64::MAX
     }
 
     /// Whether threads use this arena now. Freed blocks of an arena nobody uses are better
@@ -402,6 +410,9 @@ impl Arena {
         let me = self.index();
         for k in 1..used {
             let other = &ARENAS[(me + k) % used];
+            if !other.may_have_dirty() {
+                continue;
+            }
             if let Some(mut q) = other.pages.try_lock() {
                 if let Some(d) = q.heap.alloc_dirty(pages, align_pages, false) {
                     return Some((q, d));
@@ -531,17 +542,20 @@ impl Arena {
     fn release_empty_slabs(&self, now: u64) {
         for (bin, info) in self.bins.iter().zip(&CLASSES) {
             let mut bin = bin.0.lock();
-            while !bin.empty.is_null() {
-                let s = bin.empty;
-                // SAFETY: kept empty slabs are live descriptors of ours, guarded by the lock.
-                unsafe {
-                    bin.empty = (*s).next;
-                    self.free_span(&mut self.pages.lock(), s, now);
+            if !bin.empty.is_null() {
+                let kept_pages = bin.empty_slabs * info.pages as usize;
+                let mut p = self.pages.lock();
+                while !bin.empty.is_null() {
+                    let s = bin.empty;
+                    // SAFETY: kept empty slabs are live descriptors of ours, guarded by the lock.
+                    unsafe {
+                        bin.empty = (*s).next;
+                        self.free_span(&mut p, s, now);
+                    }
+                    bin.empty_slabs -= 1;
+                    bin.slabs -= 1;
                 }
-                self.empty_pages
-                    .fetch_sub(info.pages as usize, Ordering::Relaxed);
-                bin.empty_slabs -= 1;
-                bin.slabs -= 1;
+                self.empty_pages.fetch_sub(kept_pages, Ordering::Relaxed);
             }
             let s = bin.current;
             // SAFETY: the current slab is a live descriptor guarded by the bin lock.
