@@ -77,6 +77,6 @@ fn main() {
         let m = median(&mut times[i]);
         println!("{name:<34} {m:>10.4} {:>10.4}", m / base);
     }
-    let (live, total) = sampalloc_core::prof::sample_counts();
+    let (live, total) = sampalloc_core::profile::sample_counts();
     println!("samples taken: {total} (live {live})");
 }

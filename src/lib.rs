@@ -39,7 +39,7 @@ pub mod stats;
 pub struct SampAlloc;
 
 /// Alignment every block has without asking.
-const MIN_ALIGN: usize = engine::size_class::QUANTUM;
+const MIN_ALIGN: usize = engine::QUANTUM;
 
 // SAFETY: the engine returns blocks of at least the requested size and alignment that stay
 // valid until freed, never hands one block out twice, and `realloc` keeps the contents.
@@ -130,9 +130,9 @@ pub fn configure(conf: &str) -> Result<(), Vec<ConfigError>> {
         })
     });
     // Allocating the errors above is fine: the engine is not inside a call of its own.
-    engine::global::ensure_ready();
+    engine::ensure_ready();
     if engine::config::narenas() != 0 {
-        engine::arena::set_narenas(engine::config::narenas());
+        engine::set_narenas(engine::config::narenas());
     }
     if errors.is_empty() {
         Ok(())

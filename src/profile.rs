@@ -13,8 +13,7 @@
 //! Profiles use the sampled-heap text format (`heap profile: … @ heap_v2/R`) that `jeprof`
 //! and `go tool pprof` read; see `alloc-core/src/prof_dump.rs`.
 
-use sampalloc_core::prof;
-use sampalloc_core::prof_dump::{self, Sink};
+use sampalloc_core::profile::{self, Sink};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -34,7 +33,7 @@ pub fn set_active(active: bool) {
 /// Writes the current heap profile to `path`.
 pub fn dump(path: impl AsRef<Path>) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
-    prof_dump::dump_to_path(path.as_ref().as_os_str().as_bytes())
+    profile::dump_to_path(path.as_ref().as_os_str().as_bytes())
         .map_err(io::Error::from_raw_os_error)
 }
 
@@ -42,7 +41,7 @@ pub fn dump(path: impl AsRef<Path>) -> io::Result<()> {
 /// returns that name.
 pub fn dump_named() -> io::Result<PathBuf> {
     let mut name = [0u8; sampalloc_core::config::PREFIX_MAX + 80];
-    let len = prof_dump::profile_name(prof::kind::MANUAL, &mut name);
+    let len = profile::profile_name(profile::kind::MANUAL, &mut name);
     let path = PathBuf::from(String::from_utf8_lossy(&name[..len]).into_owned());
     dump(&path)?;
     Ok(path)
@@ -60,7 +59,7 @@ impl Sink for VecSink {
 /// The current heap profile as bytes, without touching the file system.
 pub fn to_bytes() -> Vec<u8> {
     let mut sink = VecSink(Vec::with_capacity(64 << 10));
-    prof_dump::write_profile(&mut sink);
+    profile::write_profile(&mut sink);
     sink.0
 }
 
@@ -84,9 +83,7 @@ pub struct Site {
 /// Every call site seen so far, largest live bytes first.
 pub fn sites() -> Vec<Site> {
     let mut out = Vec::new();
-    let mut e = prof::first_entry();
-    // SAFETY: entries are never freed and are linked before they are published.
-    while let Some(entry) = unsafe { e.as_ref() } {
+    for entry in profile::entries() {
         let c = entry.counts();
         out.push(Site {
             frames: entry.frames().to_vec(),
@@ -96,7 +93,6 @@ pub fn sites() -> Vec<Site> {
             total_objects: c.total_objects,
             live_samples: c.live_samples,
         });
-        e = entry.next;
     }
     out.sort_by(|a, b| b.live_bytes.total_cmp(&a.live_bytes));
     out

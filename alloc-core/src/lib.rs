@@ -9,31 +9,36 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod alloc;
-pub mod arena;
-pub mod backtrace;
-pub mod config;
-pub mod fmath;
-pub mod fork;
-pub mod global;
-pub mod huge;
-pub mod lock;
-pub mod meta;
-pub mod os;
-pub mod pages;
-pub mod prof;
-pub mod prof_dump;
-pub mod registry;
-pub mod sampler;
-pub mod segment;
-pub mod size_class;
-pub mod slab;
-pub mod stats;
-pub mod thread;
-pub mod thread_cache;
-pub mod unwind;
+// The layers, bottom first: each folder uses only the folders above it in this list
+// (ARCHITECTURE.md; checked by tests/layers.rs).
+pub(crate) mod addr;
+pub(crate) mod api;
+pub(crate) mod base;
+pub(crate) mod platform;
+pub(crate) mod pool;
+pub(crate) mod process;
+pub(crate) mod prof;
+pub(crate) mod span;
+pub(crate) mod thread;
 
-pub use alloc::{
-    alloc_aligned, calloc, flush_thread_cache, free, free_as, free_sized, malloc, malloc_fast,
-    malloc_slow, malloc_zeroed, purge, realloc, usable_size, Op,
+pub use api::alloc::{
+    alloc_aligned, flush_thread_cache, free, free_as, free_sized, malloc, malloc_fast, malloc_slow,
+    malloc_zeroed, purge, realloc, usable_size, Op,
 };
+
+// The facade: what `sampalloc` (the Rust API and CLI) and `libsampalloc.so` use. Everything
+// else is crate-private, so the dead-code lint sees the whole engine.
+pub use base::config;
+pub use base::size_class::QUANTUM;
+pub use platform::os::{errno, set_errno, PAGE_SIZE};
+pub use pool::arena::set_narenas;
+pub use process::init::ensure_ready;
+pub use process::stats;
+pub use prof::backtrace::current_sp;
+pub use prof::unwind;
+
+/// The heap profiler: dumps, the stack table and the profile file names.
+pub mod profile {
+    pub use crate::prof::dump::{dump_to_path, profile_name, write_profile, Sink};
+    pub use crate::prof::table::{entries, kind, sample_counts, Counts, StackEntry};
+}

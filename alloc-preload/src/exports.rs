@@ -19,8 +19,8 @@
 use core::ffi::{c_int, c_void};
 use core::ptr;
 use sampalloc_core as engine;
-use sampalloc_core::os::{self, PAGE_SIZE};
-use sampalloc_core::size_class::QUANTUM;
+use sampalloc_core::PAGE_SIZE;
+use sampalloc_core::QUANTUM;
 
 /// Largest size any function accepts (glibc's limit too): `PTRDIFF_MAX`.
 const MAX_SIZE: usize = isize::MAX as usize;
@@ -28,7 +28,7 @@ const MAX_SIZE: usize = isize::MAX as usize;
 #[cold]
 #[inline(never)]
 fn fail(errno: c_int) -> *mut c_void {
-    os::set_errno(errno);
+    engine::set_errno(errno);
     ptr::null_mut()
 }
 
@@ -49,7 +49,7 @@ fn malloc_impl(size: usize) -> *mut c_void {
     if !p.is_null() {
         return p.cast();
     }
-    malloc_slow(size, engine::backtrace::current_sp())
+    malloc_slow(size, engine::current_sp())
 }
 
 /// `malloc` past the thread cache: a tail call, so that `malloc` itself needs no stack frame.
@@ -202,10 +202,10 @@ pub unsafe extern "C" fn posix_memalign(
     if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
         return libc::EINVAL;
     }
-    let saved = os::errno();
+    let saved = engine::errno();
     let p = aligned(align, size);
     if p.is_null() {
-        os::set_errno(saved);
+        engine::set_errno(saved);
         return libc::ENOMEM;
     }
     // SAFETY: the caller provides a writable `memptr`.

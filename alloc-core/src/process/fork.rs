@@ -5,7 +5,10 @@
 //! Lock order, outermost first: profile-dump buffer, thread-cache list, arena bins, arena
 //! pages, huge cache, profiler table, metadata. Every path that nests locks follows it.
 
-use crate::{arena, huge, meta, prof, prof_dump, thread, thread_cache};
+use crate::base::meta;
+use crate::pool::{arena, huge};
+use crate::prof::{dump as prof_dump, table as prof};
+use crate::thread::{self, cache as thread_cache};
 
 /// Before `fork`: take every lock.
 pub extern "C" fn prefork() {

@@ -20,9 +20,9 @@
 //! class + 1 of a live slab (every page) or of an unsampled cached large block (first page).
 //! Everything else reads 0 and takes the checked path through the descriptors.
 
-use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
-use crate::registry;
-use crate::size_class::NUM_CACHED;
+use crate::addr::registry;
+use crate::base::size_class::NUM_CACHED;
+use crate::platform::os::{self, PAGE_SHIFT, PAGE_SIZE};
 use core::ptr;
 use static_assertions::const_assert;
 
@@ -133,7 +133,7 @@ pub const HEADER_PAGES: usize = core::mem::size_of::<Segment>().div_ceil(PAGE_SI
 /// Pages a segment offers for spans.
 pub const USABLE_PAGES: usize = PAGES_PER_SEGMENT - HEADER_PAGES;
 
-const_assert!(USABLE_PAGES >= crate::size_class::LARGE_MAX / PAGE_SIZE);
+const_assert!(USABLE_PAGES >= crate::base::size_class::LARGE_MAX / PAGE_SIZE);
 const_assert!(PAGES_PER_SEGMENT <= u16::MAX as usize);
 const_assert!(HEADER_PAGES <= 20); // the header costs under 2 % of a segment
 
@@ -151,10 +151,14 @@ impl Segment {
             (*seg).header_kind = HEADER_SEGMENT;
             (*seg).arena = arena;
         }
-        registry::mark_segment(base as usize, crate::arena::tag_of_index(arena as usize));
+        registry::mark_segment(
+            base as usize,
+            crate::pool::arena::tag_of_index(arena as usize),
+        );
         let n = SEGMENTS_MAPPED.fetch_add(1, core::sync::atomic::Ordering::Relaxed) + 1;
-        crate::prof::note_mapped(
-            n * SEGMENT_SIZE + crate::huge::MAPPED.load(core::sync::atomic::Ordering::Relaxed),
+        crate::prof::table::note_mapped(
+            n * SEGMENT_SIZE
+                + crate::pool::huge::MAPPED.load(core::sync::atomic::Ordering::Relaxed),
         );
         seg
     }
@@ -350,8 +354,8 @@ mod tests {
 
     #[test]
     fn fast_codes_follow_live_blocks() {
-        use crate::alloc::{free, malloc, realloc};
-        use crate::size_class::class_of;
+        use crate::api::alloc::{free, malloc, realloc};
+        use crate::base::size_class::class_of;
         // A sampled block (the profiler may pick any) has no code: it takes the checked path.
         let code_of = |p: *mut u8| {
             let a = p as usize;

@@ -7,10 +7,8 @@
 //! was inlined and whether or not the entry point tail-calls.
 //!
 //! [`capture`] walks with the in-process unwinder (`unwind`, framehop over `.eh_frame`, about
-//! 10 ns a frame). [`capture_libgcc`] walks with libgcc's `_Unwind_Backtrace` under the same rule:
-//! about ten times slower, it is the reference the fast one is tested against.
-
-use core::ffi::{c_int, c_void};
+//! 10 ns a frame). The tests check it frame for frame against libgcc's `_Unwind_Backtrace` under the same
+//! rule (about ten times slower, never compiled into the allocator).
 
 /// The stack pointer of the calling function (inlined into it).
 #[inline(always)]
@@ -40,47 +38,6 @@ pub fn current_sp() -> usize {
     }
 }
 
-type TraceFn = extern "C" fn(ctx: *mut c_void, arg: *mut c_void) -> c_int;
-
-extern "C" {
-    fn _Unwind_Backtrace(trace: TraceFn, arg: *mut c_void) -> c_int;
-    fn _Unwind_GetIP(ctx: *mut c_void) -> usize;
-    fn _Unwind_GetCFA(ctx: *mut c_void) -> usize;
-}
-
-const URC_NO_REASON: c_int = 0;
-const URC_END_OF_STACK: c_int = 5;
-
-struct Walk<'a> {
-    out: &'a mut [usize],
-    len: usize,
-    entry_sp: usize,
-    in_caller: bool,
-}
-
-extern "C" fn on_frame(ctx: *mut c_void, arg: *mut c_void) -> c_int {
-    // SAFETY: `arg` is the `Walk` passed to `_Unwind_Backtrace` below; `ctx` is libgcc's.
-    unsafe {
-        let walk = &mut *(arg as *mut Walk);
-        // libgcc pairs a frame's IP with the CFA of the frame it called, i.e. the stack pointer
-        // this frame had at its call. The first frame whose stack pointer is above the entry
-        // point's is the entry point's caller.
-        if !walk.in_caller {
-            if _Unwind_GetCFA(ctx) <= walk.entry_sp {
-                return URC_NO_REASON;
-            }
-            walk.in_caller = true;
-        }
-        let ip = _Unwind_GetIP(ctx);
-        if ip == 0 || walk.len == walk.out.len() {
-            return URC_END_OF_STACK;
-        }
-        walk.out[walk.len] = ip;
-        walk.len += 1;
-        URC_NO_REASON
-    }
-}
-
 /// Fills `out` with the return addresses of the frames above the allocation entry point whose
 /// stack pointer was `entry_sp`, innermost first; returns how many (0 when the sample had to
 /// be skipped: too little stack left, or the unwinder still starting up on another thread).
@@ -95,29 +52,79 @@ pub fn capture(out: &mut [usize], entry_sp: usize) -> usize {
     } else {
         entry_sp
     };
-    core::hint::black_box(crate::unwind::capture_above(out, entry_sp))
+    core::hint::black_box(crate::prof::unwind::capture_above(out, entry_sp))
 }
 
-/// [`capture`] with libgcc's unwinder: the reference for tests.
-#[inline(never)]
-pub fn capture_libgcc(out: &mut [usize], entry_sp: usize) -> usize {
-    let mut walk = Walk {
-        out,
-        len: 0,
-        entry_sp: if entry_sp == 0 {
-            current_sp()
-        } else {
-            entry_sp
-        },
-        in_caller: false,
-    };
-    // SAFETY: `on_frame` only touches `walk`, which outlives the call.
-    unsafe { _Unwind_Backtrace(on_frame, &mut walk as *mut Walk as *mut c_void) };
-    walk.len
+/// libgcc's `_Unwind_Backtrace` under the same rule: the reference [`capture`] is tested
+/// against (about ten times slower; never on the allocation path).
+#[cfg(test)]
+mod libgcc {
+    use super::current_sp;
+    use core::ffi::{c_int, c_void};
+
+    type TraceFn = extern "C" fn(ctx: *mut c_void, arg: *mut c_void) -> c_int;
+
+    extern "C" {
+        fn _Unwind_Backtrace(trace: TraceFn, arg: *mut c_void) -> c_int;
+        fn _Unwind_GetIP(ctx: *mut c_void) -> usize;
+        fn _Unwind_GetCFA(ctx: *mut c_void) -> usize;
+    }
+
+    const URC_NO_REASON: c_int = 0;
+    const URC_END_OF_STACK: c_int = 5;
+
+    struct Walk<'a> {
+        out: &'a mut [usize],
+        len: usize,
+        entry_sp: usize,
+        in_caller: bool,
+    }
+
+    extern "C" fn on_frame(ctx: *mut c_void, arg: *mut c_void) -> c_int {
+        // SAFETY: `arg` is the `Walk` passed to `_Unwind_Backtrace` below; `ctx` is libgcc's.
+        unsafe {
+            let walk = &mut *(arg as *mut Walk);
+            // libgcc pairs a frame's IP with the CFA of the frame it called, i.e. the stack pointer
+            // this frame had at its call. The first frame whose stack pointer is above the entry
+            // point's is the entry point's caller.
+            if !walk.in_caller {
+                if _Unwind_GetCFA(ctx) <= walk.entry_sp {
+                    return URC_NO_REASON;
+                }
+                walk.in_caller = true;
+            }
+            let ip = _Unwind_GetIP(ctx);
+            if ip == 0 || walk.len == walk.out.len() {
+                return URC_END_OF_STACK;
+            }
+            walk.out[walk.len] = ip;
+            walk.len += 1;
+            URC_NO_REASON
+        }
+    }
+
+    /// [`capture`] with libgcc's unwinder: the reference for tests.
+    #[inline(never)]
+    pub fn capture_libgcc(out: &mut [usize], entry_sp: usize) -> usize {
+        let mut walk = Walk {
+            out,
+            len: 0,
+            entry_sp: if entry_sp == 0 {
+                current_sp()
+            } else {
+                entry_sp
+            },
+            in_caller: false,
+        };
+        // SAFETY: `on_frame` only touches `walk`, which outlives the call.
+        unsafe { _Unwind_Backtrace(on_frame, &mut walk as *mut Walk as *mut c_void) };
+        walk.len
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::libgcc::capture_libgcc;
     use super::*;
 
     #[inline(never)]

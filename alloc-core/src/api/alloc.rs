@@ -9,25 +9,25 @@
 //! Misuse is fatal: freeing a pointer that does not start a live block of ours aborts with one
 //! line naming the function and the pointer.
 
-use crate::arena;
-use crate::backtrace;
-use crate::global;
-use crate::huge;
-use crate::os::{self, PAGE_SHIFT, PAGE_SIZE};
-use crate::prof::{self, MAX_FRAMES};
-use crate::prof_dump::InProfiler;
-use crate::registry;
-use crate::sampler;
-use crate::segment::{
+use crate::addr::registry;
+use crate::addr::segment::{
     self, kind, span_start, Location, Segment, SpanDesc, FLAG_SAMPLED, PAGES_PER_SEGMENT,
     USABLE_PAGES,
 };
-use crate::size_class::{
+use crate::base::size_class::{
     class_of, is_small, CLASSES, LARGE_MAX, NUM_CACHED, NUM_SMALL, QUANTUM, SMALL_MAX,
     STARTS_BY_CODE,
 };
+use crate::platform::os::{self, PAGE_SHIFT, PAGE_SIZE};
+use crate::pool::arena;
+use crate::pool::huge;
+use crate::process::init;
+use crate::prof::backtrace;
+use crate::prof::dump::InProfiler;
+use crate::prof::table::{self, MAX_FRAMES};
 use crate::thread;
-use crate::thread_cache::{self, ThreadCache};
+use crate::thread::cache::{self, ThreadCache};
+use crate::thread::sampler;
 use core::ptr;
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -128,15 +128,6 @@ pub fn malloc_zeroed(size: usize) -> *mut u8 {
     alloc_slow(size, true, backtrace::current_sp())
 }
 
-/// `calloc`: `n * size` zeroed bytes; null if the product overflows or memory ran out.
-#[inline(always)]
-pub fn calloc(n: usize, size: usize) -> *mut u8 {
-    match n.checked_mul(size) {
-        Some(total) => alloc_slow(total, true, backtrace::current_sp()),
-        None => ptr::null_mut(),
-    }
-}
-
 /// The allocation slow path. `entry_sp` is the stack pointer of the public entry point, so a
 /// sampled stack starts at its caller.
 #[inline(never)]
@@ -159,7 +150,7 @@ fn alloc_slow(size: usize, zero: bool, entry_sp: usize) -> *mut u8 {
 }
 
 fn alloc_huge(size: usize, align: usize, zero: bool, growth: bool, entry_sp: usize) -> *mut u8 {
-    global::ensure_ready();
+    init::ensure_ready();
     let tc = thread::cache_or_init();
     // SAFETY: our own cache.
     let sample = !tc.is_null() && unsafe { count_event(tc, size) };
@@ -172,7 +163,7 @@ fn alloc_huge(size: usize, align: usize, zero: bool, growth: bool, entry_sp: usi
     let p = huge::alloc(size, align, zero, growth);
     if !p.is_null() {
         let weight = sampler::weight(size, sampler::mean_interval());
-        let stack = prof::record_alloc(&frames[..depth], size, weight);
+        let stack = table::record_alloc(&frames[..depth], size, weight);
         // SAFETY: a live huge block we just allocated.
         unsafe { huge::set_sample(p, stack, size, weight) };
     }
@@ -203,11 +194,11 @@ unsafe fn thread_event(tc: *mut ThreadCache) -> bool {
         let in_profiler = (*thread::state()).in_profiler != 0;
         if due.tick {
             let now = os::now_ms();
-            thread_cache::gc(tc, now);
+            cache::gc(tc, now);
             arena::purge_due_arenas(now);
             huge::maybe_purge(now);
             if !in_profiler {
-                prof::on_tick(sampler::tick_bytes());
+                table::on_tick(sampler::tick_bytes());
             }
         }
         due.sample && !in_profiler
@@ -235,7 +226,7 @@ unsafe fn alloc_sampled(
         return p;
     }
     let weight = sampler::weight(size, sampler::mean_interval());
-    let stack = prof::record_alloc(&frames[..depth], size.max(1), weight);
+    let stack = table::record_alloc(&frames[..depth], size.max(1), weight);
     // SAFETY: `d` heads the block we just allocated; its words are ours to use.
     unsafe {
         (*d).words[0] = stack as usize as u64;
@@ -251,8 +242,8 @@ unsafe fn alloc_sampled(
 unsafe fn free_sampled(d: *mut SpanDesc) {
     // SAFETY: `d` heads a live sampled block whose words hold its record.
     unsafe {
-        let stack = (*d).words[0] as usize as *mut prof::StackEntry;
-        prof::record_free(stack, (*d).words[1] as usize, f64::from_bits((*d).words[2]));
+        let stack = (*d).words[0] as usize as *mut table::StackEntry;
+        table::record_free(stack, (*d).words[1] as usize, f64::from_bits((*d).words[2]));
         arena::of_segment(segment::segment_of_desc(d)).free_sampled(d);
     }
 }
@@ -293,7 +284,7 @@ unsafe fn alloc_class(tc: *mut ThreadCache, class: usize, zero: bool, size: usiz
 /// arena 0 under its locks. Such allocations are not sampled.
 #[cold]
 fn fallback_alloc(class: usize, zero: bool, size: usize) -> *mut u8 {
-    global::ensure_ready();
+    init::ensure_ready();
     let a = arena::get(0);
     if is_small(class) {
         let mut out = [ptr::null_mut(); 1];
@@ -362,7 +353,7 @@ fn aligned_slow(align: usize, size: usize, zero: bool, entry_sp: usize) -> *mut 
         if CLASSES[class].pages as usize + align_pages - 1 <= USABLE_PAGES {
             let tc = thread::cache_or_init();
             if tc.is_null() {
-                global::ensure_ready();
+                init::ensure_ready();
                 return arena::get(0).alloc_large(class, align_pages, zero);
             }
             // SAFETY: our own cache.
@@ -431,7 +422,7 @@ pub unsafe fn free(p: *mut u8) {
 }
 
 /// Frees `p`, which was allocated with `size` bytes at an alignment of at most 16 (by
-/// [`malloc`], [`malloc_zeroed`], [`calloc`] or [`realloc`] to that size). With the size known
+/// [`malloc`], [`malloc_zeroed`] or [`realloc`] to that size). With the size known
 /// the block's class is known too, so a small block that is not page-aligned goes straight to
 /// the thread cache without the metadata lookup; anything else takes [`free`]'s path. (Sampled
 /// blocks have pages of their own and so are page-aligned.) Blocks smaller than a cache line
@@ -448,7 +439,7 @@ pub unsafe fn free_sized(p: *mut u8, size: usize) {
         // A block that may have to go home takes `free`.
         // SAFETY: a non-null cache is our own.
         let foreign = || {
-            thread_cache::may_send_home(class)
+            cache::may_send_home(class)
                 && registry::segment_tag(p as usize) != unsafe { (*tc).arena_tag }
         };
         if !tc.is_null() && !foreign() {
@@ -535,10 +526,9 @@ unsafe fn cached_block_class(p: *mut u8) -> Option<(usize, u64)> {
 unsafe fn free_foreign(tc: *mut ThreadCache, p: *mut u8, class: usize, tag: u8, op: Op) {
     // SAFETY: our own cache; `p` starts a block of `class` (checked by the caller).
     unsafe {
-        if p.cast::<u64>().read() != (*tc).free_key
-            && thread_cache::sends_home(class, arena::of_tag(tag))
+        if p.cast::<u64>().read() != (*tc).free_key && cache::sends_home(class, arena::of_tag(tag))
         {
-            return thread_cache::push_remote(tc, class, p);
+            return cache::push_remote(tc, class, p);
         }
         free_checked(p, op)
     }
@@ -573,15 +563,15 @@ unsafe fn free_block(p: *mut u8, d: *mut SpanDesc, class: usize) {
         unsafe {
             let key = (*tc).free_key;
             if p.cast::<u64>().read() == key {
-                thread_cache::check_double_free(tc, class, d, p);
+                cache::check_double_free(tc, class, d, p);
             }
             let owner = arena::of_segment(segment::segment_of_desc(d));
-            if !ptr::eq(owner, (*tc).arena) && thread_cache::sends_home(class, owner) {
-                thread_cache::push_remote(tc, class, p);
+            if !ptr::eq(owner, (*tc).arena) && cache::sends_home(class, owner) {
+                cache::push_remote(tc, class, p);
                 return;
             }
             if !(*tc).bins.get_unchecked(class).try_push(p) {
-                thread_cache::on_full(tc, class);
+                cache::on_full(tc, class);
                 // `on_full` grew or flushed the stack: there is room now.
                 let pushed = (*tc).bins.get_unchecked(class).try_push(p);
                 debug_assert!(pushed);
@@ -694,7 +684,7 @@ pub fn flush_thread_cache() {
     let tc = thread::cache();
     if !tc.is_null() {
         // SAFETY: our own cache.
-        unsafe { thread_cache::flush_all(tc) };
+        unsafe { cache::flush_all(tc) };
     }
 }
 

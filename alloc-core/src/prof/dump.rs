@@ -19,10 +19,10 @@
 //! Nothing here allocates: text goes through one static buffer to a sink (a file descriptor,
 //! or the Rust API's vector), under the dump lock; the stack table is read without its lock.
 
-use crate::config::{self, PREFIX_MAX};
-use crate::lock::Locked;
-use crate::os::{self, Line};
-use crate::prof::{self, Counts, StackEntry, MAX_FRAMES};
+use crate::base::config::{self, PREFIX_MAX};
+use crate::platform::lock::Locked;
+use crate::platform::os::{self, Line};
+use crate::prof::table::{self, Counts, StackEntry, MAX_FRAMES};
 use crate::thread;
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -130,7 +130,7 @@ fn per_sample(x: f64, r: f64) -> f64 {
     if x <= 0.0 {
         return r;
     }
-    x / -crate::fmath::exp_m1(-x / r)
+    x / -crate::base::fmath::exp_m1(-x / r)
 }
 
 /// The row `(objects, bytes)` for `samples` samples whose estimate is `estimate` bytes, such
@@ -165,14 +165,7 @@ fn rows(c: &Counts, r: f64) -> [u64; 4] {
 /// The stacks to write: those with frames (a sample whose capture was skipped has none, and a
 /// row without addresses is not valid for readers).
 fn entries() -> impl Iterator<Item = &'static StackEntry> {
-    let mut e = prof::first_entry();
-    core::iter::from_fn(move || {
-        // SAFETY: entries are never freed; `next` links were written before publication.
-        let entry = unsafe { e.as_ref()? };
-        e = entry.next;
-        Some(entry)
-    })
-    .filter(|entry| entry.depth > 0)
+    table::entries().filter(|entry| entry.depth > 0)
 }
 
 /// Writes the current heap profile to `sink`. False if the sink failed.
@@ -512,7 +505,7 @@ mod tests {
 
     #[test]
     fn profile_text_has_header_rows_and_maps() {
-        prof::record_alloc(&[0x1111, 0x2222], 4096, 128.5);
+        table::record_alloc(&[0x1111, 0x2222], 4096, 128.5);
         let mut sink = VecSink(Vec::new());
         assert!(write_profile(&mut sink));
         let text = String::from_utf8(sink.0).unwrap();

@@ -13,7 +13,7 @@
 //! a page and objects are packed from the slab's start; aligned requests rely on that.
 //! The table is computed by `const fn`s and its invariants checked at compile time.
 
-use crate::os::{PAGE_SHIFT, PAGE_SIZE};
+use crate::platform::os::{PAGE_SHIFT, PAGE_SIZE};
 use static_assertions::const_assert;
 
 /// Every block is aligned to at least this many bytes.

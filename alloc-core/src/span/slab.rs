@@ -4,8 +4,8 @@
 //! allocator pointers, and returning an object whose bit is already set is a detected double
 //! free. Objects are packed from the slab's (page-aligned) start.
 
-use crate::segment::{kind, span_start, SpanDesc};
-use crate::size_class::CLASSES;
+use crate::addr::segment::{kind, span_start, SpanDesc};
+use crate::base::size_class::CLASSES;
 
 /// What returning an object did to its slab.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub unsafe fn init(d: *mut SpanDesc, class: usize) {
                 0
             };
         }
-        crate::segment::set_fast_class_of_span(d);
+        crate::addr::segment::set_fast_class_of_span(d);
     }
 }
 

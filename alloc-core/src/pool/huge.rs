@@ -16,11 +16,11 @@
 //! makes loops over multi-MiB buffers several times slower than glibc, whose mmap threshold
 //! adapts. Growing uses `mremap`, which moves page tables rather than copying data.
 
-use crate::config;
-use crate::lock::Locked;
-use crate::os::{self, PAGE_SIZE};
-use crate::registry;
-use crate::segment::{HEADER_HUGE, SEGMENT_SIZE};
+use crate::addr::registry;
+use crate::addr::segment::{HEADER_HUGE, SEGMENT_SIZE};
+use crate::base::config;
+use crate::platform::lock::Locked;
+use crate::platform::os::{self, PAGE_SIZE};
 use core::ptr;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -47,7 +47,7 @@ pub struct HugeHeader {
     /// Usable bytes of the block.
     pub usable: usize,
     /// The profiler's record if the block was sampled (null otherwise).
-    pub sample_stack: *mut crate::prof::StackEntry,
+    pub sample_stack: *mut crate::prof::table::StackEntry,
     /// Sampled: the requested size recorded.
     pub sample_bytes: usize,
     /// Sampled: the weight recorded.
@@ -148,8 +148,8 @@ pub fn alloc(size: usize, align: usize, zero: bool, growth: bool) -> *mut u8 {
     let mapped = MAPPED.fetch_add(map_size, Ordering::Relaxed) + map_size;
     ALLOCATED.fetch_add(usable, Ordering::Relaxed);
     REQUESTS.fetch_add(1, Ordering::Relaxed);
-    crate::prof::note_mapped(
-        mapped + crate::segment::SEGMENTS_MAPPED.load(Ordering::Relaxed) * SEGMENT_SIZE,
+    crate::prof::table::note_mapped(
+        mapped + crate::addr::segment::SEGMENTS_MAPPED.load(Ordering::Relaxed) * SEGMENT_SIZE,
     );
     p
 }
@@ -160,7 +160,7 @@ pub fn alloc(size: usize, align: usize, zero: bool, growth: bool) -> *mut u8 {
 /// `p` must be a live huge block of ours.
 pub unsafe fn set_sample(
     p: *mut u8,
-    stack: *mut crate::prof::StackEntry,
+    stack: *mut crate::prof::table::StackEntry,
     bytes: usize,
     weight: f64,
 ) {
@@ -247,7 +247,11 @@ pub unsafe fn free(h: *mut u8, p: *mut u8, op: &str) {
     // SAFETY: a valid, live huge block.
     unsafe {
         if !(*h).sample_stack.is_null() {
-            crate::prof::record_free((*h).sample_stack, (*h).sample_bytes, (*h).sample_weight);
+            crate::prof::table::record_free(
+                (*h).sample_stack,
+                (*h).sample_bytes,
+                (*h).sample_weight,
+            );
             (*h).sample_stack = ptr::null_mut();
         }
         ALLOCATED.fetch_sub((*h).usable, Ordering::Relaxed);

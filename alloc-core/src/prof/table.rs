@@ -12,11 +12,11 @@
 //! heap's lock): they only set a bit. The bits are served at the next tick of an allocating
 //! thread, with no lock held, or at exit.
 
-use crate::config;
-use crate::lock::Locked;
-use crate::meta;
-use crate::os;
-use crate::prof_dump;
+use crate::base::config;
+use crate::base::meta;
+use crate::platform::lock::Locked;
+use crate::platform::os;
+use crate::prof::dump;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
@@ -109,9 +109,16 @@ static NEWEST: AtomicPtr<StackEntry> = AtomicPtr::new(ptr::null_mut());
 static SAMPLES_LIVE: AtomicUsize = AtomicUsize::new(0);
 static SAMPLES_TOTAL: AtomicU64 = AtomicU64::new(0);
 
-/// The newest stack entry; follow `next` for the others. Entries are never removed.
-pub fn first_entry() -> *const StackEntry {
-    NEWEST.load(Ordering::Acquire)
+/// Every stack entry, newest first. Entries are never removed nor freed, and each is fully
+/// written before it is published, so the walk needs no lock.
+pub fn entries() -> impl Iterator<Item = &'static StackEntry> {
+    let mut e: *const StackEntry = NEWEST.load(Ordering::Acquire);
+    core::iter::from_fn(move || {
+        // SAFETY: entries live for the process and are linked before they are published.
+        let entry = unsafe { e.as_ref() }?;
+        e = entry.next;
+        Some(entry)
+    })
 }
 
 /// Sampled blocks currently live, and sampled since the start.
@@ -333,7 +340,7 @@ fn serve_pending() {
         (PENDING_SIGNAL, kind::SIGNAL),
     ] {
         if pending & bit != 0 {
-            prof_dump::dump_named(k);
+            dump::dump_named(k);
         }
     }
     DUMPING.store(false, Ordering::Release);
@@ -348,10 +355,10 @@ pub fn at_exit() {
         serve_pending();
     }
     if config::prof_final() {
-        prof_dump::dump_named(kind::FINAL);
+        dump::dump_named(kind::FINAL);
     }
     if config::prof_leak() {
-        prof_dump::leak_summary();
+        dump::leak_summary();
     }
 }
 

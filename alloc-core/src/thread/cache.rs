@@ -27,16 +27,16 @@
 //! A freed block carries the process's `free_key` in its first word while cached, which lets a
 //! second `free` of it be recognised cheaply (confirmed by a scan before aborting).
 
-use crate::arena::{self, Arena};
-use crate::config;
-use crate::lock::Locked;
-use crate::meta;
-use crate::os;
-use crate::sampler::Schedule;
-use crate::segment::{kind, Segment, SpanDesc};
-use crate::size_class::{
+use crate::addr::segment::{kind, Segment, SpanDesc};
+use crate::base::config;
+use crate::base::meta;
+use crate::base::size_class::{
     is_small, CACHED_LARGE_MIN, CLASSES, NUM_CACHED, SUBLINE_CLASSES, TOTAL_CACHE_SLOTS,
 };
+use crate::platform::lock::Locked;
+use crate::platform::os;
+use crate::pool::arena::{self, Arena};
+use crate::thread::sampler::Schedule;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 

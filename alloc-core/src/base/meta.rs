@@ -4,8 +4,8 @@
 //! A bump allocator over 2 MiB mappings under one lock. Metadata is rarely freed; the few kinds
 //! that are recycled (thread caches) keep their own free lists on top of this.
 
-use crate::lock::Locked;
-use crate::os;
+use crate::platform::lock::Locked;
+use crate::platform::os;
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 

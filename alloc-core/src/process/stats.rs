@@ -9,13 +9,13 @@
 //! - *mapped*: bytes of address space mapped; *retained*: mapped but purged;
 //! - *metadata*: segment headers and the engine's own bookkeeping.
 
-use crate::arena::{self, NUM_LARGE};
-use crate::huge;
-use crate::meta;
-use crate::os::{Line, PAGE_SIZE};
-use crate::segment::{HEADER_PAGES, SEGMENT_SIZE};
-use crate::size_class::{CLASSES, NUM_CACHED, NUM_CLASSES, NUM_SMALL};
-use crate::thread_cache;
+use crate::addr::segment::{HEADER_PAGES, SEGMENT_SIZE};
+use crate::base::meta;
+use crate::base::size_class::{CLASSES, NUM_CACHED, NUM_CLASSES, NUM_SMALL};
+use crate::platform::os::{Line, PAGE_SIZE};
+use crate::pool::arena::{self, NUM_LARGE};
+use crate::pool::huge;
+use crate::thread::cache;
 use core::sync::atomic::Ordering::Relaxed;
 
 /// Figures for one size class.
@@ -113,17 +113,17 @@ pub fn snapshot() -> Snapshot {
             }
         }
     }
-    thread_cache::for_each_live(|tc| {
+    cache::for_each_live(|tc| {
         s.threads += 1;
         for c in 0..NUM_CACHED {
             s.classes[c].cached += tc.bins[c].count();
             s.classes[c].requests += tc.bins[c].requests.load(Relaxed);
         }
-        thread_cache::for_each_remote(tc, |c| s.classes[c].cached += 1);
+        cache::for_each_remote(tc, |c| s.classes[c].cached += 1);
     });
     for (c, cs) in s.classes.iter_mut().enumerate() {
         if c < NUM_CACHED {
-            cs.requests += thread_cache::retired_requests(c);
+            cs.requests += cache::retired_requests(c);
         }
         cs.size = CLASSES[c].size as usize;
         cs.live = out[c].saturating_sub(cs.cached);
@@ -146,7 +146,7 @@ pub fn print(fd: i32) {
     let s = snapshot();
     let emit = |l: &mut Line| {
         l.str("\n");
-        crate::os::write_fd(fd, l.as_bytes());
+        crate::platform::os::write_fd(fd, l.as_bytes());
     };
     emit(Line::new().str("___ sampalloc statistics ___"));
     emit(

@@ -163,16 +163,6 @@ impl<T> Locked<T> {
     pub fn reset_after_fork(&self) {
         self.mutex.reset_after_fork();
     }
-
-    /// The data without locking.
-    ///
-    /// # Safety
-    /// The caller must hold the lock (e.g. through `raw_lock`) or otherwise exclude other threads.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn get_unchecked(&self) -> &mut T {
-        // SAFETY: exclusivity is the caller's promise.
-        unsafe { &mut *self.data.get() }
-    }
 }
 
 /// Proof that the lock is held; gives access to the data.

@@ -6,7 +6,10 @@
 //! calls into libc functions that may themselves allocate (`pthread_atfork`, `atexit`); those
 //! re-entrant calls are then served normally.
 
-use crate::{arena, config, fork, os, stats};
+use crate::base::config;
+use crate::platform::os;
+use crate::pool::arena;
+use crate::process::{fork, stats};
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 const UNINIT: u8 = 0;
@@ -23,11 +26,6 @@ pub fn ensure_ready() {
     if STATE.load(Ordering::Acquire) != READY {
         init_slow();
     }
-}
-
-/// Whether start-up has completed.
-pub fn is_ready() -> bool {
-    STATE.load(Ordering::Acquire) == READY
 }
 
 #[cold]
@@ -70,18 +68,18 @@ fn init_slow() {
         );
         libc::atexit(at_exit);
     }
-    crate::prof::install_signal_handler();
+    crate::prof::table::install_signal_handler();
     if config::prof() {
         // Set the unwinder up now, not at the first sample (which would be skipped if another
         // thread were setting it up). It takes the loader's lock and allocates: no engine lock
         // is held here, and its allocations are served but not sampled.
-        let _inside = crate::prof_dump::InProfiler::enter();
-        crate::unwind::init();
+        let _inside = crate::prof::dump::InProfiler::enter();
+        crate::prof::unwind::init();
     }
 }
 
 extern "C" fn at_exit() {
-    crate::prof::at_exit();
+    crate::prof::table::at_exit();
     if config::stats_print() {
         stats::print(2);
     }

@@ -5,8 +5,8 @@
 //! through `sampalloc::configure`). A bad entry prints one warning line and keeps the default.
 //! The environment is ignored in setuid/setgid processes (`AT_SECURE`).
 
-use crate::lock::Locked;
-use crate::os::Line;
+use crate::platform::lock::Locked;
+use crate::platform::os::Line;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicUsize, Ordering};
 
 /// Default `dirty_decay_ms`: long enough that a block freed and allocated again within a

@@ -15,7 +15,7 @@
 //! for all three keeps each sample's estimate `s/(1-exp(-s/R))` at or above `R`, which the
 //! profile writer's per-row unbiasing needs (and profiles report what the program asked for).
 
-use crate::config;
+use crate::base::config;
 
 /// Bytes a thread allocates between two ticks (fewer when `lg_prof_interval` asks for dumps
 /// more often): often enough for decay and cache trimming to keep up, rarely enough that a
@@ -44,7 +44,7 @@ pub fn mean_interval() -> f64 {
 /// The unbiased weight of a sample of `bytes` under mean interval `mean`: how many allocations
 /// of that size it stands for.
 pub fn weight(bytes: usize, mean: f64) -> f64 {
-    let p = -crate::fmath::exp_m1(-(bytes.max(1) as f64) / mean); // 1 - exp(-s/R), accurate for small s/R
+    let p = -crate::base::fmath::exp_m1(-(bytes.max(1) as f64) / mean); // 1 - exp(-s/R), accurate for small s/R
     1.0 / p
 }
 
@@ -107,7 +107,7 @@ impl Schedule {
     fn draw(&mut self, mean: f64) -> u64 {
         // u in (0, 1]: never zero, so the logarithm is finite.
         let u = ((self.next_random() >> 11) + 1) as f64 / (1u64 << 53) as f64;
-        let bytes = -crate::fmath::ln(u) * mean;
+        let bytes = -crate::base::fmath::ln(u) * mean;
         if bytes >= u64::MAX as f64 / 2.0 {
             u64::MAX / 2
         } else {

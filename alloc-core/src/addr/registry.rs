@@ -18,8 +18,8 @@
 //!                 root index     leaf index     offset in chunk
 //! ```
 
-use crate::meta;
-use crate::segment::SEGMENT_SHIFT;
+use crate::addr::segment::SEGMENT_SHIFT;
+use crate::base::meta;
 use core::cell::UnsafeCell;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};

@@ -7,13 +7,13 @@
 //! Lock order: a bin lock may be held while the page lock is taken, never the reverse. Another
 //! arena's page lock is only ever tried (`try_lock`), with no lock of ours held.
 
-use crate::config;
-use crate::lock::{Guard, Locked};
-use crate::os;
-use crate::pages::PageHeap;
-use crate::segment::{self, kind, span_start, Segment, SpanDesc, FLAG_SAMPLED};
-use crate::size_class::{CLASSES, NUM_CLASSES, NUM_SMALL};
-use crate::slab::{self, Put};
+use crate::addr::segment::{self, kind, span_start, Segment, SpanDesc, FLAG_SAMPLED};
+use crate::base::config;
+use crate::base::size_class::{CLASSES, NUM_CLASSES, NUM_SMALL};
+use crate::platform::lock::{Guard, Locked};
+use crate::platform::os;
+use crate::span::page_heap::PageHeap;
+use crate::span::slab::{self, Put};
 use core::ptr;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use static_assertions::const_assert;
@@ -37,7 +37,7 @@ const_assert!({
     let mut ok = true;
     let mut c = 0;
     while c < NUM_SMALL {
-        ok &= crate::size_class::slab_objects(c) >= 2;
+        ok &= crate::base::size_class::slab_objects(c) >= 2;
         c += 1;
     }
     ok

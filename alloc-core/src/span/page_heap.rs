@@ -13,12 +13,12 @@
 //! have every `page_head` entry set (their objects are looked up from inside the span); large
 //! blocks only the first and last.
 
-use crate::os::{self, PAGE_SHIFT};
-use crate::segment::{
+use crate::addr::segment::{
     kind, page_of_desc, segment_of_desc, span_start, Segment, SpanDesc, HEADER_PAGES,
     PAGES_PER_SEGMENT, USABLE_PAGES,
 };
-use crate::size_class::{class_of_computed, class_size};
+use crate::base::size_class::{class_of_computed, class_size};
+use crate::platform::os::{self, PAGE_SHIFT};
 use core::ptr;
 
 /// Free-span bins, one per page count class (the size-class formula applied to page counts).
@@ -411,7 +411,7 @@ impl PageHeap {
     unsafe fn free_span(&mut self, d: *mut SpanDesc, now: u64) {
         // SAFETY: `d` is a span head of ours that is on no list.
         unsafe {
-            crate::segment::clear_fast_class_of_span(d);
+            crate::addr::segment::clear_fast_class_of_span(d);
             let seg = segment_of_desc(d);
             let (first, pages) = self.merge_neighbours(seg, d, kind::FREE_DIRTY);
             let tail = self.decay_tail;

@@ -255,7 +255,7 @@ fn own_stack_top(sp: usize) -> Option<usize> {
 /// `None` if the kernel would not say (the call is filtered, e.g. by seccomp).
 fn readable(from: usize, to: usize) -> Option<bool> {
     const MAX_PAGES: usize = 32;
-    let page = crate::os::PAGE_SIZE;
+    let page = crate::platform::os::PAGE_SIZE;
     let mut remote = [libc::iovec {
         iov_base: core::ptr::null_mut(),
         iov_len: 0,
@@ -289,7 +289,7 @@ fn readable(from: usize, to: usize) -> Option<bool> {
     };
     if got == n as isize {
         Some(true)
-    } else if got >= 0 || crate::os::errno() == libc::EFAULT {
+    } else if got >= 0 || crate::platform::os::errno() == libc::EFAULT {
         Some(false)
     } else {
         None

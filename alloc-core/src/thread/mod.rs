@@ -14,10 +14,16 @@
 //! assembly, because the dynamic model (`__tls_get_addr`) may call malloc, which a malloc
 //! replacement loaded with `LD_PRELOAD` must never do. Thread exit is seen through a pthread key
 //! destructor registered at start-up.
+//!
+//! Layer 6, per thread: this state, the thread cache (`cache`) and the event countdown
+//! (`sampler`). Uses `pool` and below.
 
-use crate::arena;
-use crate::global;
-use crate::thread_cache::{self, ThreadCache};
+use crate::pool::arena;
+use crate::process::init;
+pub mod cache;
+pub mod sampler;
+
+use crate::thread::cache::{self as thread_cache, ThreadCache};
 use core::ptr;
 
 /// The phases of a thread's life (see the module docs).
@@ -87,7 +93,7 @@ mod tls {
     /// The block's first field, the cache pointer, read directly through the thread pointer:
     /// one instruction fewer than going through [`state`], on every `malloc` and `free`.
     #[inline(always)]
-    pub fn cache() -> *mut crate::thread_cache::ThreadCache {
+    pub fn cache() -> *mut crate::thread::cache::ThreadCache {
         let p: usize;
         // SAFETY: as in `state`; the cache pointer is the block's first field (offset 0).
         unsafe {
@@ -98,7 +104,7 @@ mod tls {
                 options(pure, readonly, nostack, preserves_flags),
             );
         }
-        p as *mut crate::thread_cache::ThreadCache
+        p as *mut crate::thread::cache::ThreadCache
     }
 }
 
@@ -121,7 +127,7 @@ mod tls {
 
     /// The calling thread's cache pointer.
     #[inline(always)]
-    pub fn cache() -> *mut crate::thread_cache::ThreadCache {
+    pub fn cache() -> *mut crate::thread::cache::ThreadCache {
         // SAFETY: the block is always valid for the calling thread.
         unsafe { (*state()).cache }
     }
@@ -155,12 +161,12 @@ unsafe fn init(s: *mut ThreadState) -> *mut ThreadCache {
     // SAFETY: the block belongs to the calling thread.
     unsafe {
         (*s).phase = phase::INITIALIZING;
-        global::ensure_ready();
+        init::ensure_ready();
         // A non-null value makes the key's destructor run at thread exit. This may call
         // calloc (for high key numbers); the INITIALIZING phase sends that to the fallback.
-        libc::pthread_setspecific(global::thread_key(), 1usize as *const libc::c_void);
+        libc::pthread_setspecific(init::thread_key(), 1usize as *const libc::c_void);
         let a = arena::assign_thread();
-        let tc = thread_cache::acquire(a, global::free_key());
+        let tc = thread_cache::acquire(a, init::free_key());
         if tc.is_null() {
             arena::release_thread(a);
             (*s).phase = phase::UNINIT; // try again on the next call
@@ -188,10 +194,4 @@ pub extern "C" fn on_thread_exit(_value: *mut libc::c_void) {
         arena::release_thread(a);
         (*s).phase = phase::DEAD;
     }
-}
-
-/// The calling thread's phase.
-pub fn current_phase() -> u8 {
-    // SAFETY: the block belongs to the calling thread.
-    unsafe { (*state()).phase }
 }

@@ -1,0 +1,5 @@
+//! Layer 3, the address space: 4 MiB aligned segments with out-of-band descriptors, and the
+//! registry that maps any address to its owner in O(1). Uses `base` and `platform`.
+
+pub mod registry;
+pub mod segment;

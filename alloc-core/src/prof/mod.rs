@@ -1,0 +1,7 @@
+//! Layer 7, the profiler: the stack table and its dump triggers, the heap_v2 writer and leak
+//! summary, and stack capture (`unwind`, `backtrace`). Uses `thread` and below.
+
+pub mod backtrace;
+pub mod dump;
+pub mod table;
+pub mod unwind;
