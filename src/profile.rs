@@ -4,7 +4,7 @@
 //! ```no_run
 //! sampalloc::configure("prof:true,lg_prof_sample:19").unwrap();
 //! // ... run the workload ...
-//! sampalloc::profile::dump("/tmp/app.heap").unwrap(); // jeprof / pprof read it
+//! let path = sampalloc::profile::dump_named().unwrap(); // a new file, 0600; jeprof / pprof read it
 //! for site in sampalloc::profile::sites().iter().take(5) {
 //!     println!("{:>12.0} bytes live at {:x?}", site.live_bytes, &site.frames[..3.min(site.frames.len())]);
 //! }
