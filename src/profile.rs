@@ -4,14 +4,14 @@
 //! ```no_run
 //! sampalloc::configure("prof:true,lg_prof_sample:19").unwrap();
 //! // ... run the workload ...
-//! sampalloc::profile::dump("/tmp/app.heap").unwrap(); // jeprof / pprof read it
+//! let path = sampalloc::profile::dump_named().unwrap(); // a new file, 0600; jeprof / pprof read it
 //! for site in sampalloc::profile::sites().iter().take(5) {
 //!     println!("{:>12.0} bytes live at {:x?}", site.live_bytes, &site.frames[..3.min(site.frames.len())]);
 //! }
 //! ```
 //!
 //! Profiles use the sampled-heap text format (`heap profile: … @ heap_v2/R`) that `jeprof`
-//! and `go tool pprof` read; see `alloc-core/src/prof_dump.rs`.
+//! and `go tool pprof` read; see `alloc-core/src/prof/dump.rs`.
 
 use sampalloc_core::profile::{self, Sink};
 use std::io;
@@ -30,7 +30,9 @@ pub fn set_active(active: bool) {
     let _ = sampalloc_core::config::set(b"prof_active", v);
 }
 
-/// Writes the current heap profile to `path`.
+/// Writes the current heap profile to the new file `path`, created with mode 0600. An
+/// existing `path` (a file, or a symlink even to nowhere) is never followed nor truncated: the
+/// dump fails with [`io::ErrorKind::AlreadyExists`].
 pub fn dump(path: impl AsRef<Path>) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     profile::dump_to_path(path.as_ref().as_os_str().as_bytes())
@@ -38,13 +40,15 @@ pub fn dump(path: impl AsRef<Path>) -> io::Result<()> {
 }
 
 /// Writes the heap profile to its conventional name, `<prof_prefix>.<pid>.<seq>.m.heap`, and
-/// returns that name.
+/// returns that name. A taken name is left alone and the next sequence number used (a few
+/// tries, then [`io::ErrorKind::AlreadyExists`]).
 pub fn dump_named() -> io::Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
     let mut name = [0u8; sampalloc_core::config::PREFIX_MAX + 80];
-    let len = profile::profile_name(profile::kind::MANUAL, &mut name);
-    let path = PathBuf::from(String::from_utf8_lossy(&name[..len]).into_owned());
-    dump(&path)?;
-    Ok(path)
+    match profile::dump_to_next_name(profile::kind::MANUAL, &mut name) {
+        Ok(len) => Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&name[..len]))),
+        Err((e, _)) => Err(io::Error::from_raw_os_error(e)),
+    }
 }
 
 struct VecSink(Vec<u8>);

@@ -69,6 +69,8 @@ struct Fixture {
 
 fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("sampalloc-cli-{tag}-{}", std::process::id()));
+    // A leftover of an earlier run with this pid: profiles are never written over a file.
+    let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
 }

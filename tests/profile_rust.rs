@@ -140,12 +140,17 @@ fn finds_the_leaking_functions_with_unbiased_estimates() {
     assert!(text.contains("\nMAPPED_LIBRARIES:\n"));
 
     let dir = std::env::temp_dir().join(format!("sampalloc-prof-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir); // profiles are never written over a file
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("manual.heap");
     sampalloc::profile::dump(&path).unwrap();
     assert!(std::fs::read_to_string(&path)
         .unwrap()
         .starts_with("heap profile:"));
+    assert_eq!(
+        sampalloc::profile::dump(&path).unwrap_err().kind(),
+        std::io::ErrorKind::AlreadyExists
+    );
     assert!(sampalloc::profile::dump("/nonexistent-sampalloc-dir/x.heap").is_err());
     std::fs::remove_dir_all(&dir).unwrap();
     for (p, size) in kept {

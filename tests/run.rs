@@ -21,7 +21,9 @@ fn sampalloc() -> Command {
 #[test]
 fn exit_code_passes_through_and_a_missing_profile_is_explained() {
     let scratch = common::Scratch::new("run-nolib");
-    let out = scratch.0.clone();
+    // A new directory: `run` creates it 0700 (the scratch directory itself may be
+    // group-writable under a 002 umask, which --out refuses).
+    let out = scratch.path("profiles");
     // Not a shared object: the loader ignores it with a warning, so nothing is profiled.
     let not_a_lib = root().join("Cargo.toml");
     let o = sampalloc()

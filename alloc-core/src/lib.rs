@@ -39,6 +39,6 @@ pub use prof::unwind;
 
 /// The heap profiler: dumps, the stack table and the profile file names.
 pub mod profile {
-    pub use crate::prof::dump::{dump_to_path, profile_name, write_profile, Sink};
+    pub use crate::prof::dump::{dump_to_next_name, dump_to_path, write_profile, Sink};
     pub use crate::prof::table::{entries, kind, sample_counts, Counts, StackEntry};
 }

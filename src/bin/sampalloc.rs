@@ -73,9 +73,13 @@ struct RunArgs {
     /// Extra SAMPALLOC_CONF entries (K:V,...), applied after sampalloc's own so they win
     #[arg(long, value_name = "K:V,...")]
     conf: Vec<String>,
-    /// Directory for the profiles (default: a new temporary directory)
+    /// Directory for the profiles (default: a new private temporary directory); created with
+    /// mode 0700 if missing. Refused if it is a symlink, not yours, or writable by group or others
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Accept an --out directory that is a symlink, not yours, or writable by group or others
+    #[arg(long, requires = "out")]
+    allow_shared_out: bool,
     /// Sites to show
     #[arg(short = 'n', default_value_t = 10)]
     n: usize,
@@ -155,7 +159,7 @@ struct ExportArgs {
 struct PprofArgs {
     /// The profile
     profile: PathBuf,
-    /// Write here instead of stdout
+    /// Write here instead of stdout (never through a symlink; a new file gets mode 0600)
     #[arg(short = 'o', long, value_name = "FILE")]
     output: Option<PathBuf>,
     #[command(flatten)]
@@ -288,11 +292,55 @@ fn export_pprof(a: PprofArgs) -> Result<(), String> {
     let (profile, rows) = load(&a.profile, &a.sym)?;
     let data = pprof::encode_gzip(&profile, &rows)?;
     match &a.output {
-        Some(p) => {
-            std::fs::write(p, data).map_err(|e| format!("cannot write {}: {e}", p.display()))
-        }
+        Some(p) => write_output(p, &data),
         None => emit(&data),
     }
+}
+
+/// Writes `pprof -o`'s file: never through a symlink (`O_NOFOLLOW`), and only into a regular
+/// file of the user's own with no other hard link, so that a name planted in a shared
+/// directory cannot redirect the write; a new file is created with mode 0600 (the export holds
+/// the process's memory map). The user's own earlier output is replaced.
+fn write_output(path: &Path, data: &[u8]) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let shown = path.display();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        // O_NONBLOCK: a FIFO without a reader fails instead of blocking (it is refused below).
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => format!("refusing to write {shown}: it is a symlink"),
+            _ => format!("cannot write {shown}: {e}"),
+        })?;
+    let m = f
+        .metadata()
+        .map_err(|e| format!("cannot write {shown}: {e}"))?;
+    if !m.file_type().is_file() {
+        return Err(format!("refusing to write {shown}: not a regular file"));
+    }
+    if m.uid() != euid() {
+        return Err(format!(
+            "refusing to write {shown}: owned by uid {}, not by you",
+            m.uid()
+        ));
+    }
+    if m.nlink() != 1 {
+        return Err(format!(
+            "refusing to write {shown}: it has other hard links"
+        ));
+    }
+    f.set_len(0)
+        .and_then(|_| f.write_all(data))
+        .map_err(|e| format!("cannot write {shown}: {e}"))
+}
+
+/// The effective user id.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 fn stacks(a: ExportArgs) -> Result<(), String> {
@@ -348,11 +396,7 @@ fn run_inner(a: RunArgs) -> Result<ExitCode, String> {
     use std::os::unix::process::ExitStatusExt;
     let lib = find_library()?;
     let dir = match &a.out {
-        Some(d) => {
-            std::fs::create_dir_all(d)
-                .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
-            d.clone()
-        }
+        Some(d) => out_dir(d, a.allow_shared_out)?,
         None => make_temp_dir()?,
     };
     let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
@@ -485,23 +529,79 @@ fn profiles_of(dir: &Path, pid: u32, kind: &str) -> Vec<PathBuf> {
     found.into_iter().map(|f| f.1).collect()
 }
 
-fn make_temp_dir() -> Result<PathBuf, String> {
-    let base = std::env::temp_dir();
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    for i in 0..100u32 {
-        let d = base.join(format!(
-            "sampalloc-{}-{:x}",
-            std::process::id(),
-            stamp.wrapping_add(i)
+/// The `--out` directory, created with mode 0700 if missing. Unless `allow_shared`, refused
+/// if it is a symlink, not the user's own, or writable by group or others: anyone who can
+/// write there could plant names or read the profiles.
+fn out_dir(d: &Path, allow_shared: bool) -> Result<PathBuf, String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let shown = d.display();
+    let meta = match std::fs::symlink_metadata(d) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)
+                .map_err(|e| format!("cannot create {shown}: {e}"))?;
+            std::fs::symlink_metadata(d)
+        }
+        other => other,
+    }
+    .map_err(|e| format!("cannot use --out {shown}: {e}"))?;
+    let flag = "pass --allow-shared-out to use it anyway";
+    if meta.file_type().is_symlink() {
+        if !allow_shared {
+            return Err(format!(
+                "refusing --out {shown}: it is a symlink (give the directory itself, or {flag})"
+            ));
+        }
+        if !std::fs::metadata(d).is_ok_and(|m| m.is_dir()) {
+            return Err(format!("--out {shown} is not a directory"));
+        }
+        return Ok(d.to_path_buf());
+    }
+    if !meta.is_dir() {
+        return Err(format!("--out {shown} is not a directory"));
+    }
+    if allow_shared {
+        return Ok(d.to_path_buf());
+    }
+    if meta.uid() != euid() {
+        return Err(format!(
+            "refusing --out {shown}: it belongs to uid {}, not to you ({flag})",
+            meta.uid()
         ));
-        match std::fs::create_dir(&d) {
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "refusing --out {shown}: it is writable by group or others (mode {mode:o}; {flag})"
+        ));
+    }
+    Ok(d.to_path_buf())
+}
+
+/// A new directory `sampalloc-<16 random hex digits>` in the temporary directory, made with
+/// `mkdir` mode 0700 (which fails if anything, a symlink included, has the name).
+fn make_temp_dir() -> Result<PathBuf, String> {
+    use std::io::Read;
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::temp_dir();
+    let mut urandom = std::fs::File::open("/dev/urandom")
+        .map_err(|e| format!("cannot open /dev/urandom to name a temporary directory: {e}"))?;
+    for _ in 0..16 {
+        let mut r = [0u8; 8];
+        urandom
+            .read_exact(&mut r)
+            .map_err(|e| format!("cannot read /dev/urandom to name a temporary directory: {e}"))?;
+        let d = base.join(format!("sampalloc-{:016x}", u64::from_ne_bytes(r)));
+        match std::fs::DirBuilder::new().mode(0o700).create(&d) {
             Ok(()) => return Ok(d),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(format!("cannot create {}: {e}", d.display())),
         }
     }
-    Err("cannot create a temporary directory".to_string())
+    Err(format!(
+        "cannot create a temporary directory in {}: every name tried exists",
+        base.display()
+    ))
 }

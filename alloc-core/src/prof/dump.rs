@@ -248,24 +248,34 @@ fn copy_maps(w: &mut Writer) {
     unsafe { libc::close(fd) };
 }
 
-/// Writes the profile to the file `path` (no NUL inside). Err carries `errno`.
-pub fn dump_to_path(path: &[u8]) -> Result<(), i32> {
+/// Creates the file `path` (no NUL inside) for writing, as every file the engine writes is
+/// created: `O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC`, mode 0600. A name that is taken (a file, or
+/// a symlink even to nowhere) is never opened, followed or truncated: `Err(EEXIST)` (or
+/// `ELOOP`). Returns the descriptor; Err carries `errno`.
+pub fn create_new(path: &[u8]) -> Result<i32, i32> {
     let mut cpath = [0u8; PREFIX_MAX + 80];
     if path.is_empty() || path.len() >= cpath.len() || path.contains(&0) {
         return Err(libc::ENAMETOOLONG);
     }
     cpath[..path.len()].copy_from_slice(path);
-    // SAFETY: `cpath` is NUL-terminated.
-    let fd = unsafe {
-        libc::open(
-            cpath.as_ptr().cast(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
-            0o644,
-        )
-    };
-    if fd < 0 {
-        return Err(os::errno());
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    loop {
+        // SAFETY: `cpath` is NUL-terminated; the mode argument is read because of O_CREAT.
+        let fd = unsafe { libc::open(cpath.as_ptr().cast(), flags, 0o600 as libc::c_uint) };
+        if fd >= 0 {
+            return Ok(fd);
+        }
+        let e = os::errno();
+        if e != libc::EINTR {
+            return Err(e);
+        }
     }
+}
+
+/// Writes the profile to the new file `path` (see [`create_new`]: an existing name is an
+/// error, `EEXIST`, and is left alone). Err carries `errno`.
+pub fn dump_to_path(path: &[u8]) -> Result<(), i32> {
+    let fd = create_new(path)?;
     let ok = write_profile(&mut FdSink(fd));
     let err = os::errno();
     // SAFETY: our descriptor.
@@ -277,8 +287,9 @@ pub fn dump_to_path(path: &[u8]) -> Result<(), i32> {
     }
 }
 
-/// The file name for a dump of kind `kind`: `<prof_prefix>.<pid>.<seq>.<kind>.heap`. Returns
-/// the length written into `out`.
+/// The file name for a dump of kind `kind`: `<prof_prefix>.<pid>.<seq>.<kind>.heap`, taking the
+/// next sequence number (never handed out twice in a process). Returns the length written
+/// into `out`.
 pub fn profile_name(kind: u8, out: &mut [u8; PREFIX_MAX + 80]) -> usize {
     let mut prefix = [0u8; PREFIX_MAX];
     let n = config::prof_prefix(&mut prefix);
@@ -296,14 +307,45 @@ pub fn profile_name(kind: u8, out: &mut [u8; PREFIX_MAX + 80]) -> usize {
     len
 }
 
-/// Dumps the profile to its conventional file name; on failure prints one warning line.
-/// Returns whether the file was written.
+/// Sequence numbers a dump tries when its name is taken, before it gives up.
+pub const NAME_TRIES: usize = 8;
+
+/// Dumps the profile to its conventional name, into `name`. A taken name (`EEXIST`, or `ELOOP`
+/// for a symlink) is left alone and the next sequence number tried, up to [`NAME_TRIES`]
+/// names. Ok: the length of the name written; Err: `errno` and the length of the last name
+/// tried (`EEXIST` when every name tried was taken).
+pub fn dump_to_next_name(
+    kind: u8,
+    name: &mut [u8; PREFIX_MAX + 80],
+) -> Result<usize, (i32, usize)> {
+    let mut len = 0;
+    for _ in 0..NAME_TRIES {
+        len = profile_name(kind, name);
+        match dump_to_path(&name[..len]) {
+            Err(libc::EEXIST | libc::ELOOP) => continue,
+            Err(e) => return Err((e, len)),
+            Ok(()) => return Ok(len),
+        }
+    }
+    Err((libc::EEXIST, len))
+}
+
+/// Dumps the profile to its conventional name (see [`dump_to_next_name`]); on failure prints
+/// one warning line and skips the dump. Returns whether the file was written.
 pub fn dump_named(kind: u8) -> bool {
     let mut name = [0u8; PREFIX_MAX + 80];
-    let len = profile_name(kind, &mut name);
-    match dump_to_path(&name[..len]) {
-        Ok(()) => true,
-        Err(e) => {
+    match dump_to_next_name(kind, &mut name) {
+        Ok(_) => true,
+        Err((libc::EEXIST, len)) => {
+            Line::new()
+                .str("sampalloc: heap profile skipped: ")
+                .dec(NAME_TRIES as u64)
+                .str(" names in a row are taken (never followed or overwritten); last tried ")
+                .bytes(&name[..len])
+                .emit();
+            false
+        }
+        Err((e, len)) => {
             Line::new()
                 .str("sampalloc: cannot write heap profile ")
                 .bytes(&name[..len])
@@ -523,5 +565,104 @@ mod tests {
             dump_to_path(b"/nonexistent-dir-for-sampalloc/x.heap"),
             Err(libc::ENOENT)
         );
+    }
+
+    /// A fresh directory of this test process.
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("sampalloc-core-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        dir
+    }
+
+    fn bytes(p: &std::path::Path) -> &[u8] {
+        use std::os::unix::ffi::OsStrExt;
+        p.as_os_str().as_bytes()
+    }
+
+    #[test]
+    fn taken_names_are_neither_followed_nor_truncated() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let dir = scratch("create-new");
+        let target = dir.join("precious");
+        std::fs::write(&target, "precious").unwrap();
+        let link = dir.join("link.heap");
+        symlink(&target, &link).unwrap();
+        let dangling = dir.join("dangling.heap");
+        symlink(dir.join("made-through-link"), &dangling).unwrap();
+        let existing = dir.join("existing.heap");
+        std::fs::write(&existing, "existing").unwrap();
+
+        assert_eq!(dump_to_path(bytes(&link)), Err(libc::EEXIST));
+        assert_eq!(dump_to_path(bytes(&dangling)), Err(libc::EEXIST));
+        assert_eq!(dump_to_path(bytes(&existing)), Err(libc::EEXIST));
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(&existing).unwrap(), "existing");
+        assert!(!dir.join("made-through-link").exists());
+
+        let fresh = dir.join("fresh.heap");
+        dump_to_path(bytes(&fresh)).unwrap();
+        let meta = std::fs::symlink_metadata(&fresh).unwrap();
+        assert!(meta.is_file());
+        // 0600 before the umask, which can only take bits away.
+        assert_eq!(
+            meta.permissions().mode() & 0o7077,
+            0,
+            "{:o}",
+            meta.permissions().mode()
+        );
+        assert!(std::fs::read_to_string(&fresh)
+            .unwrap()
+            .starts_with("heap profile: "));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_taken_name_moves_the_dump_to_the_next_sequence_number() {
+        use std::os::unix::fs::symlink;
+        let dir = scratch("next-name");
+        let prefix = dir.join("p");
+        config::set(b"prof_prefix", bytes(&prefix)).unwrap();
+        let pid = std::process::id();
+        let name = |seq: u64| dir.join(format!("p.{pid}.{seq}.m.heap"));
+        let target = dir.join("precious");
+        std::fs::write(&target, "precious").unwrap();
+
+        // The next two names are taken: a symlink and a regular file.
+        let first = SEQ.load(Ordering::Relaxed);
+        symlink(&target, name(first)).unwrap();
+        std::fs::write(name(first + 1), "existing").unwrap();
+        let mut out = [0u8; PREFIX_MAX + 80];
+        let len = dump_to_next_name(b'm', &mut out).unwrap();
+        let written = std::str::from_utf8(&out[..len]).unwrap().to_string();
+        assert_eq!(written, name(first + 2).to_str().unwrap());
+        assert!(std::fs::symlink_metadata(&written).unwrap().is_file());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+        assert_eq!(
+            std::fs::read_to_string(name(first + 1)).unwrap(),
+            "existing"
+        );
+
+        // Every name tried is taken: the dump is skipped, and the names it passed over are not
+        // handed out again.
+        let next = SEQ.load(Ordering::Relaxed);
+        for seq in next..next + 2 * NAME_TRIES as u64 {
+            symlink(&target, name(seq)).unwrap();
+        }
+        let (e, _) = dump_to_next_name(b'm', &mut out).unwrap_err();
+        assert_eq!(e, libc::EEXIST);
+        assert!(!dump_named(b'm'));
+        assert!(SEQ.load(Ordering::Relaxed) >= next + 2 * NAME_TRIES as u64);
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+        let len = dump_to_next_name(b'm', &mut out).unwrap();
+        let seq = |n: &[u8]| {
+            let n = std::str::from_utf8(n).unwrap();
+            n.rsplit('.').nth(2).unwrap().parse::<u64>().unwrap()
+        };
+        assert!(seq(&out[..len]) >= next + 2 * NAME_TRIES as u64);
+
+        config::set(b"prof_prefix", b"sampalloc").unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
