@@ -11,15 +11,15 @@
 
 // The layers, bottom first: each folder uses only the folders above it in this list
 // (ARCHITECTURE.md; checked by tests/layers.rs).
-pub(crate) mod addr;
-pub(crate) mod api;
-pub(crate) mod base;
 pub(crate) mod platform;
-pub(crate) mod pool;
-pub(crate) mod process;
-pub(crate) mod prof;
+pub(crate) mod base;
+pub(crate) mod addr;
 pub(crate) mod span;
+pub(crate) mod pool;
 pub(crate) mod thread;
+pub(crate) mod prof;
+pub(crate) mod process;
+pub(crate) mod api;
 
 pub use api::alloc::{
     alloc_aligned, flush_thread_cache, free, free_as, free_sized, malloc, malloc_fast, malloc_slow,
@@ -39,6 +39,7 @@ pub use prof::unwind;
 
 /// The heap profiler: dumps, the stack table and the profile file names.
 pub mod profile {
+    pub use crate::prof::dump::kind;
     pub use crate::prof::dump::{dump_to_next_name, dump_to_path, write_profile, Sink};
-    pub use crate::prof::table::{entries, kind, sample_counts, Counts, StackEntry};
+    pub use crate::prof::table::{entries, sample_counts, Counts, StackEntry};
 }

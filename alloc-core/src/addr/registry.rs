@@ -18,16 +18,18 @@
 //!                 root index     leaf index     offset in chunk
 //! ```
 
-use crate::addr::segment::SEGMENT_SHIFT;
 use crate::base::meta;
 use core::cell::UnsafeCell;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 /// User-space addresses on x86_64 and aarch64 (4-level paging) fit in 48 bits.
+/// log2 of a chunk: the unit both tables index, and the segment size (`segment` takes it
+/// from here).
+pub const CHUNK_SHIFT: u32 = 22;
 const ADDRESS_BITS: u32 = 48;
 const LEAF_BITS: u32 = 13;
-const ROOT_BITS: u32 = ADDRESS_BITS - SEGMENT_SHIFT - LEAF_BITS;
+const ROOT_BITS: u32 = ADDRESS_BITS - CHUNK_SHIFT - LEAF_BITS;
 const LEAF_LEN: usize = 1 << LEAF_BITS;
 const ROOT_LEN: usize = 1 << ROOT_BITS;
 
@@ -40,7 +42,7 @@ fn split(addr: usize) -> Option<(usize, usize)> {
     if addr >> ADDRESS_BITS != 0 {
         return None;
     }
-    let chunk = addr >> SEGMENT_SHIFT;
+    let chunk = addr >> CHUNK_SHIFT;
     Some((chunk >> LEAF_BITS, chunk & (LEAF_LEN - 1)))
 }
 
@@ -59,7 +61,7 @@ pub fn lookup(addr: usize) -> *mut u8 {
 }
 
 /// Chunks the segment map covers: the whole 48-bit space.
-const MAP_LEN: usize = 1 << (ADDRESS_BITS - SEGMENT_SHIFT);
+const MAP_LEN: usize = 1 << (ADDRESS_BITS - CHUNK_SHIFT);
 
 /// The segment map (see the module docs): zero-initialised, so it lives in `.bss`, where the
 /// kernel maps pages only when they are first written (reads of untouched pages share the zero
@@ -80,12 +82,17 @@ fn byte(chunk: usize) -> &'static AtomicU8 {
     unsafe { &*SEGMENT_MAP.0.get().cast::<AtomicU8>().add(chunk) }
 }
 
+/// The segment-map tag of arena number `index`: never 0, which means "not a segment".
+pub const fn tag_of_index(index: usize) -> u8 {
+    (index + 1) as u8
+}
+
 /// The tag of the arena owning the segment at `addr` (its index + 1), or 0 if the chunk holding
 /// `addr` is not one of our segments ([`mark_segment`] set it and no [`unmark_segment`] came
 /// after). Never faults.
 #[inline(always)]
 pub fn segment_tag(addr: usize) -> u8 {
-    let chunk = addr >> SEGMENT_SHIFT;
+    let chunk = addr >> CHUNK_SHIFT;
     if chunk >= MAP_LEN {
         return 0;
     }
@@ -102,12 +109,12 @@ pub fn is_segment(addr: usize) -> bool {
 /// with tag `tag` (non-zero) in the segment map.
 pub fn mark_segment(addr: usize, tag: u8) {
     debug_assert!(tag != 0);
-    byte(addr >> SEGMENT_SHIFT).store(tag, Ordering::Release);
+    byte(addr >> CHUNK_SHIFT).store(tag, Ordering::Release);
 }
 
 /// Clears the segment-map byte of the segment at `addr` (it is being unmapped).
 pub fn unmark_segment(addr: usize) {
-    byte(addr >> SEGMENT_SHIFT).store(0, Ordering::Release);
+    byte(addr >> CHUNK_SHIFT).store(0, Ordering::Release);
 }
 
 /// Registers `header` for the chunk holding `addr`. False if metadata memory ran out.
@@ -155,8 +162,8 @@ mod tests {
         assert!(lookup(a).is_null());
         assert!(insert(a, header));
         assert_eq!(lookup(a + 12345), header);
-        assert_eq!(lookup(a + (1 << SEGMENT_SHIFT) - 1), header);
-        assert!(lookup(a + (1 << SEGMENT_SHIFT)).is_null());
+        assert_eq!(lookup(a + (1 << CHUNK_SHIFT) - 1), header);
+        assert!(lookup(a + (1 << CHUNK_SHIFT)).is_null());
         remove(a);
         assert!(lookup(a).is_null());
         assert!(lookup(usize::MAX).is_null());
@@ -169,9 +176,9 @@ mod tests {
         let a = 0x5b5b_0000_0000usize;
         assert!(!is_segment(a));
         mark_segment(a, 7);
-        assert!(is_segment(a) && is_segment(a + (1 << SEGMENT_SHIFT) - 1));
+        assert!(is_segment(a) && is_segment(a + (1 << CHUNK_SHIFT) - 1));
         assert_eq!(segment_tag(a + 12345), 7);
-        assert!(!is_segment(a + (1 << SEGMENT_SHIFT)) && !is_segment(a - 1));
+        assert!(!is_segment(a + (1 << CHUNK_SHIFT)) && !is_segment(a - 1));
         unmark_segment(a);
         assert!(!is_segment(a));
         // Never a segment, never a fault: beyond 48 bits, and address 0.

@@ -26,8 +26,8 @@ use crate::platform::os::{self, PAGE_SHIFT, PAGE_SIZE};
 use core::ptr;
 use static_assertions::const_assert;
 
-/// log2 of the segment size.
-pub const SEGMENT_SHIFT: u32 = 22;
+/// log2 of the segment size: one registry chunk.
+pub const SEGMENT_SHIFT: u32 = registry::CHUNK_SHIFT;
 /// Segment size and alignment: large enough to hold the largest large block (2 MiB) twice over.
 pub const SEGMENT_SIZE: usize = 1 << SEGMENT_SHIFT;
 /// Pages per segment, header included.
@@ -35,15 +35,6 @@ pub const PAGES_PER_SEGMENT: usize = SEGMENT_SIZE / PAGE_SIZE;
 
 /// Span flag: a sampled block (its descriptor's words hold the profiler's record).
 pub const FLAG_SAMPLED: u16 = 1;
-
-/// Segments mapped now, process-wide.
-pub static SEGMENTS_MAPPED: core::sync::atomic::AtomicUsize =
-    core::sync::atomic::AtomicUsize::new(0);
-
-/// Header tag: this chunk belongs to a segment.
-pub const HEADER_SEGMENT: u8 = 1;
-/// Header tag: this chunk holds the start of a huge block.
-pub const HEADER_HUGE: u8 = 2;
 
 /// Descriptor kinds.
 pub mod kind {
@@ -84,6 +75,28 @@ pub struct SpanDesc {
 
 const_assert!(core::mem::size_of::<SpanDesc>() == 64);
 
+/// What the profiler recorded for a sampled block, kept with the block (in its span
+/// descriptor or huge header) so that its `free` subtracts exactly that. The stack is the
+/// profiler's entry, opaque to the layers that only keep the record.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleRecord {
+    /// The profiler's stack entry; null when the block was not sampled.
+    pub stack: *mut (),
+    /// The requested size recorded.
+    pub bytes: usize,
+    /// The weight recorded.
+    pub weight: f64,
+}
+
+impl SampleRecord {
+    /// No sample.
+    pub const NONE: SampleRecord = SampleRecord {
+        stack: ptr::null_mut(),
+        bytes: 0,
+        weight: 0.0,
+    };
+}
+
 impl SpanDesc {
     /// Dirty spans: previous (older) span in the decay list.
     pub fn decay_prev(&self) -> *mut SpanDesc {
@@ -109,13 +122,25 @@ impl SpanDesc {
     pub fn set_freed_at(&mut self, t: u64) {
         self.words[2] = t;
     }
+    /// Sampled blocks (`FLAG_SAMPLED`): the profiler's record.
+    pub fn sample(&self) -> SampleRecord {
+        SampleRecord {
+            stack: self.words[0] as usize as *mut (),
+            bytes: self.words[1] as usize,
+            weight: f64::from_bits(self.words[2]),
+        }
+    }
+    /// Keeps the profiler's record of a sampled block.
+    pub fn set_sample(&mut self, r: SampleRecord) {
+        self.words[0] = r.stack as usize as u64;
+        self.words[1] = r.bytes as u64;
+        self.words[2] = r.weight.to_bits();
+    }
 }
 
 /// The segment header, at the start of every segment.
 #[repr(C)]
 pub struct Segment {
-    /// Always [`HEADER_SEGMENT`]; shares its offset with the huge header's tag.
-    pub header_kind: u8,
     /// The arena that owns every span in this segment.
     pub arena: u32,
     /// For every page, `free`'s fast-path code: class + 1 on every page of a slab and on the
@@ -148,18 +173,9 @@ impl Segment {
         let seg = base.cast::<Segment>();
         // SAFETY: fresh, zeroed, exclusively ours; zero is a valid value for every field.
         unsafe {
-            (*seg).header_kind = HEADER_SEGMENT;
             (*seg).arena = arena;
         }
-        registry::mark_segment(
-            base as usize,
-            crate::pool::arena::tag_of_index(arena as usize),
-        );
-        let n = SEGMENTS_MAPPED.fetch_add(1, core::sync::atomic::Ordering::Relaxed) + 1;
-        crate::prof::table::note_mapped(
-            n * SEGMENT_SIZE
-                + crate::pool::huge::MAPPED.load(core::sync::atomic::Ordering::Relaxed),
-        );
+        registry::mark_segment(base as usize, registry::tag_of_index(arena as usize));
         seg
     }
 
@@ -169,7 +185,6 @@ impl Segment {
     /// No block in the segment may be in use or on any list.
     pub unsafe fn destroy(seg: *mut Segment) {
         registry::unmark_segment(seg as usize);
-        SEGMENTS_MAPPED.fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
         // SAFETY: the caller gives the whole segment up.
         unsafe { os::unmap(seg.cast(), SEGMENT_SIZE) };
     }
@@ -368,7 +383,7 @@ mod tests {
                     Segment::fast_class_of(Segment::of(a), (a >> PAGE_SHIFT) % PAGES_PER_SEGMENT);
                 if (*d).flags & FLAG_SAMPLED != 0 {
                     assert_eq!(code, 0, "a sampled block has a fast-path code");
-                    return class_of((*d).words[1] as usize) + 1;
+                    return class_of((*d).sample().bytes) + 1;
                 }
                 code
             }

@@ -11,8 +11,8 @@
 
 use crate::addr::registry;
 use crate::addr::segment::{
-    self, kind, span_start, Location, Segment, SpanDesc, FLAG_SAMPLED, PAGES_PER_SEGMENT,
-    USABLE_PAGES,
+    self, kind, span_start, Location, SampleRecord, Segment, SpanDesc, FLAG_SAMPLED,
+    PAGES_PER_SEGMENT, USABLE_PAGES,
 };
 use crate::base::size_class::{
     class_of, is_small, CLASSES, LARGE_MAX, NUM_CACHED, NUM_SMALL, QUANTUM, SMALL_MAX,
@@ -23,11 +23,10 @@ use crate::pool::arena;
 use crate::pool::huge;
 use crate::process::init;
 use crate::prof::backtrace;
-use crate::prof::dump::InProfiler;
 use crate::prof::table::{self, MAX_FRAMES};
-use crate::thread;
 use crate::thread::cache::{self, ThreadCache};
 use crate::thread::sampler;
+use crate::thread::{self, InProfiler};
 use core::ptr;
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -136,7 +135,7 @@ fn alloc_slow(size: usize, zero: bool, entry_sp: usize) -> *mut u8 {
         return alloc_huge(size, QUANTUM, zero, false, entry_sp);
     }
     let class = class_of(size);
-    let tc = thread::cache_or_init();
+    let tc = cache_or_init();
     if tc.is_null() {
         return fallback_alloc(class, zero, size);
     }
@@ -149,9 +148,16 @@ fn alloc_slow(size: usize, zero: bool, entry_sp: usize) -> *mut u8 {
     }
 }
 
-fn alloc_huge(size: usize, align: usize, zero: bool, growth: bool, entry_sp: usize) -> *mut u8 {
+/// The calling thread's cache, starting the engine and then the thread up on first use. Null
+/// when the thread must use the fallback path.
+#[cold]
+fn cache_or_init() -> *mut ThreadCache {
     init::ensure_ready();
-    let tc = thread::cache_or_init();
+    thread::cache_or_init()
+}
+
+fn alloc_huge(size: usize, align: usize, zero: bool, growth: bool, entry_sp: usize) -> *mut u8 {
+    let tc = cache_or_init();
     // SAFETY: our own cache.
     let sample = !tc.is_null() && unsafe { count_event(tc, size) };
     if !sample {
@@ -164,8 +170,13 @@ fn alloc_huge(size: usize, align: usize, zero: bool, growth: bool, entry_sp: usi
     if !p.is_null() {
         let weight = sampler::weight(size, sampler::mean_interval());
         let stack = table::record_alloc(&frames[..depth], size, weight);
+        let record = SampleRecord {
+            stack: stack.cast(),
+            bytes: size,
+            weight,
+        };
         // SAFETY: a live huge block we just allocated.
-        unsafe { huge::set_sample(p, stack, size, weight) };
+        unsafe { huge::set_sample(p, record) };
     }
     p
 }
@@ -198,7 +209,7 @@ unsafe fn thread_event(tc: *mut ThreadCache) -> bool {
             arena::purge_due_arenas(now);
             huge::maybe_purge(now);
             if !in_profiler {
-                table::on_tick(sampler::tick_bytes());
+                crate::prof::trigger::on_tick(sampler::tick_bytes());
             }
         }
         due.sample && !in_profiler
@@ -226,13 +237,15 @@ unsafe fn alloc_sampled(
         return p;
     }
     let weight = sampler::weight(size, sampler::mean_interval());
-    let stack = table::record_alloc(&frames[..depth], size.max(1), weight);
-    // SAFETY: `d` heads the block we just allocated; its words are ours to use.
-    unsafe {
-        (*d).words[0] = stack as usize as u64;
-        (*d).words[1] = size.max(1) as u64;
-        (*d).words[2] = weight.to_bits();
-    }
+    let bytes = size.max(1);
+    let stack = table::record_alloc(&frames[..depth], bytes, weight);
+    let record = SampleRecord {
+        stack: stack.cast(),
+        bytes,
+        weight,
+    };
+    // SAFETY: `d` heads the block we just allocated; its record is ours to set.
+    unsafe { (*d).set_sample(record) };
     p
 }
 
@@ -240,12 +253,17 @@ unsafe fn alloc_sampled(
 #[cold]
 #[inline(never)]
 unsafe fn free_sampled(d: *mut SpanDesc) {
-    // SAFETY: `d` heads a live sampled block whose words hold its record.
+    // SAFETY: `d` heads a live sampled block whose descriptor holds its record.
     unsafe {
-        let stack = (*d).words[0] as usize as *mut table::StackEntry;
-        table::record_free(stack, (*d).words[1] as usize, f64::from_bits((*d).words[2]));
+        forget_sample((*d).sample());
         arena::of_segment(segment::segment_of_desc(d)).free_sampled(d);
     }
+}
+
+/// The profiler forgets a sampled block being freed (nothing if `record` is no sample).
+fn forget_sample(record: SampleRecord) {
+    // SAFETY: a non-null stack is the entry `record_alloc` returned; entries live forever.
+    unsafe { table::record_free(record.stack.cast(), record.bytes, record.weight) };
 }
 
 unsafe fn alloc_class(tc: *mut ThreadCache, class: usize, zero: bool, size: usize) -> *mut u8 {
@@ -312,7 +330,7 @@ fn alloc_for_growth(size: usize, entry_sp: usize) -> *mut u8 {
         return alloc_slow(size, false, entry_sp);
     }
     let class = class_of(size);
-    let tc = thread::cache_or_init();
+    let tc = cache_or_init();
     if tc.is_null() {
         return fallback_alloc(class, false, size);
     }
@@ -351,7 +369,7 @@ fn aligned_slow(align: usize, size: usize, zero: bool, entry_sp: usize) -> *mut 
         let class = class_of(rounded).max(NUM_SMALL);
         let align_pages = (align / PAGE_SIZE).max(1);
         if CLASSES[class].pages as usize + align_pages - 1 <= USABLE_PAGES {
-            let tc = thread::cache_or_init();
+            let tc = cache_or_init();
             if tc.is_null() {
                 init::ensure_ready();
                 return arena::get(0).alloc_large(class, align_pages, zero);
@@ -551,7 +569,7 @@ unsafe fn free_checked(p: *mut u8, op: Op) {
             }
         },
         // SAFETY: `h` is the registered header for `p`.
-        Block::Huge(h) => unsafe { huge::free(h, p, op.name()) },
+        Block::Huge(h) => forget_sample(unsafe { huge::free(h, p, op.name()) }),
     }
 }
 
@@ -586,7 +604,7 @@ unsafe fn free_block(p: *mut u8, d: *mut SpanDesc, class: usize) {
 
 #[cold]
 unsafe fn free_block_slow(p: *mut u8, d: *mut SpanDesc, class: usize) {
-    let tc = thread::cache_or_init();
+    let tc = cache_or_init();
     // SAFETY: `p` is a validated block of `class` in span `d`.
     unsafe {
         if !tc.is_null() && class < NUM_CACHED {

@@ -5,11 +5,20 @@
 //! called from inside `malloc`.
 
 use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// The page size the engine is built for. Checked against the kernel's at start-up.
 pub const PAGE_SIZE: usize = 4096;
 /// log2 of [`PAGE_SIZE`].
 pub const PAGE_SHIFT: u32 = 12;
+
+/// Bytes the engine has mapped now, process-wide: every mapping goes through this module.
+static MAPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes mapped now by the engine (segments, huge blocks, metadata), all of them.
+pub fn mapped() -> usize {
+    MAPPED.load(Ordering::Relaxed)
+}
 
 /// Maps `size` bytes of fresh, zeroed, read-write anonymous memory. Null on failure.
 pub fn map(size: usize) -> *mut u8 {
@@ -31,6 +40,7 @@ fn map_hinted(hint: *mut u8, size: usize) -> *mut u8 {
     if p == libc::MAP_FAILED {
         ptr::null_mut()
     } else {
+        MAPPED.fetch_add(size, Ordering::Relaxed);
         p.cast()
     }
 }
@@ -73,7 +83,9 @@ pub fn map_aligned(size: usize, align: usize) -> *mut u8 {
 /// `[p, p + size)` must be memory this process mapped and no longer uses.
 pub unsafe fn unmap(p: *mut u8, size: usize) {
     // SAFETY: the caller owns the range.
-    unsafe { libc::munmap(p.cast(), size) };
+    if unsafe { libc::munmap(p.cast(), size) } == 0 {
+        MAPPED.fetch_sub(size, Ordering::Relaxed);
+    }
 }
 
 /// Drops the physical pages behind `[p, p + size)`; the range stays mapped and reads back as
@@ -93,7 +105,15 @@ pub unsafe fn purge(p: *mut u8, size: usize) {
 pub unsafe fn remap_in_place(p: *mut u8, old_size: usize, new_size: usize) -> bool {
     // SAFETY: without MREMAP_MAYMOVE the kernel either resizes in place or fails.
     let q = unsafe { libc::mremap(p.cast(), old_size, new_size, 0) };
-    q != libc::MAP_FAILED
+    if q == libc::MAP_FAILED {
+        return false;
+    }
+    if new_size >= old_size {
+        MAPPED.fetch_add(new_size - old_size, Ordering::Relaxed);
+    } else {
+        MAPPED.fetch_sub(old_size - new_size, Ordering::Relaxed);
+    }
+    true
 }
 
 /// Moves the mapping at `p` to `to` (which must be a mapping of ours of `new_size` bytes that is
@@ -112,7 +132,12 @@ pub unsafe fn remap_to(p: *mut u8, old_size: usize, new_size: usize, to: *mut u8
             to.cast::<libc::c_void>(),
         )
     };
-    q != libc::MAP_FAILED
+    if q == libc::MAP_FAILED {
+        return false;
+    }
+    // The mapping at `to` (counted) is replaced; the old range is gone.
+    MAPPED.fetch_sub(old_size, Ordering::Relaxed);
+    true
 }
 
 /// Milliseconds of a coarse monotonic clock (a vDSO read, no system call).

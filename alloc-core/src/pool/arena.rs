@@ -21,10 +21,6 @@ use static_assertions::const_assert;
 /// The most arenas a process can have: each has a one-byte tag (index + 1) in the segment map.
 pub const MAX_ARENAS: usize = 255;
 
-/// The segment-map tag of arena number `index` (see `registry`): never 0.
-pub const fn tag_of_index(index: usize) -> u8 {
-    (index + 1) as u8
-}
 /// Pages of empty slabs an arena's bins keep for reuse, together (see [`SlabBin::empty`]):
 /// 8 MiB. They are released at the arena's sweeps, once per `dirty_decay_ms`, so they live no
 /// longer than the dirty pages they would otherwise have become.

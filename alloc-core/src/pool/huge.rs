@@ -17,7 +17,7 @@
 //! adapts. Growing uses `mremap`, which moves page tables rather than copying data.
 
 use crate::addr::registry;
-use crate::addr::segment::{HEADER_HUGE, SEGMENT_SIZE};
+use crate::addr::segment::{SampleRecord, SEGMENT_SIZE};
 use crate::base::config;
 use crate::platform::lock::Locked;
 use crate::platform::os::{self, PAGE_SIZE};
@@ -36,8 +36,6 @@ const CACHE_MAX_BLOCK: usize = 32 << 20;
 /// The header at the start of a huge mapping.
 #[repr(C)]
 pub struct HugeHeader {
-    /// Always [`HEADER_HUGE`]; shares its offset with the segment header's tag.
-    pub header_kind: u8,
     /// Set while the block sits in the cache (a second free is then a double free).
     pub cached: bool,
     /// Bytes of the whole mapping.
@@ -46,12 +44,8 @@ pub struct HugeHeader {
     pub offset: usize,
     /// Usable bytes of the block.
     pub usable: usize,
-    /// The profiler's record if the block was sampled (null otherwise).
-    pub sample_stack: *mut crate::prof::table::StackEntry,
-    /// Sampled: the requested size recorded.
-    pub sample_bytes: usize,
-    /// Sampled: the weight recorded.
-    pub sample_weight: f64,
+    /// The profiler's record if the block was sampled ([`SampleRecord::NONE`] otherwise).
+    pub sample: SampleRecord,
 }
 
 impl HugeHeader {
@@ -129,14 +123,11 @@ pub fn alloc(size: usize, align: usize, zero: bool, growth: bool) -> *mut u8 {
     // SAFETY: fresh mapping of ours, at least two pages long.
     unsafe {
         h.write(HugeHeader {
-            header_kind: HEADER_HUGE,
             cached: false,
             map_size,
             offset,
             usable,
-            sample_stack: ptr::null_mut(),
-            sample_bytes: 0,
-            sample_weight: 0.0,
+            sample: SampleRecord::NONE,
         });
     }
     let p = HugeHeader::block(h);
@@ -145,12 +136,9 @@ pub fn alloc(size: usize, align: usize, zero: bool, growth: bool) -> *mut u8 {
         unsafe { os::unmap(base, map_size) };
         return ptr::null_mut();
     }
-    let mapped = MAPPED.fetch_add(map_size, Ordering::Relaxed) + map_size;
+    MAPPED.fetch_add(map_size, Ordering::Relaxed);
     ALLOCATED.fetch_add(usable, Ordering::Relaxed);
     REQUESTS.fetch_add(1, Ordering::Relaxed);
-    crate::prof::table::note_mapped(
-        mapped + crate::addr::segment::SEGMENTS_MAPPED.load(Ordering::Relaxed) * SEGMENT_SIZE,
-    );
     p
 }
 
@@ -158,19 +146,10 @@ pub fn alloc(size: usize, align: usize, zero: bool, growth: bool) -> *mut u8 {
 ///
 /// # Safety
 /// `p` must be a live huge block of ours.
-pub unsafe fn set_sample(
-    p: *mut u8,
-    stack: *mut crate::prof::table::StackEntry,
-    bytes: usize,
-    weight: f64,
-) {
+pub unsafe fn set_sample(p: *mut u8, record: SampleRecord) {
     let h = registry::lookup(p as usize).cast::<HugeHeader>();
     // SAFETY: a live huge block's registered header.
-    unsafe {
-        (*h).sample_stack = stack;
-        (*h).sample_bytes = bytes;
-        (*h).sample_weight = weight;
-    }
+    unsafe { (*h).sample = record };
 }
 
 fn take_cached(usable: usize, offset: usize, largest: bool) -> Option<*mut HugeHeader> {
@@ -209,7 +188,7 @@ fn take_cached(usable: usize, offset: usize, largest: bool) -> Option<*mut HugeH
     // SAFETY: the header is ours again.
     unsafe {
         (*h).cached = false;
-        (*h).sample_stack = ptr::null_mut();
+        (*h).sample = SampleRecord::NONE;
         CACHED.fetch_sub((*h).map_size, Ordering::Relaxed);
         ALLOCATED.fetch_add((*h).usable, Ordering::Relaxed);
     }
@@ -236,24 +215,18 @@ fn remove_slot(cache: &mut Cache, i: usize) {
 }
 
 /// Validates `p` against huge header `h` and frees the block. `op` names the calling function
-/// in the error message.
+/// in the error message. Returns the block's sample record for the profiler to forget.
 ///
 /// # Safety
 /// `h` must be a header found through the registry for `p`.
-pub unsafe fn free(h: *mut u8, p: *mut u8, op: &str) {
+pub unsafe fn free(h: *mut u8, p: *mut u8, op: &str) -> SampleRecord {
     let h = h.cast::<HugeHeader>();
     // SAFETY: `h` is a registered header, per the contract.
     unsafe { check(h, p, op) };
     // SAFETY: a valid, live huge block.
     unsafe {
-        if !(*h).sample_stack.is_null() {
-            crate::prof::table::record_free(
-                (*h).sample_stack,
-                (*h).sample_bytes,
-                (*h).sample_weight,
-            );
-            (*h).sample_stack = ptr::null_mut();
-        }
+        let sample = (*h).sample;
+        (*h).sample = SampleRecord::NONE;
         ALLOCATED.fetch_sub((*h).usable, Ordering::Relaxed);
         let decay = config::decay_ms();
         if decay != 0 && (*h).map_size <= CACHE_MAX_BLOCK {
@@ -281,6 +254,7 @@ pub unsafe fn free(h: *mut u8, p: *mut u8, op: &str) {
         } else {
             release(h);
         }
+        sample
     }
 }
 

@@ -7,36 +7,37 @@
 
 use crate::base::meta;
 use crate::pool::{arena, huge};
-use crate::prof::{dump as prof_dump, table as prof};
-use crate::thread::{self, cache as thread_cache};
+use crate::prof::{dump, table, trigger};
+use crate::thread::{self, cache};
 
 /// Before `fork`: take every lock.
 pub extern "C" fn prefork() {
-    prof_dump::prefork();
-    thread_cache::prefork();
+    dump::prefork();
+    cache::prefork();
     arena::prefork();
     huge::prefork();
-    prof::prefork();
+    table::prefork();
     meta::prefork();
 }
 
 /// After `fork`, in the parent: release every lock.
 pub extern "C" fn postfork_parent() {
     meta::postfork_parent();
-    prof::postfork_parent();
+    table::postfork_parent();
     huge::postfork_parent();
     arena::postfork_parent();
-    thread_cache::postfork_parent();
-    prof_dump::postfork_parent();
+    cache::postfork_parent();
+    dump::postfork_parent();
 }
 
 /// After `fork`, in the child: reset every lock, then return the caches of the threads that
 /// did not survive.
 pub extern "C" fn postfork_child() {
     meta::postfork_child();
-    prof::postfork_child();
+    table::postfork_child();
+    trigger::postfork_child();
     huge::postfork_child();
     arena::postfork_child();
-    thread_cache::postfork_child(thread::cache());
-    prof_dump::postfork_child();
+    cache::postfork_child(thread::cache());
+    dump::postfork_child();
 }

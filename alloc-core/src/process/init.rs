@@ -10,15 +10,14 @@ use crate::base::config;
 use crate::platform::os;
 use crate::pool::arena;
 use crate::process::{fork, stats};
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use crate::thread;
+use core::sync::atomic::{AtomicU8, Ordering};
 
 const UNINIT: u8 = 0;
 const RUNNING: u8 = 1;
 const READY: u8 = 2;
 
 static STATE: AtomicU8 = AtomicU8::new(UNINIT);
-static THREAD_KEY: AtomicU32 = AtomicU32::new(0);
-static FREE_KEY: AtomicU64 = AtomicU64::new(0);
 
 /// Makes sure start-up has run; waits if another thread is running it.
 #[inline]
@@ -49,13 +48,8 @@ fn init_slow() {
         n => n,
     };
     arena::set_narenas(n);
-    let mut key: libc::pthread_key_t = 0;
-    // SAFETY: `key` is a valid out-parameter; glibc's pthread_key_create does not allocate.
-    if unsafe { libc::pthread_key_create(&mut key, Some(crate::thread::on_thread_exit)) } != 0 {
-        os::fatal("cannot create the thread-exit key");
-    }
-    THREAD_KEY.store(key, Ordering::Relaxed);
-    FREE_KEY.store(make_free_key(), Ordering::Relaxed);
+    thread::create_exit_key();
+    thread::cache::init_free_key();
     STATE.store(READY, Ordering::Release);
 
     // Calls that may allocate: the engine is ready to serve them now.
@@ -68,44 +62,19 @@ fn init_slow() {
         );
         libc::atexit(at_exit);
     }
-    crate::prof::table::install_signal_handler();
+    crate::prof::trigger::install_signal_handler();
     if config::prof() {
         // Set the unwinder up now, not at the first sample (which would be skipped if another
         // thread were setting it up). It takes the loader's lock and allocates: no engine lock
         // is held here, and its allocations are served but not sampled.
-        let _inside = crate::prof::dump::InProfiler::enter();
+        let _inside = thread::InProfiler::enter();
         crate::prof::unwind::init();
     }
 }
 
 extern "C" fn at_exit() {
-    crate::prof::table::at_exit();
+    crate::prof::trigger::at_exit();
     if config::stats_print() {
         stats::print(2);
     }
-}
-
-/// The pthread key whose destructor cleans up exiting threads.
-pub fn thread_key() -> libc::pthread_key_t {
-    THREAD_KEY.load(Ordering::Relaxed)
-}
-
-/// The value cached free blocks carry (see `thread_cache`).
-pub fn free_key() -> u64 {
-    FREE_KEY.load(Ordering::Relaxed)
-}
-
-/// A per-process value unlikely to appear in user data: address-space layout, time and pid
-/// mixed together (no allocation, no system entropy source needed).
-fn make_free_key() -> u64 {
-    let local = 0u8;
-    let mut x = (&local as *const u8 as u64) ^ (os::now_ms() << 32);
-    // SAFETY: getpid has no preconditions.
-    x ^= unsafe { libc::getpid() } as u64;
-    x ^= make_free_key as *const () as usize as u64;
-    // splitmix64 finaliser
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^= x >> 31;
-    x | 1
 }

@@ -23,8 +23,22 @@ use crate::base::config::{self, PREFIX_MAX};
 use crate::platform::lock::Locked;
 use crate::platform::os::{self, Line};
 use crate::prof::table::{self, Counts, StackEntry, MAX_FRAMES};
-use crate::thread;
+use crate::thread::InProfiler;
 use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Dump kinds, as they appear in file names.
+pub mod kind {
+    /// At exit (`prof_final`).
+    pub const FINAL: u8 = b'f';
+    /// Every `2^lg_prof_interval` bytes allocated.
+    pub const INTERVAL: u8 = b'i';
+    /// At a new high-water mark of mapped memory (`prof_gdump`).
+    pub const HIGH_WATER: u8 = b'u';
+    /// On `prof_signal`.
+    pub const SIGNAL: u8 = b's';
+    /// Asked for through the API.
+    pub const MANUAL: u8 = b'm';
+}
 
 /// Where profile text goes.
 pub trait Sink {
@@ -96,32 +110,6 @@ impl Writer<'_> {
         let mut l = Line::new();
         l.hex(v);
         self.bytes(l.as_bytes());
-    }
-}
-
-/// Marks the calling thread as inside the profiler (its allocations are not sampled and do not
-/// serve pending dumps) until dropped.
-pub struct InProfiler {
-    previous: u8,
-}
-
-impl InProfiler {
-    /// Enters.
-    pub fn enter() -> Self {
-        let s = thread::state();
-        // SAFETY: the thread's own block.
-        unsafe {
-            let previous = (*s).in_profiler;
-            (*s).in_profiler = 1;
-            InProfiler { previous }
-        }
-    }
-}
-
-impl Drop for InProfiler {
-    fn drop(&mut self) {
-        // SAFETY: the thread's own block.
-        unsafe { (*thread::state()).in_profiler = self.previous };
     }
 }
 

@@ -4,4 +4,5 @@
 pub mod backtrace;
 pub mod dump;
 pub mod table;
+pub mod trigger;
 pub mod unwind;

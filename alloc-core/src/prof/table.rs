@@ -12,13 +12,10 @@
 //! heap's lock): they only set a bit. The bits are served at the next tick of an allocating
 //! thread, with no lock held, or at exit.
 
-use crate::base::config;
 use crate::base::meta;
 use crate::platform::lock::Locked;
-use crate::platform::os;
-use crate::prof::dump;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// Deepest stack recorded.
 pub const MAX_FRAMES: usize = 64;
@@ -249,119 +246,6 @@ fn grow(table: &mut Table) {
     table.mask = new_len - 1;
 }
 
-/// Dump kinds, as they appear in file names.
-pub mod kind {
-    /// At exit (`prof_final`).
-    pub const FINAL: u8 = b'f';
-    /// Every `2^lg_prof_interval` bytes allocated.
-    pub const INTERVAL: u8 = b'i';
-    /// At a new high-water mark of mapped memory (`prof_gdump`).
-    pub const HIGH_WATER: u8 = b'u';
-    /// On `prof_signal`.
-    pub const SIGNAL: u8 = b's';
-    /// Asked for through the API.
-    pub const MANUAL: u8 = b'm';
-}
-
-const PENDING_INTERVAL: u8 = 1;
-const PENDING_HIGH_WATER: u8 = 2;
-const PENDING_SIGNAL: u8 = 4;
-
-static PENDING: AtomicU8 = AtomicU8::new(0);
-static ALLOCATED: AtomicU64 = AtomicU64::new(0);
-static MAPPED_HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
-static DUMPING: AtomicBool = AtomicBool::new(false);
-
-/// Called every tick of every thread with the bytes it allocated since its last tick:
-/// accounts for interval dumps and serves pending dumps. Must be called with no lock held.
-pub fn on_tick(bytes: u64) {
-    if !config::prof() {
-        return;
-    }
-    let lg = config::lg_prof_interval();
-    if lg >= 0 {
-        let interval = 1u64 << lg;
-        let before = ALLOCATED.fetch_add(bytes, Ordering::Relaxed);
-        if (before + bytes) / interval != before / interval {
-            PENDING.fetch_or(PENDING_INTERVAL, Ordering::Relaxed);
-        }
-    }
-    if PENDING.load(Ordering::Relaxed) != 0 {
-        serve_pending();
-    }
-}
-
-/// Notes the process's mapped bytes after a new mapping; a new maximum requests a
-/// high-water dump when `prof_gdump` is on. Safe under any lock (it only sets a bit).
-pub fn note_mapped(bytes: usize) {
-    if config::prof() && config::prof_gdump() {
-        let old = MAPPED_HIGH_WATER.fetch_max(bytes, Ordering::Relaxed);
-        if bytes > old {
-            PENDING.fetch_or(PENDING_HIGH_WATER, Ordering::Relaxed);
-        }
-    }
-}
-
-/// The `prof_signal` handler: async-signal-safe, it only sets a bit.
-pub extern "C" fn on_signal(_sig: libc::c_int) {
-    PENDING.fetch_or(PENDING_SIGNAL, Ordering::Relaxed);
-}
-
-/// Installs the `prof_signal` handler if one is configured.
-pub fn install_signal_handler() {
-    let sig = config::prof_signal();
-    if !config::prof() || sig == 0 {
-        return;
-    }
-    // SAFETY: a zeroed sigaction with a handler and an empty mask is valid; the handler is
-    // async-signal-safe.
-    unsafe {
-        let mut sa: libc::sigaction = core::mem::zeroed();
-        sa.sa_sigaction = on_signal as *const () as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        if libc::sigaction(sig, &sa, ptr::null_mut()) != 0 {
-            os::Line::new()
-                .str("sampalloc: cannot install the prof_signal handler for signal ")
-                .dec(sig as u64)
-                .emit();
-        }
-    }
-}
-
-fn serve_pending() {
-    if DUMPING.swap(true, Ordering::Acquire) {
-        return; // another thread is dumping; the bits stay for the next tick
-    }
-    let pending = PENDING.swap(0, Ordering::Relaxed);
-    for (bit, k) in [
-        (PENDING_INTERVAL, kind::INTERVAL),
-        (PENDING_HIGH_WATER, kind::HIGH_WATER),
-        (PENDING_SIGNAL, kind::SIGNAL),
-    ] {
-        if pending & bit != 0 {
-            dump::dump_named(k);
-        }
-    }
-    DUMPING.store(false, Ordering::Release);
-}
-
-/// At exit: the final dump and the leak summary, as configured.
-pub fn at_exit() {
-    if !config::prof() {
-        return;
-    }
-    if PENDING.load(Ordering::Relaxed) != 0 {
-        serve_pending();
-    }
-    if config::prof_final() {
-        dump::dump_named(kind::FINAL);
-    }
-    if config::prof_leak() {
-        dump::leak_summary();
-    }
-}
-
 /// Fork: hold the table lock across `fork`.
 pub fn prefork() {
     TABLE.raw_lock();
@@ -376,7 +260,6 @@ pub fn postfork_parent() {
 /// Fork: reset in the child; a dump the parent had in progress is not the child's.
 pub fn postfork_child() {
     TABLE.reset_after_fork();
-    DUMPING.store(false, Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -173,6 +173,34 @@ static CACHES: Locked<CacheList> = Locked::new(CacheList {
     spare: ptr::null_mut(),
 });
 
+/// The value cached free blocks carry in their first word (see the module docs).
+static FREE_KEY: AtomicU64 = AtomicU64::new(0);
+
+/// Draws the process's free key (once, at start-up).
+pub fn init_free_key() {
+    FREE_KEY.store(make_free_key(), Ordering::Relaxed);
+}
+
+/// The process's free key, for new thread caches.
+pub fn free_key() -> u64 {
+    FREE_KEY.load(Ordering::Relaxed)
+}
+
+/// A per-process value unlikely to appear in user data: address-space layout, time and pid
+/// mixed together (no allocation, no system entropy source needed).
+fn make_free_key() -> u64 {
+    let local = 0u8;
+    let mut x = (&local as *const u8 as u64) ^ (os::now_ms() << 32);
+    // SAFETY: getpid has no preconditions.
+    x ^= unsafe { libc::getpid() } as u64;
+    x ^= make_free_key as *const () as usize as u64;
+    // splitmix64 finaliser
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    x | 1
+}
+
 /// Gets a cache for a new thread of `arena`: a recycled one or fresh metadata memory.
 /// Null if memory ran out.
 pub fn acquire(arena: &'static Arena, free_key: u64) -> *mut ThreadCache {
@@ -193,7 +221,8 @@ pub fn acquire(arena: &'static Arena, free_key: u64) -> *mut ThreadCache {
         ptr::addr_of_mut!((*tc).bytes_until_event).write(countdown);
         ptr::addr_of_mut!((*tc).schedule).write(schedule);
         ptr::addr_of_mut!((*tc).free_key).write(free_key);
-        ptr::addr_of_mut!((*tc).arena_tag).write(arena::tag_of_index(arena.index()));
+        ptr::addr_of_mut!((*tc).arena_tag)
+            .write(crate::addr::registry::tag_of_index(arena.index()));
         ptr::addr_of_mut!((*tc).arena).write(arena);
         ptr::addr_of_mut!((*tc).remote_len).write(AtomicUsize::new(0));
         ptr::addr_of_mut!((*tc).requests_seen).write([0; NUM_CACHED]);

@@ -19,12 +19,26 @@
 //! (`sampler`). Uses `pool` and below.
 
 use crate::pool::arena;
-use crate::process::init;
 pub mod cache;
 pub mod sampler;
 
+use crate::platform::os;
 use crate::thread::cache::{self as thread_cache, ThreadCache};
 use core::ptr;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+/// The pthread key whose destructor cleans up exiting threads.
+static EXIT_KEY: AtomicU32 = AtomicU32::new(0);
+
+/// Creates the thread-exit key (once, at start-up, before any thread is set up).
+pub fn create_exit_key() {
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: `key` is a valid out-parameter; glibc's pthread_key_create does not allocate.
+    if unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) } != 0 {
+        os::fatal("cannot create the thread-exit key");
+    }
+    EXIT_KEY.store(key, Ordering::Relaxed);
+}
 
 /// The phases of a thread's life (see the module docs).
 pub mod phase {
@@ -161,12 +175,14 @@ unsafe fn init(s: *mut ThreadState) -> *mut ThreadCache {
     // SAFETY: the block belongs to the calling thread.
     unsafe {
         (*s).phase = phase::INITIALIZING;
-        init::ensure_ready();
         // A non-null value makes the key's destructor run at thread exit. This may call
         // calloc (for high key numbers); the INITIALIZING phase sends that to the fallback.
-        libc::pthread_setspecific(init::thread_key(), 1usize as *const libc::c_void);
+        libc::pthread_setspecific(
+            EXIT_KEY.load(Ordering::Relaxed),
+            1usize as *const libc::c_void,
+        );
         let a = arena::assign_thread();
-        let tc = thread_cache::acquire(a, init::free_key());
+        let tc = thread_cache::acquire(a, thread_cache::free_key());
         if tc.is_null() {
             arena::release_thread(a);
             (*s).phase = phase::UNINIT; // try again on the next call
@@ -193,5 +209,31 @@ pub extern "C" fn on_thread_exit(_value: *mut libc::c_void) {
         thread_cache::release(tc);
         arena::release_thread(a);
         (*s).phase = phase::DEAD;
+    }
+}
+
+/// Marks the calling thread as inside the profiler (its allocations are not sampled and do not
+/// serve pending dumps) until dropped.
+pub struct InProfiler {
+    previous: u8,
+}
+
+impl InProfiler {
+    /// Enters.
+    pub fn enter() -> Self {
+        let s = state();
+        // SAFETY: the thread's own block.
+        unsafe {
+            let previous = (*s).in_profiler;
+            (*s).in_profiler = 1;
+            InProfiler { previous }
+        }
+    }
+}
+
+impl Drop for InProfiler {
+    fn drop(&mut self) {
+        // SAFETY: the thread's own block.
+        unsafe { (*state()).in_profiler = self.previous };
     }
 }

@@ -1,0 +1,111 @@
+//! The dump triggers: every `2^lg_prof_interval` bytes allocated, at a new high-water mark of
+//! the engine's mapped memory (`prof_gdump`), on `prof_signal`, and at exit. A trigger only
+//! sets a bit (a signal handler may); the next tick of any thread, with no lock held, serves
+//! it by writing the dump.
+
+use crate::base::config;
+use crate::platform::os;
+use crate::prof::dump::{self, kind};
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+
+const PENDING_INTERVAL: u8 = 1;
+const PENDING_HIGH_WATER: u8 = 2;
+const PENDING_SIGNAL: u8 = 4;
+
+static PENDING: AtomicU8 = AtomicU8::new(0);
+static ALLOCATED: AtomicU64 = AtomicU64::new(0);
+static MAPPED_HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
+static DUMPING: AtomicBool = AtomicBool::new(false);
+
+/// Called every tick of every thread with the bytes it allocated since its last tick:
+/// accounts for interval dumps and serves pending dumps. Must be called with no lock held.
+pub fn on_tick(bytes: u64) {
+    if !config::prof() {
+        return;
+    }
+    let lg = config::lg_prof_interval();
+    if lg >= 0 {
+        let interval = 1u64 << lg;
+        let before = ALLOCATED.fetch_add(bytes, Ordering::Relaxed);
+        if (before + bytes) / interval != before / interval {
+            PENDING.fetch_or(PENDING_INTERVAL, Ordering::Relaxed);
+        }
+    }
+    if config::prof_gdump() {
+        // A new maximum of the engine's mapped bytes (metadata included, as the statistics
+        // count it) asks for a high-water dump.
+        let mapped = os::mapped();
+        if mapped > MAPPED_HIGH_WATER.fetch_max(mapped, Ordering::Relaxed) {
+            PENDING.fetch_or(PENDING_HIGH_WATER, Ordering::Relaxed);
+        }
+    }
+    if PENDING.load(Ordering::Relaxed) != 0 {
+        serve_pending();
+    }
+}
+
+/// The `prof_signal` handler: async-signal-safe, it only sets a bit.
+pub extern "C" fn on_signal(_sig: libc::c_int) {
+    PENDING.fetch_or(PENDING_SIGNAL, Ordering::Relaxed);
+}
+
+/// Installs the `prof_signal` handler if one is configured.
+pub fn install_signal_handler() {
+    let sig = config::prof_signal();
+    if !config::prof() || sig == 0 {
+        return;
+    }
+    // SAFETY: a zeroed sigaction with a handler and an empty mask is valid; the handler is
+    // async-signal-safe.
+    unsafe {
+        let mut sa: libc::sigaction = core::mem::zeroed();
+        sa.sa_sigaction = on_signal as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(sig, &sa, ptr::null_mut()) != 0 {
+            os::Line::new()
+                .str("sampalloc: cannot install the prof_signal handler for signal ")
+                .dec(sig as u64)
+                .emit();
+        }
+    }
+}
+
+fn serve_pending() {
+    if DUMPING.swap(true, Ordering::Acquire) {
+        return; // another thread is dumping; the bits stay for the next tick
+    }
+    let pending = PENDING.swap(0, Ordering::Relaxed);
+    for (bit, k) in [
+        (PENDING_INTERVAL, kind::INTERVAL),
+        (PENDING_HIGH_WATER, kind::HIGH_WATER),
+        (PENDING_SIGNAL, kind::SIGNAL),
+    ] {
+        if pending & bit != 0 {
+            dump::dump_named(k);
+        }
+    }
+    DUMPING.store(false, Ordering::Release);
+}
+
+/// At exit: the final dump and the leak summary, as configured.
+pub fn at_exit() {
+    if !config::prof() {
+        return;
+    }
+    if PENDING.load(Ordering::Relaxed) != 0 {
+        serve_pending();
+    }
+    if config::prof_final() {
+        dump::dump_named(kind::FINAL);
+    }
+    if config::prof_leak() {
+        dump::leak_summary();
+    }
+}
+
+/// Fork: a dump the parent had in progress is not the child's.
+pub fn postfork_child() {
+    DUMPING.store(false, Ordering::Relaxed);
+}
