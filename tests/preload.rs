@@ -177,6 +177,8 @@ fn misuse_aborts_with_one_line() {
         ("realloc-invalid", "realloc", "invalid pointer"),
         ("realloc-stack", "realloc", "invalid pointer"),
         ("realloc-zero-invalid", "realloc", "invalid pointer"),
+        ("realloc-zero-double-free", "realloc", "double free of"),
+        ("realloc-zero-double-free-huge", "realloc", "double free of"),
         (
             "usable-size-invalid",
             "malloc_usable_size",

@@ -22,9 +22,11 @@ pub(crate) mod process;
 pub(crate) mod api;
 
 pub use api::alloc::{
-    alloc_aligned, flush_thread_cache, free, free_as, free_sized, malloc, malloc_fast, malloc_slow,
-    malloc_zeroed, purge, realloc, usable_size, Op,
+    alloc_aligned, flush_thread_cache, malloc, malloc_fast, malloc_slow, malloc_zeroed, purge,
 };
+pub use api::free::{free, free_as, free_sized, usable_size};
+pub use api::realloc::realloc;
+pub use api::Op;
 
 // The facade: what `sampalloc` (the Rust API and CLI) and `libsampalloc.so` use. Everything
 // else is crate-private, so the dead-code lint sees the whole engine.

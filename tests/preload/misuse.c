@@ -115,6 +115,19 @@ int main(int argc, char **argv) {
     announce(p + 16);
     p = realloc(opaque(p + 16), 0);
     printf("realloc returned %p\n", (void *)p);
+  } else if (!strcmp(mode, "realloc-zero-double-free")) {
+    /* realloc(p, 0) frees: a second one is a double free, reported as realloc's. */
+    void *p = opaque(malloc(48));
+    announce(p);
+    free(p);
+    p = realloc(opaque(p), 0);
+    printf("realloc returned %p\n", p);
+  } else if (!strcmp(mode, "realloc-zero-double-free-huge")) {
+    void *p = opaque(malloc(5 << 20));
+    announce(p);
+    free(p);
+    p = realloc(opaque(p), 0);
+    printf("realloc returned %p\n", p);
   } else if (!strcmp(mode, "realloc-stack")) {
     void *p = opaque(local);
     announce(p);

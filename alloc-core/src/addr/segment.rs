@@ -369,7 +369,7 @@ mod tests {
 
     #[test]
     fn fast_codes_follow_live_blocks() {
-        use crate::api::alloc::{free, malloc, realloc};
+        use crate::api::{alloc::malloc, free::free, realloc::realloc};
         use crate::base::size_class::class_of;
         // A sampled block (the profiler may pick any) has no code: it takes the checked path.
         let code_of = |p: *mut u8| {

@@ -1,4 +1,40 @@
 //! Layer 9, the entry points: `malloc`, `free`, `realloc` and their aligned and zeroed kinds,
-//! pointer validation and the sampled path. May use every layer.
+//! pointer validation and the sampled path. May use every layer. The one fatal path for a
+//! misused pointer is [`misuse`].
 
 pub mod alloc;
+pub mod free;
+pub mod realloc;
+mod sampled;
+
+use crate::platform::os;
+
+/// The public function a pointer was handed to, for error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `free`.
+    Free,
+    /// `realloc`.
+    Realloc,
+    /// `malloc_usable_size`.
+    UsableSize,
+}
+
+impl Op {
+    /// The function's C name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Free => "free",
+            Op::Realloc => "realloc",
+            Op::UsableSize => "malloc_usable_size",
+        }
+    }
+}
+
+/// Aborts with one line naming the function `p` was handed to: the one fatal path for a
+/// misused pointer (see `platform::os::fatal_pointer`).
+#[cold]
+#[inline(never)]
+pub(super) fn misuse(op: Op, what: &str, p: *mut u8) -> ! {
+    os::fatal_pointer(op.name(), what, p as usize)
+}

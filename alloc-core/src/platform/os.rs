@@ -291,13 +291,16 @@ impl core::fmt::Write for Line {
     }
 }
 
-/// Writes `sampalloc: <what> <ptr>` to stderr and aborts the process. This is the one way the
+/// Writes `sampalloc: <op>(): <what> <ptr>` to stderr and aborts the process, `op` naming the
+/// public function the pointer was handed to (`free`, `realloc`…). This is the one way the
 /// allocator reports misuse it cannot survive (invalid or double free).
 #[cold]
 #[inline(never)]
-pub fn fatal_pointer(what: &str, p: usize) -> ! {
+pub fn fatal_pointer(op: &str, what: &str, p: usize) -> ! {
     Line::new()
         .str("sampalloc: ")
+        .str(op)
+        .str("(): ")
         .str(what)
         .str(" ")
         .hex(p)

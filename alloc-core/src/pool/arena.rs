@@ -238,11 +238,11 @@ impl Arena {
                 let d = Segment::desc(seg, Segment::head_of(seg, page));
                 let index = match slab::object_index(d, p as usize) {
                     Some(i) if (*d).kind == kind::SLAB => i,
-                    _ => os::fatal_pointer("free(): invalid pointer", p as usize),
+                    _ => os::fatal_pointer("free", "invalid pointer", p as usize),
                 };
                 match slab::put(d, index) {
                     Put::Partial => {}
-                    Put::AlreadyFree => os::fatal_pointer("free(): double free of", p as usize),
+                    Put::AlreadyFree => os::fatal_pointer("free", "double free of", p as usize),
                     Put::WasFull => {
                         if d != bin.current {
                             (*d).prev = ptr::null_mut();
@@ -452,7 +452,7 @@ impl Arena {
                 let page = (b as usize - seg as usize) >> os::PAGE_SHIFT;
                 let d = Segment::desc(seg, page);
                 if (*d).kind != kind::LARGE {
-                    os::fatal_pointer("free(): double free of", b as usize);
+                    os::fatal_pointer("free", "double free of", b as usize);
                 }
                 p.large_live[(*d).class as usize - NUM_SMALL] -= 1;
                 self.free_span(&mut p, d, now);

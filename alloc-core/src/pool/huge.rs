@@ -266,26 +266,12 @@ pub unsafe fn check(h: *mut HugeHeader, p: *mut u8, op: &str) {
     // SAFETY: registered headers are live mappings.
     unsafe {
         if HugeHeader::block(h) != p {
-            fatal_op(op, "invalid pointer", p);
+            os::fatal_pointer(op, "invalid pointer", p as usize);
         }
         if (*h).cached {
-            fatal_op(op, "double free of", p);
+            os::fatal_pointer(op, "double free of", p as usize);
         }
     }
-}
-
-#[cold]
-fn fatal_op(op: &str, what: &str, p: *mut u8) -> ! {
-    os::Line::new()
-        .str("sampalloc: ")
-        .str(op)
-        .str("(): ")
-        .str(what)
-        .str(" ")
-        .hex(p as usize)
-        .emit();
-    // SAFETY: abort has no preconditions.
-    unsafe { libc::abort() }
 }
 
 unsafe fn release(h: *mut HugeHeader) {

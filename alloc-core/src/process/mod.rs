@@ -4,3 +4,4 @@
 pub mod fork;
 pub mod init;
 pub mod stats;
+pub mod tick;

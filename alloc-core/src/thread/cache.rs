@@ -524,26 +524,33 @@ pub unsafe fn return_blocks(class: usize, blocks: &mut [*mut u8]) {
 /// already free (in this cache or in its slab). Otherwise the match was a coincidence.
 ///
 /// # Safety
-/// `tc` must be the caller's cache, `d` the span of `p`, validated for class `class`.
+/// `tc` must be the caller's cache, `d` the span of `p`, validated for class `class`. `op`
+/// names the public function `p` was handed to, for the message.
 #[cold]
-pub unsafe fn check_double_free(tc: *mut ThreadCache, class: usize, d: *mut SpanDesc, p: *mut u8) {
+pub unsafe fn check_double_free(
+    tc: *mut ThreadCache,
+    class: usize,
+    d: *mut SpanDesc,
+    p: *mut u8,
+    op: &str,
+) {
     // SAFETY: the owner reads its own stack; the slab check takes the bin lock.
     unsafe {
         let bin = &(*tc).bins[class];
         if core::slice::from_raw_parts(bin.base, bin.count()).contains(&p) {
-            os::fatal_pointer("free(): double free of", p as usize);
+            os::fatal_pointer(op, "double free of", p as usize);
         }
         let n = (*tc).remote_len.load(Ordering::Relaxed);
         if (&(*tc).remote)[..n]
             .iter()
             .any(|r| r.load(Ordering::Relaxed) == p)
         {
-            os::fatal_pointer("free(): double free of", p as usize);
+            os::fatal_pointer(op, "double free of", p as usize);
         }
         if (*d).kind == kind::SLAB {
             let owner = arena::of_segment(Segment::of(p as usize));
             if owner.slab_object_is_free(class, d, p as usize) {
-                os::fatal_pointer("free(): double free of", p as usize);
+                os::fatal_pointer(op, "double free of", p as usize);
             }
         }
     }

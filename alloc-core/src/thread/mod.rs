@@ -65,94 +65,17 @@ pub struct ThreadState {
     pub in_profiler: u8,
 }
 
-// `tls::cache` reads the cache pointer at offset 0 of the block.
+// `cache` reads the cache pointer at offset 0 of the block.
 const _: () = assert!(core::mem::offset_of!(ThreadState, cache) == 0);
 
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-mod tls {
-    use super::ThreadState;
+crate::platform::tls::initial_exec_block!(pub fn state -> ThreadState, "sampalloc_core_thread_state");
+crate::platform::tls::initial_exec_first_word!(fn state_first_word, state, "sampalloc_core_thread_state");
 
-    // The block, in .tbss, hidden so that a second copy of the engine in the process (a Rust
-    // program using SampAlloc run with the preload) keeps its own.
-    core::arch::global_asm!(
-        ".pushsection .tbss,\"awT\",@nobits",
-        ".p2align 4",
-        ".globl sampalloc_core_thread_state",
-        ".hidden sampalloc_core_thread_state",
-        ".type sampalloc_core_thread_state,@object",
-        ".size sampalloc_core_thread_state, {size}",
-        "sampalloc_core_thread_state:",
-        ".zero {size}",
-        ".popsection",
-        size = const core::mem::size_of::<ThreadState>(),
-    );
-
-    /// The calling thread's block: the thread pointer plus the initial-exec offset.
-    #[inline(always)]
-    pub fn state() -> *mut ThreadState {
-        let p: usize;
-        // SAFETY: reads the thread pointer (%fs:0 holds it on x86-64 glibc) and the GOT entry
-        // the linker fills with the block's offset; both are constant for the thread.
-        unsafe {
-            core::arch::asm!(
-                "mov {p}, qword ptr fs:[0]",
-                "add {p}, qword ptr [rip + sampalloc_core_thread_state@GOTTPOFF]",
-                p = out(reg) p,
-                options(pure, readonly, nostack),
-            );
-        }
-        p as *mut ThreadState
-    }
-
-    /// The block's first field, the cache pointer, read directly through the thread pointer:
-    /// one instruction fewer than going through [`state`], on every `malloc` and `free`.
-    #[inline(always)]
-    pub fn cache() -> *mut crate::thread::cache::ThreadCache {
-        let p: usize;
-        // SAFETY: as in `state`; the cache pointer is the block's first field (offset 0).
-        unsafe {
-            core::arch::asm!(
-                "mov {p}, qword ptr [rip + sampalloc_core_thread_state@GOTTPOFF]",
-                "mov {p}, qword ptr fs:[{p}]",
-                p = out(reg) p,
-                options(pure, readonly, nostack, preserves_flags),
-            );
-        }
-        p as *mut crate::thread::cache::ThreadCache
-    }
-}
-
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-mod tls {
-    use super::ThreadState;
-    use core::cell::UnsafeCell;
-
-    std::thread_local! {
-        static STATE: UnsafeCell<ThreadState> = const {
-            UnsafeCell::new(ThreadState { cache: core::ptr::null_mut(), phase: 0, in_profiler: 0 })
-        };
-    }
-
-    /// The calling thread's block.
-    #[inline(always)]
-    pub fn state() -> *mut ThreadState {
-        STATE.with(|s| s.get())
-    }
-
-    /// The calling thread's cache pointer.
-    #[inline(always)]
-    pub fn cache() -> *mut crate::thread::cache::ThreadCache {
-        // SAFETY: the block is always valid for the calling thread.
-        unsafe { (*state()).cache }
-    }
-}
-
-pub use tls::state;
-
-/// The calling thread's cache, or null when it is not `LIVE`.
+/// The calling thread's cache, or null when it is not `LIVE`: the block's first word, read
+/// directly through the thread pointer, on every `malloc` and `free`.
 #[inline(always)]
 pub fn cache() -> *mut ThreadCache {
-    tls::cache()
+    state_first_word() as *mut ThreadCache
 }
 
 /// The calling thread's cache, setting the thread up if this is its first call. Null when the

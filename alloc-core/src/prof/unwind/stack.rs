@@ -42,43 +42,8 @@ pub(super) struct UnwindTls {
     pub dead: u8,
 }
 
-mod tls {
-    use super::UnwindTls;
-
-    // The block, in .tbss, hidden so that a second copy of the engine in the process keeps its
-    // own (see crate::thread for the same construction).
-    core::arch::global_asm!(
-        ".pushsection .tbss,\"awT\",@nobits",
-        ".p2align 4",
-        ".globl sampalloc_core_unwind_state",
-        ".hidden sampalloc_core_unwind_state",
-        ".type sampalloc_core_unwind_state,@object",
-        ".size sampalloc_core_unwind_state, {size}",
-        "sampalloc_core_unwind_state:",
-        ".zero {size}",
-        ".popsection",
-        size = const core::mem::size_of::<UnwindTls>(),
-    );
-
-    /// The calling thread's block: the thread pointer plus the initial-exec offset.
-    #[inline(always)]
-    pub fn state() -> *mut UnwindTls {
-        let p: usize;
-        // SAFETY: reads the thread pointer (%fs:0 holds it on x86-64 glibc) and the GOT entry
-        // the linker fills with the block's offset; both are constant for the thread.
-        unsafe {
-            core::arch::asm!(
-                "mov {p}, qword ptr fs:[0]",
-                "add {p}, qword ptr [rip + sampalloc_core_unwind_state@GOTTPOFF]",
-                p = out(reg) p,
-                options(pure, readonly, nostack),
-            );
-        }
-        p as *mut UnwindTls
-    }
-}
-
-pub(super) use tls::state;
+// The thread's unwind state, in its own initial-exec block (see `platform::tls`).
+crate::platform::tls::initial_exec_block!(pub(super) fn state -> UnwindTls, "sampalloc_core_unwind_state");
 
 /// The pthread key whose destructor frees a thread's cache (0 until created, stored + 1).
 static CACHE_KEY: AtomicU32 = AtomicU32::new(0);

@@ -1,0 +1,266 @@
+//! Freeing and measuring: `free`, `free_sized`, `malloc_usable_size` and the pointer checks.
+//!
+//! The fast path is here: `free` of a block of a cached class is a segment-map load, the page's
+//! fast-path code (its class), one multiplication that checks the pointer starts a block, and a
+//! push. Anything suspicious takes the checked path, and misuse is fatal: a pointer that does
+//! not start a live block of ours aborts with one line naming the function and the pointer.
+
+use super::alloc::cache_or_init;
+use super::sampled::{forget_sample, free_sampled};
+use super::{misuse, Op};
+use crate::addr::registry;
+use crate::addr::segment::{
+    self, kind, span_start, Location, Segment, SpanDesc, FLAG_SAMPLED, PAGES_PER_SEGMENT,
+};
+use crate::base::size_class::{class_of, is_small, CLASSES, NUM_CACHED, SMALL_MAX, STARTS_BY_CODE};
+use crate::platform::os::{PAGE_SHIFT, PAGE_SIZE};
+use crate::pool::arena;
+use crate::pool::huge;
+use crate::thread::cache::{self, ThreadCache};
+use crate::thread::{self};
+use core::ptr;
+
+/// What `p` is, validated: aborts (naming `op`) unless `p` starts a live block of ours.
+pub(super) enum Block {
+    Span(*mut SpanDesc, usize),
+    Huge(*mut u8),
+}
+
+#[inline(always)]
+pub(super) fn validate(p: *mut u8, op: Op) -> Block {
+    match segment::locate(p as usize) {
+        Location::Span(d, start) => {
+            // SAFETY: the segment map found a live segment; the descriptor is checked before use,
+            // and a slab's class is always below NUM_CLASSES.
+            unsafe {
+                let k = (*d).kind;
+                let ok = if k == kind::SLAB {
+                    CLASSES
+                        .get_unchecked((*d).class as usize)
+                        .starts_block((p as usize).wrapping_sub(start))
+                } else {
+                    k == kind::LARGE && start == p as usize
+                };
+                if !ok {
+                    bad_span_pointer(d, p, op);
+                }
+                Block::Span(d, (*d).class as usize)
+            }
+        }
+        Location::Huge(h) => Block::Huge(h),
+        Location::Foreign => misuse(op, "invalid pointer", p),
+    }
+}
+
+#[cold]
+fn bad_span_pointer(d: *mut SpanDesc, p: *mut u8, op: Op) -> ! {
+    // SAFETY: `d` is a descriptor of a live segment.
+    let k = unsafe { (*d).kind };
+    if (k == kind::FREE_DIRTY || k == kind::FREE_CLEAN) && span_start(d) == p {
+        misuse(op, "double free of", p)
+    }
+    misuse(op, "invalid pointer", p)
+}
+
+/// Frees `p` (null is ignored). Aborts on a pointer that is not a live block of ours.
+///
+/// # Safety
+/// `p` must be null or a block from this engine that the caller no longer uses. Pointers that
+/// are not live blocks are detected and abort, but a block still in use elsewhere is not.
+#[inline]
+pub unsafe fn free(p: *mut u8) {
+    // SAFETY: forwarded contract.
+    unsafe { free_as(p, Op::Free) }
+}
+
+/// Frees `p`, which was allocated with `size` bytes at an alignment of at most 16 (by
+/// [`malloc`], [`malloc_zeroed`] or [`realloc`] to that size). With the size known
+/// the block's class is known too, so a small block that is not page-aligned goes straight to
+/// the thread cache without the metadata lookup; anything else takes [`free`]'s path. (Sampled
+/// blocks have pages of their own and so are page-aligned.) Blocks smaller than a cache line
+/// from other arenas take [`free`]'s path, which may send them home.
+///
+/// # Safety
+/// `p` must be a live block of this engine whose requested (or last reallocated) size was
+/// `size`, freed once. Unlike [`free`], a wrong pointer is not detected.
+#[inline(always)]
+pub unsafe fn free_sized(p: *mut u8, size: usize) {
+    if size <= SMALL_MAX && (p as usize) & (PAGE_SIZE - 1) != 0 {
+        let tc = thread::cache();
+        let class = class_of(size);
+        // A block that may have to go home takes `free`.
+        // SAFETY: a non-null cache is our own.
+        let foreign = || {
+            cache::may_send_home(class)
+                && registry::segment_tag(p as usize) != unsafe { (*tc).arena_tag }
+        };
+        if !tc.is_null() && !foreign() {
+            // SAFETY: our own cache; `class_of` of a small size is a cached class.
+            if unsafe { (*tc).bins.get_unchecked(class).try_push(p) } {
+                return;
+            }
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { free(p) }
+}
+
+/// [`free`], naming `op` in the message if `p` is not a live block (e.g. `realloc(p, 0)`).
+///
+/// The fast path serves the common case, a block of a cached class in a segment, from the page's
+/// fast-path code: the segment map says the chunk is a segment, the code gives the class, the
+/// page's span start and the class's constants check that `p` starts a block, and the block goes
+/// on the thread cache. The segment's address comes from `p` itself, so the loads of the code
+/// and of the segment map run side by side. A block smaller than a cache line whose segment
+/// belongs to another arena (the map byte is the arena's tag) takes [`free_foreign`], which may
+/// send it home. Everything else (null, huge and sampled blocks, uncached classes, invalid
+/// pointers, a full stack, a suspected double free, a thread without a cache) takes the checked
+/// path. Both are tail calls, so the fast path saves no registers.
+///
+/// # Safety
+/// As for [`free`].
+#[inline(always)]
+pub unsafe fn free_as(p: *mut u8, op: Op) {
+    let tag = registry::segment_tag(p as usize);
+    if tag != 0 {
+        let tc = thread::cache();
+        // SAFETY: `p` lies in a live segment.
+        let class = unsafe { cached_block_class(p) };
+        if let (Some((class, subline)), false) = (class, tc.is_null()) {
+            // SAFETY: our own cache; `p` starts a live-or-cached block of cached `class`.
+            unsafe {
+                if (tag ^ (*tc).arena_tag) as u64 & subline != 0 {
+                    return free_foreign(tc, p, class, tag, op);
+                }
+                let key = (*tc).free_key;
+                if p.cast::<u64>().read() != key && (*tc).bins.get_unchecked(class).try_push(p) {
+                    p.cast::<u64>().write(key);
+                    return;
+                }
+            }
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { free_checked(p, op) }
+}
+
+/// The class of the block starting at `p`, a pointer into a live segment, if the page's
+/// fast-path code says it is a block of a cached class and `p` is where one starts; with the
+/// class's `subline` mask (see [`STARTS_BY_CODE`]).
+///
+/// # Safety
+/// `p` must lie in a live segment.
+#[inline(always)]
+unsafe fn cached_block_class(p: *mut u8) -> Option<(usize, u64)> {
+    let addr = p as usize;
+    let seg = Segment::of(addr);
+    let page = (addr >> PAGE_SHIFT) & (PAGES_PER_SEGMENT - 1);
+    // SAFETY: `seg` is a live segment and `page` is in range; codes are at most NUM_CACHED.
+    // A page without a code has a `page_head` too (any value): code 0 accepts no offset.
+    unsafe {
+        let code = Segment::fast_class_of(seg, page);
+        let start = seg as usize + (Segment::head_of(seg, page) << PAGE_SHIFT);
+        let entry = STARTS_BY_CODE.get_unchecked(code);
+        entry
+            .accepts(addr.wrapping_sub(start))
+            .then(|| (code - 1, entry.subline))
+    }
+}
+
+/// [`free_as`] of a block smaller than a cache line from another arena, already checked to
+/// start a block of cached class `class` in a segment with tag `tag`: into the remote buffer if
+/// it goes home (see `thread_cache`). Otherwise (its arena is unused, or a double free is
+/// suspected) the checked path, which caches it here.
+///
+/// # Safety
+/// `tc` must be the caller's cache; otherwise as for [`free`].
+#[inline(never)]
+unsafe fn free_foreign(tc: *mut ThreadCache, p: *mut u8, class: usize, tag: u8, op: Op) {
+    // SAFETY: our own cache; `p` starts a block of `class` (checked by the caller).
+    unsafe {
+        if p.cast::<u64>().read() != (*tc).free_key && cache::sends_home(class, arena::of_tag(tag))
+        {
+            return cache::push_remote(tc, class, p);
+        }
+        free_checked(p, op)
+    }
+}
+
+/// `free` through the descriptors, with every check: the path for everything the fast path of
+/// [`free_as`] does not take.
+#[inline(never)]
+pub(super) unsafe fn free_checked(p: *mut u8, op: Op) {
+    if p.is_null() {
+        return;
+    }
+    match validate(p, op) {
+        // SAFETY: validated as a live block of class `class` in span `d`.
+        Block::Span(d, class) => unsafe {
+            if (*d).flags & FLAG_SAMPLED != 0 {
+                free_sampled(d);
+            } else {
+                free_block(p, d, class, op);
+            }
+        },
+        // SAFETY: `h` is the registered header for `p`.
+        Block::Huge(h) => forget_sample(unsafe { huge::free(h, p, op.name()) }),
+    }
+}
+
+#[inline(always)]
+pub(super) unsafe fn free_block(p: *mut u8, d: *mut SpanDesc, class: usize, op: Op) {
+    let tc = thread::cache();
+    if !tc.is_null() && class < NUM_CACHED {
+        // SAFETY: the caller's own cache; `p` is a validated block of `class`.
+        unsafe {
+            let key = (*tc).free_key;
+            if p.cast::<u64>().read() == key {
+                cache::check_double_free(tc, class, d, p, op.name());
+            }
+            let owner = arena::of_segment(segment::segment_of_desc(d));
+            if !ptr::eq(owner, (*tc).arena) && cache::sends_home(class, owner) {
+                cache::push_remote(tc, class, p);
+                return;
+            }
+            if !(*tc).bins.get_unchecked(class).try_push(p) {
+                cache::on_full(tc, class);
+                // `on_full` grew or flushed the stack: there is room now.
+                let pushed = (*tc).bins.get_unchecked(class).try_push(p);
+                debug_assert!(pushed);
+            }
+            p.cast::<u64>().write(key);
+        }
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { free_block_slow(p, d, class, op) }
+}
+
+#[cold]
+unsafe fn free_block_slow(p: *mut u8, d: *mut SpanDesc, class: usize, op: Op) {
+    let tc = cache_or_init();
+    // SAFETY: `p` is a validated block of `class` in span `d`.
+    unsafe {
+        if !tc.is_null() && class < NUM_CACHED {
+            return free_block(p, d, class, op);
+        }
+        let owner = arena::of_segment(Segment::of(p as usize));
+        if is_small(class) {
+            owner.put_small(class, &[p]);
+        } else {
+            owner.free_large(&[p]);
+        }
+    }
+}
+
+/// Usable bytes of the block `p`. Aborts on a pointer that is not a live block of ours.
+///
+/// # Safety
+/// `p` should be a live block from this engine (anything else aborts).
+pub unsafe fn usable_size(p: *mut u8) -> usize {
+    match validate(p, Op::UsableSize) {
+        Block::Span(_, class) => CLASSES[class].size as usize,
+        // SAFETY: `h` is the registered header for `p`.
+        Block::Huge(h) => unsafe { huge::usable_size(h, p, "malloc_usable_size") },
+    }
+}

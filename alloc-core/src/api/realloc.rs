@@ -1,0 +1,110 @@
+//! `realloc`: in place where the block's class or pages allow, else a new block and a copy;
+//! blocks that keep growing get room after them or a mapping of their own.
+
+use super::alloc::{alloc_huge, alloc_slow, cache_or_init, fallback_alloc};
+use super::free::{free, validate, Block};
+use super::sampled::alloc_sampled;
+use super::Op;
+use crate::addr::segment::{Segment, FLAG_SAMPLED};
+use crate::base::size_class::{class_of, is_small, CLASSES, LARGE_MAX, QUANTUM, SMALL_MAX};
+use crate::pool::arena;
+use crate::pool::huge;
+use crate::process::tick::count_event;
+use crate::prof::backtrace;
+use core::ptr;
+
+/// Blocks that `realloc` grows to at least this size get a mapping of their own (see
+/// `realloc_slow`): growing one is then `mremap`, not a copy. glibc grows blocks in place at
+/// the top of its heap; this is how a realloc-heavy program keeps up with it.
+const REALLOC_MAP_MIN: usize = 256 << 10;
+
+/// Allocates the new home of a block that `realloc` is growing, placed so that it can keep
+/// growing: large blocks get free pages after them, and blocks from `REALLOC_MAP_MIN` up
+/// mappings of their own (reusing the largest cached one).
+pub(super) fn alloc_for_growth(size: usize, entry_sp: usize) -> *mut u8 {
+    if size >= REALLOC_MAP_MIN {
+        return alloc_huge(size, QUANTUM, false, true, entry_sp);
+    }
+    if size <= SMALL_MAX {
+        return alloc_slow(size, false, entry_sp);
+    }
+    let class = class_of(size);
+    let tc = cache_or_init();
+    if tc.is_null() {
+        return fallback_alloc(class, false, size);
+    }
+    // SAFETY: our own cache.
+    unsafe {
+        if count_event(tc, size) {
+            return alloc_sampled(tc, class, 1, false, size, entry_sp);
+        }
+        let pages = CLASSES[class].pages as usize;
+        (*tc).arena.alloc_large_with_room(class, 1, pages, false)
+    }
+}
+
+/// Resizes `p` to at least `size` bytes, in place when it can, keeping the contents; null `p`
+/// allocates. Returns null (leaving `p` intact) when memory ran out. Aborts on a pointer that
+/// is not a live block of ours.
+///
+/// # Safety
+/// `p` must be null or a live block from this engine; on success it must not be used again.
+#[inline(always)]
+pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { realloc_slow(p, size, backtrace::current_sp()) }
+}
+
+#[inline(never)]
+unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize) -> *mut u8 {
+    if p.is_null() {
+        return alloc_slow(size, false, entry_sp);
+    }
+    let old_usable = match validate(p, Op::Realloc) {
+        Block::Huge(h) => {
+            // SAFETY: `h` is the registered header for `p`.
+            unsafe { huge::check(h.cast(), p, "realloc") };
+            if size >= REALLOC_MAP_MIN {
+                // SAFETY: `h` is the validated header of `p`.
+                return unsafe { huge::realloc(h, p, size) };
+            }
+            // SAFETY: as above.
+            unsafe { huge::usable_size(h, p, "realloc") }
+        }
+        Block::Span(d, class) => {
+            if size <= LARGE_MAX {
+                let new_class = class_of(size);
+                if new_class == class {
+                    return p;
+                }
+                // SAFETY: `d` heads the live large block `p`; sampled blocks always move.
+                if !is_small(class)
+                    && !is_small(new_class)
+                    && unsafe { (*d).flags } & FLAG_SAMPLED == 0
+                    && unsafe {
+                        arena::of_segment(Segment::of(p as usize)).resize_large(d, new_class)
+                    }
+                {
+                    return p;
+                }
+            }
+            CLASSES[class].size as usize
+        }
+    };
+    // A block growing past REALLOC_MAP_MIN moves into a mapping of its own, so that its later
+    // growth is mremap (page tables move, no copy) rather than a copy per size class.
+    let q = if size > old_usable {
+        alloc_for_growth(size, entry_sp)
+    } else {
+        alloc_slow(size, false, entry_sp)
+    };
+    if q.is_null() {
+        return q;
+    }
+    // SAFETY: both blocks are live and at least the copied length long.
+    unsafe {
+        ptr::copy_nonoverlapping(p, q, old_usable.min(size));
+        free(p);
+    }
+    q
+}
