@@ -80,10 +80,12 @@ unsafe impl GlobalAlloc for SampAlloc {
     #[inline(never)]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if layout.align() <= MIN_ALIGN {
-            return engine::realloc(ptr, new_size);
+            // SAFETY: GlobalAlloc's contract: `ptr` is a live block of ours.
+            return unsafe { engine::realloc(ptr, new_size) };
         }
         // Over-aligned: keep the block if it still fits well, else move it.
-        let usable = engine::usable_size(ptr);
+        // SAFETY: as above.
+        let usable = unsafe { engine::usable_size(ptr) };
         if new_size <= usable && new_size >= usable / 2 {
             return ptr;
         }
@@ -91,7 +93,8 @@ unsafe impl GlobalAlloc for SampAlloc {
         if !q.is_null() {
             // SAFETY: both blocks are live and at least the copied length long.
             unsafe { core::ptr::copy_nonoverlapping(ptr, q, layout.size().min(new_size)) };
-            engine::free(ptr);
+            // SAFETY: `ptr` is live and now copied; it is freed once.
+            unsafe { engine::free(ptr) };
         }
         q
     }
@@ -160,5 +163,6 @@ pub fn flush_thread_cache() {
 /// # Safety
 /// `ptr` must be a live block allocated by [`SampAlloc`].
 pub unsafe fn usable_size(ptr: *const u8) -> usize {
-    engine::usable_size(ptr as *mut u8)
+    // SAFETY: forwarded contract.
+    unsafe { engine::usable_size(ptr as *mut u8) }
 }

@@ -7,7 +7,6 @@
 //! See `ARCHITECTURE.md` at the repository root for the layers and which may use which.
 
 #![deny(missing_docs)]
-#![deny(unsafe_op_in_unsafe_fn)]
 
 // The layers, bottom first: each folder uses only the folders above it in this list
 // (ARCHITECTURE.md; checked by tests/layers.rs).

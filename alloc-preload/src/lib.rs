@@ -10,7 +10,4 @@
 //! which the dynamic loader may make before any constructor runs; nothing here allocates,
 //! formats or panics.
 
-#![deny(unsafe_op_in_unsafe_fn)]
-#![warn(clippy::undocumented_unsafe_blocks)]
-
 pub mod exports;

@@ -89,9 +89,9 @@ pub unsafe fn free_sized(p: *mut u8, size: usize) {
         let tc = thread::cache();
         let class = class_of(size);
         // A block that may have to go home takes `free`.
-        // SAFETY: a non-null cache is our own.
         let foreign = || {
             cache::may_send_home(class)
+                // SAFETY: only read when the cache is non-null: our own.
                 && registry::segment_tag(p as usize) != unsafe { (*tc).arena_tag }
         };
         if !tc.is_null() && !foreign() {

@@ -77,10 +77,12 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize) -> *mut u8 {
                 if new_class == class {
                     return p;
                 }
-                // SAFETY: `d` heads the live large block `p`; sampled blocks always move.
+                // Sampled blocks always move.
                 if !is_small(class)
                     && !is_small(new_class)
+                    // SAFETY: `d` heads the live large block `p`.
                     && unsafe { (*d).flags } & FLAG_SAMPLED == 0
+                    // SAFETY: as above; the block is ours to resize.
                     && unsafe {
                         arena::of_segment(Segment::of(p as usize)).resize_large(d, new_class)
                     }

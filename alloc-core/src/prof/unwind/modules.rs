@@ -408,8 +408,8 @@ unsafe extern "C" fn visit(
     }
     let (start, end) = (bias.wrapping_add(start), bias.wrapping_add(end));
     let is_vdso = ctx.vdso != 0 && bias == ctx.vdso;
-    // SAFETY: the header segment is mapped (loader lock held, see above).
     let hdr_bytes: &'static [u8] = match &hdr {
+        // SAFETY: the header segment is mapped (loader lock held, see above).
         Some(r) => unsafe {
             core::slice::from_raw_parts(
                 bias.wrapping_add(r.start) as *const u8,

@@ -181,8 +181,8 @@ fn stack_use() {
         let n = capture(&mut buf, 0);
         assert!(n > 0);
         let mut p = lo;
-        // SAFETY: reading back the same range.
         while p < sp
+            // SAFETY: reading back the same range.
             && unsafe { core::ptr::read_volatile(p as *const u64) } == 0xa5a5_a5a5_a5a5_a5a5
         {
             p += 8;
