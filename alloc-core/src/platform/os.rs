@@ -140,6 +140,82 @@ pub unsafe fn remap_to(p: *mut u8, old_size: usize, new_size: usize, to: *mut u8
     true
 }
 
+/// The alternate signal stack `[lo, hi)` if the thread is running on it and `sp` lies in it.
+pub fn alt_stack(sp: usize) -> Option<(usize, usize)> {
+    // SAFETY: a zeroed stack_t is a valid out-parameter; a null new stack only queries.
+    let mut ss: libc::stack_t = unsafe { core::mem::zeroed() };
+    // SAFETY: as above; sigaltstack is a plain system call.
+    if unsafe { libc::sigaltstack(core::ptr::null(), &mut ss) } == 0
+        && ss.ss_flags & libc::SS_ONSTACK != 0
+    {
+        let lo = ss.ss_sp as usize;
+        let hi = lo.saturating_add(ss.ss_size);
+        if sp > lo && sp < hi {
+            return Some((lo, hi));
+        }
+    }
+    None
+}
+
+/// Whether `[from, to)` is readable memory, asking the kernel for one byte of every page
+/// (`process_vm_readv` on our own process: it fails on a guard page instead of faulting).
+/// `None` if the kernel would not say (the call is filtered, e.g. by seccomp).
+pub fn readable(from: usize, to: usize) -> Option<bool> {
+    const MAX_PAGES: usize = 32;
+    let page = PAGE_SIZE;
+    let mut remote = [libc::iovec {
+        iov_base: core::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_PAGES];
+    let mut n = 0;
+    let mut addr = from;
+    while addr < to && n < MAX_PAGES {
+        remote[n] = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: 1,
+        };
+        n += 1;
+        addr = (addr & !(page - 1)) + page;
+    }
+    let mut sink = [0u8; MAX_PAGES];
+    let local = libc::iovec {
+        iov_base: sink.as_mut_ptr().cast(),
+        iov_len: n,
+    };
+    // SAFETY: reads at most `n` bytes of our own memory into `sink`, through the kernel, which
+    // checks every remote address; nothing is written to the remote side.
+    let got = unsafe {
+        libc::process_vm_readv(
+            libc::getpid(),
+            &local,
+            1,
+            remote.as_ptr(),
+            n as libc::c_ulong,
+            0,
+        )
+    };
+    if got == n as isize {
+        Some(true)
+    } else if got >= 0 || errno() == libc::EFAULT {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Installs `handler` for signal `sig` (`SA_RESTART`, empty mask). False if refused.
+pub fn install_signal_handler(sig: i32, handler: extern "C" fn(libc::c_int)) -> bool {
+    // SAFETY: a zeroed sigaction is valid; the handler is a plain extern "C" function, which
+    // the caller promises is async-signal-safe.
+    unsafe {
+        let mut sa: libc::sigaction = core::mem::zeroed();
+        sa.sa_sigaction = handler as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(sig, &sa, ptr::null_mut()) == 0
+    }
+}
+
 /// Milliseconds of a coarse monotonic clock (a vDSO read, no system call).
 pub fn now_ms() -> u64 {
     let mut ts = libc::timespec {

@@ -6,7 +6,6 @@
 use crate::base::config;
 use crate::platform::os;
 use crate::prof::dump::{self, kind};
-use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 const PENDING_INTERVAL: u8 = 1;
@@ -56,19 +55,12 @@ pub fn install_signal_handler() {
     if !config::prof() || sig == 0 {
         return;
     }
-    // SAFETY: a zeroed sigaction with a handler and an empty mask is valid; the handler is
-    // async-signal-safe.
-    unsafe {
-        let mut sa: libc::sigaction = core::mem::zeroed();
-        sa.sa_sigaction = on_signal as *const () as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        if libc::sigaction(sig, &sa, ptr::null_mut()) != 0 {
-            os::Line::new()
-                .str("sampalloc: cannot install the prof_signal handler for signal ")
-                .dec(sig as u64)
-                .emit();
-        }
+    // `on_signal` only sets a bit: async-signal-safe.
+    if !os::install_signal_handler(sig, on_signal) {
+        os::Line::new()
+            .str("sampalloc: cannot install the prof_signal handler for signal ")
+            .dec(sig as u64)
+            .emit();
     }
 }
 

@@ -131,7 +131,7 @@ pub(super) fn top(st: &mut UnwindTls, sp: usize) -> Option<usize> {
     }
     // Deeper than ever, or somewhere else: an alternate signal stack may lie anywhere, even
     // below the own stack's top, so ask before trusting `[sp, top)`.
-    if let Some((lo, hi)) = alt_stack(sp) {
+    if let Some((lo, hi)) = crate::platform::os::alt_stack(sp) {
         st.alt_lo = lo;
         return Some(hi);
     }
@@ -157,7 +157,7 @@ pub(super) fn has_free(st: &mut UnwindTls, sp: usize, need: usize) -> bool {
         return true;
     }
     // Above `sp` is the live stack; only the free part below it needs checking.
-    match readable(want, st.stack_lo.min(sp)) {
+    match crate::platform::os::readable(want, st.stack_lo.min(sp)) {
         Some(false) => false,
         // Readable, or the probe is unavailable (seccomp): trust the stack, as other
         // profilers always do.
@@ -170,22 +170,6 @@ pub(super) fn has_free(st: &mut UnwindTls, sp: usize, need: usize) -> bool {
 
 /// A thread stack is assumed no larger than this when locating its top.
 const MAX_STACK: usize = 1 << 30;
-
-fn alt_stack(sp: usize) -> Option<(usize, usize)> {
-    // SAFETY: a zeroed stack_t is a valid out-parameter; a null new stack only queries.
-    let mut ss: libc::stack_t = unsafe { core::mem::zeroed() };
-    // SAFETY: as above; sigaltstack is a plain system call.
-    if unsafe { libc::sigaltstack(core::ptr::null(), &mut ss) } == 0
-        && ss.ss_flags & libc::SS_ONSTACK != 0
-    {
-        let lo = ss.ss_sp as usize;
-        let hi = lo.saturating_add(ss.ss_size);
-        if sp > lo && sp < hi {
-            return Some((lo, hi));
-        }
-    }
-    None
-}
 
 extern "C" {
     /// Set by the dynamic loader: the main thread's stack pointer at process start (argv is
@@ -213,50 +197,4 @@ fn own_stack_top(sp: usize) -> Option<usize> {
         return Some(end);
     }
     None
-}
-
-/// Whether `[from, to)` is readable memory, asking the kernel for one byte of every page
-/// (`process_vm_readv` on our own process: it fails on a guard page instead of faulting).
-/// `None` if the kernel would not say (the call is filtered, e.g. by seccomp).
-fn readable(from: usize, to: usize) -> Option<bool> {
-    const MAX_PAGES: usize = 32;
-    let page = crate::platform::os::PAGE_SIZE;
-    let mut remote = [libc::iovec {
-        iov_base: core::ptr::null_mut(),
-        iov_len: 0,
-    }; MAX_PAGES];
-    let mut n = 0;
-    let mut addr = from;
-    while addr < to && n < MAX_PAGES {
-        remote[n] = libc::iovec {
-            iov_base: addr as *mut libc::c_void,
-            iov_len: 1,
-        };
-        n += 1;
-        addr = (addr & !(page - 1)) + page;
-    }
-    let mut sink = [0u8; MAX_PAGES];
-    let local = libc::iovec {
-        iov_base: sink.as_mut_ptr().cast(),
-        iov_len: n,
-    };
-    // SAFETY: reads at most `n` bytes of our own memory into `sink`, through the kernel, which
-    // checks every remote address; nothing is written to the remote side.
-    let got = unsafe {
-        libc::process_vm_readv(
-            libc::getpid(),
-            &local,
-            1,
-            remote.as_ptr(),
-            n as libc::c_ulong,
-            0,
-        )
-    };
-    if got == n as isize {
-        Some(true)
-    } else if got >= 0 || crate::platform::os::errno() == libc::EFAULT {
-        Some(false)
-    } else {
-        None
-    }
 }
