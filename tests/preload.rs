@@ -145,6 +145,87 @@ fn c_api_conformance() {
     );
 }
 
+/// Every function `libsampalloc.so` exports (`alloc-preload/src/exports.rs`).
+const EXPORTS: &[&str] = &[
+    "aligned_alloc",
+    "calloc",
+    "cfree",
+    "free",
+    "mallinfo",
+    "mallinfo2",
+    "malloc",
+    "malloc_stats",
+    "malloc_trim",
+    "malloc_usable_size",
+    "mallopt",
+    "memalign",
+    "posix_memalign",
+    "pvalloc",
+    "realloc",
+    "reallocarray",
+    "valloc",
+];
+
+/// glibc's internal names that glibc-linked programs reach, each a twin of the function it
+/// names after `__libc_`.
+const LIBC_TWINS: &[&str] = &[
+    "__libc_calloc",
+    "__libc_free",
+    "__libc_malloc",
+    "__libc_memalign",
+    "__libc_pvalloc",
+    "__libc_realloc",
+    "__libc_valloc",
+];
+
+#[test]
+fn exports_every_function_and_libc_twin() {
+    if !have("nm") {
+        return;
+    }
+    let lib = common::preload_lib();
+    let out = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(lib)
+        .output()
+        .expect("run nm");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "nm -D --defined-only {} failed:\n{}",
+        lib.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "<address> <kind> <name>": the functions (text symbols, weak or not).
+    let mut functions: Vec<&str> = text
+        .lines()
+        .filter_map(
+            |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                [_, "T" | "W", name] => Some(name),
+                _ => None,
+            },
+        )
+        .collect();
+    functions.sort_unstable();
+    functions.dedup();
+    let twins: Vec<&str> = functions
+        .iter()
+        .copied()
+        .filter(|f| f.starts_with("__libc_"))
+        .collect();
+    assert_eq!(twins, LIBC_TWINS, "the __libc_* twins exported\n{text}");
+    for twin in LIBC_TWINS {
+        let named = &twin["__libc_".len()..];
+        assert!(
+            EXPORTS.contains(&named),
+            "{twin} names {named}, which is not exported"
+        );
+    }
+    let mut expected: Vec<&str> = EXPORTS.iter().chain(LIBC_TWINS).copied().collect();
+    expected.sort_unstable();
+    assert_eq!(functions, expected, "the functions exported\n{text}");
+}
+
 #[test]
 fn misuse_aborts_with_one_line() {
     if !have("cc") {

@@ -5,9 +5,12 @@
 //! SAMPALLOC_CONF=stats_print:true LD_PRELOAD=$PWD/target/release/libsampalloc.so program
 //! ```
 //!
-//! Every export is in [`exports`]. Start-up (configuration from `SAMPALLOC_CONF`, the
+//! Every export is one line of [`exports`], bound to glibc's rules in `semantics` or to the
+//! statistics of `mallinfo`. Start-up (configuration from `SAMPALLOC_CONF`, the
 //! thread-exit key, fork and exit hooks) happens lazily inside the engine on the first call,
 //! which the dynamic loader may make before any constructor runs; nothing here allocates,
 //! formats or panics.
 
 pub mod exports;
+pub mod mallinfo;
+mod semantics;

@@ -315,6 +315,26 @@ static void test_info(void) {
   malloc_stats(); /* a report on stderr, checked by the test */
 }
 
+/* malloc_trim says whether it released memory: 1 after freeing tens of megabytes of small,
+ * large and huge blocks, then 0 at once, when nothing is left to release. */
+static void test_trim(void) {
+  enum { N = 4096 };
+  static void *blocks[N];
+  for (int i = 0; i < N; i++) {
+    size_t n = i % 64 == 0 ? 100000 : 4000;
+    CHECK((blocks[i] = malloc(V(n))) != NULL);
+    memset(blocks[i], 0x77, n);
+  }
+  void *big = malloc(V(8 << 20));
+  CHECK(big);
+  memset(big, 0x77, 8 << 20);
+  for (int i = 0; i < N; i++) free(blocks[i]);
+  free(big);
+  CHECK(malloc_trim(0) == 1);
+  CHECK(malloc_trim(0) == 0);
+  CHECK(mallinfo2().keepcost == 0); /* no dirty pages or cached huge blocks left */
+}
+
 int main(void) {
   id = ident;
   page = (size_t)sysconf(_SC_PAGESIZE);
@@ -325,6 +345,7 @@ int main(void) {
   test_aligned();
   test_libc_aliases();
   test_info();
+  test_trim();
   printf("conformance ok\n");
   return 0;
 }

@@ -248,8 +248,8 @@ pub fn flush_thread_cache() {
 }
 
 /// Gives memory back to the kernel: dirty pages past their decay time, or all of them if
-/// `all`, and likewise cached huge blocks.
-pub fn purge(all: bool) {
-    arena::purge_all_arenas(all);
-    huge::purge(os::now_ms(), all);
+/// `all`, and likewise cached huge blocks. Returns how many bytes it gave back.
+pub fn purge(all: bool) -> usize {
+    let pages = arena::purge_all_arenas(all);
+    (pages << PAGE_SHIFT) + huge::purge(os::now_ms(), all)
 }

@@ -125,10 +125,12 @@ impl Arena {
     ///
     /// # Safety
     /// `d` must head an allocated span of this arena, no longer used.
-    unsafe fn free_span(&self, p: &mut ArenaPages, d: *mut SpanDesc, now: u64) {
+    /// Frees span `d` to the page heap; returns the pages the heap purged meanwhile.
+    unsafe fn free_span(&self, p: &mut ArenaPages, d: *mut SpanDesc, now: u64) -> usize {
         // SAFETY: per the contract.
-        unsafe { p.heap.free(d, now, config::decay_ms()) };
+        let purged = unsafe { p.heap.free(d, now, config::decay_ms()) };
         self.note_dirty(now);
+        purged
     }
 
     /// Pages were freed at `now`: they expire no earlier than `now + dirty_decay_ms`.
@@ -493,13 +495,15 @@ impl Arena {
 
     /// Purges this arena's dirty pages: those past the decay time, or all if `all`. Empty
     /// slabs that bins keep as their current slab (to avoid churn at a slab boundary) are
-    /// released first: always if `all`, else at most once per decay period.
-    pub fn purge(&self, all: bool) {
-        self.purge_at(os::now_ms(), all);
+    /// released first: always if `all`, else at most once per decay period. Returns how many
+    /// pages were purged.
+    pub fn purge(&self, all: bool) -> usize {
+        self.purge_at(os::now_ms(), all)
     }
 
     /// [`Arena::purge`] at time `now`. When nothing is due it costs two atomic loads.
-    fn purge_at(&self, now: u64, all: bool) {
+    fn purge_at(&self, now: u64, all: bool) -> usize {
+        let mut purged = 0;
         let decay = config::decay_ms();
         let last = self.last_sweep.load(Ordering::Relaxed);
         let sweep_due = decay >= 0 && now >= last.saturating_add(decay as u64);
@@ -511,31 +515,34 @@ impl Arena {
                     .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok())
         {
-            self.release_empty_slabs(now);
+            purged += self.release_empty_slabs(now);
             // An arena no thread uses any more (its threads exited; remote frees have emptied
             // its slabs since) will not reuse its pages soon: at a sweep they all go back now
             // rather than one decay period later.
             idle_sweep = decay >= 0 && self.threads.load(Ordering::Relaxed) == 0;
         }
         if !all && !idle_sweep && now < self.purge_hint.load(Ordering::Relaxed) {
-            return;
+            return purged;
         }
         let mut p = self.pages.lock();
-        if all || idle_sweep {
-            p.heap.purge_all();
+        purged += if all || idle_sweep {
+            p.heap.purge_all()
         } else {
-            p.heap.purge_expired(now, decay);
-        }
+            p.heap.purge_expired(now, decay)
+        };
         let next = match p.heap.oldest_dirty() {
             Some(t) if decay >= 0 => t.saturating_add(decay as u64),
             _ => u64::MAX,
         };
         self.purge_hint.store(next, Ordering::Relaxed);
+        purged
     }
 
     /// Frees the bins' kept empty slabs and their current slabs that are empty, as freed at
-    /// `now` (for decay).
-    fn release_empty_slabs(&self, now: u64) {
+    /// `now` (for decay). Returns the pages the page heap purged meanwhile (those that
+    /// expired).
+    fn release_empty_slabs(&self, now: u64) -> usize {
+        let mut purged = 0;
         for (bin, info) in self.bins.iter().zip(&CLASSES) {
             let mut bin = bin.0.lock();
             if !bin.empty.is_null() {
@@ -546,7 +553,7 @@ impl Arena {
                     // SAFETY: kept empty slabs are live descriptors of ours, guarded by the lock.
                     unsafe {
                         bin.empty = (*s).next;
-                        self.free_span(&mut p, s, now);
+                        purged += self.free_span(&mut p, s, now);
                     }
                     bin.empty_slabs -= 1;
                     bin.slabs -= 1;
@@ -559,9 +566,10 @@ impl Arena {
                 bin.current = ptr::null_mut();
                 bin.slabs -= 1;
                 // SAFETY: an empty slab of this arena, on no list.
-                unsafe { self.free_span(&mut self.pages.lock(), s, now) };
+                purged += unsafe { self.free_span(&mut self.pages.lock(), s, now) };
             }
         }
+        purged
     }
 }
 
@@ -658,11 +666,13 @@ pub fn purge_due_arenas(now: u64) {
     }
 }
 
-/// Purges every arena (see [`Arena::purge`]).
-pub fn purge_all_arenas(all: bool) {
-    for a in ARENAS.iter().take(arenas_used()) {
-        a.purge(all);
-    }
+/// Purges every arena (see [`Arena::purge`]). Returns how many pages were purged.
+pub fn purge_all_arenas(all: bool) -> usize {
+    ARENAS
+        .iter()
+        .take(arenas_used())
+        .map(|a| a.purge(all))
+        .sum()
 }
 
 /// Fork: take every arena lock, in the documented order.

@@ -287,19 +287,24 @@ unsafe fn release(h: *mut HugeHeader) {
     }
 }
 
-/// Unmaps cached blocks older than the decay time (all if `all`).
-pub fn purge(now: u64, all: bool) {
+/// Unmaps cached blocks older than the decay time (all if `all`). Returns how many bytes it
+/// unmapped.
+pub fn purge(now: u64, all: bool) -> usize {
     let decay = config::decay_ms();
     if !all && (decay < 0 || OLDEST_CACHED.load(Ordering::Relaxed) == u64::MAX) {
-        return;
+        return 0;
     }
+    let mut unmapped = 0;
     let mut cache = CACHE.lock();
     while cache.len > 0 && (all || cache.slots[0].freed_at.saturating_add(decay as u64) <= now) {
         let h = cache.slots[0].header;
+        // SAFETY: slot 0 holds a live cached header.
+        unmapped += unsafe { (*h).map_size };
         remove_slot(&mut cache, 0);
         // SAFETY: removed from the cache, so ours alone.
         unsafe { release(h) };
     }
+    unmapped
 }
 
 /// Purges expired cached blocks if any may have expired; cheap when none has.

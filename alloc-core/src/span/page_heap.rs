@@ -395,17 +395,18 @@ impl PageHeap {
     }
 
     /// Frees the span `d` (a slab or large block of this heap): it becomes dirty, merges with
-    /// dirty neighbours and joins the decay list. Then expired dirty spans are purged.
+    /// dirty neighbours and joins the decay list. Then expired dirty spans are purged; returns
+    /// how many pages that purged.
     ///
     /// # Safety
     /// `d` must be the head of an allocated span of this heap, no longer used.
-    pub unsafe fn free(&mut self, d: *mut SpanDesc, now: u64, decay_ms: i64) {
+    pub unsafe fn free(&mut self, d: *mut SpanDesc, now: u64, decay_ms: i64) -> usize {
         // SAFETY: as documented; neighbours are checked through boundary tags.
         unsafe {
             self.counts.active -= (*d).pages as usize;
             self.free_span(d, now);
         }
-        self.purge_expired(now, decay_ms);
+        self.purge_expired(now, decay_ms)
     }
 
     unsafe fn free_span(&mut self, d: *mut SpanDesc, now: u64) {
@@ -521,10 +522,11 @@ impl PageHeap {
     }
 
     /// Purges dirty spans freed more than `decay_ms` ago (all of them if `decay_ms` is 0;
-    /// none if it is negative).
-    pub fn purge_expired(&mut self, now: u64, decay_ms: i64) {
+    /// none if it is negative). Returns how many pages it purged.
+    pub fn purge_expired(&mut self, now: u64, decay_ms: i64) -> usize {
+        let mut purged = 0;
         if decay_ms < 0 {
-            return;
+            return purged;
         }
         while !self.decay_head.is_null() {
             // SAFETY: the decay head is a dirty span of ours.
@@ -533,8 +535,9 @@ impl PageHeap {
                 break;
             }
             // SAFETY: as above.
-            unsafe { self.purge_span(self.decay_head) };
+            purged += unsafe { self.purge_span(self.decay_head) };
         }
+        purged
     }
 
     /// When the oldest dirty span was freed, if there is one.
@@ -543,15 +546,18 @@ impl PageHeap {
         (!self.decay_head.is_null()).then(|| unsafe { (*self.decay_head).freed_at() })
     }
 
-    /// Purges every dirty span now.
-    pub fn purge_all(&mut self) {
+    /// Purges every dirty span now. Returns how many pages it purged.
+    pub fn purge_all(&mut self) -> usize {
+        let mut purged = 0;
         while !self.decay_head.is_null() {
             // SAFETY: the decay head is a dirty span of ours.
-            unsafe { self.purge_span(self.decay_head) };
+            purged += unsafe { self.purge_span(self.decay_head) };
         }
+        purged
     }
 
-    unsafe fn purge_span(&mut self, d: *mut SpanDesc) {
+    /// Purges the dirty span `d`; returns its length in pages.
+    unsafe fn purge_span(&mut self, d: *mut SpanDesc) -> usize {
         // SAFETY: `d` is a dirty span of ours; its pages hold no live data.
         unsafe {
             let pages = (*d).pages as usize;
@@ -566,6 +572,7 @@ impl PageHeap {
             } else {
                 self.insert_free(seg, first, merged, false, 0, ptr::null_mut());
             }
+            pages
         }
     }
 
@@ -671,9 +678,14 @@ mod tests {
         }
         assert_eq!(heap.counts.active, 0);
         assert_eq!(heap.counts.dirty, 1 + 3 + 7 + 16 + 100 + 2 + 300);
-        heap.purge_expired(100, 1000);
+        assert_eq!(heap.purge_expired(100, 1000), 0);
         assert_eq!(heap.counts.dirty, 429, "not expired yet");
-        heap.purge_expired(2000, 1000);
+        assert_eq!(
+            heap.purge_expired(2000, 1000),
+            429,
+            "every dirty page is purged"
+        );
+        assert_eq!(heap.purge_all(), 0, "nothing is left to purge");
         assert_eq!(
             heap.counts.segments, 0,
             "a wholly clean segment is unmapped"
