@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Profiles use the sampled-heap text format (`heap profile: … @ heap_v2/R`) that `jeprof`
-//! and `go tool pprof` read; see `alloc-core/src/prof/dump.rs`.
+//! and `go tool pprof` read; see `alloc-core/src/prof/heap_v2.rs`.
 
 use sampalloc_core::profile::{self, Sink};
 use std::io;

@@ -5,7 +5,7 @@
 //! Counts are returned as unbiased estimates: a row `objs: bytes` of a profile sampled every
 //! `R` bytes on average stands for `scale·objs` objects and `scale·bytes` bytes with
 //! `scale = 1/(1-exp(-(bytes/objs)/R))` (the writer chose the row so that this is exact, see
-//! `alloc-core/src/prof/dump.rs`). Unsampled profiles are taken as they are.
+//! `alloc-core/src/prof/heap_v2.rs`). Unsampled profiles are taken as they are.
 //!
 //! Malformed input gives a [`ParseError`] naming the line and what was expected; the parser
 //! never panics (a fuzz target, `fuzz/fuzz_targets/profile_parse.rs`, keeps it so).

@@ -5,7 +5,8 @@
 
 use crate::base::config;
 use crate::platform::os;
-use crate::prof::dump::{self, kind};
+use crate::prof::heap_v2::{self, kind};
+use crate::prof::leak;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
@@ -83,7 +84,7 @@ fn serve_pending() {
         (PENDING_SIGNAL, kind::SIGNAL),
     ] {
         if pending & bit != 0 {
-            dump::dump_named(k);
+            heap_v2::dump_named(k);
         }
     }
     DUMPING.store(false, Ordering::Release);
@@ -98,10 +99,10 @@ pub fn at_exit() {
         serve_pending();
     }
     if config::prof_final() {
-        dump::dump_named(kind::FINAL);
+        heap_v2::dump_named(kind::FINAL);
     }
     if config::prof_leak() {
-        dump::leak_summary();
+        leak::leak_summary();
     }
 }
 
