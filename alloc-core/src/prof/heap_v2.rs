@@ -18,27 +18,15 @@
 //!
 //! Nothing here allocates: text goes through one static buffer to a sink (a file descriptor,
 //! or the Rust API's vector), under the dump lock; the stack table is read without its lock.
+//! File names are built in fixed buffers ([`NameBuf`]).
 
 use crate::base::config::{self, PREFIX_MAX};
 use crate::platform::lock::Locked;
 use crate::platform::os::{self, Line};
+use crate::prof::name::{NameBuf, ProfileName, NAME_MAX};
 use crate::prof::table::{self, Counts, StackEntry};
 use crate::thread::InProfiler;
 use core::sync::atomic::{AtomicU64, Ordering};
-
-/// Dump kinds, as they appear in file names.
-pub mod kind {
-    /// At exit (`prof_final`).
-    pub const FINAL: u8 = b'f';
-    /// Every `2^lg_prof_interval` bytes allocated.
-    pub const INTERVAL: u8 = b'i';
-    /// At a new high-water mark of mapped memory (`prof_gdump`).
-    pub const HIGH_WATER: u8 = b'u';
-    /// On `prof_signal`.
-    pub const SIGNAL: u8 = b's';
-    /// Asked for through the API.
-    pub const MANUAL: u8 = b'm';
-}
 
 /// Where profile text goes.
 pub trait Sink {
@@ -241,7 +229,7 @@ fn copy_maps(w: &mut Writer) {
 /// a symlink even to nowhere) is never opened, followed or truncated: `Err(EEXIST)` (or
 /// `ELOOP`). Returns the descriptor; Err carries `errno`.
 pub fn create_new(path: &[u8]) -> Result<i32, i32> {
-    let mut cpath = [0u8; PREFIX_MAX + 80];
+    let mut cpath: NameBuf = [0u8; NAME_MAX];
     if path.is_empty() || path.len() >= cpath.len() || path.contains(&0) {
         return Err(libc::ENAMETOOLONG);
     }
@@ -275,24 +263,20 @@ pub fn dump_to_path(path: &[u8]) -> Result<(), i32> {
     }
 }
 
-/// The file name for a dump of kind `kind`: `<prof_prefix>.<pid>.<seq>.<kind>.heap`, taking the
-/// next sequence number (never handed out twice in a process). Returns the length written
-/// into `out`.
-pub fn profile_name(kind: u8, out: &mut [u8; PREFIX_MAX + 80]) -> usize {
+/// The file name for a dump of kind `kind` (a [`ProfileName`]:
+/// `<prof_prefix>.<pid>.<seq>.<kind>.heap`), taking the next sequence number (never handed out
+/// twice in a process). Returns the length written into `out`.
+pub fn profile_name(kind: u8, out: &mut NameBuf) -> usize {
     let mut prefix = [0u8; PREFIX_MAX];
     let n = config::prof_prefix(&mut prefix);
-    let mut l = Line::new();
-    l.bytes(&prefix[..n]).str(".");
-    // SAFETY: getpid has no preconditions.
-    l.dec(unsafe { libc::getpid() } as u64).str(".");
-    l.dec(SEQ.fetch_add(1, Ordering::Relaxed))
-        .str(".")
-        .bytes(&[kind])
-        .str(".heap");
-    let b = l.as_bytes();
-    let len = b.len().min(out.len() - 1);
-    out[..len].copy_from_slice(&b[..len]);
-    len
+    ProfileName {
+        prefix: &prefix[..n],
+        // SAFETY: getpid has no preconditions (and returns a positive pid).
+        pid: unsafe { libc::getpid() } as u32,
+        seq: SEQ.fetch_add(1, Ordering::Relaxed),
+        kind,
+    }
+    .write(out)
 }
 
 /// Sequence numbers a dump tries when its name is taken, before it gives up.
@@ -302,10 +286,7 @@ pub const NAME_TRIES: usize = 8;
 /// for a symlink) is left alone and the next sequence number tried, up to [`NAME_TRIES`]
 /// names. Ok: the length of the name written; Err: `errno` and the length of the last name
 /// tried (`EEXIST` when every name tried was taken).
-pub fn dump_to_next_name(
-    kind: u8,
-    name: &mut [u8; PREFIX_MAX + 80],
-) -> Result<usize, (i32, usize)> {
+pub fn dump_named(kind: u8, name: &mut NameBuf) -> Result<usize, (i32, usize)> {
     let mut len = 0;
     for _ in 0..NAME_TRIES {
         len = profile_name(kind, name);
@@ -318,11 +299,11 @@ pub fn dump_to_next_name(
     Err((libc::EEXIST, len))
 }
 
-/// Dumps the profile to its conventional name (see [`dump_to_next_name`]); on failure prints
-/// one warning line and skips the dump. Returns whether the file was written.
-pub fn dump_named(kind: u8) -> bool {
-    let mut name = [0u8; PREFIX_MAX + 80];
-    match dump_to_next_name(kind, &mut name) {
+/// Dumps the profile to its conventional name (see [`dump_named`]), for the triggers: on
+/// failure prints one warning line and skips the dump. Returns whether the file was written.
+pub fn dump_named_or_warn(kind: u8) -> bool {
+    let mut name: NameBuf = [0u8; NAME_MAX];
+    match dump_named(kind, &mut name) {
         Ok(_) => true,
         Err((libc::EEXIST, len)) => {
             Line::new()
@@ -518,8 +499,8 @@ mod tests {
         let first = SEQ.load(Ordering::Relaxed);
         symlink(&target, name(first)).unwrap();
         std::fs::write(name(first + 1), "existing").unwrap();
-        let mut out = [0u8; PREFIX_MAX + 80];
-        let len = dump_to_next_name(b'm', &mut out).unwrap();
+        let mut out: NameBuf = [0u8; NAME_MAX];
+        let len = dump_named(b'm', &mut out).unwrap();
         let written = std::str::from_utf8(&out[..len]).unwrap().to_string();
         assert_eq!(written, name(first + 2).to_str().unwrap());
         assert!(std::fs::symlink_metadata(&written).unwrap().is_file());
@@ -535,17 +516,16 @@ mod tests {
         for seq in next..next + 2 * NAME_TRIES as u64 {
             symlink(&target, name(seq)).unwrap();
         }
-        let (e, _) = dump_to_next_name(b'm', &mut out).unwrap_err();
+        let (e, _) = dump_named(b'm', &mut out).unwrap_err();
         assert_eq!(e, libc::EEXIST);
-        assert!(!dump_named(b'm'));
+        assert!(!dump_named_or_warn(b'm'));
         assert!(SEQ.load(Ordering::Relaxed) >= next + 2 * NAME_TRIES as u64);
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
-        let len = dump_to_next_name(b'm', &mut out).unwrap();
-        let seq = |n: &[u8]| {
-            let n = std::str::from_utf8(n).unwrap();
-            n.rsplit('.').nth(2).unwrap().parse::<u64>().unwrap()
-        };
-        assert!(seq(&out[..len]) >= next + 2 * NAME_TRIES as u64);
+        let len = dump_named(b'm', &mut out).unwrap();
+        let written = ProfileName::parse(&out[..len]).unwrap();
+        assert_eq!(written.prefix, bytes(&prefix));
+        assert_eq!(written.pid, pid);
+        assert!(written.seq >= next + 2 * NAME_TRIES as u64);
 
         config::set(b"prof_prefix", b"sampalloc").unwrap();
         std::fs::remove_dir_all(&dir).unwrap();

@@ -5,8 +5,9 @@
 
 use crate::base::config;
 use crate::platform::os;
-use crate::prof::heap_v2::{self, kind};
+use crate::prof::heap_v2;
 use crate::prof::leak;
+use crate::prof::name::kind;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
@@ -84,7 +85,7 @@ fn serve_pending() {
         (PENDING_SIGNAL, kind::SIGNAL),
     ] {
         if pending & bit != 0 {
-            heap_v2::dump_named(k);
+            heap_v2::dump_named_or_warn(k);
         }
     }
     DUMPING.store(false, Ordering::Release);
@@ -99,7 +100,7 @@ pub fn at_exit() {
         serve_pending();
     }
     if config::prof_final() {
-        heap_v2::dump_named(kind::FINAL);
+        heap_v2::dump_named_or_warn(kind::FINAL);
     }
     if config::prof_leak() {
         leak::leak_summary();
