@@ -10,6 +10,7 @@ use sampalloc::analysis::{
     symbolize::Symbolizer,
     GroupBy, ResolvedRow,
 };
+use sampalloc::profile::{kind, ProfileName};
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -449,7 +450,7 @@ fn run_inner(a: RunArgs) -> Result<ExitCode, String> {
         _ => 1,
     };
 
-    let finals = profiles_of(&dir, pid, "f");
+    let finals = profiles_of(&dir, Some(pid), Some(kind::FINAL));
     match finals.last() {
         Some(p) => {
             let sym = SymArgs { perf_map: None };
@@ -474,7 +475,7 @@ fn run_inner(a: RunArgs) -> Result<ExitCode, String> {
             }
         }
         None => {
-            let others = profiles_of(&dir, 0, "");
+            let others = profiles_of(&dir, None, None);
             let why = if let Some(sig) = status.signal() {
                 format!("the program was killed by signal {sig} before it could write one")
             } else if !others.is_empty() {
@@ -499,30 +500,21 @@ fn run_inner(a: RunArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::from(code))
 }
 
-/// Profiles in `dir` named `sampalloc.<pid>.<seq>.<kind>.heap` (pid 0 or kind "": any),
-/// in sequence order.
-fn profiles_of(dir: &Path, pid: u32, kind: &str) -> Vec<PathBuf> {
-    let mut found: Vec<(u64, PathBuf)> = Vec::new();
+/// The profiles in `dir` (files named as [`ProfileName`]s, whatever their prefix) of process
+/// `pid` and of kind `kind` (None: any), in sequence order.
+fn profiles_of(dir: &Path, pid: Option<u32>, kind: Option<u8>) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return found.into_iter().map(|f| f.1).collect();
+        return Vec::new();
     };
+    let mut found: Vec<(u64, PathBuf)> = Vec::new();
     for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name
-            .strip_prefix("sampalloc.")
-            .and_then(|r| r.strip_suffix(".heap"))
-        else {
+        let file_name = e.file_name();
+        let Some(name) = ProfileName::parse(file_name.as_bytes()) else {
             continue;
         };
-        let parts: Vec<&str> = rest.split('.').collect();
-        if parts.len() != 3 {
-            continue;
-        }
-        let (Ok(p), Ok(seq)) = (parts[0].parse::<u32>(), parts[1].parse::<u64>()) else {
-            continue;
-        };
-        if (pid == 0 || p == pid) && (kind.is_empty() || parts[2] == kind) {
-            found.push((seq, e.path()));
+        if pid.is_none_or(|p| p == name.pid) && kind.is_none_or(|k| k == name.kind) {
+            found.push((name.seq, e.path()));
         }
     }
     found.sort();
