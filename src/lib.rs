@@ -125,18 +125,12 @@ pub fn configure(conf: &str) -> Result<(), Vec<ConfigError>> {
     engine::config::apply(conf.as_bytes(), |entry, e| {
         errors.push(ConfigError {
             entry: String::from_utf8_lossy(entry).into_owned(),
-            reason: match e {
-                engine::config::ConfError::UnknownKey => "unknown option",
-                engine::config::ConfError::BadValue => "invalid value",
-                engine::config::ConfError::Malformed => "expected key:value",
-            },
+            reason: e.message(),
         })
     });
     // Allocating the errors above is fine: the engine is not inside a call of its own.
     engine::ensure_ready();
-    if engine::config::narenas() != 0 {
-        engine::set_narenas(engine::config::narenas());
-    }
+    engine::set_narenas(engine::config::narenas_or_default());
     if errors.is_empty() {
         Ok(())
     } else {

@@ -11,11 +11,15 @@
 //! ```
 //!
 //! Profiles use the sampled-heap text format (`heap profile: … @ heap_v2/R`) that `jeprof`
-//! and `go tool pprof` read; see `alloc-core/src/prof/dump.rs`.
+//! and `go tool pprof` read; see `alloc-core/src/prof/heap_v2.rs`.
 
 use sampalloc_core::profile::{self, Sink};
 use std::io;
 use std::path::{Path, PathBuf};
+
+/// Profile file names, `<prof_prefix>.<pid>.<seq>.<kind>.heap`: writing and parsing (from the
+/// right, so prefixes may contain dots).
+pub use sampalloc_core::profile::{kind, ProfileName};
 
 /// Whether the profiler is set up (`prof:true`) and sampling now (`prof_active:true`).
 pub fn is_active() -> bool {
@@ -41,11 +45,12 @@ pub fn dump(path: impl AsRef<Path>) -> io::Result<()> {
 
 /// Writes the heap profile to its conventional name, `<prof_prefix>.<pid>.<seq>.m.heap`, and
 /// returns that name. A taken name is left alone and the next sequence number used (a few
-/// tries, then [`io::ErrorKind::AlreadyExists`]).
+/// tries, then [`io::ErrorKind::AlreadyExists`]). The engine's `profile::dump_named`, with
+/// the name as a path and the error as an [`io::Error`].
 pub fn dump_named() -> io::Result<PathBuf> {
     use std::os::unix::ffi::OsStrExt;
-    let mut name = [0u8; sampalloc_core::config::PREFIX_MAX + 80];
-    match profile::dump_to_next_name(profile::kind::MANUAL, &mut name) {
+    let mut name = [0u8; profile::NAME_MAX];
+    match profile::dump_named(profile::kind::MANUAL, &mut name) {
         Ok(len) => Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&name[..len]))),
         Err((e, _)) => Err(io::Error::from_raw_os_error(e)),
     }

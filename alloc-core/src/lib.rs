@@ -40,7 +40,7 @@ pub use prof::unwind;
 
 /// The heap profiler: dumps, the stack table and the profile file names.
 pub mod profile {
-    pub use crate::prof::dump::kind;
-    pub use crate::prof::dump::{dump_to_next_name, dump_to_path, write_profile, Sink};
+    pub use crate::prof::heap_v2::{dump_named, dump_to_path, write_profile, Sink};
+    pub use crate::prof::name::{kind, NameBuf, ProfileName, NAME_MAX};
     pub use crate::prof::table::{entries, sample_counts, Counts, StackEntry};
 }

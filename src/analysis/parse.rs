@@ -5,11 +5,12 @@
 //! Counts are returned as unbiased estimates: a row `objs: bytes` of a profile sampled every
 //! `R` bytes on average stands for `scale·objs` objects and `scale·bytes` bytes with
 //! `scale = 1/(1-exp(-(bytes/objs)/R))` (the writer chose the row so that this is exact, see
-//! `alloc-core/src/prof/dump.rs`). Unsampled profiles are taken as they are.
+//! `alloc-core/src/prof/heap_v2.rs`). Unsampled profiles are taken as they are.
 //!
 //! Malformed input gives a [`ParseError`] naming the line and what was expected; the parser
 //! never panics (a fuzz target, `fuzz/fuzz_targets/profile_parse.rs`, keeps it so).
 
+use sampalloc_core::profile::ProfileName;
 use std::fmt;
 use std::ops::{Add, AddAssign, Sub};
 use std::path::{Path, PathBuf};
@@ -177,15 +178,10 @@ pub fn read(path: &Path) -> Result<Profile, String> {
     Ok(p)
 }
 
-/// The pid in a profile name `<prefix>.<pid>.<seq>.<kind>.heap`.
+/// The pid in a profile name `<prefix>.<pid>.<seq>.<kind>.heap` (a [`ProfileName`]).
 pub fn pid_from_name(path: &Path) -> Option<u32> {
-    let name = path.file_name()?.to_str()?;
-    let parts: Vec<&str> = name.strip_suffix(".heap")?.rsplit('.').collect();
-    // parts: kind, seq, pid, prefix…
-    if parts.len() < 3 || parts[0].len() != 1 || parts[1].parse::<u64>().is_err() {
-        return None;
-    }
-    parts[2].parse().ok()
+    use std::os::unix::ffi::OsStrExt;
+    ProfileName::parse(path.file_name()?.as_bytes()).map(|n| n.pid)
 }
 
 const COUNTS_SYNTAX: &str = "'<objects>: <bytes> [<objects>: <bytes>]'";
@@ -556,7 +552,9 @@ mod tests {
             Some(1234)
         );
         assert_eq!(pid_from_name(Path::new("a.b.1234.17.m.heap")), Some(1234));
+        assert_eq!(pid_from_name(Path::new("/v1.2/my.app.7.0.f.heap")), Some(7));
         assert_eq!(pid_from_name(Path::new("profile.heap")), None);
+        assert_eq!(pid_from_name(Path::new("app.1234.x.f.heap")), None);
     }
 
     #[test]

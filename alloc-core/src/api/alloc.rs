@@ -251,5 +251,5 @@ pub fn flush_thread_cache() {
 /// `all`, and likewise cached huge blocks. Returns how many bytes it gave back.
 pub fn purge(all: bool) -> usize {
     let pages = arena::purge_all_arenas(all);
-    (pages << PAGE_SHIFT) + huge::purge(os::now_ms(), all)
+    (pages << os::PAGE_SHIFT) + huge::purge(os::now_ms(), all)
 }

@@ -6,7 +6,7 @@
 //! The environment is ignored in setuid/setgid processes (`AT_SECURE`).
 
 use crate::platform::lock::Locked;
-use crate::platform::os::Line;
+use crate::platform::os::{self, Line};
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicUsize, Ordering};
 
 /// Default `dirty_decay_ms`: long enough that a block freed and allocated again within a
@@ -59,9 +59,16 @@ impl Prefix {
     }
 }
 
-/// `narenas` (0: the default, 4 × CPUs).
+/// `narenas` (0: the default, see [`narenas_or_default`]).
 pub fn narenas() -> usize {
     NARENAS.load(Ordering::Relaxed)
+}
+/// The number of arenas to use: `narenas` if set, else the default, 4 × CPUs.
+pub fn narenas_or_default() -> usize {
+    match narenas() {
+        0 => 4 * os::cpu_count(),
+        n => n,
+    }
 }
 /// `dirty_decay_ms` (negative: never purge; 0: purge at once).
 #[inline]
@@ -120,6 +127,18 @@ pub enum ConfError {
     BadValue,
     /// The entry has no `:`.
     Malformed,
+}
+
+impl ConfError {
+    /// Why the entry was refused, in words: `unknown option`, `invalid value`, `expected
+    /// key:value`.
+    pub fn message(self) -> &'static str {
+        match self {
+            ConfError::UnknownKey => "unknown option",
+            ConfError::BadValue => "invalid value",
+            ConfError::Malformed => "expected key:value",
+        }
+    }
 }
 
 /// Applies a `key:value,...` string. Each bad entry is reported through `warn(entry, error)`
@@ -208,14 +227,15 @@ pub fn load_from_env() {
 
 /// Prints the one-line warning for a bad entry.
 pub fn warn_stderr(entry: &[u8], e: ConfError) {
-    let what = match e {
-        ConfError::UnknownKey => "unknown option",
-        ConfError::BadValue => "invalid value in",
-        ConfError::Malformed => "expected key:value, got",
+    let joiner = match e {
+        ConfError::UnknownKey => "",
+        ConfError::BadValue => " in",
+        ConfError::Malformed => ", got",
     };
     Line::new()
         .str("sampalloc: SAMPALLOC_CONF: ")
-        .str(what)
+        .str(e.message())
+        .str(joiner)
         .str(" '")
         .bytes(entry)
         .str("'; keeping the default")
@@ -330,5 +350,15 @@ mod tests {
         assert_eq!(set(b"prof_signal", b"0"), Ok(()));
         assert_eq!(parse_i64(b"-1"), Some(-1));
         assert_eq!(parse_u64(b"99999999999999999999"), None);
+    }
+
+    #[test]
+    fn error_messages_and_the_narenas_default() {
+        assert_eq!(ConfError::UnknownKey.message(), "unknown option");
+        assert_eq!(ConfError::BadValue.message(), "invalid value");
+        assert_eq!(ConfError::Malformed.message(), "expected key:value");
+        if narenas() == 0 {
+            assert_eq!(narenas_or_default(), 4 * os::cpu_count());
+        }
     }
 }

@@ -7,12 +7,12 @@
 
 use crate::base::meta;
 use crate::pool::{arena, huge};
-use crate::prof::{dump, table, trigger};
+use crate::prof::{heap_v2, table, trigger};
 use crate::thread::{self, cache};
 
 /// Before `fork`: take every lock.
 pub extern "C" fn prefork() {
-    dump::prefork();
+    heap_v2::prefork();
     cache::prefork();
     arena::prefork();
     huge::prefork();
@@ -27,7 +27,7 @@ pub extern "C" fn postfork_parent() {
     huge::postfork_parent();
     arena::postfork_parent();
     cache::postfork_parent();
-    dump::postfork_parent();
+    heap_v2::postfork_parent();
 }
 
 /// After `fork`, in the child: reset every lock, then return the caches of the threads that
@@ -39,5 +39,5 @@ pub extern "C" fn postfork_child() {
     huge::postfork_child();
     arena::postfork_child();
     cache::postfork_child(thread::cache());
-    dump::postfork_child();
+    heap_v2::postfork_child();
 }

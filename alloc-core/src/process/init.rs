@@ -43,11 +43,7 @@ fn init_slow() {
         os::fatal("the kernel's page size is not 4 KiB; this build cannot run here");
     }
     config::load_from_env();
-    let n = match config::narenas() {
-        0 => 4 * os::cpu_count(),
-        n => n,
-    };
-    arena::set_narenas(n);
+    arena::set_narenas(config::narenas_or_default());
     thread::create_exit_key();
     thread::cache::init_free_key();
     STATE.store(READY, Ordering::Release);

@@ -5,7 +5,9 @@
 
 use crate::base::config;
 use crate::platform::os;
-use crate::prof::dump::{self, kind};
+use crate::prof::heap_v2;
+use crate::prof::leak;
+use crate::prof::name::kind;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 const PENDING_INTERVAL: u8 = 1;
@@ -75,7 +77,7 @@ fn serve_pending() {
         (PENDING_SIGNAL, kind::SIGNAL),
     ] {
         if pending & bit != 0 {
-            dump::dump_named(k);
+            heap_v2::dump_named_or_warn(k);
         }
     }
     DUMPING.store(false, Ordering::Release);
@@ -90,10 +92,10 @@ pub fn at_exit() {
         serve_pending();
     }
     if config::prof_final() {
-        dump::dump_named(kind::FINAL);
+        heap_v2::dump_named_or_warn(kind::FINAL);
     }
     if config::prof_leak() {
-        dump::leak_summary();
+        leak::leak_summary();
     }
 }
 

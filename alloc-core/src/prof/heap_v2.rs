@@ -1,5 +1,5 @@
 //! Writing heap profiles: the sampled-heap text format that both `jeprof` and Go's `pprof`
-//! read, and the leak summary printed at exit.
+//! read, into files created safely under their conventional names.
 //!
 //! ```text
 //! heap profile:    412: 21307392 [  9877: 4202692608] @ heap_v2/524288
@@ -18,27 +18,15 @@
 //!
 //! Nothing here allocates: text goes through one static buffer to a sink (a file descriptor,
 //! or the Rust API's vector), under the dump lock; the stack table is read without its lock.
+//! File names are built in fixed buffers ([`NameBuf`]).
 
 use crate::base::config::{self, PREFIX_MAX};
 use crate::platform::lock::Locked;
 use crate::platform::os::{self, Line};
-use crate::prof::table::{self, Counts, StackEntry, MAX_FRAMES};
+use crate::prof::name::{NameBuf, ProfileName, NAME_MAX};
+use crate::prof::table::{self, Counts, StackEntry};
 use crate::thread::InProfiler;
 use core::sync::atomic::{AtomicU64, Ordering};
-
-/// Dump kinds, as they appear in file names.
-pub mod kind {
-    /// At exit (`prof_final`).
-    pub const FINAL: u8 = b'f';
-    /// Every `2^lg_prof_interval` bytes allocated.
-    pub const INTERVAL: u8 = b'i';
-    /// At a new high-water mark of mapped memory (`prof_gdump`).
-    pub const HIGH_WATER: u8 = b'u';
-    /// On `prof_signal`.
-    pub const SIGNAL: u8 = b's';
-    /// Asked for through the API.
-    pub const MANUAL: u8 = b'm';
-}
 
 /// Where profile text goes.
 pub trait Sink {
@@ -150,9 +138,9 @@ fn rows(c: &Counts, r: f64) -> [u64; 4] {
     [lo, lb, to, tb]
 }
 
-/// The stacks to write: those with frames (a sample whose capture was skipped has none, and a
-/// row without addresses is not valid for readers).
-fn entries() -> impl Iterator<Item = &'static StackEntry> {
+/// The stacks a profile lists: those with frames (a sample whose capture was skipped has none,
+/// and a row without addresses is not valid for readers).
+pub fn entries() -> impl Iterator<Item = &'static StackEntry> {
     table::entries().filter(|entry| entry.depth > 0)
 }
 
@@ -241,7 +229,7 @@ fn copy_maps(w: &mut Writer) {
 /// a symlink even to nowhere) is never opened, followed or truncated: `Err(EEXIST)` (or
 /// `ELOOP`). Returns the descriptor; Err carries `errno`.
 pub fn create_new(path: &[u8]) -> Result<i32, i32> {
-    let mut cpath = [0u8; PREFIX_MAX + 80];
+    let mut cpath: NameBuf = [0u8; NAME_MAX];
     if path.is_empty() || path.len() >= cpath.len() || path.contains(&0) {
         return Err(libc::ENAMETOOLONG);
     }
@@ -275,24 +263,20 @@ pub fn dump_to_path(path: &[u8]) -> Result<(), i32> {
     }
 }
 
-/// The file name for a dump of kind `kind`: `<prof_prefix>.<pid>.<seq>.<kind>.heap`, taking the
-/// next sequence number (never handed out twice in a process). Returns the length written
-/// into `out`.
-pub fn profile_name(kind: u8, out: &mut [u8; PREFIX_MAX + 80]) -> usize {
+/// The file name for a dump of kind `kind` (a [`ProfileName`]:
+/// `<prof_prefix>.<pid>.<seq>.<kind>.heap`), taking the next sequence number (never handed out
+/// twice in a process). Returns the length written into `out`.
+pub fn profile_name(kind: u8, out: &mut NameBuf) -> usize {
     let mut prefix = [0u8; PREFIX_MAX];
     let n = config::prof_prefix(&mut prefix);
-    let mut l = Line::new();
-    l.bytes(&prefix[..n]).str(".");
-    // SAFETY: getpid has no preconditions.
-    l.dec(unsafe { libc::getpid() } as u64).str(".");
-    l.dec(SEQ.fetch_add(1, Ordering::Relaxed))
-        .str(".")
-        .bytes(&[kind])
-        .str(".heap");
-    let b = l.as_bytes();
-    let len = b.len().min(out.len() - 1);
-    out[..len].copy_from_slice(&b[..len]);
-    len
+    ProfileName {
+        prefix: &prefix[..n],
+        // SAFETY: getpid has no preconditions (and returns a positive pid).
+        pid: unsafe { libc::getpid() } as u32,
+        seq: SEQ.fetch_add(1, Ordering::Relaxed),
+        kind,
+    }
+    .write(out)
 }
 
 /// Sequence numbers a dump tries when its name is taken, before it gives up.
@@ -302,10 +286,7 @@ pub const NAME_TRIES: usize = 8;
 /// for a symlink) is left alone and the next sequence number tried, up to [`NAME_TRIES`]
 /// names. Ok: the length of the name written; Err: `errno` and the length of the last name
 /// tried (`EEXIST` when every name tried was taken).
-pub fn dump_to_next_name(
-    kind: u8,
-    name: &mut [u8; PREFIX_MAX + 80],
-) -> Result<usize, (i32, usize)> {
+pub fn dump_named(kind: u8, name: &mut NameBuf) -> Result<usize, (i32, usize)> {
     let mut len = 0;
     for _ in 0..NAME_TRIES {
         len = profile_name(kind, name);
@@ -318,11 +299,11 @@ pub fn dump_to_next_name(
     Err((libc::EEXIST, len))
 }
 
-/// Dumps the profile to its conventional name (see [`dump_to_next_name`]); on failure prints
-/// one warning line and skips the dump. Returns whether the file was written.
-pub fn dump_named(kind: u8) -> bool {
-    let mut name = [0u8; PREFIX_MAX + 80];
-    match dump_to_next_name(kind, &mut name) {
+/// Dumps the profile to its conventional name (see [`dump_named`]), for the triggers: on
+/// failure prints one warning line and skips the dump. Returns whether the file was written.
+pub fn dump_named_or_warn(kind: u8) -> bool {
+    let mut name: NameBuf = [0u8; NAME_MAX];
+    match dump_named(kind, &mut name) {
         Ok(_) => true,
         Err((libc::EEXIST, len)) => {
             Line::new()
@@ -357,98 +338,6 @@ fn errno_text(e: i32) -> &'static str {
         libc::EMFILE | libc::ENFILE => "too many open files",
         _ => "write failed",
     }
-}
-
-/// Appends a byte count in human units (`512 B`, `3.2 KiB`, `1.5 MiB`, `2.0 GiB`).
-pub fn human_bytes(l: &mut Line, bytes: f64) {
-    let units = [
-        ("B", 1.0),
-        ("KiB", 1024.0),
-        ("MiB", 1048576.0),
-        ("GiB", 1073741824.0),
-    ];
-    let (name, scale) = units
-        .iter()
-        .rev()
-        .find(|(_, s)| bytes >= *s)
-        .copied()
-        .unwrap_or(units[0]);
-    if scale == 1.0 {
-        l.dec(bytes.round() as u64);
-    } else {
-        let tenths = (bytes / scale * 10.0).round() as u64;
-        l.dec(tenths / 10).str(".").dec(tenths % 10);
-    }
-    l.str(" ").str(name);
-}
-
-/// Prints, on stderr, the estimated memory still allocated at exit and its top call sites.
-pub fn leak_summary() {
-    let _reentry = InProfiler::enter();
-    const TOP: usize = 5;
-    let mut top: [(f64, *const StackEntry); TOP] = [(0.0, core::ptr::null()); TOP];
-    let (mut bytes, mut objects, mut sites) = (0.0, 0.0, 0u64);
-    for e in entries() {
-        let c = e.counts();
-        if c.live_samples == 0 {
-            continue;
-        }
-        bytes += c.live_bytes;
-        objects += c.live_objects;
-        sites += 1;
-        if let Some(i) = top.iter().position(|t| c.live_bytes > t.0) {
-            top.copy_within(i..TOP - 1, i + 1);
-            top[i] = (c.live_bytes, e);
-        }
-    }
-    let mut l = Line::new();
-    l.str("sampalloc: leak summary: about ");
-    human_bytes(&mut l, bytes);
-    l.str(" in about ")
-        .dec(objects.round() as u64)
-        .str(" objects from ")
-        .dec(sites)
-        .str(" call sites still allocated at exit (1 sample per ");
-    human_bytes(&mut l, (1u64 << config::lg_prof_sample()) as f64);
-    l.str(")").emit();
-    for &(b, e) in top.iter().take_while(|t| !t.1.is_null()) {
-        // SAFETY: entries are never freed.
-        let e = unsafe { &*e };
-        let c = e.counts();
-        let mut l = Line::new();
-        l.str("sampalloc:   ");
-        human_bytes(&mut l, b);
-        l.str(" in ")
-            .dec(c.live_objects.round() as u64)
-            .str(" objects at");
-        for (i, &pc) in e.frames().iter().take(MAX_FRAMES.min(4)).enumerate() {
-            l.str(if i == 0 { " " } else { " <- " });
-            describe_pc(&mut l, pc);
-        }
-        l.emit();
-    }
-}
-
-/// Appends `symbol (module)` for a return address, or the address.
-fn describe_pc(l: &mut Line, pc: usize) {
-    // SAFETY: dladdr only reads loader state; `info` is a valid out-parameter.
-    unsafe {
-        let mut info: libc::Dl_info = core::mem::zeroed();
-        if libc::dladdr((pc - 1) as *const libc::c_void, &mut info) != 0 {
-            if !info.dli_sname.is_null() {
-                l.bytes(core::ffi::CStr::from_ptr(info.dli_sname).to_bytes());
-            } else {
-                l.hex(pc);
-            }
-            if !info.dli_fname.is_null() {
-                let path = core::ffi::CStr::from_ptr(info.dli_fname).to_bytes();
-                let base = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
-                l.str(" (").bytes(base).str(")");
-            }
-            return;
-        }
-    }
-    l.hex(pc);
 }
 
 /// Fork: hold the dump buffer across `fork` (a dump in progress finishes first).
@@ -512,17 +401,6 @@ mod tests {
             (read_objects - objects).abs() / objects < 0.01,
             "{n}:{b} -> {read_objects}"
         );
-    }
-
-    #[test]
-    fn human_units() {
-        let mut l = Line::new();
-        human_bytes(&mut l, 512.0);
-        l.str("|");
-        human_bytes(&mut l, 1536.0);
-        l.str("|");
-        human_bytes(&mut l, 3.0 * 1048576.0);
-        assert_eq!(l.as_bytes(), b"512 B|1.5 KiB|3.0 MiB");
     }
 
     struct VecSink(Vec<u8>);
@@ -621,8 +499,8 @@ mod tests {
         let first = SEQ.load(Ordering::Relaxed);
         symlink(&target, name(first)).unwrap();
         std::fs::write(name(first + 1), "existing").unwrap();
-        let mut out = [0u8; PREFIX_MAX + 80];
-        let len = dump_to_next_name(b'm', &mut out).unwrap();
+        let mut out: NameBuf = [0u8; NAME_MAX];
+        let len = dump_named(b'm', &mut out).unwrap();
         let written = std::str::from_utf8(&out[..len]).unwrap().to_string();
         assert_eq!(written, name(first + 2).to_str().unwrap());
         assert!(std::fs::symlink_metadata(&written).unwrap().is_file());
@@ -638,17 +516,16 @@ mod tests {
         for seq in next..next + 2 * NAME_TRIES as u64 {
             symlink(&target, name(seq)).unwrap();
         }
-        let (e, _) = dump_to_next_name(b'm', &mut out).unwrap_err();
+        let (e, _) = dump_named(b'm', &mut out).unwrap_err();
         assert_eq!(e, libc::EEXIST);
-        assert!(!dump_named(b'm'));
+        assert!(!dump_named_or_warn(b'm'));
         assert!(SEQ.load(Ordering::Relaxed) >= next + 2 * NAME_TRIES as u64);
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
-        let len = dump_to_next_name(b'm', &mut out).unwrap();
-        let seq = |n: &[u8]| {
-            let n = std::str::from_utf8(n).unwrap();
-            n.rsplit('.').nth(2).unwrap().parse::<u64>().unwrap()
-        };
-        assert!(seq(&out[..len]) >= next + 2 * NAME_TRIES as u64);
+        let len = dump_named(b'm', &mut out).unwrap();
+        let written = ProfileName::parse(&out[..len]).unwrap();
+        assert_eq!(written.prefix, bytes(&prefix));
+        assert_eq!(written.pid, pid);
+        assert!(written.seq >= next + 2 * NAME_TRIES as u64);
 
         config::set(b"prof_prefix", b"sampalloc").unwrap();
         std::fs::remove_dir_all(&dir).unwrap();

@@ -1,0 +1,169 @@
+//! The commands that read profiles: `top`, `diff`, `flamegraph`, `pprof` and `stacks`.
+
+use crate::{emit, euid, DiffArgs, ExportArgs, PprofArgs, SymArgs, TopArgs};
+use sampalloc::analysis::{
+    self, flamegraph, parse, pprof,
+    report::{self, Measure, TopHeader},
+    symbolize::Symbolizer,
+    GroupBy, ResolvedRow,
+};
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+/// Reads and symbolizes a profile, printing the symbolizer's warnings.
+pub(crate) fn load(
+    path: &Path,
+    sym: &SymArgs,
+) -> Result<(parse::Profile, Vec<ResolvedRow>), String> {
+    let profile = parse::read(path)?;
+    let mut s = Symbolizer::new(&profile, sym.perf_map.as_deref());
+    let rows = analysis::resolve(&profile, &mut s);
+    for w in s.take_warnings() {
+        eprintln!("sampalloc: warning: {w}");
+    }
+    Ok((profile, rows))
+}
+
+fn group(lines: bool, stacks: bool) -> GroupBy {
+    if stacks {
+        GroupBy::Stack
+    } else if lines {
+        GroupBy::Line
+    } else {
+        GroupBy::Function
+    }
+}
+
+/// `sampalloc top`.
+pub(crate) fn top(a: TopArgs) -> Result<(), String> {
+    let by = group(a.lines, a.stacks);
+    let measure = if a.alloc {
+        Measure::Alloc
+    } else {
+        Measure::Inuse
+    };
+    let (profile, rows) = load(&a.profile, &a.sym)?;
+    let mut sites = analysis::sites(&rows, by);
+    if let Some(base) = &a.base {
+        let (_, base_rows) = load(base, &a.sym)?;
+        sites = report::subtract(&sites, &analysis::sites(&base_rows, by));
+    }
+    report::rank(&mut sites, measure);
+    let shown = a.profile.display().to_string();
+    let base = a.base.as_ref().map(|b| b.display().to_string());
+    let header = TopHeader {
+        profile: &shown,
+        base: base.as_deref(),
+        sample_period: profile.sample_period,
+    };
+    let text = if a.json {
+        report::top_json(&sites, measure, a.n, &header)
+    } else {
+        report::top_text(&sites, measure, a.n, &header)
+    };
+    emit(text.as_bytes())
+}
+
+/// `sampalloc diff`.
+pub(crate) fn diff(a: DiffArgs) -> Result<(), String> {
+    let by = group(a.lines, a.stacks);
+    let (_, early) = load(&a.earlier, &a.sym)?;
+    let (_, late) = load(&a.later, &a.sym)?;
+    let entries = report::diff(&analysis::sites(&early, by), &analysis::sites(&late, by));
+    let (e, l) = (
+        a.earlier.display().to_string(),
+        a.later.display().to_string(),
+    );
+    let text = if a.json {
+        report::diff_json(&entries, a.n, &e, &l)
+    } else {
+        report::diff_text(&entries, a.n, &e, &l)
+    };
+    emit(text.as_bytes())
+}
+
+/// `sampalloc flamegraph`.
+pub(crate) fn flame(a: ExportArgs) -> Result<(), String> {
+    let (_, rows) = load(&a.profile, &a.sym)?;
+    let name = a
+        .profile
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let title = format!(
+        "{} bytes: {name}",
+        if a.alloc { "Allocated" } else { "Live" }
+    );
+    let mut svg = Vec::new();
+    flamegraph::write_svg(&rows, a.alloc, &title, &mut svg)?;
+    emit(&svg)
+}
+
+/// `sampalloc pprof`.
+pub(crate) fn export_pprof(a: PprofArgs) -> Result<(), String> {
+    if a.output.is_none() && std::io::stdout().is_terminal() {
+        return Err(
+            "refusing to write binary data to a terminal: redirect (> heap.pb.gz) or use -o FILE"
+                .to_string(),
+        );
+    }
+    let (profile, rows) = load(&a.profile, &a.sym)?;
+    let data = pprof::encode_gzip(&profile, &rows)?;
+    match &a.output {
+        Some(p) => write_output(p, &data),
+        None => emit(&data),
+    }
+}
+
+/// Writes `pprof -o`'s file: never through a symlink (`O_NOFOLLOW`), and only into a regular
+/// file of the user's own with no other hard link, so that a name planted in a shared
+/// directory cannot redirect the write; a new file is created with mode 0600 (the export holds
+/// the process's memory map). The user's own earlier output is replaced.
+fn write_output(path: &Path, data: &[u8]) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let shown = path.display();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        // O_NONBLOCK: a FIFO without a reader fails instead of blocking (it is refused below).
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => format!("refusing to write {shown}: it is a symlink"),
+            _ => format!("cannot write {shown}: {e}"),
+        })?;
+    let m = f
+        .metadata()
+        .map_err(|e| format!("cannot write {shown}: {e}"))?;
+    if !m.file_type().is_file() {
+        return Err(format!("refusing to write {shown}: not a regular file"));
+    }
+    if m.uid() != euid() {
+        return Err(format!(
+            "refusing to write {shown}: owned by uid {}, not by you",
+            m.uid()
+        ));
+    }
+    if m.nlink() != 1 {
+        return Err(format!(
+            "refusing to write {shown}: it has other hard links"
+        ));
+    }
+    f.set_len(0)
+        .and_then(|_| f.write_all(data))
+        .map_err(|e| format!("cannot write {shown}: {e}"))
+}
+
+/// `sampalloc stacks`.
+pub(crate) fn stacks(a: ExportArgs) -> Result<(), String> {
+    let (_, rows) = load(&a.profile, &a.sym)?;
+    let mut out = String::new();
+    for (stack, v) in analysis::collapsed(&rows, a.alloc) {
+        out.push_str(&stack);
+        out.push(' ');
+        out.push_str(&v.to_string());
+        out.push('\n');
+    }
+    emit(out.as_bytes())
+}

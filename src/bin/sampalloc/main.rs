@@ -1,0 +1,206 @@
+//! The `sampalloc` command: run a program under the preload with profiling on, and read,
+//! compare and export its heap profiles (`top`, `diff`, `flamegraph`, `pprof`, `stacks`).
+//!
+//! Errors print one line and exit with code 2; `run` passes the program's exit code through.
+//!
+//! This file parses the arguments and dispatches; `run` (the launcher) and `analyse` (the
+//! commands that read profiles) do the work.
+
+mod analyse;
+mod run;
+
+use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const LONG_ABOUT: &str = "\
+sampalloc: a malloc replacement with a built-in sampling heap profiler.
+
+Workflow, to find what holds memory in a program:
+
+  1. Run it with the allocator preloaded and profiling on:
+       sampalloc run -- ./server --port 8080
+     At exit, the final profile's top leak sites are printed; profiles are kept in a
+     directory (--out DIR, else a new temporary one) named <prefix>.<pid>.<seq>.<kind>.heap.
+     Ask for more profiles with --conf, e.g. --conf lg_prof_interval:30 (one every 1 GiB
+     allocated) or --conf prof_signal:SIGUSR2 (kill -USR2 <pid> dumps one).
+
+  2. Look at one profile: live bytes by call site, symbolized from the binaries:
+       sampalloc top DIR/sampalloc.1234.7.f.heap
+
+  3. A slow leak: compare an early profile with a late one; what grows comes first:
+       sampalloc diff DIR/sampalloc.1234.0.i.heap DIR/sampalloc.1234.9.i.heap
+
+  4. Export: sampalloc flamegraph P > heap.svg; sampalloc pprof P > heap.pb.gz
+     (for go tool pprof, Pyroscope, Parca, Grafana); sampalloc stacks P (collapsed).
+
+Profiles from jemalloc (heap_v2 with t*: lines) and gperftools are read too.";
+
+#[derive(Parser)]
+#[command(name = "sampalloc", version, about = "Run programs under sampalloc and analyse their heap profiles", long_about = LONG_ABOUT)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a program with libsampalloc.so preloaded and profiling on; print its leak sites
+    Run(RunArgs),
+    /// Show the call sites holding the most memory in a profile
+    Top(TopArgs),
+    /// Compare two profiles of one process: what grew, shrank, is new or gone
+    Diff(DiffArgs),
+    /// Write an SVG flame graph of live (or allocated) bytes to stdout
+    Flamegraph(ExportArgs),
+    /// Write the profile as pprof's profile.proto, gzipped, to stdout (or -o FILE)
+    Pprof(PprofArgs),
+    /// Print collapsed stacks (root;...;leaf bytes), for other flame graph tools
+    Stacks(ExportArgs),
+}
+
+#[derive(Args)]
+struct SymArgs {
+    /// Perf map resolving JIT code (default: /tmp/perf-<pid>.map, pid from the profile's name)
+    #[arg(long, value_name = "FILE")]
+    perf_map: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Extra SAMPALLOC_CONF entries (K:V,...), applied after sampalloc's own so they win
+    #[arg(long, value_name = "K:V,...")]
+    conf: Vec<String>,
+    /// Directory for the profiles (default: a new private temporary directory); created with
+    /// mode 0700 if missing. Refused if it is a symlink, not yours, or writable by group or others
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Accept an --out directory that is a symlink, not yours, or writable by group or others
+    #[arg(long, requires = "out")]
+    allow_shared_out: bool,
+    /// Sites to show
+    #[arg(short = 'n', default_value_t = 10)]
+    n: usize,
+    /// The program and its arguments
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PROGRAM"
+    )]
+    program: Vec<OsString>,
+}
+
+#[derive(Args)]
+struct TopArgs {
+    /// The profile
+    profile: PathBuf,
+    /// Subtract this earlier profile of the same process
+    #[arg(long, value_name = "EARLIER")]
+    base: Option<PathBuf>,
+    /// Sites to show (0: all)
+    #[arg(short = 'n', default_value_t = 20)]
+    n: usize,
+    /// JSON instead of a table
+    #[arg(long)]
+    json: bool,
+    /// Rank by live bytes (the default)
+    #[arg(long, conflicts_with = "alloc")]
+    inuse: bool,
+    /// Rank by bytes allocated since the start, freed or not
+    #[arg(long)]
+    alloc: bool,
+    /// One site per source line rather than per function
+    #[arg(long, conflicts_with = "stacks")]
+    lines: bool,
+    /// One site per whole call stack, printed below the table
+    #[arg(long)]
+    stacks: bool,
+    #[command(flatten)]
+    sym: SymArgs,
+}
+
+#[derive(Args)]
+struct DiffArgs {
+    /// The earlier profile
+    earlier: PathBuf,
+    /// The later profile
+    later: PathBuf,
+    /// Sites to show (0: all)
+    #[arg(short = 'n', default_value_t = 20)]
+    n: usize,
+    /// JSON instead of a table
+    #[arg(long)]
+    json: bool,
+    /// One site per source line rather than per function
+    #[arg(long, conflicts_with = "stacks")]
+    lines: bool,
+    /// One site per whole call stack
+    #[arg(long)]
+    stacks: bool,
+    #[command(flatten)]
+    sym: SymArgs,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// The profile
+    profile: PathBuf,
+    /// Bytes allocated since the start instead of live bytes
+    #[arg(long)]
+    alloc: bool,
+    #[command(flatten)]
+    sym: SymArgs,
+}
+
+#[derive(Args)]
+struct PprofArgs {
+    /// The profile
+    profile: PathBuf,
+    /// Write here instead of stdout (never through a symlink; a new file gets mode 0600)
+    #[arg(short = 'o', long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    sym: SymArgs,
+}
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("sampalloc: internal error: {info}");
+        std::process::exit(2);
+    }));
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => return run::run(a),
+        Command::Top(a) => analyse::top(a),
+        Command::Diff(a) => analyse::diff(a),
+        Command::Flamegraph(a) => analyse::flame(a),
+        Command::Pprof(a) => analyse::export_pprof(a),
+        Command::Stacks(a) => analyse::stacks(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sampalloc: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn emit(bytes: &[u8]) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(format!("cannot write to stdout: {e}")),
+    }
+}
+
+/// The effective user id.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
