@@ -8,6 +8,30 @@
 //! a span dirty for longer than `dirty_decay_ms` is purged (`madvise`), becomes clean and merges
 //! with clean neighbours. A segment that becomes wholly clean is unmapped.
 //!
+//! # Decay keeps true ages
+//!
+//! A dirty span's `freed_at` must say when its *oldest* pages were last used, or the decay list
+//! stops meaning anything. Merging a freed span with any dirty neighbour and stamping the result
+//! "freed now" (as this heap once did) let a large region next to blocks that keep being freed
+//! stay young for ever: a busy arena then purged almost nothing and its RSS kept rising
+//! (issue 20). So dirty spans merge only within one *decay epoch* (a quarter of
+//! `dirty_decay_ms`, see [`epoch_ms`]): a freed span absorbs a dirty neighbour freed in the same
+//! epoch, and the merged span takes the later time, which is off by less than an epoch. Spans of
+//! different epochs stay apart (their boundary tags still separate them) until the older one is
+//! purged and merges with clean neighbours. Every page is then purged between `dirty_decay_ms`
+//! and `dirty_decay_ms` plus an epoch after its last free, busy arena or not, and the purges come
+//! one span at a time as the spans reach their age, not all at once.
+//!
+//! This was chosen over jemalloc's smoothstep decay (a dirty-page budget computed from the
+//! history of net new dirty pages) because that model purges by count, not by age: in a steady
+//! churn the net growth is zero and it drains pages still being reused, and it still needs a
+//! list ordered by true age to choose what to purge. With true ages a page freed and reused within
+//! the window is never purged (carving takes it off the decay list), and nothing is purged that
+//! was used less than `dirty_decay_ms` ago. The cost is that two adjacent dirty spans of
+//! different epochs cannot serve one request larger than each; that lasts at most one decay
+//! window, after which the older span has been purged. Within a bin, allocation takes the most
+//! recently freed span that fits (hot pages first), so old spans are left to expire.
+//!
 //! Neighbours are found through boundary tags: a free span's first and last `page_head` entries
 //! name its first page, and every descriptor that is not a span head has kind `NONE`. Slabs
 //! have every `page_head` entry set (their objects are looked up from inside the span); large
@@ -25,6 +49,24 @@ use core::ptr;
 const NUM_PAGE_BINS: usize = 36;
 /// How many spans of the first candidate bin are checked before a larger bin is used.
 const BIN_SCAN_LIMIT: usize = 16;
+
+/// Epochs per decay window: dirty spans freed in the same epoch merge (see the module docs).
+const EPOCHS_PER_WINDOW: u64 = 4;
+
+/// The length of a decay epoch (ms) for `decay_ms`; 0 when ages do not matter (no decay, or
+/// immediate purging) and every dirty neighbour merges.
+pub fn epoch_ms(decay_ms: i64) -> u64 {
+    if decay_ms <= 0 {
+        0
+    } else {
+        (decay_ms as u64 / EPOCHS_PER_WINDOW).max(1)
+    }
+}
+
+/// Whether a dirty span freed at `freed_at` may merge with one freed at `now`.
+fn same_epoch(freed_at: u64, now: u64, epoch: u64) -> bool {
+    epoch == 0 || freed_at / epoch == now / epoch
+}
 
 fn bin_pages(b: usize) -> usize {
     class_size(b) / 16
@@ -395,7 +437,8 @@ impl PageHeap {
     }
 
     /// Frees the span `d` (a slab or large block of this heap): it becomes dirty, merges with
-    /// dirty neighbours and joins the decay list. Then expired dirty spans are purged.
+    /// the dirty neighbours freed in the same decay epoch and joins the decay list. Then expired
+    /// dirty spans are purged.
     ///
     /// # Safety
     /// `d` must be the head of an allocated span of this heap, no longer used.
@@ -403,41 +446,52 @@ impl PageHeap {
         // SAFETY: as documented; neighbours are checked through boundary tags.
         unsafe {
             self.counts.active -= (*d).pages as usize;
-            self.free_span(d, now);
+            self.free_span(d, now, epoch_ms(decay_ms));
         }
         self.purge_expired(now, decay_ms);
     }
 
-    unsafe fn free_span(&mut self, d: *mut SpanDesc, now: u64) {
+    unsafe fn free_span(&mut self, d: *mut SpanDesc, now: u64, epoch: u64) {
         // SAFETY: `d` is a span head of ours that is on no list.
         unsafe {
             crate::segment::clear_fast_class_of_span(d);
             let seg = segment_of_desc(d);
-            let (first, pages) = self.merge_neighbours(seg, d, kind::FREE_DIRTY);
+            // Threads read the clock before taking the lock: keep the decay list in order.
+            let tail = self.decay_tail;
+            let now = if tail.is_null() {
+                now
+            } else {
+                now.max((*tail).freed_at())
+            };
+            let (first, pages) = self.merge_neighbours(seg, d, kind::FREE_DIRTY, now, epoch);
             let tail = self.decay_tail;
             self.insert_free(seg, first, pages, true, now, tail);
         }
     }
 
     /// Detaches the free neighbours of kind `k` around span `d` and returns the merged range.
+    /// Dirty neighbours are only taken if freed in the same epoch as `now` (see [`epoch_ms`]).
     /// Absorbed descriptors (and `d` itself) get kind `NONE`.
     unsafe fn merge_neighbours(
         &mut self,
         seg: *mut Segment,
         d: *mut SpanDesc,
         k: u8,
+        now: u64,
+        epoch: u64,
     ) -> (usize, usize) {
         // SAFETY: descriptors and page_head entries of a live segment; boundary tags are
         // validated (kind and extent) before they are trusted.
         unsafe {
             let dirty = k == kind::FREE_DIRTY;
+            let mergeable = |n: *mut SpanDesc| !dirty || same_epoch((*n).freed_at(), now, epoch);
             let mut first = page_of_desc(d);
             let mut pages = (*d).pages as usize;
             (*d).kind = kind::NONE;
             if first > HEADER_PAGES {
                 let ph = Segment::head_of(seg, first - 1);
                 let pd = Segment::desc(seg, ph);
-                if (*pd).kind == k && ph + (*pd).pages as usize == first {
+                if (*pd).kind == k && ph + (*pd).pages as usize == first && mergeable(pd) {
                     self.unlink_free(pd, dirty);
                     (*pd).kind = kind::NONE;
                     first = ph;
@@ -447,7 +501,7 @@ impl PageHeap {
             let after = first + pages;
             if after < PAGES_PER_SEGMENT {
                 let nd = Segment::desc(seg, after);
-                if (*nd).kind == k {
+                if (*nd).kind == k && mergeable(nd) {
                     self.unlink_free(nd, dirty);
                     (*nd).kind = kind::NONE;
                     pages += (*nd).pages as usize;
@@ -543,6 +597,21 @@ impl PageHeap {
         (!self.decay_head.is_null()).then(|| unsafe { (*self.decay_head).freed_at() })
     }
 
+    /// Dirty pages freed at or before `before` (ms): with `before = now - dirty_decay_ms`, the
+    /// pages dirty for longer than a decay window, which decay should have purged already.
+    pub fn dirty_freed_before(&self, before: u64) -> usize {
+        let mut pages = 0;
+        let mut d = self.decay_head;
+        // SAFETY: decay-list members are dirty spans of ours, oldest first.
+        unsafe {
+            while !d.is_null() && (*d).freed_at() <= before {
+                pages += (*d).pages as usize;
+                d = (*d).decay_next();
+            }
+        }
+        pages
+    }
+
     /// Purges every dirty span now.
     pub fn purge_all(&mut self) {
         while !self.decay_head.is_null() {
@@ -559,7 +628,7 @@ impl PageHeap {
             os::purge(span_start(d), pages << PAGE_SHIFT);
             self.counts.purged += pages as u64;
             let seg = segment_of_desc(d);
-            let (first, merged) = self.merge_neighbours(seg, d, kind::FREE_CLEAN);
+            let (first, merged) = self.merge_neighbours(seg, d, kind::FREE_CLEAN, 0, 0);
             if first == HEADER_PAGES && merged == USABLE_PAGES {
                 self.counts.segments -= 1;
                 Segment::destroy(seg);
@@ -594,7 +663,14 @@ impl PageHeap {
                         assert_eq!(Segment::head_of(seg, first), first);
                         assert_eq!(Segment::head_of(seg, after - 1), first);
                         if after < PAGES_PER_SEGMENT {
-                            assert_ne!((*Segment::desc(seg, after)).kind, k, "unmerged neighbours");
+                            // Dirty neighbours stay apart only if freed in different epochs.
+                            let nd = Segment::desc(seg, after);
+                            if (*nd).kind == k {
+                                assert!(
+                                    k == kind::FREE_DIRTY && (*nd).freed_at() != (*d).freed_at(),
+                                    "unmerged neighbours"
+                                );
+                            }
                         }
                         d = (*d).next;
                     }
@@ -715,5 +791,155 @@ mod tests {
             }
             heap.check();
         }
+    }
+}
+
+#[cfg(test)]
+mod decay_tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const DECAY: i64 = 1000;
+
+    fn alloc_large(heap: &mut PageHeap, pages: usize) -> *mut SpanDesc {
+        let (d, _) = heap.alloc(pages, 1, false, 0).unwrap();
+        // SAFETY: a freshly allocated span head.
+        unsafe { (*d).kind = kind::LARGE };
+        d
+    }
+
+    /// The first page address of every page on `set`'s lists.
+    fn pages_of(set: &FreeBins) -> Vec<usize> {
+        let mut out = Vec::new();
+        for b in 0..NUM_PAGE_BINS {
+            let mut d = set.heads[b];
+            while !d.is_null() {
+                // SAFETY: list members are live descriptors.
+                unsafe {
+                    let start = span_start(d) as usize;
+                    out.extend((0..(*d).pages as usize).map(|i| start + (i << PAGE_SHIFT)));
+                    d = (*d).next;
+                }
+            }
+        }
+        out
+    }
+
+    /// A big dirty span whose neighbour pages keep being freed, one every 100 ms, is still
+    /// purged about one decay window after it was freed (it used to be merged with each freed
+    /// neighbour and stamped "freed now", so it never expired).
+    #[test]
+    fn old_span_with_busy_neighbours_is_purged() {
+        let mut heap = PageHeap::new();
+        let big = alloc_large(&mut heap, 200);
+        let small: Vec<_> = (0..60).map(|_| alloc_large(&mut heap, 1)).collect();
+        // SAFETY: `big` starts right before the small blocks, allocated in address order.
+        unsafe {
+            assert_eq!(
+                span_start(small[0]) as usize,
+                span_start(big) as usize + (200 << PAGE_SHIFT)
+            );
+            heap.free(big, 0, DECAY);
+        }
+        let mut now = 0;
+        for (i, &d) in small.iter().enumerate() {
+            now = 100 * (i as u64 + 1);
+            // SAFETY: allocated above, freed once.
+            unsafe { heap.free(d, now, DECAY) };
+            heap.check();
+            if now >= 2 * DECAY as u64 {
+                assert!(
+                    heap.counts.purged >= 200,
+                    "at {now} ms the 200 pages freed at 0 ms are still dirty ({} purged)",
+                    heap.counts.purged
+                );
+            }
+        }
+        assert!(now >= 2 * DECAY as u64);
+        // Only what was freed within the last window (and epoch) is still dirty.
+        let recent = (DECAY as u64 + epoch_ms(DECAY)) / 100 + 1;
+        assert!(
+            heap.counts.dirty as u64 <= recent,
+            "{} dirty",
+            heap.counts.dirty
+        );
+    }
+
+    /// A span freed and reused within the window is never purged, however long the loop runs.
+    #[test]
+    fn reused_within_window_is_not_purged() {
+        let mut heap = PageHeap::new();
+        let keep = alloc_large(&mut heap, 3);
+        let mut d = alloc_large(&mut heap, 50);
+        for step in 0..100u64 {
+            let now = step * 300;
+            // SAFETY: `d` is allocated, freed once here.
+            unsafe { heap.free(d, now, DECAY) };
+            heap.purge_expired(now + 290, DECAY);
+            let (again, zero) = heap.alloc(50, 1, false, 0).unwrap();
+            assert!(
+                !zero,
+                "step {step}: the freed span was purged before its reuse"
+            );
+            // SAFETY: a freshly allocated span head.
+            unsafe { (*again).kind = kind::LARGE };
+            d = again;
+            heap.check();
+        }
+        assert_eq!(heap.counts.purged, 0);
+        let _ = keep;
+    }
+
+    /// Random churn against a shadow of every page's last free: no dirty page was freed more
+    /// than a window and an epoch (plus the step) ago, and no purged page less than a window ago.
+    #[test]
+    fn churn_keeps_true_ages() {
+        let mut heap = PageHeap::new();
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            rng ^= rng >> 12;
+            rng ^= rng << 25;
+            rng ^= rng >> 27;
+            rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 16
+        };
+        let mut live: Vec<(*mut SpanDesc, usize)> = Vec::new();
+        let mut last_free: HashMap<usize, u64> = HashMap::new();
+        const STEP: u64 = 20;
+        let late = DECAY as u64 + epoch_ms(DECAY) + STEP;
+        for step in 0..1500u64 {
+            let now = step * STEP;
+            if live.len() >= 40 || (!live.is_empty() && next() % 3 == 0) {
+                let (d, pages) = live.swap_remove(next() as usize % live.len());
+                // SAFETY: a live block of the heap, freed once.
+                unsafe {
+                    let start = span_start(d) as usize;
+                    for i in 0..pages {
+                        last_free.insert(start + (i << PAGE_SHIFT), now);
+                    }
+                    heap.free(d, now, DECAY);
+                }
+            }
+            let pages = 1 + next() as usize % 64;
+            let d = alloc_large(&mut heap, pages);
+            let start = span_start(d) as usize;
+            for i in 0..pages {
+                last_free.remove(&(start + (i << PAGE_SHIFT)));
+            }
+            live.push((d, pages));
+            heap.purge_expired(now, DECAY);
+            if step % 50 == 0 {
+                heap.check();
+                for p in pages_of(&heap.dirty) {
+                    let t = last_free[&p];
+                    assert!(t + late > now, "page freed at {t} still dirty at {now}");
+                }
+                for p in pages_of(&heap.clean) {
+                    if let Some(&t) = last_free.get(&p) {
+                        assert!(t + DECAY as u64 <= now, "page freed at {t} purged by {now}");
+                    }
+                }
+            }
+        }
+        assert!(heap.counts.purged > 0);
     }
 }
