@@ -4,7 +4,7 @@
 //! Free spans sit in size-binned lists, split in two sets: *dirty* (freed recently, probably
 //! still resident) and *clean* (purged, reading as zero). Allocation prefers dirty spans, so
 //! recently freed memory is reused before fresh pages are faulted in; that is what keeps
-//! repeated multi-page allocations fast. Dirty spans also sit on a decay list, oldest first;
+//! repeated multi-page allocations fast. Dirty spans also sit on a decay list, (nearly) oldest first;
 //! a span dirty for longer than `dirty_decay_ms` is purged (`madvise`), becomes clean and merges
 //! with clean neighbours. A segment that becomes wholly clean is unmapped.
 //!
@@ -13,10 +13,12 @@
 //! A dirty span's `freed_at` must say how long its pages have sat unused, or the decay list
 //! stops meaning anything. This heap once stamped every merged span "freed now": a large region
 //! next to blocks that keep being freed then stayed young for ever, a busy arena purged almost
-//! nothing and its RSS kept rising (issue 20). Now a freed span still merges with its dirty
+//! nothing and its RSS kept rising. Now a freed span still merges with its dirty
 //! neighbours (free space stays contiguous, so large requests keep finding resident pages), but
-//! the merged span is stamped with its pages' *mean* free time, weighted by page count, and
-//! filed at that place in the decay list. A large region absorbing a few freed pages stays about
+//! the merged span is stamped with its pages' *mean* free time, weighted by page count. It is
+//! filed at the decay-list place of the oldest span it absorbed (O(1): no search under the
+//! lock), or at the tail when it is the youngest. The list is then only nearly ordered: a span
+//! filed behind a younger one waits until that one is due, at most one window. A large region absorbing a few freed pages stays about
 //! as old as it was and expires about one `dirty_decay_ms` after it was freed; it only stays
 //! young if about its own size is freed into it per window, i.e. if it is mostly recent memory.
 //! Carving keeps the stamp of what is left. Purges come one span at a time as spans reach their
@@ -51,8 +53,16 @@ const NUM_PAGE_BINS: usize = 36;
 /// How many spans of the first candidate bin are checked before a larger bin is used.
 const BIN_SCAN_LIMIT: usize = 16;
 
-/// How many spans a freed span's place in the decay list is looked for among, from the youngest.
-const DECAY_INSERT_WALK: usize = 64;
+/// What [`PageHeap::merge_neighbours`] made of a freed span and its free neighbours.
+struct Merged {
+    first: usize,
+    pages: usize,
+    /// Dirty merges: the pages' mean free time.
+    freed_at: u64,
+    /// Dirty merges: the decay-list place of the oldest absorbed span (insert after this;
+    /// null: at the head), or the list's tail if none was absorbed.
+    decay_after: *mut SpanDesc,
+}
 
 fn bin_pages(b: usize) -> usize {
     class_size(b) / 16
@@ -442,35 +452,38 @@ impl PageHeap {
         unsafe {
             crate::addr::segment::clear_fast_class_of_span(d);
             let seg = segment_of_desc(d);
-            let (first, pages, freed_at) = self.merge_neighbours(seg, d, kind::FREE_DIRTY, now);
-            // The decay list stays ordered by free time: walk back from the youngest (a merged
-            // span is rarely much older than it). The walk is bounded; a span filed a little
-            // late is only purged a little late.
-            let mut after = self.decay_tail;
-            let mut steps = 0;
-            while !after.is_null() && (*after).freed_at() > freed_at && steps < DECAY_INSERT_WALK {
-                after = (*after).decay_prev();
-                steps += 1;
-            }
-            let freed_at = if after.is_null() {
-                freed_at
+            let merged = self.merge_neighbours(seg, d, kind::FREE_DIRTY, now);
+            // A span older than the youngest keeps the decay-list place of the oldest span it
+            // absorbed (O(1), no walk): the list is then only nearly ordered, and a span behind
+            // a younger one is purged at most one window late.
+            let tail = self.decay_tail;
+            let after = if tail.is_null() || merged.freed_at >= (*tail).freed_at() {
+                tail
             } else {
-                freed_at.max((*after).freed_at())
+                merged.decay_after
             };
-            self.insert_free(seg, first, pages, true, freed_at, after);
+            self.insert_free(
+                seg,
+                merged.first,
+                merged.pages,
+                true,
+                merged.freed_at,
+                after,
+            );
         }
     }
 
     /// Detaches the free neighbours of kind `k` around span `d` and returns the merged range,
-    /// and for dirty merges the pages' mean free time, `d`'s pages counting as freed at `now`.
-    /// Absorbed descriptors (and `d` itself) get kind `NONE`.
+    /// and for dirty merges the pages' mean free time (`d`'s pages counting as freed at `now`)
+    /// and the decay-list place of the oldest absorbed span. Absorbed descriptors (and `d`
+    /// itself) get kind `NONE`.
     unsafe fn merge_neighbours(
         &mut self,
         seg: *mut Segment,
         d: *mut SpanDesc,
         k: u8,
         now: u64,
-    ) -> (usize, usize, u64) {
+    ) -> Merged {
         // SAFETY: descriptors and page_head entries of a live segment; boundary tags are
         // validated (kind and extent) before they are trusted.
         unsafe {
@@ -478,11 +491,16 @@ impl PageHeap {
             let mut first = page_of_desc(d);
             let mut pages = (*d).pages as usize;
             let mut time_sum = pages as u128 * now as u128;
+            // Absorbed dirty spans: (descriptor, its decay predecessor, its free time).
+            let mut absorbed = [(ptr::null_mut(), ptr::null_mut(), u64::MAX); 2];
             (*d).kind = kind::NONE;
             if first > HEADER_PAGES {
                 let ph = Segment::head_of(seg, first - 1);
                 let pd = Segment::desc(seg, ph);
                 if (*pd).kind == k && ph + (*pd).pages as usize == first {
+                    if dirty {
+                        absorbed[0] = (pd, (*pd).decay_prev(), (*pd).freed_at());
+                    }
                     self.unlink_free(pd, dirty);
                     (*pd).kind = kind::NONE;
                     first = ph;
@@ -494,13 +512,32 @@ impl PageHeap {
             if after < PAGES_PER_SEGMENT {
                 let nd = Segment::desc(seg, after);
                 if (*nd).kind == k {
+                    if dirty {
+                        absorbed[1] = (nd, (*nd).decay_prev(), (*nd).freed_at());
+                    }
                     self.unlink_free(nd, dirty);
                     (*nd).kind = kind::NONE;
                     pages += (*nd).pages as usize;
                     time_sum += (*nd).pages as u128 * (*nd).freed_at() as u128;
                 }
             }
-            (first, pages, (time_sum / pages as u128) as u64)
+            // The place of the oldest absorbed span: after its predecessor, unless that was
+            // absorbed too (then after the predecessor's).
+            let [a, b] = absorbed;
+            let (oldest, other) = if a.2 <= b.2 { (a, b) } else { (b, a) };
+            let decay_after = if oldest.0.is_null() {
+                self.decay_tail
+            } else if oldest.1 == other.0 {
+                other.1
+            } else {
+                oldest.1
+            };
+            Merged {
+                first,
+                pages,
+                freed_at: (time_sum / pages as u128) as u64,
+                decay_after,
+            }
         }
     }
 
@@ -592,13 +629,16 @@ impl PageHeap {
 
     /// Dirty pages freed at or before `before` (ms): with `before = now - dirty_decay_ms`, the
     /// pages dirty for longer than a decay window, which decay should have purged already.
+    /// Walks the whole decay list (it is only nearly ordered): for statistics, not hot paths.
     pub fn dirty_freed_before(&self, before: u64) -> usize {
         let mut pages = 0;
         let mut d = self.decay_head;
-        // SAFETY: decay-list members are dirty spans of ours, oldest first.
+        // SAFETY: decay-list members are dirty spans of ours.
         unsafe {
-            while !d.is_null() && (*d).freed_at() <= before {
-                pages += (*d).pages as usize;
+            while !d.is_null() {
+                if (*d).freed_at() <= before {
+                    pages += (*d).pages as usize;
+                }
                 d = (*d).decay_next();
             }
         }
@@ -621,7 +661,11 @@ impl PageHeap {
             os::purge(span_start(d), pages << PAGE_SHIFT);
             self.counts.purged += pages as u64;
             let seg = segment_of_desc(d);
-            let (first, merged, _) = self.merge_neighbours(seg, d, kind::FREE_CLEAN, 0);
+            let Merged {
+                first,
+                pages: merged,
+                ..
+            } = self.merge_neighbours(seg, d, kind::FREE_CLEAN, 0);
             if first == HEADER_PAGES && merged == USABLE_PAGES {
                 self.counts.segments -= 1;
                 Segment::destroy(seg);
@@ -669,15 +713,13 @@ impl PageHeap {
             self.counts.active + dirty_pages + clean_pages,
             self.counts.segments * USABLE_PAGES
         );
-        // The decay list holds every dirty span, oldest first.
+        // The decay list holds every dirty span (nearly oldest first: see the module docs).
         let mut n = 0;
-        let mut last = 0;
         let mut d = self.decay_head;
         while !d.is_null() {
             // SAFETY: list members are live descriptors.
             unsafe {
-                assert!((*d).freed_at() >= last);
-                last = (*d).freed_at();
+                assert_eq!((*d).kind, kind::FREE_DIRTY);
                 n += (*d).pages as usize;
                 d = (*d).decay_next();
             }
