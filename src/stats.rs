@@ -3,6 +3,8 @@
 //! ```
 //! let s = sampalloc::stats::snapshot();
 //! assert!(s.mapped >= s.retained);
+//! // Dirty memory older than a decay window is memory decay has not given back.
+//! assert!(s.dirty_expired <= s.dirty);
 //! ```
 
 pub use sampalloc_core::stats::{ClassStats, Snapshot};
@@ -22,6 +24,24 @@ pub fn allocated() -> usize {
 /// Upper bound on the bytes the allocator keeps in RAM.
 pub fn resident() -> usize {
     snapshot().resident
+}
+
+/// Bytes of free pages not yet given back to the kernel (and of the huge cache).
+pub fn dirty() -> usize {
+    snapshot().dirty
+}
+
+/// Of [`dirty`], the bytes freed more than one decay window (`dirty_decay_ms`) ago: memory held
+/// and forgotten rather than held for reuse. Decay keeps it near zero; a figure that grows means
+/// pages are not being purged.
+pub fn dirty_expired() -> usize {
+    snapshot().dirty_expired
+}
+
+/// Bytes held for reuse outside the dirty pages' decay: free blocks in thread caches, empty
+/// slabs the bins keep, and the huge cache.
+pub fn cached() -> usize {
+    snapshot().cached
 }
 
 /// Writes the statistics report (as `stats_print:true` does at exit) to stderr.

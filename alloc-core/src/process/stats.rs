@@ -8,11 +8,21 @@
 //! - *resident*: an upper bound on the bytes in RAM (active and dirty pages, headers, metadata);
 //! - *mapped*: bytes of address space mapped; *retained*: mapped but purged;
 //! - *metadata*: segment headers and the engine's own bookkeeping.
+//!
+//! What is held for reuse, apart from live blocks:
+//! - *dirty*: free pages not yet purged (and the huge cache); of those, *dirty_expired* were
+//!   freed more than one `dirty_decay_ms` window ago, which decay should already have given back
+//!   ("held and forgotten", as opposed to "held for reuse"), and *oldest_dirty_ms* is the age
+//!   of the oldest;
+//! - *cached*: free blocks held in thread caches (*tcache_cached*), pages of empty slabs the bins
+//!   keep (*empty_slab*) and freed huge blocks kept for reuse (*huge_cached*). Thread-cached
+//!   blocks and kept slabs count as active pages, the huge cache as dirty.
 
 use crate::addr::segment::{HEADER_PAGES, SEGMENT_SIZE};
+use crate::base::config;
 use crate::base::meta;
 use crate::base::size_class::{CLASSES, NUM_CACHED, NUM_CLASSES, NUM_SMALL};
-use crate::platform::os::{Line, PAGE_SIZE};
+use crate::platform::os::{self, Line, PAGE_SIZE};
 use crate::pool::arena::{self, NUM_LARGE};
 use crate::pool::huge;
 use crate::thread::cache;
@@ -50,8 +60,22 @@ pub struct Snapshot {
     pub retained: usize,
     /// Bytes of allocator metadata.
     pub metadata: usize,
-    /// Free pages not yet purged, in bytes.
+    /// Free pages not yet purged, in bytes (the huge cache included).
     pub dirty: usize,
+    /// Of `dirty`, the bytes of pages freed more than one decay window (`dirty_decay_ms`) ago:
+    /// memory held and forgotten rather than held for reuse. Decay keeps this near zero.
+    pub dirty_expired: usize,
+    /// How long ago the oldest dirty page was freed (ms; 0 when there is none).
+    pub oldest_dirty_ms: u64,
+    /// The decay window these figures were taken with (`dirty_decay_ms`).
+    pub decay_ms: i64,
+    /// Bytes of free blocks held in thread caches.
+    pub tcache_cached: usize,
+    /// Bytes of empty slabs the bins keep for reuse.
+    pub empty_slab: usize,
+    /// Everything held for reuse outside the page heaps' dirty lists: thread caches, kept empty
+    /// slabs and the huge cache (`tcache_cached + empty_slab + huge_cached`).
+    pub cached: usize,
     /// Segments mapped.
     pub segments: usize,
     /// Arenas threads are spread over.
@@ -80,6 +104,12 @@ pub fn snapshot() -> Snapshot {
         retained: 0,
         metadata: 0,
         dirty: 0,
+        dirty_expired: 0,
+        oldest_dirty_ms: 0,
+        decay_ms: config::decay_ms(),
+        tcache_cached: 0,
+        empty_slab: 0,
+        cached: 0,
         segments: 0,
         narenas: arena::narenas(),
         threads: 0,
@@ -91,6 +121,11 @@ pub fn snapshot() -> Snapshot {
     };
     let mut out = [0usize; NUM_CLASSES]; // blocks out of arenas
     let (mut active_pages, mut dirty_pages, mut clean_pages) = (0, 0, 0);
+    let (mut expired_pages, mut empty_pages) = (0, 0);
+    let now = os::now_ms();
+    // Pages freed at or before this are past their decay window.
+    let expired_before = now.checked_sub(s.decay_ms.max(0) as u64 + 1);
+    let mut oldest = u64::MAX;
     for i in 0..arena::arenas_used() {
         let a = arena::get(i);
         for (c, o) in out.iter_mut().enumerate().take(NUM_SMALL) {
@@ -98,6 +133,7 @@ pub fn snapshot() -> Snapshot {
             *o += bin.objects_out;
             s.classes[c].slabs += bin.slabs;
             s.classes[c].empty_slabs += bin.empty_slabs;
+            empty_pages += bin.empty_slabs * CLASSES[c].pages as usize;
             s.classes[c].requests += bin.direct_requests;
         }
         let p = a.pages().lock();
@@ -106,6 +142,12 @@ pub fn snapshot() -> Snapshot {
         clean_pages += p.heap.counts.clean;
         s.segments += p.heap.counts.segments;
         s.purged_pages += p.heap.counts.purged;
+        if let Some(before) = expired_before {
+            expired_pages += p.heap.dirty_freed_before(before);
+        }
+        if let Some(t) = p.heap.oldest_dirty() {
+            oldest = oldest.min(t);
+        }
         for l in 0..NUM_LARGE {
             out[NUM_SMALL + l] += p.large_live[l];
             if NUM_SMALL + l >= NUM_CACHED {
@@ -128,12 +170,21 @@ pub fn snapshot() -> Snapshot {
         cs.size = CLASSES[c].size as usize;
         cs.live = out[c].saturating_sub(cs.cached);
         s.allocated += cs.live * cs.size;
+        s.tcache_cached += cs.cached * cs.size;
     }
     let headers = s.segments * HEADER_PAGES * PAGE_SIZE;
     let huge_mapped = huge::MAPPED.load(Relaxed);
     s.allocated += s.huge_allocated;
     s.active = active_pages * PAGE_SIZE + s.huge_allocated;
     s.dirty = dirty_pages * PAGE_SIZE + s.huge_cached;
+    s.dirty_expired = expired_pages * PAGE_SIZE;
+    s.oldest_dirty_ms = if oldest == u64::MAX {
+        0
+    } else {
+        now.saturating_sub(oldest)
+    };
+    s.empty_slab = empty_pages * PAGE_SIZE;
+    s.cached = s.tcache_cached + s.empty_slab + s.huge_cached;
     s.metadata = headers + meta::mapped();
     s.mapped = s.segments * SEGMENT_SIZE + meta::mapped() + huge_mapped;
     s.retained = clean_pages * PAGE_SIZE;
@@ -183,6 +234,27 @@ pub fn print(fd: i32) {
             .str(" cached, ")
             .dec(s.huge_requests)
             .str(" requests"),
+    );
+    // One `key: value` pair per field (bytes unless named otherwise), for people and scripts.
+    emit(
+        Line::new()
+            .str("held: dirty: ")
+            .dec(s.dirty as u64)
+            .str("  dirty_expired: ")
+            .dec(s.dirty_expired as u64)
+            .str("  oldest_dirty_ms: ")
+            .dec(s.oldest_dirty_ms)
+            .str("  cached: ")
+            .dec(s.cached as u64)
+            .str("  tcache_cached: ")
+            .dec(s.tcache_cached as u64)
+            .str("  empty_slab: ")
+            .dec(s.empty_slab as u64)
+            .str("  huge_cached: ")
+            .dec(s.huge_cached as u64)
+            .str("  decay_ms: ")
+            .str(if s.decay_ms < 0 { "-" } else { "" })
+            .dec(s.decay_ms.unsigned_abs()),
     );
     emit(Line::new().str("class      size     requests         live     cached    slabs    empty"));
     for (c, cs) in s.classes.iter().enumerate() {
