@@ -5,7 +5,9 @@
 
 Writes benches/results/<tag>-speed.svg (glibc_time / x_time per workload and allocator, bigger is
 better; "(cpu)" bars use the process's CPU time instead of the workload's own timer) and <tag>-memory.svg (x / glibc for the memory metrics, smaller is better), with a line at
-1.0 (glibc). Python 3 standard library only: the SVG is written by hand. run.py calls this at the
+1.0 (glibc). With --jvm-rss, instead: benches/results/jvm-rss.svg, the RSS over time of the
+jvm-churn runs (benches/results/jvm-rss.csv), one line per allocator and repetition. Python 3
+standard library only: the SVG is written by hand. run.py calls this at the
 end of every suite run.
 """
 
@@ -93,10 +95,80 @@ def chart(groups, allocs, title, ylabel, log_scale, path):
         f.write("\n".join(out) + "\n")
 
 
+def rss_chart(src, path):
+    """Lines of RSS (MiB) over time (s), one per (allocator, repetition), from jvm-rss.csv."""
+    with open(src) as f:
+        rows = list(csv.DictReader(f))
+    series = {}
+    for r in rows:
+        series.setdefault((r["allocator"], r["rep"]), []).append((float(r["t_s"]), int(r["rss_kb"]) / 1024))
+    if not series:
+        return False
+    allocs = []
+    for a, _ in series:
+        if a not in allocs:
+            allocs.append(a)
+    width, height = 720, 420
+    left, top, bottom, right = 60, 50, 50, 20
+    plot_w, plot_h = width - left - right, height - top - bottom
+    t_hi = max(t for s in series.values() for t, _ in s)
+    v_all = [v for s in series.values() for _, v in s if _ >= 2]
+    v_lo = math.floor(min(v_all or [0]) / 50) * 50
+    v_hi = math.ceil(max(v_all or [1]) * 1.02 / 50) * 50
+    v_lo = min(v_lo, v_hi - 50)
+
+    def x(t):
+        return left + plot_w * t / t_hi
+
+    def y(v):
+        v = min(max(v, v_lo), v_hi)
+        return top + plot_h * (1 - (v - v_lo) / (v_hi - v_lo))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="11">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">'
+           f'{esc("jvm-churn: RSS over time (lower and flatter is better)")}</text>',
+           f'<text x="14" y="{top + plot_h / 2}" transform="rotate(-90 14 {top + plot_h / 2})" '
+           f'text-anchor="middle">RSS (MiB)</text>',
+           f'<text x="{left + plot_w / 2}" y="{height - 10}" text-anchor="middle">seconds since start</text>']
+    step = 50 if v_hi - v_lo <= 400 else 100
+    v = v_lo
+    while v <= v_hi:
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#e5e5e5"/>')
+        out.append(f'<text x="{left - 4}" y="{y(v) + 4:.1f}" text-anchor="end">{v:g}</text>')
+        v += step
+    t_step = 5 if t_hi <= 40 else 10 if t_hi <= 120 else 30
+    t = 0
+    while t <= t_hi:
+        out.append(f'<text x="{x(t):.1f}" y="{top + plot_h + 14}" text-anchor="middle">{t:g}</text>')
+        t += t_step
+    out.append(f'<line x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="black"/>')
+    for (a, rep), pts in series.items():
+        pts = sorted(pts)
+        d = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in pts)
+        out.append(f'<polyline points="{d}" fill="none" stroke="{COLORS.get(a, "#333")}" stroke-width="1.5" '
+                   f'opacity="0.85"><title>{esc(a)} rep {esc(rep)}</title></polyline>')
+    lx = left
+    for a in allocs:
+        out.append(f'<rect x="{lx}" y="30" width="10" height="10" fill="{COLORS.get(a, "#333")}"/>')
+        out.append(f'<text x="{lx + 13}" y="39">{esc(a)}</text>')
+        lx += 16 + 7 * len(a) + 10
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    return True
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tag", default="workloads")
+    ap.add_argument("--jvm-rss", action="store_true", help="plot jvm-rss.csv as jvm-rss.svg instead")
     args = ap.parse_args()
+    if args.jvm_rss:
+        p = os.path.join(RESULTS, "jvm-rss.svg")
+        if rss_chart(os.path.join(RESULTS, "jvm-rss.csv"), p):
+            print("wrote", os.path.relpath(p, os.path.dirname(os.path.dirname(HERE))))
+        return
     src = os.path.join(RESULTS, f"{args.tag}-summary.csv")
     with open(src) as f:
         rows = list(csv.DictReader(f))

@@ -29,6 +29,14 @@ What it does:
    generated C file; and checks with `SAMPALLOC_CONF=stats_print:true` that sampalloc really
    serves redis-server's allocations (Debian's redis links jemalloc itself).
 
+6. when java and javac are installed, the jvm-churn row: tests/preload/NativeChurn.java (16 threads
+   looping GZIP round trips and Unsafe.allocateMemory/freeMemory of 16 B-1 MiB blocks, issue 20)
+   in a JVM with a fixed, pre-touched heap, for --jvm-seconds (default 60) under glibc, jemalloc,
+   mimalloc, tcmalloc and sampalloc, interleaved; VmRSS is sampled every 2 s into
+   benches/results/jvm-rss.csv (plotted as jvm-rss.svg), and the summary gives RSS at 2, 30 and
+   60 s, the peak, the growth over the last half and ops/s against glibc. Its `seconds` and `cpu_s`
+   are per 1000 loop iterations, so their ratios are the ops/s ratios.
+
 Python 3 standard library only. Each run has a timeout; redis is shut down (or killed) on any
 failure. Plots: benches/workloads/plot.py (run at the end automatically).
 """
@@ -68,6 +76,14 @@ WORKLOADS = {
 }
 PROGRAMS = ["pairs", "realloc", "larson", "prodcons", "cache", "frag", "rss1g"]
 
+# The JVM row (issue 20): a fixed-duration run, sampled every JVM_SAMPLE_S seconds.
+JVM = "jvm-churn"
+JVM_SOURCE = os.path.join(ROOT, "tests", "preload", "NativeChurn.java")
+JVM_FLAGS = ["-Xms512m", "-Xmx512m", "-XX:+AlwaysPreTouch"]
+JVM_THREADS = 16
+JVM_SAMPLE_S = 2
+JVM_ALLOCATORS = ("glibc", "jemalloc", "mimalloc", "tcmalloc", "sampalloc")
+
 # Time metrics (ratio glibc / x, bigger is better): the workload's own timer (wall clock of the
 # measured phase) and the process's CPU time (user + system, from wait4). On a loaded machine the
 # wall time also measures the scheduler's share; CPU time is steadier for single-threaded rows
@@ -84,6 +100,7 @@ MEMORY_METRICS = {
     "redis": ["peak_rss_kb"],
     "python3": ["peak_rss_kb"],
     "gcc": ["peak_rss_kb"],
+    JVM: ["peak_rss_kb", "final_rss_kb"],
 }
 
 # The issue's targets for sampalloc: (row label, workload, metric, kind, bound, note).
@@ -457,6 +474,136 @@ def redis_stats_check(allocs):
     return f"yes: redis-server printed the sampalloc statistics at shutdown ({head[:400]})"
 
 
+# ---------------------------------------------------------------- the JVM row
+
+
+def jvm_build():
+    """Compiles NativeChurn.java into target/workloads/java; the class directory, or None."""
+    if not (shutil.which("java") and shutil.which("javac")):
+        return None
+    out = os.path.join(BUILD, "java")
+    os.makedirs(out, exist_ok=True)
+    subprocess.run(["javac", "-nowarn", "-d", out, JVM_SOURCE], check=True, env=child_env(None, {}),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return out
+
+
+def vm_rss(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def jvm_run(classes, alloc, rep, seconds, samples):
+    """One NativeChurn run of `seconds` under `alloc`; appends (allocator, rep, t, rss_kb) to
+    `samples` every JVM_SAMPLE_S seconds since the start."""
+    aname, preload, extra = alloc
+    argv = ["java", *JVM_FLAGS, "-cp", classes, "NativeChurn", str(seconds), str(JVM_THREADS)]
+    row = {"workload": JVM, "allocator": aname, "rep": rep, "threads": JVM_THREADS}
+    t0 = time.monotonic()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(argv, env=child_env(preload, extra), stdout=out, stderr=err, start_new_session=True)
+        limit = t0 + seconds + RUN_TIMEOUT
+        nxt = t0 + JVM_SAMPLE_S
+        rss = []
+        while True:
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            now = time.monotonic()
+            if now > limit:
+                os.killpg(p.pid, signal.SIGKILL)
+                continue
+            if now >= nxt:
+                kb = vm_rss(p.pid)
+                if kb is not None:
+                    t = round(now - t0, 1)
+                    rss.append((t, kb))
+                    samples.append({"allocator": aname, "rep": rep, "t_s": t, "rss_kb": kb})
+                nxt += JVM_SAMPLE_S
+            time.sleep(0.02)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.monotonic() - t0
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
+    res = parse_result(stdout)
+    row["wall_s"] = f"{wall:.4f}"
+    if p.returncode != 0 or res is None:
+        row["status"] = f"failed(exit {p.returncode})"
+        log(f"   {JVM} {aname}: FAILED exit {p.returncode}: {stderr.strip()[-300:]}")
+        return row
+    ops = int(res["ops"])
+    busy = [kb for t, kb in rss if t <= seconds]  # the Java clock starts after the JVM: all busy
+    row.update(status="ok", ops=ops, ops_per_sec=res.get("ops_per_sec"), result_line=res["result_line"],
+               seconds=f"{1000 * float(res['seconds']) / max(ops, 1):.6f}",
+               cpu_s=f"{1000 * (ru.ru_utime + ru.ru_stime) / max(ops, 1):.6f}",
+               peak_rss_kb=max(kb for _, kb in rss) if rss else None,
+               final_rss_kb=busy[-1] if busy else None)
+    return row
+
+
+def rss_at(series, t):
+    """The sample nearest to t seconds (None when the run was shorter than t minus a sample)."""
+    if not series or series[-1][0] < t - JVM_SAMPLE_S:
+        return None
+    return min(series, key=lambda s: abs(s[0] - t))[1]
+
+
+def jvm_figures(samples, rows, allocs, seconds):
+    """Per allocator, medians over repetitions: RSS at 2, 30, 60 s, peak, growth over the last
+    half of the run (last sample before the end against the sample nearest the midpoint), ops/s
+    and its ratio to glibc."""
+    out = []
+    glibc_ops = median_of(rows, JVM, "glibc", "ops_per_sec")[0]
+    for aname, _, _ in allocs:
+        per_rep = {}
+        for s in samples:
+            if s["allocator"] == aname:
+                per_rep.setdefault(s["rep"], []).append((s["t_s"], s["rss_kb"]))
+        fig = {"allocator": aname}
+        for key, pick in (("rss_2s", lambda r: rss_at(r, 2)), ("rss_30s", lambda r: rss_at(r, 30)),
+                          ("rss_60s", lambda r: rss_at(r, 60)), ("peak", lambda r: max(kb for _, kb in r)),
+                          ("growth", lambda r: jvm_growth(r, seconds))):
+            vals = [v for v in (pick(r) for r in per_rep.values() if r) if v is not None]
+            fig[key] = statistics.median(vals) if vals else None
+        ops = median_of(rows, JVM, aname, "ops_per_sec")[0]
+        fig["ops_per_sec"] = ops
+        fig["ops_ratio"] = ops / glibc_ops if ops and glibc_ops else None
+        out.append(fig)
+    return out
+
+
+def jvm_growth(series, seconds):
+    busy = [(t, kb) for t, kb in series if t <= seconds]
+    if len(busy) < 3:
+        return None
+    mid = rss_at(busy, seconds / 2)
+    return busy[-1][1] - mid
+
+
+def jvm_table(figs, seconds, reps):
+    mb = lambda kb: "–" if kb is None else f"{kb / 1024:.0f}"  # noqa: E731
+    lines = [f"{JVM}: java {' '.join(JVM_FLAGS)} NativeChurn {seconds} {JVM_THREADS} (RSS in MiB, sampled "
+             f"every {JVM_SAMPLE_S} s; medians of {reps} repetitions; growth: last busy sample − sample at "
+             f"the midpoint)\n",
+             "| allocator | RSS 2 s | RSS 30 s | RSS 60 s | peak | growth, last half | ops/s | ops/s × glibc |",
+             "|---|---|---|---|---|---|---|---|"]
+    for f in figs:
+        g = "–" if f["growth"] is None else f"{f['growth'] / 1024:+.1f}"
+        r = "–" if f["ops_ratio"] is None else f"{f['ops_ratio']:.2f}×"
+        o = "–" if f["ops_per_sec"] is None else f"{f['ops_per_sec']:.0f}"
+        lines.append(f"| {f['allocator']} | {mb(f['rss_2s'])} | {mb(f['rss_30s'])} | {mb(f['rss_60s'])} | "
+                     f"{mb(f['peak'])} | {g} | {o} | {r} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------- summary
 
 
@@ -651,6 +798,7 @@ def main():
     ap.add_argument("--real-only", action="store_true", help="run only the real programs")
     ap.add_argument("--no-cargo", action="store_true", help="use the existing target/release/libsampalloc.so")
     ap.add_argument("--tag", default="workloads", help="basename of the result files (default workloads)")
+    ap.add_argument("--jvm-seconds", type=int, default=60, help=f"length of the {JVM} runs (default 60)")
     args = ap.parse_args()
 
     so = build(args.no_cargo)
@@ -662,9 +810,19 @@ def main():
     real = [] if not (args.real or args.real_only) else ["redis", "python3", "gcc"]
     if args.only and (args.real or args.real_only):
         real = [w for w in real if w in args.only.split(",")] or real
+    classes = None
+    if JVM in workloads or not args.only and not args.real_only:
+        workloads = [w for w in workloads if w != JVM]
+        classes = jvm_build()
+        if classes:
+            workloads.append(JVM)
+        else:
+            log(f"== java or javac not found: {JVM} left out (install default-jdk-headless)")
     for w in workloads:
-        if w not in WORKLOADS:
-            sys.exit(f"unknown workload {w}; known: {', '.join(WORKLOADS)}")
+        if w not in WORKLOADS and w != JVM:
+            sys.exit(f"unknown workload {w}; known: {', '.join(WORKLOADS)}, {JVM}")
+    jvm_allocs = [a for a in allocs if a[0] in JVM_ALLOCATORS]
+    jvm_samples = []
     if real:
         for tool in ("redis-server", "redis-benchmark", "redis-cli", "gcc"):
             if not shutil.which(tool):
@@ -678,8 +836,10 @@ def main():
         for wl in workloads + real:
             log(f"== {wl}")
             for rep in range(1, args.reps + 1):
-                for alloc in rotated(allocs, rep - 1):
-                    if wl == "redis":
+                for alloc in rotated(jvm_allocs if wl == JVM else allocs, rep - 1):
+                    if wl == JVM:
+                        row = jvm_run(classes, alloc, rep, args.jvm_seconds, jvm_samples)
+                    elif wl == "redis":
                         row, _ = redis_run(alloc, rep)
                     elif wl in ("python3", "gcc"):
                         row = real_run(wl, alloc, rep)
@@ -716,6 +876,14 @@ def main():
     cmd = "benches/workloads/run.sh " + " ".join(sys.argv[1:])
     notes.insert(1, f"Command: `{cmd.strip()}`")
     je_profc = prof_costs(rows, all_wl, "jemalloc") if "jemalloc-prof" in names and "jemalloc" in names else {}
+    if JVM in all_wl:
+        with open(os.path.join(RESULTS, "jvm-rss.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["allocator", "rep", "t_s", "rss_kb"])
+            w.writeheader()
+            for r in jvm_samples:
+                w.writerow(r)
+        notes.append(jvm_table(jvm_figures(jvm_samples, rows, jvm_allocs, args.jvm_seconds),
+                               args.jvm_seconds, args.reps))
     text = render(summary, allocs, all_wl, profc, je_profc, targets, notes)
     with open(os.path.join(RESULTS, f"{args.tag}-summary.md"), "w") as f:
         f.write(text + "\n")
@@ -723,6 +891,8 @@ def main():
     plot = os.path.join(HERE, "plot.py")
     if os.path.exists(plot):
         subprocess.run([sys.executable, plot, "--tag", args.tag])
+        if JVM in all_wl:
+            subprocess.run([sys.executable, plot, "--jvm-rss"])
     log(f"\n== wrote {os.path.relpath(raw, ROOT)} and {args.tag}-summary.{{csv,md}} in benches/results/")
 
 
