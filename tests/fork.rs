@@ -14,8 +14,8 @@
 //! - `fork_while_threads_allocate`: the workers use every kind of block, so thread caches fill
 //!   and flush all the time;
 //! - `fork_while_threads_allocate_uncached_sizes`: the workers use only blocks that bypass the
-//!   thread caches (large page runs over 32 KiB and huge blocks): the arena page heaps and the
-//!   huge cache are under load, the caches stay quiet;
+//!   thread caches (large page runs over 256 KiB, the largest cached class, and huge blocks):
+//!   the arena page heaps and the huge cache are under load, the caches stay quiet;
 //! - `fork_child_survives_cache_flushes`: the minimal reproduction of an engine bug: threads
 //!   that overflow (flush) one thread-cache class while the main thread forks children that
 //!   only `_exit(0)`.
@@ -42,6 +42,10 @@ const CHILD_TIMEOUT: Duration = Duration::from_secs(10);
 const WORKERS: usize = 4;
 const RING: usize = 256;
 const SHARED_MAX: usize = 4096;
+/// The largest class the thread caches hold, and the largest class (larger blocks are huge), as
+/// in `alloc-core/src/base/size_class.rs` (`class_size(NUM_CACHED - 1)`, `LARGE_MAX`).
+const CACHED_MAX: usize = 256 << 10;
+const LARGE_MAX: usize = 2 << 20;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -54,7 +58,8 @@ fn serial() -> MutexGuard<'static, ()> {
 enum Mix {
     /// Small, large and huge.
     All,
-    /// Only sizes the thread caches never hold: large (over 32 KiB) and huge.
+    /// Only sizes the thread caches never hold: large above [`CACHED_MAX`] (up to [`LARGE_MAX`])
+    /// and huge.
     Uncached,
 }
 
@@ -108,7 +113,7 @@ fn worker_size(rng: &mut Rng, mix: Mix) -> usize {
     match (mix, rng.below(1000)) {
         (Mix::All, 0..=939) => rng.log_range(8, 16 << 10),
         (Mix::All, 940..=997) => rng.log_range(16 << 10, 1 << 20),
-        (Mix::Uncached, 0..=994) => rng.log_range(40 << 10, 512 << 10),
+        (Mix::Uncached, 0..=994) => rng.log_range(CACHED_MAX + 1, LARGE_MAX - 1),
         _ => rng.range(3 << 20, 5 << 20),
     }
 }

@@ -18,8 +18,13 @@ const MAX_LIVE: usize = 256;
 const MAX_LIVE_BYTES: usize = 48 << 20;
 const MIN_ALIGN: usize = 16;
 
-/// Sizes where the engine changes path: quantum, small/large, cached, large/huge.
-const BOUNDARIES: [usize; 12] = [
+/// Sizes where the engine changes path (alloc-core/src/base/size_class.rs): the quantum, a
+/// cache line, a page; the largest small class and the first large one (`SMALL_MAX`: 16 KiB,
+/// 20 KiB); `CACHED_LARGE_MIN` and the class after it (32 KiB, 40 KiB: above it a thread cache
+/// holds one or two blocks of a class); the largest cached class and the first uncached one
+/// (`class_size(NUM_CACHED - 1)`: 256 KiB, 320 KiB); 1 MiB; the largest class, above which
+/// blocks are huge (`LARGE_MAX`: 2 MiB); a registry chunk (4 MiB) and a page past it.
+const BOUNDARIES: [usize; 14] = [
     0,
     16,
     64,
@@ -28,6 +33,8 @@ const BOUNDARIES: [usize; 12] = [
     20 << 10,
     32 << 10,
     40 << 10,
+    256 << 10,
+    320 << 10,
     1 << 20,
     2 << 20,
     4 << 20,

@@ -4,9 +4,15 @@
 //! For the tests that run programs under `libsampalloc.so`: building the library with cargo,
 //! scratch directories, compiling C, and running programs with timeouts.
 //!
+//! For the profiler's tests: a reader of heap_v2 profiles ([`heap_profile`]) and the running of
+//! the programs of `tests/profile/` with jeprof and pprof beside it ([`profile_programs`]).
+//!
 //! Each test binary uses a different subset, hence the `dead_code` allowance.
 
 #![allow(dead_code)]
+
+pub mod heap_profile;
+pub mod profile_programs;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
