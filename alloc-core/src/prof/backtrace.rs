@@ -3,7 +3,7 @@
 //! Every public allocation entry point reads its stack pointer (`entry_sp`) before it calls a
 //! slow path. When the stack is walked, the frames whose stack pointer (at their call to the
 //! next frame) is at or below `entry_sp` belong to the allocator; the first frame above it is
-//! the entry point's caller, where the profile starts (DESIGN §5), however much of the engine
+//! the entry point's caller, where the profile starts (ARCHITECTURE.md), however much of the engine
 //! was inlined and whether or not the entry point tail-calls.
 //!
 //! [`capture`] walks with the in-process unwinder (`unwind`, framehop over `.eh_frame`, about
