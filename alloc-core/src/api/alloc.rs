@@ -144,35 +144,39 @@ pub(super) unsafe fn alloc_class(
     zero: bool,
     size: usize,
 ) -> *mut u8 {
-    // SAFETY: the caller's own cache.
-    unsafe {
-        let arena = (*tc).arena;
-        if class >= NUM_CACHED {
+    // SAFETY: the caller's own cache, used by this thread only.
+    let tc = unsafe { &*tc };
+    let arena = tc.arena;
+    if class >= NUM_CACHED {
+        return arena.alloc_large(class, 1, zero);
+    }
+    let bin = &tc.bins[class];
+    let mut n = bin.count();
+    bin.requests.store(bin.requests.load(Relaxed) + 1, Relaxed);
+    if n == 0 {
+        if !is_small(class) {
             return arena.alloc_large(class, 1, zero);
         }
-        let bin = &(*tc).bins[class];
-        let mut n = bin.count();
-        bin.requests.store(bin.requests.load(Relaxed) + 1, Relaxed);
+        let want = (bin.capacity() / 2).max(1);
+        // SAFETY: the stack's storage holds `capacity` slots, all free (the stack is empty).
+        let slots = unsafe { core::slice::from_raw_parts_mut(bin.base, want) };
+        n = arena.fill_small(class, slots, false);
         if n == 0 {
-            if !is_small(class) {
-                return arena.alloc_large(class, 1, zero);
-            }
-            let want = (bin.capacity() / 2).max(1);
-            let slots = core::slice::from_raw_parts_mut(bin.base, want);
-            n = arena.fill_small(class, slots, false);
-            if n == 0 {
-                return ptr::null_mut();
-            }
+            return ptr::null_mut();
         }
-        bin.set_count(n - 1);
-        let p = *bin.base.add(n - 1);
+    }
+    bin.set_count(n - 1);
+    // SAFETY: slot `n - 1` of the stack holds a free block of `class`, now ours.
+    let p = unsafe { *bin.base.add(n - 1) };
+    // SAFETY: `p` is a free block of at least `size` (and 8) bytes.
+    unsafe {
         if zero {
             ptr::write_bytes(p, 0, size.max(8));
         } else {
             p.cast::<u64>().write(0);
         }
-        p
     }
+    p
 }
 
 /// Serves a thread that has no cache (setting up, exiting, or out of metadata): straight from

@@ -62,6 +62,82 @@ pub struct SlabBin {
 // SAFETY: the raw pointers are slab descriptors owned by the bin, reached only under its lock.
 unsafe impl Send for SlabBin {}
 
+// The bin's slab lists. Every method requires the bin's lock (it takes `&mut self` behind it)
+// and slab descriptors of this bin.
+impl SlabBin {
+    /// Files slab `d`, which was full, on the non-full list.
+    ///
+    /// # Safety
+    /// `d` is a live slab of this bin on no list.
+    unsafe fn push_nonfull(&mut self, d: *mut SpanDesc) {
+        // SAFETY: `d` and the list head are live slabs of this bin.
+        unsafe {
+            (*d).prev = ptr::null_mut();
+            (*d).next = self.nonfull;
+            if !self.nonfull.is_null() {
+                (*self.nonfull).prev = d;
+            }
+        }
+        self.nonfull = d;
+    }
+
+    /// Takes slab `d` off the non-full list.
+    ///
+    /// # Safety
+    /// `d` is on this bin's non-full list.
+    unsafe fn unlink_nonfull(&mut self, d: *mut SpanDesc) {
+        // SAFETY: `d` and its neighbours are live slabs of this bin's list.
+        unsafe {
+            if (*d).prev.is_null() {
+                self.nonfull = (*d).next;
+            } else {
+                (*(*d).prev).next = (*d).next;
+            }
+            if !(*d).next.is_null() {
+                (*(*d).next).prev = (*d).prev;
+            }
+        }
+    }
+
+    /// The first non-full slab, taken off its list; null if none.
+    fn pop_nonfull(&mut self) -> *mut SpanDesc {
+        let d = self.nonfull;
+        if !d.is_null() {
+            // SAFETY: list members are live slabs of this bin.
+            unsafe { self.unlink_nonfull(d) };
+        }
+        d
+    }
+
+    /// Keeps the empty slab `d` for reuse.
+    ///
+    /// # Safety
+    /// `d` is a live, empty slab of this bin on no list.
+    unsafe fn push_empty(&mut self, d: *mut SpanDesc) {
+        // SAFETY: `d` is ours, per the contract.
+        unsafe { (*d).next = self.empty };
+        self.empty = d;
+        self.empty_slabs += 1;
+    }
+
+    /// A kept empty slab, taken off its list; null if none.
+    fn pop_empty(&mut self) -> *mut SpanDesc {
+        let d = self.empty;
+        if !d.is_null() {
+            // SAFETY: kept slabs are live slabs of this bin.
+            self.empty = unsafe { (*d).next };
+            self.empty_slabs -= 1;
+        }
+        d
+    }
+
+    /// Whether `s` is null or has no free object.
+    fn exhausted(s: *mut SpanDesc) -> bool {
+        // SAFETY: a non-null `s` is a live slab of this bin.
+        s.is_null() || unsafe { (*s).nfree } == 0
+    }
+}
+
 /// An arena's page heap and its large-block statistics, under one lock.
 pub struct ArenaPages {
     /// The span allocator.
@@ -178,32 +254,26 @@ impl Arena {
         let mut n = 0;
         while n < out.len() {
             let mut s = bin.current;
-            // SAFETY: slabs of this bin are live descriptors guarded by its lock.
-            unsafe {
-                if s.is_null() || (*s).nfree == 0 {
-                    s = bin.nonfull;
+            if SlabBin::exhausted(s) {
+                s = bin.pop_nonfull();
+                if s.is_null() {
+                    s = bin.pop_empty();
                     if !s.is_null() {
-                        bin.nonfull = (*s).next;
-                        if !bin.nonfull.is_null() {
-                            (*bin.nonfull).prev = ptr::null_mut();
-                        }
-                    } else if !bin.empty.is_null() {
-                        s = bin.empty;
-                        bin.empty = (*s).next;
-                        bin.empty_slabs -= 1;
                         self.empty_pages
                             .fetch_sub(CLASSES[class].pages as usize, Ordering::Relaxed);
-                    } else {
-                        s = self.new_slab(class);
-                        if s.is_null() {
-                            break;
-                        }
-                        bin.slabs += 1;
                     }
-                    bin.current = s;
                 }
-                n += slab::take(s, &mut out[n..]);
+                if s.is_null() {
+                    s = self.new_slab(class);
+                    if s.is_null() {
+                        break;
+                    }
+                    bin.slabs += 1;
+                }
+                bin.current = s;
             }
+            // SAFETY: `s` is a live slab of this bin with free objects; we hold its lock.
+            n += unsafe { slab::take(s, &mut out[n..]) };
         }
         bin.objects_out += n;
         if direct {
@@ -233,49 +303,40 @@ impl Arena {
     pub unsafe fn put_small(&self, class: usize, objects: &[*mut u8]) {
         let mut bin = self.bin(class).lock();
         for &p in objects {
-            // SAFETY: per the contract, `p` is an object start inside a slab of ours.
-            unsafe {
-                let seg = Segment::of(p as usize);
-                let page = (p as usize - seg as usize) >> os::PAGE_SHIFT;
-                let d = Segment::desc(seg, Segment::head_of(seg, page));
-                let index = match slab::object_index(d, p as usize) {
-                    Some(i) if (*d).kind == kind::SLAB => i,
-                    _ => os::fatal_pointer("free", "invalid pointer", p as usize),
-                };
-                match slab::put(d, index) {
-                    Put::Partial => {}
-                    Put::AlreadyFree => os::fatal_pointer("free", "double free of", p as usize),
-                    Put::WasFull => {
-                        if d != bin.current {
-                            (*d).prev = ptr::null_mut();
-                            (*d).next = bin.nonfull;
-                            if !bin.nonfull.is_null() {
-                                (*bin.nonfull).prev = d;
-                            }
-                            bin.nonfull = d;
-                        }
+            let seg = Segment::of(p as usize);
+            let page = (p as usize - seg as usize) >> os::PAGE_SHIFT;
+            // SAFETY: per the contract, `p` lies inside a live segment of ours.
+            let d = unsafe { Segment::desc(seg, Segment::head_of(seg, page)) };
+            // SAFETY: `d` is the descriptor of the span holding `p`.
+            let index = match unsafe { slab::object_index(d, p as usize) } {
+                // SAFETY: as above.
+                Some(i) if unsafe { (*d).kind } == kind::SLAB => i,
+                _ => os::fatal_pointer("free", "invalid pointer", p as usize),
+            };
+            // SAFETY: `d` is a slab of this bin (we hold its lock) and `index` one of its objects.
+            match unsafe { slab::put(d, index) } {
+                Put::Partial => {}
+                Put::AlreadyFree => os::fatal_pointer("free", "double free of", p as usize),
+                Put::WasFull => {
+                    if d != bin.current {
+                        // SAFETY: a full slab other than `current` is on no list.
+                        unsafe { bin.push_nonfull(d) };
                     }
-                    Put::NowEmpty => {
-                        if d != bin.current {
-                            if (*d).prev.is_null() {
-                                bin.nonfull = (*d).next;
-                            } else {
-                                (*(*d).prev).next = (*d).next;
-                            }
-                            if !(*d).next.is_null() {
-                                (*(*d).next).prev = (*d).prev;
-                            }
-                            let pages = CLASSES[class].pages as usize;
-                            if self.empty_pages.load(Ordering::Relaxed) + pages <= EMPTY_KEEP_PAGES
-                            {
-                                self.empty_pages.fetch_add(pages, Ordering::Relaxed);
-                                (*d).next = bin.empty;
-                                bin.empty = d;
-                                bin.empty_slabs += 1;
-                            } else {
-                                bin.slabs -= 1;
-                                self.free_span(&mut self.pages.lock(), d, os::now_ms());
-                            }
+                }
+                Put::NowEmpty => {
+                    if d != bin.current {
+                        // SAFETY: a slab that was partly used, not `current`, is on the
+                        // non-full list.
+                        unsafe { bin.unlink_nonfull(d) };
+                        let pages = CLASSES[class].pages as usize;
+                        if self.empty_pages.load(Ordering::Relaxed) + pages <= EMPTY_KEEP_PAGES {
+                            self.empty_pages.fetch_add(pages, Ordering::Relaxed);
+                            // SAFETY: the slab is empty and now on no list.
+                            unsafe { bin.push_empty(d) };
+                        } else {
+                            bin.slabs -= 1;
+                            // SAFETY: an empty slab on no list: its span is unused.
+                            unsafe { self.free_span(&mut self.pages.lock(), d, os::now_ms()) };
                         }
                     }
                 }
