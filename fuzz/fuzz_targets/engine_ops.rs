@@ -275,7 +275,9 @@ fuzz_target!(|actions: Vec<Action>| {
             Action::Free { idx } => st.free(idx),
             Action::Realloc { idx, new_size } => st.realloc(idx, new_size),
             Action::UsableSize { idx } => st.usable_size(idx),
-            Action::Purge { all } => engine::purge(all),
+            Action::Purge { all } => {
+                engine::purge(all);
+            }
             Action::FlushCache => engine::flush_thread_cache(),
         }
     }
