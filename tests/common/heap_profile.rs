@@ -290,16 +290,13 @@ pub fn profiles(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     v.into_iter().map(|(_, p)| p).collect()
 }
 
-/// `<prefix>.<pid>.<seq>.<kind>.heap` → pid and seq.
+/// `<prefix>.<pid>.<seq>.<kind>.heap` → pid and seq, read by the engine's own name type.
 pub fn pid_seq(p: &Path) -> (u32, u64) {
-    let name = p.file_name().unwrap().to_string_lossy();
-    let parts: Vec<&str> = name.rsplitn(5, '.').collect();
-    // heap, kind, seq, pid, prefix
-    let seq = parts.get(2).and_then(|s| s.parse().ok());
-    let pid = parts.get(3).and_then(|s| s.parse().ok());
-    match (pid, seq) {
-        (Some(pid), Some(seq)) => (pid, seq),
-        _ => panic!("profile name {name:?} is not <prefix>.<pid>.<seq>.<kind>.heap"),
+    use std::os::unix::ffi::OsStrExt;
+    let name = p.file_name().unwrap();
+    match sampalloc_core::profile::ProfileName::parse(name.as_bytes()) {
+        Some(n) => (n.pid, n.seq),
+        None => panic!("profile name {name:?} is not <prefix>.<pid>.<seq>.<kind>.heap"),
     }
 }
 
