@@ -20,6 +20,7 @@ MEMORY_METRICS = {
     "prodcons": ["peak_rss_kb"],
     "frag": ["peak_rss_kb", "final_rss_kb", "settled_rss_kb"],
     "rss1g": ["peak_rss_kb", "freed_rss_kb", "final_rss_kb"],
+    "rounds": ["peak_rss_kb", "final_rss_kb", "settled_rss_kb"],
     "realloc": ["peak_rss_kb", "final_rss_kb"],
     "larson": ["peak_rss_kb"],
     "redis": ["peak_rss_kb"],

@@ -34,8 +34,9 @@ WORKLOADS = {
     "cache-thrash": ("cache", ["thrash", "2", "1000", "8", "40000"]),
     "frag": ("frag", ["8", "300000", "4000"]),
     "rss1g": ("rss1g", ["2", "1024"]),
+    "rounds": ("rounds", ["40", "16", "10000"]),
 }
-PROGRAMS = ["pairs", "realloc", "larson", "prodcons", "cache", "frag", "rss1g"]
+PROGRAMS = ["pairs", "realloc", "larson", "prodcons", "cache", "frag", "rss1g", "rounds"]
 
 # The JVM row (issue 20): a fixed-duration run, sampled every JVM_SAMPLE_S seconds.
 JVM = "jvm-churn"
