@@ -8,7 +8,8 @@
 //! ELF symbol tables (`.symtab`, `.dynsym`). Separate debug files are found by build-id under
 //! `/usr/lib/debug/.build-id/` or by `.gnu_debuglink`. Addresses in no file (JIT code,
 //! anonymous memory) are resolved through a perf map (`/tmp/perf-<pid>.map`: `START SIZE name`
-//! in hex) when there is one, else shown as `0x…`.
+//! in hex, with or without `0x`) when there is one, else shown as `0x…`. HotSpot's map names
+//! its bytecode interpreter `Interpreter`: such frames are shown as [`INTERPRETED`].
 //!
 //! A file that vanished or changed since the profile was written gives one warning naming it,
 //! never an error. Modules and addresses are cached.
@@ -58,6 +59,10 @@ struct Module {
     segments: Vec<(u64, u64, u64)>,
 }
 
+/// The function shown for a frame in a JVM's bytecode interpreter (a perf map's
+/// `Interpreter` entry): a Java method that was not compiled, which the map cannot name.
+pub const INTERPRETED: &str = "[interpreted Java]";
+
 /// A perf map: `START SIZE name` lines in hex, written by JIT runtimes.
 #[derive(Clone, Debug, Default)]
 pub struct PerfMap {
@@ -65,17 +70,36 @@ pub struct PerfMap {
 }
 
 impl PerfMap {
-    /// Parses perf map text; malformed lines are skipped.
+    /// Parses perf map text: `START SIZE name`, the numbers in hex with or without `0x`
+    /// (HotSpot writes `0x`, V8 and perf-map-agent do not), separated by spaces or tabs; the
+    /// name may contain spaces. Malformed lines are skipped.
     pub fn parse(text: &str) -> PerfMap {
+        fn field(s: &str) -> Option<(&str, &str)> {
+            let s = s.trim_start();
+            let end = s.find(char::is_whitespace)?;
+            Some((&s[..end], &s[end..]))
+        }
+        fn hex(t: &str) -> Option<u64> {
+            let t = t
+                .strip_prefix("0x")
+                .or_else(|| t.strip_prefix("0X"))
+                .unwrap_or(t);
+            u64::from_str_radix(t, 16).ok()
+        }
         let mut entries = Vec::new();
         for line in text.lines() {
-            let mut it = line.trim().splitn(3, ' ');
-            let (Some(a), Some(s), Some(name)) = (it.next(), it.next(), it.next()) else {
+            let Some((a, rest)) = field(line) else {
                 continue;
             };
-            let hex = |t: &str| u64::from_str_radix(t.trim_start_matches("0x"), 16).ok();
+            let Some((s, name)) = field(rest) else {
+                continue;
+            };
+            let name = name.trim();
+            if name.is_empty() {
+                continue;
+            }
             if let (Some(a), Some(s)) = (hex(a), hex(s)) {
-                entries.push((a, s, name.trim().to_string()));
+                entries.push((a, s, name.to_string()));
             }
         }
         entries.sort_by_key(|e| e.0);
@@ -270,11 +294,16 @@ impl Symbolizer {
 
     fn perf_map_frames(&self, probe: u64) -> Option<Vec<SymFrame>> {
         let name = self.perf_map.as_ref()?.lookup(probe)?;
+        let (function, module) = if name == "Interpreter" {
+            (INTERPRETED, "[interpreter]")
+        } else {
+            (name, "[jit]")
+        };
         Some(vec![SymFrame {
-            function: name.to_string(),
+            function: function.to_string(),
             file: None,
             line: None,
-            module: Some("[jit]".to_string()),
+            module: Some(module.to_string()),
             inlined: false,
         }])
     }
@@ -492,6 +521,55 @@ mod tests {
         assert_eq!(m.lookup(0x1100), None);
         assert_eq!(m.lookup(0x200f), Some("Interpreter"));
         assert_eq!(m.lookup(0xfff), None);
+    }
+
+    #[test]
+    fn perf_map_lines_with_and_without_0x_and_names_with_spaces() {
+        // As HotSpot (DumpPerfMapAtExit, jcmd Compiler.perfmap) and V8 write them.
+        let m = PerfMap::parse(
+            "0x00007f1470c189a0 0x0000000000000680 java.util.zip.Deflater DeflaterLeak.compress(byte[], byte[])\n\
+             7f1470d00000\t40\tLazyCompile:*handler app.js:12\n\
+             0X7F1470E00000 0X10 Upper\n\
+             0x7f1470f00000 0x10\n\
+             zz 10 not hex\n\
+             \n",
+        );
+        assert_eq!(
+            m.lookup(0x7f14_70c1_8a00),
+            Some("java.util.zip.Deflater DeflaterLeak.compress(byte[], byte[])")
+        );
+        assert_eq!(m.lookup(0x7f14_70c1_9020), None);
+        assert_eq!(
+            m.lookup(0x7f14_70d0_003f),
+            Some("LazyCompile:*handler app.js:12")
+        );
+        assert_eq!(m.lookup(0x7f14_70e0_0000), Some("Upper"));
+        // A line without a name is skipped.
+        assert_eq!(m.lookup(0x7f14_70f0_0000), None);
+        assert_eq!(m.entries.len(), 3);
+    }
+
+    #[test]
+    fn interpreter_frames_are_marked_interpreted() {
+        let profile = crate::analysis::parse::parse(
+            b"heap profile:      1:     4096 [     1:     4096] @ heap_v2/4096\n\
+              \x20    1:     4096 [     1:     4096] @ 0x7f0000001010 0x7f0000002020\n\
+              \n\
+              MAPPED_LIBRARIES:\n\
+              7f0000000000-7f0000100000 rwxp 00000000 00:00 0 \n",
+        )
+        .unwrap();
+        let mut s = Symbolizer::new(&profile, None);
+        s.perf_map = Some(PerfMap::parse(
+            "0x7f0000001000 0x100 void App.main(java.lang.String[])\n\
+             0x7f0000002000 0x100 Interpreter\n",
+        ));
+        let jit = s.symbolize(0x7f00_0000_1010, true);
+        assert_eq!(jit[0].function, "void App.main(java.lang.String[])");
+        assert_eq!(jit[0].module.as_deref(), Some("[jit]"));
+        let interp = s.symbolize(0x7f00_0000_2020, true);
+        assert_eq!(interp[0].function, INTERPRETED);
+        assert_eq!(interp[0].module.as_deref(), Some("[interpreter]"));
     }
 
     #[test]

@@ -83,6 +83,10 @@ struct RunArgs {
     /// Sites to show
     #[arg(short = 'n', default_value_t = 10)]
     n: usize,
+    /// For a JVM, leave JAVA_TOOL_OPTIONS alone (by default frame pointers and the perf map
+    /// dump are added, so Java frames get names) and do not refresh its perf map
+    #[arg(long)]
+    no_java_flags: bool,
     /// The program and its arguments
     #[arg(
         required = true,

@@ -1,6 +1,10 @@
 //! `sampalloc run`: the launcher. Finds `libsampalloc.so`, makes the profile directory (a
 //! private temporary one, or a checked `--out`), runs the program with the library preloaded
 //! and profiling on, waits for it, and prints the top sites of its final profile.
+//!
+//! A JVM (see [`jvm`]) gets the flags that let its Java frames be named through
+//! `JAVA_TOOL_OPTIONS`, and its perf map refreshed with `jcmd` after each profile it dumps
+//! while running.
 
 use crate::{analyse, euid, RunArgs, SymArgs};
 use sampalloc::analysis::{
@@ -92,16 +96,28 @@ fn run_inner(a: RunArgs) -> Result<ExitCode, String> {
     }
     let (program, args) = a.program.split_first().ok_or("no program given")?;
     eprintln!("sampalloc: profiles go to {}", dir.display());
-    let mut child = std::process::Command::new(program)
+    let mut command = std::process::Command::new(program);
+    command
         .args(args)
         .env("LD_PRELOAD", &preload)
-        .env("SAMPALLOC_CONF", &conf)
+        .env("SAMPALLOC_CONF", &conf);
+    let jvm = if a.no_java_flags {
+        None
+    } else {
+        jvm::prepare(&mut command, program)
+    };
+    let mut child = command
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", program.to_string_lossy()))?;
     let pid = child.id();
+    let refresher = jvm.and_then(|j| j.refresh_perf_map(pid, &dir));
     let status = child
         .wait()
-        .map_err(|e| format!("waiting for {}: {e}", program.to_string_lossy()))?;
+        .map_err(|e| format!("waiting for {}: {e}", program.to_string_lossy()));
+    if let Some(r) = refresher {
+        r.stop();
+    }
+    let status = status?;
     let code: u8 = match (status.code(), status.signal()) {
         (Some(c), _) => c as u8,
         (None, Some(sig)) => (128 + sig) as u8,
@@ -257,4 +273,286 @@ fn make_temp_dir() -> Result<PathBuf, String> {
         "cannot create a temporary directory in {}: every name tried exists",
         base.display()
     ))
+}
+
+/// A JVM under `run`: detection, `JAVA_TOOL_OPTIONS`, and refreshing its perf map.
+///
+/// Without frame pointers HotSpot's compiled Java code breaks the frame-pointer chain the
+/// profiler walks, and without a perf map (`/tmp/perf-<pid>.map`) the JIT code's addresses have
+/// no names. `-XX:+PreserveFramePointer` keeps the chain; `-XX:+UnlockDiagnosticVMOptions
+/// -XX:+DumpPerfMapAtExit` (JDK 17 and later) writes the map when the JVM exits, which the final
+/// profile is symbolized with. A running JVM writes it on request: `jcmd <pid>
+/// Compiler.perfmap`, which `run` does after each interval or signal profile.
+mod jvm {
+    use std::ffi::{OsStr, OsString};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant};
+
+    /// The flags `run` adds for a JVM of this major version (None: unknown, taken as recent).
+    pub(super) fn flags(major: Option<u32>) -> Vec<&'static str> {
+        let mut f = vec!["-XX:+PreserveFramePointer"];
+        // DumpPerfMapAtExit and Compiler.perfmap came with JDK 17; an unknown -XX flag stops
+        // the JVM from starting.
+        if major.is_none_or(|m| m >= 17) {
+            f.extend(["-XX:+UnlockDiagnosticVMOptions", "-XX:+DumpPerfMapAtExit"]);
+        }
+        f
+    }
+
+    /// `JAVA_TOOL_OPTIONS` for the child: `ours` first, then the user's `existing` options so
+    /// that theirs win; a flag of ours whose option the user already sets (e.g.
+    /// `-XX:-PreserveFramePointer`) is left out. None: nothing to add.
+    pub(super) fn merge_options(existing: Option<&OsStr>, ours: &[&str]) -> Option<OsString> {
+        let existing = existing.filter(|e| !e.is_empty());
+        let user = existing.map(|e| e.to_string_lossy().into_owned());
+        let option = |f: &str| {
+            f.trim_start_matches("-XX:")
+                .trim_start_matches(['+', '-'])
+                .to_string()
+        };
+        let added: Vec<&str> = ours
+            .iter()
+            .copied()
+            .filter(|f| {
+                user.as_ref().is_none_or(|u| {
+                    !u.split_whitespace()
+                        .any(|w| w.starts_with("-XX:") && option(w) == option(f))
+                })
+            })
+            .collect();
+        if added.is_empty() {
+            return None;
+        }
+        let mut out = OsString::from(added.join(" "));
+        if let Some(e) = existing {
+            out.push(" ");
+            out.push(e);
+        }
+        Some(out)
+    }
+
+    /// `program` as the child will find it: a path as given, else the first match in `PATH`;
+    /// symlinks resolved.
+    fn resolve(program: &OsStr) -> Option<PathBuf> {
+        let p = Path::new(program);
+        if program.as_bytes().contains(&b'/') {
+            return std::fs::canonicalize(p).ok();
+        }
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path)
+            .map(|d| d.join(p))
+            .find(|c| std::fs::metadata(c).is_ok_and(|m| m.is_file()))
+            .and_then(|c| std::fs::canonicalize(c).ok())
+    }
+
+    /// The Java home of a launcher at `<home>/bin/<exe>` (or `<home>/jre/bin/<exe>`): the
+    /// directory with `lib/server/libjvm.so` (or JDK 8's `lib/amd64/server/libjvm.so`).
+    fn home_of(exe: &Path) -> Option<PathBuf> {
+        let home = exe.parent()?.parent()?;
+        let has_jvm = ["lib/server/libjvm.so", "lib/amd64/server/libjvm.so"]
+            .iter()
+            .any(|l| home.join(l).is_file());
+        has_jvm.then(|| home.to_path_buf())
+    }
+
+    /// The major version from `<home>/release` (`JAVA_VERSION="17.0.15"`, `"1.8.0_402"`).
+    fn major_version(home: &Path) -> Option<u32> {
+        let text = [home.join("release"), home.join("../release")]
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())?;
+        let v = text
+            .lines()
+            .find_map(|l| l.strip_prefix("JAVA_VERSION="))?
+            .trim()
+            .trim_matches('"');
+        let mut parts = v.split(['.', '_', '-', '+']);
+        let first: u32 = parts.next()?.parse().ok()?;
+        if first == 1 {
+            parts.next()?.parse().ok()
+        } else {
+            Some(first)
+        }
+    }
+
+    /// A JVM launcher about to be run.
+    pub(super) struct Jvm {
+        /// `jcmd` beside the launcher, else on `PATH`; None: not found or a JDK before 17.
+        jcmd: Option<PathBuf>,
+    }
+
+    /// If `program` is a JVM launcher — named `java`, or resolving (through symlinks and
+    /// `PATH`) to `java` or to a program in a Java home's `bin/` — adds the flags to the
+    /// child's `JAVA_TOOL_OPTIONS` and says so on stderr.
+    pub(super) fn prepare(command: &mut Command, program: &OsStr) -> Option<Jvm> {
+        let named_java = Path::new(program).file_name() == Some(OsStr::new("java"));
+        let exe = resolve(program);
+        let home = exe.as_deref().and_then(home_of);
+        let resolved_java = exe
+            .as_deref()
+            .is_some_and(|e| e.file_name() == Some(OsStr::new("java")));
+        if !(named_java || resolved_java || home.is_some()) {
+            return None;
+        }
+        let major = home.as_deref().and_then(major_version);
+        let ours = flags(major);
+        let existing = std::env::var_os("JAVA_TOOL_OPTIONS");
+        if let Some(opts) = merge_options(existing.as_deref(), &ours) {
+            eprintln!(
+                "sampalloc: a JVM: JAVA_TOOL_OPTIONS={} (frame pointers and a perf map name the Java frames; --no-java-flags leaves it alone)",
+                opts.to_string_lossy()
+            );
+            command.env("JAVA_TOOL_OPTIONS", opts);
+        }
+        if major.is_some_and(|m| m < 17) {
+            eprintln!(
+                "sampalloc: JDK {} writes no perf map (JDK 17 does): its compiled Java frames stay unnamed unless an agent writes /tmp/perf-<pid>.map",
+                major.unwrap_or(0)
+            );
+            return Some(Jvm { jcmd: None });
+        }
+        let beside = exe
+            .as_deref()
+            .and_then(Path::parent)
+            .map(|d| d.join("jcmd"))
+            .filter(|j| j.is_file());
+        let jcmd = beside.or_else(|| resolve(OsStr::new("jcmd")));
+        Some(Jvm { jcmd })
+    }
+
+    /// Stops the thread that refreshes a JVM's perf map.
+    pub(super) struct Refresher {
+        stop: Arc<AtomicBool>,
+        thread: JoinHandle<()>,
+    }
+
+    impl Refresher {
+        /// Stops the thread (killing a `jcmd` still running) and waits for it.
+        pub(super) fn stop(self) {
+            self.stop.store(true, Ordering::Relaxed);
+            let _ = self.thread.join();
+        }
+    }
+
+    impl Jvm {
+        /// While the JVM (process `pid`) runs: after each new non-final profile of it in `dir`
+        /// (interval or signal dumps), `jcmd <pid> Compiler.perfmap` rewrites
+        /// `/tmp/perf-<pid>.map`, at most once every 2 s, so that those profiles can be read
+        /// with Java names before the JVM exits.
+        pub(super) fn refresh_perf_map(self, pid: u32, dir: &Path) -> Option<Refresher> {
+            let Some(jcmd) = self.jcmd else {
+                eprintln!(
+                    "sampalloc: no jcmd found: the JVM's perf map is written only when it exits (for profiles read before that, run `jcmd {pid} Compiler.perfmap`)"
+                );
+                return None;
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            let dir = dir.to_path_buf();
+            let thread = std::thread::Builder::new()
+                .name("perf-map".into())
+                .spawn(move || refresh_loop(&jcmd, pid, &dir, &flag))
+                .ok()?;
+            Some(Refresher { stop, thread })
+        }
+    }
+
+    fn refresh_loop(jcmd: &Path, pid: u32, dir: &Path, stop: &AtomicBool) {
+        use sampalloc::profile::kind;
+        let mut seen = 0;
+        let mut last: Option<Instant> = None;
+        let mut told = false;
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+            let n = super::profiles_of(dir, Some(pid), None)
+                .iter()
+                .filter(|p| {
+                    let name = p.file_name().map(OsStr::as_bytes).unwrap_or_default();
+                    sampalloc::profile::ProfileName::parse(name)
+                        .is_some_and(|n| n.kind != kind::FINAL)
+                })
+                .count();
+            if n <= seen || last.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+                continue;
+            }
+            seen = n;
+            last = Some(Instant::now());
+            if !told {
+                eprintln!(
+                    "sampalloc: refreshing /tmp/perf-{pid}.map (jcmd {pid} Compiler.perfmap) after the JVM's interval and signal profiles"
+                );
+                told = true;
+            }
+            let Ok(mut child) = Command::new(jcmd)
+                .args([pid.to_string().as_str(), "Compiler.perfmap"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+            else {
+                eprintln!("sampalloc: cannot run {}", jcmd.display());
+                return;
+            };
+            // jcmd attaches within its own timeout; stop waiting when the JVM is gone.
+            let started = Instant::now();
+            loop {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    break;
+                }
+                if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(30) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn options_merge_with_the_users_which_win() {
+            let ours = flags(Some(17));
+            assert_eq!(
+                merge_options(None, &ours).unwrap(),
+                "-XX:+PreserveFramePointer -XX:+UnlockDiagnosticVMOptions -XX:+DumpPerfMapAtExit"
+            );
+            assert_eq!(
+                merge_options(Some(OsStr::new("-Xss2m")), &ours).unwrap(),
+                "-XX:+PreserveFramePointer -XX:+UnlockDiagnosticVMOptions -XX:+DumpPerfMapAtExit -Xss2m"
+            );
+            assert_eq!(
+                merge_options(Some(OsStr::new("-XX:-PreserveFramePointer")), &ours).unwrap(),
+                "-XX:+UnlockDiagnosticVMOptions -XX:+DumpPerfMapAtExit -XX:-PreserveFramePointer"
+            );
+            let all =
+                "-XX:+UnlockDiagnosticVMOptions -XX:+PreserveFramePointer -XX:+DumpPerfMapAtExit";
+            assert_eq!(merge_options(Some(OsStr::new(all)), &ours), None);
+            assert_eq!(flags(Some(11)), ["-XX:+PreserveFramePointer"]);
+            assert_eq!(flags(None).len(), 3);
+        }
+
+        #[test]
+        fn version_from_the_release_file() {
+            let d = std::env::temp_dir().join(format!("sampalloc-jvm-{}", std::process::id()));
+            std::fs::create_dir_all(&d).unwrap();
+            for (text, want) in [
+                ("IMPLEMENTOR=\"x\"\nJAVA_VERSION=\"17.0.15\"\n", Some(17)),
+                ("JAVA_VERSION=\"1.8.0_402\"\n", Some(8)),
+                ("JAVA_VERSION=\"21\"\n", Some(21)),
+                ("nothing\n", None),
+            ] {
+                std::fs::write(d.join("release"), text).unwrap();
+                assert_eq!(major_version(&d), want, "{text}");
+            }
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
 }
