@@ -11,10 +11,21 @@
 //! The registry maps the 4 MiB chunk holding the block's start to the header. Mappings are
 //! aligned to 4 MiB so that no two blocks ever share that chunk.
 //!
-//! Freed huge blocks are kept in a small cache for `dirty_decay_ms` and reused by requests of
-//! nearly the same size: unmapping at once and faulting the pages in again on the next request
-//! makes loops over multi-MiB buffers several times slower than glibc, whose mmap threshold
-//! adapts. Growing uses `mremap`, which moves page tables rather than copying data.
+//! Freed huge blocks are kept in a cache for `dirty_decay_ms` (oldest unmapped first) and serve
+//! later requests of any size: unmapping at once and faulting the pages in again on the next
+//! request makes loops over multi-MiB buffers several times slower than glibc, whose mmap
+//! threshold adapts. A request takes the smallest cached mapping that holds it; if that is
+//! larger by at least a chunk, the block keeps the front (rounded up to a chunk) and the rest
+//! stays cached as a mapping of its own, with its own header at the chunk boundary (the
+//! registry needs a block's start chunk to belong to it alone). If no cached mapping is large
+//! enough, the largest one is grown with `mremap` (in place, or moved to a fresh aligned
+//! range): its resident pages are reused and only the growth is faulted in. A mapping may so
+//! be larger than its block needs (by less than a chunk, or more for `realloc` growth); the
+//! slack is room for the block to grow in place. The cache holds at most as many bytes as
+//! huge blocks were allocated in the last one or two decay windows (at least
+//! [`CACHE_MIN_BYTES`]): what a program freeing and allocating large buffers in a loop reuses
+//! at once, and nothing that the decay would not give back anyway. Growing uses `mremap`,
+//! which moves page tables rather than copying data.
 
 use crate::addr::registry;
 use crate::addr::segment::{SampleRecord, SEGMENT_SIZE};
@@ -24,21 +35,24 @@ use crate::platform::os::{self, PAGE_SIZE};
 use core::ptr;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Cached blocks kept at most.
-const CACHE_SLOTS: usize = 8;
-/// Bytes kept in the cache at most: enough to keep loops over buffers of a few MiB fast, small
-/// next to what such a program uses anyway.
-const CACHE_MAX_BYTES: usize = 64 << 20;
-/// Larger blocks are unmapped when freed: faulting their pages in again costs little next to
-/// filling them, and keeping them would hold much memory.
-const CACHE_MAX_BLOCK: usize = 32 << 20;
+/// Cached mappings kept at most (the oldest is unmapped to make room).
+const CACHE_SLOTS: usize = 64;
+/// The least the cache may hold, whatever the recent demand.
+const CACHE_MIN_BYTES: usize = 64 << 20;
+/// Mappings larger than this are unmapped when freed. Caching larger ones helps loops over
+/// such buffers (bigloop over 40–120 MiB buffers: 0.90 M page faults uncapped, 3.29 M with
+/// this cap, 4.05 M under glibc), but a single big buffer freed once (a `Vec`'s backing store,
+/// often mostly untouched) would then stay mapped and count as resident until it decays.
+const CACHE_MAX_BLOCK: usize = 64 << 20;
+/// The demand window when decay is off (0) or never purges (negative).
+const DEFAULT_WINDOW_MS: u64 = config::DEFAULT_DECAY_MS as u64;
 
 /// The header at the start of a huge mapping.
 #[repr(C)]
 pub struct HugeHeader {
     /// Set while the block sits in the cache (a second free is then a double free).
     pub cached: bool,
-    /// Bytes of the whole mapping.
+    /// Bytes of the whole mapping (at least `offset + usable`).
     pub map_size: usize,
     /// Offset of the block from the mapping's start.
     pub offset: usize,
@@ -60,10 +74,15 @@ struct Cached {
     freed_at: u64,
 }
 
+/// Cached mappings, oldest first.
 struct Cache {
     slots: [Cached; CACHE_SLOTS],
     len: usize,
     bytes: usize,
+    /// Start of the current demand window.
+    window_start: u64,
+    /// The peak of bytes mapped for live huge blocks in the previous demand window.
+    peak_prev: usize,
 }
 
 // SAFETY: cached mappings are owned by the cache and reached only under its lock.
@@ -78,9 +97,13 @@ static CACHE: Locked<Cache> = Locked::new(Cache {
     }; CACHE_SLOTS],
     len: 0,
     bytes: 0,
+    window_start: 0,
+    peak_prev: 0,
 });
 /// The oldest cached block's free time (u64::MAX: none), checked without the lock.
 static OLDEST_CACHED: AtomicU64 = AtomicU64::new(u64::MAX);
+/// The peak of bytes mapped for live huge blocks in the current demand window.
+static LIVE_PEAK: AtomicUsize = AtomicUsize::new(0);
 
 /// Usable bytes of live huge blocks.
 pub static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
@@ -104,17 +127,19 @@ pub fn alloc(size: usize, align: usize, zero: bool, growth: bool) -> *mut u8 {
         return ptr::null_mut();
     };
     let offset = align.max(PAGE_SIZE);
-    if let Some(h) = take_cached(usable, offset, growth) {
-        let p = HugeHeader::block(h);
-        if zero {
-            // SAFETY: the block is ours and at least `size` bytes long.
-            unsafe { ptr::write_bytes(p, 0, size) };
-        }
-        return p;
-    }
     let Some(map_size) = usable.checked_add(offset) else {
         return ptr::null_mut();
     };
+    if let Some((h, reused)) = take_cached(usable, offset, growth) {
+        let p = HugeHeader::block(h);
+        if zero {
+            // SAFETY: the block is ours and at least `size` bytes long; past `reused` bytes its
+            // pages are fresh (zero) ones.
+            unsafe { ptr::write_bytes(p, 0, size.min(reused)) };
+        }
+        note_live();
+        return p;
+    }
     let base = os::map_aligned(map_size, offset.max(SEGMENT_SIZE));
     if base.is_null() {
         return base;
@@ -139,7 +164,20 @@ pub fn alloc(size: usize, align: usize, zero: bool, growth: bool) -> *mut u8 {
     MAPPED.fetch_add(map_size, Ordering::Relaxed);
     ALLOCATED.fetch_add(usable, Ordering::Relaxed);
     REQUESTS.fetch_add(1, Ordering::Relaxed);
+    note_live();
     p
+}
+
+/// Bytes mapped for live huge blocks now.
+fn live_mapped() -> usize {
+    MAPPED
+        .load(Ordering::Relaxed)
+        .saturating_sub(CACHED.load(Ordering::Relaxed))
+}
+
+/// Records the bytes mapped for live huge blocks towards the window's peak.
+fn note_live() {
+    LIVE_PEAK.fetch_max(live_mapped(), Ordering::Relaxed);
 }
 
 /// Records the profiler's sample for huge block `p` (just allocated).
@@ -152,48 +190,154 @@ pub unsafe fn set_sample(p: *mut u8, record: SampleRecord) {
     unsafe { (*h).sample = record };
 }
 
-fn take_cached(usable: usize, offset: usize, largest: bool) -> Option<*mut HugeHeader> {
+/// Serves a block of `usable` bytes at `offset` from the cache: the smallest cached mapping
+/// that holds it (the largest with `largest`), trimmed if much larger; else the largest one,
+/// grown. Returns the header and how many bytes of the block were reused (the rest is fresh,
+/// zeroed memory).
+fn take_cached(usable: usize, offset: usize, largest: bool) -> Option<(*mut HugeHeader, usize)> {
     if OLDEST_CACHED.load(Ordering::Relaxed) == u64::MAX {
         return None;
     }
+    let need = usable + offset;
     let mut cache = CACHE.lock();
-    let len = cache.len;
-    // Best fit among blocks no more than a quarter larger than needed.
-    let mut best: Option<usize> = None;
-    for i in 0..len {
+    // Best fit among mappings that hold the request; the largest of those that do not.
+    let mut fit: Option<(usize, usize)> = None;
+    let mut grow: Option<(usize, usize)> = None;
+    for i in 0..cache.len {
         // SAFETY: cached headers are live mappings owned by the cache.
-        let (u, o) = unsafe {
-            (
-                (*cache.slots[i].header).usable,
-                (*cache.slots[i].header).offset,
-            )
+        let (m, o) = unsafe {
+            let h = cache.slots[i].header;
+            ((*h).map_size, (*h).offset)
         };
-        if o == offset && u >= usable && (largest || u - usable <= usable / 4) {
-            // SAFETY: as above.
-            let b_usable = |b: usize| unsafe { (*cache.slots[b].header).usable };
-            if best.is_none_or(|b| {
-                if largest {
-                    u > b_usable(b)
-                } else {
-                    u < b_usable(b)
-                }
-            }) {
-                best = Some(i);
+        if o != offset {
+            continue;
+        }
+        if m >= need {
+            if fit.is_none_or(|(_, b)| if largest { m > b } else { m < b }) {
+                fit = Some((i, m));
             }
+        } else if grow.is_none_or(|(_, b)| m > b) {
+            grow = Some((i, m));
         }
     }
-    let i = best?;
-    let h = cache.slots[i].header;
-    remove_slot(&mut cache, i);
+    let (h, reused) = if let Some((i, map_size)) = fit {
+        let h = cache.slots[i].header;
+        let cut = need.next_multiple_of(SEGMENT_SIZE);
+        // SAFETY: a cached mapping, ours under the lock.
+        let tail = unsafe { split(h, cut) };
+        if tail.is_null() {
+            remove_slot(&mut cache, i);
+        } else {
+            // The tail keeps the slot, and so its place in the decay order.
+            cache.slots[i].header = tail;
+            cache.bytes -= cut;
+        }
+        CACHED.fetch_sub(map_size - cache_size_of(tail), Ordering::Relaxed);
+        (h, usable)
+    } else {
+        let (i, map_size) = grow?;
+        let h = cache.slots[i].header;
+        remove_slot(&mut cache, i);
+        CACHED.fetch_sub(map_size, Ordering::Relaxed);
+        drop(cache);
+        // SAFETY: removed from the cache, so ours alone.
+        let grown = unsafe { grow_cached(h, need) };
+        if grown.is_null() {
+            // SAFETY: ours alone, and marked cached for `release`'s accounting no more.
+            unsafe {
+                (*h).cached = false;
+                release(h);
+            }
+            return None;
+        }
+        (grown, map_size - offset)
+    };
     // SAFETY: the header is ours again.
     unsafe {
         (*h).cached = false;
+        (*h).usable = usable;
         (*h).sample = SampleRecord::NONE;
-        CACHED.fetch_sub((*h).map_size, Ordering::Relaxed);
-        ALLOCATED.fetch_add((*h).usable, Ordering::Relaxed);
     }
+    ALLOCATED.fetch_add(usable, Ordering::Relaxed);
     REQUESTS.fetch_add(1, Ordering::Relaxed);
-    Some(h)
+    Some((h, reused))
+}
+
+/// Bytes of the cached mapping `h` (0 for null).
+fn cache_size_of(h: *mut HugeHeader) -> usize {
+    if h.is_null() {
+        0
+    } else {
+        // SAFETY: a live cached header.
+        unsafe { (*h).map_size }
+    }
+}
+
+/// Cuts the cached mapping `h` after its first `cut` bytes (a multiple of the chunk size) if at
+/// least a chunk would remain, making the rest a cached mapping of its own. Returns the rest's
+/// header, or null if `h` was left whole.
+///
+/// # Safety
+/// `h` must be a cached mapping owned by the caller (the cache lock held).
+unsafe fn split(h: *mut HugeHeader, cut: usize) -> *mut HugeHeader {
+    // SAFETY: per the contract.
+    unsafe {
+        let map_size = (*h).map_size;
+        if map_size < cut + SEGMENT_SIZE {
+            return ptr::null_mut();
+        }
+        // Chunk-aligned, as `h` is, and past the chunk holding `h`'s block start (`cut` is at
+        // least the block's end): the tail's block start chunk is its own.
+        let t = (h as *mut u8).add(cut).cast::<HugeHeader>();
+        t.write(HugeHeader {
+            cached: true,
+            map_size: map_size - cut,
+            offset: PAGE_SIZE,
+            usable: map_size - cut - PAGE_SIZE,
+            sample: SampleRecord::NONE,
+        });
+        if !registry::insert(HugeHeader::block(t) as usize, t.cast()) {
+            return ptr::null_mut();
+        }
+        (*h).map_size = cut;
+        t
+    }
+}
+
+/// Grows the mapping of header `h` to `need` bytes, in place or by moving its pages to a fresh
+/// aligned range. Returns the (possibly moved) header, or null if that failed (`h` intact).
+///
+/// # Safety
+/// `h` must be a mapping of ours no one else uses, registered, of fewer than `need` bytes.
+unsafe fn grow_cached(h: *mut HugeHeader, need: usize) -> *mut HugeHeader {
+    // SAFETY: per the contract.
+    unsafe {
+        let old = (*h).map_size;
+        let offset = (*h).offset;
+        if os::remap_in_place(h.cast(), old, need) {
+            (*h).map_size = need;
+            MAPPED.fetch_add(need - old, Ordering::Relaxed);
+            return h;
+        }
+        let to = os::map_aligned(need, offset.max(SEGMENT_SIZE));
+        if to.is_null() {
+            return ptr::null_mut();
+        }
+        let p = HugeHeader::block(h);
+        registry::remove(p as usize);
+        if !os::remap_to(h.cast(), old, need, to) {
+            registry::insert(p as usize, h.cast());
+            os::unmap(to, need);
+            return ptr::null_mut();
+        }
+        let nh = to.cast::<HugeHeader>();
+        (*nh).map_size = need;
+        if !registry::insert(HugeHeader::block(nh) as usize, to) {
+            os::fatal("out of metadata memory while moving a huge block");
+        }
+        MAPPED.fetch_add(need - old, Ordering::Relaxed);
+        nh
+    }
 }
 
 fn remove_slot(cache: &mut Cache, i: usize) {
@@ -214,6 +358,32 @@ fn remove_slot(cache: &mut Cache, i: usize) {
     OLDEST_CACHED.store(oldest, Ordering::Relaxed);
 }
 
+/// The most the cache may hold now: what live huge blocks held at their recent peak (in the
+/// current and the previous demand window) and hold no more, at least [`CACHE_MIN_BYTES`].
+/// A loop freeing and allocating buffers keeps about one buffer's worth cached; a program
+/// that freed all its buffers keeps them until they decay. Rolls the window when it is over.
+fn cache_limit(cache: &mut Cache, now: u64, freeing: usize) -> usize {
+    let decay = config::decay_ms();
+    let window = if decay > 0 {
+        decay as u64
+    } else {
+        DEFAULT_WINDOW_MS
+    };
+    let live = live_mapped();
+    if now.saturating_sub(cache.window_start) >= window {
+        // The new window starts from what is live (the block being freed still counted).
+        let current = LIVE_PEAK.swap(live, Ordering::Relaxed);
+        cache.peak_prev = if now - cache.window_start < 2 * window {
+            current
+        } else {
+            0
+        };
+        cache.window_start = now;
+    }
+    let peak = cache.peak_prev.max(LIVE_PEAK.load(Ordering::Relaxed));
+    CACHE_MIN_BYTES.max(peak.saturating_sub(live - freeing.min(live)))
+}
+
 /// Validates `p` against huge header `h` and frees the block. `op` names the calling function
 /// in the error message. Returns the block's sample record for the profiler to forget.
 ///
@@ -229,10 +399,17 @@ pub unsafe fn free(h: *mut u8, p: *mut u8, op: &str) -> SampleRecord {
         (*h).sample = SampleRecord::NONE;
         ALLOCATED.fetch_sub((*h).usable, Ordering::Relaxed);
         let decay = config::decay_ms();
-        if decay != 0 && (*h).map_size <= CACHE_MAX_BLOCK {
+        let map_size = (*h).map_size;
+        if decay != 0 && map_size <= CACHE_MAX_BLOCK {
             let now = os::now_ms();
             let mut cache = CACHE.lock();
-            while cache.len == CACHE_SLOTS || cache.bytes + (*h).map_size > CACHE_MAX_BYTES {
+            let limit = cache_limit(&mut cache, now, map_size);
+            if map_size > limit {
+                drop(cache);
+                release(h);
+                return sample;
+            }
+            while cache.len == CACHE_SLOTS || cache.bytes + map_size > limit {
                 let old = cache.slots[0].header;
                 remove_slot(&mut cache, 0);
                 release(old);
@@ -244,8 +421,8 @@ pub unsafe fn free(h: *mut u8, p: *mut u8, op: &str) -> SampleRecord {
                 freed_at: now,
             };
             cache.len += 1;
-            cache.bytes += (*h).map_size;
-            CACHED.fetch_add((*h).map_size, Ordering::Relaxed);
+            cache.bytes += map_size;
+            CACHED.fetch_add(map_size, Ordering::Relaxed);
             if len == 0 {
                 OLDEST_CACHED.store(now, Ordering::Relaxed);
             }
@@ -342,13 +519,17 @@ pub unsafe fn realloc(h: *mut u8, p: *mut u8, size: usize) -> *mut u8 {
     // SAFETY: `h` is a live huge header of ours.
     unsafe {
         let old_usable = (*h).usable;
-        if usable > old_usable {
-            // Grow by at least a quarter, so a block grown in small steps is remapped only a
-            // logarithmic number of times.
-            usable = usable.max(round_page(old_usable + old_usable / 4).unwrap_or(usable));
-        }
         let offset = (*h).offset;
         let old_map = (*h).map_size;
+        if usable > old_usable {
+            // Grow by at least a quarter, so a block grown in small steps is remapped only a
+            // logarithmic number of times; within the mapping's room if the request fits there.
+            let mut quarter = round_page(old_usable + old_usable / 4).unwrap_or(usable);
+            if usable <= old_map - offset {
+                quarter = quarter.min(old_map - offset);
+            }
+            usable = usable.max(quarter);
+        }
         let Some(new_map) = usable.checked_add(offset) else {
             return ptr::null_mut();
         };
@@ -363,6 +544,12 @@ pub unsafe fn realloc(h: *mut u8, p: *mut u8, size: usize) -> *mut u8 {
                 MAPPED.fetch_sub(old_map - new_map, Ordering::Relaxed);
                 ALLOCATED.fetch_sub(old_usable - usable, Ordering::Relaxed);
             }
+            return p;
+        }
+        if new_map <= old_map {
+            // Room left in the mapping (a block served from a larger cached one).
+            (*h).usable = usable;
+            ALLOCATED.fetch_add(usable - old_usable, Ordering::Relaxed);
             return p;
         }
         if os::remap_in_place(h.cast(), old_map, new_map) {

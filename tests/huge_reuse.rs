@@ -1,0 +1,137 @@
+//! Freed huge blocks serve later requests of other sizes without new mappings: a smaller
+//! request takes the front of a larger cached mapping (the rest stays cached), a larger one
+//! grows a smaller cached mapping. A loop over multi-MiB buffers of random sizes otherwise
+//! faults every buffer in again (issue 13).
+//!
+//! The engine's counters tell: `mapped` (bytes mapped, all kinds) must not rise when a request
+//! is served from the cache, and `huge_cached` must fall by what the request took. The tests
+//! take a static lock so that one's frees do not feed another's requests.
+
+use sampalloc::stats::snapshot;
+use sampalloc::SampAlloc;
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::{Mutex, MutexGuard};
+
+#[global_allocator]
+static GLOBAL: SampAlloc = SampAlloc;
+
+const MIB: usize = 1 << 20;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 16).expect("layout")
+}
+
+/// Allocates `size` bytes and writes every page (so the pages are resident).
+fn alloc(size: usize, tag: u8) -> *mut u8 {
+    // SAFETY: a non-zero size.
+    let p = unsafe { GLOBAL.alloc(layout(size)) };
+    assert!(!p.is_null());
+    for k in (0..size).step_by(4096) {
+        // SAFETY: inside the block.
+        unsafe { p.add(k).write(tag) };
+    }
+    p
+}
+
+fn check_and_free(p: *mut u8, size: usize, tag: u8) {
+    for k in (0..size).step_by(4096) {
+        // SAFETY: inside the block.
+        let got = unsafe { p.add(k).read() };
+        assert_eq!(got, tag, "block {p:p} overwritten at {k}");
+    }
+    // SAFETY: allocated by `alloc` with this size.
+    unsafe { GLOBAL.dealloc(p, layout(size)) };
+}
+
+/// Frees everything cached and returns the engine's counters then.
+fn clean() -> sampalloc::stats::Snapshot {
+    sampalloc::purge(true);
+    let s = snapshot();
+    assert_eq!(s.huge_cached, 0, "purge left huge blocks cached: {s:?}");
+    s
+}
+
+#[test]
+fn smaller_request_takes_part_of_a_larger_cached_block() {
+    let _serial = serial();
+    let base = clean();
+    let a = alloc(24 * MIB, 1);
+    check_and_free(a, 24 * MIB, 1);
+    let freed = snapshot();
+    assert!(
+        freed.huge_cached >= 24 * MIB,
+        "the freed block was not cached: {freed:?}"
+    );
+    let b = alloc(10 * MIB, 2);
+    let reused = snapshot();
+    assert!(
+        reused.mapped <= freed.mapped,
+        "a 10 MiB request after freeing 24 MiB mapped {} bytes more",
+        reused.mapped - freed.mapped
+    );
+    assert_eq!(reused.huge_requests, freed.huge_requests + 1);
+    // The block took the front (10 MiB and its header, rounded up to 4 MiB chunks); the rest
+    // is still cached, for the next request.
+    assert_eq!(
+        freed.huge_cached - reused.huge_cached,
+        12 * MIB,
+        "{freed:?} -> {reused:?}"
+    );
+    // A second request fits in the rest.
+    let c = alloc(8 * MIB, 3);
+    let again = snapshot();
+    assert!(again.mapped <= freed.mapped, "{freed:?} -> {again:?}");
+    check_and_free(b, 10 * MIB, 2);
+    check_and_free(c, 8 * MIB, 3);
+    let end = clean();
+    assert_eq!(end.huge_allocated, base.huge_allocated);
+}
+
+#[test]
+fn larger_request_grows_a_smaller_cached_block() {
+    let _serial = serial();
+    clean();
+    let a = alloc(6 * MIB, 4);
+    check_and_free(a, 6 * MIB, 4);
+    let freed = snapshot();
+    let b = alloc(20 * MIB, 5);
+    let grown = snapshot();
+    // The cached 6 MiB mapping was grown to 20 MiB (and its header): nothing left cached, and
+    // 14 MiB more mapped, not 20 MiB (`mapped` counts all kinds: allow a fresh 4 MiB segment
+    // for the test thread's small blocks).
+    assert_eq!(grown.huge_cached, 0, "{grown:?}");
+    assert!(
+        grown.mapped <= freed.mapped + 18 * MIB,
+        "a 20 MiB request after freeing 6 MiB mapped {} MiB more",
+        (grown.mapped - freed.mapped) / MIB
+    );
+    check_and_free(b, 20 * MIB, 5);
+    clean();
+}
+
+#[test]
+fn zeroed_request_from_the_cache_reads_zero() {
+    let _serial = serial();
+    clean();
+    let a = alloc(16 * MIB, 0xa5);
+    check_and_free(a, 16 * MIB, 0xa5);
+    let l = layout(12 * MIB);
+    // SAFETY: a non-zero size.
+    let p = unsafe { GLOBAL.alloc_zeroed(l) };
+    assert!(!p.is_null());
+    // SAFETY: a live block of `l.size()` bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(p, l.size()) };
+    assert!(
+        bytes.iter().all(|&b| b == 0),
+        "a zeroed block held old data"
+    );
+    // SAFETY: allocated above with `l`.
+    unsafe { GLOBAL.dealloc(p, l) };
+    clean();
+}
