@@ -64,7 +64,7 @@ impl FreeKinds {
         [
             (
                 "partial_pages",
-                "inside pages that hold live blocks",
+                "in pages holding live blocks",
                 self.partial_pages,
             ),
             ("thread_caches", "thread caches", self.thread_caches),
