@@ -151,7 +151,11 @@ fn a_planted_symlink_or_file_is_left_alone_and_the_profile_takes_the_next_name()
         "no warning expected\n{}",
         run.describe()
     );
-    // Nothing else was written.
+    // Nothing else was written but the profile's memory map beside it, as private.
+    assert_eq!(
+        mode(&scratch.path(&format!("prof.{pid}.3.f.heap.mem"))),
+        0o600
+    );
     assert_eq!(
         listing(&scratch.0),
         [
@@ -160,6 +164,7 @@ fn a_planted_symlink_or_file_is_left_alone_and_the_profile_takes_the_next_name()
             format!("prof.{pid}.1.f.heap"),
             format!("prof.{pid}.2.f.heap"),
             format!("prof.{pid}.3.f.heap"),
+            format!("prof.{pid}.3.f.heap.mem"),
         ]
     );
 }
@@ -288,7 +293,7 @@ mod cli {
         let files = listing(&dir);
         assert!(!files.is_empty(), "{err}");
         for f in &files {
-            assert!(f.ends_with(".f.heap"), "{f}");
+            assert!(f.ends_with(".f.heap") || f.ends_with(".f.heap.mem"), "{f}");
             assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
         }
         std::fs::remove_dir_all(&dir).unwrap();

@@ -15,6 +15,7 @@
 //! }
 //! ```
 
+pub mod explain;
 pub mod flamegraph;
 pub mod parse;
 pub mod pprof;

@@ -178,6 +178,79 @@ pub fn read(path: &Path) -> Result<Profile, String> {
     Ok(p)
 }
 
+/// A profile's side file `<profile>.mem`: the process's memory at the dump, as the kernel and
+/// the engine saw it (`alloc-core/src/process/memory.rs` writes it). Keys as written there
+/// (`kernel.rss`, `map.allocator.rss`, `engine.allocated`, …), values in bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// The `key value` pairs.
+    pub values: std::collections::BTreeMap<String, u64>,
+}
+
+impl Memory {
+    /// The value of `key`, 0 if absent.
+    pub fn get(&self, key: &str) -> u64 {
+        self.values.get(key).copied().unwrap_or(0)
+    }
+}
+
+/// The first line of a side file.
+pub const MEMORY_HEADER: &str = "sampalloc memory 1";
+
+/// Parses a side file's text.
+pub fn parse_memory(data: &[u8]) -> Result<Memory, ParseError> {
+    let text = std::str::from_utf8(data).map_err(|_| ParseError {
+        line: 1,
+        message: "not text: expected a sampalloc memory map".into(),
+    })?;
+    let mut lines = text.lines().enumerate();
+    match lines.next() {
+        Some((_, l)) if l.trim() == MEMORY_HEADER => {}
+        _ => return err(1, format!("expected '{MEMORY_HEADER}'")),
+    }
+    let mut m = Memory::default();
+    for (i, l) in lines {
+        let t = l.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let parsed = t
+            .split_once(' ')
+            .and_then(|(k, v)| Some((k, v.trim().parse::<u64>().ok()?)));
+        match parsed {
+            Some((k, v)) => {
+                m.values.insert(k.to_string(), v);
+            }
+            None => return err(i + 1, format!("expected '<key> <bytes>', found '{t}'")),
+        }
+    }
+    Ok(m)
+}
+
+/// The side file of the profile at `path` (`<path>.mem`).
+pub fn memory_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_os_string();
+    p.push(".mem");
+    PathBuf::from(p)
+}
+
+/// Reads the side file of the profile at `path`.
+pub fn read_memory(path: &Path) -> Result<Memory, String> {
+    let side = memory_path(path);
+    let data = std::fs::read(&side).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "no memory map beside {} ({} is missing): sampalloc writes one with every profile; jemalloc's and gperftools' profiles have none",
+                path.display(),
+                side.display()
+            )
+        } else {
+            format!("cannot read {}: {e}", side.display())
+        }
+    })?;
+    parse_memory(&data).map_err(|e| format!("{}: {e}", side.display()))
+}
+
 /// The pid in a profile name `<prefix>.<pid>.<seq>.<kind>.heap` (a [`ProfileName`]).
 pub fn pid_from_name(path: &Path) -> Option<u32> {
     use std::os::unix::ffi::OsStrExt;

@@ -9,7 +9,7 @@
 use crate::base::config;
 use crate::platform::os;
 use crate::pool::arena;
-use crate::process::{fork, stats};
+use crate::process::{fork, memory, stats};
 use crate::thread;
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -46,6 +46,7 @@ fn init_slow() {
     arena::set_narenas(config::narenas_or_default());
     thread::create_exit_key();
     thread::cache::init_free_key();
+    memory::install();
     STATE.store(READY, Ordering::Release);
 
     // Calls that may allocate: the engine is ready to serve them now.

@@ -1,7 +1,8 @@
-//! Layer 8, the process: start-up, fork safety and statistics, which reach into every layer
-//! below. Used only by `api`.
+//! Layer 8, the process: start-up, fork safety, statistics and the memory map beside each
+//! profile, which reach into every layer below. Used only by `api`.
 
 pub mod fork;
 pub mod init;
+pub mod memory;
 pub mod stats;
 pub mod tick;

@@ -19,6 +19,13 @@
 //! Nothing here allocates: text goes through one static buffer to a sink (a file descriptor,
 //! or the Rust API's vector), under the dump lock; the stack table is read without its lock.
 //! File names are built in fixed buffers ([`NameBuf`]).
+//!
+//! Beside each profile file, a side file `<profile>.mem` records the process's memory at the
+//! dump as the kernel and the engine see it (RSS by kind of mapping, live and free bytes by
+//! kind). It is a separate file so that `jeprof` and `pprof`, which read everything after
+//! `MAPPED_LIBRARIES:` as map lines, open the profile unchanged. It is created with the same
+//! rules as the profile ([`create_new`]), and its text is written by the process layer through
+//! a hook ([`set_mem_writer`]): the engine's figures are above this layer.
 
 use crate::base::config::{self, PREFIX_MAX};
 use crate::platform::lock::Locked;
@@ -26,7 +33,7 @@ use crate::platform::os::{self, Line};
 use crate::prof::name::{NameBuf, ProfileName, NAME_MAX};
 use crate::prof::table::{self, Counts, StackEntry};
 use crate::thread::InProfiler;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 /// Where profile text goes.
 pub trait Sink {
@@ -248,8 +255,54 @@ pub fn create_new(path: &[u8]) -> Result<i32, i32> {
     }
 }
 
+/// Writes the text of a profile's side file (`<profile>.mem`) to a sink; false on failure.
+pub type MemWriter = fn(&mut dyn Sink) -> bool;
+
+/// The side file's writer, a [`MemWriter`] (null: none, no side file).
+static MEM_WRITER: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+/// The suffix of a profile's side file.
+pub const MEM_SUFFIX: &[u8] = b".mem";
+
+/// Registers the writer of the side files (the process layer does, at start-up).
+pub fn set_mem_writer(f: MemWriter) {
+    MEM_WRITER.store(f as *mut (), Ordering::Release);
+}
+
+fn mem_writer() -> Option<MemWriter> {
+    let p = MEM_WRITER.load(Ordering::Acquire);
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: only `set_mem_writer` stores here, and it stores a `MemWriter`.
+    Some(unsafe { core::mem::transmute::<*mut (), MemWriter>(p) })
+}
+
+/// Writes the side file `<path>.mem` if a writer is registered. Best effort: the profile is
+/// complete without it, and a taken name is left alone like any other.
+fn write_side_file(path: &[u8]) {
+    let Some(write) = mem_writer() else {
+        return;
+    };
+    let mut name: NameBuf = [0u8; NAME_MAX];
+    let len = path.len() + MEM_SUFFIX.len();
+    if len >= name.len() {
+        return;
+    }
+    name[..path.len()].copy_from_slice(path);
+    name[path.len()..len].copy_from_slice(MEM_SUFFIX);
+    let Ok(fd) = create_new(&name[..len]) else {
+        return;
+    };
+    let _reentry = InProfiler::enter();
+    write(&mut FdSink(fd));
+    // SAFETY: our descriptor.
+    unsafe { libc::close(fd) };
+}
+
 /// Writes the profile to the new file `path` (see [`create_new`]: an existing name is an
-/// error, `EEXIST`, and is left alone). Err carries `errno`.
+/// error, `EEXIST`, and is left alone), and its side file `<path>.mem` (best effort). Err
+/// carries `errno`.
 pub fn dump_to_path(path: &[u8]) -> Result<(), i32> {
     let fd = create_new(path)?;
     let ok = write_profile(&mut FdSink(fd));
@@ -257,6 +310,7 @@ pub fn dump_to_path(path: &[u8]) -> Result<(), i32> {
     // SAFETY: our descriptor.
     let closed = unsafe { libc::close(fd) } == 0;
     if ok && closed {
+        write_side_file(path);
         Ok(())
     } else {
         Err(if ok { os::errno() } else { err })

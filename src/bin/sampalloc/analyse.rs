@@ -1,6 +1,6 @@
 //! The commands that read profiles: `top`, `diff`, `flamegraph`, `pprof` and `stacks`.
 
-use crate::{emit, euid, DiffArgs, ExportArgs, PprofArgs, SymArgs, TopArgs};
+use crate::{emit, euid, DiffArgs, ExplainArgs, ExportArgs, PprofArgs, SymArgs, TopArgs};
 use sampalloc::analysis::{
     self, flamegraph, parse, pprof,
     report::{self, Measure, TopHeader},
@@ -166,4 +166,15 @@ pub(crate) fn stacks(a: ExportArgs) -> Result<(), String> {
         out.push('\n');
     }
     emit(out.as_bytes())
+}
+
+/// `sampalloc explain`.
+pub(crate) fn explain(a: ExplainArgs) -> Result<(), String> {
+    let e = analysis::explain::explain(&a.profile, a.earlier.as_deref())?;
+    let text = if a.json {
+        analysis::explain::json(&e)
+    } else {
+        analysis::explain::text(&e)
+    };
+    emit(text.as_bytes())
 }

@@ -33,6 +33,9 @@ Workflow, to find what holds memory in a program:
   3. A slow leak: compare an early profile with a late one; what grows comes first:
        sampalloc diff DIR/sampalloc.1234.0.i.heap DIR/sampalloc.1234.9.i.heap
 
+  Where RSS went (live data, free in the allocator, outside malloc):
+       sampalloc explain DIR/sampalloc.1234.7.f.heap [EARLIER]
+
   4. Export: sampalloc flamegraph P > heap.svg; sampalloc pprof P > heap.pb.gz
      (for go tool pprof, Pyroscope, Parca, Grafana); sampalloc stacks P (collapsed).
 
@@ -59,6 +62,20 @@ enum Command {
     Pprof(PprofArgs),
     /// Print collapsed stacks (root;...;leaf bytes), for other flame graph tools
     Stacks(ExportArgs),
+    /// Break RSS at a dump into live data, free in the allocator, metadata, outside malloc and
+    /// file-backed, and say which it is (with EARLIER: what the growth is)
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// The profile (its memory map is read from PROFILE.mem beside it)
+    profile: PathBuf,
+    /// An earlier profile of the same process: break down the growth since
+    earlier: Option<PathBuf>,
+    /// One JSON object (bytes) instead of a table
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -183,6 +200,7 @@ fn main() -> ExitCode {
         Command::Flamegraph(a) => analyse::flame(a),
         Command::Pprof(a) => analyse::export_pprof(a),
         Command::Stacks(a) => analyse::stacks(a),
+        Command::Explain(a) => analyse::explain(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -126,7 +126,10 @@ fn run_inner(a: RunArgs) -> Result<ExitCode, String> {
 
     let finals = profiles_of(&dir, Some(pid), Some(kind::FINAL));
     match finals.last() {
-        Some(p) => print_top_sites(p, a.n, &dir),
+        Some(p) => {
+            print_top_sites(p, a.n, &dir);
+            eprintln!("sampalloc: {}", analysis::explain::verdict_line(p));
+        }
         None => {
             let others = profiles_of(&dir, None, None);
             let why = if let Some(sig) = status.signal() {
