@@ -390,7 +390,11 @@ mod tests {
         assert!(text.starts_with("sampalloc memory 1\n"), "{text}");
         let rss = value(&text, "kernel.rss");
         let anon = value(&text, "map.anon.rss");
-        assert!(anon >= LEN as u64, "{text}");
+        // Other tests of this binary mark chunks in the segment map (some at made-up
+        // addresses), so part of the mapping may be counted as the allocator's: together they
+        // hold it all.
+        let ours = value(&text, "map.allocator.rss");
+        assert!(anon + ours >= LEN as u64, "{text}");
         let parts: u64 = ["allocator", "anon", "stack", "file"]
             .iter()
             .map(|k| value(&text, &format!("map.{k}.rss")))
