@@ -6,8 +6,10 @@
 //! The environment is ignored in setuid/setgid processes (`AT_SECURE`).
 
 use crate::platform::lock::Locked;
-use crate::platform::os::{self, Line};
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use crate::platform::os::{self, HugeAdvice, Line, ThpMode};
+use core::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU8, AtomicUsize, Ordering,
+};
 
 /// Default `dirty_decay_ms`: long enough that a block freed and allocated again within a
 /// second or so reuses resident pages; short enough that RSS follows live memory.
@@ -28,6 +30,7 @@ static PROF_GDUMP: AtomicBool = AtomicBool::new(false);
 static PROF_FINAL: AtomicBool = AtomicBool::new(false);
 static PROF_LEAK: AtomicBool = AtomicBool::new(false);
 static PROF_SIGNAL: AtomicI32 = AtomicI32::new(0);
+static THP: AtomicU8 = AtomicU8::new(Thp::Auto as u8);
 /// Bumped when an option that decides sampling changes (see [`sampling_generation`]).
 static SAMPLING_GENERATION: AtomicU32 = AtomicU32::new(1);
 
@@ -111,6 +114,54 @@ pub fn prof_leak() -> bool {
 pub fn prof_signal() -> i32 {
     PROF_SIGNAL.load(Ordering::Relaxed)
 }
+/// The `thp` option: whether the engine asks the kernel for transparent huge pages for the
+/// memory it will use densely (segments and huge blocks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Thp {
+    /// The default: `MADV_HUGEPAGE` when the kernel's mode is `madvise` or `always`.
+    Auto = 0,
+    /// Never ask; in the kernel's `always` mode say `MADV_NOHUGEPAGE`, so that nothing of ours
+    /// is backed by huge pages.
+    Never = 1,
+    /// Ask whenever the kernel could give them (as `auto`, stated explicitly).
+    Always = 2,
+}
+
+/// `thp`.
+pub fn thp() -> Thp {
+    match THP.load(Ordering::Relaxed) {
+        1 => Thp::Never,
+        2 => Thp::Always,
+        _ => Thp::Auto,
+    }
+}
+
+/// `thp` as it is written.
+pub fn thp_name() -> &'static str {
+    match thp() {
+        Thp::Auto => "auto",
+        Thp::Never => "never",
+        Thp::Always => "always",
+    }
+}
+
+/// What to tell the kernel about a new segment or huge block, given `thp` and the kernel's
+/// mode: ask (`auto`, `always`) unless the kernel never gives huge pages; refuse them (`never`)
+/// only where the kernel would otherwise give them unasked.
+pub fn huge_advice() -> HugeAdvice {
+    huge_advice_for(thp(), os::thp_mode())
+}
+
+fn huge_advice_for(thp: Thp, mode: ThpMode) -> HugeAdvice {
+    match (thp, mode) {
+        (_, ThpMode::Never) => HugeAdvice::None,
+        (Thp::Never, ThpMode::Always) => HugeAdvice::NoHuge,
+        (Thp::Never, ThpMode::Madvise) => HugeAdvice::None,
+        (Thp::Auto | Thp::Always, _) => HugeAdvice::Huge,
+    }
+}
+
 /// Copies `prof_prefix` into `out`; returns its length.
 pub fn prof_prefix(out: &mut [u8; PREFIX_MAX]) -> usize {
     let p = PROF_PREFIX.lock();
@@ -199,6 +250,15 @@ pub fn set(key: &[u8], value: &[u8]) -> Result<(), ConfError> {
             parse_signal(value).ok_or(ConfError::BadValue)?,
             Ordering::Relaxed,
         ),
+        b"thp" => {
+            let v = match value {
+                b"auto" => Thp::Auto,
+                b"never" => Thp::Never,
+                b"always" => Thp::Always,
+                _ => return Err(ConfError::BadValue),
+            };
+            THP.store(v as u8, Ordering::Relaxed);
+        }
         _ => return Err(ConfError::UnknownKey),
     }
     if matches!(key, b"prof" | b"prof_active" | b"lg_prof_sample") {
@@ -350,6 +410,33 @@ mod tests {
         assert_eq!(set(b"prof_signal", b"0"), Ok(()));
         assert_eq!(parse_i64(b"-1"), Some(-1));
         assert_eq!(parse_u64(b"99999999999999999999"), None);
+    }
+
+    #[test]
+    fn thp_values_and_the_advice_they_give() {
+        assert_eq!(thp(), Thp::Auto);
+        assert_eq!(set(b"thp", b"sometimes"), Err(ConfError::BadValue));
+        assert_eq!(thp(), Thp::Auto, "a bad value keeps the default");
+        assert_eq!(set(b"thp", b"never"), Ok(()));
+        assert_eq!((thp(), thp_name()), (Thp::Never, "never"));
+        assert_eq!(set(b"thp", b"always"), Ok(()));
+        assert_eq!(thp(), Thp::Always);
+        assert_eq!(set(b"thp", b"auto"), Ok(()));
+        assert_eq!(thp(), Thp::Auto);
+        use HugeAdvice as A;
+        use ThpMode as M;
+        for (t, m, a) in [
+            (Thp::Auto, M::Madvise, A::Huge),
+            (Thp::Auto, M::Always, A::Huge),
+            (Thp::Auto, M::Never, A::None),
+            (Thp::Always, M::Madvise, A::Huge),
+            (Thp::Always, M::Never, A::None),
+            (Thp::Never, M::Madvise, A::None),
+            (Thp::Never, M::Always, A::NoHuge),
+            (Thp::Never, M::Never, A::None),
+        ] {
+            assert_eq!(huge_advice_for(t, m), a, "{t:?} in mode {m:?}");
+        }
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! writes to stderr and the fatal-error path. Nothing here allocates, so every function may be
 //! called from inside `malloc`.
 
+use core::ffi::CStr;
 use core::ptr;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 /// The page size the engine is built for. Checked against the kernel's at start-up.
 pub const PAGE_SIZE: usize = 4096;
@@ -75,6 +76,176 @@ pub fn map_aligned(size: usize, align: usize) -> *mut u8 {
         }
     }
     start as *mut u8
+}
+
+/// The size of a transparent huge page (a PMD mapping on x86_64 and on aarch64 with 4 KiB
+/// pages).
+pub const HUGE_PAGE_SIZE: usize = 2 << 20;
+
+/// What to tell the kernel about huge pages for a new dense mapping (see [`map_dense`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HugeAdvice {
+    /// Nothing: the kernel's mode decides.
+    None,
+    /// `MADV_HUGEPAGE` on the mapping's whole 2 MiB pages.
+    Huge,
+    /// `MADV_NOHUGEPAGE` on the whole mapping.
+    NoHuge,
+}
+
+/// Maps `size` bytes aligned to `align` like [`map_aligned`], for memory that will be densely
+/// used (segments, huge blocks), and gives the kernel `advice` about backing it with
+/// transparent huge pages. The advice is only a hint: a refused `madvise` changes nothing.
+pub fn map_dense(size: usize, align: usize, advice: HugeAdvice) -> *mut u8 {
+    let p = map_aligned(size, align);
+    if !p.is_null() {
+        advise_huge(p, size, advice);
+    }
+    p
+}
+
+/// Gives `advice` for `[p, p + size)`, a mapping of ours: `Huge` covers the 2 MiB-aligned
+/// pages inside the range (none if there is none), `NoHuge` the whole range.
+pub fn advise_huge(p: *mut u8, size: usize, advice: HugeAdvice) {
+    let (from, to, how) = match advice {
+        HugeAdvice::None => return,
+        HugeAdvice::Huge => {
+            let from = (p as usize).next_multiple_of(HUGE_PAGE_SIZE);
+            let to = (p as usize + size) & !(HUGE_PAGE_SIZE - 1);
+            (from, to, libc::MADV_HUGEPAGE)
+        }
+        HugeAdvice::NoHuge => (p as usize, p as usize + size, libc::MADV_NOHUGEPAGE),
+    };
+    if from < to {
+        // SAFETY: the range lies in a mapping of ours; these two advices only set how the
+        // kernel may back it and never change its contents.
+        unsafe { libc::madvise(from as *mut libc::c_void, to - from, how) };
+    }
+}
+
+/// The kernel's transparent huge page mode, `/sys/kernel/mm/transparent_hugepage/enabled`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThpMode {
+    /// Every anonymous mapping may get huge pages.
+    Always,
+    /// Only mappings given `MADV_HUGEPAGE`.
+    Madvise,
+    /// None (also when the file is missing or unreadable: no THP support).
+    Never,
+}
+
+const THP_MODES: [&[u8]; 3] = [b"always", b"madvise", b"never"];
+const THP_DEFRAGS: [&[u8]; 5] = [b"always", b"defer", b"defer+madvise", b"madvise", b"never"];
+/// The kernel's THP settings: 0 until read, else `1 + mode | (1 + defrag) << 2`.
+static THP_STATE: AtomicU8 = AtomicU8::new(0);
+
+fn thp_state() -> u8 {
+    let s = THP_STATE.load(Ordering::Relaxed);
+    if s != 0 {
+        return s;
+    }
+    // Read once, at the first mapping (start-up); two threads racing read the same files.
+    let mode =
+        read_bracketed(c"/sys/kernel/mm/transparent_hugepage/enabled", &THP_MODES).unwrap_or(2);
+    let defrag = read_bracketed(c"/sys/kernel/mm/transparent_hugepage/defrag", &THP_DEFRAGS)
+        .map_or(0, |d| d + 1);
+    let s = (1 + mode as u8) | (defrag as u8) << 2;
+    THP_STATE.store(s, Ordering::Relaxed);
+    s
+}
+
+/// The kernel's THP mode, read on first use (without allocating) and remembered.
+pub fn thp_mode() -> ThpMode {
+    match thp_state() & 3 {
+        1 => ThpMode::Always,
+        2 => ThpMode::Madvise,
+        _ => ThpMode::Never,
+    }
+}
+
+/// The kernel's THP mode as its file names it.
+pub fn thp_mode_name() -> &'static str {
+    match thp_mode() {
+        ThpMode::Always => "always",
+        ThpMode::Madvise => "madvise",
+        ThpMode::Never => "never",
+    }
+}
+
+/// The kernel's THP defrag setting as its file names it (`?` if unreadable).
+pub fn thp_defrag_name() -> &'static str {
+    match (thp_state() >> 2) as usize {
+        0 => "?",
+        d => core::str::from_utf8(THP_DEFRAGS[d - 1]).unwrap_or("?"),
+    }
+}
+
+/// Reads a sysfs choice file (`always [madvise] never`) into a stack buffer and returns the
+/// index in `names` of the bracketed choice.
+fn read_bracketed(path: &CStr, names: &[&[u8]]) -> Option<usize> {
+    let mut buf = [0u8; 128];
+    let mut len = 0;
+    for_each_line(path, |line| {
+        if len == 0 {
+            len = line.len().min(buf.len());
+            buf[..len].copy_from_slice(&line[..len]);
+        }
+    });
+    let text = &buf[..len];
+    let open = text.iter().position(|&b| b == b'[')?;
+    let close = open + text[open..].iter().position(|&b| b == b']')?;
+    let chosen = &text[open + 1..close];
+    names.iter().position(|&n| n == chosen)
+}
+
+/// Calls `f` with every line of the file at `path` (without its newline), read with raw
+/// `read(2)` into a 4 KiB stack buffer: nothing is allocated. A line longer than the buffer is
+/// cut to its first 4 KiB. False if the file could not be opened.
+pub fn for_each_line(path: &CStr, mut f: impl FnMut(&[u8])) -> bool {
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return false;
+    }
+    let mut buf = [0u8; 4096];
+    let mut have = 0; // bytes of an unfinished line at the start of `buf`
+    let mut skipping = false; // inside the cut-off rest of an over-long line
+    loop {
+        // SAFETY: reading into the free part of a local buffer.
+        let n = unsafe { libc::read(fd, buf[have..].as_mut_ptr().cast(), buf.len() - have) };
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        let end = have + n as usize;
+        let mut start = 0;
+        while let Some(i) = buf[start..end].iter().position(|&b| b == b'\n') {
+            if !skipping {
+                f(&buf[start..start + i]);
+            }
+            skipping = false;
+            start += i + 1;
+        }
+        if start == 0 && end == buf.len() {
+            // A line fills the buffer: hand over its first part, drop the rest.
+            if !skipping {
+                f(&buf[..end]);
+            }
+            skipping = true;
+            have = 0;
+        } else {
+            buf.copy_within(start..end, 0);
+            have = end - start;
+        }
+    }
+    if have > 0 && !skipping {
+        f(&buf[..have]);
+    }
+    // SAFETY: our descriptor.
+    unsafe { libc::close(fd) };
+    true
 }
 
 /// Returns a mapping (or part of one) to the kernel.
@@ -427,6 +598,60 @@ mod tests {
                 assert_eq!(*p, 0, "purged pages read back as zero");
                 unmap(p, 3 * PAGE_SIZE);
             }
+        }
+    }
+
+    #[test]
+    fn lines_are_read_whole_and_long_ones_cut() {
+        let path = std::env::temp_dir().join(format!("sampalloc-lines-{}", std::process::id()));
+        let long = "x".repeat(10_000);
+        std::fs::write(&path, format!("one\n\n{long}\nlast")).unwrap();
+        let cpath = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        let mut lines = Vec::new();
+        assert!(for_each_line(&cpath, |l| lines.push(l.to_vec())));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            lines.len(),
+            4,
+            "{:?}",
+            lines.iter().map(|l| l.len()).collect::<Vec<_>>()
+        );
+        assert_eq!(lines[0], b"one");
+        assert!(lines[1].is_empty());
+        assert_eq!(lines[2], vec![b'x'; 4096], "cut to the buffer");
+        assert_eq!(lines[3], b"last");
+        assert!(!for_each_line(c"/nonexistent/sampalloc", |_| ()));
+    }
+
+    #[test]
+    fn thp_mode_matches_the_kernel_file() {
+        let text = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+        let expected = match text {
+            Ok(t) if t.contains("[always]") => ThpMode::Always,
+            Ok(t) if t.contains("[madvise]") => ThpMode::Madvise,
+            _ => ThpMode::Never,
+        };
+        assert_eq!(thp_mode(), expected);
+        let defrag = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/defrag");
+        match defrag {
+            Ok(t) => assert!(t.contains(&format!("[{}]", thp_defrag_name())), "{t}"),
+            Err(_) => assert_eq!(thp_defrag_name(), "?"),
+        }
+    }
+
+    #[test]
+    fn huge_advice_covers_whole_huge_pages_only() {
+        let size = 3 * HUGE_PAGE_SIZE;
+        let p = map_dense(size, 2 * HUGE_PAGE_SIZE, HugeAdvice::Huge);
+        assert!(!p.is_null());
+        // SAFETY: our fresh mapping.
+        unsafe { *p.add(size - 1) = 1 };
+        let q = map_dense(PAGE_SIZE, PAGE_SIZE, HugeAdvice::NoHuge);
+        assert!(!q.is_null());
+        // SAFETY: both are our mappings, unused from here.
+        unsafe {
+            unmap(p, size);
+            unmap(q, PAGE_SIZE);
         }
     }
 
