@@ -167,8 +167,12 @@ impl Segment {
     /// Maps and registers a new segment for `arena`; its usable pages are not yet on any list.
     /// Null if the kernel refuses memory.
     pub fn create(arena: u32) -> *mut Segment {
-        // Dense memory: whole huge pages where `thp` and the kernel's mode allow.
-        let base = os::map_dense(SEGMENT_SIZE, SEGMENT_SIZE, config::huge_advice());
+        // Huge pages only with `thp:always` (see `config::Thp` for why not by default).
+        let base = os::map_dense(
+            SEGMENT_SIZE,
+            SEGMENT_SIZE,
+            config::huge_advice(config::Dense::Segment),
+        );
         if base.is_null() {
             return ptr::null_mut();
         }

@@ -87,7 +87,7 @@ pub const HUGE_PAGE_SIZE: usize = 2 << 20;
 pub enum HugeAdvice {
     /// Nothing: the kernel's mode decides.
     None,
-    /// `MADV_HUGEPAGE` on the mapping's whole 2 MiB pages.
+    /// `MADV_HUGEPAGE` on the mapping (the kernel uses huge pages for its 2 MiB-aligned pages).
     Huge,
     /// `MADV_NOHUGEPAGE` on the whole mapping.
     NoHuge,
@@ -104,23 +104,19 @@ pub fn map_dense(size: usize, align: usize, advice: HugeAdvice) -> *mut u8 {
     p
 }
 
-/// Gives `advice` for `[p, p + size)`, a mapping of ours: `Huge` covers the 2 MiB-aligned
-/// pages inside the range (none if there is none), `NoHuge` the whole range.
+/// Gives `advice` for the whole of `[p, p + size)`, a mapping of ours. The kernel backs only
+/// the 2 MiB-aligned pages inside it with huge pages, but the advice covers it all: advising
+/// part of a mapping splits it into two VMAs, and `mremap` (a huge block's `realloc`) refuses a
+/// range that spans more than one.
 pub fn advise_huge(p: *mut u8, size: usize, advice: HugeAdvice) {
-    let (from, to, how) = match advice {
+    let how = match advice {
         HugeAdvice::None => return,
-        HugeAdvice::Huge => {
-            let from = (p as usize).next_multiple_of(HUGE_PAGE_SIZE);
-            let to = (p as usize + size) & !(HUGE_PAGE_SIZE - 1);
-            (from, to, libc::MADV_HUGEPAGE)
-        }
-        HugeAdvice::NoHuge => (p as usize, p as usize + size, libc::MADV_NOHUGEPAGE),
+        HugeAdvice::Huge => libc::MADV_HUGEPAGE,
+        HugeAdvice::NoHuge => libc::MADV_NOHUGEPAGE,
     };
-    if from < to {
-        // SAFETY: the range lies in a mapping of ours; these two advices only set how the
-        // kernel may back it and never change its contents.
-        unsafe { libc::madvise(from as *mut libc::c_void, to - from, how) };
-    }
+    // SAFETY: the range is a mapping of ours; these two advices only set how the kernel may
+    // back it and never change its contents.
+    unsafe { libc::madvise(p.cast(), size, how) };
 }
 
 /// The kernel's transparent huge page mode, `/sys/kernel/mm/transparent_hugepage/enabled`.
@@ -640,18 +636,25 @@ mod tests {
     }
 
     #[test]
-    fn huge_advice_covers_whole_huge_pages_only() {
-        let size = 3 * HUGE_PAGE_SIZE;
-        let p = map_dense(size, 2 * HUGE_PAGE_SIZE, HugeAdvice::Huge);
-        assert!(!p.is_null());
-        // SAFETY: our fresh mapping.
-        unsafe { *p.add(size - 1) = 1 };
-        let q = map_dense(PAGE_SIZE, PAGE_SIZE, HugeAdvice::NoHuge);
-        assert!(!q.is_null());
-        // SAFETY: both are our mappings, unused from here.
-        unsafe {
-            unmap(p, size);
-            unmap(q, PAGE_SIZE);
+    fn huge_advice_keeps_a_mapping_one_vma_that_mremap_can_grow() {
+        // Not a multiple of 2 MiB: advice on the aligned part alone would split the mapping.
+        let size = 2 * HUGE_PAGE_SIZE + 5 * PAGE_SIZE;
+        for advice in [HugeAdvice::Huge, HugeAdvice::NoHuge, HugeAdvice::None] {
+            let p = map_dense(size, 2 * HUGE_PAGE_SIZE, advice);
+            assert!(!p.is_null());
+            // SAFETY: our fresh mapping; a failed remap leaves it as it was.
+            unsafe {
+                *p.add(size - 1) = 1;
+                let q = libc::mremap(p.cast(), size, 2 * size, libc::MREMAP_MAYMOVE);
+                assert_ne!(
+                    q,
+                    libc::MAP_FAILED,
+                    "{advice:?}: mremap refused the mapping"
+                );
+                assert_eq!(*q.cast::<u8>().add(size - 1), 1);
+                MAPPED.fetch_add(size, Ordering::Relaxed);
+                unmap(q.cast(), 2 * size);
+            }
         }
     }
 

@@ -115,7 +115,11 @@ pub fn alloc(size: usize, align: usize, zero: bool, growth: bool) -> *mut u8 {
     let Some(map_size) = usable.checked_add(offset) else {
         return ptr::null_mut();
     };
-    let base = os::map_dense(map_size, offset.max(SEGMENT_SIZE), config::huge_advice());
+    let base = os::map_dense(
+        map_size,
+        offset.max(SEGMENT_SIZE),
+        config::huge_advice(config::Dense::HugeBlock),
+    );
     if base.is_null() {
         return base;
     }
