@@ -78,10 +78,6 @@ pub fn map_aligned(size: usize, align: usize) -> *mut u8 {
     start as *mut u8
 }
 
-/// The size of a transparent huge page (a PMD mapping on x86_64 and on aarch64 with 4 KiB
-/// pages).
-pub const HUGE_PAGE_SIZE: usize = 2 << 20;
-
 /// What to tell the kernel about huge pages for a new dense mapping (see [`map_dense`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HugeAdvice {
@@ -637,6 +633,7 @@ mod tests {
 
     #[test]
     fn huge_advice_keeps_a_mapping_one_vma_that_mremap_can_grow() {
+        const HUGE_PAGE_SIZE: usize = 2 << 20;
         // Not a multiple of 2 MiB: advice on the aligned part alone would split the mapping.
         let size = 2 * HUGE_PAGE_SIZE + 5 * PAGE_SIZE;
         for advice in [HugeAdvice::Huge, HugeAdvice::NoHuge, HugeAdvice::None] {
