@@ -21,6 +21,7 @@
 //! Everything else reads 0 and takes the checked path through the descriptors.
 
 use crate::addr::registry;
+use crate::base::config;
 use crate::base::size_class::NUM_CACHED;
 use crate::platform::os::{self, PAGE_SHIFT, PAGE_SIZE};
 use core::ptr;
@@ -166,7 +167,12 @@ impl Segment {
     /// Maps and registers a new segment for `arena`; its usable pages are not yet on any list.
     /// Null if the kernel refuses memory.
     pub fn create(arena: u32) -> *mut Segment {
-        let base = os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE);
+        // Huge pages only with `thp:always` (see `config::Thp` for why not by default).
+        let base = os::map_dense(
+            SEGMENT_SIZE,
+            SEGMENT_SIZE,
+            config::huge_advice(config::Dense::Segment),
+        );
         if base.is_null() {
             return ptr::null_mut();
         }

@@ -4,8 +4,9 @@
 //! writes to stderr and the fatal-error path. Nothing here allocates, so every function may be
 //! called from inside `malloc`.
 
+use core::ffi::CStr;
 use core::ptr;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 /// The page size the engine is built for. Checked against the kernel's at start-up.
 pub const PAGE_SIZE: usize = 4096;
@@ -75,6 +76,168 @@ pub fn map_aligned(size: usize, align: usize) -> *mut u8 {
         }
     }
     start as *mut u8
+}
+
+/// What to tell the kernel about huge pages for a new dense mapping (see [`map_dense`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HugeAdvice {
+    /// Nothing: the kernel's mode decides.
+    None,
+    /// `MADV_HUGEPAGE` on the mapping (the kernel uses huge pages for its 2 MiB-aligned pages).
+    Huge,
+    /// `MADV_NOHUGEPAGE` on the whole mapping.
+    NoHuge,
+}
+
+/// Maps `size` bytes aligned to `align` like [`map_aligned`], for memory that will be densely
+/// used (segments, huge blocks), and gives the kernel `advice` about backing it with
+/// transparent huge pages. The advice is only a hint: a refused `madvise` changes nothing.
+pub fn map_dense(size: usize, align: usize, advice: HugeAdvice) -> *mut u8 {
+    let p = map_aligned(size, align);
+    if !p.is_null() {
+        advise_huge(p, size, advice);
+    }
+    p
+}
+
+/// Gives `advice` for the whole of `[p, p + size)`, a mapping of ours. The kernel backs only
+/// the 2 MiB-aligned pages inside it with huge pages, but the advice covers it all: advising
+/// part of a mapping splits it into two VMAs, and `mremap` (a huge block's `realloc`) refuses a
+/// range that spans more than one.
+pub fn advise_huge(p: *mut u8, size: usize, advice: HugeAdvice) {
+    let how = match advice {
+        HugeAdvice::None => return,
+        HugeAdvice::Huge => libc::MADV_HUGEPAGE,
+        HugeAdvice::NoHuge => libc::MADV_NOHUGEPAGE,
+    };
+    // SAFETY: the range is a mapping of ours; these two advices only set how the kernel may
+    // back it and never change its contents.
+    unsafe { libc::madvise(p.cast(), size, how) };
+}
+
+/// The kernel's transparent huge page mode, `/sys/kernel/mm/transparent_hugepage/enabled`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThpMode {
+    /// Every anonymous mapping may get huge pages.
+    Always,
+    /// Only mappings given `MADV_HUGEPAGE`.
+    Madvise,
+    /// None (also when the file is missing or unreadable: no THP support).
+    Never,
+}
+
+const THP_MODES: [&[u8]; 3] = [b"always", b"madvise", b"never"];
+const THP_DEFRAGS: [&[u8]; 5] = [b"always", b"defer", b"defer+madvise", b"madvise", b"never"];
+/// The kernel's THP settings: 0 until read, else `1 + mode | (1 + defrag) << 2`.
+static THP_STATE: AtomicU8 = AtomicU8::new(0);
+
+fn thp_state() -> u8 {
+    let s = THP_STATE.load(Ordering::Relaxed);
+    if s != 0 {
+        return s;
+    }
+    // Read once, at the first mapping (start-up); two threads racing read the same files.
+    let mode =
+        read_bracketed(c"/sys/kernel/mm/transparent_hugepage/enabled", &THP_MODES).unwrap_or(2);
+    let defrag = read_bracketed(c"/sys/kernel/mm/transparent_hugepage/defrag", &THP_DEFRAGS)
+        .map_or(0, |d| d + 1);
+    let s = (1 + mode as u8) | (defrag as u8) << 2;
+    THP_STATE.store(s, Ordering::Relaxed);
+    s
+}
+
+/// The kernel's THP mode, read on first use (without allocating) and remembered.
+pub fn thp_mode() -> ThpMode {
+    match thp_state() & 3 {
+        1 => ThpMode::Always,
+        2 => ThpMode::Madvise,
+        _ => ThpMode::Never,
+    }
+}
+
+/// The kernel's THP mode as its file names it.
+pub fn thp_mode_name() -> &'static str {
+    match thp_mode() {
+        ThpMode::Always => "always",
+        ThpMode::Madvise => "madvise",
+        ThpMode::Never => "never",
+    }
+}
+
+/// The kernel's THP defrag setting as its file names it (`?` if unreadable).
+pub fn thp_defrag_name() -> &'static str {
+    match (thp_state() >> 2) as usize {
+        0 => "?",
+        d => core::str::from_utf8(THP_DEFRAGS[d - 1]).unwrap_or("?"),
+    }
+}
+
+/// Reads a sysfs choice file (`always [madvise] never`) into a stack buffer and returns the
+/// index in `names` of the bracketed choice.
+fn read_bracketed(path: &CStr, names: &[&[u8]]) -> Option<usize> {
+    let mut buf = [0u8; 128];
+    let mut len = 0;
+    for_each_line(path, |line| {
+        if len == 0 {
+            len = line.len().min(buf.len());
+            buf[..len].copy_from_slice(&line[..len]);
+        }
+    });
+    let text = &buf[..len];
+    let open = text.iter().position(|&b| b == b'[')?;
+    let close = open + text[open..].iter().position(|&b| b == b']')?;
+    let chosen = &text[open + 1..close];
+    names.iter().position(|&n| n == chosen)
+}
+
+/// Calls `f` with every line of the file at `path` (without its newline), read with raw
+/// `read(2)` into a 4 KiB stack buffer: nothing is allocated. A line longer than the buffer is
+/// cut to its first 4 KiB. False if the file could not be opened.
+pub fn for_each_line(path: &CStr, mut f: impl FnMut(&[u8])) -> bool {
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return false;
+    }
+    let mut buf = [0u8; 4096];
+    let mut have = 0; // bytes of an unfinished line at the start of `buf`
+    let mut skipping = false; // inside the cut-off rest of an over-long line
+    loop {
+        // SAFETY: reading into the free part of a local buffer.
+        let n = unsafe { libc::read(fd, buf[have..].as_mut_ptr().cast(), buf.len() - have) };
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        let end = have + n as usize;
+        let mut start = 0;
+        while let Some(i) = buf[start..end].iter().position(|&b| b == b'\n') {
+            if !skipping {
+                f(&buf[start..start + i]);
+            }
+            skipping = false;
+            start += i + 1;
+        }
+        if start == 0 && end == buf.len() {
+            // A line fills the buffer: hand over its first part, drop the rest.
+            if !skipping {
+                f(&buf[..end]);
+            }
+            skipping = true;
+            have = 0;
+        } else {
+            buf.copy_within(start..end, 0);
+            have = end - start;
+        }
+    }
+    if have > 0 && !skipping {
+        f(&buf[..have]);
+    }
+    // SAFETY: our descriptor.
+    unsafe { libc::close(fd) };
+    true
 }
 
 /// Returns a mapping (or part of one) to the kernel.
@@ -426,6 +589,68 @@ mod tests {
                 purge(p, PAGE_SIZE);
                 assert_eq!(*p, 0, "purged pages read back as zero");
                 unmap(p, 3 * PAGE_SIZE);
+            }
+        }
+    }
+
+    #[test]
+    fn lines_are_read_whole_and_long_ones_cut() {
+        let path = std::env::temp_dir().join(format!("sampalloc-lines-{}", std::process::id()));
+        let long = "x".repeat(10_000);
+        std::fs::write(&path, format!("one\n\n{long}\nlast")).unwrap();
+        let cpath = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        let mut lines = Vec::new();
+        assert!(for_each_line(&cpath, |l| lines.push(l.to_vec())));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            lines.len(),
+            4,
+            "{:?}",
+            lines.iter().map(|l| l.len()).collect::<Vec<_>>()
+        );
+        assert_eq!(lines[0], b"one");
+        assert!(lines[1].is_empty());
+        assert_eq!(lines[2], vec![b'x'; 4096], "cut to the buffer");
+        assert_eq!(lines[3], b"last");
+        assert!(!for_each_line(c"/nonexistent/sampalloc", |_| ()));
+    }
+
+    #[test]
+    fn thp_mode_matches_the_kernel_file() {
+        let text = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+        let expected = match text {
+            Ok(t) if t.contains("[always]") => ThpMode::Always,
+            Ok(t) if t.contains("[madvise]") => ThpMode::Madvise,
+            _ => ThpMode::Never,
+        };
+        assert_eq!(thp_mode(), expected);
+        let defrag = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/defrag");
+        match defrag {
+            Ok(t) => assert!(t.contains(&format!("[{}]", thp_defrag_name())), "{t}"),
+            Err(_) => assert_eq!(thp_defrag_name(), "?"),
+        }
+    }
+
+    #[test]
+    fn huge_advice_keeps_a_mapping_one_vma_that_mremap_can_grow() {
+        const HUGE_PAGE_SIZE: usize = 2 << 20;
+        // Not a multiple of 2 MiB: advice on the aligned part alone would split the mapping.
+        let size = 2 * HUGE_PAGE_SIZE + 5 * PAGE_SIZE;
+        for advice in [HugeAdvice::Huge, HugeAdvice::NoHuge, HugeAdvice::None] {
+            let p = map_dense(size, 2 * HUGE_PAGE_SIZE, advice);
+            assert!(!p.is_null());
+            // SAFETY: our fresh mapping; a failed remap leaves it as it was.
+            unsafe {
+                *p.add(size - 1) = 1;
+                let q = libc::mremap(p.cast(), size, 2 * size, libc::MREMAP_MAYMOVE);
+                assert_ne!(
+                    q,
+                    libc::MAP_FAILED,
+                    "{advice:?}: mremap refused the mapping"
+                );
+                assert_eq!(*q.cast::<u8>().add(size - 1), 1);
+                MAPPED.fetch_add(size, Ordering::Relaxed);
+                unmap(q.cast(), 2 * size);
             }
         }
     }

@@ -140,7 +140,11 @@ pub fn alloc(size: usize, align: usize, zero: bool, growth: bool) -> *mut u8 {
         note_live();
         return p;
     }
-    let base = os::map_aligned(map_size, offset.max(SEGMENT_SIZE));
+    let base = os::map_dense(
+        map_size,
+        offset.max(SEGMENT_SIZE),
+        config::huge_advice(config::Dense::HugeBlock),
+    );
     if base.is_null() {
         return base;
     }

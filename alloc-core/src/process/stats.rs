@@ -7,7 +7,14 @@
 //! - *active*: bytes of pages in slabs and large blocks, plus huge blocks;
 //! - *resident*: an upper bound on the bytes in RAM (active and dirty pages, headers, metadata);
 //! - *mapped*: bytes of address space mapped; *retained*: mapped but purged;
-//! - *metadata*: segment headers and the engine's own bookkeeping.
+//! - *metadata*: segment headers and the engine's own bookkeeping;
+//! - *thp_resident*: bytes of our mappings (segments, huge blocks) the kernel backs with
+//!   transparent huge pages, the `AnonHugePages` of those mappings in `/proc/self/smaps`. It is
+//!   read only when the report is printed or [`thp_resident`] is called (a walk of smaps, with
+//!   raw reads into a stack buffer; the kernel takes the address-space lock for it, so
+//!   `snapshot`, which `mallinfo` and the Rust API call freely, leaves it at 0). The kernel reports per mapping (VMA),
+//!   and merges neighbouring anonymous mappings with the same flags into one: a VMA is counted
+//!   when any 4 MiB chunk of it is one of our segments or holds a huge block's start.
 //!
 //! What is held for reuse, apart from live blocks:
 //! - *dirty*: free pages not yet purged (and the huge cache); of those, *dirty_expired* were
@@ -18,6 +25,7 @@
 //!   keep (*empty_slab*) and freed huge blocks kept for reuse (*huge_cached*). Thread-cached
 //!   blocks and kept slabs count as active pages, the huge cache as dirty.
 
+use crate::addr::registry;
 use crate::addr::segment::{HEADER_PAGES, SEGMENT_SIZE};
 use crate::base::config;
 use crate::base::meta;
@@ -60,6 +68,10 @@ pub struct Snapshot {
     pub retained: usize,
     /// Bytes of allocator metadata.
     pub metadata: usize,
+    /// Bytes of our mappings backed by transparent huge pages (`AnonHugePages` of the VMAs
+    /// holding our segments and huge blocks, from `/proc/self/smaps`): filled by the report
+    /// only; 0 in a plain [`snapshot`] (see [`thp_resident`]).
+    pub thp_resident: usize,
     /// Free pages not yet purged, in bytes (the huge cache included).
     pub dirty: usize,
     /// Of `dirty`, the bytes of pages freed more than one decay window (`dirty_decay_ms`) ago:
@@ -103,6 +115,7 @@ pub fn snapshot() -> Snapshot {
         mapped: 0,
         retained: 0,
         metadata: 0,
+        thp_resident: 0,
         dirty: 0,
         dirty_expired: 0,
         oldest_dirty_ms: 0,
@@ -192,9 +205,85 @@ pub fn snapshot() -> Snapshot {
     s
 }
 
+/// Bytes of our mappings the kernel backs with transparent huge pages: the `AnonHugePages` of
+/// every VMA in `/proc/self/smaps` that holds one of our segments or the start of one of our
+/// huge blocks. Reads the file with raw reads into a stack buffer; allocates nothing.
+pub fn thp_resident() -> usize {
+    let mut total = 0usize;
+    let mut range = (0usize, 0usize);
+    os::for_each_line(c"/proc/self/smaps", |line| match line.first() {
+        // A VMA's first line, `start-end perms ...`: fields follow.
+        Some(b'0'..=b'9' | b'a'..=b'f') => range = parse_range(line).unwrap_or((0, 0)),
+        _ => {
+            if let Some(rest) = line.strip_prefix(b"AnonHugePages:") {
+                let kb = parse_kb(rest);
+                // Which VMAs are ours is only asked of those with huge pages.
+                if kb > 0 && is_ours(range.0, range.1) {
+                    total += kb * 1024;
+                }
+            }
+        }
+    });
+    total
+}
+
+/// `start-end` (hexadecimal) at the start of an smaps VMA line.
+fn parse_range(line: &[u8]) -> Option<(usize, usize)> {
+    let mut vals = [0usize; 2];
+    let mut i = 0;
+    for (k, v) in vals.iter_mut().enumerate() {
+        let from = i;
+        while let Some(d) = line.get(i).and_then(|&b| (b as char).to_digit(16)) {
+            *v = v.checked_mul(16)?.checked_add(d as usize)?;
+            i += 1;
+        }
+        let sep = if k == 0 { b'-' } else { b' ' };
+        if i == from || line.get(i).is_some_and(|&b| b != sep) {
+            return None;
+        }
+        i += 1;
+    }
+    Some((vals[0], vals[1]))
+}
+
+/// The number in `   2048 kB`.
+fn parse_kb(rest: &[u8]) -> usize {
+    rest.iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take_while(|b| b.is_ascii_digit())
+        .fold(0usize, |v, &b| {
+            v.saturating_mul(10).saturating_add((b - b'0') as usize)
+        })
+}
+
+/// Whether `[from, to)` overlaps one of our segments or holds a huge block's start.
+fn is_ours(from: usize, to: usize) -> bool {
+    if from >= to {
+        return false;
+    }
+    let mut chunk = from & !(SEGMENT_SIZE - 1);
+    while chunk < to {
+        if registry::is_segment(chunk) {
+            return true;
+        }
+        let h = registry::lookup(chunk);
+        // A huge block's header is in the chunk before its start (or the same one); the chunk
+        // registered is the one holding the block's start, which lies in this VMA if the
+        // header does.
+        if !h.is_null() && (h as usize) < to && (h as usize) + PAGE_SIZE > from {
+            return true;
+        }
+        chunk += SEGMENT_SIZE;
+    }
+    false
+}
+
 /// Prints the statistics to file descriptor `fd` (for `stats_print:true` at exit).
 pub fn print(fd: i32) {
-    let s = snapshot();
+    let s = Snapshot {
+        thp_resident: thp_resident(),
+        ..snapshot()
+    };
     let emit = |l: &mut Line| {
         l.str("\n");
         crate::platform::os::write_fd(fd, l.as_bytes());
@@ -213,7 +302,18 @@ pub fn print(fd: i32) {
             .str("  retained: ")
             .dec(s.retained as u64)
             .str("  metadata: ")
-            .dec(s.metadata as u64),
+            .dec(s.metadata as u64)
+            .str("  thp_resident: ")
+            .dec(s.thp_resident as u64),
+    );
+    emit(
+        Line::new()
+            .str("thp: ")
+            .str(config::thp_name())
+            .str("  kernel: ")
+            .str(os::thp_mode_name())
+            .str("  defrag: ")
+            .str(os::thp_defrag_name()),
     );
     emit(
         Line::new()
@@ -280,4 +380,37 @@ fn pad(l: &mut Line, v: u64, width: usize) {
         l.str(" ");
     }
     l.bytes(digits.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaps_lines_parse() {
+        assert_eq!(
+            parse_range(b"7f12a0000000-7f12a0400000 rw-p 00000000 00:00 0"),
+            Some((0x7f12_a000_0000, 0x7f12_a040_0000))
+        );
+        assert_eq!(
+            parse_range(b"55d0-55e0 r--p 0 08:01 1 /bin/x"),
+            Some((0x55d0, 0x55e0))
+        );
+        assert_eq!(parse_range(b"Size:  4 kB"), None);
+        assert_eq!(parse_range(b"ab-"), None);
+        assert_eq!(parse_kb(b"      2048 kB"), 2048);
+        assert_eq!(parse_kb(b" 0 kB"), 0);
+    }
+
+    #[test]
+    fn foreign_ranges_are_not_ours() {
+        // A range nothing of ours was ever placed in (see the registry's tests).
+        let a = 0x5c5c_0000_0000usize;
+        assert!(!is_ours(a, a + (64 << 20)));
+        assert!(!is_ours(a, a));
+        registry::mark_segment(a + (8 << 20), 3);
+        assert!(is_ours(a, a + (16 << 20)));
+        assert!(!is_ours(a, a + (8 << 20)));
+        registry::unmark_segment(a + (8 << 20));
+    }
 }

@@ -1,0 +1,170 @@
+//! Transparent huge pages (`thp:`): what of ours the kernel backs with huge pages.
+//!
+//! `tests/preload/thp.c` runs under `LD_PRELOAD`: it allocates and touches 64 MiB, half in large
+//! blocks (256 KiB, carved from segments) and half in huge blocks (4 MiB, mappings of their own),
+//! keeps them live, and reads `/proc/self/smaps` for the VMAs holding its blocks: their
+//! `AnonHugePages` (segments and huge blocks apart) and how many carry the `hg`
+//! (`MADV_HUGEPAGE`) and `nh` (`MADV_NOHUGEPAGE`) flags. The statistics report at exit gives
+//! the engine's own `thp_resident`. What is asserted follows the kernel's mode
+//! (`/sys/kernel/mm/transparent_hugepage/enabled`), read here; no mode skips anything:
+//!
+//! - `thp:never`: nothing of ours is backed by huge pages, in every mode; in `always` mode our
+//!   VMAs say `MADV_NOHUGEPAGE`;
+//! - the default (`auto`): in `madvise` or `always` mode the huge blocks are backed by huge
+//!   pages and segments are not asked for them; in `never` mode nothing is asked;
+//! - `thp:always`: segments are backed by huge pages too (`madvise`/`always` mode);
+//! - a bad value warns once and keeps the default.
+
+mod common;
+
+use common::{command, have, Run, Scratch};
+use std::path::Path;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    Always,
+    Madvise,
+    Never,
+}
+
+/// The kernel's THP mode; no file means no THP support, which is `never`.
+fn kernel_mode() -> Mode {
+    match std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled") {
+        Ok(t) if t.contains("[always]") => Mode::Always,
+        Ok(t) if t.contains("[madvise]") => Mode::Madvise,
+        _ => Mode::Never,
+    }
+}
+
+/// What thp.c saw, and what the statistics report said.
+#[derive(Debug, Default)]
+struct Seen {
+    vmas: u64,
+    seg_kb: u64,
+    huge_kb: u64,
+    hg: u64,
+    nh: u64,
+    /// `thp_resident:` of the statistics report.
+    thp_resident: u64,
+    stderr: String,
+}
+
+fn field(text: &str, key: &str) -> u64 {
+    let at = text
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key} in:\n{text}"));
+    text[at + key.len()..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {key} in:\n{text}"))
+}
+
+/// Compiles thp.c once per test and runs it under the preload with `conf` and the report on.
+fn run(conf: &str) -> Option<Seen> {
+    if !have("cc") {
+        return None;
+    }
+    let scratch = Scratch::new("thp");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/preload");
+    let exe = common::compile_in(&src, "cc", &scratch, &["thp.c"], "thp", &[]);
+    let conf = if conf.is_empty() {
+        "stats_print:true".to_string()
+    } else {
+        format!("{conf},stats_print:true")
+    };
+    let r: Run = common::run_conf(command(&exe, [] as [&str; 0]), Some(&conf));
+    r.assert_ok("thp.c", "vmas=");
+    let seen = Seen {
+        vmas: field(&r.stdout, "vmas="),
+        seg_kb: field(&r.stdout, "seg_kb="),
+        huge_kb: field(&r.stdout, "huge_kb="),
+        hg: field(&r.stdout, "hg="),
+        nh: field(&r.stdout, "nh="),
+        thp_resident: field(&r.stderr, "thp_resident:"),
+        stderr: r.stderr,
+    };
+    assert!(seen.vmas > 0, "thp.c found none of its blocks: {seen:?}");
+    Some(seen)
+}
+
+#[test]
+fn never_backs_nothing_of_ours_with_huge_pages() {
+    let Some(s) = run("thp:never") else { return };
+    assert_eq!((s.seg_kb, s.huge_kb), (0, 0), "{s:?}");
+    assert_eq!(s.thp_resident, 0, "{s:?}");
+    assert_eq!(s.hg, 0, "thp:never asked for huge pages: {s:?}");
+    assert!(s.stderr.contains("thp: never"), "{}", s.stderr);
+    if kernel_mode() == Mode::Always {
+        assert_eq!(
+            s.nh, s.vmas,
+            "in always mode every VMA of ours refuses them: {s:?}"
+        );
+    } else {
+        assert_eq!(s.nh, 0, "no advice needed outside always mode: {s:?}");
+    }
+}
+
+#[test]
+fn the_default_backs_huge_blocks_with_huge_pages() {
+    let Some(s) = run("") else { return };
+    assert!(s.stderr.contains("thp: auto"), "{}", s.stderr);
+    match kernel_mode() {
+        Mode::Madvise | Mode::Always => {
+            assert!(s.hg > 0, "the default asked for nothing: {s:?}");
+            assert!(
+                s.huge_kb > 0,
+                "no huge block is backed by huge pages: {s:?}"
+            );
+            assert!(
+                s.thp_resident >= s.huge_kb * 1024,
+                "the report's thp_resident misses the huge blocks: {s:?}"
+            );
+            if kernel_mode() == Mode::Madvise {
+                // Segments are not asked (see config::Thp); in madvise mode that means none.
+                assert_eq!(s.seg_kb, 0, "{s:?}");
+            }
+        }
+        Mode::Never => {
+            assert_eq!(
+                s.hg + s.nh,
+                0,
+                "nothing is to be asked in never mode: {s:?}"
+            );
+            assert_eq!((s.seg_kb, s.huge_kb, s.thp_resident), (0, 0, 0), "{s:?}");
+        }
+    }
+}
+
+#[test]
+fn always_backs_segments_too() {
+    let Some(s) = run("thp:always") else { return };
+    match kernel_mode() {
+        Mode::Madvise | Mode::Always => {
+            assert!(s.seg_kb > 0 && s.huge_kb > 0, "{s:?}");
+            assert!(s.thp_resident >= (s.seg_kb + s.huge_kb) * 1024, "{s:?}");
+        }
+        Mode::Never => {
+            assert_eq!(
+                s.hg + s.nh,
+                0,
+                "nothing is to be asked in never mode: {s:?}"
+            );
+            assert_eq!((s.seg_kb, s.huge_kb), (0, 0), "{s:?}");
+        }
+    }
+}
+
+#[test]
+fn a_bad_value_warns_once_and_keeps_the_default() {
+    let Some(s) = run("thp:sometimes") else {
+        return;
+    };
+    let warning = "invalid value in 'thp:sometimes'; keeping the default";
+    assert_eq!(s.stderr.matches(warning).count(), 1, "{}", s.stderr);
+    assert!(s.stderr.contains("thp: auto"), "{}", s.stderr);
+    if kernel_mode() != Mode::Never {
+        assert!(s.huge_kb > 0, "{s:?}");
+    }
+}
