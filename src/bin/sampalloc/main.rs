@@ -33,6 +33,10 @@ Workflow, to find what holds memory in a program:
   3. A slow leak: compare an early profile with a late one; what grows comes first:
        sampalloc diff DIR/sampalloc.1234.0.i.heap DIR/sampalloc.1234.9.i.heap
 
+     Or follow every site over all the profiles of the run; growing sites come first, a
+     cache that filled early and stays is 'levelled':
+       sampalloc trend DIR --svg trend.svg
+
   4. Export: sampalloc flamegraph P > heap.svg; sampalloc pprof P > heap.pb.gz
      (for go tool pprof, Pyroscope, Parca, Grafana); sampalloc stacks P (collapsed).
 
@@ -53,6 +57,8 @@ enum Command {
     Top(TopArgs),
     /// Compare two profiles of one process: what grew, shrank, is new or gone
     Diff(DiffArgs),
+    /// Follow sites over a series of profiles of one run: what keeps growing, what levelled
+    Trend(TrendArgs),
     /// Write an SVG flame graph of live (or allocated) bytes to stdout
     Flamegraph(ExportArgs),
     /// Write the profile as pprof's profile.proto, gzipped, to stdout (or -o FILE)
@@ -145,6 +151,30 @@ struct DiffArgs {
 }
 
 #[derive(Args)]
+struct TrendArgs {
+    /// A directory of profiles (<prefix>.<pid>.<seq>.<kind>.heap), or the profiles themselves
+    #[arg(required = true, value_name = "DIR | PROFILES")]
+    inputs: Vec<PathBuf>,
+    /// The process whose profiles to follow (default: the one with the most profiles)
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Sites to show (0: all)
+    #[arg(short = 'n', default_value_t = 20)]
+    n: usize,
+    /// JSON instead of a table
+    #[arg(long)]
+    json: bool,
+    /// Also write an SVG chart of the top sites over time to FILE
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// One site per source line rather than per function
+    #[arg(long)]
+    lines: bool,
+    #[command(flatten)]
+    sym: SymArgs,
+}
+
+#[derive(Args)]
 struct ExportArgs {
     /// The profile
     profile: PathBuf,
@@ -176,6 +206,7 @@ fn main() -> ExitCode {
         Command::Run(a) => return run::run(a),
         Command::Top(a) => analyse::top(a),
         Command::Diff(a) => analyse::diff(a),
+        Command::Trend(a) => analyse::trend(a),
         Command::Flamegraph(a) => analyse::flame(a),
         Command::Pprof(a) => analyse::export_pprof(a),
         Command::Stacks(a) => analyse::stacks(a),
