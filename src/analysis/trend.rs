@@ -323,6 +323,7 @@ pub fn sparkline(values: &[f64], width: usize) -> String {
 }
 
 fn signed(b: f64) -> String {
+    let b = if b.abs() < 0.5 { 0.0 } else { b };
     format!("{}{}", if b >= 0.0 { "+" } else { "" }, human_bytes(b))
 }
 

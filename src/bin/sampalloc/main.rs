@@ -86,6 +86,10 @@ struct RunArgs {
     /// Accept an --out directory that is a symlink, not yours, or writable by group or others
     #[arg(long, requires = "out")]
     allow_shared_out: bool,
+    /// Also dump a profile every so often (e.g. 10s, 500ms; a bare number is seconds), at the
+    /// first allocation tick after each period: sets prof_interval_ms
+    #[arg(long, value_name = "DURATION", value_parser = run::parse_every)]
+    every: Option<u64>,
     /// Sites to show
     #[arg(short = 'n', default_value_t = 10)]
     n: usize,
