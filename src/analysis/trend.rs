@@ -5,9 +5,18 @@
 //! The growth of a site is the Theil–Sen slope (the median of the pairwise slopes, which a few
 //! noisy points do not move) of its live bytes over the last half of the points, times the
 //! number of steps there. A site is *growing* when that growth is at least
-//! [`GROWTH_FRACTION`] of its size over the same part, *shrinking* when it is that much
-//! negative, *gone* when it holds nothing at the last point, and *levelled* otherwise. Growing
-//! sites come first, by growth; then the others by their size at the end.
+//! [`GROWTH_FRACTION`] of its size over the same part and at least [`NOISE_SIGMAS`] times the
+//! sampling noise of such a change, *shrinking* when it is that much negative, *gone* when it
+//! holds nothing at the last point, and *levelled* otherwise. Growing sites come first, by
+//! growth; then the others by their size at the end.
+//!
+//! The noise: a sampled estimate of `B` bytes in objects of `s` bytes, sampled every `R` bytes
+//! on average, has variance `B·s·(1-p)/p` with `p = 1-exp(-s/R)` (about `B·R` for small
+//! objects). The estimated change of live bytes over the later part counts the objects
+//! allocated there that are still live and those freed there: about `2·A - G` bytes for `A`
+//! bytes allocated and a growth `G`. A cache whose entries are replaced slowly wanders by that
+//! much; a leak (`A = G`) is held to `sqrt(G·R)`. Without cumulative counts (jemalloc without
+//! `prof_accum`), `2·size` is taken for `A`.
 //!
 //! The x axis is the point's rank in the series (dumps ordered by sequence number): interval
 //! dumps are evenly spaced in bytes allocated, timed ones in time.
@@ -21,6 +30,9 @@ use std::path::{Path, PathBuf};
 
 /// Late growth relative to the site's size below which a site counts as levelled.
 pub const GROWTH_FRACTION: f64 = 0.2;
+/// Late growth, in standard deviations of its sampling noise, below which a site counts as
+/// levelled.
+pub const NOISE_SIGMAS: f64 = 3.0;
 
 /// One profile of the series.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -33,6 +45,8 @@ pub struct Point {
     pub kind: Option<char>,
     /// Live bytes of all sites.
     pub live_bytes: f64,
+    /// Mean sample interval in bytes (0: unsampled).
+    pub sample_period: u64,
 }
 
 /// What a site does over the later part of the run.
@@ -76,8 +90,16 @@ pub struct TrendSite {
     pub growth_per_point: f64,
     /// Growth over the later part (slope × steps).
     pub late_growth: f64,
+    /// One standard deviation of the sampling noise of that growth.
+    pub noise: f64,
     /// The classification.
     pub status: Status,
+    /// Bytes allocated since the start, at each point.
+    #[serde(skip)]
+    pub alloc_bytes: Vec<f64>,
+    /// Mean object size (allocated, else live; 0: unknown).
+    #[serde(skip)]
+    pub mean_object: f64,
 }
 
 impl TrendSite {
@@ -129,23 +151,67 @@ pub fn theil_sen(ys: &[f64]) -> f64 {
     }
 }
 
-/// Classifies a series of live bytes: (slope per point over the later part, late growth,
-/// status).
-pub fn classify(live: &[f64]) -> (f64, f64, Status) {
-    let late = &live[late_start(live.len())..];
+/// The variance of a sampled estimate per byte estimated, for objects of `mean_object` bytes
+/// sampled every `period` bytes on average (`s·(1-p)/p`; `period` when the size is unknown).
+pub fn variance_per_byte(mean_object: f64, period: u64) -> f64 {
+    if period == 0 {
+        return 0.0;
+    }
+    let r = period as f64;
+    if mean_object <= 0.0 {
+        return r;
+    }
+    let p = -(-mean_object / r).exp_m1();
+    if p <= 0.0 {
+        r
+    } else {
+        mean_object * (1.0 - p) / p
+    }
+}
+
+/// What [`classify`] finds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Class {
+    /// Slope per point over the later part.
+    pub slope: f64,
+    /// Growth over the later part.
+    pub growth: f64,
+    /// One standard deviation of the growth's sampling noise.
+    pub noise: f64,
+    /// The status.
+    pub status: Status,
+}
+
+/// Classifies a series of live bytes, with the bytes allocated since the start at each point
+/// (empty or all zero: unknown), the mean object size (0: unknown) and the sample period.
+pub fn classify(live: &[f64], alloc: &[f64], mean_object: f64, period: u64) -> Class {
+    let from = late_start(live.len());
+    let late = &live[from..];
     let slope = theil_sen(late);
     let growth = slope * late.len().saturating_sub(1) as f64;
     let size = late.iter().copied().fold(0.0, f64::max).max(1.0);
+    let allocated = match (alloc.get(from), alloc.last()) {
+        (Some(&a), Some(&b)) if b > 0.0 => (b - a).max(0.0),
+        _ => 2.0 * size,
+    };
+    let turnover = (2.0 * allocated - growth).max(growth.abs());
+    let noise = (turnover * variance_per_byte(mean_object, period)).sqrt();
+    let threshold = (GROWTH_FRACTION * size).max(NOISE_SIGMAS * noise);
     let status = if live.last().is_some_and(|&v| v < 0.5) {
         Status::Gone
-    } else if growth >= GROWTH_FRACTION * size {
+    } else if growth >= threshold {
         Status::Growing
-    } else if growth <= -GROWTH_FRACTION * size {
+    } else if growth <= -threshold {
         Status::Shrinking
     } else {
         Status::Levelled
     };
-    (slope, growth, status)
+    Class {
+        slope,
+        growth,
+        noise,
+        status,
+    }
 }
 
 /// Builds the trend from each point's sites (as [`super::sites`] aggregates them).
@@ -164,12 +230,22 @@ pub fn build(series: Vec<(Point, Vec<Site>)>) -> Trend {
                     live_bytes: vec![0.0; n],
                     growth_per_point: 0.0,
                     late_growth: 0.0,
+                    noise: 0.0,
                     status: Status::Levelled,
+                    alloc_bytes: vec![0.0; n],
+                    mean_object: 0.0,
                 });
                 sites.len() - 1
             });
             let t = &mut sites[k];
             t.live_bytes[i] += s.counts.live_bytes;
+            t.alloc_bytes[i] += s.counts.alloc_bytes;
+            let c = &s.counts;
+            if c.alloc_objects >= 0.5 {
+                t.mean_object = c.alloc_bytes / c.alloc_objects;
+            } else if c.live_objects >= 0.5 && t.mean_object == 0.0 {
+                t.mean_object = c.live_bytes / c.live_objects;
+            }
             if s.counts.live_bytes >= 0.5 {
                 t.location = s.location;
             }
@@ -177,8 +253,15 @@ pub fn build(series: Vec<(Point, Vec<Site>)>) -> Trend {
         points.push(point);
     }
     sites.retain(|s| s.max() >= 0.5);
+    let period = points
+        .iter()
+        .map(|p: &Point| p.sample_period)
+        .max()
+        .unwrap_or(0);
     for s in &mut sites {
-        (s.growth_per_point, s.late_growth, s.status) = classify(&s.live_bytes);
+        let c = classify(&s.live_bytes, &s.alloc_bytes, s.mean_object, period);
+        (s.growth_per_point, s.late_growth, s.noise, s.status) =
+            (c.slope, c.growth, c.noise, c.status);
     }
     sites.sort_by(|a, b| {
         a.status.cmp(&b.status).then_with(|| match a.status {
@@ -279,7 +362,7 @@ pub fn series(
 }
 
 /// The point for `path`, with its name's sequence number and kind.
-pub fn point(path: &Path, live_bytes: f64) -> Point {
+pub fn point(path: &Path, live_bytes: f64, sample_period: u64) -> Point {
     use std::os::unix::ffi::OsStrExt;
     let name = path
         .file_name()
@@ -289,6 +372,7 @@ pub fn point(path: &Path, live_bytes: f64) -> Point {
         seq: name.as_ref().map(|n| n.seq),
         kind: name.map(|n| n.kind as char),
         live_bytes,
+        sample_period,
     }
 }
 
@@ -360,10 +444,15 @@ pub fn text(t: &Trend, n: usize) -> String {
     );
     let _ = writeln!(
         out,
-        "Total live: {} at the first, {} at the last; growth is measured over the last {} profiles (a robust slope); sparklines are scaled to each site's maximum",
+        "Total live: {} at the first, {} at the last; late growth: a robust slope over the last {} profiles",
         human_bytes(first),
         human_bytes(last),
         np - t.late_from
+    );
+    let _ = writeln!(
+        out,
+        "Growing: late growth at least {:.0}% of the site's size and {NOISE_SIGMAS:.0} standard deviations of sampling noise; sparklines scaled to each site's maximum",
+        100.0 * GROWTH_FRACTION
     );
     let shown: Vec<&TrendSite> = t
         .sites
@@ -447,6 +536,7 @@ pub fn json(t: &Trend, n: usize) -> String {
         "points": t.points,
         "late_from": t.late_from,
         "growth_fraction": GROWTH_FRACTION,
+        "noise_sigmas": NOISE_SIGMAS,
         "sites": shown,
     });
     serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
@@ -588,7 +678,7 @@ mod tests {
                 let gone = if i < 10 { 4.0 * mib } else { 0.0 };
                 let shrink = 8.0 * mib * (n - i) as f64 / n as f64;
                 (
-                    point(Path::new(&format!("p.1.{i}.i.heap")), cache + leak),
+                    point(Path::new(&format!("p.1.{i}.i.heap")), cache + leak, 0),
                     vec![
                         site("cache", cache),
                         site("leak", leak),
@@ -617,6 +707,35 @@ mod tests {
         let txt = text(&t, 0);
         assert!(txt.contains("growing"), "{txt}");
         assert!(svg(&t, 8, "t").contains("<polyline"));
+    }
+
+    #[test]
+    fn sampling_noise_holds_a_slowly_replaced_cache_level() {
+        let mib = 1048576.0;
+        // 48 MiB of 64 KiB entries replaced slowly (90 MiB allocated over the later part),
+        // sampled every 512 KiB: one standard deviation of its late change is about 9 MiB, so
+        // a wander of +13.5 MiB (22 %) is no growth (unsampled, it would be); a leak of 1 KiB
+        // objects growing by 7.2 MiB is (one standard deviation: 1.9 MiB).
+        let live: Vec<f64> = (0..20)
+            .map(|i| {
+                48.0 * mib
+                    + if i >= 10 {
+                        (i - 10) as f64 * 1.5 * mib
+                    } else {
+                        0.0
+                    }
+            })
+            .collect();
+        let alloc: Vec<f64> = (0..20).map(|i| 10.0 * mib * i as f64).collect();
+        let c = classify(&live, &alloc, 65536.0, 1 << 19);
+        assert_eq!(c.status, Status::Levelled, "{c:?}");
+        assert!((8.0 * mib..11.0 * mib).contains(&c.noise), "{c:?}");
+        assert_eq!(classify(&live, &alloc, 65536.0, 0).status, Status::Growing);
+        let leak: Vec<f64> = (0..20).map(|i| 0.8 * mib * i as f64).collect();
+        let c = classify(&leak, &leak, 1024.0, 1 << 19);
+        assert_eq!(c.status, Status::Growing, "{c:?}");
+        assert!((1.8 * mib..2.1 * mib).contains(&c.noise), "{c:?}");
+        assert!((variance_per_byte(1.0, 1 << 19) - 524288.0).abs() < 1.0);
     }
 
     #[test]

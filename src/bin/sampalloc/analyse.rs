@@ -112,7 +112,7 @@ pub(crate) fn trend(a: TrendArgs) -> Result<(), String> {
         for w in s.take_warnings() {
             eprintln!("sampalloc: warning: {w}");
         }
-        let point = trend::point(f, profile.total().live_bytes);
+        let point = trend::point(f, profile.total().live_bytes, profile.sample_period);
         series.push((point, analysis::sites(&rows, by)));
     }
     let t = trend::build(series);
