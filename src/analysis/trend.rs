@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 pub const GROWTH_FRACTION: f64 = 0.2;
 /// Late growth, in standard deviations of its sampling noise, below which a site counts as
 /// levelled.
-pub const NOISE_SIGMAS: f64 = 3.0;
+pub const NOISE_SIGMAS: f64 = 2.0;
 
 /// One profile of the series.
 #[derive(Clone, Debug, serde::Serialize)]
