@@ -25,7 +25,8 @@ Workflow, to find what holds memory in a program:
      At exit, the final profile's top leak sites are printed; profiles are kept in a
      directory (--out DIR, else a new temporary one) named <prefix>.<pid>.<seq>.<kind>.heap.
      Ask for more profiles with --conf, e.g. --conf lg_prof_interval:30 (one every 1 GiB
-     allocated) or --conf prof_signal:SIGUSR2 (kill -USR2 <pid> dumps one).
+     allocated), --every 10s (one every 10 s) or --conf prof_signal:SIGUSR2 (kill -USR2
+     <pid> dumps one).
 
   2. Look at one profile: live bytes by call site, symbolized from the binaries:
        sampalloc top DIR/sampalloc.1234.7.f.heap
