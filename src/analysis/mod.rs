@@ -3,7 +3,8 @@
 //! The pipeline: [`parse`] reads a profile into rows of scaled counts with raw addresses;
 //! [`symbolize`] turns addresses into (inlined) frames; [`resolve`] does that for every row
 //! and drops the allocator's own leading frames; [`sites`] aggregates rows by leaf function,
-//! source line or whole stack; [`report`], [`flamegraph`] and [`pprof`] write the results.
+//! source line or whole stack; [`report`], [`flamegraph`] and [`pprof`] write the results;
+//! [`trend`] follows sites over a series of profiles of one run.
 //!
 //! ```no_run
 //! use sampalloc::analysis::{self, parse, symbolize::Symbolizer, GroupBy};
@@ -21,6 +22,7 @@ pub mod parse;
 pub mod pprof;
 pub mod report;
 pub mod symbolize;
+pub mod trend;
 
 use parse::{Counts, Profile};
 use std::collections::HashMap;

@@ -8,7 +8,7 @@
 use crate::platform::lock::Locked;
 use crate::platform::os::{self, HugeAdvice, Line, ThpMode};
 use core::sync::atomic::{
-    AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU8, AtomicUsize, Ordering,
+    AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
 
 /// Default `dirty_decay_ms`: long enough that a block freed and allocated again within a
@@ -26,6 +26,7 @@ static PROF: AtomicBool = AtomicBool::new(false);
 static PROF_ACTIVE: AtomicBool = AtomicBool::new(true);
 static LG_PROF_SAMPLE: AtomicU32 = AtomicU32::new(DEFAULT_LG_PROF_SAMPLE);
 static LG_PROF_INTERVAL: AtomicI32 = AtomicI32::new(-1);
+static PROF_INTERVAL_MS: AtomicU64 = AtomicU64::new(0);
 static PROF_GDUMP: AtomicBool = AtomicBool::new(false);
 static PROF_FINAL: AtomicBool = AtomicBool::new(false);
 static PROF_LEAK: AtomicBool = AtomicBool::new(false);
@@ -98,6 +99,12 @@ pub fn lg_prof_sample() -> u32 {
 pub fn lg_prof_interval() -> i32 {
     LG_PROF_INTERVAL.load(Ordering::Relaxed)
 }
+/// `prof_interval_ms`: a dump at the first tick after every so many milliseconds (0: off).
+pub fn prof_interval_ms() -> u64 {
+    PROF_INTERVAL_MS.load(Ordering::Relaxed)
+}
+/// Longest `prof_interval_ms` accepted: a day.
+pub const PROF_INTERVAL_MS_MAX: u64 = 86_400_000;
 /// `prof_gdump`.
 pub fn prof_gdump() -> bool {
     PROF_GDUMP.load(Ordering::Relaxed)
@@ -252,6 +259,10 @@ pub fn set(key: &[u8], value: &[u8]) -> Result<(), ConfError> {
         b"lg_prof_interval" => {
             let v = parse_i64(value).filter(|&v| (-1..=62).contains(&v));
             LG_PROF_INTERVAL.store(v.ok_or(ConfError::BadValue)? as i32, Ordering::Relaxed);
+        }
+        b"prof_interval_ms" => {
+            let v = parse_u64(value).filter(|&v| v <= PROF_INTERVAL_MS_MAX);
+            PROF_INTERVAL_MS.store(v.ok_or(ConfError::BadValue)?, Ordering::Relaxed);
         }
         b"prof_gdump" => PROF_GDUMP.store(parse_bool(value)?, Ordering::Relaxed),
         b"prof_final" => PROF_FINAL.store(parse_bool(value)?, Ordering::Relaxed),
@@ -426,6 +437,17 @@ mod tests {
         assert_eq!(set(b"prof_signal", b"12"), Ok(()));
         assert_eq!(prof_signal(), 12);
         assert_eq!(set(b"prof_signal", b"0"), Ok(()));
+        assert_eq!(set(b"prof_interval_ms", b"-5"), Err(ConfError::BadValue));
+        assert_eq!(set(b"prof_interval_ms", b"10s"), Err(ConfError::BadValue));
+        assert_eq!(
+            set(b"prof_interval_ms", b"86400001"),
+            Err(ConfError::BadValue)
+        );
+        assert_eq!(prof_interval_ms(), 0, "a bad value keeps the default");
+        assert_eq!(set(b"prof_interval_ms", b"250"), Ok(()));
+        assert_eq!(prof_interval_ms(), 250);
+        assert_eq!(set(b"prof_interval_ms", b"0"), Ok(()));
+        assert_eq!(prof_interval_ms(), 0);
         assert_eq!(parse_i64(b"-1"), Some(-1));
         assert_eq!(parse_u64(b"99999999999999999999"), None);
     }

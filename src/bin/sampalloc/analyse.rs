@@ -1,11 +1,13 @@
-//! The commands that read profiles: `top`, `diff`, `flamegraph`, `pprof` and `stacks`.
+//! The commands that read profiles: `top`, `diff`, `trend`, `flamegraph`, `pprof` and `stacks`.
 
-use crate::{emit, euid, DiffArgs, ExplainArgs, ExportArgs, PprofArgs, SymArgs, TopArgs};
+use crate::{
+    emit, euid, DiffArgs, ExplainArgs, ExportArgs, PprofArgs, SymArgs, TopArgs, TrendArgs,
+};
 use sampalloc::analysis::{
     self, flamegraph, parse, pprof,
     report::{self, Measure, TopHeader},
     symbolize::Symbolizer,
-    GroupBy, ResolvedRow,
+    trend, GroupBy, ResolvedRow,
 };
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -78,6 +80,55 @@ pub(crate) fn diff(a: DiffArgs) -> Result<(), String> {
         report::diff_json(&entries, a.n, &e, &l)
     } else {
         report::diff_text(&entries, a.n, &e, &l)
+    };
+    emit(text.as_bytes())
+}
+
+/// `sampalloc trend`. Consecutive profiles with the same memory map share one symbolizer.
+pub(crate) fn trend(a: TrendArgs) -> Result<(), String> {
+    let by = group(a.lines, false);
+    let (files, note) = trend::series(&a.inputs, a.pid)?;
+    if let Some(n) = note {
+        eprintln!("sampalloc: note: {n}");
+    }
+    if files.len() < 2 {
+        return Err(format!(
+            "a trend needs at least two profiles, got {}",
+            files.len()
+        ));
+    }
+    let mut sym: Option<(Vec<parse::Mapping>, Symbolizer)> = None;
+    let mut series = Vec::with_capacity(files.len());
+    for f in &files {
+        let profile = parse::read(f)?;
+        if sym.as_ref().is_some_and(|(m, _)| *m != profile.mappings) {
+            sym = None;
+        }
+        let (_, s) = sym.get_or_insert_with(|| {
+            (
+                profile.mappings.clone(),
+                Symbolizer::new(&profile, a.sym.perf_map.as_deref()),
+            )
+        });
+        let rows = analysis::resolve(&profile, s);
+        for w in s.take_warnings() {
+            eprintln!("sampalloc: warning: {w}");
+        }
+        let point = trend::point(f, profile.total().live_bytes, profile.sample_period);
+        series.push((point, analysis::sites(&rows, by)));
+    }
+    let t = trend::build(series);
+    if let Some(path) = &a.svg {
+        let title = format!(
+            "Live bytes of the top sites over {} profiles",
+            t.points.len()
+        );
+        write_output(path, trend::svg(&t, 8, &title).as_bytes())?;
+    }
+    let text = if a.json {
+        trend::json(&t, a.n)
+    } else {
+        trend::text(&t, a.n)
     };
     emit(text.as_bytes())
 }

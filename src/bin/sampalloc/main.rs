@@ -25,7 +25,8 @@ Workflow, to find what holds memory in a program:
      At exit, the final profile's top leak sites are printed; profiles are kept in a
      directory (--out DIR, else a new temporary one) named <prefix>.<pid>.<seq>.<kind>.heap.
      Ask for more profiles with --conf, e.g. --conf lg_prof_interval:30 (one every 1 GiB
-     allocated) or --conf prof_signal:SIGUSR2 (kill -USR2 <pid> dumps one).
+     allocated), --every 10s (one every 10 s) or --conf prof_signal:SIGUSR2 (kill -USR2
+     <pid> dumps one).
 
   2. Look at one profile: live bytes by call site, symbolized from the binaries:
        sampalloc top DIR/sampalloc.1234.7.f.heap
@@ -33,7 +34,11 @@ Workflow, to find what holds memory in a program:
   3. A slow leak: compare an early profile with a late one; what grows comes first:
        sampalloc diff DIR/sampalloc.1234.0.i.heap DIR/sampalloc.1234.9.i.heap
 
-  Where RSS went (live data, free in the allocator, outside malloc):
+     Or follow every site over all the profiles of the run; growing sites come first, a
+     cache that filled early and stays is 'levelled':
+       sampalloc trend DIR --svg trend.svg
+
+     Where RSS went (live data, free in the allocator, outside malloc):
        sampalloc explain DIR/sampalloc.1234.7.f.heap [EARLIER]
 
   4. Export: sampalloc flamegraph P > heap.svg; sampalloc pprof P > heap.pb.gz
@@ -56,6 +61,8 @@ enum Command {
     Top(TopArgs),
     /// Compare two profiles of one process: what grew, shrank, is new or gone
     Diff(DiffArgs),
+    /// Follow sites over a series of profiles of one run: what keeps growing, what levelled
+    Trend(TrendArgs),
     /// Write an SVG flame graph of live (or allocated) bytes to stdout
     Flamegraph(ExportArgs),
     /// Write the profile as pprof's profile.proto, gzipped, to stdout (or -o FILE)
@@ -97,6 +104,10 @@ struct RunArgs {
     /// Accept an --out directory that is a symlink, not yours, or writable by group or others
     #[arg(long, requires = "out")]
     allow_shared_out: bool,
+    /// Also dump a profile every so often (e.g. 10s, 500ms; a bare number is seconds), at the
+    /// first allocation tick after each period: sets prof_interval_ms
+    #[arg(long, value_name = "DURATION", value_parser = run::parse_every)]
+    every: Option<u64>,
     /// Sites to show
     #[arg(short = 'n', default_value_t = 10)]
     n: usize,
@@ -166,6 +177,30 @@ struct DiffArgs {
 }
 
 #[derive(Args)]
+struct TrendArgs {
+    /// A directory of profiles (<prefix>.<pid>.<seq>.<kind>.heap), or the profiles themselves
+    #[arg(required = true, value_name = "DIR | PROFILES")]
+    inputs: Vec<PathBuf>,
+    /// The process whose profiles to follow (default: the one with the most profiles)
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Sites to show (0: all)
+    #[arg(short = 'n', default_value_t = 20)]
+    n: usize,
+    /// JSON instead of a table
+    #[arg(long)]
+    json: bool,
+    /// Also write an SVG chart of the top sites over time to FILE
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// One site per source line rather than per function
+    #[arg(long)]
+    lines: bool,
+    #[command(flatten)]
+    sym: SymArgs,
+}
+
+#[derive(Args)]
 struct ExportArgs {
     /// The profile
     profile: PathBuf,
@@ -197,6 +232,7 @@ fn main() -> ExitCode {
         Command::Run(a) => return run::run(a),
         Command::Top(a) => analyse::top(a),
         Command::Diff(a) => analyse::diff(a),
+        Command::Trend(a) => analyse::trend(a),
         Command::Flamegraph(a) => analyse::flame(a),
         Command::Pprof(a) => analyse::export_pprof(a),
         Command::Stacks(a) => analyse::stacks(a),

@@ -81,6 +81,9 @@ fn run_inner(a: RunArgs) -> Result<ExitCode, String> {
         }
     }
     conf.push_str(&format!("prof:true,prof_final:true,prof_prefix:{prefix}"));
+    if let Some(ms) = a.every {
+        conf.push_str(&format!(",prof_interval_ms:{ms}"));
+    }
     for c in &a.conf {
         if !c.is_empty() {
             conf.push(',');
@@ -154,6 +157,24 @@ fn run_inner(a: RunArgs) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::from(code))
+}
+
+/// `--every`: `10s`, `500ms` or a bare number of seconds, in milliseconds (1 ms to a day).
+pub(crate) fn parse_every(s: &str) -> Result<u64, String> {
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else {
+        (s, 1000)
+    };
+    let ms = num
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|ms| (1..=86_400_000).contains(ms));
+    ms.ok_or_else(|| format!("'{s}' is not a duration from 1ms to 86400s (e.g. 10s, 500ms)"))
 }
 
 /// Prints, on stderr, the top `n` call sites of the final profile `p` (in the directory `dir`).
