@@ -29,8 +29,9 @@ pub use api::Op;
 
 // The facade: what `sampalloc` (the Rust API and CLI) and `libsampalloc.so` use. Everything
 // else is crate-private, so the dead-code lint sees the whole engine.
+pub use addr::segment::USABLE_PAGES;
 pub use base::config;
-pub use base::size_class::QUANTUM;
+pub use base::size_class::{class_of, class_size, LARGE_MAX, NUM_SMALL, QUANTUM, SMALL_MAX};
 pub use platform::os::{errno, set_errno, PAGE_SIZE};
 pub use pool::arena::set_narenas;
 pub use process::init::ensure_ready;

@@ -4,7 +4,9 @@
 //! Exported because glibc-linked programs reach them: the C and POSIX allocation functions,
 //! glibc's extensions (`cfree`, `malloc_usable_size`, `malloc_trim`, `mallopt`, `mallinfo`,
 //! `mallinfo2`, `malloc_stats`) and glibc's internal `__libc_*` names for them, generated as
-//! twins of the function they name. C++ `operator new` and `delete` are not: libstdc++'s call
+//! twins of the function they name. jemalloc's own API (`mallctl`, `malloc_stats_print`, the
+//! `*allocx` family) is exported too, for programs linked against libjemalloc (Redis): see
+//! [`jemalloc_api`]. C++ `operator new` and `delete` are not: libstdc++'s call
 //! `malloc` and `free`, and the throwing forms need the C++ runtime to raise `std::bad_alloc`.
 //!
 //! Every export is `#[no_mangle] pub unsafe extern "C"` and only calls its implementation,
@@ -12,9 +14,10 @@
 //! own rather than ELF aliases: a symbol that `global_asm!` defines is not in the version
 //! script rustc writes for a cdylib, so it would stay local.
 
+use crate::jemalloc_api::{self, WriteCb};
 use crate::mallinfo::{self, Mallinfo, Mallinfo2};
 use crate::semantics;
-use core::ffi::{c_int, c_void};
+use core::ffi::{c_char, c_int, c_void};
 
 /// Defines the exports. Each item reads
 /// `[unsafe] fn name(args) [-> ret] = module::function [, twin __libc_name]*;` and becomes
@@ -122,4 +125,33 @@ exports! {
     fn mallinfo() -> Mallinfo = mallinfo::mallinfo;
     /// Prints the statistics report to stderr.
     fn malloc_stats() = semantics::malloc_stats;
+    /// jemalloc's `mallctl`: the engine's statistics and controls under jemalloc's names.
+    unsafe fn mallctl(name: *const c_char, oldp: *mut c_void, oldlenp: *mut usize,
+        newp: *mut c_void, newlen: usize) -> c_int = jemalloc_api::mallctl;
+    /// jemalloc's `mallctlnametomib`.
+    unsafe fn mallctlnametomib(name: *const c_char, mibp: *mut usize, miblenp: *mut usize)
+        -> c_int = jemalloc_api::mallctlnametomib;
+    /// jemalloc's `mallctlbymib`.
+    unsafe fn mallctlbymib(mib: *const usize, miblen: usize, oldp: *mut c_void,
+        oldlenp: *mut usize, newp: *mut c_void, newlen: usize) -> c_int =
+        jemalloc_api::mallctlbymib;
+    /// jemalloc's `malloc_stats_print`: the statistics report through `write_cb` (or stderr).
+    unsafe fn malloc_stats_print(write_cb: WriteCb, cbopaque: *mut c_void, opts: *const c_char)
+        = jemalloc_api::malloc_stats_print;
+    /// jemalloc's `nallocx`: the usable size `mallocx(size, flags)` would give; 0 if none.
+    fn nallocx(size: usize, flags: c_int) -> usize = jemalloc_api::nallocx;
+    /// jemalloc's `mallocx`: `size` bytes aligned and zeroed as `flags` ask.
+    fn mallocx(size: usize, flags: c_int) -> *mut c_void = jemalloc_api::mallocx;
+    /// jemalloc's `rallocx`: resizes `p`, moving it if need be.
+    unsafe fn rallocx(p: *mut c_void, size: usize, flags: c_int) -> *mut c_void =
+        jemalloc_api::rallocx;
+    /// jemalloc's `xallocx`: the usable size of `p` (never resized in place).
+    unsafe fn xallocx(p: *mut c_void, size: usize, extra: usize, flags: c_int) -> usize =
+        jemalloc_api::xallocx;
+    /// jemalloc's `sallocx`: the usable size of `p`.
+    unsafe fn sallocx(p: *const c_void, flags: c_int) -> usize = jemalloc_api::sallocx;
+    /// jemalloc's `dallocx`: frees `p`.
+    unsafe fn dallocx(p: *mut c_void, flags: c_int) = jemalloc_api::dallocx;
+    /// jemalloc's `sdallocx`: frees `p`.
+    unsafe fn sdallocx(p: *mut c_void, size: usize, flags: c_int) = jemalloc_api::sdallocx;
 }

@@ -12,5 +12,6 @@
 //! formats or panics.
 
 pub mod exports;
+pub mod jemalloc_api;
 pub mod mallinfo;
 mod semantics;

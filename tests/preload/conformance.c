@@ -335,6 +335,57 @@ static void test_trim(void) {
   CHECK(mallinfo2().keepcost == 0); /* no dirty pages or cached huge blocks left */
 }
 
+/* jemalloc's API, answered by the preload (looked up at run time: nothing links it). */
+static int (*mallctl)(const char *, void *, size_t *, void *, size_t);
+static size_t (*nallocx)(size_t, int);
+static void *(*mallocx)(size_t, int);
+static size_t (*sallocx)(const void *, int);
+static void (*dallocx)(void *, int);
+
+static size_t stat(const char *name) {
+  uint64_t epoch = 1;
+  size_t sz = sizeof epoch, v = 0;
+  CHECK(mallctl("epoch", &epoch, &sz, &epoch, sz) == 0);
+  sz = sizeof v;
+  CHECK(mallctl(name, &v, &sz, NULL, 0) == 0);
+  return v;
+}
+
+static void test_jemalloc_api(void) {
+  CHECK((mallctl = (int (*)(const char *, void *, size_t *, void *, size_t))dlsym(RTLD_DEFAULT, "mallctl")));
+  CHECK((nallocx = (size_t (*)(size_t, int))dlsym(RTLD_DEFAULT, "nallocx")));
+  CHECK((mallocx = (void *(*)(size_t, int))dlsym(RTLD_DEFAULT, "mallocx")));
+  CHECK((sallocx = (size_t (*)(const void *, int))dlsym(RTLD_DEFAULT, "sallocx")));
+  CHECK((dallocx = (void (*)(void *, int))dlsym(RTLD_DEFAULT, "dallocx")));
+  size_t before = stat("stats.allocated");
+  void *big = malloc(V(8 << 20));
+  CHECK(big);
+  CHECK(stat("stats.allocated") >= before + (8 << 20));
+  free(big);
+  CHECK(stat("stats.allocated") < before + (8 << 20));
+  void *p = malloc(V(100));
+  CHECK(nallocx(100, 0) == malloc_usable_size(p));
+  free(p);
+  for (size_t i = 0; i < NSIZES; i++)
+    for (int la = 0; la <= 16; la += 4) {
+      void *q = mallocx(sizes[i], la | 0x40);
+      CHECK(q && aligned_to(q, (size_t)1 << la));
+      CHECK(sallocx(q, 0) == nallocx(sizes[i], la));
+      CHECK(malloc_usable_size(q) == nallocx(sizes[i], la));
+      CHECK(((unsigned char *)q)[sizes[i] ? sizes[i] - 1 : 0] == 0);
+      dallocx(q, 0);
+    }
+  size_t v, sz = sizeof v - 1;
+  CHECK(mallctl("stats.active", &v, &sz, NULL, 0) == EINVAL);
+  sz = sizeof v;
+  CHECK(mallctl("no.such.name", &v, &sz, NULL, 0) == ENOENT);
+  CHECK(mallctl("stats.active", &v, &sz, &v, sz) == EPERM);
+  CHECK(mallctl("arena.4096.purge", NULL, NULL, NULL, 0) == 0);
+  const char *version = NULL;
+  sz = sizeof version;
+  CHECK(mallctl("version", &version, &sz, NULL, 0) == 0 && version && version[0] == '5');
+}
+
 int main(void) {
   id = ident;
   page = (size_t)sysconf(_SC_PAGESIZE);
@@ -346,6 +397,7 @@ int main(void) {
   test_libc_aliases();
   test_info();
   test_trim();
+  test_jemalloc_api();
   printf("conformance ok\n");
   return 0;
 }
