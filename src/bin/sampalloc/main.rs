@@ -44,6 +44,8 @@ Workflow, to find what holds memory in a program:
 
   4. Export: sampalloc flamegraph P > heap.svg; sampalloc pprof P > heap.pb.gz
      (for go tool pprof, Pyroscope, Parca, Grafana); sampalloc stacks P (collapsed).
+     Or serve DIR read-only on loopback: sampalloc serve DIR, then
+       go tool pprof http://127.0.0.1:6060/debug/pprof/heap
 
 Profiles from jemalloc (heap_v2 with t*: lines) and gperftools are read too.";
 
