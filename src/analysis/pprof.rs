@@ -77,6 +77,14 @@ impl Strings {
     }
 }
 
+/// The sample types, in the order of each sample's values.
+const SAMPLE_TYPES: [(&str, &str); 4] = [
+    ("alloc_objects", "count"),
+    ("alloc_space", "bytes"),
+    ("inuse_objects", "count"),
+    ("inuse_space", "bytes"),
+];
+
 fn value_type(strings: &mut Strings, ty: &str, unit: &str) -> Msg {
     let mut m = Msg::default();
     m.int(1, strings.id(ty));
@@ -86,15 +94,20 @@ fn value_type(strings: &mut Strings, ty: &str, unit: &str) -> Msg {
 
 /// Encodes the resolved profile as an (uncompressed) `profile.proto` message.
 pub fn encode(profile: &Profile, rows: &[ResolvedRow]) -> Vec<u8> {
+    encode_with_default(profile, rows, None)
+}
+
+/// As [`encode`], naming the sample type readers show by default (`default_sample_type`, e.g.
+/// `alloc_space`; without one, pprof shows the last, `inuse_space`). An unknown name is left out.
+pub fn encode_with_default(
+    profile: &Profile,
+    rows: &[ResolvedRow],
+    default_sample_type: Option<&str>,
+) -> Vec<u8> {
     let mut strings = Strings::default();
     strings.id("");
     let mut out = Msg::default();
-    for (t, u) in [
-        ("alloc_objects", "count"),
-        ("alloc_space", "bytes"),
-        ("inuse_objects", "count"),
-        ("inuse_space", "bytes"),
-    ] {
+    for (t, u) in SAMPLE_TYPES {
         let vt = value_type(&mut strings, t, u);
         out.msg(1, vt);
     }
@@ -190,19 +203,37 @@ pub fn encode(profile: &Profile, rows: &[ResolvedRow]) -> Vec<u8> {
         out.msg(5, m);
     }
     let period_type = value_type(&mut strings, "space", "bytes");
+    let default_type = default_sample_type
+        .filter(|t| SAMPLE_TYPES.iter().any(|(n, _)| n == t))
+        .map(|t| strings.id(t));
     for s in &strings.list {
         out.bytes(6, s.as_bytes());
     }
     out.msg(11, period_type);
     out.int(12, profile.sample_period as i64);
+    if let Some(t) = default_type {
+        out.int(14, t);
+    }
     out.0
 }
 
 /// Encodes and gzips.
 pub fn encode_gzip(profile: &Profile, rows: &[ResolvedRow]) -> Result<Vec<u8>, String> {
-    let raw = encode(profile, rows);
+    gzip(&encode(profile, rows))
+}
+
+/// [`encode_with_default`], gzipped.
+pub fn encode_gzip_with_default(
+    profile: &Profile,
+    rows: &[ResolvedRow],
+    default_sample_type: Option<&str>,
+) -> Result<Vec<u8>, String> {
+    gzip(&encode_with_default(profile, rows, default_sample_type))
+}
+
+fn gzip(raw: &[u8]) -> Result<Vec<u8>, String> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&raw)
+    gz.write_all(raw)
         .and_then(|_| gz.finish())
         .map_err(|e| format!("cannot compress the pprof profile: {e}"))
 }

@@ -8,6 +8,7 @@
 
 mod analyse;
 mod run;
+mod serve;
 
 use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
@@ -43,6 +44,8 @@ Workflow, to find what holds memory in a program:
 
   4. Export: sampalloc flamegraph P > heap.svg; sampalloc pprof P > heap.pb.gz
      (for go tool pprof, Pyroscope, Parca, Grafana); sampalloc stacks P (collapsed).
+     Or serve DIR read-only on loopback: sampalloc serve DIR, then
+       go tool pprof http://127.0.0.1:6060/debug/pprof/heap
 
 Profiles from jemalloc (heap_v2 with t*: lines) and gperftools are read too.";
 
@@ -72,6 +75,21 @@ enum Command {
     /// Break RSS at a dump into live data, free in the allocator, metadata, outside malloc and
     /// file-backed, and say which it is (with EARLIER: what the growth is)
     Explain(ExplainArgs),
+    /// Serve a directory of profiles over HTTP, read-only: the newest as pprof at
+    /// /debug/pprof/heap and /debug/pprof/allocs (for go tool pprof), an index at /
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The directory of profiles (<prefix>.<pid>.<seq>.<kind>.heap)
+    dir: PathBuf,
+    /// Address to listen on (port 0: any free port; the bound address is printed)
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:6060")]
+    listen: String,
+    /// Allow a --listen address that is not loopback (profiles show the program's memory map)
+    #[arg(long)]
+    public: bool,
 }
 
 #[derive(Args)]
@@ -237,6 +255,7 @@ fn main() -> ExitCode {
         Command::Pprof(a) => analyse::export_pprof(a),
         Command::Stacks(a) => analyse::stacks(a),
         Command::Explain(a) => analyse::explain(a),
+        Command::Serve(a) => serve::serve(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
