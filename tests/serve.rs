@@ -16,8 +16,9 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Mebibytes leaked per site.
-const LEAK_MIB: u32 = 4;
+/// Mebibytes leaked per site: at `lg_prof_sample:14` each site holds about 1,000 samples, so
+/// the sampling error (about 3 %) is far inside the 15 % the test allows.
+const LEAK_MIB: u32 = 16;
 
 /// The server, killed (its process group) when dropped.
 struct Server {
@@ -150,7 +151,7 @@ fn serve_gives_pprof_the_newest_profile_and_nothing_else() {
     let exe = cc(&build, &["leaks.c"], "leaks", NO_FP);
     let dir = Scratch::new("serve-dir");
     let conf = format!(
-        "prof:true,prof_final:true,lg_prof_sample:16,prof_prefix:{}",
+        "prof:true,prof_final:true,lg_prof_sample:14,prof_prefix:{}",
         dir.path("leaks").display()
     );
     let r = run_prof(command(&exe, [LEAK_MIB.to_string()]), &conf);
