@@ -8,7 +8,7 @@
 mod common;
 
 use common::heap_profile::profiles;
-use common::profile_programs::{cc, run_prof, run_tool, MIB, NO_FP};
+use common::profile_programs::{cc, go_pprof, pprof_top_rows, run_prof, NO_FP};
 use common::{command, have, kill_group, Scratch};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -93,52 +93,15 @@ fn request(addr: &str, method: &str, target: &str) -> (u16, String, Vec<u8>) {
 
 /// `go tool pprof -top URL`: (flat MiB, name) per line, and the type line.
 fn pprof_top_url(url: &str) -> (Vec<(f64, String)>, String) {
-    let home = Scratch::new("gohome");
-    let mut c = command("go", ["tool", "pprof", "-top", url]);
-    c.env("HOME", &home.0)
-        .env("GOCACHE", home.path("cache"))
-        .env("GOPATH", home.path("gopath"))
-        .env("PPROF_TMPDIR", home.path("pprof"))
-        .env("GOTOOLCHAIN", "local")
-        .env("GOPROXY", "off")
-        .env("GOFLAGS", "");
-    let r = run_tool(c);
-    assert!(r.status.success(), "go tool pprof failed\n{}", r.describe());
+    let r = go_pprof(["-top", url]);
     eprintln!("go tool pprof -top {url}:\n{}", r.stdout);
-    let mib = |s: &str| -> Option<f64> {
-        let units = [
-            ("GB", 1024.0),
-            ("MB", 1.0),
-            ("kB", 1.0 / 1024.0),
-            ("B", 1.0 / MIB),
-        ];
-        if s == "0" {
-            return Some(0.0);
-        }
-        units.iter().find_map(|(u, m)| {
-            s.strip_suffix(u)
-                .and_then(|n| n.parse::<f64>().ok())
-                .map(|n| n * m)
-        })
-    };
-    let top = r
-        .stdout
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() < 6 || !f[1].ends_with('%') {
-                return None;
-            }
-            Some((mib(f[0])?, f[5..].join(" ")))
-        })
-        .collect();
     let ty = r
         .stdout
         .lines()
         .find(|l| l.starts_with("Type:"))
         .unwrap_or("")
         .to_string();
-    (top, ty)
+    (pprof_top_rows(&r.stdout), ty)
 }
 
 #[test]

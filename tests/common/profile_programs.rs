@@ -69,12 +69,15 @@ pub fn jeprof_text(exe: &Path, profile: &Path) -> Vec<(f64, f64, String)> {
     top
 }
 
-/// `go tool pprof -top -sample_index=inuse_space exe profile`: (flat MiB, name) per line.
-pub fn pprof_top(exe: &Path, profile: &Path) -> Vec<(f64, String)> {
+/// `go tool pprof ARGS` with a private Go home, offline; fails the test if pprof fails.
+pub fn go_pprof<I, S>(args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
     let home = Scratch::new("gohome");
-    let mut c = command("go", ["tool", "pprof", "-top", "-sample_index=inuse_space"]);
-    c.arg(exe)
-        .arg(profile)
+    let mut c = command("go", ["tool", "pprof"]);
+    c.args(args)
         .env("HOME", &home.0)
         .env("GOCACHE", home.path("cache"))
         .env("GOPATH", home.path("gopath"))
@@ -84,10 +87,11 @@ pub fn pprof_top(exe: &Path, profile: &Path) -> Vec<(f64, String)> {
         .env("GOFLAGS", "");
     let r = run_tool(c);
     assert!(r.status.success(), "go tool pprof failed\n{}", r.describe());
-    eprintln!(
-        "go tool pprof -top:\n{}",
-        r.stdout.lines().take(10).collect::<Vec<_>>().join("\n")
-    );
+    r
+}
+
+/// The rows of `go tool pprof -top` output: (flat MiB, name).
+pub fn pprof_top_rows(stdout: &str) -> Vec<(f64, String)> {
     let mib = |s: &str| -> Option<f64> {
         let units = [
             ("GB", 1024.0),
@@ -104,8 +108,7 @@ pub fn pprof_top(exe: &Path, profile: &Path) -> Vec<(f64, String)> {
                 .map(|n| n * m)
         })
     };
-    let top: Vec<(f64, String)> = r
-        .stdout
+    stdout
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
@@ -114,7 +117,22 @@ pub fn pprof_top(exe: &Path, profile: &Path) -> Vec<(f64, String)> {
             }
             Some((mib(f[0])?, f[5..].join(" ")))
         })
-        .collect();
+        .collect()
+}
+
+/// `go tool pprof -top -sample_index=inuse_space exe profile`: (flat MiB, name) per line.
+pub fn pprof_top(exe: &Path, profile: &Path) -> Vec<(f64, String)> {
+    let r = go_pprof([
+        std::ffi::OsStr::new("-top"),
+        std::ffi::OsStr::new("-sample_index=inuse_space"),
+        exe.as_os_str(),
+        profile.as_os_str(),
+    ]);
+    eprintln!(
+        "go tool pprof -top:\n{}",
+        r.stdout.lines().take(10).collect::<Vec<_>>().join("\n")
+    );
+    let top = pprof_top_rows(&r.stdout);
     assert!(!top.is_empty(), "no lines from pprof\n{}", r.describe());
     top
 }
