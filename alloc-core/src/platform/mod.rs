@@ -3,4 +3,5 @@
 
 pub mod lock;
 pub mod os;
+pub mod smaps;
 pub mod tls;

@@ -25,6 +25,7 @@ use crate::addr::registry;
 use crate::addr::segment::SEGMENT_SIZE;
 use crate::base::meta;
 use crate::platform::os::{self, Line, PAGE_SIZE};
+use crate::platform::smaps::{field, header};
 use crate::pool::huge;
 use crate::process::stats;
 use crate::prof::heap_v2::{self, Sink};
@@ -33,99 +34,6 @@ use core::sync::atomic::Ordering::Relaxed;
 /// Registers [`write`] as the writer of profiles' side files.
 pub fn install() {
     heap_v2::set_mem_writer(write);
-}
-
-/// Longest line kept (longer ones are cut: only their start matters).
-const LINE_MAX: usize = 256;
-
-/// Reads the file `path` (NUL-terminated) and calls `f` with each line (without its newline,
-/// cut at [`LINE_MAX`] bytes). False if it cannot be opened.
-fn for_each_line(path: &core::ffi::CStr, mut f: impl FnMut(&[u8])) -> bool {
-    // SAFETY: a NUL-terminated path; the descriptor is closed below.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return false;
-    }
-    let mut chunk = [0u8; 4096];
-    let mut line = [0u8; LINE_MAX];
-    let mut len = 0;
-    loop {
-        // SAFETY: reading into a local buffer of its length.
-        let n = unsafe { libc::read(fd, chunk.as_mut_ptr().cast(), chunk.len()) };
-        if n < 0 && os::errno() == libc::EINTR {
-            continue;
-        }
-        if n <= 0 {
-            break;
-        }
-        for &b in &chunk[..n as usize] {
-            if b == b'\n' {
-                f(&line[..len]);
-                len = 0;
-            } else if len < LINE_MAX {
-                line[len] = b;
-                len += 1;
-            }
-        }
-    }
-    if len > 0 {
-        f(&line[..len]);
-    }
-    // SAFETY: our descriptor.
-    unsafe { libc::close(fd) };
-    true
-}
-
-/// The value of a `Key:   123 kB` line in bytes, if the line is for `key`.
-fn field(line: &[u8], key: &[u8]) -> Option<u64> {
-    let rest = line.strip_prefix(key)?.strip_prefix(b":")?;
-    let mut v: u64 = 0;
-    let mut digits = false;
-    for &b in rest.iter().skip_while(|b| **b == b' ' || **b == b'\t') {
-        if !b.is_ascii_digit() {
-            break;
-        }
-        v = v.saturating_mul(10).saturating_add((b - b'0') as u64);
-        digits = true;
-    }
-    digits.then_some(v.saturating_mul(1024))
-}
-
-fn hex(s: &[u8]) -> Option<usize> {
-    if s.is_empty() || s.len() > 16 {
-        return None;
-    }
-    let mut v = 0usize;
-    for &b in s {
-        v = (v << 4) | (b as char).to_digit(16)? as usize;
-    }
-    Some(v)
-}
-
-/// A mapping's header line: `start-end perms offset dev inode [name]`.
-struct Header<'a> {
-    start: usize,
-    end: usize,
-    perms: &'a [u8],
-    name: &'a [u8],
-}
-
-fn header(line: &[u8]) -> Option<Header<'_>> {
-    let mut fields = line.splitn(6, |b| *b == b' ');
-    let range = fields.next()?;
-    let dash = range.iter().position(|b| *b == b'-')?;
-    let start = hex(&range[..dash])?;
-    let end = hex(&range[dash + 1..])?;
-    let perms = fields.next()?;
-    let (_offset, _dev, _inode) = (fields.next()?, fields.next()?, fields.next()?);
-    let name = fields.next().unwrap_or(b"");
-    let skip = name.iter().take_while(|b| **b == b' ').count();
-    Some(Header {
-        start,
-        end,
-        perms,
-        name: &name[skip..],
-    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -234,7 +142,7 @@ fn read_smaps() -> Totals {
     let mut cur: Option<Vma> = None;
     // (end, is a small anonymous ---p mapping) of the last mapping.
     let mut prev_guard: (usize, bool) = (0, false);
-    for_each_line(c"/proc/self/smaps", |line| {
+    os::for_each_line(c"/proc/self/smaps", |line| {
         if let Some(h) = header(line) {
             if let Some(v) = cur.take() {
                 finish(&v, &mut t);
@@ -279,7 +187,7 @@ fn read_smaps() -> Totals {
 pub fn write(sink: &mut dyn Sink) -> bool {
     let s = stats::snapshot();
     let mut rollup = [0u64; 4];
-    for_each_line(c"/proc/self/smaps_rollup", |line| {
+    os::for_each_line(c"/proc/self/smaps_rollup", |line| {
         for (v, key) in rollup
             .iter_mut()
             .zip([&b"Rss"[..], b"Pss", b"Anonymous", b"Swap"])

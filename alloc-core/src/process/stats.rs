@@ -31,6 +31,7 @@ use crate::base::config;
 use crate::base::meta;
 use crate::base::size_class::{CLASSES, NUM_CACHED, NUM_CLASSES, NUM_SMALL};
 use crate::platform::os::{self, Line, PAGE_SIZE};
+use crate::platform::smaps;
 use crate::pool::arena::{self, NUM_LARGE};
 use crate::pool::huge;
 use crate::thread::cache;
@@ -211,49 +212,18 @@ pub fn snapshot() -> Snapshot {
 pub fn thp_resident() -> usize {
     let mut total = 0usize;
     let mut range = (0usize, 0usize);
-    os::for_each_line(c"/proc/self/smaps", |line| match line.first() {
-        // A VMA's first line, `start-end perms ...`: fields follow.
-        Some(b'0'..=b'9' | b'a'..=b'f') => range = parse_range(line).unwrap_or((0, 0)),
-        _ => {
-            if let Some(rest) = line.strip_prefix(b"AnonHugePages:") {
-                let kb = parse_kb(rest);
-                // Which VMAs are ours is only asked of those with huge pages.
-                if kb > 0 && is_ours(range.0, range.1) {
-                    total += kb * 1024;
-                }
+    os::for_each_line(c"/proc/self/smaps", |line| {
+        // A VMA's first line, `start-end perms ...`: its fields follow.
+        if let Some(h) = smaps::header(line) {
+            range = (h.start, h.end);
+        } else if let Some(bytes) = smaps::field(line, b"AnonHugePages") {
+            // Which VMAs are ours is only asked of those with huge pages.
+            if bytes > 0 && is_ours(range.0, range.1) {
+                total += bytes as usize;
             }
         }
     });
     total
-}
-
-/// `start-end` (hexadecimal) at the start of an smaps VMA line.
-fn parse_range(line: &[u8]) -> Option<(usize, usize)> {
-    let mut vals = [0usize; 2];
-    let mut i = 0;
-    for (k, v) in vals.iter_mut().enumerate() {
-        let from = i;
-        while let Some(d) = line.get(i).and_then(|&b| (b as char).to_digit(16)) {
-            *v = v.checked_mul(16)?.checked_add(d as usize)?;
-            i += 1;
-        }
-        let sep = if k == 0 { b'-' } else { b' ' };
-        if i == from || line.get(i).is_some_and(|&b| b != sep) {
-            return None;
-        }
-        i += 1;
-    }
-    Some((vals[0], vals[1]))
-}
-
-/// The number in `   2048 kB`.
-fn parse_kb(rest: &[u8]) -> usize {
-    rest.iter()
-        .skip_while(|b| b.is_ascii_whitespace())
-        .take_while(|b| b.is_ascii_digit())
-        .fold(0usize, |v, &b| {
-            v.saturating_mul(10).saturating_add((b - b'0') as usize)
-        })
 }
 
 /// Whether `[from, to)` overlaps one of our segments or holds a huge block's start.
@@ -385,22 +355,6 @@ fn pad(l: &mut Line, v: u64, width: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn smaps_lines_parse() {
-        assert_eq!(
-            parse_range(b"7f12a0000000-7f12a0400000 rw-p 00000000 00:00 0"),
-            Some((0x7f12_a000_0000, 0x7f12_a040_0000))
-        );
-        assert_eq!(
-            parse_range(b"55d0-55e0 r--p 0 08:01 1 /bin/x"),
-            Some((0x55d0, 0x55e0))
-        );
-        assert_eq!(parse_range(b"Size:  4 kB"), None);
-        assert_eq!(parse_range(b"ab-"), None);
-        assert_eq!(parse_kb(b"      2048 kB"), 2048);
-        assert_eq!(parse_kb(b" 0 kB"), 0);
-    }
 
     #[test]
     fn foreign_ranges_are_not_ours() {
