@@ -143,6 +143,16 @@ impl Call {
         Ok(())
     }
 
+    /// A read-only value: jemalloc's `READONLY` then `READ`.
+    ///
+    /// # Safety
+    /// As for [`Call::read`].
+    unsafe fn read_only_value<T: Copy>(&self, v: T) -> Result<(), c_int> {
+        self.read_only()?;
+        // SAFETY: forwarded contract.
+        unsafe { self.read(v) }
+    }
+
     fn action(&self) -> Result<(), c_int> {
         if !self.oldp.is_null() || !self.oldlenp.is_null() {
             return Err(libc::EPERM);
@@ -217,9 +227,8 @@ unsafe fn control(key: Key, call: &Call) -> Result<(), c_int> {
         Key::Named(k) => NAMES[k],
     };
     let stat = |f: fn(&engine::stats::Snapshot) -> usize| -> Result<(), c_int> {
-        call.read_only()?;
         // SAFETY: `control`'s contract.
-        unsafe { call.read(f(&engine::stats::snapshot())) }
+        unsafe { call.read_only_value(f(&engine::stats::snapshot())) }
     };
     match name {
         b"epoch" => {
@@ -238,19 +247,16 @@ unsafe fn control(key: Key, call: &Call) -> Result<(), c_int> {
         b"stats.retained" => stat(|s| s.retained),
         b"stats.metadata" => stat(|s| s.metadata),
         b"arenas.narenas" => {
-            call.read_only()?;
             // SAFETY: `control`'s contract.
-            unsafe { call.read(narenas()) }
+            unsafe { call.read_only_value(narenas()) }
         }
         b"arenas.page" => {
-            call.read_only()?;
             // SAFETY: `control`'s contract.
-            unsafe { call.read(PAGE_SIZE) }
+            unsafe { call.read_only_value(PAGE_SIZE) }
         }
         b"arenas.quantum" => {
-            call.read_only()?;
             // SAFETY: `control`'s contract.
-            unsafe { call.read(QUANTUM) }
+            unsafe { call.read_only_value(QUANTUM) }
         }
         b"thread.tcache.flush" => {
             call.action()?;
@@ -258,30 +264,25 @@ unsafe fn control(key: Key, call: &Call) -> Result<(), c_int> {
             Ok(())
         }
         b"opt.narenas" => {
-            call.read_only()?;
             let n = engine::config::narenas_or_default();
             // SAFETY: `control`'s contract.
-            unsafe { call.read(c_uint::try_from(n).unwrap_or(c_uint::MAX)) }
+            unsafe { call.read_only_value(c_uint::try_from(n).unwrap_or(c_uint::MAX)) }
         }
         b"opt.dirty_decay_ms" => {
-            call.read_only()?;
             // SAFETY: `control`'s contract.
-            unsafe { call.read(engine::config::decay_ms() as isize) }
+            unsafe { call.read_only_value(engine::config::decay_ms() as isize) }
         }
         b"opt.muzzy_decay_ms" => {
-            call.read_only()?;
             // SAFETY: `control`'s contract.
-            unsafe { call.read(0isize) }
+            unsafe { call.read_only_value(0isize) }
         }
         b"opt.tcache" => {
-            call.read_only()?;
             // SAFETY: `control`'s contract.
-            unsafe { call.read(true) }
+            unsafe { call.read_only_value(true) }
         }
         b"opt.background_thread" => {
-            call.read_only()?;
             // SAFETY: `control`'s contract.
-            unsafe { call.read(false) }
+            unsafe { call.read_only_value(false) }
         }
         b"background_thread" => {
             // Read as a byte: any value written is accepted and has no effect.
@@ -291,9 +292,8 @@ unsafe fn control(key: Key, call: &Call) -> Result<(), c_int> {
             unsafe { call.read(false) }
         }
         b"version" => {
-            call.read_only()?;
             // SAFETY: `control`'s contract.
-            unsafe { call.read(VERSION.as_ptr()) }
+            unsafe { call.read_only_value(VERSION.as_ptr()) }
         }
         _ => Err(libc::ENOENT),
     }
