@@ -4,14 +4,17 @@
 //! heap profile (in `jeprof` too); `sampalloc top --peek` shows the marker under the JNI
 //! library's leaking function, and with `--stacks --json` under the stack through
 //! `Java_JniLeak_leak`. Run without `prof_peek` (or with a value it refuses, which warns), no
-//! peek data is written and `top --peek` says so. Java, javac and a C compiler are required
-//! under CI.
+//! peek data is written and `top --peek` says so. And threads that free, grow and move
+//! (`realloc` of huge blocks, `mremap`) marked blocks while dumps peek at them
+//! (`tests/profile/peek_churn.c`) run to the end, every block peeked reading as one of theirs.
+//! Java, javac and a C compiler are required under CI.
 
 mod common;
 
 use common::heap_profile::final_profile;
-use common::profile_programs::{have_jeprof, jeprof_text, run_prof, run_tool, sources};
+use common::profile_programs::{cc, have_jeprof, jeprof_text, run_prof, run_tool, sources};
 use common::{command, have, missing, which, Scratch};
+use sampalloc::analysis::peek;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -211,4 +214,55 @@ fn without_prof_peek_nothing_is_kept_and_a_bad_value_warns() {
         "{stderr}"
     );
     assert!(peek_files(&out.0).is_empty(), "{:?}", peek_files(&out.0));
+}
+
+#[test]
+fn dumps_peek_safely_at_blocks_that_other_threads_free_and_move() {
+    if !have("cc") {
+        return;
+    }
+    let dir = Scratch::new("peek-churn");
+    let exe = cc(&dir, &["peek_churn.c"], "peek_churn", &["-O2"]);
+    let out = Scratch::new("peek-churn-out");
+    let conf = format!(
+        "prof:true,prof_final:true,lg_prof_sample:12,lg_prof_interval:27,prof_peek:256,prof_prefix:{}",
+        out.path("pc").display()
+    );
+    let mut c = Command::new(&exe);
+    c.arg("2");
+    let r = run_prof(c, &conf);
+    r.assert_ok("peek_churn", "peek churn done");
+    let files = peek_files(&out.0);
+    assert!(
+        files.len() >= 5,
+        "{} peek files\n{}",
+        files.len(),
+        r.describe()
+    );
+    let (mut blocks, mut marked, mut huge) = (0, 0, 0);
+    for f in &files {
+        let p = peek::parse(&std::fs::read_to_string(f).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        assert_eq!(p.peek_bytes, 256);
+        for b in &p.blocks {
+            assert!(
+                p.stacks.contains_key(&b.stack),
+                "{}: no stack for {b:?}",
+                f.display()
+            );
+            assert_eq!(b.data.len() as u64, b.size.min(256));
+            blocks += 1;
+            marked += usize::from(b.data.starts_with(b"PEEK-CHURN\0"));
+            huge += usize::from(b.size >= 2 << 20);
+        }
+    }
+    eprintln!(
+        "{} peek files: {blocks} blocks, {marked} with the marker, {huge} huge",
+        files.len()
+    );
+    // Blocks are marked right after malloc returns: a dump between the two sees one unmarked.
+    assert!(
+        marked as f64 >= 0.95 * blocks as f64 && huge > 0,
+        "{marked} of {blocks} blocks marked, {huge} huge"
+    );
 }
