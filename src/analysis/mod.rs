@@ -4,7 +4,8 @@
 //! [`symbolize`] turns addresses into (inlined) frames; [`resolve`] does that for every row
 //! and drops the allocator's own leading frames; [`sites`] aggregates rows by leaf function,
 //! source line or whole stack; [`report`], [`flamegraph`] and [`pprof`] write the results;
-//! [`trend`] follows sites over a series of profiles of one run.
+//! [`trend`] follows sites over a series of profiles of one run; [`peek`] reads the contents of
+//! sampled blocks that `prof_peek` kept beside a profile.
 //!
 //! ```no_run
 //! use sampalloc::analysis::{self, parse, symbolize::Symbolizer, GroupBy};
@@ -19,6 +20,7 @@
 pub mod explain;
 pub mod flamegraph;
 pub mod parse;
+pub mod peek;
 pub mod pprof;
 pub mod report;
 pub mod symbolize;
@@ -93,22 +95,26 @@ pub fn resolve(profile: &Profile, sym: &mut Symbolizer) -> Vec<ResolvedRow> {
     profile
         .rows
         .iter()
-        .map(|row| {
-            let locations: Vec<ResolvedLoc> = row
-                .frames
-                .iter()
-                .enumerate()
-                .map(|(i, &a)| ResolvedLoc {
-                    address: a,
-                    frames: sym.symbolize(a, all_return || i > 0).to_vec(),
-                })
-                .collect();
-            ResolvedRow {
-                counts: row.counts,
-                locations: drop_allocator_frames(locations),
-            }
+        .map(|row| ResolvedRow {
+            counts: row.counts,
+            locations: resolve_stack(&row.frames, all_return, sym),
         })
         .collect()
+}
+
+/// Symbolizes one stack of raw addresses (innermost first) as [`resolve`] does a row's: the
+/// first address is a return address too if `all_return` (see
+/// [`Profile::first_frame_is_return_address`]); leading allocator frames are dropped.
+pub fn resolve_stack(frames: &[u64], all_return: bool, sym: &mut Symbolizer) -> Vec<ResolvedLoc> {
+    let locations: Vec<ResolvedLoc> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| ResolvedLoc {
+            address: a,
+            frames: sym.symbolize(a, all_return || i > 0).to_vec(),
+        })
+        .collect();
+    drop_allocator_frames(locations)
 }
 
 fn drop_allocator_frames(mut locs: Vec<ResolvedLoc>) -> Vec<ResolvedLoc> {
@@ -179,6 +185,36 @@ fn describe(f: &SymFrame) -> String {
     }
 }
 
+/// The key of the site `row` belongs to when grouped `by` ([`Site::key`]), and for
+/// [`GroupBy::Stack`] its frames.
+fn key_of(row: &ResolvedRow, by: GroupBy) -> (String, Vec<String>) {
+    let leaf = row.frames().next();
+    let function = leaf.map_or_else(|| "[no stack]".to_string(), |f| f.function.clone());
+    let location = leaf.map(SymFrame::location).unwrap_or_default();
+    let module = leaf.and_then(|f| f.module.clone()).unwrap_or_default();
+    match by {
+        GroupBy::Function => (format!("{function}\u{0}{module}"), Vec::new()),
+        GroupBy::Line => (
+            format!("{function}\u{0}{location}\u{0}{module}"),
+            Vec::new(),
+        ),
+        GroupBy::Stack => {
+            let stack: Vec<String> = row.frames().map(describe).collect();
+            (stack.join("\u{0}"), stack)
+        }
+    }
+}
+
+/// The key of the site that the stack `locations` belongs to when grouped `by` (the
+/// [`Site::key`] that [`sites`] gives it).
+pub fn site_key(locations: &[ResolvedLoc], by: GroupBy) -> String {
+    let row = ResolvedRow {
+        counts: Counts::default(),
+        locations: locations.to_vec(),
+    };
+    key_of(&row, by).0
+}
+
 /// Aggregates resolved rows into sites, largest live bytes first.
 pub fn sites(rows: &[ResolvedRow], by: GroupBy) -> Vec<Site> {
     let mut map: HashMap<String, (Site, f64)> = HashMap::new();
@@ -187,17 +223,7 @@ pub fn sites(rows: &[ResolvedRow], by: GroupBy) -> Vec<Site> {
         let function = leaf.map_or_else(|| "[no stack]".to_string(), |f| f.function.clone());
         let location = leaf.map(SymFrame::location).unwrap_or_default();
         let module = leaf.and_then(|f| f.module.clone()).unwrap_or_default();
-        let (key, stack) = match by {
-            GroupBy::Function => (format!("{function}\u{0}{module}"), Vec::new()),
-            GroupBy::Line => (
-                format!("{function}\u{0}{location}\u{0}{module}"),
-                Vec::new(),
-            ),
-            GroupBy::Stack => {
-                let stack: Vec<String> = row.frames().map(describe).collect();
-                (stack.join("\u{0}"), stack)
-            }
-        };
+        let (key, stack) = key_of(row, by);
         let weight = row.counts.live_bytes.max(row.counts.alloc_bytes * 1e-9);
         let e = map.entry(key.clone()).or_insert_with(|| {
             (

@@ -126,7 +126,7 @@ pub(super) fn alloc_huge(
     let p = huge::alloc(size, align, zero, growth);
     if !p.is_null() {
         let weight = sampler::weight(size, sampler::mean_interval());
-        let stack = table::record_alloc(&frames[..depth], size, weight);
+        let stack = table::record_alloc(&frames[..depth], size, weight, p as usize);
         let record = SampleRecord {
             stack: stack.cast(),
             bytes: size,

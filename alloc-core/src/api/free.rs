@@ -16,6 +16,7 @@ use crate::base::size_class::{class_of, is_small, CLASSES, NUM_CACHED, SMALL_MAX
 use crate::platform::os::{PAGE_SHIFT, PAGE_SIZE};
 use crate::pool::arena;
 use crate::pool::huge;
+use crate::prof::table;
 use crate::thread::cache::{self, ThreadCache};
 use crate::thread::{self};
 use core::ptr;
@@ -197,13 +198,18 @@ pub(super) unsafe fn free_checked(p: *mut u8, op: Op) {
         // SAFETY: validated as a live block of class `class` in span `d`.
         Block::Span(d, class) => unsafe {
             if (*d).flags & FLAG_SAMPLED != 0 {
-                free_sampled(d);
+                free_sampled(p, d);
             } else {
                 free_block(p, d, class, op);
             }
         },
-        // SAFETY: `h` is the registered header for `p`.
-        Block::Huge(h) => forget_sample(unsafe { huge::free(h, p, op.name()) }),
+        Block::Huge(h) => {
+            // Out of the peek set before the mapping is released or cached: a dump must not
+            // read it once it is gone (or another block's).
+            table::peek_forget(p as usize);
+            // SAFETY: `h` is the registered header for `p`.
+            forget_sample(unsafe { huge::free(h, p, op.name()) }, 0)
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use crate::pool::arena;
 use crate::pool::huge;
 use crate::process::tick::count_event;
 use crate::prof::backtrace;
+use crate::prof::table;
 use core::ptr;
 
 /// Blocks that `realloc` grows to at least this size get a mapping of their own (see
@@ -65,8 +66,16 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize) -> *mut u8 {
             // SAFETY: `h` is the registered header for `p`.
             unsafe { huge::check(h.cast(), p, "realloc") };
             if size >= REALLOC_MAP_MIN {
+                // A peeked block leaves the peek set while its mapping may move, and comes
+                // back at its new address (or the old one, if the move failed).
+                let peeked = table::peek_forget(p as usize);
                 // SAFETY: `h` is the validated header of `p`.
-                return unsafe { huge::realloc(h, p, size) };
+                let q = unsafe { huge::realloc(h, p, size) };
+                if let Some((entry, bytes)) = peeked {
+                    let at = if q.is_null() { p } else { q };
+                    table::peek_restore(at as usize, entry, bytes);
+                }
+                return q;
             }
             // SAFETY: as above.
             unsafe { huge::usable_size(h, p, "realloc") }

@@ -32,7 +32,7 @@ pub(super) unsafe fn alloc_sampled(
     }
     let weight = sampler::weight(size, sampler::mean_interval());
     let bytes = size.max(1);
-    let stack = table::record_alloc(&frames[..depth], bytes, weight);
+    let stack = table::record_alloc(&frames[..depth], bytes, weight, p as usize);
     let record = SampleRecord {
         stack: stack.cast(),
         bytes,
@@ -43,19 +43,21 @@ pub(super) unsafe fn alloc_sampled(
     p
 }
 
-/// Frees a sampled block: the profiler forgets it, then its pages go back.
+/// Frees sampled block `p`: the profiler forgets it (under its table lock, so a dump copying
+/// the block's bytes is done with it), then its pages go back.
 #[cold]
 #[inline(never)]
-pub(super) unsafe fn free_sampled(d: *mut SpanDesc) {
-    // SAFETY: `d` heads a live sampled block whose descriptor holds its record.
+pub(super) unsafe fn free_sampled(p: *mut u8, d: *mut SpanDesc) {
+    // SAFETY: `d` heads the live sampled block `p` whose descriptor holds its record.
     unsafe {
-        forget_sample((*d).sample());
+        forget_sample((*d).sample(), p as usize);
         arena::of_segment(segment::segment_of_desc(d)).free_sampled(d);
     }
 }
 
-/// The profiler forgets a sampled block being freed (nothing if `record` is no sample).
-pub(super) fn forget_sample(record: SampleRecord) {
+/// The profiler forgets a sampled block being freed (nothing if `record` is no sample), and
+/// drops `block` from the peek set (0: already dropped, see `table::peek_forget`).
+pub(super) fn forget_sample(record: SampleRecord, block: usize) {
     // SAFETY: a non-null stack is the entry `record_alloc` returned; entries live forever.
-    unsafe { table::record_free(record.stack.cast(), record.bytes, record.weight) };
+    unsafe { table::record_free(record.stack.cast(), record.bytes, record.weight, block) };
 }

@@ -31,6 +31,7 @@ static PROF_GDUMP: AtomicBool = AtomicBool::new(false);
 static PROF_FINAL: AtomicBool = AtomicBool::new(false);
 static PROF_LEAK: AtomicBool = AtomicBool::new(false);
 static PROF_SIGNAL: AtomicI32 = AtomicI32::new(0);
+static PROF_PEEK: AtomicUsize = AtomicUsize::new(0);
 static THP: AtomicU8 = AtomicU8::new(Thp::Auto as u8);
 /// Bumped when an option that decides sampling changes (see [`sampling_generation`]).
 static SAMPLING_GENERATION: AtomicU32 = AtomicU32::new(1);
@@ -117,6 +118,13 @@ pub fn prof_final() -> bool {
 pub fn prof_leak() -> bool {
     PROF_LEAK.load(Ordering::Relaxed)
 }
+/// `prof_peek`: how many leading bytes of each live sampled block a dump keeps in the
+/// profile's `.peek` side file (0: off, no side file).
+pub fn prof_peek() -> usize {
+    PROF_PEEK.load(Ordering::Relaxed)
+}
+/// Largest `prof_peek` accepted.
+pub const PROF_PEEK_MAX: usize = 256;
 /// `prof_signal` (0: none).
 pub fn prof_signal() -> i32 {
     PROF_SIGNAL.load(Ordering::Relaxed)
@@ -267,6 +275,10 @@ pub fn set(key: &[u8], value: &[u8]) -> Result<(), ConfError> {
         b"prof_gdump" => PROF_GDUMP.store(parse_bool(value)?, Ordering::Relaxed),
         b"prof_final" => PROF_FINAL.store(parse_bool(value)?, Ordering::Relaxed),
         b"prof_leak" => PROF_LEAK.store(parse_bool(value)?, Ordering::Relaxed),
+        b"prof_peek" => {
+            let v = parse_u64(value).filter(|&v| v <= PROF_PEEK_MAX as u64);
+            PROF_PEEK.store(v.ok_or(ConfError::BadValue)? as usize, Ordering::Relaxed);
+        }
         b"prof_prefix" => {
             if value.is_empty() || value.len() > PREFIX_MAX || value.contains(&0) {
                 return Err(ConfError::BadValue);
@@ -448,6 +460,12 @@ mod tests {
         assert_eq!(prof_interval_ms(), 250);
         assert_eq!(set(b"prof_interval_ms", b"0"), Ok(()));
         assert_eq!(prof_interval_ms(), 0);
+        assert_eq!(prof_peek(), 0, "off by default");
+        for bad in [&b"257"[..], b"-1", b"64b", b""] {
+            assert_eq!(set(b"prof_peek", bad), Err(ConfError::BadValue));
+        }
+        assert_eq!(prof_peek(), 0, "a bad value keeps the default");
+        // Values that are taken: heap_v2's peek test (which runs dumps with it off and on).
         assert_eq!(parse_i64(b"-1"), Some(-1));
         assert_eq!(parse_u64(b"99999999999999999999"), None);
     }

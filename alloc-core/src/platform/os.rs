@@ -366,6 +366,34 @@ pub fn readable(from: usize, to: usize) -> Option<bool> {
     }
 }
 
+/// Copies `out.len()` bytes of our own memory at `from` into `out` through the kernel
+/// (`process_vm_readv`): an address that is not mapped is an error, not a fault, and a
+/// concurrent write by another thread is no data race of ours. `Some(false)`: not readable
+/// (whole or in part); `None`: the kernel would not say (the call is filtered).
+pub fn copy_own(from: usize, out: &mut [u8]) -> Option<bool> {
+    if out.is_empty() {
+        return Some(true);
+    }
+    let local = libc::iovec {
+        iov_base: out.as_mut_ptr().cast(),
+        iov_len: out.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: from as *mut libc::c_void,
+        iov_len: out.len(),
+    };
+    // SAFETY: writes at most `out.len()` bytes into `out`; the kernel checks the remote
+    // range, of which it only reads.
+    let got = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    if got == out.len() as isize {
+        Some(true)
+    } else if got >= 0 || errno() == libc::EFAULT {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// Installs `handler` for signal `sig` (`SA_RESTART`, empty mask). False if refused.
 pub fn install_signal_handler(sig: i32, handler: extern "C" fn(libc::c_int)) -> bool {
     // SAFETY: a zeroed sigaction is valid; the handler is a plain extern "C" function, which

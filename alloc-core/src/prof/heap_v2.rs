@@ -26,7 +26,26 @@
 //! `MAPPED_LIBRARIES:` as map lines, open the profile unchanged. It is created with the same
 //! rules as the profile ([`create_new`]), and its text is written by the process layer through
 //! a hook ([`set_mem_writer`]): the engine's figures are above this layer.
+//!
+//! With `prof_peek:N` (0, off, by default), a second side file `<profile>.peek`, created the
+//! same way, keeps the first `min(N, size)` bytes of each live sampled block, and which stack
+//! each belongs to ([`write_peek`]):
+//!
+//! ```text
+//! sampalloc peek 1
+//! peek_bytes 64
+//! block 0x7f3e1000a000 0x7f3e2c0000c0 4096 4a4e492d4c45414b2d4d41524b45525a5a5a…
+//! ...
+//! stack 0x7f3e2c0000c0 @ 0x55d0c1a2b3c4 0x55d0c1a2b100 0x7f3e12a29d90
+//! ```
+//!
+//! A `block` line is the block's address, its stack's id, its requested size and its first
+//! bytes in hex (none if it could not be read); each stack a block line names is listed once
+//! after them, with the frames its profile row has. The bytes are copied under the stack
+//! table's lock, which a sampled block's free takes before the block's memory goes back
+//! (`table::peek_next`). They are whatever the program keeps there: the file is 0600.
 
+use crate::base::config::PROF_PEEK_MAX;
 use crate::base::config::{self, PREFIX_MAX};
 use crate::platform::lock::Locked;
 use crate::platform::os::{self, Line};
@@ -278,19 +297,73 @@ fn mem_writer() -> Option<MemWriter> {
     Some(unsafe { core::mem::transmute::<*mut (), MemWriter>(p) })
 }
 
-/// Writes the side file `<path>.mem` if a writer is registered. Best effort: the profile is
-/// complete without it, and a taken name is left alone like any other.
-fn write_side_file(path: &[u8]) {
-    let Some(write) = mem_writer() else {
-        return;
+/// The suffix of a profile's peek side file (`prof_peek`).
+pub const PEEK_SUFFIX: &[u8] = b".peek";
+
+/// Numbers the peek dumps, to list each stack once per dump ([`StackEntry::mark`]).
+static PEEK_DUMP: AtomicU64 = AtomicU64::new(0);
+
+/// Writes the text of a profile's peek side file (see the module docs) with the first `n`
+/// bytes (at most [`PROF_PEEK_MAX`]) of each live sampled block. False if the sink failed.
+pub fn write_peek(sink: &mut dyn Sink, n: usize) -> bool {
+    let _reentry = InProfiler::enter();
+    let n = n.min(PROF_PEEK_MAX);
+    let dump = PEEK_DUMP.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut buf = BUF.lock();
+    let mut w = Writer {
+        sink,
+        buf: &mut buf,
+        len: 0,
+        ok: true,
     };
+    w.bytes(b"sampalloc peek 1\npeek_bytes ");
+    w.dec(n as u64, 0);
+    w.bytes(b"\n");
+    let mut data = [0u8; PROF_PEEK_MAX];
+    let mut hex = [0u8; 2 * PROF_PEEK_MAX];
+    let mut cursor = 0;
+    while let Some(b) = table::peek_next(cursor, &mut data[..n]) {
+        cursor = b.next;
+        b.entry.mark(dump);
+        w.bytes(b"block ");
+        w.hex(b.addr);
+        w.bytes(b" ");
+        w.hex(b.entry as *const StackEntry as usize);
+        w.bytes(b" ");
+        w.dec(b.bytes as u64, 0);
+        w.bytes(b" ");
+        for (i, &byte) in data[..b.copied].iter().enumerate() {
+            hex[2 * i] = b"0123456789abcdef"[(byte >> 4) as usize];
+            hex[2 * i + 1] = b"0123456789abcdef"[(byte & 15) as usize];
+        }
+        w.bytes(&hex[..2 * b.copied]);
+        w.bytes(b"\n");
+    }
+    for e in table::entries().filter(|e| e.marked() == dump) {
+        w.bytes(b"stack ");
+        w.hex(e as *const StackEntry as usize);
+        w.bytes(b" @");
+        for &pc in e.frames() {
+            w.bytes(b" ");
+            w.hex(pc);
+        }
+        w.bytes(b"\n");
+    }
+    w.flush();
+    w.ok
+}
+
+/// Creates the side file `<path><suffix>` (see [`create_new`]) and writes it with `write`.
+/// Best effort: the profile is complete without it, and a taken name is left alone like any
+/// other.
+fn write_side_file(path: &[u8], suffix: &[u8], write: impl FnOnce(&mut dyn Sink) -> bool) {
     let mut name: NameBuf = [0u8; NAME_MAX];
-    let len = path.len() + MEM_SUFFIX.len();
+    let len = path.len() + suffix.len();
     if len >= name.len() {
         return;
     }
     name[..path.len()].copy_from_slice(path);
-    name[path.len()..len].copy_from_slice(MEM_SUFFIX);
+    name[path.len()..len].copy_from_slice(suffix);
     let Ok(fd) = create_new(&name[..len]) else {
         return;
     };
@@ -300,9 +373,21 @@ fn write_side_file(path: &[u8]) {
     unsafe { libc::close(fd) };
 }
 
+/// Writes the side files of the profile `path`: `<path>.mem` if a writer is registered, and
+/// `<path>.peek` if `prof_peek` is on.
+fn write_side_files(path: &[u8]) {
+    if let Some(write) = mem_writer() {
+        write_side_file(path, MEM_SUFFIX, write);
+    }
+    let n = config::prof_peek();
+    if n > 0 {
+        write_side_file(path, PEEK_SUFFIX, |sink| write_peek(sink, n));
+    }
+}
+
 /// Writes the profile to the new file `path` (see [`create_new`]: an existing name is an
-/// error, `EEXIST`, and is left alone), and its side file `<path>.mem` (best effort). Err
-/// carries `errno`.
+/// error, `EEXIST`, and is left alone), and its side files `<path>.mem` and, with `prof_peek`,
+/// `<path>.peek` (best effort). Err carries `errno`.
 pub fn dump_to_path(path: &[u8]) -> Result<(), i32> {
     let fd = create_new(path)?;
     let ok = write_profile(&mut FdSink(fd));
@@ -310,7 +395,7 @@ pub fn dump_to_path(path: &[u8]) -> Result<(), i32> {
     // SAFETY: our descriptor.
     let closed = unsafe { libc::close(fd) } == 0;
     if ok && closed {
-        write_side_file(path);
+        write_side_files(path);
         Ok(())
     } else {
         Err(if ok { os::errno() } else { err })
@@ -467,7 +552,7 @@ mod tests {
 
     #[test]
     fn profile_text_has_header_rows_and_maps() {
-        table::record_alloc(&[0x1111, 0x2222], 4096, 128.5);
+        table::record_alloc(&[0x1111, 0x2222], 4096, 128.5, 0);
         let mut sink = VecSink(Vec::new());
         assert!(write_profile(&mut sink));
         let text = String::from_utf8(sink.0).unwrap();
@@ -535,6 +620,74 @@ mod tests {
         assert!(std::fs::read_to_string(&fresh)
             .unwrap()
             .starts_with("heap profile: "));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn peek_side_file_only_when_asked_private_and_of_live_blocks_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("peek");
+        let marker = b"PEEK-UNIT-MARKER\x01\x02 tail of the block";
+        let mut block = vec![0u8; 300];
+        block[..marker.len()].copy_from_slice(marker);
+        let addr = block.as_ptr() as usize;
+        let frames = [0x5151usize, 0x5252, 0x5353];
+
+        // Off (the default): the block is not kept and no side file is written.
+        assert_eq!(config::prof_peek(), 0);
+        let off = table::record_alloc(&frames, block.len(), 1.0, addr);
+        // SAFETY: recorded above with these figures.
+        unsafe { table::record_free(off, block.len(), 1.0, addr) };
+        let p0 = dir.join("off.heap");
+        dump_to_path(bytes(&p0)).unwrap();
+        assert!(p0.is_file());
+        assert!(!dir.join("off.heap.peek").exists());
+
+        assert_eq!(
+            config::set(b"prof_peek", b"257"),
+            Err(config::ConfError::BadValue)
+        );
+        config::set(b"prof_peek", b"256").unwrap();
+        assert_eq!(config::prof_peek(), PROF_PEEK_MAX);
+        config::set(b"prof_peek", b"24").unwrap();
+        let e = table::record_alloc(&frames, block.len(), 1.0, addr);
+        let p1 = dir.join("on.heap");
+        dump_to_path(bytes(&p1)).unwrap();
+        let side = dir.join("on.heap.peek");
+        let meta = std::fs::symlink_metadata(&side).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(
+            meta.permissions().mode() & 0o7077,
+            0,
+            "{:o}",
+            meta.permissions().mode()
+        );
+        let text = std::fs::read_to_string(&side).unwrap();
+        assert!(
+            text.starts_with("sampalloc peek 1\npeek_bytes 24\n"),
+            "{text}"
+        );
+        let hex: String = marker[..24].iter().map(|b| format!("{b:02x}")).collect();
+        let id = format!("{:#x}", e as usize);
+        let line = format!("block {addr:#x} {id} 300 {hex}\n");
+        assert!(text.contains(&line), "no {line:?} in\n{text}");
+        assert!(
+            text.contains(&format!("stack {id} @ 0x5151 0x5252 0x5353\n")),
+            "{text}"
+        );
+        // The profile itself is unchanged by it.
+        let profile = std::fs::read_to_string(&p1).unwrap();
+        assert!(!profile.contains("peek") && !profile.contains(&hex));
+
+        // Freed: no longer peeked.
+        // SAFETY: recorded above with these figures.
+        unsafe { table::record_free(e, block.len(), 1.0, addr) };
+        let p2 = dir.join("freed.heap");
+        dump_to_path(bytes(&p2)).unwrap();
+        let text = std::fs::read_to_string(dir.join("freed.heap.peek")).unwrap();
+        assert!(!text.contains(&format!("block {addr:#x} ")), "{text}");
+        config::set(b"prof_peek", b"0").unwrap();
+        drop(block);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -8,12 +8,19 @@
 //! subtracts exactly what was added. Entries are never removed, and their counters are atomics,
 //! so a dump reads the table without taking the lock and never stalls sampling threads.
 //!
+//! With `prof_peek` on, the table also keeps the address of every live sampled block (the
+//! *peek set*, under the same lock), so that a dump can copy the first bytes of each block
+//! ([`peek_next`]). Its free path takes this lock to forget the block before the block's pages
+//! go back (`api::sampled`; a huge block is forgotten before its mapping is released or moved),
+//! so a block found in the set under the lock is still ours to read.
+//!
 //! Dumps are requested by triggers that may fire in awkward places (a signal handler, the page
 //! heap's lock): they only set a bit. The bits are served at the next tick of an allocating
 //! thread, with no lock held, or at exit.
 
-use crate::base::meta;
+use crate::base::{config, meta};
 use crate::platform::lock::Locked;
+use crate::platform::os;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
@@ -37,6 +44,8 @@ pub struct StackEntry {
     total_bytes: AtomicF64,
     live_samples: AtomicU64,
     total_samples: AtomicU64,
+    /// The last peek dump that listed a block of this stack (see [`StackEntry::mark`]).
+    peek_mark: AtomicU64,
 }
 
 /// An f64 in an AtomicU64: written under the table lock, read anywhere.
@@ -75,6 +84,17 @@ impl StackEntry {
         unsafe { core::slice::from_raw_parts(self.frames, self.depth) }
     }
 
+    /// Marks the entry as seen by dump `dump` (a number the caller never reuses); returns the
+    /// previous mark. The peek writer lists each stack its blocks belong to once.
+    pub fn mark(&self, dump: u64) -> u64 {
+        self.peek_mark.swap(dump, Ordering::Relaxed)
+    }
+
+    /// The last mark set by [`StackEntry::mark`] (0: never).
+    pub fn marked(&self) -> u64 {
+        self.peek_mark.load(Ordering::Relaxed)
+    }
+
     /// The stack's counters now.
     pub fn counts(&self) -> Counts {
         Counts {
@@ -92,6 +112,131 @@ struct Table {
     buckets: *mut *mut StackEntry,
     mask: usize,
     count: usize,
+    peek: PeekSet,
+}
+
+/// One live sampled block of the peek set (`addr` 0: an empty slot).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct PeekSlot {
+    addr: usize,
+    entry: *mut StackEntry,
+    bytes: usize,
+}
+
+/// The live sampled blocks, by address: open addressing with linear probing, at most half
+/// full; deletion shifts the following entries back, so there are no tombstones.
+struct PeekSet {
+    slots: *mut PeekSlot,
+    mask: usize,
+    count: usize,
+}
+
+impl PeekSet {
+    fn home(&self, addr: usize) -> usize {
+        ((addr >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20) & self.mask
+    }
+
+    /// # Safety
+    /// `i <= mask` and the array is allocated.
+    unsafe fn slot(&self, i: usize) -> *mut PeekSlot {
+        // SAFETY: per the contract.
+        unsafe { self.slots.add(i) }
+    }
+
+    fn insert(&mut self, addr: usize, entry: *mut StackEntry, bytes: usize) {
+        if self.slots.is_null() || 2 * (self.count + 1) > self.mask + 1 {
+            self.grow();
+            if self.slots.is_null() || 2 * (self.count + 1) > self.mask + 1 {
+                return;
+            }
+        }
+        let mut i = self.home(addr);
+        // SAFETY: indices are masked; the array is ours under the table lock.
+        unsafe {
+            while (*self.slot(i)).addr != 0 {
+                if (*self.slot(i)).addr == addr {
+                    break;
+                }
+                i = (i + 1) & self.mask;
+            }
+            if (*self.slot(i)).addr == 0 {
+                self.count += 1;
+            }
+            self.slot(i).write(PeekSlot { addr, entry, bytes });
+        }
+    }
+
+    fn remove(&mut self, addr: usize) -> Option<PeekSlot> {
+        if self.count == 0 || addr == 0 {
+            return None;
+        }
+        let mut i = self.home(addr);
+        // SAFETY: as in `insert`.
+        unsafe {
+            loop {
+                let a = (*self.slot(i)).addr;
+                if a == 0 {
+                    return None;
+                }
+                if a == addr {
+                    break;
+                }
+                i = (i + 1) & self.mask;
+            }
+            let found = *self.slot(i);
+            // Backward shift: move later entries of the run into the hole when their home
+            // does not lie (cyclically) after it.
+            let mut hole = i;
+            let mut j = (i + 1) & self.mask;
+            loop {
+                let s = *self.slot(j);
+                if s.addr == 0 {
+                    break;
+                }
+                let home = self.home(s.addr);
+                if (j.wrapping_sub(home) & self.mask) >= (j.wrapping_sub(hole) & self.mask) {
+                    self.slot(hole).write(s);
+                    hole = j;
+                }
+                j = (j + 1) & self.mask;
+            }
+            (*self.slot(hole)).addr = 0;
+            self.count -= 1;
+            Some(found)
+        }
+    }
+
+    /// Doubles the slot array (the old one is abandoned, as the stack table's buckets are).
+    fn grow(&mut self) {
+        let new_len = if self.slots.is_null() {
+            1024
+        } else {
+            2 * (self.mask + 1)
+        };
+        let slots = meta::alloc(new_len * core::mem::size_of::<PeekSlot>(), 64).cast::<PeekSlot>();
+        if slots.is_null() {
+            return;
+        }
+        let old = PeekSet {
+            slots: self.slots,
+            mask: self.mask,
+            count: self.count,
+        };
+        self.slots = slots;
+        self.mask = new_len - 1;
+        self.count = 0;
+        if old.slots.is_null() {
+            return;
+        }
+        for i in 0..=old.mask {
+            // SAFETY: the old array has `mask + 1` slots.
+            let s = unsafe { *old.slot(i) };
+            if s.addr != 0 {
+                self.insert(s.addr, s.entry, s.bytes);
+            }
+        }
+    }
 }
 
 // SAFETY: the table's memory is metadata owned by it, reached only under its lock.
@@ -101,10 +246,18 @@ static TABLE: Locked<Table> = Locked::new(Table {
     buckets: ptr::null_mut(),
     mask: 0,
     count: 0,
+    peek: PeekSet {
+        slots: ptr::null_mut(),
+        mask: 0,
+        count: 0,
+    },
 });
 static NEWEST: AtomicPtr<StackEntry> = AtomicPtr::new(ptr::null_mut());
 static SAMPLES_LIVE: AtomicUsize = AtomicUsize::new(0);
 static SAMPLES_TOTAL: AtomicU64 = AtomicU64::new(0);
+/// Blocks in the peek set (written under the table lock), so that frees skip the lock when
+/// it is empty.
+static PEEK_USED: AtomicUsize = AtomicUsize::new(0);
 
 /// Every stack entry, newest first. Entries are never removed nor freed, and each is fully
 /// written before it is published, so the walk needs no lock.
@@ -136,10 +289,11 @@ fn hash_frames(frames: &[usize]) -> u64 {
     h ^ (h >> 32)
 }
 
-/// Records a sampled allocation of `bytes` bytes standing for `weight` allocations, made from
-/// the stack `frames`. Returns the stack's entry (to be handed to [`record_free`]), or null if
-/// metadata memory ran out (the sample is then dropped).
-pub fn record_alloc(frames: &[usize], bytes: usize, weight: f64) -> *mut StackEntry {
+/// Records a sampled allocation of `bytes` bytes at `block` standing for `weight` allocations,
+/// made from the stack `frames`. With `prof_peek` on, `block` (if not 0) joins the peek set.
+/// Returns the stack's entry (to be handed to [`record_free`]), or null if metadata memory ran
+/// out (the sample is then dropped).
+pub fn record_alloc(frames: &[usize], bytes: usize, weight: f64, block: usize) -> *mut StackEntry {
     let frames = &frames[..frames.len().min(MAX_FRAMES)];
     let hash = hash_frames(frames);
     let mut table = TABLE.lock();
@@ -155,25 +309,114 @@ pub fn record_alloc(frames: &[usize], bytes: usize, weight: f64) -> *mut StackEn
         e.total_samples.fetch_add(1, Ordering::Relaxed);
         SAMPLES_LIVE.fetch_add(1, Ordering::Relaxed);
         SAMPLES_TOTAL.fetch_add(1, Ordering::Relaxed);
+        if block != 0 && config::prof_peek() > 0 {
+            table.peek.insert(block, entry, bytes);
+            PEEK_USED.store(table.peek.count, Ordering::Relaxed);
+        }
     }
     entry
 }
 
-/// Records that a sampled block recorded with `record_alloc(.., bytes, weight)` was freed.
+/// Records that a sampled block recorded with `record_alloc(.., bytes, weight, block)` is
+/// being freed, and drops `block` from the peek set (0: nothing to drop). Called before the
+/// block's memory goes back, so that a dump holding the lock never reads a block that is gone.
 ///
 /// # Safety
 /// `entry` must come from [`record_alloc`] and the block be freed once.
-pub unsafe fn record_free(entry: *mut StackEntry, bytes: usize, weight: f64) {
+pub unsafe fn record_free(entry: *mut StackEntry, bytes: usize, weight: f64, block: usize) {
     if entry.is_null() {
         return;
     }
-    let _table = TABLE.lock();
+    let mut table = TABLE.lock();
+    if table.peek.remove(block).is_some() {
+        PEEK_USED.store(table.peek.count, Ordering::Relaxed);
+    }
     // SAFETY: entries are never freed.
     let e = unsafe { &*entry };
     e.live_objects.add(-weight);
     e.live_bytes.add(-weight * bytes as f64);
     e.live_samples.fetch_sub(1, Ordering::Relaxed);
     SAMPLES_LIVE.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Drops `block` from the peek set, if it is there: for a huge block, before its mapping is
+/// released or moved (its counters are settled by [`record_free`] afterwards, with block 0).
+/// Returns its stack entry and recorded size. Takes the lock only if the set holds anything.
+pub fn peek_forget(block: usize) -> Option<(*mut StackEntry, usize)> {
+    if PEEK_USED.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let mut table = TABLE.lock();
+    let found = table.peek.remove(block)?;
+    PEEK_USED.store(table.peek.count, Ordering::Relaxed);
+    Some((found.entry, found.bytes))
+}
+
+/// Puts a block taken out by [`peek_forget`] back, at its (new) address.
+pub fn peek_restore(block: usize, entry: *mut StackEntry, bytes: usize) {
+    if block != 0 && !entry.is_null() {
+        let mut table = TABLE.lock();
+        table.peek.insert(block, entry, bytes);
+        PEEK_USED.store(table.peek.count, Ordering::Relaxed);
+    }
+}
+
+/// A live sampled block copied by [`peek_next`].
+pub struct PeekBlock {
+    /// Where to go on from (the next call's `cursor`).
+    pub next: usize,
+    /// The block's address.
+    pub addr: usize,
+    /// The stack it was allocated from.
+    pub entry: &'static StackEntry,
+    /// Its requested size.
+    pub bytes: usize,
+    /// How many of its first bytes were copied (0 if it could not be read).
+    pub copied: usize,
+}
+
+/// The first block of the peek set at or after slot `cursor`: copies its first
+/// `min(out.len(), size)` bytes into `out` under the table lock, which the block's free path
+/// takes before its memory goes back, so the block is live (or being freed, its pages still
+/// ours) while it is read. None past the end. The set may change between calls: a block
+/// allocated or freed meanwhile may be missed, and one moved by the set's growth seen twice.
+pub fn peek_next(cursor: usize, out: &mut [u8]) -> Option<PeekBlock> {
+    let table = TABLE.lock();
+    let set = &table.peek;
+    if set.slots.is_null() {
+        return None;
+    }
+    let mut i = cursor;
+    while i <= set.mask {
+        // SAFETY: `i <= mask`; the array is ours under the lock.
+        let s = unsafe { *set.slot(i) };
+        i += 1;
+        if s.addr == 0 || s.entry.is_null() {
+            continue;
+        }
+        let n = out.len().min(s.bytes);
+        let copied = match os::copy_own(s.addr, &mut out[..n]) {
+            Some(true) => n,
+            Some(false) => 0,
+            None => {
+                // The kernel copy is filtered: read directly. The block is live (see above).
+                for (k, b) in out[..n].iter_mut().enumerate() {
+                    // SAFETY: `[addr, addr + bytes)` is a live block of ours.
+                    *b = unsafe { core::ptr::read_volatile((s.addr as *const u8).add(k)) };
+                }
+                n
+            }
+        };
+        return Some(PeekBlock {
+            next: i,
+            addr: s.addr,
+            // SAFETY: entries are never freed.
+            entry: unsafe { &*s.entry },
+            bytes: s.bytes,
+            copied,
+        });
+    }
+    None
 }
 
 fn find_or_insert(table: &mut Table, frames: &[usize], hash: u64) -> *mut StackEntry {
@@ -211,6 +454,7 @@ fn find_or_insert(table: &mut Table, frames: &[usize], hash: u64) -> *mut StackE
             total_bytes: AtomicF64(AtomicU64::new(0)),
             live_samples: AtomicU64::new(0),
             total_samples: AtomicU64::new(0),
+            peek_mark: AtomicU64::new(0),
         });
         *slot = entry;
         table.count += 1;
@@ -270,9 +514,9 @@ mod tests {
     fn stacks_are_deduplicated_and_counted() {
         let a = [0x1000usize, 0x2000, 0x3000];
         let b = [0x1000usize, 0x2000, 0x3001];
-        let ea = record_alloc(&a, 100, 2.0);
-        let eb = record_alloc(&b, 100, 1.0);
-        let ea2 = record_alloc(&a, 50, 4.0);
+        let ea = record_alloc(&a, 100, 2.0, 0);
+        let eb = record_alloc(&b, 100, 1.0, 0);
+        let ea2 = record_alloc(&a, 50, 4.0, 0);
         assert_eq!(ea, ea2);
         assert_ne!(ea, eb);
         // SAFETY: entries are never freed.
@@ -280,7 +524,7 @@ mod tests {
         assert_eq!(c.live_objects, 6.0);
         assert_eq!(c.live_bytes, 400.0);
         // SAFETY: recorded above with these figures.
-        unsafe { record_free(ea, 100, 2.0) };
+        unsafe { record_free(ea, 100, 2.0, 0) };
         // SAFETY: as above.
         let c = unsafe { &*ea }.counts();
         assert_eq!((c.live_objects, c.live_bytes), (4.0, 200.0));
@@ -290,13 +534,41 @@ mod tests {
     }
 
     #[test]
+    fn the_peek_set_finds_what_it_holds_through_growth_and_removals() {
+        let mut set = PeekSet {
+            slots: ptr::null_mut(),
+            mask: 0,
+            count: 0,
+        };
+        let e = 0x40 as *mut StackEntry;
+        // Addresses 64 bytes apart collide in runs; remove every third, then the rest.
+        let addrs: Vec<usize> = (1..5000).map(|i| 0x7f00_0000_0000 + 64 * i).collect();
+        for (i, &a) in addrs.iter().enumerate() {
+            set.insert(a, e, i);
+        }
+        assert_eq!(set.count, addrs.len());
+        assert!(set.mask + 1 >= 2 * addrs.len());
+        for (i, &a) in addrs.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+            assert_eq!(set.remove(a).map(|s| s.bytes), Some(i));
+        }
+        assert!(set.remove(addrs[0]).is_none(), "removed once");
+        assert!(set.remove(0x1234).is_none());
+        for (i, &a) in addrs.iter().enumerate().filter(|(i, _)| i % 3 != 0) {
+            assert_eq!(set.remove(a).map(|s| s.bytes), Some(i), "{a:#x}");
+        }
+        assert_eq!(set.count, 0);
+        // SAFETY: the array has mask + 1 slots.
+        assert!((0..=set.mask).all(|i| unsafe { (*set.slot(i)).addr } == 0));
+    }
+
+    #[test]
     fn table_grows_and_keeps_every_stack() {
         let base = 0x7000_0000usize;
         let entries: Vec<_> = (0..5000)
-            .map(|i| record_alloc(&[base + i, base], 16, 1.0))
+            .map(|i| record_alloc(&[base + i, base], 16, 1.0, 0))
             .collect();
         for (i, &e) in entries.iter().enumerate() {
-            assert_eq!(record_alloc(&[base + i, base], 16, 1.0), e);
+            assert_eq!(record_alloc(&[base + i, base], 16, 1.0, 0), e);
         }
     }
 }

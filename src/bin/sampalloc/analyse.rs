@@ -4,7 +4,7 @@ use crate::{
     emit, euid, DiffArgs, ExplainArgs, ExportArgs, PprofArgs, SymArgs, TopArgs, TrendArgs,
 };
 use sampalloc::analysis::{
-    self, flamegraph, parse, pprof,
+    self, flamegraph, parse, peek, pprof,
     report::{self, Measure, TopHeader},
     symbolize::Symbolizer,
     trend, GroupBy, ResolvedRow,
@@ -17,13 +17,22 @@ pub(crate) fn load(
     path: &Path,
     sym: &SymArgs,
 ) -> Result<(parse::Profile, Vec<ResolvedRow>), String> {
+    let (profile, rows, _) = load_with_symbolizer(path, sym)?;
+    Ok((profile, rows))
+}
+
+/// [`load`], keeping the symbolizer for more addresses of the same process.
+fn load_with_symbolizer(
+    path: &Path,
+    sym: &SymArgs,
+) -> Result<(parse::Profile, Vec<ResolvedRow>, Symbolizer), String> {
     let profile = parse::read(path)?;
     let mut s = Symbolizer::new(&profile, sym.perf_map.as_deref());
     let rows = analysis::resolve(&profile, &mut s);
     for w in s.take_warnings() {
         eprintln!("sampalloc: warning: {w}");
     }
-    Ok((profile, rows))
+    Ok((profile, rows, s))
 }
 
 fn group(lines: bool, stacks: bool) -> GroupBy {
@@ -44,7 +53,7 @@ pub(crate) fn top(a: TopArgs) -> Result<(), String> {
     } else {
         Measure::Inuse
     };
-    let (profile, rows) = load(&a.profile, &a.sym)?;
+    let (profile, rows, mut symbolizer) = load_with_symbolizer(&a.profile, &a.sym)?;
     let mut sites = analysis::sites(&rows, by);
     if let Some(base) = &a.base {
         let (_, base_rows) = load(base, &a.sym)?;
@@ -58,11 +67,35 @@ pub(crate) fn top(a: TopArgs) -> Result<(), String> {
         base: base.as_deref(),
         sample_period: profile.sample_period,
     };
-    let text = if a.json {
+    let mut text = if a.json {
         report::top_json(&sites, measure, a.n, &header)
     } else {
         report::top_text(&sites, measure, a.n, &header)
     };
+    if a.peek {
+        let file = peek::read(&a.profile)?.ok_or_else(|| {
+            format!(
+                "no {}: the program ran without prof_peek (e.g. sampalloc run --conf prof_peek:64)",
+                peek::side_path(&a.profile).display()
+            )
+        })?;
+        let all_return = profile.first_frame_is_return_address();
+        let peeks = peek::by_site(&file, all_return, &mut symbolizer, by, 100);
+        for w in symbolizer.take_warnings() {
+            eprintln!("sampalloc: warning: {w}");
+        }
+        let shown: Vec<&analysis::Site> = sites
+            .iter()
+            .filter(|s| measure.of(&s.counts).0.abs() >= 0.5)
+            .take(if a.n == 0 { usize::MAX } else { a.n })
+            .collect();
+        if a.json {
+            text = peek::add_to_json(&text, &peeks, a.peek_examples)?;
+        } else {
+            let source = peek::side_path(&a.profile).display().to_string();
+            text.push_str(&peek::text(&shown, &peeks, &file, &source, a.peek_examples));
+        }
+    }
     emit(text.as_bytes())
 }
 

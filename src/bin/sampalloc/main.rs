@@ -31,6 +31,9 @@ Workflow, to find what holds memory in a program:
 
   2. Look at one profile: live bytes by call site, symbolized from the binaries:
        sampalloc top DIR/sampalloc.1234.7.f.heap
+     What the leaked blocks hold (run with --conf prof_peek:64 first; the .peek files hold
+     raw heap contents, secrets included):
+       sampalloc top --peek DIR/sampalloc.1234.7.f.heap
 
   3. A slow leak: compare an early profile with a late one; what grows comes first:
        sampalloc diff DIR/sampalloc.1234.0.i.heap DIR/sampalloc.1234.9.i.heap
@@ -168,6 +171,13 @@ struct TopArgs {
     /// One site per whole call stack, printed below the table
     #[arg(long)]
     stacks: bool,
+    /// Show what the sites' live sampled blocks hold, as `strings` would (from PROFILE.peek,
+    /// written when the program ran with prof_peek:N)
+    #[arg(long, conflicts_with = "base")]
+    peek: bool,
+    /// With --peek: distinct previews shown per site
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "peek")]
+    peek_examples: usize,
     #[command(flatten)]
     sym: SymArgs,
 }

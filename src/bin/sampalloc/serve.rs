@@ -424,6 +424,7 @@ mod tests {
             "leaks.1.2.f.heap\0",
             "..leaks.1.2.f.heap",
             "leaks.1.2.f.heap.mem",
+            "leaks.1.2.f.heap.peek",
             "passwd",
         ] {
             assert!(!servable(bad), "{bad:?}");
