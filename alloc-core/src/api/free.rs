@@ -6,7 +6,7 @@
 //! not start a live block of ours aborts with one line naming the function and the pointer.
 
 use super::alloc::cache_or_init;
-use super::sampled::{forget_sample, free_sampled};
+use super::sampled::{forget_sample, free_sampled, huge_freeing};
 use super::{misuse, Op};
 use crate::addr::registry;
 use crate::addr::segment::{
@@ -197,13 +197,16 @@ pub(super) unsafe fn free_checked(p: *mut u8, op: Op) {
         // SAFETY: validated as a live block of class `class` in span `d`.
         Block::Span(d, class) => unsafe {
             if (*d).flags & FLAG_SAMPLED != 0 {
-                free_sampled(d);
+                free_sampled(p, d);
             } else {
                 free_block(p, d, class, op);
             }
         },
         // SAFETY: `h` is the registered header for `p`.
-        Block::Huge(h) => forget_sample(unsafe { huge::free(h, p, op.name()) }),
+        Block::Huge(h) => unsafe {
+            huge_freeing(h, p, op);
+            forget_sample(huge::free(h, p, op.name()))
+        },
     }
 }
 

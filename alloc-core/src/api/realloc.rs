@@ -3,7 +3,7 @@
 
 use super::alloc::{alloc_huge, alloc_slow, cache_or_init, fallback_alloc};
 use super::free::{free, validate, Block};
-use super::sampled::alloc_sampled;
+use super::sampled::{alloc_sampled, huge_moved, huge_record};
 use super::Op;
 use crate::addr::segment::{Segment, FLAG_SAMPLED};
 use crate::base::size_class::{class_of, is_small, CLASSES, LARGE_MAX, QUANTUM, SMALL_MAX};
@@ -65,8 +65,13 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize) -> *mut u8 {
             // SAFETY: `h` is the registered header for `p`.
             unsafe { huge::check(h.cast(), p, "realloc") };
             if size >= REALLOC_MAP_MIN {
-                // SAFETY: `h` is the validated header of `p`.
-                return unsafe { huge::realloc(h, p, size) };
+                // SAFETY: `h` is the validated header of `p`; `huge_moved` gets its result.
+                return unsafe {
+                    let record = huge_record(h);
+                    let q = huge::realloc(h, p, size);
+                    huge_moved(record, p, q);
+                    q
+                };
             }
             // SAFETY: as above.
             unsafe { huge::usable_size(h, p, "realloc") }
