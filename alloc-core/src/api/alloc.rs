@@ -4,7 +4,7 @@
 //! from the thread cache. Everything else (refills, large and huge blocks, sampled blocks,
 //! threads that are not set up) is on the slow paths below it, reached by tail calls.
 
-use super::sampled::alloc_sampled;
+use super::sampled::{alloc_sampled, announce_alloc};
 use crate::addr::segment::{SampleRecord, USABLE_PAGES};
 use crate::base::size_class::{
     class_of, is_small, CLASSES, LARGE_MAX, NUM_CACHED, NUM_SMALL, QUANTUM, SMALL_MAX,
@@ -134,6 +134,7 @@ pub(super) fn alloc_huge(
         };
         // SAFETY: a live huge block we just allocated.
         unsafe { huge::set_sample(p, record) };
+        announce_alloc(p, record);
     }
     p
 }

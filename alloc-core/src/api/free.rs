@@ -6,7 +6,7 @@
 //! not start a live block of ours aborts with one line naming the function and the pointer.
 
 use super::alloc::cache_or_init;
-use super::sampled::{forget_sample, free_sampled};
+use super::sampled::{forget_sample, free_sampled, huge_freeing};
 use super::{misuse, Op};
 use crate::addr::registry;
 use crate::addr::segment::{
@@ -208,7 +208,10 @@ pub(super) unsafe fn free_checked(p: *mut u8, op: Op) {
             // read it once it is gone (or another block's).
             table::peek_forget(p as usize);
             // SAFETY: `h` is the registered header for `p`.
-            forget_sample(unsafe { huge::free(h, p, op.name()) }, 0)
+            unsafe {
+                huge_freeing(h, p, op);
+                forget_sample(huge::free(h, p, op.name()), 0)
+            }
         }
     }
 }

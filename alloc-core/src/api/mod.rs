@@ -1,11 +1,12 @@
 //! Layer 9, the entry points: `malloc`, `free`, `realloc` and their aligned and zeroed kinds,
-//! pointer validation and the sampled path. May use every layer. The one fatal path for a
+//! pointer validation, the sampled path and OpenTelemetry's probes on it. May use every layer. The one fatal path for a
 //! misused pointer is [`misuse`].
 
 pub mod alloc;
 pub mod free;
 pub mod realloc;
 mod sampled;
+mod usdt;
 
 use crate::platform::os;
 

@@ -1,9 +1,13 @@
 //! The sampled path: a sampled block's stack is captured, the block is served from pages of
 //! its own so that its `free` is seen, and the profiler records it; at its free the profiler
-//! forgets exactly that record. The only user of the profiler's table on the allocation path.
+//! forgets exactly that record. The only user of the profiler's table on the allocation path,
+//! and the only place OpenTelemetry's probes (`usdt`) fire.
 
+use super::usdt;
+use super::Op;
 use crate::addr::segment::{self, SampleRecord, SpanDesc};
 use crate::pool::arena;
+use crate::pool::huge::{self, HugeHeader};
 use crate::prof::backtrace;
 use crate::prof::table::{self, MAX_FRAMES};
 use crate::thread::cache::ThreadCache;
@@ -40,7 +44,18 @@ pub(super) unsafe fn alloc_sampled(
     };
     // SAFETY: `d` heads the block we just allocated; its record is ours to set.
     unsafe { (*d).set_sample(record) };
+    announce_alloc(p, record);
     p
+}
+
+/// Fires `otel_memory:alloc` for the sampled block `p` just recorded as `record`.
+#[inline(always)]
+pub(super) fn announce_alloc(p: *mut u8, record: SampleRecord) {
+    usdt::alloc(
+        p,
+        record.bytes as u64,
+        usdt::weight_bytes(record.bytes, record.weight),
+    );
 }
 
 /// Frees sampled block `p`: the profiler forgets it (under its table lock, so a dump copying
@@ -48,11 +63,60 @@ pub(super) unsafe fn alloc_sampled(
 #[cold]
 #[inline(never)]
 pub(super) unsafe fn free_sampled(p: *mut u8, d: *mut SpanDesc) {
+    usdt::free(p);
     // SAFETY: `d` heads the live sampled block `p` whose descriptor holds its record.
     unsafe {
         forget_sample((*d).sample(), p as usize);
         arena::of_segment(segment::segment_of_desc(d)).free_sampled(d);
     }
+}
+
+/// A huge block `p` (header `h`) is about to be freed: fires `otel_memory:free` if it was
+/// sampled, while its address is still ours (once `huge::free` has cached or unmapped it, another
+/// thread may be handed the same address and announce it first). Costs an unsampled huge free
+/// one load of the header that `huge::free` reads next.
+///
+/// # Safety
+/// `h` must be the header the registry found for `p`.
+#[inline(always)]
+pub(super) unsafe fn huge_freeing(h: *mut u8, p: *mut u8, op: Op) {
+    let h = h.cast::<HugeHeader>();
+    // SAFETY: a registered header is a live mapping; `check` aborts unless `p` is its live block.
+    unsafe {
+        if is_sample((*h).sample) {
+            huge::check(h, p, op.name());
+            usdt::free(p);
+        }
+    }
+}
+
+/// `realloc` moved the huge block `p` (header `h`, validated) to `q`: if it was sampled, the
+/// tracer is told that `p` is gone and `q` holds the sample (the profile keeps the record as it
+/// was). An unmoved block needs nothing.
+///
+/// # Safety
+/// `h` must be `p`'s header as validated before the `realloc`, and `q` its result.
+pub(super) unsafe fn huge_moved(record: SampleRecord, p: *mut u8, q: *mut u8) {
+    if is_sample(record) && !q.is_null() && q != p {
+        usdt::free(p);
+        announce_alloc(q, record);
+    }
+}
+
+/// The sample record in huge header `h`.
+///
+/// # Safety
+/// `h` must be a registered huge header.
+#[inline(always)]
+pub(super) unsafe fn huge_record(h: *mut u8) -> SampleRecord {
+    // SAFETY: per the contract, a live mapping.
+    unsafe { (*h.cast::<HugeHeader>()).sample }
+}
+
+/// Whether `record` is a sampled block's (every sample weighs at least 1; none weighs 0).
+#[inline(always)]
+pub(super) fn is_sample(record: SampleRecord) -> bool {
+    record.weight != 0.0
 }
 
 /// The profiler forgets a sampled block being freed (nothing if `record` is no sample), and
