@@ -619,10 +619,7 @@ impl Arena {
         } else {
             p.heap.purge_expired(now, decay)
         };
-        let next = match p.heap.oldest_dirty() {
-            Some(t) if decay >= 0 => t.saturating_add(decay as u64),
-            _ => u64::MAX,
-        };
+        let next = p.heap.next_purge_at(decay).unwrap_or(u64::MAX);
         self.purge_hint.store(next, Ordering::Relaxed);
         purged
     }
