@@ -840,8 +840,8 @@ impl PageHeap {
             return None;
         }
         let decay = decay_ms as u64;
-        // SAFETY: list heads, if any, are dirty spans of ours.
         let due = |d: *mut SpanDesc, wait: u64| {
+            // SAFETY: list heads, if any, are dirty spans of ours.
             (!d.is_null()).then(|| unsafe { (*d).freed_at() }.saturating_add(wait))
         };
         let soon = due(self.decay.head, decay);
