@@ -109,6 +109,44 @@ fn realloc_keeps_contents_through_every_kind() {
     }
 }
 
+/// A small block built up by steps of about 1/8 (a string builder): from its second growth on
+/// it gets headroom, so it moves about once per doubling (8 B to 16 KiB: 11 doublings), not
+/// once per size class (about 30 here). Its contents survive every move. Shrinking a small
+/// block to no less than half its size keeps it in place.
+#[test]
+fn realloc_gives_a_growing_block_headroom() {
+    let layout = |n| Layout::from_size_align(n, 1).unwrap();
+    // SAFETY: each step passes the current size and a live pointer.
+    unsafe {
+        let mut n = 8usize;
+        let mut p = GLOBAL.alloc(layout(n));
+        p.write_bytes(0x5a, n);
+        let mut moves = 0;
+        while n < 16 << 10 {
+            let old = n;
+            n += n / 8 + 1;
+            let q = GLOBAL.realloc(p, layout(old), n);
+            assert!(!q.is_null());
+            assert!(
+                (0..old).all(|i| *q.add(i) == 0x5a),
+                "contents lost growing {old} -> {n}"
+            );
+            q.add(old).write_bytes(0x5a, n - old);
+            moves += usize::from(q != p);
+            p = q;
+        }
+        assert!(
+            moves <= 14,
+            "a block grown by 1/8 steps moved {moves} times on its way to 16 KiB"
+        );
+        GLOBAL.dealloc(p, layout(n));
+        let p = GLOBAL.alloc(layout(4000));
+        let q = GLOBAL.realloc(p, layout(4000), 3000);
+        assert_eq!(q, p, "shrinking a small block to 3/4 moved it");
+        GLOBAL.dealloc(q, layout(3000));
+    }
+}
+
 #[test]
 fn cross_thread_free_and_stats() {
     let blocks: Vec<Box<[u8; 64]>> = (0..10_000).map(|i| Box::new([i as u8; 64])).collect();

@@ -11,6 +11,13 @@
 //! - `*_decay`: with a short `dirty_decay_ms` set through `sampalloc::configure`, by decay alone:
 //!   the test sleeps past the decay time and then allocates a little (decay makes progress on
 //!   allocation activity), without calling `purge` or flushing the thread cache.
+//! - `*_thread_exit`: the GiB is built and freed by a thread that exits; the main thread then
+//!   waits as the decay variants do.
+//! - `*_thread_rounds`: rounds of one short-lived thread each, each building and freeing the GiB.
+//!   An arena that a new thread takes over keeps its warm pages when its last thread exits (the
+//!   next round reuses them instead of faulting them in again): most rounds after the first
+//!   must end with the GiB still resident in the engine. After the last round, one decay
+//!   period and a little activity give it back.
 //!
 //! The variants take a static lock so that no two 1-GiB tests run at once.
 
@@ -29,8 +36,12 @@ static GLOBAL: SampAlloc = SampAlloc;
 const TOTAL: usize = 1 << 30;
 /// How far above the starting RSS the end may be.
 const SLACK: usize = 16 << 20;
-/// `dirty_decay_ms` of the decay variants.
+/// `dirty_decay_ms` of the decay and thread-exit variants.
 const SHORT_DECAY_MS: u64 = 200;
+/// `dirty_decay_ms` of the thread-rounds variant: longer than a round's build and free take on
+/// a loaded machine, so that decay alone does not purge the pages freed early in a round before
+/// the thread exits.
+const ROUNDS_DECAY_MS: u64 = 3000;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -49,10 +60,16 @@ enum Kind {
 enum Return {
     Purge,
     Decay,
-    /// The memory is built and freed by a thread that then exits: its arena, left without
-    /// threads, gives the pages back at once (no purge call, no sleep, default decay time).
+    /// The memory is built and freed by a thread that then exits; no purge call: its arena,
+    /// left without threads, gives the pages back at once or, if it serves rounds of threads,
+    /// one decay period later at the next tick of any thread (the test waits that long).
     ThreadExit,
+    /// [`ROUNDS`] threads one after the other build and free the memory (see the module docs).
+    ThreadRounds,
 }
+
+/// Rounds of the `ThreadRounds` variant.
+const ROUNDS: usize = 4;
 
 /// Restores the default decay time when dropped (also when an assertion fails).
 struct DecayGuard;
@@ -125,7 +142,11 @@ fn activity() {
 fn check(kind: Kind, ret: Return) {
     let _serial = serial();
     let t0 = Instant::now();
-    let _decay = (ret == Return::Decay).then(|| DecayGuard::set(SHORT_DECAY_MS));
+    let decay_ms = match ret {
+        Return::ThreadRounds => ROUNDS_DECAY_MS,
+        _ => SHORT_DECAY_MS,
+    };
+    let _decay = (ret != Return::Purge).then(|| DecayGuard::set(decay_ms));
     sampalloc::purge(true);
     let rss0 = common::rss();
     let s0 = sampalloc::stats::snapshot();
@@ -139,17 +160,42 @@ fn check(kind: Kind, ret: Return) {
         drop(blocks);
         (n, rss_peak, s_peak)
     };
-    let (n, rss_peak, s_peak) = if ret == Return::ThreadExit {
-        std::thread::spawn(cycle).join().expect("worker thread")
-    } else {
-        cycle()
+    let (n, rss_peak, s_peak) = match ret {
+        Return::ThreadExit => std::thread::spawn(cycle).join().expect("worker thread"),
+        Return::ThreadRounds => {
+            // Resident bytes in the engine right after each round's thread exited.
+            let mut after_exit = Vec::new();
+            let mut last = None;
+            for _ in 0..ROUNDS {
+                last = Some(std::thread::spawn(cycle).join().expect("worker thread"));
+                after_exit.push(sampalloc::stats::snapshot().resident);
+            }
+            println!(
+                "resident after each round's exit: {:.1?} MiB",
+                after_exit
+                    .iter()
+                    .map(|&r| common::mib(r))
+                    .collect::<Vec<_>>()
+            );
+            // The first round's arena has not been taken over yet; a test thread of the harness
+            // starting between two rounds may take the arena a round left, hence "most".
+            let kept = after_exit[1..].iter().filter(|&&r| r >= TOTAL / 2).count();
+            assert!(
+                kept * 2 >= ROUNDS - 1,
+                "the warm GiB was given back at the end of most rounds: resident after each \
+                 exit {after_exit:?}"
+            );
+            last.expect("at least one round")
+        }
+        _ => cycle(),
     };
 
     match ret {
-        Return::ThreadExit => {}
         Return::Purge => sampalloc::purge(true),
-        Return::Decay => {
-            std::thread::sleep(Duration::from_millis(2 * SHORT_DECAY_MS + 100));
+        Return::Decay | Return::ThreadExit | Return::ThreadRounds => {
+            // Past one decay period after the last exit (idle arenas) and past the decay time
+            // of the pages freed last (arenas in use), then the ticks of some activity.
+            std::thread::sleep(Duration::from_millis(decay_ms + decay_ms.max(300)));
             activity();
         }
     }
@@ -208,6 +254,11 @@ fn small_blocks_decay() {
 #[test]
 fn small_blocks_thread_exit() {
     check(Kind::Small, Return::ThreadExit);
+}
+
+#[test]
+fn small_blocks_thread_rounds() {
+    check(Kind::Small, Return::ThreadRounds);
 }
 
 #[test]

@@ -22,6 +22,7 @@ MEMORY_METRICS = {
     "rss1g": ["peak_rss_kb", "freed_rss_kb", "final_rss_kb"],
     "rounds": ["peak_rss_kb", "final_rss_kb", "settled_rss_kb"],
     "realloc": ["peak_rss_kb", "final_rss_kb"],
+    "regrow": ["peak_rss_kb"],
     "larson": ["peak_rss_kb"],
     "redis": ["peak_rss_kb"],
     "python3": ["peak_rss_kb"],

@@ -28,6 +28,7 @@ WORKLOADS = {
     "pairs": ("pairs", ["pairs", "30000"]),
     "batches": ("pairs", ["batches", "600"]),
     "realloc": ("realloc", ["12"]),
+    "regrow": ("regrow", ["200000"]),
     "larson": ("larson", ["4", "80", "50000", "1000"]),
     "prodcons": ("prodcons", ["2", "3000000", "16384"]),
     "cache-scratch": ("cache", ["scratch", "2", "1000", "8", "40000"]),
@@ -36,7 +37,7 @@ WORKLOADS = {
     "rss1g": ("rss1g", ["2", "1024"]),
     "rounds": ("rounds", ["40", "16", "10000"]),
 }
-PROGRAMS = ["pairs", "realloc", "larson", "prodcons", "cache", "frag", "rss1g", "rounds"]
+PROGRAMS = ["pairs", "realloc", "regrow", "larson", "prodcons", "cache", "frag", "rss1g", "rounds"]
 
 # The JVM row (issue 20): a fixed-duration run, sampled every JVM_SAMPLE_S seconds.
 JVM = "jvm-churn"

@@ -36,6 +36,14 @@ pub const PAGES_PER_SEGMENT: usize = SEGMENT_SIZE / PAGE_SIZE;
 
 /// Span flag: a sampled block (its descriptor's words hold the profiler's record).
 pub const FLAG_SAMPLED: u16 = 1;
+/// Span flag of a dirty free span: it waits on the page heap's subrelease list, not its decay
+/// list (see `span::page_heap`).
+pub const FLAG_SUBRELEASE: u16 = 2;
+
+/// Pages in a transparent huge page (2 MiB on x86-64).
+pub const HUGE_PAGE_PAGES: usize = (2 << 20) / PAGE_SIZE;
+/// Transparent huge pages in a segment.
+pub const HUGE_PAGES_PER_SEGMENT: usize = PAGES_PER_SEGMENT / HUGE_PAGE_PAGES;
 
 /// Descriptor kinds.
 pub mod kind {
@@ -144,6 +152,11 @@ impl SpanDesc {
 pub struct Segment {
     /// The arena that owns every span in this segment.
     pub arena: u32,
+    /// Bit `h` set: huge page `h` of this segment was given `MADV_HUGEPAGE` (see
+    /// [`Segment::create`]); the decay then returns it whole or, later, in part.
+    pub dense: u8,
+    /// Free pages (dirty or clean) in each huge page of the segment, kept by the page heap.
+    pub hp_free: [u16; HUGE_PAGES_PER_SEGMENT],
     /// For every page, `free`'s fast-path code: class + 1 on every page of a slab and on the
     /// first page of an unsampled large block of a cached class, 0 everywhere else (free pages,
     /// the header, sampled and uncached blocks), which sends `free` to its checked path.
@@ -165,24 +178,55 @@ const_assert!(HEADER_PAGES <= 20); // the header costs under 2 % of a segment
 
 impl Segment {
     /// Maps and registers a new segment for `arena`; its usable pages are not yet on any list.
-    /// Null if the kernel refuses memory.
-    pub fn create(arena: u32) -> *mut Segment {
-        // Huge pages only with `thp:always` (see `config::Thp` for why not by default).
-        let base = os::map_dense(
-            SEGMENT_SIZE,
-            SEGMENT_SIZE,
-            config::huge_advice(config::Dense::Segment),
-        );
+    /// `dense` says which of its huge pages should be backed by huge pages (bit `h`: huge page
+    /// `h`), if `config::thp` and the kernel allow: the page heap asks for the ones that will be
+    /// dense. Null if the kernel refuses memory.
+    pub fn create(arena: u32, dense: u8) -> *mut Segment {
+        let base = os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE);
         if base.is_null() {
             return ptr::null_mut();
+        }
+        let advice = config::huge_advice(config::Dense::Segment);
+        let all = (1u8 << HUGE_PAGES_PER_SEGMENT) - 1;
+        let dense = match (advice, config::thp()) {
+            (os::HugeAdvice::Huge, config::Thp::Always) => all,
+            (os::HugeAdvice::Huge, _) => dense & all,
+            _ => 0,
+        };
+        if advice == os::HugeAdvice::Huge {
+            // The huge pages not asked for must say so where the kernel gives them unasked.
+            let rest = if os::thp_mode() == os::ThpMode::Always {
+                os::HugeAdvice::NoHuge
+            } else {
+                os::HugeAdvice::None
+            };
+            for h in 0..HUGE_PAGES_PER_SEGMENT {
+                let a = if dense & (1 << h) != 0 { advice } else { rest };
+                // SAFETY: huge page `h` lies inside the new mapping.
+                let hp = unsafe { base.add(h * HUGE_PAGE_PAGES * PAGE_SIZE) };
+                os::advise_huge(hp, HUGE_PAGE_PAGES * PAGE_SIZE, a);
+            }
+        } else {
+            os::advise_huge(base, SEGMENT_SIZE, advice);
         }
         let seg = base.cast::<Segment>();
         // SAFETY: fresh, zeroed, exclusively ours; zero is a valid value for every field.
         unsafe {
             (*seg).arena = arena;
+            (*seg).dense = dense;
         }
         registry::mark_segment(base as usize, registry::tag_of_index(arena as usize));
         seg
+    }
+
+    /// Whether huge page `h` of `seg` was asked to be backed by a huge page.
+    ///
+    /// # Safety
+    /// `seg` must be a live segment.
+    #[inline]
+    pub unsafe fn is_dense(seg: *const Segment, h: usize) -> bool {
+        // SAFETY: as documented.
+        unsafe { (*seg).dense & (1 << h) != 0 }
     }
 
     /// Unregisters and unmaps a segment whose spans are all free.
@@ -351,7 +395,7 @@ mod tests {
 
     #[test]
     fn header_layout() {
-        let seg = Segment::create(3);
+        let seg = Segment::create(3, 0);
         assert!(!seg.is_null());
         assert_eq!(seg as usize % SEGMENT_SIZE, 0);
         let d = Segment::desc(seg, 700);

@@ -12,6 +12,7 @@ use crate::pool::huge;
 use crate::process::tick::count_event;
 use crate::prof::backtrace;
 use crate::prof::table;
+use crate::thread;
 use core::ptr;
 
 /// Blocks that `realloc` grows to at least this size get a mapping of their own (see
@@ -42,6 +43,21 @@ pub(super) fn alloc_for_growth(size: usize, entry_sp: usize) -> *mut u8 {
         let pages = CLASSES[class].pages as usize;
         (*tc).arena.alloc_large_with_room(class, 1, pages, false)
     }
+}
+
+/// The size to allocate for small block `p` (usable size `old_usable`) that `realloc` grows to
+/// `size`. A block this thread's previous `realloc` grew, growing again, is being built up (a
+/// string, a buffer appended to): it gets twice its old size, up to the largest small class,
+/// so that it is copied about once per doubling rather than once per size class. glibc grows
+/// such a block in place at the top of its heap; slab classes cannot. A block grown only once
+/// gets exactly what it asked for.
+fn with_headroom(p: *mut u8, size: usize, old_usable: usize) -> usize {
+    let tc = thread::cache();
+    // SAFETY: the calling thread's own cache, if any.
+    if size > SMALL_MAX || tc.is_null() || unsafe { (*tc).last_grown } != p {
+        return size;
+    }
+    size.max((old_usable * 2).min(SMALL_MAX))
 }
 
 /// Resizes `p` to at least `size` bytes, in place when it can, keeping the contents; null `p`
@@ -86,6 +102,13 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize) -> *mut u8 {
             unsafe { huge::usable_size(h, p, "realloc") }
         }
         Block::Span(d, class) => {
+            let usable = CLASSES[class].size as usize;
+            // A small block stays where it is while it shrinks to no less than half its
+            // class (as mimalloc does): the headroom given to a growing block below is not
+            // lost to a copy at its first shrink.
+            if is_small(class) && size <= usable && size > usable / 2 {
+                return p;
+            }
             if size <= LARGE_MAX {
                 let new_class = class_of(size);
                 if new_class == class {
@@ -104,18 +127,26 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize) -> *mut u8 {
                     return p;
                 }
             }
-            CLASSES[class].size as usize
+            usable
         }
     };
     // A block growing past REALLOC_MAP_MIN moves into a mapping of its own, so that its later
     // growth is mremap (page tables move, no copy) rather than a copy per size class.
-    let q = if size > old_usable {
-        alloc_for_growth(size, entry_sp)
+    let growing = size > old_usable;
+    let q = if growing {
+        alloc_for_growth(with_headroom(p, size, old_usable), entry_sp)
     } else {
         alloc_slow(size, false, entry_sp)
     };
     if q.is_null() {
         return q;
+    }
+    if growing && size <= SMALL_MAX {
+        let tc = thread::cache();
+        if !tc.is_null() {
+            // SAFETY: the calling thread's own cache.
+            unsafe { (*tc).last_grown = q };
+        }
     }
     // SAFETY: both blocks are live and at least the copied length long.
     unsafe {

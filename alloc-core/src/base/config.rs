@@ -132,22 +132,24 @@ pub fn prof_signal() -> i32 {
 /// The `thp` option: whether the engine asks the kernel for transparent huge pages.
 ///
 /// Huge blocks (over 2 MiB, one mapping each, used whole by the program that asked for them) are
-/// dense memory; segments are dense only while their spans are: the decay purges free spans with
-/// `MADV_DONTNEED`, which splits a huge page into 4 KiB pages, and a segment's first fault (its
-/// header) makes a whole 2 MiB resident. Measured (issue 19) with huge pages for segments, small
-/// block workloads lost: frag's settled RSS 1.13–1.24× that of `never`, rss1g's system time 4×
-/// (2.7 s against 0.7 s, the huge pages being split again as the frees purge them), for 100–400×
-/// fewer page faults. So the default asks for huge blocks only; `always` asks for segments too.
+/// dense memory. Segments are dense once their arena has grown past its first segment: by
+/// default an arena's first segment asks for no huge page (a small program keeps its 4 KiB
+/// pages and its RSS), later segments for both of theirs. The page heap keeps them whole: its decay
+/// returns a huge page only when all of it is free, and breaks one (subrelease) only after a
+/// longer delay (see `span::page_heap`). Asking for every segment's huge pages while purging
+/// free spans at 4 KiB split them again as fast as the frees came: frag's settled RSS 1.13–1.24×
+/// that of `never`, rss1g's system time 4× (issue 19).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Thp {
-    /// The default: `MADV_HUGEPAGE` for huge blocks when the kernel's mode is `madvise` or
-    /// `always`; segments get no advice (the kernel's mode decides for them).
+    /// The default: `MADV_HUGEPAGE` for huge blocks and for the huge pages of segments the
+    /// page heap expects to be dense, when the kernel's mode is `madvise` or `always`.
     Auto = 0,
     /// Never ask; in the kernel's `always` mode say `MADV_NOHUGEPAGE`, so that nothing of ours
     /// is backed by huge pages.
     Never = 1,
-    /// Ask for huge blocks and for segments, whenever the kernel could give them.
+    /// Ask for huge blocks and for every huge page of every segment, whenever the kernel
+    /// could give them.
     Always = 2,
 }
 
@@ -190,8 +192,7 @@ fn huge_advice_for(thp: Thp, mode: ThpMode, what: Dense) -> HugeAdvice {
         (_, ThpMode::Never, _) => HugeAdvice::None,
         (Thp::Never, ThpMode::Always, _) => HugeAdvice::NoHuge,
         (Thp::Never, ThpMode::Madvise, _) => HugeAdvice::None,
-        (Thp::Auto, _, Dense::Segment) => HugeAdvice::None,
-        (Thp::Auto, _, Dense::HugeBlock) | (Thp::Always, _, _) => HugeAdvice::Huge,
+        (Thp::Auto | Thp::Always, _, _) => HugeAdvice::Huge,
     }
 }
 
@@ -486,9 +487,9 @@ mod tests {
         use ThpMode as M;
         for (t, m, what, a) in [
             (Thp::Auto, M::Madvise, H, A::Huge),
-            (Thp::Auto, M::Madvise, S, A::None),
+            (Thp::Auto, M::Madvise, S, A::Huge),
             (Thp::Auto, M::Always, H, A::Huge),
-            (Thp::Auto, M::Always, S, A::None),
+            (Thp::Auto, M::Always, S, A::Huge),
             (Thp::Auto, M::Never, H, A::None),
             (Thp::Always, M::Madvise, H, A::Huge),
             (Thp::Always, M::Madvise, S, A::Huge),

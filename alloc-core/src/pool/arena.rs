@@ -15,7 +15,7 @@ use crate::platform::os;
 use crate::span::page_heap::PageHeap;
 use crate::span::slab::{self, Put};
 use core::ptr;
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use static_assertions::const_assert;
 
 /// The most arenas a process can have: each has a one-byte tag (index + 1) in the segment map.
@@ -167,6 +167,16 @@ pub struct Arena {
     /// No dirty page of this arena expires before this time (ms): ticks skip the lock until
     /// then.
     purge_hint: AtomicU64,
+    /// When the last thread left (ms; 0: never), for [`release_thread`] and [`assign_thread`].
+    last_exit: AtomicU64,
+    /// A new thread took this arena over within a decay period of its last thread's exit: it
+    /// serves rounds of short-lived threads, so its last thread's exit keeps the warm pages for
+    /// the next round (see [`release_thread`]).
+    taken_over: AtomicBool,
+    /// Since when (ms) this arena has been left without threads with its warm pages kept;
+    /// `u64::MAX` if it is in use or nothing is kept. One decay period later, the next tick of
+    /// any thread releases what is still unused ([`Arena::purge`]).
+    idle_since: AtomicU64,
 }
 
 impl Arena {
@@ -193,6 +203,9 @@ impl Arena {
             empty_pages: AtomicUsize::new(0),
             last_sweep: AtomicU64::new(0),
             purge_hint: AtomicU64::new(u64::MAX),
+            last_exit: AtomicU64::new(0),
+            taken_over: AtomicBool::new(false),
+            idle_since: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -556,20 +569,33 @@ impl Arena {
 
     /// Purges this arena's dirty pages: those past the decay time, or all if `all`. Empty
     /// slabs that bins keep as their current slab (to avoid churn at a slab boundary) are
-    /// released first: always if `all`, else at most once per decay period. Returns how many
-    /// pages were purged.
+    /// released first: always if `all`, else at most once per decay period. An arena left
+    /// without threads for a decay period with its warm pages kept (see [`release_thread`])
+    /// releases its empty slabs and purges all its dirty pages; one left without threads and
+    /// not kept warm purges all of them at each sweep. Returns how many pages were purged.
     pub fn purge(&self, all: bool) -> usize {
         self.purge_at(os::now_ms(), all)
     }
 
-    /// [`Arena::purge`] at time `now`. When nothing is due it costs two atomic loads.
+    /// [`Arena::purge`] at time `now`. When nothing is due it costs three atomic loads.
     fn purge_at(&self, now: u64, all: bool) -> usize {
         let mut purged = 0;
         let decay = config::decay_ms();
         let last = self.last_sweep.load(Ordering::Relaxed);
         let sweep_due = decay >= 0 && now >= last.saturating_add(decay as u64);
+        // Idle for a decay period: whatever the last round of threads left and no new thread
+        // took goes back now. One caller claims it.
+        let since = self.idle_since.load(Ordering::Relaxed);
+        let idle = decay >= 0
+            && now >= since.saturating_add(decay as u64)
+            && self.threads.load(Ordering::Relaxed) == 0
+            && self
+                .idle_since
+                .compare_exchange(since, u64::MAX, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
         let mut idle_sweep = false;
         if all
+            || idle
             || (sweep_due
                 && self
                     .last_sweep
@@ -577,24 +603,23 @@ impl Arena {
                     .is_ok())
         {
             purged += self.release_empty_slabs(now);
-            // An arena no thread uses any more (its threads exited; remote frees have emptied
-            // its slabs since) will not reuse its pages soon: at a sweep they all go back now
-            // rather than one decay period later.
-            idle_sweep = decay >= 0 && self.threads.load(Ordering::Relaxed) == 0;
+            // An arena no thread uses and none is expected to (no round of threads left it
+            // warm): what remote frees have emptied since its last thread left will not be
+            // reused soon, so at a sweep it all goes back now rather than a decay period later.
+            idle_sweep = decay >= 0
+                && self.threads.load(Ordering::Relaxed) == 0
+                && self.idle_since.load(Ordering::Relaxed) == u64::MAX;
         }
-        if !all && !idle_sweep && now < self.purge_hint.load(Ordering::Relaxed) {
+        if !all && !idle && !idle_sweep && now < self.purge_hint.load(Ordering::Relaxed) {
             return purged;
         }
         let mut p = self.pages.lock();
-        purged += if all || idle_sweep {
+        purged += if all || idle || idle_sweep {
             p.heap.purge_all()
         } else {
             p.heap.purge_expired(now, decay)
         };
-        let next = match p.heap.oldest_dirty() {
-            Some(t) if decay >= 0 => t.saturating_add(decay as u64),
-            _ => u64::MAX,
-        };
+        let next = p.heap.next_purge_at(decay).unwrap_or(u64::MAX);
         self.purge_hint.store(next, Ordering::Relaxed);
         purged
     }
@@ -679,7 +704,9 @@ pub fn arenas_used() -> usize {
     ARENAS_USED.load(Ordering::Relaxed)
 }
 
-/// Picks the arena with the fewest threads for a new thread and counts the thread in.
+/// Picks the arena with the fewest threads for a new thread and counts the thread in. A thread
+/// that finds its arena empty takes it over: within a decay period of the last thread's exit,
+/// the arena is marked as serving rounds of threads (see [`release_thread`]).
 pub fn assign_thread() -> &'static Arena {
     let n = narenas();
     let mut best = 0;
@@ -694,28 +721,55 @@ pub fn assign_thread() -> &'static Arena {
             }
         }
     }
-    ARENAS[best].threads.fetch_add(1, Ordering::Relaxed);
-    &ARENAS[best]
+    let a = &ARENAS[best];
+    if a.threads.fetch_add(1, Ordering::Relaxed) == 0 {
+        a.idle_since.store(u64::MAX, Ordering::Relaxed);
+        let last = a.last_exit.load(Ordering::Relaxed);
+        let decay = config::decay_ms();
+        let soon = last != 0 && decay >= 0 && os::now_ms() <= last.saturating_add(decay as u64);
+        a.taken_over.store(soon, Ordering::Relaxed);
+    }
+    a
 }
 
-/// Dirty pages an arena keeps when its last thread exits; above this, all of them are purged.
-/// A pool of short-lived threads with small heaps then never pays for purges and refaults, while
-/// a thread that leaves megabytes behind gives them back at once.
+/// Dirty pages an arena keeps when its last thread exits and no round of threads was seen
+/// (see [`release_thread`]); above this, all of them are purged. A pool of short-lived threads
+/// with small heaps then never pays for purges and refaults, while a thread that leaves
+/// megabytes behind gives them back at once.
 const IDLE_DIRTY_KEEP_PAGES: usize = 512;
 
-/// Counts a thread out of arena `a` (it exited). The last thread out also releases the bins'
-/// empty current slabs, which nobody will reuse soon, and purges the arena's dirty pages if
-/// there are many (see [`IDLE_DIRTY_KEEP_PAGES`]).
+/// Counts a thread out of arena `a` (it exited). What the last thread out does depends on what
+/// the arena has seen:
+///
+/// - It serves rounds of threads (a new thread took it over within a decay period of its last
+///   exit, see [`assign_thread`]): the next round will most likely want the same memory, so
+///   nothing is released now. Its dirty pages keep decaying span by span, and if no thread
+///   takes the arena over within a decay period, the next tick of any thread (or the next
+///   thread exit) releases its empty slabs and purges all its dirty pages ([`Arena::purge`]).
+///   Purging at once made every round fault its pages in again.
+/// - Otherwise (its first thread leaves, or one that came after a long pause): the bins' empty
+///   slabs go back to the page heap and, if more than [`IDLE_DIRTY_KEEP_PAGES`] are dirty, all
+///   dirty pages are purged at once, so workers that exit return their memory even if no
+///   thread ever allocates again.
+///
+/// Either way the exiting thread serves the other arenas' due purges, as a tick would.
 pub fn release_thread(a: &Arena) {
     if a.threads.fetch_sub(1, Ordering::Relaxed) == 1 {
         let now = os::now_ms();
-        a.release_empty_slabs(now);
-        let mut p = a.pages.lock();
-        if config::decay_ms() >= 0 && p.heap.counts.dirty > IDLE_DIRTY_KEEP_PAGES {
-            p.heap.purge_all();
-            a.purge_hint.store(u64::MAX, Ordering::Relaxed);
+        a.last_exit.store(now, Ordering::Relaxed);
+        let decay = config::decay_ms();
+        if decay >= 0 && a.taken_over.load(Ordering::Relaxed) {
+            a.idle_since.store(now, Ordering::Relaxed);
+        } else {
+            a.release_empty_slabs(now);
+            let mut p = a.pages.lock();
+            if decay >= 0 && p.heap.counts.dirty > IDLE_DIRTY_KEEP_PAGES {
+                p.heap.purge_all();
+                a.purge_hint.store(u64::MAX, Ordering::Relaxed);
+            }
         }
     }
+    purge_due_arenas(os::now_ms());
 }
 
 /// Purges what is due in every arena, whoever uses it: the arenas of threads that exited are

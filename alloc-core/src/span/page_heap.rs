@@ -41,8 +41,8 @@
 //! blocks only the first and last.
 
 use crate::addr::segment::{
-    kind, page_of_desc, segment_of_desc, span_start, Segment, SpanDesc, HEADER_PAGES,
-    PAGES_PER_SEGMENT, USABLE_PAGES,
+    kind, page_of_desc, segment_of_desc, Segment, SpanDesc, FLAG_SUBRELEASE, HEADER_PAGES,
+    HUGE_PAGE_PAGES, PAGES_PER_SEGMENT, USABLE_PAGES,
 };
 use crate::base::size_class::{class_of_computed, class_size};
 use crate::platform::os::{self, PAGE_SHIFT};
@@ -52,6 +52,19 @@ use core::ptr;
 const NUM_PAGE_BINS: usize = 36;
 /// How many spans of the first candidate bin are checked before a larger bin is used.
 const BIN_SCAN_LIMIT: usize = 16;
+/// A dirty span in a huge page that is still well used waits this many decay periods (from its
+/// free time) before it is purged, which breaks the huge page (subrelease).
+const SUBRELEASE_DECAYS: u64 = 4;
+/// A huge page is well used (kept whole past the decay time of its free pages) while at least
+/// this many of its pages are in use. Below, a few surviving blocks would pin megabytes: its
+/// free pages go at their decay time, as in a segment without huge pages.
+const WELL_USED_PAGES: usize = HUGE_PAGE_PAGES / 2;
+/// Huge pages of a new segment to ask huge pages for (bit `h`: huge page `h`): none in an
+/// arena's first segment (a small program's heap stays in 4 KiB pages and its RSS where it
+/// was: with the first segment's second huge page dense, `git log` took 7.6 MiB instead of
+/// 5.6), both in later ones.
+const FIRST_SEGMENT_DENSE: u8 = 0;
+const LATER_SEGMENT_DENSE: u8 = 0b11;
 
 /// What [`PageHeap::merge_neighbours`] made of a freed span and its free neighbours.
 struct Merged {
@@ -148,6 +161,106 @@ impl FreeBins {
     }
 }
 
+/// A list of dirty spans linked through their decay words, oldest at the head.
+struct DecayList {
+    head: *mut SpanDesc,
+    tail: *mut SpanDesc,
+}
+
+impl DecayList {
+    const fn new() -> Self {
+        DecayList {
+            head: ptr::null_mut(),
+            tail: ptr::null_mut(),
+        }
+    }
+
+    /// Links `d` in right after `after` (null: at the head).
+    unsafe fn insert_after(&mut self, after: *mut SpanDesc, d: *mut SpanDesc) {
+        // SAFETY: `after` (if any) is on this list; `d` is on none.
+        unsafe {
+            let next = if after.is_null() {
+                self.head
+            } else {
+                (*after).decay_next()
+            };
+            (*d).set_decay_prev(after);
+            (*d).set_decay_next(next);
+            if after.is_null() {
+                self.head = d;
+            } else {
+                (*after).set_decay_next(d);
+            }
+            if next.is_null() {
+                self.tail = d;
+            } else {
+                (*next).set_decay_prev(d);
+            }
+        }
+    }
+
+    unsafe fn remove(&mut self, d: *mut SpanDesc) {
+        // SAFETY: `d` is on this list.
+        unsafe {
+            let (prev, next) = ((*d).decay_prev(), (*d).decay_next());
+            if prev.is_null() {
+                self.head = next;
+            } else {
+                (*prev).set_decay_next(next);
+            }
+            if next.is_null() {
+                self.tail = prev;
+            } else {
+                (*next).set_decay_prev(prev);
+            }
+        }
+    }
+}
+
+/// The first page of huge page `h` and the page after it, within a segment's usable pages.
+fn huge_page_range(h: usize) -> (usize, usize) {
+    (
+        (h * HUGE_PAGE_PAGES).max(HEADER_PAGES),
+        (h + 1) * HUGE_PAGE_PAGES,
+    )
+}
+
+/// Adds (or takes away) `[first, first + pages)` to the free counts of the huge pages of
+/// `seg` it lies in.
+unsafe fn count_huge_page_free(seg: *mut Segment, first: usize, pages: usize, add: bool) {
+    let end = first + pages;
+    let mut p = first;
+    while p < end {
+        let h = p / HUGE_PAGE_PAGES;
+        let stop = end.min((h + 1) * HUGE_PAGE_PAGES);
+        let n = (stop - p) as u16;
+        // SAFETY: `seg` is a live segment of ours, reached under the arena's page lock.
+        unsafe {
+            if add {
+                (*seg).hp_free[h] += n;
+            } else {
+                (*seg).hp_free[h] -= n;
+            }
+        }
+        p = stop;
+    }
+}
+
+/// Whether huge page `h` of `seg` is dense (asked for a huge page) and all of it free.
+unsafe fn dense_and_free(seg: *mut Segment, h: usize) -> bool {
+    let (first, end) = huge_page_range(h);
+    // SAFETY: `seg` is a live segment of ours.
+    unsafe { Segment::is_dense(seg, h) && (*seg).hp_free[h] as usize == end - first }
+}
+
+/// Whether huge page `h` of `seg` is dense and well used (see [`WELL_USED_PAGES`]).
+unsafe fn dense_and_well_used(seg: *mut Segment, h: usize) -> bool {
+    // SAFETY: `seg` is a live segment of ours.
+    unsafe {
+        Segment::is_dense(seg, h) && HUGE_PAGE_PAGES - (*seg).hp_free[h] as usize >= WELL_USED_PAGES
+    }
+}
+
 /// Page counts of a page heap, for statistics.
 #[derive(Clone, Copy, Default, Debug)]
 pub struct PageCounts {
@@ -155,6 +268,9 @@ pub struct PageCounts {
     pub active: usize,
     /// Free pages that may be resident.
     pub dirty: usize,
+    /// Of those, pages past their decay time kept whole in huge pages that still hold live
+    /// blocks, waiting for the longer subrelease delay.
+    pub subrelease: usize,
     /// Free pages given back to the kernel.
     pub clean: usize,
     /// Segments mapped.
@@ -167,10 +283,11 @@ pub struct PageCounts {
 pub struct PageHeap {
     dirty: FreeBins,
     clean: FreeBins,
-    /// Oldest dirty span (purged first).
-    decay_head: *mut SpanDesc,
-    /// Youngest dirty span.
-    decay_tail: *mut SpanDesc,
+    /// Dirty spans not yet past their decay time, (nearly) oldest first.
+    decay: DecayList,
+    /// Dirty spans past their decay time that lie in dense huge pages still holding live blocks:
+    /// purged only after [`SUBRELEASE_DECAYS`] decay periods (or when the huge page empties).
+    subrelease: DecayList,
     /// Statistics.
     pub counts: PageCounts,
 }
@@ -191,11 +308,12 @@ impl PageHeap {
         PageHeap {
             dirty: FreeBins::new(),
             clean: FreeBins::new(),
-            decay_head: ptr::null_mut(),
-            decay_tail: ptr::null_mut(),
+            decay: DecayList::new(),
+            subrelease: DecayList::new(),
             counts: PageCounts {
                 active: 0,
                 dirty: 0,
+                subrelease: 0,
                 clean: 0,
                 segments: 0,
                 purged: 0,
@@ -304,6 +422,7 @@ impl PageHeap {
             } else {
                 ptr::null_mut()
             };
+            let sub = dirty && (*d).flags & FLAG_SUBRELEASE != 0;
             self.unlink_free(d, dirty);
             (*d).kind = kind::NONE;
 
@@ -313,10 +432,10 @@ impl PageHeap {
             let trail = total - lead - pages;
             let mut after = decay_after;
             if lead > 0 {
-                after = self.insert_free(seg, head, lead, dirty, freed_at, after);
+                after = self.insert_free(seg, head, lead, dirty, freed_at, after, sub);
             }
             if trail > 0 {
-                self.insert_free(seg, start + pages, trail, dirty, freed_at, after);
+                self.insert_free(seg, start + pages, trail, dirty, freed_at, after, sub);
             }
             let sd = Segment::desc(seg, start);
             (*sd).pages = pages as u32;
@@ -333,7 +452,9 @@ impl PageHeap {
     }
 
     /// Makes `[first, first + pages)` of `seg` a free span and files it; dirty spans go into the
-    /// decay list right after `decay_after` (null: at the head). Returns the new descriptor.
+    /// decay list (or with `sub` the subrelease list) right after `decay_after` (null: at the
+    /// head). Returns the new descriptor.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn insert_free(
         &mut self,
         seg: *mut Segment,
@@ -342,18 +463,27 @@ impl PageHeap {
         dirty: bool,
         freed_at: u64,
         decay_after: *mut SpanDesc,
+        sub: bool,
     ) -> *mut SpanDesc {
         // SAFETY: the pages are ours and on no list; the caller holds the lock.
         unsafe {
             let d = Segment::desc(seg, first);
             (*d).pages = pages as u32;
+            (*d).flags = 0;
             Segment::set_heads(seg, first, 1, first);
             Segment::set_heads(seg, first + pages - 1, 1, first);
+            count_huge_page_free(seg, first, pages, true);
             if dirty {
                 (*d).kind = kind::FREE_DIRTY;
                 (*d).set_freed_at(freed_at);
                 self.dirty.push(d);
-                self.decay_insert_after(decay_after, d);
+                if sub {
+                    (*d).flags = FLAG_SUBRELEASE;
+                    self.subrelease.insert_after(decay_after, d);
+                    self.counts.subrelease += pages;
+                } else {
+                    self.decay.insert_after(decay_after, d);
+                }
                 self.counts.dirty += pages;
             } else {
                 (*d).kind = kind::FREE_CLEAN;
@@ -368,9 +498,15 @@ impl PageHeap {
         // SAFETY: `d` is a free span head on the matching lists.
         unsafe {
             let pages = (*d).pages as usize;
+            count_huge_page_free(segment_of_desc(d), page_of_desc(d), pages, false);
             if dirty {
                 self.dirty.remove(d);
-                self.decay_remove(d);
+                if (*d).flags & FLAG_SUBRELEASE != 0 {
+                    self.subrelease.remove(d);
+                    self.counts.subrelease -= pages;
+                } else {
+                    self.decay.remove(d);
+                }
                 self.counts.dirty -= pages;
             } else {
                 self.clean.remove(d);
@@ -379,55 +515,21 @@ impl PageHeap {
         }
     }
 
-    unsafe fn decay_insert_after(&mut self, after: *mut SpanDesc, d: *mut SpanDesc) {
-        // SAFETY: `after` (if any) is on the decay list; `d` is not.
-        unsafe {
-            let next = if after.is_null() {
-                self.decay_head
-            } else {
-                (*after).decay_next()
-            };
-            (*d).set_decay_prev(after);
-            (*d).set_decay_next(next);
-            if after.is_null() {
-                self.decay_head = d;
-            } else {
-                (*after).set_decay_next(d);
-            }
-            if next.is_null() {
-                self.decay_tail = d;
-            } else {
-                (*next).set_decay_prev(d);
-            }
-        }
-    }
-
-    unsafe fn decay_remove(&mut self, d: *mut SpanDesc) {
-        // SAFETY: `d` is on the decay list.
-        unsafe {
-            let (prev, next) = ((*d).decay_prev(), (*d).decay_next());
-            if prev.is_null() {
-                self.decay_head = next;
-            } else {
-                (*prev).set_decay_next(next);
-            }
-            if next.is_null() {
-                self.decay_tail = prev;
-            } else {
-                (*next).set_decay_prev(prev);
-            }
-        }
-    }
-
     fn add_segment(&mut self, arena: u32) -> Option<()> {
-        let seg = Segment::create(arena);
+        let dense = if self.counts.segments == 0 {
+            FIRST_SEGMENT_DENSE
+        } else {
+            LATER_SEGMENT_DENSE
+        };
+        let seg = Segment::create(arena, dense);
         if seg.is_null() {
             return None;
         }
         self.counts.segments += 1;
         // SAFETY: a fresh segment of ours; its pages are on no list.
         unsafe {
-            self.insert_free(seg, HEADER_PAGES, USABLE_PAGES, false, 0, ptr::null_mut());
+            let none = ptr::null_mut();
+            self.insert_free(seg, HEADER_PAGES, USABLE_PAGES, false, 0, none, false);
         }
         Some(())
     }
@@ -456,20 +558,14 @@ impl PageHeap {
             // A span older than the youngest keeps the decay-list place of the oldest span it
             // absorbed (O(1), no walk): the list is then only nearly ordered, and a span behind
             // a younger one is purged at most one window late.
-            let tail = self.decay_tail;
+            let tail = self.decay.tail;
             let after = if tail.is_null() || merged.freed_at >= (*tail).freed_at() {
                 tail
             } else {
                 merged.decay_after
             };
-            self.insert_free(
-                seg,
-                merged.first,
-                merged.pages,
-                true,
-                merged.freed_at,
-                after,
-            );
+            let (first, pages) = (merged.first, merged.pages);
+            self.insert_free(seg, first, pages, true, merged.freed_at, after, false);
         }
     }
 
@@ -491,14 +587,18 @@ impl PageHeap {
             let mut first = page_of_desc(d);
             let mut pages = (*d).pages as usize;
             let mut time_sum = pages as u128 * now as u128;
-            // Absorbed dirty spans: (descriptor, its decay predecessor, its free time).
+            // Absorbed dirty spans of the decay list: (descriptor, its decay predecessor, its
+            // free time). Spans of the subrelease list are older than any of those.
             let mut absorbed = [(ptr::null_mut(), ptr::null_mut(), u64::MAX); 2];
+            let mut absorbed_subrelease = false;
             (*d).kind = kind::NONE;
             if first > HEADER_PAGES {
                 let ph = Segment::head_of(seg, first - 1);
                 let pd = Segment::desc(seg, ph);
                 if (*pd).kind == k && ph + (*pd).pages as usize == first {
-                    if dirty {
+                    if dirty && (*pd).flags & FLAG_SUBRELEASE != 0 {
+                        absorbed_subrelease = true;
+                    } else if dirty {
                         absorbed[0] = (pd, (*pd).decay_prev(), (*pd).freed_at());
                     }
                     self.unlink_free(pd, dirty);
@@ -512,7 +612,9 @@ impl PageHeap {
             if after < PAGES_PER_SEGMENT {
                 let nd = Segment::desc(seg, after);
                 if (*nd).kind == k {
-                    if dirty {
+                    if dirty && (*nd).flags & FLAG_SUBRELEASE != 0 {
+                        absorbed_subrelease = true;
+                    } else if dirty {
                         absorbed[1] = (nd, (*nd).decay_prev(), (*nd).freed_at());
                     }
                     self.unlink_free(nd, dirty);
@@ -522,11 +624,14 @@ impl PageHeap {
                 }
             }
             // The place of the oldest absorbed span: after its predecessor, unless that was
-            // absorbed too (then after the predecessor's).
+            // absorbed too (then after the predecessor's); the head if it came from the
+            // subrelease list.
             let [a, b] = absorbed;
             let (oldest, other) = if a.2 <= b.2 { (a, b) } else { (b, a) };
-            let decay_after = if oldest.0.is_null() {
-                self.decay_tail
+            let decay_after = if absorbed_subrelease {
+                ptr::null_mut()
+            } else if oldest.0.is_null() {
+                self.decay.tail
             } else if oldest.1 == other.0 {
                 other.1
             } else {
@@ -571,10 +676,11 @@ impl PageHeap {
             } else {
                 ptr::null_mut()
             };
+            let sub = dirty && (*nd).flags & FLAG_SUBRELEASE != 0;
             self.unlink_free(nd, dirty);
             (*nd).kind = kind::NONE;
             if rest > 0 {
-                self.insert_free(seg, first + new_pages, rest, dirty, freed_at, after);
+                self.insert_free(seg, first + new_pages, rest, dirty, freed_at, after, sub);
             }
             (*d).pages = new_pages as u32;
             Segment::set_heads(seg, first + new_pages - 1, 1, first);
@@ -605,36 +711,161 @@ impl PageHeap {
     }
 
     /// Purges dirty spans freed more than `decay_ms` ago (all of them if `decay_ms` is 0;
-    /// none if it is negative). Returns how many pages it purged.
+    /// none if it is negative), except those in dense huge pages that are well used: these
+    /// move to the subrelease list, and are purged [`SUBRELEASE_DECAYS`] decay periods
+    /// after their free time. Returns how many pages it purged.
     pub fn purge_expired(&mut self, now: u64, decay_ms: i64) -> usize {
         let mut purged = 0;
         if decay_ms < 0 {
             return purged;
         }
-        while !self.decay_head.is_null() {
+        let decay = decay_ms as u64;
+        while !self.decay.head.is_null() {
+            let d = self.decay.head;
             // SAFETY: the decay head is a dirty span of ours.
-            let freed_at = unsafe { (*self.decay_head).freed_at() };
-            if freed_at.saturating_add(decay_ms as u64) > now {
+            if unsafe { (*d).freed_at() }.saturating_add(decay) > now {
                 break;
             }
             // SAFETY: as above.
-            purged += unsafe { self.purge_span(self.decay_head) };
+            purged += unsafe { self.decay_due(d) };
+        }
+        let late = decay.saturating_mul(SUBRELEASE_DECAYS);
+        while !self.subrelease.head.is_null() {
+            let d = self.subrelease.head;
+            // SAFETY: the subrelease head is a dirty span of ours.
+            if unsafe { (*d).freed_at() }.saturating_add(late) > now {
+                break;
+            }
+            // SAFETY: as above.
+            purged += unsafe { self.purge_now(d) };
         }
         purged
     }
 
-    /// When the oldest dirty span was freed, if there is one.
-    pub fn oldest_dirty(&self) -> Option<u64> {
-        // SAFETY: the decay head, if any, is a dirty span of ours.
-        (!self.decay_head.is_null()).then(|| unsafe { (*self.decay_head).freed_at() })
+    /// The decay time of dirty span `d` (on the decay list) has come: purge it, or the whole
+    /// huge page it empties, or (in a dense huge page that is well used) move it to the
+    /// subrelease list. Each call takes `d` off the decay list, or shortens it. Returns the
+    /// pages purged.
+    unsafe fn decay_due(&mut self, d: *mut SpanDesc) -> usize {
+        // SAFETY: `d` is a dirty span of ours on the decay list; we hold the lock.
+        unsafe {
+            let seg = segment_of_desc(d);
+            let first = page_of_desc(d);
+            let end = first + (*d).pages as usize;
+            let (h0, h1) = (first / HUGE_PAGE_PAGES, (end - 1) / HUGE_PAGE_PAGES);
+            if (*seg).dense == 0 {
+                return self.purge_range(d, first, end);
+            }
+            for h in h0..=h1 {
+                if dense_and_free(seg, h) {
+                    return self.purge_huge_page(seg, h);
+                }
+            }
+            // Parts in huge pages that were not asked for or are little used go now; parts in
+            // well used dense ones wait.
+            for h in h0..=h1 {
+                if !dense_and_well_used(seg, h) {
+                    let (hf, he) = huge_page_range(h);
+                    return self.purge_range(d, first.max(hf), end.min(he));
+                }
+            }
+            let (freed_at, pages) = ((*d).freed_at(), (*d).pages as usize);
+            self.decay.remove(d);
+            (*d).flags = FLAG_SUBRELEASE;
+            self.subrelease.insert_after(self.subrelease.tail, d);
+            self.counts.subrelease += pages;
+            debug_assert_eq!((*d).freed_at(), freed_at);
+            0
+        }
     }
 
-    /// Dirty pages freed at or before `before` (ms): with `before = now - dirty_decay_ms`, the
-    /// pages dirty for longer than a decay window, which decay should have purged already.
-    /// Walks the whole decay list (it is only nearly ordered): for statistics, not hot paths.
+    /// Purges dirty span `d` now: the whole huge pages it lies in that are free, else all of
+    /// it (breaking a huge page if it is in one). Returns the pages purged.
+    unsafe fn purge_now(&mut self, d: *mut SpanDesc) -> usize {
+        // SAFETY: `d` is a dirty span of ours; we hold the lock.
+        unsafe {
+            let seg = segment_of_desc(d);
+            let first = page_of_desc(d);
+            let end = first + (*d).pages as usize;
+            for h in first / HUGE_PAGE_PAGES..=(end - 1) / HUGE_PAGE_PAGES {
+                if dense_and_free(seg, h) {
+                    return self.purge_huge_page(seg, h);
+                }
+            }
+            self.purge_range(d, first, end)
+        }
+    }
+
+    /// Purges every dirty span in huge page `h` of `seg`, which is all free, with one
+    /// `madvise` per dirty span (one for the whole huge page when it has not been broken):
+    /// the huge page goes back whole. Dirty spans reaching past it keep their outer part.
+    unsafe fn purge_huge_page(&mut self, seg: *mut Segment, h: usize) -> usize {
+        let (hf, he) = huge_page_range(h);
+        let mut purged = 0;
+        loop {
+            // Span heads from the segment's first page on (only span heads are reliable
+            // entries) up to the first dirty span reaching into the huge page.
+            let mut p = HEADER_PAGES;
+            let mut dirty = ptr::null_mut();
+            // SAFETY: descriptors of a live segment of ours, visited head by head.
+            unsafe {
+                while p < he {
+                    let d = Segment::desc(seg, p);
+                    let end = p + (*d).pages as usize;
+                    if end > hf && (*d).kind == kind::FREE_DIRTY {
+                        dirty = d;
+                        break;
+                    }
+                    p = end;
+                }
+            }
+            if dirty.is_null() {
+                return purged;
+            }
+            let segments = self.counts.segments;
+            // SAFETY: a dirty span of ours; the range is its part inside the huge page.
+            purged += unsafe {
+                let end = p + (*dirty).pages as usize;
+                self.purge_range(dirty, p.max(hf), end.min(he))
+            };
+            if self.counts.segments != segments {
+                return purged; // the segment was wholly clean and is unmapped
+            }
+        }
+    }
+
+    /// When the next dirty span comes due (its decay time, or its subrelease time), if any.
+    pub fn next_purge_at(&self, decay_ms: i64) -> Option<u64> {
+        if decay_ms < 0 {
+            return None;
+        }
+        let decay = decay_ms as u64;
+        let due = |d: *mut SpanDesc, wait: u64| {
+            // SAFETY: list heads, if any, are dirty spans of ours.
+            (!d.is_null()).then(|| unsafe { (*d).freed_at() }.saturating_add(wait))
+        };
+        let soon = due(self.decay.head, decay);
+        let late = due(
+            self.subrelease.head,
+            decay.saturating_mul(SUBRELEASE_DECAYS),
+        );
+        soon.into_iter().chain(late).min()
+    }
+
+    /// When the oldest dirty span of the decay list was freed, if there is one (spans waiting
+    /// for subrelease are older, and counted apart).
+    pub fn oldest_dirty(&self) -> Option<u64> {
+        // SAFETY: the decay head, if any, is a dirty span of ours.
+        (!self.decay.head.is_null()).then(|| unsafe { (*self.decay.head).freed_at() })
+    }
+
+    /// Dirty pages of the decay list freed at or before `before` (ms): with `before = now -
+    /// dirty_decay_ms`, the pages dirty for longer than a decay window, which decay should have
+    /// dealt with already. Walks the whole list (it is only nearly ordered): for statistics,
+    /// not hot paths.
     pub fn dirty_freed_before(&self, before: u64) -> usize {
         let mut pages = 0;
-        let mut d = self.decay_head;
+        let mut d = self.decay.head;
         // SAFETY: decay-list members are dirty spans of ours.
         unsafe {
             while !d.is_null() {
@@ -647,35 +878,67 @@ impl PageHeap {
         pages
     }
 
-    /// Purges every dirty span now. Returns how many pages it purged.
+    /// Purges every dirty span now, whole huge pages where they are free. Returns how many
+    /// pages it purged.
     pub fn purge_all(&mut self) -> usize {
         let mut purged = 0;
-        while !self.decay_head.is_null() {
-            // SAFETY: the decay head is a dirty span of ours.
-            purged += unsafe { self.purge_span(self.decay_head) };
+        for sub in [false, true] {
+            loop {
+                let d = if sub {
+                    self.subrelease.head
+                } else {
+                    self.decay.head
+                };
+                if d.is_null() {
+                    break;
+                }
+                // SAFETY: the head is a dirty span of ours.
+                purged += unsafe { self.purge_now(d) };
+            }
         }
         purged
     }
 
-    /// Purges the dirty span `d`; returns its length in pages.
-    unsafe fn purge_span(&mut self, d: *mut SpanDesc) -> usize {
-        // SAFETY: `d` is a dirty span of ours; its pages hold no live data.
+    /// Purges pages `[from, to)` of dirty span `d` (all of `d` or part of it): they become
+    /// clean and merge with clean neighbours; the rest of `d` stays dirty, with its free time
+    /// and list place. A segment left wholly clean is unmapped. Returns `to - from`.
+    unsafe fn purge_range(&mut self, d: *mut SpanDesc, from: usize, to: usize) -> usize {
+        // SAFETY: `d` is a dirty span of ours and `[from, to)` lies inside it; its pages hold
+        // no live data.
         unsafe {
-            let pages = (*d).pages as usize;
-            self.unlink_free(d, true);
-            os::purge(span_start(d), pages << PAGE_SHIFT);
-            self.counts.purged += pages as u64;
             let seg = segment_of_desc(d);
+            let first = page_of_desc(d);
+            let end = first + (*d).pages as usize;
+            debug_assert!(first <= from && from < to && to <= end);
+            let freed_at = (*d).freed_at();
+            let sub = (*d).flags & FLAG_SUBRELEASE != 0;
+            let mut after = (*d).decay_prev();
+            self.unlink_free(d, true);
+            (*d).kind = kind::NONE;
+            if from > first {
+                after = self.insert_free(seg, first, from - first, true, freed_at, after, sub);
+            }
+            if to < end {
+                self.insert_free(seg, to, end - to, true, freed_at, after, sub);
+            }
+            let pages = to - from;
+            let start = (seg as usize + (from << PAGE_SHIFT)) as *mut u8;
+            os::purge(start, pages << PAGE_SHIFT);
+            self.counts.purged += pages as u64;
+            let md = Segment::desc(seg, from);
+            (*md).pages = pages as u32;
+            Segment::set_heads(seg, from, 1, from);
+            Segment::set_heads(seg, to - 1, 1, from);
             let Merged {
                 first,
                 pages: merged,
                 ..
-            } = self.merge_neighbours(seg, d, kind::FREE_CLEAN, 0);
+            } = self.merge_neighbours(seg, md, kind::FREE_CLEAN, 0);
             if first == HEADER_PAGES && merged == USABLE_PAGES {
                 self.counts.segments -= 1;
                 Segment::destroy(seg);
             } else {
-                self.insert_free(seg, first, merged, false, 0, ptr::null_mut());
+                self.insert_free(seg, first, merged, false, 0, ptr::null_mut(), false);
             }
             pages
         }
@@ -719,24 +982,34 @@ impl PageHeap {
             self.counts.active + dirty_pages + clean_pages,
             self.counts.segments * USABLE_PAGES
         );
-        // The decay list holds every dirty span (nearly oldest first: see the module docs).
+        // The decay and subrelease lists hold every dirty span (nearly oldest first: see the
+        // module docs), each marked with its list.
         let mut n = 0;
-        let mut d = self.decay_head;
-        while !d.is_null() {
-            // SAFETY: list members are live descriptors.
-            unsafe {
-                assert_eq!((*d).kind, kind::FREE_DIRTY);
-                n += (*d).pages as usize;
-                d = (*d).decay_next();
+        let mut waiting = 0;
+        for (list, sub) in [(&self.decay, false), (&self.subrelease, true)] {
+            let mut d = list.head;
+            while !d.is_null() {
+                // SAFETY: list members are live descriptors.
+                unsafe {
+                    assert_eq!((*d).kind, kind::FREE_DIRTY);
+                    assert_eq!((*d).flags & FLAG_SUBRELEASE != 0, sub);
+                    n += (*d).pages as usize;
+                    if sub {
+                        waiting += (*d).pages as usize;
+                    }
+                    d = (*d).decay_next();
+                }
             }
         }
         assert_eq!(n, dirty_pages);
+        assert_eq!(waiting, self.counts.subrelease);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::segment::span_start;
 
     fn mark_large(d: *mut SpanDesc) {
         // SAFETY: a freshly allocated span head.
@@ -836,6 +1109,7 @@ mod tests {
 #[cfg(test)]
 mod decay_tests {
     use super::*;
+    use crate::addr::segment::span_start;
     use std::collections::HashMap;
 
     const DECAY: i64 = 1000;
@@ -981,5 +1255,134 @@ mod decay_tests {
             stale * 20 <= dirty,
             "{stale} of {dirty} dirty pages seen were freed more than two windows before"
         );
+    }
+}
+
+#[cfg(test)]
+mod huge_page_tests {
+    use super::*;
+
+    /// A heap whose segments' huge pages are both dense, whatever the kernel's mode (the
+    /// advice itself is the kernel's business; the decay policy is ours), with one large block
+    /// of `pages` pages at the start of its first segment.
+    fn dense_heap(pages: usize) -> (PageHeap, *mut Segment, *mut SpanDesc) {
+        let mut heap = PageHeap::new();
+        let (d, _) = heap.alloc(pages, 1, false, 0).unwrap();
+        // SAFETY: a freshly allocated span head in a live segment of ours.
+        let seg = unsafe {
+            (*d).kind = kind::LARGE;
+            segment_of_desc(d)
+        };
+        // SAFETY: as above.
+        unsafe { (*seg).dense = 0b11 };
+        (heap, seg, d)
+    }
+
+    fn alloc_large(heap: &mut PageHeap, pages: usize) -> *mut SpanDesc {
+        let (d, _) = heap.alloc(pages, 1, false, 0).unwrap();
+        // SAFETY: a freshly allocated span head.
+        unsafe { (*d).kind = kind::LARGE };
+        d
+    }
+
+    /// Free pages next to live blocks in a well used dense huge page wait past their decay time
+    /// (the huge page stays whole) and go after the subrelease delay; they are reused
+    /// meanwhile.
+    #[test]
+    fn a_well_used_huge_page_is_broken_only_after_the_subrelease_delay() {
+        // The first huge page: the header, 300 live pages, 100 freed ones, the rest free.
+        let (mut heap, seg, _live) = dense_heap(300);
+        let freed = alloc_large(&mut heap, 100);
+        // SAFETY: `freed` is an allocated block of this heap.
+        unsafe { heap.free(freed, 1000, 1000) };
+        assert_eq!(
+            heap.purge_expired(2500, 1000),
+            0,
+            "past decay, but kept whole"
+        );
+        heap.check();
+        assert!(heap.counts.subrelease >= 100, "{:?}", heap.counts);
+        assert_eq!(heap.next_purge_at(1000), Some(1000 + 4 * 1000));
+        // Reused meanwhile: carved from the waiting span.
+        let again = alloc_large(&mut heap, 50);
+        heap.check();
+        // SAFETY: `again` is allocated, `seg` is live.
+        unsafe {
+            assert_eq!(segment_of_desc(again), seg);
+            heap.free(again, 2600, 1000);
+        }
+        heap.check();
+        // The 50 pages merged back in make the span younger (its pages' mean free time:
+        // 50 pages freed at 1000 and 50 at 2600, 1800), so it starts over on the decay list.
+        assert_eq!(heap.next_purge_at(1000), Some(1800 + 1000));
+        assert_eq!(heap.purge_expired(2800, 1000), 0, "kept whole again");
+        assert_eq!(heap.next_purge_at(1000), Some(1800 + 4 * 1000));
+        assert_eq!(heap.purge_expired(1800 + 4 * 1000 - 1, 1000), 0);
+        let purged = heap.purge_expired(1800 + 4 * 1000, 1000);
+        assert!(purged >= 100, "subrelease after the longer delay: {purged}");
+        assert_eq!(heap.counts.subrelease, 0);
+        heap.check();
+    }
+
+    /// A little used dense huge page is not kept whole: its free pages go at their decay time.
+    #[test]
+    fn a_little_used_huge_page_is_broken_at_the_decay_time() {
+        let (mut heap, _seg, _live) = dense_heap(10);
+        let freed = alloc_large(&mut heap, 300);
+        // SAFETY: `freed` is an allocated block of this heap.
+        unsafe { heap.free(freed, 1000, 1000) };
+        assert!(heap.purge_expired(2000, 1000) >= 300);
+        assert_eq!(heap.counts.subrelease, 0);
+        heap.check();
+    }
+
+    /// A dense huge page that empties goes back whole at its decay time, without waiting.
+    #[test]
+    fn an_empty_huge_page_goes_back_at_its_decay_time() {
+        // Live pages in the first huge page only; the second is filled and then emptied.
+        let (mut heap, seg, _live) = dense_heap(HUGE_PAGE_PAGES - HEADER_PAGES);
+        let second = alloc_large(&mut heap, HUGE_PAGE_PAGES);
+        // SAFETY: `second` is allocated in `seg`.
+        unsafe {
+            assert_eq!(page_of_desc(second), HUGE_PAGE_PAGES);
+            heap.free(second, 1000, 1000);
+        }
+        assert_eq!(heap.counts.dirty, HUGE_PAGE_PAGES);
+        assert_eq!(heap.purge_expired(2000, 1000), HUGE_PAGE_PAGES);
+        assert_eq!(heap.counts.subrelease, 0);
+        assert_eq!(heap.counts.clean, HUGE_PAGE_PAGES);
+        // SAFETY: `seg` is live (the first huge page holds a live block).
+        assert_eq!(unsafe { (*seg).hp_free }, [0, HUGE_PAGE_PAGES as u16]);
+        heap.check();
+    }
+
+    /// A span across the two huge pages of a segment: the emptied huge page goes back whole,
+    /// the part in the huge page with live blocks waits.
+    #[test]
+    fn a_span_across_huge_pages_is_split_at_the_boundary() {
+        let (mut heap, seg, live) = dense_heap(300);
+        let span = alloc_large(&mut heap, 2 * HUGE_PAGE_PAGES - HEADER_PAGES - 300);
+        // SAFETY: `span` is allocated in `seg`.
+        unsafe {
+            assert_eq!(segment_of_desc(span), seg);
+            heap.free(span, 1000, 1000);
+        }
+        assert_eq!(heap.purge_expired(2000, 1000), HUGE_PAGE_PAGES);
+        assert_eq!(
+            heap.counts.subrelease,
+            HUGE_PAGE_PAGES - HEADER_PAGES - 300,
+            "the part next to the live block waits"
+        );
+        heap.check();
+        // Freeing the live block empties the segment: everything goes, the segment is unmapped.
+        // The merged span's mean free time: 300 pages at 3000 and 195 at 1000, 2212.
+        // SAFETY: `live` is allocated in `seg`.
+        assert_eq!(unsafe { heap.free(live, 3000, 1000) }, 0);
+        heap.check();
+        assert_eq!(
+            heap.purge_expired(3212, 1000),
+            HUGE_PAGE_PAGES - HEADER_PAGES
+        );
+        assert_eq!(heap.counts.segments, 0);
     }
 }

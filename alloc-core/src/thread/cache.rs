@@ -123,6 +123,10 @@ pub struct ThreadCache {
     growth_budget: usize,
     /// The segment-map tag of the thread's arena, which tells `free` a block of another arena.
     pub arena_tag: u8,
+    /// The small block this thread's last `realloc` grew, if still where it was moved: growing
+    /// it again means it keeps growing, and it gets headroom (see `api::realloc`). Only
+    /// compared, never dereferenced.
+    pub last_grown: *mut u8,
     next: *mut ThreadCache,
     prev: *mut ThreadCache,
     /// Blocks of other arenas freed by this thread, waiting to go home: `remote[..remote_len]`,
@@ -228,6 +232,7 @@ pub fn acquire(arena: &'static Arena, free_key: u64) -> *mut ThreadCache {
         ptr::addr_of_mut!((*tc).requests_seen).write([0; NUM_CACHED]);
         ptr::addr_of_mut!((*tc).used_at).write([os::now_ms(); NUM_CACHED]);
         ptr::addr_of_mut!((*tc).growth_budget).write(GROWTH_BUDGET);
+        ptr::addr_of_mut!((*tc).last_grown).write(ptr::null_mut());
         let slots = ptr::addr_of_mut!((*tc).slots).cast::<*mut u8>();
         let mut offset = 0;
         for (class, info) in CLASSES.iter().enumerate().take(NUM_CACHED) {
