@@ -80,8 +80,9 @@ unsafe impl GlobalAlloc for SampAlloc {
     #[inline(never)]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if layout.align() <= MIN_ALIGN {
-            // SAFETY: GlobalAlloc's contract: `ptr` is a live block of ours.
-            return unsafe { engine::realloc(ptr, new_size) };
+            // SAFETY: GlobalAlloc's contract: `ptr` is a live block of ours. Exact: `dealloc`
+            // frees by the layout's size.
+            return unsafe { engine::realloc_exact(ptr, new_size) };
         }
         // Over-aligned: keep the block if it still fits well, else move it.
         // SAFETY: as above.

@@ -109,23 +109,23 @@ fn realloc_keeps_contents_through_every_kind() {
     }
 }
 
-/// A small block built up by steps of about 1/8 (a string builder): from its second growth on
-/// it gets headroom, so it moves about once per doubling (8 B to 16 KiB: 11 doublings), not
-/// once per size class (about 30 here). Its contents survive every move. Shrinking a small
-/// block to no less than half its size keeps it in place.
+/// Through the C ABI's `realloc` (the engine's, which the preload exports), a small block
+/// built up by steps of about 1/8 (a string builder) gets headroom from its second growth on,
+/// so it moves about once per doubling (8 B to 16 KiB: 11 doublings), not once per size class
+/// (about 30 here). Its contents survive every move. Shrinking a small block to no less than
+/// half its size keeps it in place.
 #[test]
-fn realloc_gives_a_growing_block_headroom() {
-    let layout = |n| Layout::from_size_align(n, 1).unwrap();
-    // SAFETY: each step passes the current size and a live pointer.
+fn c_realloc_gives_a_growing_block_headroom() {
+    // SAFETY: each step passes a live pointer; blocks are freed once.
     unsafe {
         let mut n = 8usize;
-        let mut p = GLOBAL.alloc(layout(n));
+        let mut p = sampalloc_core::malloc(n);
         p.write_bytes(0x5a, n);
         let mut moves = 0;
         while n < 16 << 10 {
             let old = n;
             n += n / 8 + 1;
-            let q = GLOBAL.realloc(p, layout(old), n);
+            let q = sampalloc_core::realloc(p, n);
             assert!(!q.is_null());
             assert!(
                 (0..old).all(|i| *q.add(i) == 0x5a),
@@ -139,11 +139,42 @@ fn realloc_gives_a_growing_block_headroom() {
             moves <= 14,
             "a block grown by 1/8 steps moved {moves} times on its way to 16 KiB"
         );
-        GLOBAL.dealloc(p, layout(n));
-        let p = GLOBAL.alloc(layout(4000));
-        let q = GLOBAL.realloc(p, layout(4000), 3000);
+        sampalloc_core::free(p);
+        let p = sampalloc_core::malloc(4000);
+        let q = sampalloc_core::realloc(p, 3000);
         assert_eq!(q, p, "shrinking a small block to 3/4 moved it");
-        GLOBAL.dealloc(q, layout(3000));
+        sampalloc_core::free(q);
+    }
+}
+
+/// `SampAlloc::dealloc` frees by the layout's size (no metadata lookup), so its `realloc`
+/// must leave a small block in exactly the class of the new size: no headroom, no shrinking
+/// in place across classes.
+#[test]
+fn rust_realloc_keeps_the_class_of_the_new_size() {
+    let layout = |n| Layout::from_size_align(n, 8).unwrap();
+    // SAFETY: each step passes the current size and a live pointer.
+    unsafe {
+        let mut n = 8usize;
+        let mut p = GLOBAL.alloc(layout(n));
+        while n < 16 << 10 {
+            let old = n;
+            n += n / 8 + 1;
+            p = GLOBAL.realloc(p, layout(old), n);
+            assert!(!p.is_null());
+            let class = sampalloc_core::class_of(n);
+            assert_eq!(
+                sampalloc_core::usable_size(p),
+                sampalloc_core::class_size(class),
+                "growing to {n}"
+            );
+        }
+        let q = GLOBAL.realloc(p, layout(n), n * 3 / 4);
+        assert_eq!(
+            sampalloc_core::usable_size(q),
+            sampalloc_core::class_size(sampalloc_core::class_of(n * 3 / 4))
+        );
+        GLOBAL.dealloc(q, layout(n * 3 / 4));
     }
 }
 

@@ -24,7 +24,7 @@ pub use api::alloc::{
     alloc_aligned, flush_thread_cache, malloc, malloc_fast, malloc_slow, malloc_zeroed, purge,
 };
 pub use api::free::{free, free_as, free_sized, usable_size};
-pub use api::realloc::realloc;
+pub use api::realloc::{realloc, realloc_exact};
 pub use api::Op;
 
 // The facade: what `sampalloc` (the Rust API and CLI) and `libsampalloc.so` use. Everything

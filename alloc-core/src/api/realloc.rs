@@ -69,11 +69,24 @@ fn with_headroom(p: *mut u8, size: usize, old_usable: usize) -> usize {
 #[inline(always)]
 pub unsafe fn realloc(p: *mut u8, size: usize) -> *mut u8 {
     // SAFETY: forwarded contract.
-    unsafe { realloc_slow(p, size, backtrace::current_sp()) }
+    unsafe { realloc_slow(p, size, backtrace::current_sp(), false) }
+}
+
+/// [`realloc`] for callers that free with the size ([`free_sized`](super::free::free_sized),
+/// Rust's `dealloc`): a small result is always of `class_of(size)`, so no headroom for a
+/// growing block and no shrinking in place across classes. (Rust's collections grow by
+/// doubling themselves.)
+///
+/// # Safety
+/// As for [`realloc`].
+#[inline(always)]
+pub unsafe fn realloc_exact(p: *mut u8, size: usize) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { realloc_slow(p, size, backtrace::current_sp(), true) }
 }
 
 #[inline(never)]
-unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize) -> *mut u8 {
+unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize, exact: bool) -> *mut u8 {
     if p.is_null() {
         return alloc_slow(size, false, entry_sp);
     }
@@ -106,7 +119,7 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize) -> *mut u8 {
             // A small block stays where it is while it shrinks to no less than half its
             // class (as mimalloc does): the headroom given to a growing block below is not
             // lost to a copy at its first shrink.
-            if is_small(class) && size <= usable && size > usable / 2 {
+            if !exact && is_small(class) && size <= usable && size > usable / 2 {
                 return p;
             }
             if size <= LARGE_MAX {
@@ -134,7 +147,12 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize) -> *mut u8 {
     // growth is mremap (page tables move, no copy) rather than a copy per size class.
     let growing = size > old_usable;
     let q = if growing {
-        alloc_for_growth(with_headroom(p, size, old_usable), entry_sp)
+        let want = if exact {
+            size
+        } else {
+            with_headroom(p, size, old_usable)
+        };
+        alloc_for_growth(want, entry_sp)
     } else {
         alloc_slow(size, false, entry_sp)
     };
