@@ -63,7 +63,8 @@ impl SymFrame {
 /// acceptable for an offline analysis: the files are installed libraries, executables and debug
 /// files, which package managers and linkers replace by renaming a new file into place (our
 /// mapping keeps the old inode), not by rewriting them in place; a file changed since the
-/// profile was written is already warned about. The worst case ends one `sampalloc` command.
+/// profile was written is already warned about. The worst case ends one `sampalloc` command
+/// (for `sampalloc serve`, the server, which its supervisor restarts).
 enum Backing {
     /// The mapping, and the open file behind it (compressed sections are inflated from the
     /// file, not the mapping; see [`section_bytes`]).
@@ -82,11 +83,17 @@ impl Deref for Backing {
 }
 
 impl Backing {
-    /// Maps `path` (a regular, non-empty file), or reads it if it cannot be mapped.
+    /// Maps `path`, or reads it if it is empty or cannot be mapped. Only a regular file: a
+    /// device or a FIFO named in a memory map is neither opened nor read.
     fn open(path: &Path) -> std::io::Result<Backing> {
+        if !std::fs::metadata(path)?.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
         let f = std::fs::File::open(path)?;
-        let meta = f.metadata()?;
-        if meta.is_file() && meta.len() > 0 {
+        if f.metadata()?.len() > 0 {
             // SAFETY: a shared read-only mapping of a file we only read; see the type's comment
             // for why a change of the file underneath is an acceptable risk here.
             if let Ok(m) = unsafe { memmap2::Mmap::map(&f) } {
@@ -927,5 +934,27 @@ mod tests {
         let bare = symbolize_leaf(&bin, Some(&dir.join("none")));
         assert_eq!(bare[0].line, None);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn device_mappings_are_not_read() {
+        let profile = crate::analysis::parse::parse(
+            b"heap profile:      1:     4096 [     1:     4096] @ heap_v2/4096\n\
+              \x20    1:     4096 [     1:     4096] @ 0x7f0000001010\n\
+              \n\
+              MAPPED_LIBRARIES:\n\
+              7f0000000000-7f0000100000 r-xp 00000000 00:05 4 /dev/zero\n",
+        )
+        .unwrap();
+        let mut s = Symbolizer::new(&profile, None);
+        let frames = s.symbolize(0x7f00_0000_1010, false);
+        assert_eq!(frames[0].function, "0x7f0000001010");
+        assert_eq!(frames[0].module.as_deref(), Some("zero"));
+        let w = s.take_warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("/dev/zero") && w[0].contains("not a regular file"),
+            "{w:?}"
+        );
     }
 }
