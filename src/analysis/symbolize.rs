@@ -13,11 +13,17 @@
 //!
 //! A file that vanished or changed since the profile was written gives one warning naming it,
 //! never an error. Modules and addresses are cached.
+//!
+//! ELF and debug files are mapped, not read: the DWARF sections are borrowed from the mapping,
+//! and only compressed ones (`SHF_COMPRESSED`, `.zdebug_*`) are inflated into memory of their
+//! own. Location lists and macro sections, which `addr2line` never reads, are not loaded at all.
 
 use super::parse::{Mapping, Profile};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 use std::collections::HashMap;
+use std::fmt;
 use std::io::IsTerminal;
+use std::ops::{Deref, Range};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Instant, SystemTime};
@@ -48,13 +54,101 @@ impl SymFrame {
     }
 }
 
-type Reader = gimli::EndianRcSlice<gimli::RunTimeEndian>;
+/// The bytes of a loaded file: mapped, or in memory of our own (a decompressed section, or a file
+/// that could not be mapped).
+///
+/// The mapping is `memmap2::Mmap::map`: shared and read-only. A file truncated underneath it
+/// would raise SIGBUS at the next touch of a page past the new end; a private (copy-on-write)
+/// mapping would not help, since its untouched pages still come from the file. That is
+/// acceptable for an offline analysis: the files are installed libraries, executables and debug
+/// files, which package managers and linkers replace by renaming a new file into place (our
+/// mapping keeps the old inode), not by rewriting them in place; a file changed since the
+/// profile was written is already warned about. The worst case ends one `sampalloc` command
+/// (for `sampalloc serve`, the server, which its supervisor restarts).
+enum Backing {
+    /// The mapping, and the open file behind it (compressed sections are inflated from the
+    /// file, not the mapping; see [`section_bytes`]).
+    Map(memmap2::Mmap, std::fs::File),
+    Owned(Vec<u8>),
+}
+
+impl Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Map(m, _) => m,
+            Backing::Owned(v) => v,
+        }
+    }
+}
+
+impl Backing {
+    /// Maps `path`, or reads it if it is empty or cannot be mapped. Only a regular file: a
+    /// device or a FIFO named in a memory map is neither opened nor read.
+    fn open(path: &Path) -> std::io::Result<Backing> {
+        if !std::fs::metadata(path)?.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let f = std::fs::File::open(path)?;
+        if f.metadata()?.len() > 0 {
+            // SAFETY: a shared read-only mapping of a file we only read; see the type's comment
+            // for why a change of the file underneath is an acceptable risk here.
+            if let Ok(m) = unsafe { memmap2::Mmap::map(&f) } {
+                return Ok(Backing::Map(m, f));
+            }
+        }
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut &f, &mut v)?;
+        Ok(Backing::Owned(v))
+    }
+}
+
+/// A section's bytes: a range of a shared [`Backing`]; cloning shares it.
+#[derive(Clone)]
+struct Bytes {
+    backing: Rc<Backing>,
+    range: Range<usize>,
+}
+
+impl Bytes {
+    fn owned(v: Vec<u8>) -> Bytes {
+        let range = 0..v.len();
+        Bytes {
+            backing: Rc::new(Backing::Owned(v)),
+            range,
+        }
+    }
+}
+
+impl Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.backing[self.range.clone()]
+    }
+}
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Bytes({:?})", self.range)
+    }
+}
+
+// SAFETY: the bytes live in a mapping or a heap buffer owned by the `Rc`, never in the `Bytes`
+// value itself: moving a `Bytes` does not move them, and they are never written or freed while
+// any clone holds the `Rc`. A clone derefs to the same bytes.
+unsafe impl gimli::StableDeref for Bytes {}
+// SAFETY: as above; `Clone` only clones the `Rc` and the range.
+unsafe impl gimli::CloneStableDeref for Bytes {}
+
+type Reader = gimli::EndianReader<gimli::RunTimeEndian, Bytes>;
 
 /// One loaded ELF file.
 struct Module {
     ctx: Option<addr2line::Context<Reader>>,
-    /// Text symbols: start, size, demangled name; sorted by start.
-    symbols: Vec<(u64, u64, String)>,
+    symbols: Symbols,
     /// `PT_LOAD` segments: virtual address, file offset, file size.
     segments: Vec<(u64, u64, u64)>,
 }
@@ -262,12 +356,10 @@ impl Symbolizer {
                 }
             }
         }
-        let symbol = lookup_symbol(&module.symbols, svma);
+        let symbol = module.symbols.lookup(svma);
         if out.is_empty() {
             out.push(SymFrame {
-                function: symbol
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("0x{addr:x}")),
+                function: symbol.unwrap_or_else(|| format!("0x{addr:x}")),
                 file: None,
                 line: None,
                 module: Some(base),
@@ -278,14 +370,11 @@ impl Symbolizer {
                 last.inlined = false;
             }
             let n = out.len();
+            let mut symbol = symbol;
             for (i, f) in out.iter_mut().enumerate() {
                 if f.function.is_empty() {
-                    f.function = if i + 1 == n {
-                        symbol.map(str::to_string)
-                    } else {
-                        None
-                    }
-                    .unwrap_or_else(|| format!("0x{addr:x}"));
+                    f.function = if i + 1 == n { symbol.take() } else { None }
+                        .unwrap_or_else(|| format!("0x{addr:x}"));
                 }
             }
         }
@@ -361,8 +450,8 @@ impl Symbolizer {
                 "{path} changed after the profile was written; its symbols may be wrong"
             ));
         }
-        let data = match std::fs::read(path) {
-            Ok(d) => d,
+        let data = match Backing::open(Path::new(path)) {
+            Ok(d) => Rc::new(d),
             Err(e) => {
                 self.warnings.push(format!(
                     "cannot read {path} ({e}); its frames are shown as addresses"
@@ -370,7 +459,7 @@ impl Symbolizer {
                 return None;
             }
         };
-        let file = match object::File::parse(&*data) {
+        let file = match object::File::parse(&**data) {
             Ok(f) => f,
             Err(e) => {
                 self.warnings.push(format!(
@@ -386,18 +475,19 @@ impl Symbolizer {
                 (s.address(), off, size)
             })
             .collect();
-        let mut symbols = text_symbols(&file);
+        let mut symbols = Symbols::of(&file, &data);
         let mut ctx = if has_dwarf(&file) {
-            dwarf_context(&file)
+            dwarf_context(&file, &data)
         } else {
             None
         };
         if ctx.is_none() {
             if let Some(debug) = self.debug_file(Path::new(path), &file) {
-                if let Ok(df) = object::File::parse(&*debug) {
-                    ctx = dwarf_context(&df);
-                    if symbols.is_empty() {
-                        symbols = text_symbols(&df);
+                let debug = Rc::new(debug);
+                if let Ok(df) = object::File::parse(&**debug) {
+                    ctx = dwarf_context(&df, &debug);
+                    if symbols.entries.is_empty() {
+                        symbols = Symbols::of(&df, &debug);
                     }
                 }
             }
@@ -410,7 +500,7 @@ impl Symbolizer {
     }
 
     /// A separate debug file: by build-id, then by `.gnu_debuglink`.
-    fn debug_file(&self, path: &Path, file: &object::File) -> Option<Vec<u8>> {
+    fn debug_file(&self, path: &Path, file: &object::File) -> Option<Backing> {
         let mut candidates = Vec::new();
         if let Ok(Some(id)) = file.build_id() {
             if id.len() > 1 {
@@ -434,7 +524,7 @@ impl Symbolizer {
         candidates
             .into_iter()
             .filter(|c| c != path)
-            .find_map(|c| std::fs::read(c).ok())
+            .find_map(|c| Backing::open(&c).ok())
     }
 }
 
@@ -461,7 +551,9 @@ fn has_dwarf(file: &object::File) -> bool {
         .is_some_and(|s| s.size() > 0)
 }
 
-fn dwarf_context(file: &object::File) -> Option<addr2line::Context<Reader>> {
+/// The DWARF of `file` (parsed from `data`): uncompressed sections are borrowed from `data`,
+/// compressed ones inflated.
+fn dwarf_context(file: &object::File, data: &Rc<Backing>) -> Option<addr2line::Context<Reader>> {
     if !has_dwarf(file) {
         return None;
     }
@@ -471,42 +563,119 @@ fn dwarf_context(file: &object::File) -> Option<addr2line::Context<Reader>> {
         gimli::RunTimeEndian::Big
     };
     let load = |id: gimli::SectionId| -> Result<Reader, gimli::Error> {
-        let data: Rc<[u8]> = match file.section_by_name(id.name()) {
-            Some(s) => match s.uncompressed_data() {
-                Ok(d) => Rc::from(&*d),
-                Err(_) => Rc::from(&[][..]),
-            },
-            None => Rc::from(&[][..]),
+        let bytes = match id {
+            // addr2line reads neither location lists nor macros; for libjvm the location lists
+            // alone are over 100 MiB once inflated.
+            gimli::SectionId::DebugLoc
+            | gimli::SectionId::DebugLocLists
+            | gimli::SectionId::DebugMacinfo
+            | gimli::SectionId::DebugMacro => None,
+            _ => file
+                .section_by_name(id.name())
+                .and_then(|s| section_bytes(&s, data)),
         };
-        Ok(gimli::EndianRcSlice::new(data, endian))
+        Ok(gimli::EndianReader::new(
+            bytes.unwrap_or_else(|| Bytes::owned(Vec::new())),
+            endian,
+        ))
     };
     let dwarf = gimli::Dwarf::load(load).ok()?;
     addr2line::Context::from_dwarf(dwarf).ok()
 }
 
-fn text_symbols(file: &object::File) -> Vec<(u64, u64, String)> {
-    let mut out: Vec<(u64, u64, String)> = file
-        .symbols()
-        .chain(file.dynamic_symbols())
-        .filter(|s| s.kind() == SymbolKind::Text && s.address() != 0)
-        .filter_map(|s| Some((s.address(), s.size(), demangle(s.name().ok()?))))
-        .filter(|s| !s.2.is_empty())
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-    out.dedup_by_key(|s| s.0);
-    out
+/// A section's contents: a range of `data` when stored uncompressed, else inflated into memory
+/// of its own. A zlib section of a mapped file is inflated from the file through a small buffer,
+/// so that its compressed pages never become part of our resident set (libjvm's debug file has
+/// 145 MiB of them); other formats are inflated from the mapping.
+fn section_bytes(s: &object::Section, data: &Rc<Backing>) -> Option<Bytes> {
+    let c = s.compressed_file_range().ok()?;
+    if c.format == object::CompressionFormat::None {
+        let start = usize::try_from(c.offset).ok()?;
+        let end = start.checked_add(usize::try_from(c.uncompressed_size).ok()?)?;
+        data.get(start..end)?;
+        return Some(Bytes {
+            backing: data.clone(),
+            range: start..end,
+        });
+    }
+    if let (object::CompressionFormat::Zlib, Backing::Map(_, file)) = (c.format, &**data) {
+        return inflate_zlib(file, &c).map(Bytes::owned);
+    }
+    Some(Bytes::owned(s.uncompressed_data().ok()?.into_owned()))
 }
 
-fn lookup_symbol(symbols: &[(u64, u64, String)], svma: u64) -> Option<&str> {
-    let i = symbols.partition_point(|s| s.0 <= svma);
-    let s = symbols.get(i.checked_sub(1)?)?;
-    // Size 0: unknown extent; accept within 64 KiB.
-    let end = if s.1 == 0 {
-        s.0.saturating_add(1 << 16)
-    } else {
-        s.0.saturating_add(s.1)
-    };
-    (svma < end).then_some(s.2.as_str())
+/// The zlib stream at `c` in `file`, inflated; `None` unless it inflates to exactly the size
+/// its header announced.
+fn inflate_zlib(mut file: &std::fs::File, c: &object::CompressedFileRange) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let size = usize::try_from(c.uncompressed_size).ok()?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(size).ok()?;
+    file.seek(SeekFrom::Start(c.offset)).ok()?;
+    let input = std::io::BufReader::with_capacity(1 << 16, file.take(c.compressed_size));
+    flate2::bufread::ZlibDecoder::new(input)
+        .take(c.uncompressed_size)
+        .read_to_end(&mut out)
+        .ok()?;
+    (out.len() == size).then_some(out)
+}
+
+/// A file's text symbols (`.symtab` and `.dynsym`), sorted by start. Names stay in the file's
+/// bytes and are demangled when looked up: libjvm has 58 000 symbols, of which a profile names a
+/// few dozen.
+struct Symbols {
+    data: Rc<Backing>,
+    /// Start, size, and the name's place in `data`.
+    entries: Vec<(u64, u64, Range<usize>)>,
+}
+
+impl Symbols {
+    /// The text symbols of `file`, parsed from `data`.
+    fn of(file: &object::File, data: &Rc<Backing>) -> Symbols {
+        let base = data.as_ptr() as usize;
+        // Where `name` lies in `data` (a symbol's name is a slice of its string table).
+        let place = |name: &[u8]| {
+            let start = (name.as_ptr() as usize).checked_sub(base)?;
+            let range = start..start.checked_add(name.len())?;
+            data.get(range.clone())?;
+            Some(range)
+        };
+        let mut entries: Vec<(u64, u64, Range<usize>)> = file
+            .symbols()
+            .chain(file.dynamic_symbols())
+            .filter(|s| s.kind() == SymbolKind::Text && s.address() != 0)
+            .filter_map(|s| {
+                let name = s.name_bytes().ok()?;
+                if name.is_empty() || std::str::from_utf8(name).is_err() {
+                    return None;
+                }
+                Some((s.address(), s.size(), place(name)?))
+            })
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        entries.dedup_by_key(|s| s.0);
+        Symbols {
+            data: data.clone(),
+            entries,
+        }
+    }
+
+    /// The demangled name of the symbol containing `svma`.
+    fn lookup(&self, svma: u64) -> Option<String> {
+        let i = self.entries.partition_point(|s| s.0 <= svma);
+        let s = self.entries.get(i.checked_sub(1)?)?;
+        // Size 0: unknown extent; accept within 64 KiB.
+        let end = if s.1 == 0 {
+            s.0.saturating_add(1 << 16)
+        } else {
+            s.0.saturating_add(s.1)
+        };
+        if svma >= end {
+            return None;
+        }
+        let name = std::str::from_utf8(self.data.get(s.2.clone())?).ok()?;
+        Some(demangle(name))
+    }
 }
 
 #[cfg(test)]
@@ -609,5 +778,183 @@ mod tests {
         };
         let segs = [(0, 0, 0x6b5ec), (0x6c5f0, 0x6b5f0, 0xd82d0)];
         assert_eq!(bias_of(&segs, &m3), 0x562a789ac000);
+    }
+
+    /// A C program built with `gcc -g` and `extra` flags in a fresh directory; returns the
+    /// directory and the binary.
+    fn build_c(name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("sampalloc-symb-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("leaf.c");
+        std::fs::write(
+            &src,
+            "#include <stdlib.h>\n\
+             __attribute__((noinline)) void *leaf(int n) {\n\
+             \x20 return malloc(n);\n\
+             }\n\
+             int main(void) { return leaf(3) == 0; }\n",
+        )
+        .unwrap();
+        let bin = dir.join(name);
+        let status = std::process::Command::new("gcc")
+            .args(["-g", "-O0", "-Wl,--build-id"])
+            .args(extra)
+            .arg("-o")
+            .arg(&bin)
+            .arg(&src)
+            .status()
+            .expect("gcc (installed by .ci/run) runs");
+        assert!(status.success(), "gcc failed");
+        (dir, bin)
+    }
+
+    /// Symbolizes `leaf`'s first instruction in `bin`, loaded at a made-up base.
+    fn symbolize_leaf(bin: &Path, debug_root: Option<&Path>) -> Vec<SymFrame> {
+        let data = std::fs::read(bin).unwrap();
+        let file = object::File::parse(&*data).unwrap();
+        let leaf = file
+            .symbols()
+            .find(|s| s.name() == Ok("leaf"))
+            .map(|s| s.address())
+            .or_else(|| {
+                file.dynamic_symbols()
+                    .find(|s| s.name() == Ok("leaf"))
+                    .map(|s| s.address())
+            });
+        let leaf = match leaf {
+            Some(a) => a,
+            // Stripped: the symbol is in the debug file.
+            None => {
+                let dbg = std::fs::read(bin.with_extension("debug")).unwrap();
+                let df = object::File::parse(&*dbg).unwrap();
+                df.symbols()
+                    .find(|s| s.name() == Ok("leaf"))
+                    .unwrap()
+                    .address()
+            }
+        };
+        let (vaddr, off) = file
+            .segments()
+            .find(|s| s.address() <= leaf && leaf < s.address() + s.size())
+            .map(|s| (s.address(), s.file_range().0))
+            .expect("a PT_LOAD covers leaf");
+        let base = 0x5555_0000_0000u64;
+        let start = base + (vaddr & !0xfff);
+        let text = format!(
+            "heap profile:      1:     4096 [     1:     4096] @ heap_v2/4096\n\
+             \x20    1:     4096 [     1:     4096] @ 0x{:x}\n\
+             \n\
+             MAPPED_LIBRARIES:\n\
+             {start:x}-{:x} r-xp {:08x} 08:01 1 {}\n",
+            base + leaf,
+            start + 0x10_0000,
+            off & !0xfff,
+            bin.display()
+        );
+        let profile = crate::analysis::parse::parse(text.as_bytes()).unwrap();
+        let mut s = Symbolizer::new(&profile, None);
+        if let Some(r) = debug_root {
+            s.debug_root = r.to_path_buf();
+        }
+        let frames = s.symbolize(base + leaf, false).to_vec();
+        assert!(s.take_warnings().is_empty());
+        frames
+    }
+
+    fn compressed_debug_info(path: &Path) -> bool {
+        let data = std::fs::read(path).unwrap();
+        let file = object::File::parse(&*data).unwrap();
+        let s = file.section_by_name(".debug_info").unwrap();
+        s.compressed_file_range().unwrap().format != object::CompressionFormat::None
+    }
+
+    #[test]
+    fn compressed_debug_sections_resolve_file_and_line() {
+        let (dir, bin) = build_c("gz", &["-gz=zlib"]);
+        assert!(
+            compressed_debug_info(&bin),
+            "gcc -gz=zlib compressed .debug_info"
+        );
+        let frames = symbolize_leaf(&bin, None);
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_eq!(frames[0].function, "leaf");
+        let src = dir.join("leaf.c");
+        assert_eq!(frames[0].file.as_deref(), src.to_str());
+        assert_eq!(frames[0].line, Some(2));
+        // Uncompressed sections are borrowed from the mapping: the same answer.
+        let (plain_dir, plain) = build_c("plain", &[]);
+        assert!(!compressed_debug_info(&plain));
+        let frames = symbolize_leaf(&plain, None);
+        assert_eq!(frames[0].function, "leaf");
+        assert_eq!(frames[0].line, Some(2));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&plain_dir);
+    }
+
+    #[test]
+    fn compressed_separate_debug_file_found_by_build_id() {
+        let (dir, bin) = build_c("split", &[]);
+        let dbg = bin.with_extension("debug");
+        let objcopy = |args: &[&std::ffi::OsStr]| {
+            let st = std::process::Command::new("objcopy")
+                .args(args)
+                .status()
+                .expect("objcopy (binutils, installed with gcc) runs");
+            assert!(st.success(), "objcopy {args:?}");
+        };
+        objcopy(&[
+            "--only-keep-debug".as_ref(),
+            "--compress-debug-sections=zlib".as_ref(),
+            bin.as_os_str(),
+            dbg.as_os_str(),
+        ]);
+        objcopy(&["--strip-all".as_ref(), bin.as_os_str()]);
+        assert!(compressed_debug_info(&dbg));
+        let data = std::fs::read(&bin).unwrap();
+        let id = object::File::parse(&*data)
+            .unwrap()
+            .build_id()
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
+        let root = dir.join("debug");
+        let at = root.join(".build-id").join(&id[..2]);
+        std::fs::create_dir_all(&at).unwrap();
+        std::fs::copy(&dbg, at.join(format!("{}.debug", &id[2..]))).unwrap();
+        // Not by debuglink: the stripped binary names none.
+        let frames = symbolize_leaf(&bin, Some(&root));
+        assert_eq!(frames[0].function, "leaf", "{frames:?}");
+        assert_eq!(frames[0].line, Some(2), "{frames:?}");
+        assert!(frames[0].file.as_deref().unwrap().ends_with("leaf.c"));
+        // Without the debug root the stripped binary has neither lines nor names.
+        let bare = symbolize_leaf(&bin, Some(&dir.join("none")));
+        assert_eq!(bare[0].line, None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn device_mappings_are_not_read() {
+        let profile = crate::analysis::parse::parse(
+            b"heap profile:      1:     4096 [     1:     4096] @ heap_v2/4096\n\
+              \x20    1:     4096 [     1:     4096] @ 0x7f0000001010\n\
+              \n\
+              MAPPED_LIBRARIES:\n\
+              7f0000000000-7f0000100000 r-xp 00000000 00:05 4 /dev/zero\n",
+        )
+        .unwrap();
+        let mut s = Symbolizer::new(&profile, None);
+        let frames = s.symbolize(0x7f00_0000_1010, false);
+        assert_eq!(frames[0].function, "0x7f0000001010");
+        assert_eq!(frames[0].module.as_deref(), Some("zero"));
+        let w = s.take_warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("/dev/zero") && w[0].contains("not a regular file"),
+            "{w:?}"
+        );
     }
 }
