@@ -38,6 +38,13 @@ pub fn dirty_expired() -> usize {
     snapshot().dirty_expired
 }
 
+/// Of [`dirty`], the bytes past their decay window kept on purpose: free pages of well used
+/// huge pages, kept whole until the longer subrelease delay (breaking a huge page costs the
+/// program its 2 MiB mapping). Not counted in [`dirty_expired`].
+pub fn dirty_hugepage() -> usize {
+    snapshot().dirty_hugepage
+}
+
 /// Bytes held for reuse outside the dirty pages' decay: free blocks in thread caches, empty
 /// slabs the bins keep, and the huge cache.
 pub fn cached() -> usize {

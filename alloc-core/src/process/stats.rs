@@ -19,8 +19,9 @@
 //! What is held for reuse, apart from live blocks:
 //! - *dirty*: free pages not yet purged (and the huge cache); of those, *dirty_expired* were
 //!   freed more than one `dirty_decay_ms` window ago, which decay should already have given back
-//!   ("held and forgotten", as opposed to "held for reuse"), and *oldest_dirty_ms* is the age
-//!   of the oldest;
+//!   ("held and forgotten", as opposed to "held for reuse"), *dirty_hugepage* are past their
+//!   window too but kept on purpose, whole in well used huge pages, until the longer subrelease
+//!   delay (see `span::page_heap`), and *oldest_dirty_ms* is the age of the oldest of the rest;
 //! - *cached*: free blocks held in thread caches (*tcache_cached*), pages of empty slabs the bins
 //!   keep (*empty_slab*) and freed huge blocks kept for reuse (*huge_cached*). Thread-cached
 //!   blocks and kept slabs count as active pages, the huge cache as dirty.
@@ -78,6 +79,9 @@ pub struct Snapshot {
     /// Of `dirty`, the bytes of pages freed more than one decay window (`dirty_decay_ms`) ago:
     /// memory held and forgotten rather than held for reuse. Decay keeps this near zero.
     pub dirty_expired: usize,
+    /// Bytes of dirty pages past their decay window kept whole in well used huge pages, until
+    /// the subrelease delay.
+    pub dirty_hugepage: usize,
     /// How long ago the oldest dirty page was freed (ms; 0 when there is none).
     pub oldest_dirty_ms: u64,
     /// The decay window these figures were taken with (`dirty_decay_ms`).
@@ -119,6 +123,7 @@ pub fn snapshot() -> Snapshot {
         thp_resident: 0,
         dirty: 0,
         dirty_expired: 0,
+        dirty_hugepage: 0,
         oldest_dirty_ms: 0,
         decay_ms: config::decay_ms(),
         tcache_cached: 0,
@@ -135,6 +140,7 @@ pub fn snapshot() -> Snapshot {
     };
     let mut out = [0usize; NUM_CLASSES]; // blocks out of arenas
     let (mut active_pages, mut dirty_pages, mut clean_pages) = (0, 0, 0);
+    let mut hugepage_pages = 0;
     let (mut expired_pages, mut empty_pages) = (0, 0);
     let now = os::now_ms();
     // Pages freed at or before this are past their decay window.
@@ -153,6 +159,7 @@ pub fn snapshot() -> Snapshot {
         let p = a.pages().lock();
         active_pages += p.heap.counts.active;
         dirty_pages += p.heap.counts.dirty;
+        hugepage_pages += p.heap.counts.subrelease;
         clean_pages += p.heap.counts.clean;
         s.segments += p.heap.counts.segments;
         s.purged_pages += p.heap.counts.purged;
@@ -192,6 +199,7 @@ pub fn snapshot() -> Snapshot {
     s.active = active_pages * PAGE_SIZE + s.huge_allocated;
     s.dirty = dirty_pages * PAGE_SIZE + s.huge_cached;
     s.dirty_expired = expired_pages * PAGE_SIZE;
+    s.dirty_hugepage = hugepage_pages * PAGE_SIZE;
     s.oldest_dirty_ms = if oldest == u64::MAX {
         0
     } else {
@@ -312,6 +320,8 @@ pub fn print(fd: i32) {
             .dec(s.dirty as u64)
             .str("  dirty_expired: ")
             .dec(s.dirty_expired as u64)
+            .str("  dirty_hugepage: ")
+            .dec(s.dirty_hugepage as u64)
             .str("  oldest_dirty_ms: ")
             .dec(s.oldest_dirty_ms)
             .str("  cached: ")
