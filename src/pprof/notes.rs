@@ -165,6 +165,37 @@ pub fn loaded() -> Vec<Mapping> {
     out
 }
 
+/// The dynamic symbol whose code holds `addr`, by the loader's `dladdr1` (no allocation, no
+/// file read): its raw name, if `addr` lies within the symbol's size.
+pub fn symbol_at(addr: usize) -> Option<String> {
+    /// `RTLD_DL_SYMENT`: `dladdr1` also returns the symbol's table entry.
+    const RTLD_DL_SYMENT: libc::c_int = 1;
+    // SAFETY: all-zero is a valid `Dl_info` (null pointers, zero address).
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    let mut sym: *mut libc::c_void = std::ptr::null_mut();
+    // SAFETY: `info` and `sym` are valid out-parameters; any address may be asked about.
+    let found = unsafe {
+        libc::dladdr1(
+            addr as *const libc::c_void,
+            &mut info,
+            &mut sym as *mut *mut libc::c_void,
+            RTLD_DL_SYMENT,
+        )
+    };
+    if found == 0 || info.dli_sname.is_null() || info.dli_saddr.is_null() || sym.is_null() {
+        return None;
+    }
+    // SAFETY: with RTLD_DL_SYMENT, `sym` points at the symbol's entry in the loaded image.
+    let size = unsafe { (*(sym as *const libc::Elf64_Sym)).st_size } as usize;
+    let start = info.dli_saddr as usize;
+    if addr < start || addr - start >= size.max(1) {
+        return None;
+    }
+    // SAFETY: the name is a NUL-terminated string in the loaded image's string table.
+    let name = unsafe { std::ffi::CStr::from_ptr(info.dli_sname) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +233,12 @@ mod tests {
         // Rust's linker invocation asks for a build ID on Linux; the test binary has one.
         assert!(m.build_id.len() >= 16, "{m:?}");
         assert!(maps.iter().any(|m| m.file.contains("libc.so")), "{maps:?}");
+    }
+
+    #[test]
+    fn names_exported_functions_only_within_their_size() {
+        let malloc = libc::malloc as usize;
+        assert_eq!(symbol_at(malloc + 1).as_deref(), Some("malloc"));
+        assert_eq!(symbol_at(0x10), None);
     }
 }

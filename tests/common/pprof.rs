@@ -80,19 +80,28 @@ pub fn function_names(p: &Profile) -> Vec<&str> {
     p.function.iter().map(|f| s(p, f.name)).collect()
 }
 
-/// Whether a function name is the allocator's or the profiler's own (sampalloc's engine,
-/// `SampAlloc`, Rust's allocation shims, `alloc::alloc`, `RawVec`'s growth).
-pub fn is_allocator_function(n: &str) -> bool {
+/// Whether a function is sampalloc's own or a Rust allocation shim in front of it: the
+/// engine, `SampAlloc`'s methods, the profiler, `__rust_alloc` and kin, the C entry points.
+/// The profiler captures stacks from the caller of these, so none is ever in a stack.
+pub fn is_sampalloc_function(n: &str) -> bool {
     let n = n.strip_prefix("__rustc::").unwrap_or(n);
     n.starts_with("sampalloc_core::")
         || n.starts_with("sampalloc::profile::")
+        || n.starts_with("sampalloc::pprof::")
         || n.contains("sampalloc::SampAlloc")
         || n.starts_with("__rust_alloc")
         || n.starts_with("__rust_realloc")
+        || n.starts_with("__rust_dealloc")
         || n.starts_with("__rg_")
         || n.starts_with("__rdl_")
+        || ["malloc", "calloc", "realloc", "free"].contains(&n)
+}
+
+/// [`is_sampalloc_function`], or Rust's allocation code above it (`alloc::alloc`, `RawVec`'s
+/// growth): what the CLI drops from the top of symbolized stacks.
+pub fn is_allocator_function(n: &str) -> bool {
+    is_sampalloc_function(n)
         || n.starts_with("alloc::alloc::")
         || n.starts_with("alloc::raw_vec::")
         || n.starts_with("<alloc::raw_vec::")
-        || ["malloc", "calloc", "realloc", "free"].contains(&n)
 }
