@@ -61,6 +61,9 @@ fn handle(stream: TcpStream) -> std::io::Result<()> {
          Connection: close\r\n\r\n",
         reply.len()
     )?;
+    if request_line.starts_with("HEAD ") {
+        return Ok(());
+    }
     stream.write_all(&reply)
 }
 

@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn names_exported_functions_only_within_their_size() {
-        let malloc = libc::malloc as usize;
+        let malloc = libc::malloc as *const () as usize;
         assert_eq!(symbol_at(malloc + 1).as_deref(), Some("malloc"));
         assert_eq!(symbol_at(0x10), None);
     }
