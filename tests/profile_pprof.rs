@@ -163,6 +163,17 @@ fn pprof_of_the_live_heap_has_the_leak_build_ids_and_no_allocator_frames() {
         assert!(r.stdout.contains("Showing nodes"), "{}", r.stdout);
     }
 
+    // Go's /debug/pprof/symbol protocol: the probe, then names for exported code only.
+    assert_eq!(sampalloc::profile::pprof_symbol(""), "num_symbols: 1\n");
+    let libc_addr = libc::getpid as *const () as usize + 1;
+    let answer = sampalloc::profile::pprof_symbol(&format!("{libc_addr:#x}+0x10"));
+    let lines: Vec<&str> = answer.lines().collect();
+    assert_eq!(lines.len(), 2, "the probe line and getpid only: {answer}");
+    assert_eq!(lines[0], "num_symbols: 1");
+    let (addr, name) = lines[1].split_once(' ').unwrap();
+    assert_eq!(addr, format!("{libc_addr:#x}"));
+    assert!(name.ends_with("getpid"), "{answer}"); // getpid or its alias __getpid
+
     for p in kept {
         // SAFETY: allocated above with this layout.
         unsafe { std::alloc::dealloc(p, layout()) };
