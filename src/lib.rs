@@ -18,6 +18,9 @@
 //! (`SAMPALLOC_CONF=narenas:4,dirty_decay_ms:500`) or from [`configure`].
 //! The same engine serves C programs through `libsampalloc.so` and `LD_PRELOAD`.
 //!
+//! With the `pprof` feature, [`profile::pprof`] returns the live heap as gzipped pprof, what a
+//! service's `/debug/pprof/heap` route serves (see `examples/pprof_http.rs`).
+//!
 //! With the `cli` feature, [`analysis`] reads, symbolizes and reports heap profiles, and the
 //! `sampalloc` command (`sampalloc run -- program`, `top`, `diff`, `flamegraph`, `pprof`) is built.
 
@@ -28,6 +31,8 @@ use sampalloc_core as engine;
 
 #[cfg(feature = "cli")]
 pub mod analysis;
+#[cfg(feature = "pprof")]
+pub mod pprof;
 pub mod profile;
 pub mod stats;
 

@@ -106,3 +106,84 @@ pub fn sites() -> Vec<Site> {
     out.sort_by(|a, b| b.live_bytes.total_cmp(&a.live_bytes));
     out
 }
+
+/// The live heap of this process as gzipped pprof (`profile.proto`): what a
+/// `/debug/pprof/heap` route returns, for `go tool pprof http://…/debug/pprof/heap`, Pyroscope,
+/// Parca or Grafana Alloy to pull (feature `pprof`).
+///
+/// Sample types `alloc_objects`, `alloc_space` (cumulative since the start), `inuse_objects`,
+/// `inuse_space` (the default), period `space/bytes`. Stacks are addresses, not names: the
+/// mappings carry each loaded file's name and GNU build ID (read from the loaded images in
+/// memory) and say they have no functions, so the server, or `go tool pprof` with the binaries
+/// at hand, symbolizes them. Return addresses are written as the call's address (`ret - 1`), as
+/// Go writes them. The allocator's and the profiler's own frames are never in a stack: a
+/// sampled stack starts at the caller of `SampAlloc`'s methods.
+///
+/// The stack table is read without a lock and copied before anything is encoded, so the
+/// encoder's own allocations (which may be sampled) neither block nor disturb it. Without
+/// `prof:true` the profile has no samples.
+///
+/// ```no_run
+/// use std::io::Write;
+/// # fn handle(mut stream: std::net::TcpStream) -> std::io::Result<()> {
+/// let body = sampalloc::profile::pprof()?;
+/// write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n")?;
+/// write!(stream, "Content-Length: {}\r\n\r\n", body.len())?;
+/// stream.write_all(&body)
+/// # }
+/// ```
+#[cfg(feature = "pprof")]
+pub fn pprof() -> io::Result<Vec<u8>> {
+    use crate::pprof::{self as pb, Builder, Values};
+    let sites = sites();
+    let mappings = pb::notes::loaded();
+    let period = 1u64 << sampalloc_core::config::lg_prof_sample();
+    let mut b = Builder::new(period, &mappings, false);
+    let mut ids = Vec::new();
+    for site in &sites {
+        ids.clear();
+        for &pc in &site.frames {
+            // Every frame is a return address: name the call instruction.
+            ids.push(b.location((pc as u64).saturating_sub(1), &[]));
+        }
+        b.sample(
+            ids.clone(),
+            Values {
+                alloc_objects: site.total_objects,
+                alloc_bytes: site.total_bytes,
+                inuse_objects: site.live_objects,
+                inuse_bytes: site.live_bytes,
+            },
+        );
+    }
+    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        b.time_nanos(d.as_nanos() as i64);
+    }
+    pb::gzip(&b.finish())
+}
+
+/// The answer of Go's `/debug/pprof/symbol` route, which `go tool pprof` asks when it pulls a
+/// profile over HTTP whose mappings have no functions and it cannot symbolize from local
+/// files (feature `pprof`). `query` is the request's body (or query string) of addresses,
+/// `0x…+0x…`; an empty one is the probe, answered `num_symbols: 1`. Each address that lies
+/// inside a symbol of the loader's dynamic symbol tables (`dladdr1`, its size checked) is
+/// answered `0x… name` with the raw (mangled) name, which pprof demangles; the others are left
+/// out. Functions that are not exported (most of a Rust program's) have no such name: pprof
+/// then shows their addresses, and servers symbolize them from the build IDs.
+#[cfg(feature = "pprof")]
+pub fn pprof_symbol(query: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::from("num_symbols: 1\n");
+    for a in query.trim().split('+') {
+        let Some(addr) = a
+            .strip_prefix("0x")
+            .and_then(|h| usize::from_str_radix(h, 16).ok())
+        else {
+            continue;
+        };
+        if let Some(name) = crate::pprof::notes::symbol_at(addr) {
+            let _ = writeln!(out, "{a} {name}");
+        }
+    }
+    out
+}

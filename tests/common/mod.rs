@@ -12,6 +12,8 @@
 #![allow(dead_code)]
 
 pub mod heap_profile;
+#[cfg(feature = "pprof")]
+pub mod pprof;
 pub mod profile_programs;
 
 use std::ffi::OsStr;

@@ -70,11 +70,17 @@ pub fn jeprof_text(exe: &Path, profile: &Path) -> Vec<(f64, f64, String)> {
 }
 
 /// `go tool pprof ARGS` with a private Go home, offline; fails the test if pprof fails.
+/// Callers check `have("go")` first (a failure under CI, a skip with a note elsewhere); a
+/// caller that did not fails here rather than skipping.
 pub fn go_pprof<I, S>(args: I) -> Run
 where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
+    assert!(
+        super::which("go").is_some(),
+        "go tool pprof: `go` is not installed (callers check have(\"go\") first)"
+    );
     let home = Scratch::new("gohome");
     let mut c = command("go", ["tool", "pprof"]);
     c.args(args)

@@ -191,8 +191,12 @@ pub(crate) fn export_pprof(a: PprofArgs) -> Result<(), String> {
                 .to_string(),
         );
     }
-    let (profile, rows) = load(&a.profile, &a.sym)?;
-    let data = pprof::encode_gzip(&profile, &rows)?;
+    let data = if a.no_symbolize {
+        pprof::gzip(&pprof::encode_unsymbolized(&parse::read(&a.profile)?))?
+    } else {
+        let (profile, rows) = load(&a.profile, &a.sym)?;
+        pprof::encode_gzip(&profile, &rows)?
+    };
     match &a.output {
         Some(p) => write_output(p, &data),
         None => emit(&data),

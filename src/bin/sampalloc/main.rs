@@ -246,6 +246,10 @@ struct PprofArgs {
     /// Write here instead of stdout (never through a symlink; a new file gets mode 0600)
     #[arg(short = 'o', long, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Write addresses only, with each mapping's file and GNU build ID, for the server
+    /// (Pyroscope through debuginfod, Parca) to symbolize; the mappings say they have no functions
+    #[arg(long)]
+    no_symbolize: bool,
     #[command(flatten)]
     sym: SymArgs,
 }
