@@ -4,18 +4,21 @@
  * allocator (glibc, or another malloc through LD_PRELOAD). This header gives them:
  *   - a monotonic clock (now_seconds),
  *   - resident memory read from the kernel: current RSS from /proc/self/statm, peak (VmHWM) from
- *     /proc/self/status, both in KiB,
+ *     /proc/self/status, anonymous memory backed by transparent huge pages (AnonHugePages of
+ *     /proc/self/smaps_rollup), all in KiB,
  *   - a small per-thread PRNG (xorshift64*), so every allocator sees the same request sequence,
  *   - fill patterns: a block's first and last 8 bytes hold a tag derived from its address and size,
  *     checked before it is freed; a mismatch means the allocator handed out overlapping memory or
  *     corrupted a live block, and the program exits with status 3,
  *   - print_result: the one machine-readable line the runner (run.py) parses:
- *       RESULT name=larson threads=4 ops=... seconds=... peak_rss_kb=... final_rss_kb=... [k=v ...]
+ *       RESULT name=larson threads=4 ops=... seconds=... peak_rss_kb=... final_rss_kb=...
+ *              anon_huge_kb=... [k=v ...]
  */
 #ifndef WORKLOADS_COMMON_H
 #define WORKLOADS_COMMON_H
 
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -51,6 +54,28 @@ static inline long peak_rss_kb(void) {
         if (strncmp(line, "VmHWM:", 6) == 0) { kb = atol(line + 6); break; }
     fclose(f);
     return kb;
+}
+
+/* Anonymous memory backed by transparent huge pages, in KiB (AnonHugePages of
+ * /proc/self/smaps_rollup, summed over all mappings; -1 when unreadable). Read with open/read into
+ * a stack buffer, so the allocator under test sees no allocation from here. */
+static inline long anon_huge_kb(void) {
+    char buf[4096];
+    const char *key = "AnonHugePages:";
+    size_t klen = strlen(key), len = 0;
+    ssize_t n;
+    int fd = open("/proc/self/smaps_rollup", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    while (len < sizeof buf - 1 && (n = read(fd, buf + len, sizeof buf - 1 - len)) > 0) len += (size_t)n;
+    close(fd);
+    buf[len] = '\0';
+    char *line = buf;
+    while (line != NULL) {
+        if (strncmp(line, key, klen) == 0) return atol(line + klen);
+        line = strchr(line, '\n');
+        if (line != NULL) line++;
+    }
+    return -1;
 }
 
 /* xorshift64*: fast, good enough for choosing sizes and slots, and seedable per thread. */
@@ -100,12 +125,14 @@ static void *xmalloc(size_t n) {
     return p;
 }
 
-/* Prints "RESULT name=... threads=... ops=... seconds=... peak_rss_kb=... final_rss_kb=..." plus
- * optional extra "key=value" pairs given as a printf format (may be NULL). */
+/* Prints "RESULT name=... threads=... ops=... seconds=... peak_rss_kb=... final_rss_kb=...
+ * anon_huge_kb=..." plus optional extra "key=value" pairs given as a printf format (may be NULL).
+ * anon_huge_kb is read here, at result time (after the workload's own final RSS reading). */
 static void print_result(const char *name, int threads, long long ops, double seconds,
                          long final_rss, const char *extra_fmt, ...) {
-    printf("RESULT name=%s threads=%d ops=%lld seconds=%.6f peak_rss_kb=%ld final_rss_kb=%ld",
-           name, threads, ops, seconds, peak_rss_kb(), final_rss);
+    long huge = anon_huge_kb();
+    printf("RESULT name=%s threads=%d ops=%lld seconds=%.6f peak_rss_kb=%ld final_rss_kb=%ld anon_huge_kb=%ld",
+           name, threads, ops, seconds, peak_rss_kb(), final_rss, huge);
     if (extra_fmt) {
         va_list ap;
         va_start(ap, extra_fmt);

@@ -4,8 +4,9 @@
     python3 benches/workloads/plot.py [--tag workloads]
 
 Writes benches/results/<tag>-speed.svg (glibc_time / x_time per workload and allocator, bigger is
-better; "(cpu)" bars use the process's CPU time instead of the workload's own timer) and <tag>-memory.svg (x / glibc for the memory metrics, smaller is better), with a line at
-1.0 (glibc). With --jvm-rss, instead: benches/results/jvm-rss.svg, the RSS over time of the
+better; "(cpu)" bars use the process's CPU time instead of the workload's own timer),
+<tag>-memory.svg (x / glibc for the memory metrics, smaller is better) and <tag>-faults.svg (page
+faults / glibc's, smaller is better), with a line at 1.0 (glibc). With --jvm-rss, instead: benches/results/jvm-rss.svg, the RSS over time of the
 jvm-churn runs (benches/results/jvm-rss.csv), one line per allocator and repetition. Python 3
 standard library only: the SVG is written by hand. run.py calls this at the
 end of every suite run.
@@ -176,12 +177,16 @@ def main():
     for r in rows:
         if r["allocator"] not in allocs:
             allocs.append(r["allocator"])
-    speed, memory = [], []
+    speed, memory, faults = [], [], []
     for r in rows:
         if r["metric"] == "seconds":
             key, target = r["workload"], speed
         elif r["metric"] == "cpu_s":
             key, target = f'{r["workload"]} (cpu)', speed
+        elif r["metric"] == "faults":
+            key, target = r["workload"], faults
+        elif r["metric"] == "anon_huge_kb":
+            continue  # glibc has none to compare with: in the tables only
         else:
             key, target = f'{r["workload"]} {r["metric"].replace("_kb", "")}', memory
         if not target or target[-1][0] != key:
@@ -200,6 +205,11 @@ def main():
         p = os.path.join(RESULTS, f"{args.tag}-memory.svg")
         chart(memory, allocs, "Memory relative to glibc (RSS / glibc RSS; lower is better)",
               "× glibc RSS (log scale)", True, p)
+        written.append(p)
+    if faults:
+        p = os.path.join(RESULTS, f"{args.tag}-faults.svg")
+        chart(faults, allocs, "Page faults relative to glibc (faults / glibc faults; lower is better)",
+              "× glibc page faults (log scale)", True, p)
         written.append(p)
     for p in written:
         print("wrote", os.path.relpath(p, os.path.dirname(os.path.dirname(HERE))))

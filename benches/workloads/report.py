@@ -30,6 +30,11 @@ MEMORY_METRICS = {
     JVM: ["peak_rss_kb", "final_rss_kb"],
 }
 
+# Kernel figures recorded for every workload (x / glibc, smaller is better): page faults (minor +
+# major, the whole process) and AnonHugePages at the end (KiB; C workloads only, absent elsewhere).
+KERNEL_METRICS = ("faults", "anon_huge_kb")
+PAGE_KB = 4  # the floor: one fault per 4 KiB page of peak RSS, for memory not in huge pages
+
 # The issue's targets for sampalloc: (row label, workload, metric, kind, bound, note).
 # kind "speed": glibc_time / sampalloc_time >= bound; "memory": sampalloc / glibc <= bound;
 # "prof": sampalloc-prof time / sampalloc time <= bound.
@@ -133,12 +138,18 @@ def geomean(xs):
     return p ** (1 / len(xs))
 
 
+def metrics_of(rows, wl):
+    """The metrics summarized for a workload: time, its memory metrics, and the kernel figures
+    that at least one of its runs recorded."""
+    kernel = [m for m in KERNEL_METRICS if any(r["workload"] == wl and fnum(r.get(m)) is not None for r in rows)]
+    return ["seconds", "cpu_s"] + MEMORY_METRICS.get(wl, []) + kernel
+
+
 def summarize(rows, allocs, workloads):
     names = [a[0] for a in allocs]
     summary = []  # dicts: workload, metric, allocator, median, ratio, spread
     for wl in workloads:
-        metrics = ["seconds", "cpu_s"] + MEMORY_METRICS.get(wl, [])
-        for metric in metrics:
+        for metric in metrics_of(rows, wl):
             base, _ = median_of(rows, wl, "glibc", metric)
             for a in names:
                 med, vals = median_of(rows, wl, a, metric)
@@ -182,27 +193,84 @@ def fmt(v, digits=3):
     return f"{v:.{digits}g}" if abs(v) < 100 else f"{v:.0f}"
 
 
-def render(summary, allocs, workloads, profc, je_profc, targets_for, notes):
+def fcount(v):
+    """A count for reading: 840, 2.2 k, 274 k, 4.2 M."""
+    if v is None:
+        return "–"
+    if v < 1000:
+        return f"{v:.0f}"
+    if v < 10_000:
+        return f"{v / 1000:.1f} k"
+    if v < 1_000_000:
+        return f"{v / 1000:.0f} k"
+    return f"{v / 1e6:.1f} M"
+
+
+def faults_table(rows, allocs, workloads):
+    """Page faults per workload and allocator (medians), with the ratio to glibc and the multiple of
+    the floor: one fault per 4 KiB page of the allocator's own median peak RSS. Below 1× floor means
+    memory faulted in more than a page at a time (transparent huge pages)."""
+    names = [a[0] for a in allocs]
+    lines = ["Page faults (minor + major, the whole process, from its rusage; medians). `(x×)` is the "
+             "ratio to glibc, smaller is better; `floor×k`: faults per 4 KiB page of that allocator's own "
+             "median peak RSS (1 = each page faulted in once; below 1 = memory faulted in by huge pages; "
+             "jvm-churn counts the whole run, the pre-touched Java heap included).\n",
+             "| workload | " + " | ".join(names) + " |", "|" + "---|" * (1 + len(names))]
+    ratios = {a: [] for a in names}
+    for wl in workloads:
+        base, _ = median_of(rows, wl, "glibc", "faults")
+        cells = []
+        for a in names:
+            med, _ = median_of(rows, wl, a, "faults")
+            if med is None:
+                cells.append("–")
+                continue
+            cell = fcount(med)
+            if a != "glibc" and base:
+                ratios[a].append(med / base)
+                cell += f" (**{med / base:.2f}×**)"
+            peak, _ = median_of(rows, wl, a, "peak_rss_kb")
+            if peak:
+                cell += f" floor×{med / (peak / PAGE_KB):.2g}"
+            cells.append(cell)
+        if any(c != "–" for c in cells):
+            lines.append(f"| {wl} | " + " | ".join(cells) + " |")
+    g = [geomean(ratios[a]) for a in names]
+    lines.append("| geometric mean × glibc | " + " | ".join("–" if a == "glibc" or x is None else f"**{x:.2f}×**"
+                                                         for a, x in zip(names, g)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render(summary, allocs, workloads, profc, je_profc, targets_for, notes, tables=()):
     names = [a[0] for a in allocs]
     lines = []
     lines.append("Medians over repetitions; `ratio` is to glibc: speed (seconds rows) as "
                  "glibc_time / x_time, bigger is better (`seconds`: the workload's own timer; `cpu_s`: the "
-                 "process's user + system CPU time); memory as x / glibc, smaller is better. "
+                 "process's user + system CPU time); memory as x / glibc, smaller is better (`faults`: page "
+                 "faults, minor + major; `anon_huge_kb`: AnonHugePages, anonymous memory in transparent huge "
+                 "pages when the workload printed its result; no ratio where glibc has none). "
                  "`±` is the spread (max − min) / median of the runs.\n")
     head = "| workload | metric | " + " | ".join(names) + " |"
     lines.append(head)
     lines.append("|" + "---|" * (2 + len(names)))
     for wl in workloads:
-        for metric in ["seconds", "cpu_s"] + MEMORY_METRICS.get(wl, []):
+        metrics = []
+        for x in summary:
+            if x["workload"] == wl and x["metric"] not in metrics:
+                metrics.append(x["metric"])
+        for metric in metrics:
             cells = []
             for a in names:
                 s = next((x for x in summary if x["workload"] == wl and x["metric"] == metric and x["allocator"] == a), None)
                 if not s or s["median"] is None:
                     cells.append("failed" if s and s["failed"] else "–")
                     continue
-                unit = "s" if metric in SPEED_METRICS else " MiB"
-                val = s["median"] if metric in SPEED_METRICS else s["median"] / 1024
-                cell = f"{fmt(val)}{unit}"
+                if metric in SPEED_METRICS:
+                    cell = f"{fmt(s['median'])}s"
+                elif metric == "faults":
+                    cell = fcount(s["median"])
+                else:
+                    cell = f"{fmt(s['median'] / 1024)} MiB"
                 if a != "glibc" and s["ratio"] is not None:
                     cell += f" (**{s['ratio']:.2f}×**)"
                 if metric in SPEED_METRICS and s["spread"] is not None:
@@ -212,6 +280,8 @@ def render(summary, allocs, workloads, profc, je_profc, targets_for, notes):
                 cells.append(cell)
             lines.append(f"| {wl} | {metric} | " + " | ".join(cells) + " |")
     lines.append("")
+    for t in tables:
+        lines.append(t)
     if profc:
         lines.append("Cost of profiling (`prof:true`, default sample interval, vs `prof:false`): "
                      "median over repetitions of the paired time ratio sampalloc-prof / sampalloc; "
@@ -283,5 +353,14 @@ def machine_note(reps):
         load = open("/proc/loadavg").read().split()[:3]
     except OSError:
         load = ["?"]
+    thp = []
+    for knob in ("enabled", "defrag"):
+        try:
+            with open(f"/sys/kernel/mm/transparent_hugepage/{knob}") as f:
+                mode = f.read().split("[", 1)[1].split("]", 1)[0]
+        except (OSError, IndexError):
+            mode = "?"
+        thp.append(f"{knob} {mode}")
     return (f"Machine: {os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, "
+            f"transparent huge pages: {', '.join(thp)}; "
             f"load average at the end {' '.join(load)}; {reps} repetitions, interleaved.")

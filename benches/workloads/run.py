@@ -6,6 +6,12 @@ Run from anywhere (the repository is found from this file's location):
     benches/workloads/run.sh                  # build, run the C workloads, 5 repetitions
     benches/workloads/run.sh --real           # ... and the real programs (redis, python3, gcc)
     benches/workloads/run.sh --reps 3 --only larson,prodcons --allocators glibc,sampalloc
+    benches/workloads/run.sh --allocators glibc,tcmalloc,sampalloc,mimalloc3=/opt/peers/libmimalloc.so
+
+--allocators takes a comma-separated list of the names below and of `name=/path/to/lib.so`
+entries: a preload library built outside the project (say mimalloc 3 or snmalloc's
+libsnmallocshim.so, built from their release tags as benches/RESULTS.md describes), run like the
+packaged peers under the name given (no environment of its own; also in the jvm-churn row).
 
 What it does:
 1. builds sampalloc's preload (`cargo build --release -p sampalloc-preload`,
@@ -18,13 +24,19 @@ What it does:
 3. runs each workload under each configuration — glibc (no preload), jemalloc, mimalloc, tcmalloc,
    sampalloc (`SAMPALLOC_CONF=prof:false`), sampalloc-prof (`prof:true`, default sample
    interval) and jemalloc-prof (`MALLOC_CONF=prof:true`: jemalloc's own profiler at the same
-   512 KiB mean interval, the yardstick for the cost of profiling) — interleaved: for each workload, repetition 1 runs A B C D E F, repetition 2 the same
-   list rotated by one, and so on, so slow phases of a shared machine hit every allocator alike;
+   512 KiB mean interval, the yardstick for the cost of profiling), and any `name=/path` entry —
+   interleaved: for each workload, repetition 1 runs A B C D E F, repetition 2 the same list
+   rotated by one, and so on, so slow phases of a shared machine hit every allocator alike; every
+   run records its wall and CPU time, peak RSS, page faults (minor + major, from the process's
+   rusage) and, for the C workloads, AnonHugePages (anonymous memory in transparent huge pages,
+   read by the program from /proc/self/smaps_rollup when it prints its result);
 4. writes benches/results/workloads.csv (one row per run), benches/results/workloads-summary.csv
    and benches/results/workloads-summary.md (medians; ratios to glibc: speed as glibc_time/x_time,
    bigger is better; memory as x/glibc, smaller is better; the issue's targets marked met/missed;
    the cost of profiling as sampalloc-prof time / sampalloc time, and jemalloc-prof / jemalloc
-   beside it), and prints the summary;
+   beside it; a page-fault table with ratios to glibc and each allocator's faults per 4 KiB page
+   of its peak RSS, the floor for memory faulted in 4 KiB at a time; AnonHugePages), and prints
+   the summary;
 5. with --real, the same for real programs: redis-server on 127.0.0.1 (a free port, no
    persistence) driven by redis-benchmark, a python3 JSON/dict workload, and gcc -O2 on a
    generated C file; and checks with `SAMPALLOC_CONF=stats_print:true` that sampalloc really
@@ -46,14 +58,17 @@ benches/workloads/plot.py (run at the end automatically).
 import argparse
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 
-from report import check_targets, fnum, jvm_figures, jvm_table, machine_note, prof_costs, render, summarize
-from runners import (HERE, JVM, JVM_ALLOCATORS, ROOT, WORKLOADS, CSV_FIELDS, build, find_allocators, jvm_build,
-                     jvm_run, kill_live, log, real_run, redis_run, redis_stats_check, rotated, run_workload)
+from report import (check_targets, faults_table, fnum, jvm_figures, jvm_table, machine_note, prof_costs, render,
+                    summarize)
+from runners import (HERE, JVM, JVM_ALLOCATORS, KNOWN_ALLOCATORS, ROOT, WORKLOADS, CSV_FIELDS, build,
+                     find_allocators, jvm_build, jvm_run, kill_live, log, real_run, redis_run, redis_stats_check,
+                     rotated, run_workload)
 
 RESULTS = os.path.join(ROOT, "benches", "results")
 
@@ -63,7 +78,10 @@ def main():
     ap.add_argument("--reps", type=int, default=5, help="repetitions per configuration (default 5)")
     ap.add_argument("--only", default="", help="comma-separated workloads (default: all)")
     ap.add_argument("--allocators",
-                    default="glibc,jemalloc,mimalloc,tcmalloc,sampalloc,sampalloc-prof,jemalloc-prof")
+                    default="glibc,jemalloc,mimalloc,tcmalloc,sampalloc,sampalloc-prof,jemalloc-prof",
+                    help="comma-separated: glibc, jemalloc, mimalloc, tcmalloc, sampalloc, sampalloc-prof, "
+                         "jemalloc-prof, and name=/path/to/lib.so for a preload library built elsewhere "
+                         "(default: all the named ones)")
     ap.add_argument("--real", action="store_true", help="also run redis, python3 and gcc")
     ap.add_argument("--real-only", action="store_true", help="run only the real programs")
     ap.add_argument("--no-cargo", action="store_true", help="use the existing target/release/libsampalloc.so")
@@ -91,7 +109,7 @@ def main():
     for w in workloads:
         if w not in WORKLOADS and w != JVM:
             sys.exit(f"unknown workload {w}; known: {', '.join(WORKLOADS)}, {JVM}")
-    jvm_allocs = [a for a in allocs if a[0] in JVM_ALLOCATORS]
+    jvm_allocs = [a for a in allocs if a[0] in JVM_ALLOCATORS or a[0] not in KNOWN_ALLOCATORS]
     jvm_samples = []
     if real:
         for tool in ("redis-server", "redis-benchmark", "redis-cli", "gcc"):
@@ -143,7 +161,9 @@ def main():
     profc = prof_costs(rows, all_wl) if "sampalloc-prof" in names and "sampalloc" in names else {}
     targets = check_targets(summary, profc) if "glibc" in names and "sampalloc" in names else []
     notes.insert(0, machine_note(args.reps) + f" Suite time {time.monotonic() - t_start:.0f} s.")
-    cmd = "benches/workloads/run.sh " + " ".join(sys.argv[1:])
+    # name=/path/to/lib.so entries are shown as name=…/lib.so: no machine paths in the results
+    args_shown = [re.sub(r"(^|,)([^,=]+)=[^,]*/([^,/]+)", r"\1\2=…/\3", a) for a in sys.argv[1:]]
+    cmd = "benches/workloads/run.sh " + " ".join(args_shown)
     notes.insert(1, f"Command: `{cmd.strip()}`")
     je_profc = prof_costs(rows, all_wl, "jemalloc") if "jemalloc-prof" in names and "jemalloc" in names else {}
     if JVM in all_wl:
@@ -154,7 +174,7 @@ def main():
                 w.writerow(r)
         notes.append(jvm_table(jvm_figures(jvm_samples, rows, jvm_allocs, args.jvm_seconds),
                                args.jvm_seconds, args.reps))
-    text = render(summary, allocs, all_wl, profc, je_profc, targets, notes)
+    text = render(summary, allocs, all_wl, profc, je_profc, targets, notes, [faults_table(rows, allocs, all_wl)])
     with open(os.path.join(RESULTS, f"{args.tag}-summary.md"), "w") as f:
         f.write(text + "\n")
     log("\n" + text)

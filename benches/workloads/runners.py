@@ -3,7 +3,12 @@ allocators to compare, and running each workload, real program and the JVM row u
 run.py drives them; report.py turns their rows into the summary.
 
 Nothing here installs anything: an allocator whose library is not found is left out with a note
-to run benches/workloads/setup.sh (which installs them with apt-get).
+to run benches/workloads/setup.sh (which installs them with apt-get). An allocator built outside
+the project is named on the command line as `name=/path/to/lib.so` and preloaded like the others.
+
+Every run records the process's page faults (`faults`: minor + major, from its rusage, or from
+/proc/PID/stat for redis-server) and, for the C workloads, `anon_huge_kb`: its anonymous memory
+backed by transparent huge pages at the time of its RESULT line (common.h).
 """
 
 import os
@@ -50,7 +55,7 @@ JVM_ALLOCATORS = ("glibc", "jemalloc", "mimalloc", "tcmalloc", "sampalloc")
 CSV_FIELDS = [
     "workload", "allocator", "rep", "status", "wall_s", "cpu_s", "seconds", "ops", "ops_per_sec",
     "threads", "peak_rss_kb", "final_rss_kb", "settled_rss_kb", "freed_rss_kb", "start_rss_kb",
-    "retained_kb", "live_kb", "shared_line_pairs", "result_line",
+    "retained_kb", "live_kb", "shared_line_pairs", "faults", "anon_huge_kb", "result_line",
 ]
 
 LIBS = {
@@ -113,13 +118,25 @@ def find_lib(soname):
     return None
 
 
+# The allocators known by name; anything else is given as name=/path/to/lib.so.
+KNOWN_ALLOCATORS = ("glibc", "jemalloc", "mimalloc", "tcmalloc", "sampalloc", "sampalloc-prof", "jemalloc-prof")
+
+
 def find_allocators(so, wanted):
     missing = [pkg for name, (soname, pkg) in LIBS.items() if name in wanted and not find_lib(soname)]
     if missing:
         log(f"== missing allocators ({' '.join(missing)}): run benches/workloads/setup.sh to install them")
     allocs = []  # (name, LD_PRELOAD or None, extra env)
     for name in wanted:
-        if name == "glibc":
+        if "=" in name:
+            # A preload library built outside the project, e.g. mimalloc3=/path/to/libmimalloc.so.
+            name, path = name.split("=", 1)
+            if name in KNOWN_ALLOCATORS or not name or any(a[0] == name for a in allocs):
+                sys.exit(f"allocator name {name!r} of {name}={path} is empty, taken or already used")
+            if not os.path.isfile(path):
+                sys.exit(f"allocator {name}: no such library {path}")
+            allocs.append((name, os.path.abspath(path), {}))
+        elif name == "glibc":
             allocs.append((name, None, {}))
         elif name in LIBS or name == "jemalloc-prof":
             lib = LIBS[name.removesuffix("-prof")][0]
@@ -154,7 +171,8 @@ def child_env(preload, extra):
 
 def run_timed(argv, env, timeout=RUN_TIMEOUT, stdout=subprocess.PIPE, stderr=subprocess.PIPE):
     """Runs argv; returns (exit status, wall seconds, ru_maxrss KiB, stdout, stderr, CPU seconds
-    (user + system, of the process and the children it waited for))."""
+    (user + system), page faults (minor + major)), the last two of the process and the children
+    it waited for."""
     t0 = time.monotonic()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         p = subprocess.Popen(argv, env=env, stdout=out, stderr=err, start_new_session=True)
@@ -169,7 +187,7 @@ def run_timed(argv, env, timeout=RUN_TIMEOUT, stdout=subprocess.PIPE, stderr=sub
         out.seek(0)
         err.seek(0)
         return (p.returncode, wall, ru.ru_maxrss, out.read().decode(errors="replace"),
-                err.read().decode(errors="replace"), ru.ru_utime + ru.ru_stime)
+                err.read().decode(errors="replace"), ru.ru_utime + ru.ru_stime, ru.ru_minflt + ru.ru_majflt)
 
 
 def parse_result(text):
@@ -184,8 +202,9 @@ def parse_result(text):
 def run_workload(name, alloc, rep):
     prog, args = WORKLOADS[name]
     aname, preload, extra = alloc
-    code, wall, maxrss, out, err, cpu = run_timed([os.path.join(BUILD, prog), *args], child_env(preload, extra))
-    row = {"workload": name, "allocator": aname, "rep": rep, "wall_s": f"{wall:.4f}", "cpu_s": f"{cpu:.4f}"}
+    code, wall, maxrss, out, err, cpu, faults = run_timed([os.path.join(BUILD, prog), *args], child_env(preload, extra))
+    row = {"workload": name, "allocator": aname, "rep": rep, "wall_s": f"{wall:.4f}", "cpu_s": f"{cpu:.4f}",
+           "faults": faults}
     res = parse_result(out)
     if code != 0 or res is None:
         row["status"] = f"failed(exit {code})"
@@ -234,6 +253,16 @@ def vm_hwm(pid):
     return None
 
 
+def proc_faults(pid):
+    """Minor + major page faults of a running process, from /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[7]) + int(fields[9])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def proc_cpu(pid):
     """User + system CPU seconds of a running process, from /proc/PID/stat."""
     try:
@@ -277,13 +306,14 @@ def redis_run(alloc, rep, conf_override=None):
             raise RuntimeError(f"redis-benchmark output not understood: {bench.stdout[:300]} {bench.stderr[:300]}")
         hwm = vm_hwm(server.pid)
         cpu = proc_cpu(server.pid)
+        faults = proc_faults(server.pid)
         subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), "shutdown", "nosave"],
                        capture_output=True, timeout=10)
         server.wait(timeout=10)
         # seconds: the time 100000 requests of each of the four tests take at the measured rates
         row.update(status="ok" if server.returncode == 0 else f"failed(exit {server.returncode})",
                    wall_s=f"{wall:.4f}", cpu_s=f"{cpu:.4f}" if cpu is not None else None, seconds=f"{sum(100000 / r for r in rps):.4f}", ops=400000,
-                   ops_per_sec=f"{statistics.mean(rps):.0f}", peak_rss_kb=hwm,
+                   ops_per_sec=f"{statistics.mean(rps):.0f}", peak_rss_kb=hwm, faults=faults,
                    result_line="rps " + " ".join(f"{r:.0f}" for r in rps))
     except Exception as e:  # noqa: BLE001 - any failure: record it, kill the server
         row["status"] = f"failed({e})"
@@ -368,9 +398,9 @@ def real_run(name, alloc, rep):
         argv = [py, "-c", PY_WORKLOAD]
     else:  # gcc
         argv = ["gcc", "-O2", "-c", gcc_source(), "-o", os.path.join(BUILD, f"gen_compile.{aname}.o")]
-    code, wall, maxrss, out, err, cpu = run_timed(argv, env)
+    code, wall, maxrss, out, err, cpu, faults = run_timed(argv, env)
     row = {"workload": name, "allocator": aname, "rep": rep, "wall_s": f"{wall:.4f}", "cpu_s": f"{cpu:.4f}",
-           "peak_rss_kb": maxrss}
+           "peak_rss_kb": maxrss, "faults": faults}
     res = parse_result(out)
     if code != 0:
         row["status"] = f"failed(exit {code})"
@@ -466,6 +496,7 @@ def jvm_run(classes, alloc, rep, seconds, samples):
     row.update(status="ok", ops=ops, ops_per_sec=res.get("ops_per_sec"), result_line=res["result_line"],
                seconds=f"{1000 * float(res['seconds']) / max(ops, 1):.6f}",
                cpu_s=f"{1000 * (ru.ru_utime + ru.ru_stime) / max(ops, 1):.6f}",
+               faults=ru.ru_minflt + ru.ru_majflt,  # the whole run, the pre-touched Java heap included
                peak_rss_kb=max(kb for _, kb in rss) if rss else None,
                final_rss_kb=busy[-1] if busy else None)
     return row
