@@ -588,7 +588,7 @@ mod tests {
 
     #[test]
     fn taken_names_are_neither_followed_nor_truncated() {
-        use std::os::unix::fs::{symlink, PermissionsExt};
+        use std::os::unix::fs::symlink;
         let dir = scratch("create-new");
         let target = dir.join("precious");
         std::fs::write(&target, "precious").unwrap();
@@ -608,24 +608,25 @@ mod tests {
 
         let fresh = dir.join("fresh.heap");
         dump_to_path(bytes(&fresh)).unwrap();
-        let meta = std::fs::symlink_metadata(&fresh).unwrap();
-        assert!(meta.is_file());
-        // 0600 before the umask, which can only take bits away.
-        assert_eq!(
-            meta.permissions().mode() & 0o7077,
-            0,
-            "{:o}",
-            meta.permissions().mode()
-        );
+        assert_private_file(&fresh);
         assert!(std::fs::read_to_string(&fresh)
             .unwrap()
             .starts_with("heap profile: "));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// `path` is a regular file (not a link) with no permission bits for group or others:
+    /// 0600 before the umask, which can only take bits away.
+    fn assert_private_file(path: &std::path::Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        assert!(meta.is_file());
+        let mode = meta.permissions().mode();
+        assert_eq!(mode & 0o7077, 0, "{mode:o}");
+    }
+
     #[test]
     fn peek_side_file_only_when_asked_private_and_of_live_blocks_only() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = scratch("peek");
         let marker = b"PEEK-UNIT-MARKER\x01\x02 tail of the block";
         let mut block = vec![0u8; 300];
@@ -654,14 +655,7 @@ mod tests {
         let p1 = dir.join("on.heap");
         dump_to_path(bytes(&p1)).unwrap();
         let side = dir.join("on.heap.peek");
-        let meta = std::fs::symlink_metadata(&side).unwrap();
-        assert!(meta.is_file());
-        assert_eq!(
-            meta.permissions().mode() & 0o7077,
-            0,
-            "{:o}",
-            meta.permissions().mode()
-        );
+        assert_private_file(&side);
         let text = std::fs::read_to_string(&side).unwrap();
         assert!(
             text.starts_with("sampalloc peek 1\npeek_bytes 24\n"),
