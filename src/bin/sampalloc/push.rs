@@ -199,6 +199,8 @@ struct Job {
     body: Vec<u8>,
     from: u64,
     until: u64,
+    /// The window's length, for messages.
+    length: Duration,
     /// Allocated and live bytes of the window, for messages.
     alloc_bytes: f64,
     live_bytes: f64,
@@ -315,12 +317,11 @@ fn send_loop(cfg: &Config, q: &Queue) -> Tally {
                 tally.sent += 1;
                 server_down = false;
                 eprintln!(
-                    "sampalloc: pushed {} to {} (window {}..{}, {} allocated, {} in use)",
+                    "sampalloc: pushed {}: {} allocated in {:.1} s to {} UTC, {} in use",
                     job.label,
-                    cfg.url(),
-                    job.from,
-                    job.until,
                     mib(job.alloc_bytes),
+                    job.length.as_secs_f64(),
+                    clock(job.until),
                     mib(job.live_bytes)
                 );
             }
@@ -331,6 +332,12 @@ fn send_loop(cfg: &Config, q: &Queue) -> Tally {
             }
         }
     }
+}
+
+/// `HH:MM:SS` (UTC) of a Unix time.
+fn clock(secs: u64) -> String {
+    let d = secs % 86_400;
+    format!("{:02}:{:02}:{:02}", d / 3600, d / 60 % 60, d % 60)
 }
 
 fn mib(bytes: f64) -> String {
@@ -652,6 +659,7 @@ impl Windows {
             body,
             from: secs(from_t),
             until: secs(until_t),
+            length: until_t.duration_since(from_t).unwrap_or_default(),
             alloc_bytes: total.alloc_bytes,
             live_bytes: total.live_bytes,
         })
@@ -689,7 +697,15 @@ pub(crate) fn push(a: PushArgs) -> Result<(), String> {
             );
             watch(cfg, dir, &STOP, None)?
         }
-        None => push_files(cfg, &a.profiles)?,
+        None => {
+            eprintln!(
+                "sampalloc: pushing {} profile(s) to {} as {}",
+                a.profiles.len(),
+                cfg.url(),
+                cfg.name
+            );
+            push_files(cfg, &a.profiles)?
+        }
     };
     summary(&tally)
 }
