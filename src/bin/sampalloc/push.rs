@@ -39,8 +39,10 @@ const POLL: Duration = Duration::from_millis(200);
 /// First retry delay; doubled each time, up to [`BACKOFF_MAX`].
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Connect, read and write timeout per request.
+/// Read and write timeout per request.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connect timeout per address.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest answer read (only its status and first body line are used).
 const MAX_ANSWER: u64 = 1 << 20;
 /// After a stop, how long the watcher keeps looking for profiles still being written.
@@ -229,6 +231,20 @@ struct QueueState {
     dropped: usize,
 }
 
+impl QueueState {
+    /// Appends `job`; beyond `cap` waiting jobs the oldest is dropped and returned.
+    fn push_bounded(&mut self, cap: usize, job: Job) -> Option<Job> {
+        let dropped = if self.jobs.len() >= cap {
+            self.dropped += 1;
+            self.jobs.pop_front()
+        } else {
+            None
+        };
+        self.jobs.push_back(job);
+        dropped
+    }
+}
+
 struct Queue {
     state: Mutex<QueueState>,
     ready: Condvar,
@@ -256,19 +272,26 @@ impl Sender {
         Ok(Sender { queue, cap, thread })
     }
 
+    /// Queues a job, waiting while the queue is full (profiles given on the command line are
+    /// not dropped).
+    fn send_waiting(&self, job: Job) {
+        let mut s = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
+        while s.jobs.len() >= self.cap {
+            s = self.queue.ready.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.jobs.push_back(job);
+        self.queue.ready.notify_all();
+    }
+
     /// Queues a job; when the queue is full, the oldest waiting job is dropped.
     fn send(&self, job: Job) {
         let mut s = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
-        if s.jobs.len() >= self.cap {
-            if let Some(old) = s.jobs.pop_front() {
-                s.dropped += 1;
-                eprintln!(
-                    "sampalloc: warning: push queue full ({} profiles waiting): dropped {}, its window's allocations are lost",
-                    self.cap, old.label
-                );
-            }
+        if let Some(old) = s.push_bounded(self.cap, job) {
+            eprintln!(
+                "sampalloc: warning: push queue full ({} profiles waiting): dropped {}, its window's allocations are lost",
+                self.cap, old.label
+            );
         }
-        s.jobs.push_back(job);
         self.queue.ready.notify_all();
     }
 
@@ -299,6 +322,7 @@ fn send_loop(cfg: &Config, q: &Queue) -> Tally {
             let mut s = q.state.lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 if let Some(j) = s.jobs.pop_front() {
+                    q.ready.notify_all();
                     break (j, s.closed);
                 }
                 if s.closed {
@@ -450,7 +474,7 @@ fn post(cfg: &Config, job: &Job) -> Result<(), Failure> {
     let mut last = format!("cannot resolve {}: no address", cfg.authority);
     let mut stream = None;
     for a in &addrs {
-        match TcpStream::connect_timeout(a, IO_TIMEOUT) {
+        match TcpStream::connect_timeout(a, CONNECT_TIMEOUT) {
             Ok(s) => {
                 stream = Some(s);
                 break;
@@ -582,8 +606,8 @@ fn process_start(pid: u32) -> Option<SystemTime> {
 /// Turns successive dumps into windowed profiles.
 struct Windows {
     cfg: Arc<Config>,
-    /// Per process: its last dump and that dump's time.
-    prev: HashMap<u32, (parse::Profile, SystemTime)>,
+    /// Per process: its last dump, that dump's time and sequence number.
+    prev: HashMap<u32, (parse::Profile, SystemTime, u64)>,
     /// The start of a process whose start cannot be read (it exited): `run --push`'s launch.
     default_start: Option<SystemTime>,
     sym: Option<(Vec<parse::Mapping>, Symbolizer)>,
@@ -602,9 +626,9 @@ impl Windows {
     /// Takes `path` as the last dump of its process without sending it (what was there before
     /// `--watch` started).
     fn baseline(&mut self, path: &Path) {
-        if let (Ok(p), Some(pid)) = (parse::read(path), parse::pid_from_name(path)) {
+        if let (Ok(p), Some((pid, seq))) = (parse::read(path), order_key(path)) {
             let t = file_time(path).unwrap_or_else(SystemTime::now);
-            self.prev.insert(pid, (p, t));
+            self.prev.insert(pid, (p, t, seq));
         }
     }
 
@@ -612,19 +636,25 @@ impl Windows {
     fn job(&mut self, path: &Path) -> Result<Job, String> {
         let cur = parse::read(path)?;
         let until_t = file_time(path).unwrap_or_else(SystemTime::now);
-        let pid = cur.pid;
+        let name = path
+            .file_name()
+            .and_then(|n| ProfileName::parse(n.as_bytes()));
+        let pid = name.as_ref().map(|n| n.pid);
+        let seq = name.as_ref().map_or(0, |n| n.seq);
+        // The same process: a later sequence number and cumulative counts that did not go
+        // down (else a new process under a reused pid).
         let prev = pid
             .and_then(|p| self.prev.get(&p))
-            .filter(|(p, _)| window::follows(p, &cur));
+            .filter(|(p, _, s)| *s < seq && window::follows(p, &cur));
         let from_t = match prev {
-            Some((_, t)) => *t,
+            Some((_, t, _)) => *t,
             None => pid
                 .and_then(process_start)
                 .filter(|s| *s <= until_t)
                 .or(self.default_start.filter(|s| *s <= until_t))
                 .unwrap_or(until_t),
         };
-        let w = window::window(prev.map(|(p, _)| p), &cur);
+        let w = window::window(prev.map(|(p, _, _)| p), &cur);
         let mut msg = if self.cfg.symbolize {
             if self.sym.as_ref().is_some_and(|(m, _)| *m != w.mappings) {
                 self.sym = None;
@@ -648,8 +678,16 @@ impl Windows {
         msg.duration_nanos = nanos(until_t).saturating_sub(nanos(from_t)).max(0);
         let body = pprof::gzip(&msg)?;
         let total = w.total();
-        if let Some(p) = pid {
-            self.prev.insert(p, (cur, until_t));
+        let is_final = name.is_some_and(|n| n.kind == sampalloc::profile::kind::FINAL);
+        match pid {
+            // The process is gone: forget it.
+            Some(p) if is_final => {
+                self.prev.remove(&p);
+            }
+            Some(p) => {
+                self.prev.insert(p, (cur, until_t, seq));
+            }
+            None => {}
         }
         Ok(Job {
             label: path.file_name().map_or_else(
@@ -735,7 +773,7 @@ fn push_files(cfg: Arc<Config>, files: &[PathBuf]) -> Result<Tally, String> {
     let mut unreadable = 0;
     for f in files {
         match windows.job(f) {
-            Ok(job) => sender.send(job),
+            Ok(job) => sender.send_waiting(job),
             Err(e) => {
                 eprintln!("sampalloc: error: {e}");
                 unreadable += 1;
@@ -994,6 +1032,25 @@ mod tests {
         assert_eq!((s, b.as_slice()), (503, &b"busy now"[..]));
         assert_eq!(header(&h, "retry-after"), Some("2"));
         assert!(parse_answer(b"garbage").is_none());
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest() {
+        let job = |label: &str| Job {
+            label: label.into(),
+            body: Vec::new(),
+            from: 0,
+            until: 0,
+            length: Duration::ZERO,
+            alloc_bytes: 0.0,
+            live_bytes: 0.0,
+        };
+        let mut q = QueueState::default();
+        assert!(q.push_bounded(2, job("a")).is_none());
+        assert!(q.push_bounded(2, job("b")).is_none());
+        assert_eq!(q.push_bounded(2, job("c")).unwrap().label, "a");
+        let left: Vec<&str> = q.jobs.iter().map(|j| j.label.as_str()).collect();
+        assert_eq!((left, q.dropped), (vec!["b", "c"], 1));
     }
 
     #[test]
