@@ -341,7 +341,7 @@ fn send_loop(cfg: &Config, q: &Queue) -> Tally {
                 tally.sent += 1;
                 server_down = false;
                 eprintln!(
-                    "sampalloc: pushed {}: {} allocated in {:.1} s to {} UTC, {} in use",
+                    "sampalloc: pushed {}: {} allocated in {:.2} s to {} UTC, {} in use",
                     job.label,
                     mib(job.alloc_bytes),
                     job.length.as_secs_f64(),
@@ -584,23 +584,26 @@ fn secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// When process `pid` started, if it is running (from `/proc/<pid>/stat` and the boot time).
+/// When process `pid` started, if it is running: its start in clock ticks after boot
+/// (`/proc/<pid>/stat`) against the time since boot now (`/proc/uptime`, to 10 ms; the boot
+/// time of `/proc/stat` is whole seconds).
 fn process_start(pid: u32) -> Option<SystemTime> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces): state is field 3, starttime 22.
     let after = &stat[stat.rfind(')')? + 1..];
     let ticks: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
-    let btime: u64 = std::fs::read_to_string("/proc/stat")
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
         .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
+        .split_whitespace()
+        .next()?
         .parse()
         .ok()?;
+    let now = SystemTime::now();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = u64::try_from(hz).ok().filter(|&h| h > 0)?;
-    Some(UNIX_EPOCH + Duration::from_secs(btime) + Duration::from_millis(ticks * 1000 / hz))
+    let age = uptime - ticks as f64 / hz as f64;
+    now.checked_sub(Duration::try_from_secs_f64(age.max(0.0)).ok()?)
 }
 
 /// Turns successive dumps into windowed profiles.
