@@ -797,7 +797,18 @@ extern "C" fn on_stop(_: libc::c_int) {
 
 /// SIGINT and SIGTERM set [`STOP`]; a second one kills as usual (`SA_RESETHAND`).
 fn install_stop_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    install_handlers(&[libc::SIGINT, libc::SIGTERM]);
+}
+
+/// `run --push`: the first SIGINT (Ctrl-C, which the terminal sends the program too) does not
+/// stop `run`, so that it pushes the program's final profile once the program exits; a second
+/// one stops it as usual.
+pub(crate) fn survive_one_interrupt() {
+    install_handlers(&[libc::SIGINT]);
+}
+
+fn install_handlers(signals: &[libc::c_int]) {
+    for &sig in signals {
         // SAFETY: a zeroed sigaction is valid; the handler only stores to an atomic, which is
         // async-signal-safe; sigemptyset and sigaction get valid pointers.
         unsafe {

@@ -111,6 +111,7 @@ fn run_inner(a: RunArgs) -> Result<ExitCode, String> {
                 None => service_name(program),
             };
             let cfg = crate::push::Config::new(url, &service, &a.push_labels, true, 32, 5)?;
+            crate::push::survive_one_interrupt();
             Some(crate::push::Watcher::start(
                 cfg,
                 &dir,
