@@ -5,7 +5,8 @@
 //! and drops the allocator's own leading frames; [`sites`] aggregates rows by leaf function,
 //! source line or whole stack; [`report`], [`flamegraph`] and [`pprof`] write the results;
 //! [`trend`] follows sites over a series of profiles of one run; [`peek`] reads the contents of
-//! sampled blocks that `prof_peek` kept beside a profile.
+//! sampled blocks that `prof_peek` kept beside a profile; [`window`] turns a process's cumulative
+//! allocation counts into those of one window between two dumps (for `sampalloc push`).
 //!
 //! ```no_run
 //! use sampalloc::analysis::{self, parse, symbolize::Symbolizer, GroupBy};
@@ -25,6 +26,7 @@ pub mod pprof;
 pub mod report;
 pub mod symbolize;
 pub mod trend;
+pub mod window;
 
 use parse::{Counts, Profile};
 use std::collections::HashMap;

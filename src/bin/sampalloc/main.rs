@@ -7,6 +7,7 @@
 //! commands that read profiles) do the work.
 
 mod analyse;
+mod push;
 mod run;
 mod serve;
 
@@ -49,6 +50,8 @@ Workflow, to find what holds memory in a program:
      (for go tool pprof, Pyroscope, Parca, Grafana); sampalloc stacks P (collapsed).
      Or serve DIR read-only on loopback: sampalloc serve DIR, then
        go tool pprof http://127.0.0.1:6060/debug/pprof/heap
+     Or push to Grafana Pyroscope: sampalloc push --url http://HOST:4040 --watch DIR
+     (or sampalloc run --every 10s --push http://HOST:4040 -- ./server).
 
 Profiles from jemalloc (heap_v2 with t*: lines) and gperftools are read too.";
 
@@ -81,6 +84,45 @@ enum Command {
     /// Serve a directory of profiles over HTTP, read-only: the newest as pprof at
     /// /debug/pprof/heap and /debug/pprof/allocs (for go tool pprof), an index at /
     Serve(ServeArgs),
+    /// Send profiles to Grafana Pyroscope (HTTP ingest, pprof): files given, or each new dump
+    /// of a directory with --watch; each push carries its own window's allocations
+    Push(PushArgs),
+}
+
+#[derive(Args)]
+#[command(after_help = "\
+Each profile is sent as pprof to URL/ingest (Pyroscope's HTTP ingest API) with alloc_* counts
+for its own window (since the previous dump of the same process; since the process started for
+its first) and inuse_* as of the dump: Pyroscope stores what it is sent and computes no deltas.
+Only http:// URLs: no TLS, no credentials in the URL (push to a local agent or proxy for that).
+Nothing is sent anywhere but URL.")]
+struct PushArgs {
+    /// The server, http:// only (e.g. http://localhost:4040); profiles are POSTed to URL/ingest
+    #[arg(long, value_name = "URL")]
+    url: String,
+    /// The service name the profiles are filed under
+    #[arg(long, value_name = "NAME", default_value = "sampalloc")]
+    service: String,
+    /// Labels for every profile: KEY=VALUE,... (repeatable)
+    #[arg(long, value_name = "K=V,...")]
+    labels: Vec<String>,
+    /// Watch DIR and push each new profile once it is written, until SIGINT or SIGTERM (then
+    /// what is queued is sent); profiles already in DIR are not sent
+    #[arg(long, value_name = "DIR", conflicts_with = "profiles")]
+    watch: Option<PathBuf>,
+    /// Profiles to push (named <prefix>.<pid>.<seq>.<kind>.heap; each process's in order)
+    #[arg(value_name = "PROFILE", required_unless_present = "watch")]
+    profiles: Vec<PathBuf>,
+    /// Send addresses and build IDs only, for the server to symbolize (debuginfod)
+    #[arg(long)]
+    no_symbolize: bool,
+    /// Profiles waiting to be sent at most; when full the oldest is dropped, with a warning
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    queue: usize,
+    /// Tries per profile on connection errors, 429 and 5xx (backoff from 0.5 s, doubling);
+    /// other refusals are not retried
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    attempts: u32,
 }
 
 #[derive(Args)]
@@ -136,6 +178,16 @@ struct RunArgs {
     /// dump are added, so Java frames get names) and do not refresh its perf map
     #[arg(long)]
     no_java_flags: bool,
+    /// Also push each profile to Pyroscope at URL (http:// only) while the program runs, as
+    /// `sampalloc push --watch` does, the final one included; combine with --every
+    #[arg(long, value_name = "URL")]
+    push: Option<String>,
+    /// With --push: the service name (default: the program's file name)
+    #[arg(long, value_name = "NAME", requires = "push")]
+    push_service: Option<String>,
+    /// With --push: labels KEY=VALUE,... (repeatable)
+    #[arg(long, value_name = "K=V,...", requires = "push")]
+    push_labels: Vec<String>,
     /// The program and its arguments
     #[arg(
         required = true,
@@ -270,6 +322,7 @@ fn main() -> ExitCode {
         Command::Stacks(a) => analyse::stacks(a),
         Command::Explain(a) => analyse::explain(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Push(a) => push::push(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -104,14 +104,36 @@ fn run_inner(a: RunArgs) -> Result<ExitCode, String> {
         .args(args)
         .env("LD_PRELOAD", &preload)
         .env("SAMPALLOC_CONF", &conf);
+    let pusher = match &a.push {
+        Some(url) => {
+            let service = match &a.push_service {
+                Some(s) => s.clone(),
+                None => service_name(program),
+            };
+            let cfg = crate::push::Config::new(url, &service, &a.push_labels, true, 32, 5)?;
+            crate::push::survive_one_interrupt();
+            Some(crate::push::Watcher::start(
+                cfg,
+                &dir,
+                std::time::SystemTime::now(),
+            )?)
+        }
+        None => None,
+    };
     let jvm = if a.no_java_flags {
         None
     } else {
         jvm::prepare(&mut command, program)
     };
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", program.to_string_lossy()))?;
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(p) = pusher {
+                let _ = p.finish();
+            }
+            return Err(format!("cannot run {}: {e}", program.to_string_lossy()));
+        }
+    };
     let pid = child.id();
     let refresher = jvm.and_then(|j| j.refresh_perf_map(pid, &dir));
     let status = child
@@ -119,6 +141,17 @@ fn run_inner(a: RunArgs) -> Result<ExitCode, String> {
         .map_err(|e| format!("waiting for {}: {e}", program.to_string_lossy()));
     if let Some(r) = refresher {
         r.stop();
+    }
+    // The program is gone and its final profile written: push it and what is still queued.
+    if let Some(p) = pusher {
+        match p.finish() {
+            Ok(t) => {
+                if let Err(e) = crate::push::summary(&t) {
+                    eprintln!("sampalloc: error: --push: {e}");
+                }
+            }
+            Err(e) => eprintln!("sampalloc: error: --push: {e}"),
+        }
     }
     let status = status?;
     let code: u8 = match (status.code(), status.signal()) {
@@ -157,6 +190,30 @@ fn run_inner(a: RunArgs) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::from(code))
+}
+
+/// The service name `--push` uses by default: the program's file name, with characters a
+/// Pyroscope application name cannot hold replaced by `_`.
+fn service_name(program: &std::ffi::OsStr) -> String {
+    let name = Path::new(program)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if clean.is_empty() {
+        "sampalloc".to_string()
+    } else {
+        clean
+    }
 }
 
 /// `--every`: `10s`, `500ms` or a bare number of seconds, in milliseconds (1 ms to a day).
