@@ -25,8 +25,10 @@ What it does:
    sampalloc (`SAMPALLOC_CONF=prof:false`), sampalloc-prof (`prof:true`, default sample
    interval) and jemalloc-prof (`MALLOC_CONF=prof:true`: jemalloc's own profiler at the same
    512 KiB mean interval, the yardstick for the cost of profiling), and any `name=/path` entry —
-   interleaved: for each workload, repetition 1 runs A B C D E F, repetition 2 the same list
-   rotated by one, and so on, so slow phases of a shared machine hit every allocator alike; every
+   interleaved: for each workload, each repetition runs every configuration once, in an order
+   shuffled anew for each repetition (seeded, so reruns use the same orders), so that slow
+   phases of a shared machine and what the previous process left behind (the kernel's free huge
+   pages) fall on every allocator alike; every
    run records its wall and CPU time, peak RSS, page faults (minor + major, from the process's
    rusage) and, for the C workloads, AnonHugePages (anonymous memory in transparent huge pages,
    read by the program from /proc/self/smaps_rollup when it prints its result);

@@ -12,6 +12,7 @@ backed by transparent huge pages at the time of its RESULT line (common.h).
 """
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -216,8 +217,15 @@ def run_workload(name, alloc, rep):
 
 
 def rotated(seq, k):
-    k %= len(seq)
-    return seq[k:] + seq[:k]
+    """The allocators in the order of repetition k: a shuffle seeded by k (the same for every
+    run of the suite). A plain rotation kept each allocator behind the same one in every
+    repetition, and what a process leaves behind is not neutral: on this VM a process that
+    faults in huge pages right after another released its own gets them several times cheaper
+    (the host has backed them already), so sampalloc-prof, always run right after sampalloc,
+    looked 11 % faster than sampalloc."""
+    order = list(seq)
+    random.Random(k).shuffle(order)
+    return order
 
 
 # ---------------------------------------------------------------- real programs
