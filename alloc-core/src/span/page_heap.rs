@@ -137,27 +137,51 @@ impl FreeBins {
         }
     }
 
-    /// A span of at least `pages` pages, or null.
+    /// A span of at least `pages` pages, or null. Of the fitting spans among the first
+    /// [`BIN_SCAN_LIMIT`] of a bin (the first candidate bin, else the first larger one that
+    /// has spans), the first one outside dense huge pages, else the one in the fullest dense
+    /// huge page: new spans fill the huge pages that are well used, and the sparse ones can
+    /// empty and go back whole (Temeraire's "filler" places by fullness the same way).
     fn find(&self, pages: usize) -> *mut SpanDesc {
         let b0 = bin_floor(pages);
-        let mut d = self.heads[b0];
-        let mut scanned = 0;
-        // SAFETY: list members are live descriptors owned by this heap.
-        unsafe {
-            while !d.is_null() && scanned < BIN_SCAN_LIMIT {
-                if (*d).pages as usize >= pages {
-                    return d;
-                }
-                d = (*d).next;
-                scanned += 1;
-            }
+        let found = Self::fullest_fit(self.heads[b0], pages);
+        if !found.is_null() {
+            return found;
         }
         let higher = self.nonempty & !((2u64 << b0) - 1);
         if higher == 0 {
             ptr::null_mut()
         } else {
-            self.heads[higher.trailing_zeros() as usize]
+            Self::fullest_fit(self.heads[higher.trailing_zeros() as usize], pages)
         }
+    }
+
+    /// The fitting span among the first [`BIN_SCAN_LIMIT`] of the list at `d` (see
+    /// [`FreeBins::find`]), or null.
+    fn fullest_fit(mut d: *mut SpanDesc, pages: usize) -> *mut SpanDesc {
+        let mut best = ptr::null_mut();
+        let mut best_free = usize::MAX;
+        let mut scanned = 0;
+        // SAFETY: list members are live descriptors owned by this heap, in live segments.
+        unsafe {
+            while !d.is_null() && scanned < BIN_SCAN_LIMIT {
+                if (*d).pages as usize >= pages {
+                    let seg = segment_of_desc(d);
+                    let h = page_of_desc(d) / HUGE_PAGE_PAGES;
+                    if !Segment::is_dense(seg, h) {
+                        return d;
+                    }
+                    let free = (*seg).hp_free[h] as usize;
+                    if free < best_free {
+                        best = d;
+                        best_free = free;
+                    }
+                }
+                d = (*d).next;
+                scanned += 1;
+            }
+        }
+        best
     }
 }
 
@@ -1384,5 +1408,45 @@ mod huge_page_tests {
             HUGE_PAGE_PAGES - HEADER_PAGES
         );
         assert_eq!(heap.counts.segments, 0);
+    }
+}
+
+#[cfg(test)]
+mod filler_tests {
+    use super::*;
+
+    fn alloc_large(heap: &mut PageHeap, pages: usize) -> *mut SpanDesc {
+        let (d, _) = heap.alloc(pages, 1, false, 0).unwrap();
+        // SAFETY: a freshly allocated span head.
+        unsafe { (*d).kind = kind::LARGE };
+        d
+    }
+
+    /// Two free spans of the same size, the newer one in a sparse huge page: a new span goes
+    /// into the fuller huge page.
+    #[test]
+    fn new_spans_go_to_the_fullest_huge_page() {
+        let mut heap = PageHeap::new();
+        // The first huge page full: a 10-page block, then the rest of it.
+        let in_full = alloc_large(&mut heap, 10);
+        let _rest = alloc_large(&mut heap, HUGE_PAGE_PAGES - HEADER_PAGES - 10);
+        // The second huge page: two 10-page blocks, the rest free.
+        let in_sparse = alloc_large(&mut heap, 10);
+        let _keep = alloc_large(&mut heap, 10);
+        // SAFETY: blocks of this heap, in one live segment.
+        unsafe {
+            let seg = segment_of_desc(in_full);
+            assert_eq!(segment_of_desc(in_sparse), seg);
+            assert_eq!(page_of_desc(in_sparse), HUGE_PAGE_PAGES);
+            (*seg).dense = 0b11;
+            heap.free(in_full, 1000, -1);
+            heap.free(in_sparse, 1001, -1);
+        }
+        heap.check();
+        // The sparse huge page's span is first in its bin (freed last), yet the full one's is
+        // taken.
+        let again = alloc_large(&mut heap, 10);
+        assert_eq!(again, in_full);
+        heap.check();
     }
 }
