@@ -59,12 +59,6 @@ const SUBRELEASE_DECAYS: u64 = 4;
 /// this many of its pages are in use. Below, a few surviving blocks would pin megabytes: its
 /// free pages go at their decay time, as in a segment without huge pages.
 const WELL_USED_PAGES: usize = HUGE_PAGE_PAGES / 2;
-/// Huge pages of a new segment to ask huge pages for (bit `h`: huge page `h`): none in an
-/// arena's first segment (a small program's heap stays in 4 KiB pages and its RSS where it
-/// was: with the first segment's second huge page dense, `git log` took 7.6 MiB instead of
-/// 5.6), both in later ones.
-const FIRST_SEGMENT_DENSE: u8 = 0;
-const LATER_SEGMENT_DENSE: u8 = 0b11;
 
 /// What [`PageHeap::merge_neighbours`] made of a freed span and its free neighbours.
 struct Merged {
@@ -540,12 +534,7 @@ impl PageHeap {
     }
 
     fn add_segment(&mut self, arena: u32) -> Option<()> {
-        let dense = if self.counts.segments == 0 {
-            FIRST_SEGMENT_DENSE
-        } else {
-            LATER_SEGMENT_DENSE
-        };
-        let seg = Segment::create(arena, dense);
+        let seg = Segment::create(arena);
         if seg.is_null() {
             return None;
         }
