@@ -178,42 +178,21 @@ const_assert!(HEADER_PAGES <= 20); // the header costs under 2 % of a segment
 
 impl Segment {
     /// Maps and registers a new segment for `arena`; its usable pages are not yet on any list.
-    /// `dense` says which of its huge pages should be backed by huge pages (bit `h`: huge page
-    /// `h`), if `config::thp` and the kernel allow: the page heap asks for the ones that will be
-    /// dense. Null if the kernel refuses memory.
-    pub fn create(arena: u32, dense: u8) -> *mut Segment {
-        let base = os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE);
+    /// Its huge pages ask for huge pages (are dense) if `config::thp` says so for segments and
+    /// the kernel could give them. Null if the kernel refuses memory.
+    pub fn create(arena: u32) -> *mut Segment {
+        let advice = config::huge_advice(config::Dense::Segment);
+        let base = os::map_dense(SEGMENT_SIZE, SEGMENT_SIZE, advice);
         if base.is_null() {
             return ptr::null_mut();
-        }
-        let advice = config::huge_advice(config::Dense::Segment);
-        let all = (1u8 << HUGE_PAGES_PER_SEGMENT) - 1;
-        let dense = match (advice, config::thp()) {
-            (os::HugeAdvice::Huge, config::Thp::Always) => all,
-            (os::HugeAdvice::Huge, _) => dense & all,
-            _ => 0,
-        };
-        if advice == os::HugeAdvice::Huge {
-            // The huge pages not asked for must say so where the kernel gives them unasked.
-            let rest = if os::thp_mode() == os::ThpMode::Always {
-                os::HugeAdvice::NoHuge
-            } else {
-                os::HugeAdvice::None
-            };
-            for h in 0..HUGE_PAGES_PER_SEGMENT {
-                let a = if dense & (1 << h) != 0 { advice } else { rest };
-                // SAFETY: huge page `h` lies inside the new mapping.
-                let hp = unsafe { base.add(h * HUGE_PAGE_PAGES * PAGE_SIZE) };
-                os::advise_huge(hp, HUGE_PAGE_PAGES * PAGE_SIZE, a);
-            }
-        } else {
-            os::advise_huge(base, SEGMENT_SIZE, advice);
         }
         let seg = base.cast::<Segment>();
         // SAFETY: fresh, zeroed, exclusively ours; zero is a valid value for every field.
         unsafe {
             (*seg).arena = arena;
-            (*seg).dense = dense;
+            if advice == os::HugeAdvice::Huge {
+                (*seg).dense = (1 << HUGE_PAGES_PER_SEGMENT) - 1;
+            }
         }
         registry::mark_segment(base as usize, registry::tag_of_index(arena as usize));
         seg
@@ -395,7 +374,7 @@ mod tests {
 
     #[test]
     fn header_layout() {
-        let seg = Segment::create(3, 0);
+        let seg = Segment::create(3);
         assert!(!seg.is_null());
         assert_eq!(seg as usize % SEGMENT_SIZE, 0);
         let d = Segment::desc(seg, 700);

@@ -59,12 +59,6 @@ const SUBRELEASE_DECAYS: u64 = 4;
 /// this many of its pages are in use. Below, a few surviving blocks would pin megabytes: its
 /// free pages go at their decay time, as in a segment without huge pages.
 const WELL_USED_PAGES: usize = HUGE_PAGE_PAGES / 2;
-/// Huge pages of a new segment to ask huge pages for (bit `h`: huge page `h`): none in an
-/// arena's first segment (a small program's heap stays in 4 KiB pages and its RSS where it
-/// was: with the first segment's second huge page dense, `git log` took 7.6 MiB instead of
-/// 5.6), both in later ones.
-const FIRST_SEGMENT_DENSE: u8 = 0;
-const LATER_SEGMENT_DENSE: u8 = 0b11;
 
 /// What [`PageHeap::merge_neighbours`] made of a freed span and its free neighbours.
 struct Merged {
@@ -137,27 +131,51 @@ impl FreeBins {
         }
     }
 
-    /// A span of at least `pages` pages, or null.
+    /// A span of at least `pages` pages, or null. Of the fitting spans among the first
+    /// [`BIN_SCAN_LIMIT`] of a bin (the first candidate bin, else the first larger one that
+    /// has spans), the first one outside dense huge pages, else the one in the fullest dense
+    /// huge page: new spans fill the huge pages that are well used, and the sparse ones can
+    /// empty and go back whole (Temeraire's "filler" places by fullness the same way).
     fn find(&self, pages: usize) -> *mut SpanDesc {
         let b0 = bin_floor(pages);
-        let mut d = self.heads[b0];
-        let mut scanned = 0;
-        // SAFETY: list members are live descriptors owned by this heap.
-        unsafe {
-            while !d.is_null() && scanned < BIN_SCAN_LIMIT {
-                if (*d).pages as usize >= pages {
-                    return d;
-                }
-                d = (*d).next;
-                scanned += 1;
-            }
+        let found = Self::fullest_fit(self.heads[b0], pages);
+        if !found.is_null() {
+            return found;
         }
         let higher = self.nonempty & !((2u64 << b0) - 1);
         if higher == 0 {
             ptr::null_mut()
         } else {
-            self.heads[higher.trailing_zeros() as usize]
+            Self::fullest_fit(self.heads[higher.trailing_zeros() as usize], pages)
         }
+    }
+
+    /// The fitting span among the first [`BIN_SCAN_LIMIT`] of the list at `d` (see
+    /// [`FreeBins::find`]), or null.
+    fn fullest_fit(mut d: *mut SpanDesc, pages: usize) -> *mut SpanDesc {
+        let mut best = ptr::null_mut();
+        let mut best_free = usize::MAX;
+        let mut scanned = 0;
+        // SAFETY: list members are live descriptors owned by this heap, in live segments.
+        unsafe {
+            while !d.is_null() && scanned < BIN_SCAN_LIMIT {
+                if (*d).pages as usize >= pages {
+                    let seg = segment_of_desc(d);
+                    let h = page_of_desc(d) / HUGE_PAGE_PAGES;
+                    if !Segment::is_dense(seg, h) {
+                        return d;
+                    }
+                    let free = (*seg).hp_free[h] as usize;
+                    if free < best_free {
+                        best = d;
+                        best_free = free;
+                    }
+                }
+                d = (*d).next;
+                scanned += 1;
+            }
+        }
+        best
     }
 }
 
@@ -516,12 +534,7 @@ impl PageHeap {
     }
 
     fn add_segment(&mut self, arena: u32) -> Option<()> {
-        let dense = if self.counts.segments == 0 {
-            FIRST_SEGMENT_DENSE
-        } else {
-            LATER_SEGMENT_DENSE
-        };
-        let seg = Segment::create(arena, dense);
+        let seg = Segment::create(arena);
         if seg.is_null() {
             return None;
         }
@@ -1384,5 +1397,45 @@ mod huge_page_tests {
             HUGE_PAGE_PAGES - HEADER_PAGES
         );
         assert_eq!(heap.counts.segments, 0);
+    }
+}
+
+#[cfg(test)]
+mod filler_tests {
+    use super::*;
+
+    fn alloc_large(heap: &mut PageHeap, pages: usize) -> *mut SpanDesc {
+        let (d, _) = heap.alloc(pages, 1, false, 0).unwrap();
+        // SAFETY: a freshly allocated span head.
+        unsafe { (*d).kind = kind::LARGE };
+        d
+    }
+
+    /// Two free spans of the same size, the newer one in a sparse huge page: a new span goes
+    /// into the fuller huge page.
+    #[test]
+    fn new_spans_go_to_the_fullest_huge_page() {
+        let mut heap = PageHeap::new();
+        // The first huge page full: a 10-page block, then the rest of it.
+        let in_full = alloc_large(&mut heap, 10);
+        let _rest = alloc_large(&mut heap, HUGE_PAGE_PAGES - HEADER_PAGES - 10);
+        // The second huge page: two 10-page blocks, the rest free.
+        let in_sparse = alloc_large(&mut heap, 10);
+        let _keep = alloc_large(&mut heap, 10);
+        // SAFETY: blocks of this heap, in one live segment.
+        unsafe {
+            let seg = segment_of_desc(in_full);
+            assert_eq!(segment_of_desc(in_sparse), seg);
+            assert_eq!(page_of_desc(in_sparse), HUGE_PAGE_PAGES);
+            (*seg).dense = 0b11;
+            heap.free(in_full, 1000, -1);
+            heap.free(in_sparse, 1001, -1);
+        }
+        heap.check();
+        // The sparse huge page's span is first in its bin (freed last), yet the full one's is
+        // taken.
+        let again = alloc_large(&mut heap, 10);
+        assert_eq!(again, in_full);
+        heap.check();
     }
 }
