@@ -91,7 +91,17 @@ struct Writer<'a> {
     ok: bool,
 }
 
-impl Writer<'_> {
+impl<'a> Writer<'a> {
+    /// A writer into `sink` through the dump buffer `buf`.
+    fn new(sink: &'a mut dyn Sink, buf: &'a mut [u8; BUF_LEN]) -> Self {
+        Writer {
+            sink,
+            buf,
+            len: 0,
+            ok: true,
+        }
+    }
+
     fn bytes(&mut self, mut b: &[u8]) {
         while !b.is_empty() {
             if self.len == BUF_LEN {
@@ -176,12 +186,7 @@ pub fn write_profile(sink: &mut dyn Sink) -> bool {
     let r_int = 1u64 << config::lg_prof_sample();
     let r = r_int as f64;
     let mut buf = BUF.lock();
-    let mut w = Writer {
-        sink,
-        buf: &mut buf,
-        len: 0,
-        ok: true,
-    };
+    let mut w = Writer::new(sink, &mut buf);
     let mut total = [0u64; 4];
     for e in entries() {
         for (t, v) in total.iter_mut().zip(rows(&e.counts(), r)) {
@@ -310,12 +315,7 @@ pub fn write_peek(sink: &mut dyn Sink, n: usize) -> bool {
     let n = n.min(PROF_PEEK_MAX);
     let dump = PEEK_DUMP.fetch_add(1, Ordering::Relaxed) + 1;
     let mut buf = BUF.lock();
-    let mut w = Writer {
-        sink,
-        buf: &mut buf,
-        len: 0,
-        ok: true,
-    };
+    let mut w = Writer::new(sink, &mut buf);
     w.bytes(b"sampalloc peek 1\npeek_bytes ");
     w.dec(n as u64, 0);
     w.bytes(b"\n");

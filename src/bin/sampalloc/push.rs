@@ -180,19 +180,6 @@ fn app_name(service: &str, labels: &[String]) -> Result<String, String> {
     Ok(format!("{service}{{{}}}", inner.join(",")))
 }
 
-/// Percent-encodes a query value.
-fn query_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// One profile to send.
 struct Job {
     /// The file's name, for messages.
@@ -452,7 +439,7 @@ fn multipart(profile: &[u8]) -> (String, Vec<u8>) {
 fn post(cfg: &Config, job: &Job) -> Result<(), Failure> {
     let query = format!(
         "name={}&from={}&until={}&format=pprof&spyName=sampalloc",
-        query_escape(&cfg.name),
+        crate::serve::url_escape(&cfg.name),
         job.from,
         job.until
     );
@@ -1030,7 +1017,7 @@ mod tests {
         assert!(app_name("s", &["1k=x".into()]).is_err());
         assert!(app_name("s", &["k=a}b".into()]).is_err());
         assert!(app_name("s", &["novalue".into()]).is_err());
-        assert_eq!(query_escape("svc{a=b}"), "svc%7Ba%3Db%7D");
+        assert_eq!(crate::serve::url_escape("svc{a=b}"), "svc%7Ba%3Db%7D");
     }
 
     #[test]

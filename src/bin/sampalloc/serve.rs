@@ -314,8 +314,9 @@ fn html_escape(s: &str) -> String {
     out
 }
 
-/// Percent-encodes what is not safe in a URL path segment.
-fn url_escape(s: &str) -> String {
+/// Percent-encodes what is not safe in a URL path segment or a query value (unreserved
+/// characters stay).
+pub(crate) fn url_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
