@@ -86,6 +86,11 @@ def chart(groups, allocs, title, ylabel, log_scale, path):
         cx = x0 + bar_w * len(allocs) / 2
         out.append(f'<text x="{cx:.1f}" y="{top + plot_h + 12}" text-anchor="end" '
                    f'transform="rotate(-35 {cx:.1f} {top + plot_h + 12})">{esc(label)}</text>')
+    finish_svg(out, allocs, left, path)
+
+
+def finish_svg(out, allocs, left, path):
+    """Adds the legend (one colour swatch per allocator, from `left`), closes the SVG and writes it."""
     lx = left
     for a in allocs:
         out.append(f'<rect x="{lx}" y="30" width="10" height="10" fill="{COLORS.get(a, "#333")}"/>')
@@ -149,14 +154,7 @@ def rss_chart(src, path):
         d = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in pts)
         out.append(f'<polyline points="{d}" fill="none" stroke="{COLORS.get(a, "#333")}" stroke-width="1.5" '
                    f'opacity="0.85"><title>{esc(a)} rep {esc(rep)}</title></polyline>')
-    lx = left
-    for a in allocs:
-        out.append(f'<rect x="{lx}" y="30" width="10" height="10" fill="{COLORS.get(a, "#333")}"/>')
-        out.append(f'<text x="{lx + 13}" y="39">{esc(a)}</text>')
-        lx += 16 + 7 * len(a) + 10
-    out.append("</svg>")
-    with open(path, "w") as f:
-        f.write("\n".join(out) + "\n")
+    finish_svg(out, allocs, left, path)
     return True
 
 
