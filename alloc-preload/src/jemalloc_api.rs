@@ -299,8 +299,34 @@ unsafe fn control(key: Key, call: &Call) -> Result<(), c_int> {
     }
 }
 
-fn status(r: Result<(), c_int>) -> c_int {
-    match r {
+/// The key a mallctl name (a C string) names, if any.
+///
+/// # Safety
+/// `name` is a C string.
+unsafe fn key_of_name(name: *const c_char) -> Option<Key> {
+    // SAFETY: the caller's contract.
+    Key::parse(unsafe { CStr::from_ptr(name) }.to_bytes())
+}
+
+/// Reads or writes `key` for `mallctl`/`mallctlbymib`: 0 or an error number.
+///
+/// # Safety
+/// `oldp`/`oldlenp`/`newp`/`newlen` as jemalloc's `mallctl`.
+unsafe fn control_status(
+    key: Key,
+    oldp: *mut c_void,
+    oldlenp: *mut usize,
+    newp: *mut c_void,
+    newlen: usize,
+) -> c_int {
+    let call = Call {
+        oldp,
+        oldlenp,
+        newp,
+        newlen,
+    };
+    // SAFETY: the caller's contract.
+    match unsafe { control(key, &call) } {
         Ok(()) => 0,
         Err(e) => e,
     }
@@ -321,18 +347,11 @@ pub unsafe fn mallctl(
         return libc::EINVAL;
     }
     // SAFETY: `name` is a C string (the caller's contract).
-    let name = unsafe { CStr::from_ptr(name) }.to_bytes();
-    let Some(key) = Key::parse(name) else {
+    let Some(key) = (unsafe { key_of_name(name) }) else {
         return libc::ENOENT;
     };
-    let call = Call {
-        oldp,
-        oldlenp,
-        newp,
-        newlen,
-    };
     // SAFETY: the caller's contract.
-    status(unsafe { control(key, &call) })
+    unsafe { control_status(key, oldp, oldlenp, newp, newlen) }
 }
 
 /// `mallctlnametomib(name, mibp, miblenp)`: stores the MIB of `name` and its length.
@@ -348,8 +367,7 @@ pub unsafe fn mallctlnametomib(
         return libc::EINVAL;
     }
     // SAFETY: `name` is a C string (the caller's contract).
-    let name = unsafe { CStr::from_ptr(name) }.to_bytes();
-    let Some(key) = Key::parse(name) else {
+    let Some(key) = (unsafe { key_of_name(name) }) else {
         return libc::ENOENT;
     };
     // SAFETY: `mibp` has room for `*miblenp` entries (the caller's contract).
@@ -383,14 +401,8 @@ pub unsafe fn mallctlbymib(
     let Some(key) = Key::from_mib(unsafe { core::slice::from_raw_parts(mib, miblen) }) else {
         return libc::ENOENT;
     };
-    let call = Call {
-        oldp,
-        oldlenp,
-        newp,
-        newlen,
-    };
     // SAFETY: the caller's contract.
-    status(unsafe { control(key, &call) })
+    unsafe { control_status(key, oldp, oldlenp, newp, newlen) }
 }
 
 /// jemalloc's `write_cb`.
