@@ -166,6 +166,25 @@ pub struct Site {
     pub counts: Counts,
 }
 
+#[cfg(test)]
+impl Site {
+    /// A site for tests: function `f` (also its key) holding `live` bytes in blocks of 16.
+    pub(crate) fn for_test(f: &str, live: f64) -> Site {
+        Site {
+            key: f.to_string(),
+            function: f.to_string(),
+            location: String::new(),
+            module: String::new(),
+            stack: Vec::new(),
+            counts: Counts {
+                live_bytes: live,
+                live_objects: live / 16.0,
+                ..Counts::default()
+            },
+        }
+    }
+}
+
 impl serde::Serialize for Counts {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;

@@ -419,18 +419,7 @@ mod tests {
     }
 
     fn site(f: &str, live: f64) -> Site {
-        Site {
-            key: f.to_string(),
-            function: f.to_string(),
-            location: String::new(),
-            module: String::new(),
-            stack: Vec::new(),
-            counts: Counts {
-                live_bytes: live,
-                live_objects: live / 16.0,
-                ..Counts::default()
-            },
-        }
+        Site::for_test(f, live)
     }
 
     #[test]

@@ -642,20 +642,9 @@ pub fn svg(t: &Trend, k: usize, title: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::parse::Counts;
 
     fn site(f: &str, live: f64) -> Site {
-        Site {
-            key: f.to_string(),
-            function: f.to_string(),
-            location: String::new(),
-            module: String::new(),
-            stack: Vec::new(),
-            counts: Counts {
-                live_bytes: live,
-                ..Counts::default()
-            },
-        }
+        Site::for_test(f, live)
     }
 
     #[test]
