@@ -128,6 +128,16 @@ static void *xmalloc(size_t n) {
 /* Prints "RESULT name=... threads=... ops=... seconds=... peak_rss_kb=... final_rss_kb=...
  * anon_huge_kb=..." plus optional extra "key=value" pairs given as a printf format (may be NULL).
  * anon_huge_kb is read here, at result time (after the workload's own final RSS reading). */
+/* RSS (KiB) once a running program has let a 1 s decay pass: waits 1.5 s, then allocates a
+ * little (small pairs and 256 KiB blocks), as a program that keeps running would; allocators that
+ * purge lazily, on allocation activity, get their chance. */
+static inline long settled_rss_kb(void) {
+    usleep(1500 * 1000);
+    for (int i = 0; i < 2000; i++) { void *p = xmalloc(64 + (size_t)(i % 32) * 16); free(p); }
+    for (int i = 0; i < 16; i++) { char *big = xmalloc(256 * 1024); big[0] = 1; free(big); }
+    return rss_kb();
+}
+
 static void print_result(const char *name, int threads, long long ops, double seconds,
                          long final_rss, const char *extra_fmt, ...) {
     long huge = anon_huge_kb();

@@ -149,11 +149,7 @@ int main(int argc, char **argv) {
     }
     double t1 = now_seconds();
     long final_rss = rss_kb();
-    /* A program keeps running: wait past a 1 s decay, then allocate a little. */
-    usleep(1500 * 1000);
-    for (int i = 0; i < 2000; i++) { void *p = xmalloc(64 + (size_t)(i % 32) * 16); free(p); }
-    for (int i = 0; i < 16; i++) { char *big = xmalloc(256 * 1024); big[0] = 1; free(big); }
-    long settled = rss_kb();
+    long settled = settled_rss_kb();
     size_t live = handed_bytes(prev, g_threads);
     for (int k = 0; k < TABLE; k++) live += g_table[k].n;
     for (long i = 0; i < g_threads; i++) {
