@@ -517,6 +517,15 @@ impl Line {
         self.bytes(&digits[..n])
     }
 
+    /// Appends `key: v`, after two spaces unless the line is empty: one field of a
+    /// `key: value` line.
+    pub fn field(&mut self, key: &str, v: u64) -> &mut Self {
+        if self.len != 0 {
+            self.str("  ");
+        }
+        self.str(key).str(": ").dec(v)
+    }
+
     /// Appends the value in decimal.
     pub fn dec(&mut self, mut v: u64) -> &mut Self {
         let mut digits = [0u8; 20];
