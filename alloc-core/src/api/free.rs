@@ -16,7 +16,6 @@ use crate::base::size_class::{class_of, is_small, CLASSES, NUM_CACHED, SMALL_MAX
 use crate::platform::os::{PAGE_SHIFT, PAGE_SIZE};
 use crate::pool::arena;
 use crate::pool::huge;
-use crate::prof::table;
 use crate::thread::cache::{self, ThreadCache};
 use crate::thread::{self};
 use core::ptr;
@@ -203,16 +202,11 @@ pub(super) unsafe fn free_checked(p: *mut u8, op: Op) {
                 free_block(p, d, class, op);
             }
         },
-        Block::Huge(h) => {
-            // Out of the peek set before the mapping is released or cached: a dump must not
-            // read it once it is gone (or another block's).
-            table::peek_forget(p as usize);
-            // SAFETY: `h` is the registered header for `p`.
-            unsafe {
-                huge_freeing(h, p, op);
-                forget_sample(huge::free(h, p, op.name()), 0)
-            }
-        }
+        // SAFETY: `h` is the registered header for `p`.
+        Block::Huge(h) => unsafe {
+            huge_freeing(h, p, op);
+            forget_sample(huge::free(h, p, op.name()), 0)
+        },
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::alloc::{alloc_huge, alloc_slow, cache_or_init, fallback_alloc};
 use super::free::{free, validate, Block};
-use super::sampled::{alloc_sampled, huge_moved, huge_record};
+use super::sampled::{alloc_sampled, huge_realloc};
 use super::Op;
 use crate::addr::segment::{Segment, FLAG_SAMPLED};
 use crate::base::size_class::{class_of, is_small, CLASSES, LARGE_MAX, QUANTUM, SMALL_MAX};
@@ -11,7 +11,6 @@ use crate::pool::arena;
 use crate::pool::huge;
 use crate::process::tick::count_event;
 use crate::prof::backtrace;
-use crate::prof::table;
 use crate::thread;
 use core::ptr;
 
@@ -95,21 +94,8 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize, exact: bool) ->
             // SAFETY: `h` is the registered header for `p`.
             unsafe { huge::check(h.cast(), p, "realloc") };
             if size >= REALLOC_MAP_MIN {
-                // A peeked block leaves the peek set while its mapping may move, and comes
-                // back at its new address (or the old one, if the move failed).
-                let peeked = table::peek_forget(p as usize);
-                // SAFETY: `h` is the validated header of `p`; `huge_moved` gets its result.
-                let q = unsafe {
-                    let record = huge_record(h);
-                    let q = huge::realloc(h, p, size);
-                    huge_moved(record, p, q);
-                    q
-                };
-                if let Some((entry, bytes)) = peeked {
-                    let at = if q.is_null() { p } else { q };
-                    table::peek_restore(at as usize, entry, bytes);
-                }
-                return q;
+                // SAFETY: `h` is the validated header of `p`.
+                return unsafe { huge_realloc(h, p, size) };
             }
             // SAFETY: as above.
             unsafe { huge::usable_size(h, p, "realloc") }

@@ -71,10 +71,11 @@ pub(super) unsafe fn free_sampled(p: *mut u8, d: *mut SpanDesc) {
     }
 }
 
-/// A huge block `p` (header `h`) is about to be freed: fires `otel_memory:free` if it was
-/// sampled, while its address is still ours (once `huge::free` has cached or unmapped it, another
-/// thread may be handed the same address and announce it first). Costs an unsampled huge free
-/// one load of the header that `huge::free` reads next.
+/// A huge block `p` (header `h`) is about to be freed. If it was sampled, while its address is
+/// still ours: it leaves the peek set (a dump must not read the mapping once it is released or
+/// cached, or another block's), and `otel_memory:free` fires (once `huge::free` has cached or
+/// unmapped it, another thread may be handed the same address and announce it first). Costs an
+/// unsampled huge free one load of the header that `huge::free` reads next.
 ///
 /// # Safety
 /// `h` must be the header the registry found for `p`.
@@ -85,32 +86,39 @@ pub(super) unsafe fn huge_freeing(h: *mut u8, p: *mut u8, op: Op) {
     unsafe {
         if is_sample((*h).sample) {
             huge::check(h, p, op.name());
+            table::peek_forget(p as usize);
             usdt::free(p);
         }
     }
 }
 
-/// `realloc` moved the huge block `p` (header `h`, validated) to `q`: if it was sampled, the
-/// tracer is told that `p` is gone and `q` holds the sample (the profile keeps the record as it
-/// was). An unmoved block needs nothing.
+/// `realloc` of the validated huge block `p` (header `h`) to `size` bytes by `huge::realloc`
+/// (in place or by `mremap`). A sampled block leaves the peek set while its mapping may move
+/// and comes back at its new address (or the old one, if the move failed); if it moved, the
+/// tracer is told that `p` is gone and the new block holds the sample (the profile keeps the
+/// record as it was).
 ///
 /// # Safety
-/// `h` must be `p`'s header as validated before the `realloc`, and `q` its result.
-pub(super) unsafe fn huge_moved(record: SampleRecord, p: *mut u8, q: *mut u8) {
-    if is_sample(record) && !q.is_null() && q != p {
+/// `h` must be `p`'s validated header; on success `p` must not be used again.
+pub(super) unsafe fn huge_realloc(h: *mut u8, p: *mut u8, size: usize) -> *mut u8 {
+    // SAFETY: per the contract, a live mapping.
+    let record = unsafe { (*h.cast::<HugeHeader>()).sample };
+    if !is_sample(record) {
+        // SAFETY: per the contract.
+        return unsafe { huge::realloc(h, p, size) };
+    }
+    let peeked = table::peek_forget(p as usize);
+    // SAFETY: per the contract.
+    let q = unsafe { huge::realloc(h, p, size) };
+    if let Some((entry, bytes)) = peeked {
+        let at = if q.is_null() { p } else { q };
+        table::peek_restore(at as usize, entry, bytes);
+    }
+    if !q.is_null() && q != p {
         usdt::free(p);
         announce_alloc(q, record);
     }
-}
-
-/// The sample record in huge header `h`.
-///
-/// # Safety
-/// `h` must be a registered huge header.
-#[inline(always)]
-pub(super) unsafe fn huge_record(h: *mut u8) -> SampleRecord {
-    // SAFETY: per the contract, a live mapping.
-    unsafe { (*h.cast::<HugeHeader>()).sample }
+    q
 }
 
 /// Whether `record` is a sampled block's (every sample weighs at least 1; none weighs 0).
