@@ -145,7 +145,7 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize, exact: bool) ->
     if q.is_null() {
         return q;
     }
-    if growing && size <= SMALL_MAX {
+    if growing && !exact && size <= SMALL_MAX {
         let tc = thread::cache();
         if !tc.is_null() {
             // SAFETY: the calling thread's own cache.

@@ -782,12 +782,10 @@ impl PageHeap {
                     return self.purge_range(d, first.max(hf), end.min(he));
                 }
             }
-            let (freed_at, pages) = ((*d).freed_at(), (*d).pages as usize);
             self.decay.remove(d);
             (*d).flags = FLAG_SUBRELEASE;
             self.subrelease.insert_after(self.subrelease.tail, d);
-            self.counts.subrelease += pages;
-            debug_assert_eq!((*d).freed_at(), freed_at);
+            self.counts.subrelease += (*d).pages as usize;
             0
         }
     }
