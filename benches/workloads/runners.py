@@ -42,8 +42,11 @@ WORKLOADS = {
     "frag": ("frag", ["8", "300000", "4000"]),
     "rss1g": ("rss1g", ["2", "1024"]),
     "rounds": ("rounds", ["40", "16", "10000"]),
+    "churn": ("churn", ["2", "20000000", "2000"]),
 }
-PROGRAMS = ["pairs", "realloc", "regrow", "larson", "prodcons", "cache", "frag", "rss1g", "rounds"]
+PROGRAMS = [
+    "pairs", "realloc", "regrow", "larson", "prodcons", "cache", "frag", "rss1g", "rounds", "churn",
+]
 
 # The JVM row (issue 20): a fixed-duration run, sampled every JVM_SAMPLE_S seconds.
 JVM = "jvm-churn"

@@ -120,9 +120,10 @@ pub(super) fn alloc_huge(
     if !sample {
         return huge::alloc(size, align, zero, growth);
     }
+    let start = backtrace::FrameRegs::here();
     let _inside = InProfiler::enter();
     let mut frames = [0usize; MAX_FRAMES];
-    let depth = backtrace::capture(&mut frames, entry_sp);
+    let depth = backtrace::capture(&mut frames, entry_sp, start);
     let p = huge::alloc(size, align, zero, growth);
     if !p.is_null() {
         let weight = sampler::weight(size, sampler::mean_interval());

@@ -26,9 +26,10 @@ pub(super) unsafe fn alloc_sampled(
     size: usize,
     entry_sp: usize,
 ) -> *mut u8 {
+    let start = backtrace::FrameRegs::here();
     let _inside = InProfiler::enter();
     let mut frames = [0usize; MAX_FRAMES];
-    let depth = backtrace::capture(&mut frames, entry_sp);
+    let depth = backtrace::capture(&mut frames, entry_sp, start);
     // SAFETY: the caller's own cache.
     let (p, d) = unsafe { (*tc).arena.alloc_sampled(class, align_pages, zero) };
     if p.is_null() {

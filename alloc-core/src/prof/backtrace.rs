@@ -10,6 +10,8 @@
 //! 10 ns a frame). The tests check it frame for frame against libgcc's `_Unwind_Backtrace` under the same
 //! rule (about ten times slower, never compiled into the allocator).
 
+pub use crate::prof::unwind::FrameRegs;
+
 /// The stack pointer of the calling function (inlined into it).
 #[inline(always)]
 pub fn current_sp() -> usize {
@@ -43,16 +45,22 @@ pub fn current_sp() -> usize {
 /// be skipped: too little stack left, or the unwinder still starting up on another thread).
 /// With `entry_sp == 0` every frame above this function's caller is kept.
 ///
+/// `start` is [`FrameRegs::here`] taken by the caller (a profiler function between the entry
+/// point and this call, live until this returns): the walk starts there, so the frames of the
+/// capture itself are not walked.
+///
 /// No engine lock may be held (a module refresh takes the loader's lock), and the thread must
 /// be marked as inside the profiler (a refresh allocates).
 #[inline(never)]
-pub fn capture(out: &mut [usize], entry_sp: usize) -> usize {
+pub fn capture(out: &mut [usize], entry_sp: usize, start: FrameRegs) -> usize {
     let entry_sp = if entry_sp == 0 {
         current_sp()
     } else {
         entry_sp
     };
-    core::hint::black_box(crate::prof::unwind::capture_above(out, entry_sp))
+    core::hint::black_box(crate::prof::unwind::capture_above_from(
+        out, entry_sp, start,
+    ))
 }
 
 /// libgcc's `_Unwind_Backtrace` under the same rule: the reference [`capture`] is tested
@@ -137,7 +145,7 @@ mod tests {
     fn inner(out: &mut [usize], sp: usize) -> usize {
         let mut reference = [0usize; 64];
         let n = capture_libgcc(&mut reference, sp);
-        let m = capture(out, sp);
+        let m = capture(out, sp, FrameRegs::here());
         // Both walkers agree frame for frame (the outermost may differ: the walks end
         // differently at the thread's root).
         assert!(n >= 2 && m >= 2, "{n} and {m} frames");

@@ -105,9 +105,8 @@ impl Schedule {
 
     /// An exponentially distributed number of bytes with mean `mean` (at least 1).
     fn draw(&mut self, mean: f64) -> u64 {
-        // u in (0, 1]: never zero, so the logarithm is finite.
-        let u = ((self.next_random() >> 11) + 1) as f64 / (1u64 << 53) as f64;
-        let bytes = -crate::base::fmath::ln(u) * mean;
+        // -ln(u) for u uniform in (0, 1]: never zero, so the logarithm is finite.
+        let bytes = crate::base::fmath::neg_ln_uniform(self.next_random() >> 11) * mean;
         if bytes >= u64::MAX as f64 / 2.0 {
             u64::MAX / 2
         } else {

@@ -84,7 +84,7 @@ pub struct UnwindStats {
 mod imp {
     use super::modules::{self, Hold, Snapshot};
     use super::stack::{self, Cache, UnwindTls};
-    use super::Keep;
+    use super::{FrameRegs as Regs, Keep};
     use super::{UnwindStats, MAX_FRAMES};
     use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
     use framehop::x86_64::UnwindRegsX86_64;
@@ -94,13 +94,6 @@ mod imp {
     static INIT: AtomicU8 = AtomicU8::new(0);
     static CAPTURES: AtomicU64 = AtomicU64::new(0);
     static SKIPPED: AtomicU64 = AtomicU64::new(0);
-
-    #[derive(Clone, Copy)]
-    pub(super) struct Regs {
-        pub pc: u64,
-        pub sp: u64,
-        pub bp: u64,
-    }
 
     /// Sets up once. When another thread is setting up, waits if `wait`, else returns false.
     pub(super) fn init(wait: bool) -> bool {
@@ -132,7 +125,12 @@ mod imp {
     /// Everything after the registers were read in `capture` (whose frame stays live, so the
     /// registers stay valid for as long as this runs).
     #[inline(never)]
-    pub(super) fn capture_from(regs: Regs, out: &mut [usize], keep: Keep) -> usize {
+    pub(super) fn capture_from(
+        regs: Regs,
+        start: Option<Regs>,
+        out: &mut [usize],
+        keep: Keep,
+    ) -> usize {
         let st = stack::state();
         // SAFETY: the block belongs to the calling thread; the busy flag keeps a signal
         // handler that re-enters from taking a second reference while this one is live.
@@ -144,7 +142,7 @@ mod imp {
             (*st).busy = 1;
             &mut *st
         };
-        let n = capture_locked(st, regs, out, keep);
+        let n = capture_locked(st, regs, start, out, keep);
         st.busy = 0;
         if n == 0 {
             SKIPPED.fetch_add(1, Ordering::Relaxed);
@@ -154,10 +152,22 @@ mod imp {
         n
     }
 
-    fn capture_locked(st: &mut UnwindTls, regs: Regs, out: &mut [usize], keep: Keep) -> usize {
+    fn capture_locked(
+        st: &mut UnwindTls,
+        regs: Regs,
+        start: Option<Regs>,
+        out: &mut [usize],
+        keep: Keep,
+    ) -> usize {
         let sp = regs.sp as usize;
         let Some(hi) = stack::top(st, sp) else {
             return 0;
+        };
+        // A live frame further up this same stack, if the caller named one: the frames between
+        // it and here are the allocator's own, dropped anyway, and need not be walked.
+        let regs = match start {
+            Some(s) if s.sp >= regs.sp && (s.sp as usize) < hi => s,
+            _ => regs,
         };
         if !stack::has_free(st, sp, stack::MIN_FREE_STACK) {
             return 0;
@@ -189,7 +199,7 @@ mod imp {
                 hold.snapshot(),
                 cache,
                 regs,
-                sp as u64,
+                regs.sp,
                 hi as u64,
                 out,
                 keep,
@@ -238,6 +248,7 @@ mod imp {
         };
         let mut n = 0;
         let (mut cur_start, mut cur_end) = (0u64, 0u64);
+        let mut prev = (0u64, 0u64);
         // Modules validated in this walk (indexes past 255 are validated at every entry).
         let mut validated = [0u64; 4];
         let mut stale = false;
@@ -247,34 +258,43 @@ mod imp {
             let frame_sp = frame_regs.sp();
             let look = f.address_for_lookup();
             if check && !(look >= cur_start && look < cur_end) {
-                match snap.find(look) {
-                    Some(i) => {
-                        let m = &snap.mods[i];
-                        (cur_start, cur_end) = (m.start, m.end);
-                        let (word, bit) = (i / 64, 1u64 << (i % 64));
-                        let seen = validated.get(word).is_some_and(|w| w & bit != 0);
-                        if m.validate && !seen && have_dlfo {
-                            if let Some(w) = validated.get_mut(word) {
-                                *w |= bit;
-                            }
-                            if !snap.still_loaded(i, look) {
-                                stale = true;
-                                check = false;
+                // Stacks go back and forth between two modules (a program and its libc): the
+                // one left last is tried before the search. It was found, and validated, in
+                // this walk already.
+                let prev_was = (cur_start, cur_end);
+                if look >= prev.0 && look < prev.1 {
+                    (cur_start, cur_end) = prev;
+                } else {
+                    match snap.find(look) {
+                        Some(i) => {
+                            let m = &snap.mods[i];
+                            (cur_start, cur_end) = (m.start, m.end);
+                            let (word, bit) = (i / 64, 1u64 << (i % 64));
+                            let seen = validated.get(word).is_some_and(|w| w & bit != 0);
+                            if m.validate && !seen && have_dlfo {
+                                if let Some(w) = validated.get_mut(word) {
+                                    *w |= bit;
+                                }
+                                if !snap.still_loaded(i, look) {
+                                    stale = true;
+                                    check = false;
+                                }
                             }
                         }
-                    }
-                    None => {
-                        (cur_start, cur_end) = (0, 0);
-                        if have_dlfo {
-                            if modules::find_object(look).is_some() {
-                                stale = true;
-                                check = false;
+                        None => {
+                            (cur_start, cur_end) = (0, 0);
+                            if have_dlfo {
+                                if modules::find_object(look).is_some() {
+                                    stale = true;
+                                    check = false;
+                                }
+                            } else {
+                                unknown = true;
                             }
-                        } else {
-                            unknown = true;
                         }
                     }
                 }
+                prev = prev_was;
             }
             let kept = match keep {
                 Keep::Above(entry_sp) => frame_sp > entry_sp as u64,
@@ -347,36 +367,65 @@ pub fn init() -> bool {
 pub fn capture(out: &mut [usize], skip: usize) -> usize {
     // One more frame to drop: this function's own. Using the result afterwards keeps the call
     // from being a tail call, so that frame always exists.
-    core::hint::black_box(capture_with(out, Keep::After(skip.saturating_add(1))))
+    core::hint::black_box(capture_with(out, Keep::After(skip.saturating_add(1)), None))
 }
 
-/// The walk shared by [`capture`] and [`capture_above`]; its own frame is the first one seen.
+/// The registers a walk starts from: a program counter inside a frame, and that frame's stack
+/// pointer and `rbp` at that point.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameRegs {
+    pc: u64,
+    sp: u64,
+    bp: u64,
+}
+
+impl FrameRegs {
+    /// The calling function's registers here (inlined into it). A walk may start from them for
+    /// as long as that function has not returned: see [`capture_above_from`].
+    #[inline(always)]
+    pub fn here() -> FrameRegs {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (pc, sp, bp): (u64, u64, u64);
+            // SAFETY: reads the instruction pointer (of the next instruction, inside the
+            // calling function), the stack pointer and rbp; touches no memory and no flags.
+            unsafe {
+                core::arch::asm!(
+                    "lea {pc}, [rip]",
+                    "mov {sp}, rsp",
+                    "mov {bp}, rbp",
+                    pc = out(reg) pc,
+                    sp = out(reg) sp,
+                    bp = out(reg) bp,
+                    options(nomem, nostack, preserves_flags),
+                );
+            }
+            FrameRegs { pc, sp, bp }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        FrameRegs {
+            pc: 0,
+            sp: 0,
+            bp: 0,
+        }
+    }
+}
+
+/// The walk shared by [`capture`], [`capture_above`] and [`capture_above_from`]; its own frame
+/// is the first one seen, unless `start` names a live frame further up.
 #[inline(never)]
-fn capture_with(out: &mut [usize], keep: Keep) -> usize {
+fn capture_with(out: &mut [usize], keep: Keep, start: Option<FrameRegs>) -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
-        let (pc, sp, bp): (u64, u64, u64);
-        // SAFETY: reads the instruction pointer (of the next instruction, inside this
-        // function), the stack pointer and rbp; touches no memory and no flags.
-        unsafe {
-            core::arch::asm!(
-                "lea {pc}, [rip]",
-                "mov {sp}, rsp",
-                "mov {bp}, rbp",
-                pc = out(reg) pc,
-                sp = out(reg) sp,
-                bp = out(reg) bp,
-                options(nomem, nostack, preserves_flags),
-            );
-        }
-        let n = imp::capture_from(imp::Regs { pc, sp, bp }, out, keep);
+        let regs = FrameRegs::here();
+        let n = imp::capture_from(regs, start, out, keep);
         // Using the result after the call keeps it from being a tail call, which would
         // release this frame (whose registers the walk starts from) while the walk runs.
         core::hint::black_box(n)
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
-        let _ = (out, keep);
+        let _ = (out, keep, start);
         0
     }
 }
@@ -386,7 +435,17 @@ fn capture_with(out: &mut [usize], keep: Keep) -> usize {
 /// first, into `out`. Returns how many (0: the sample is skipped). Same rules as [`capture`].
 #[inline(never)]
 pub fn capture_above(out: &mut [usize], entry_sp: usize) -> usize {
-    capture_with(out, Keep::Above(entry_sp))
+    capture_with(out, Keep::Above(entry_sp), None)
+}
+
+/// [`capture_above`], walking from `start` ([`FrameRegs::here`] in a caller between the entry
+/// point and this call) instead of from here: the frames below it are the allocator's own and
+/// would be dropped anyway, and each one walked costs about 10 ns. The function that took
+/// `start` must not have returned (it is live on the stack, its saved registers in place); a
+/// `start` not on this stack above this call is ignored.
+#[inline(never)]
+pub fn capture_above_from(out: &mut [usize], entry_sp: usize, start: FrameRegs) -> usize {
+    capture_with(out, Keep::Above(entry_sp), Some(start))
 }
 
 /// Marks the module list stale so that the next [`capture`] refreshes it first. For a

@@ -19,7 +19,8 @@
 //!
 //! Staleness: a walk checks that each module it passes through is still the object at that
 //! address with `_dl_find_object` (lock-free on glibc 2.35+; same mapping bounds, link map and
-//! `.eh_frame_hdr` address), once per module per walk, and that each program counter outside
+//! `.eh_frame_hdr` address), once per module per walk (not for the allocator's own module and
+//! libc's, which are never unloaded), and that each program counter outside
 //! every known module is really outside every loaded object (JIT code) rather than in a library
 //! loaded since; either failure triggers a refresh and a second walk. One replacement escapes
 //! that check: a library closed and another of identical layout loaded at the same address
@@ -115,6 +116,10 @@ pub(super) struct Snapshot {
     pub unwinder: FhUnwinder,
     /// The same modules, sorted by start address.
     pub mods: Vec<ModInfo>,
+    /// `start..end` of each module in `mods`, packed for [`Snapshot::find`]: a walk looks a
+    /// module up at every change of module, and a search over `mods` itself touched a cache
+    /// line per probe.
+    ranges: Vec<(u64, u64)>,
     /// Next snapshot in the retired list (only touched under the refresh lock).
     retired_next: AtomicPtr<Snapshot>,
 }
@@ -123,12 +128,11 @@ impl Snapshot {
     /// Index of the module containing `addr`.
     #[inline]
     pub fn find(&self, addr: u64) -> Option<usize> {
-        let i = self.mods.partition_point(|m| m.start <= addr);
+        let i = self.ranges.partition_point(|r| r.0 <= addr);
         if i == 0 {
             return None;
         }
-        let m = &self.mods[i - 1];
-        (addr < m.end).then_some(i - 1)
+        (addr < self.ranges[i - 1].1).then_some(i - 1)
     }
 
     /// Whether module `i` is still the object loaded at `addr` (`addr` inside it).
@@ -314,9 +318,11 @@ pub(super) fn refresh() -> bool {
     for m in &mods {
         unwinder.add_module(m.module.clone());
     }
+    let ranges = mods.iter().map(|m| (m.start, m.end)).collect();
     let snap = Box::into_raw(Box::new(Snapshot {
         unwinder,
         mods,
+        ranges,
         retired_next: AtomicPtr::new(ptr::null_mut()),
     }));
     let old = CURRENT.swap(snap, Ordering::SeqCst);
@@ -463,11 +469,20 @@ unsafe extern "C" fn visit(
         end,
         bias,
         fingerprint,
-        validate: found.is_some() && !is_main && !is_vdso,
+        validate: found.is_some() && !is_main && !is_vdso && !never_unloaded(start..end),
         found: found.unwrap_or_default(),
         module: Module::new(String::new(), start..end, bias, sections),
     });
     0
+}
+
+/// Whether the module at `range` can never be unloaded while a walk runs, so that walks need
+/// not ask `_dl_find_object` whether it is still loaded: the module holding this code (the
+/// allocator is in every stack it walks) and libc's.
+fn never_unloaded(range: Range<u64>) -> bool {
+    let own = never_unloaded as fn(Range<u64>) -> bool as usize as u64;
+    let libc = libc::getpid as unsafe extern "C" fn() -> libc::pid_t as usize as u64;
+    range.contains(&own) || range.contains(&libc)
 }
 
 /// Finds `.eh_frame` from `.eh_frame_hdr` (its `eh_frame_ptr`) and its length by walking the
