@@ -19,6 +19,7 @@ use crate::prof::table::{self, MAX_FRAMES};
 use crate::thread::cache::{self, ThreadCache};
 use crate::thread::sampler;
 use crate::thread::{self, InProfiler};
+use core::mem::MaybeUninit;
 use core::ptr;
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -122,12 +123,12 @@ pub(super) fn alloc_huge(
     }
     let start = backtrace::FrameRegs::here();
     let _inside = InProfiler::enter();
-    let mut frames = [0usize; MAX_FRAMES];
-    let depth = backtrace::capture(&mut frames, entry_sp, start);
+    let mut frames = [MaybeUninit::uninit(); MAX_FRAMES];
+    let trace = backtrace::capture(&mut frames, entry_sp, start);
     let p = huge::alloc(size, align, zero, growth);
     if !p.is_null() {
         let weight = sampler::weight(size, sampler::mean_interval());
-        let stack = table::record_alloc(&frames[..depth], size, weight, p as usize);
+        let stack = table::record_alloc(trace, size, weight, p as usize);
         let record = SampleRecord {
             stack: stack.cast(),
             bytes: size,

@@ -13,6 +13,7 @@ use crate::prof::table::{self, MAX_FRAMES};
 use crate::thread::cache::ThreadCache;
 use crate::thread::sampler;
 use crate::thread::InProfiler;
+use core::mem::MaybeUninit;
 
 /// Allocates a sampled block: captures the stack, serves the block from pages of its own so
 /// that its `free` is seen, and records it.
@@ -28,8 +29,8 @@ pub(super) unsafe fn alloc_sampled(
 ) -> *mut u8 {
     let start = backtrace::FrameRegs::here();
     let _inside = InProfiler::enter();
-    let mut frames = [0usize; MAX_FRAMES];
-    let depth = backtrace::capture(&mut frames, entry_sp, start);
+    let mut frames = [MaybeUninit::uninit(); MAX_FRAMES];
+    let trace = backtrace::capture(&mut frames, entry_sp, start);
     // SAFETY: the caller's own cache.
     let (p, d) = unsafe { (*tc).arena.alloc_sampled(class, align_pages, zero) };
     if p.is_null() {
@@ -37,7 +38,7 @@ pub(super) unsafe fn alloc_sampled(
     }
     let weight = sampler::weight(size, sampler::mean_interval());
     let bytes = size.max(1);
-    let stack = table::record_alloc(&frames[..depth], bytes, weight, p as usize);
+    let stack = table::record_alloc(trace, bytes, weight, p as usize);
     let record = SampleRecord {
         stack: stack.cast(),
         bytes,

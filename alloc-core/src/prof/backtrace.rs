@@ -10,7 +10,9 @@
 //! 10 ns a frame). The tests check it frame for frame against libgcc's `_Unwind_Backtrace` under the same
 //! rule (about ten times slower, never compiled into the allocator).
 
+use crate::prof::table::MAX_FRAMES;
 pub use crate::prof::unwind::FrameRegs;
+use core::mem::MaybeUninit;
 
 /// The stack pointer of the calling function (inlined into it).
 #[inline(always)]
@@ -52,15 +54,21 @@ pub fn current_sp() -> usize {
 /// No engine lock may be held (a module refresh takes the loader's lock), and the thread must
 /// be marked as inside the profiler (a refresh allocates).
 #[inline(never)]
-pub fn capture(out: &mut [usize], entry_sp: usize, start: FrameRegs) -> usize {
+pub fn capture(
+    out: &mut [MaybeUninit<usize>; MAX_FRAMES],
+    entry_sp: usize,
+    start: FrameRegs,
+) -> &[usize] {
     let entry_sp = if entry_sp == 0 {
         current_sp()
     } else {
         entry_sp
     };
-    core::hint::black_box(crate::prof::unwind::capture_above_from(
+    let n = core::hint::black_box(crate::prof::unwind::capture_above_from(
         out, entry_sp, start,
-    ))
+    ));
+    // SAFETY: the walk initialised the first `n` (at most `out.len()`) entries.
+    unsafe { core::slice::from_raw_parts(out.as_ptr().cast::<usize>(), n.min(MAX_FRAMES)) }
 }
 
 /// libgcc's `_Unwind_Backtrace` under the same rule: the reference [`capture`] is tested
@@ -145,7 +153,10 @@ mod tests {
     fn inner(out: &mut [usize], sp: usize) -> usize {
         let mut reference = [0usize; 64];
         let n = capture_libgcc(&mut reference, sp);
-        let m = capture(out, sp, FrameRegs::here());
+        let mut frames = [MaybeUninit::uninit(); MAX_FRAMES];
+        let got = capture(&mut frames, sp, FrameRegs::here());
+        let m = got.len().min(out.len());
+        out[..m].copy_from_slice(&got[..m]);
         // Both walkers agree frame for frame (the outermost may differ: the walks end
         // differently at the thread's root).
         assert!(n >= 2 && m >= 2, "{n} and {m} frames");

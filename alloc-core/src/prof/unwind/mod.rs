@@ -40,6 +40,8 @@
 //!
 //! Only x86-64 Linux (glibc) is supported; elsewhere [`capture`] returns 0.
 
+use core::mem::MaybeUninit;
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod modules;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -86,6 +88,7 @@ mod imp {
     use super::stack::{self, Cache, UnwindTls};
     use super::{FrameRegs as Regs, Keep};
     use super::{UnwindStats, MAX_FRAMES};
+    use core::mem::MaybeUninit;
     use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
     use framehop::x86_64::UnwindRegsX86_64;
     use framehop::{FrameAddress, Unwinder};
@@ -128,7 +131,7 @@ mod imp {
     pub(super) fn capture_from(
         regs: Regs,
         start: Option<Regs>,
-        out: &mut [usize],
+        out: &mut [MaybeUninit<usize>],
         keep: Keep,
     ) -> usize {
         let st = stack::state();
@@ -156,7 +159,7 @@ mod imp {
         st: &mut UnwindTls,
         regs: Regs,
         start: Option<Regs>,
-        out: &mut [usize],
+        out: &mut [MaybeUninit<usize>],
         keep: Keep,
     ) -> usize {
         let sp = regs.sp as usize;
@@ -223,7 +226,7 @@ mod imp {
         regs: Regs,
         lo: u64,
         hi: u64,
-        out: &mut [usize],
+        out: &mut [MaybeUninit<usize>],
         keep: Keep,
         mut check: bool,
     ) -> (usize, bool) {
@@ -305,7 +308,7 @@ mod imp {
                 Keep::After(_) => true,
             };
             if kept {
-                out[n] = f.address() as usize;
+                out[n].write(f.address() as usize);
                 n += 1;
             }
             next = match snap
@@ -367,7 +370,18 @@ pub fn init() -> bool {
 pub fn capture(out: &mut [usize], skip: usize) -> usize {
     // One more frame to drop: this function's own. Using the result afterwards keeps the call
     // from being a tail call, so that frame always exists.
-    core::hint::black_box(capture_with(out, Keep::After(skip.saturating_add(1)), None))
+    core::hint::black_box(capture_with(
+        as_uninit(out),
+        Keep::After(skip.saturating_add(1)),
+        None,
+    ))
+}
+
+/// `out` as storage that the walk only ever writes initialised values into.
+fn as_uninit(out: &mut [usize]) -> &mut [MaybeUninit<usize>] {
+    // SAFETY: same layout; the walk writes only initialised `usize`s, so `out` stays
+    // initialised.
+    unsafe { &mut *(out as *mut [usize] as *mut [MaybeUninit<usize>]) }
 }
 
 /// The registers a walk starts from: a program counter inside a frame, and that frame's stack
@@ -414,7 +428,7 @@ impl FrameRegs {
 /// The walk shared by [`capture`], [`capture_above`] and [`capture_above_from`]; its own frame
 /// is the first one seen, unless `start` names a live frame further up.
 #[inline(never)]
-fn capture_with(out: &mut [usize], keep: Keep, start: Option<FrameRegs>) -> usize {
+fn capture_with(out: &mut [MaybeUninit<usize>], keep: Keep, start: Option<FrameRegs>) -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
         let regs = FrameRegs::here();
@@ -435,16 +449,21 @@ fn capture_with(out: &mut [usize], keep: Keep, start: Option<FrameRegs>) -> usiz
 /// first, into `out`. Returns how many (0: the sample is skipped). Same rules as [`capture`].
 #[inline(never)]
 pub fn capture_above(out: &mut [usize], entry_sp: usize) -> usize {
-    capture_with(out, Keep::Above(entry_sp), None)
+    capture_with(as_uninit(out), Keep::Above(entry_sp), None)
 }
 
 /// [`capture_above`], walking from `start` ([`FrameRegs::here`] in a caller between the entry
 /// point and this call) instead of from here: the frames below it are the allocator's own and
 /// would be dropped anyway, and each one walked costs about 10 ns. The function that took
 /// `start` must not have returned (it is live on the stack, its saved registers in place); a
-/// `start` not on this stack above this call is ignored.
+/// `start` not on this stack above this call is ignored. `out` need not be initialised (the
+/// profiler's 1 KiB of frames is not cleared for every sample): the first `n` returned are.
 #[inline(never)]
-pub fn capture_above_from(out: &mut [usize], entry_sp: usize, start: FrameRegs) -> usize {
+pub fn capture_above_from(
+    out: &mut [MaybeUninit<usize>],
+    entry_sp: usize,
+    start: FrameRegs,
+) -> usize {
     capture_with(out, Keep::Above(entry_sp), Some(start))
 }
 
