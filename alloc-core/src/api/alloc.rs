@@ -219,8 +219,8 @@ fn aligned_slow(align: usize, size: usize, zero: bool, entry_sp: usize) -> *mut 
     let Some(rounded) = size.max(1).checked_add(align - 1).map(|v| v & !(align - 1)) else {
         return ptr::null_mut();
     };
-    // Small classes whose size is a multiple of `align` have aligned objects (size_class docs);
-    // sampled ones get pages of their own, aligned too.
+    // Small classes whose size is a multiple of `align` have aligned objects (size_class docs),
+    // sampled or not.
     if rounded <= SMALL_MAX && align <= PAGE_SIZE {
         return alloc_slow(rounded, zero, entry_sp);
     }

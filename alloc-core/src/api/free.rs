@@ -6,14 +6,14 @@
 //! not start a live block of ours aborts with one line naming the function and the pointer.
 
 use super::alloc::cache_or_init;
-use super::sampled::{forget_sample, free_sampled, huge_freeing};
+use super::sampled::{forget_sample, free_sampled, huge_freeing, slab_freeing};
 use super::{misuse, Op};
 use crate::addr::registry;
 use crate::addr::segment::{
     self, kind, span_start, Location, Segment, SpanDesc, FLAG_SAMPLED, PAGES_PER_SEGMENT,
 };
 use crate::base::size_class::{class_of, is_small, CLASSES, NUM_CACHED, SMALL_MAX, STARTS_BY_CODE};
-use crate::platform::os::{PAGE_SHIFT, PAGE_SIZE};
+use crate::platform::os::PAGE_SHIFT;
 use crate::pool::arena;
 use crate::pool::huge;
 use crate::thread::cache::{self, ThreadCache};
@@ -75,17 +75,18 @@ pub unsafe fn free(p: *mut u8) {
 
 /// Frees `p`, which was allocated with `size` bytes at an alignment of at most 16 (by
 /// [`malloc`], [`malloc_zeroed`] or [`realloc`] to that size). With the size known
-/// the block's class is known too, so a small block that is not page-aligned goes straight to
-/// the thread cache without the metadata lookup; anything else takes [`free`]'s path. (Sampled
-/// blocks have pages of their own and so are page-aligned.) Blocks smaller than a cache line
-/// from other arenas take [`free`]'s path, which may send them home.
+/// the block's class is known too, so a small block goes straight to the thread cache with no
+/// descriptor lookup, unless its page has no fast-path code (a sampled block starts there, or
+/// the block has pages of its own): then it takes [`free`]'s path, as do blocks smaller than a
+/// cache line from other arenas (which may go home).
 ///
 /// # Safety
 /// `p` must be a live block of this engine whose requested (or last reallocated) size was
 /// `size`, freed once. Unlike [`free`], a wrong pointer is not detected.
 #[inline(always)]
 pub unsafe fn free_sized(p: *mut u8, size: usize) {
-    if size <= SMALL_MAX && (p as usize) & (PAGE_SIZE - 1) != 0 {
+    // SAFETY: a small block lies in a live segment.
+    if size <= SMALL_MAX && !unsafe { page_marked(p) } {
         let tc = thread::cache();
         let class = class_of(size);
         // A block that may have to go home takes `free`.
@@ -167,6 +168,24 @@ unsafe fn cached_block_class(p: *mut u8) -> Option<(usize, u64)> {
     }
 }
 
+/// Whether the page that `p` starts on has no fast-path code. For a block of a slab, whose
+/// pages all have codes otherwise, that is the mark of a sampled block on the page
+/// (`addr::sampled`).
+///
+/// # Safety
+/// `p` must lie in a live segment.
+#[inline(always)]
+unsafe fn page_marked(p: *mut u8) -> bool {
+    let addr = p as usize;
+    // SAFETY: per the contract; the page index is in range.
+    unsafe {
+        Segment::fast_class_of(
+            Segment::of(addr),
+            (addr >> PAGE_SHIFT) & (PAGES_PER_SEGMENT - 1),
+        ) == 0
+    }
+}
+
 /// [`free_as`] of a block smaller than a cache line from another arena, already checked to
 /// start a block of cached class `class` in a segment with tag `tag`: into the remote buffer if
 /// it goes home (see `thread_cache`). Otherwise (its arena is unused, or a double free is
@@ -199,6 +218,9 @@ pub(super) unsafe fn free_checked(p: *mut u8, op: Op) {
             if (*d).flags & FLAG_SAMPLED != 0 {
                 free_sampled(p, d);
             } else {
+                if (*d).kind == kind::SLAB && page_marked(p) {
+                    slab_freeing(p);
+                }
                 free_block(p, d, class, op);
             }
         },

@@ -3,9 +3,12 @@
 //! forgets exactly that record. The only user of the profiler's table on the allocation path,
 //! and the only place OpenTelemetry's probes (`usdt`) fire.
 
+use super::alloc::alloc_class;
 use super::usdt;
 use super::Op;
+use crate::addr::sampled as addr_sampled;
 use crate::addr::segment::{self, SampleRecord, SpanDesc};
+use crate::base::size_class::is_small;
 use crate::pool::arena;
 use crate::pool::huge::{self, HugeHeader};
 use crate::prof::backtrace;
@@ -15,8 +18,10 @@ use crate::thread::sampler;
 use crate::thread::InProfiler;
 use core::mem::MaybeUninit;
 
-/// Allocates a sampled block: captures the stack, serves the block from pages of its own so
-/// that its `free` is seen, and records it.
+/// Allocates a sampled block: captures the stack, serves the block, and records it. A small
+/// block stays in its slab, recorded by address (`addr::sampled`, which marks its page so that
+/// its `free` is seen); anything else, or a small block when that table is full, gets pages of
+/// its own whose descriptor keeps the record.
 #[cold]
 #[inline(never)]
 pub(super) unsafe fn alloc_sampled(
@@ -31,23 +36,60 @@ pub(super) unsafe fn alloc_sampled(
     let _inside = InProfiler::enter();
     let mut frames = [MaybeUninit::uninit(); MAX_FRAMES];
     let trace = backtrace::capture(&mut frames, entry_sp, start);
+    let weight = sampler::weight(size, sampler::mean_interval());
+    let bytes = size.max(1);
+    if is_small(class) && align_pages == 1 {
+        // SAFETY: the caller's own cache.
+        let p = unsafe { alloc_class(tc, class, zero, size) };
+        if p.is_null() {
+            return p;
+        }
+        let record = record(trace, bytes, weight, p);
+        // SAFETY: `p` is a live block of a live slab, ours, not yet recorded; codes are class + 1.
+        if unsafe { addr_sampled::insert(p, record, class as u8 + 1) } {
+            announce_alloc(p, record);
+            return p;
+        }
+        // The table is full: the block goes back unsampled, the sample takes pages of its own.
+        forget_sample(record, p as usize);
+        // SAFETY: `p` is ours, unsampled and unmarked.
+        unsafe { super::free::free(p) };
+    }
     // SAFETY: the caller's own cache.
     let (p, d) = unsafe { (*tc).arena.alloc_sampled(class, align_pages, zero) };
     if p.is_null() {
         return p;
     }
-    let weight = sampler::weight(size, sampler::mean_interval());
-    let bytes = size.max(1);
-    let stack = table::record_alloc(trace, bytes, weight, p as usize);
-    let record = SampleRecord {
-        stack: stack.cast(),
-        bytes,
-        weight,
-    };
+    let record = record(trace, bytes, weight, p);
     // SAFETY: `d` heads the block we just allocated; its record is ours to set.
     unsafe { (*d).set_sample(record) };
     announce_alloc(p, record);
     p
+}
+
+/// The profiler's record of a sample of `bytes` with `weight` and stack `trace`, block `p`.
+fn record(trace: &[usize], bytes: usize, weight: f64, p: *mut u8) -> SampleRecord {
+    SampleRecord {
+        stack: table::record_alloc(trace, bytes, weight, p as usize).cast(),
+        bytes,
+        weight,
+    }
+}
+
+/// A block of a slab is being freed whose page is marked (a sampled small block starts on it):
+/// if `p` is that sampled block, the profiler forgets it (before the block can be reused, and
+/// so before a dump could copy another owner's bytes) and `otel_memory:free` fires.
+///
+/// # Safety
+/// `p` must be a validated live block of a slab, being freed by the caller.
+#[cold]
+#[inline(never)]
+pub(super) unsafe fn slab_freeing(p: *mut u8) {
+    // SAFETY: per the contract.
+    if let Some(record) = unsafe { addr_sampled::take(p) } {
+        usdt::free(p);
+        forget_sample(record, p as usize);
+    }
 }
 
 /// Fires `otel_memory:alloc` for the sampled block `p` just recorded as `record`.
@@ -134,4 +176,88 @@ pub(super) fn is_sample(record: SampleRecord) -> bool {
 pub(super) fn forget_sample(record: SampleRecord, block: usize) {
     // SAFETY: a non-null stack is the entry `record_alloc` returned; entries live forever.
     unsafe { table::record_free(record.stack.cast(), record.bytes, record.weight, block) };
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::addr::sampled as addr_sampled;
+    use crate::addr::segment::{Segment, PAGES_PER_SEGMENT};
+    use crate::api::alloc::malloc;
+    use crate::api::free::{free, free_sized};
+    use crate::base::config;
+    use crate::base::size_class::class_of;
+    use crate::platform::os::{PAGE_SHIFT, PAGE_SIZE};
+
+    fn code_of_page(p: *mut u8) -> usize {
+        let a = p as usize;
+        // SAFETY: `p` is a live block in a segment of ours.
+        unsafe { Segment::fast_class_of(Segment::of(a), (a >> PAGE_SHIFT) % PAGES_PER_SEGMENT) }
+    }
+
+    /// Sampled small blocks stay in their slabs: not page-aligned, found by address, their
+    /// pages marked (no fast-path code) while they live; freed by `free` from another thread or
+    /// by `free_sized`, they are forgotten and their pages get their codes back.
+    #[test]
+    fn sampled_small_blocks_stay_in_their_slabs() {
+        let size = 200;
+        let is_sampled = |p: usize| addr_sampled::record_of(p as *mut u8).is_some();
+        // Other tests switch sampling too: set it again until enough blocks were sampled.
+        let mut blocks = Vec::new();
+        while blocks.iter().filter(|&&p| is_sampled(p)).count() < 100 && blocks.len() < 400_000 {
+            config::set(b"prof", b"true").unwrap();
+            config::set(b"lg_prof_sample", b"10").unwrap();
+            blocks.extend((0..1000).map(|_| malloc(size) as usize));
+        }
+        config::set(b"prof", b"false").unwrap();
+        config::set(b"lg_prof_sample", b"19").unwrap();
+        let (sampled, unsampled): (Vec<usize>, Vec<usize>) =
+            blocks.iter().partition(|&&p| is_sampled(p));
+        assert!(sampled.len() >= 100, "{} sampled", sampled.len());
+        assert!(sampled.iter().any(|p| p % PAGE_SIZE != 0));
+        for &p in &sampled {
+            let record = addr_sampled::record_of(p as *mut u8).unwrap();
+            assert_eq!(record.bytes, size);
+            assert_eq!(
+                code_of_page(p as *mut u8),
+                0,
+                "a sampled block's page has a code"
+            );
+        }
+        // The sampled blocks go first, half from another thread, half by `free_sized`; the
+        // others keep their slabs alive, so that each page's code can be checked.
+        let (half, rest) = sampled.split_at(sampled.len() / 2);
+        let rest = rest.to_vec();
+        // SAFETY: live blocks of ours, each freed once, with the size they were allocated with.
+        std::thread::spawn(move || unsafe {
+            for &p in &rest {
+                free(p as *mut u8);
+            }
+        })
+        .join()
+        .unwrap();
+        // SAFETY: as above.
+        unsafe {
+            for &p in half {
+                free_sized(p as *mut u8, size);
+            }
+        }
+        for &p in &sampled {
+            assert!(!is_sampled(p), "{p:#x} still recorded");
+        }
+        // Pages come back to their codes, unless another test's sample lives on one of them.
+        let marked = sampled
+            .iter()
+            .filter(|&&p| code_of_page(p as *mut u8) != class_of(size) + 1)
+            .count();
+        assert!(
+            marked <= addr_sampled::live().1,
+            "{marked} pages left marked"
+        );
+        // SAFETY: as above.
+        unsafe {
+            for &p in &unsampled {
+                free(p as *mut u8);
+            }
+        }
+    }
 }

@@ -146,7 +146,8 @@ pub struct ArenaPages {
     pub large_live: [usize; NUM_LARGE],
     /// Large requests served straight from the heap.
     pub large_requests: [u64; NUM_LARGE],
-    /// Live sampled blocks of small classes (each on pages of its own).
+    /// Live sampled blocks of small classes on pages of their own (when `addr::sampled`'s
+    /// table was full).
     pub sampled_small_live: [usize; NUM_SMALL],
 }
 
