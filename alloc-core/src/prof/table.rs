@@ -1,12 +1,15 @@
 //! The heap profiler's bookkeeping: a deduplicated table of sampled call stacks with their
 //! live and cumulative estimates, and the dump triggers.
 //!
-//! A sampled allocation is recorded under one lock (after its stack was captured, with no
-//! engine lock held): its stack is found or inserted, and the unbiased estimate of what it
-//! stands for is added to the stack's live and cumulative counters. The sampled block itself
-//! remembers its stack and estimate (in its span descriptor or huge header), so its `free`
-//! subtracts exactly what was added. Entries are never removed, and their counters are atomics,
-//! so a dump reads the table without taking the lock and never stalls sampling threads.
+//! A sampled allocation is recorded after its stack was captured, with no engine lock held: its
+//! stack is found (without a lock: entries are never removed, and each is published whole) or
+//! inserted (under the table's lock), and the unbiased estimate of what it stands for is added
+//! to the stack's live and cumulative counters under one of [`STRIPES`] locks chosen by the
+//! entry (two threads sampling different stacks do not wait for each other; with one lock for
+//! everything, two busy threads did). The sampled block itself remembers its stack and estimate
+//! (in its span descriptor, the sampled-blocks table or its huge header), so its `free`
+//! subtracts exactly what was added. Counters are atomics, so a dump reads the table without a
+//! lock and never stalls sampling threads.
 //!
 //! With `prof_peek` on, the table also keeps the address of every live sampled block (the
 //! *peek set*, under the same lock), so that a dump can copy the first bytes of each block
@@ -19,7 +22,7 @@
 //! thread, with no lock held, or at exit.
 
 use crate::base::{config, meta};
-use crate::platform::lock::Locked;
+use crate::platform::lock::{Locked, Mutex};
 use crate::platform::os;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -31,7 +34,8 @@ pub const MAX_FRAMES: usize = 64;
 #[repr(C)]
 pub struct StackEntry {
     hash: u64,
-    next_in_bucket: *mut StackEntry,
+    /// Next entry of the bucket: read without a lock, so written with release.
+    next_in_bucket: AtomicPtr<StackEntry>,
     /// Next entry in insertion order, newest first (see [`first_entry`]).
     pub next: *mut StackEntry,
     /// Frame count.
@@ -48,7 +52,7 @@ pub struct StackEntry {
     peek_mark: AtomicU64,
 }
 
-/// An f64 in an AtomicU64: written under the table lock, read anywhere.
+/// An f64 in an AtomicU64: written under the entry's stripe lock, read anywhere.
 struct AtomicF64(AtomicU64);
 
 impl AtomicF64 {
@@ -108,11 +112,59 @@ impl StackEntry {
     }
 }
 
+/// What the table's lock guards: insertion and growth of the buckets (published in
+/// [`BUCKETS`]), and the peek set.
 struct Table {
-    buckets: *mut *mut StackEntry,
-    mask: usize,
     count: usize,
     peek: PeekSet,
+}
+
+/// The bucket array: its mask in word 0, then `mask + 1` bucket heads. Replaced whole when the
+/// table grows (old arrays are abandoned, never freed), so a reader loads it once and always
+/// sees a mask and heads that belong together.
+static BUCKETS: AtomicPtr<usize> = AtomicPtr::new(ptr::null_mut());
+
+/// Locks for the counters' updates, chosen by entry.
+const STRIPES: usize = 16;
+static STRIPE_LOCKS: [Mutex; STRIPES] = [const { Mutex::new() }; STRIPES];
+
+/// The lock that guards `entry`'s counters.
+fn stripe(entry: *mut StackEntry) -> &'static Mutex {
+    &STRIPE_LOCKS[(entry as usize >> 6) & (STRIPES - 1)]
+}
+
+/// Bucket `hash` of the array `arr` (from [`BUCKETS`]).
+///
+/// # Safety
+/// `arr` must be a published bucket array.
+unsafe fn bucket(arr: *mut usize, hash: u64) -> &'static AtomicPtr<StackEntry> {
+    // SAFETY: word 0 is the mask; the heads follow, `mask + 1` of them; arrays live forever.
+    unsafe {
+        &*arr
+            .add(1 + (hash as usize & *arr))
+            .cast::<AtomicPtr<StackEntry>>()
+    }
+}
+
+/// The entry of `frames` (hash `hash`), without a lock; null if not found. May miss an entry
+/// while the table grows (the caller then takes the lock and looks again), never finds a
+/// wrong one.
+fn find(frames: &[usize], hash: u64) -> *mut StackEntry {
+    let arr = BUCKETS.load(Ordering::Acquire);
+    if arr.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: a published array; entries are published whole (release) and never freed.
+    unsafe {
+        let mut e = bucket(arr, hash).load(Ordering::Acquire);
+        while !e.is_null() {
+            if (*e).hash == hash && (*e).frames() == frames {
+                return e;
+            }
+            e = (*e).next_in_bucket.load(Ordering::Acquire);
+        }
+    }
+    ptr::null_mut()
 }
 
 /// One live sampled block of the peek set (`addr` 0: an empty slot).
@@ -243,8 +295,6 @@ impl PeekSet {
 unsafe impl Send for Table {}
 
 static TABLE: Locked<Table> = Locked::new(Table {
-    buckets: ptr::null_mut(),
-    mask: 0,
     count: 0,
     peek: PeekSet {
         slots: ptr::null_mut(),
@@ -296,24 +346,34 @@ fn hash_frames(frames: &[usize]) -> u64 {
 pub fn record_alloc(frames: &[usize], bytes: usize, weight: f64, block: usize) -> *mut StackEntry {
     let frames = &frames[..frames.len().min(MAX_FRAMES)];
     let hash = hash_frames(frames);
-    let mut table = TABLE.lock();
-    let entry = find_or_insert(&mut table, frames, hash);
-    if !entry.is_null() {
-        // SAFETY: entries are never freed.
-        let e = unsafe { &*entry };
-        e.live_objects.add(weight);
-        e.live_bytes.add(weight * bytes as f64);
-        e.total_objects.add(weight);
-        e.total_bytes.add(weight * bytes as f64);
-        e.live_samples.fetch_add(1, Ordering::Relaxed);
-        e.total_samples.fetch_add(1, Ordering::Relaxed);
-        SAMPLES_LIVE.fetch_add(1, Ordering::Relaxed);
-        SAMPLES_TOTAL.fetch_add(1, Ordering::Relaxed);
-        if block != 0 && config::prof_peek() > 0 {
+    let peek = block != 0 && config::prof_peek() > 0;
+    let mut entry = find(frames, hash);
+    if entry.is_null() || peek {
+        let mut table = TABLE.lock();
+        if entry.is_null() {
+            entry = find_or_insert(&mut table, frames, hash);
+        }
+        if peek && !entry.is_null() {
             table.peek.insert(block, entry, bytes);
             PEEK_USED.store(table.peek.count, Ordering::Relaxed);
         }
     }
+    if entry.is_null() {
+        return entry;
+    }
+    // SAFETY: entries are never freed.
+    let e = unsafe { &*entry };
+    let lock = stripe(entry);
+    lock.lock();
+    e.live_objects.add(weight);
+    e.live_bytes.add(weight * bytes as f64);
+    e.total_objects.add(weight);
+    e.total_bytes.add(weight * bytes as f64);
+    lock.unlock();
+    e.live_samples.fetch_add(1, Ordering::Relaxed);
+    e.total_samples.fetch_add(1, Ordering::Relaxed);
+    SAMPLES_LIVE.fetch_add(1, Ordering::Relaxed);
+    SAMPLES_TOTAL.fetch_add(1, Ordering::Relaxed);
     entry
 }
 
@@ -327,14 +387,20 @@ pub unsafe fn record_free(entry: *mut StackEntry, bytes: usize, weight: f64, blo
     if entry.is_null() {
         return;
     }
-    let mut table = TABLE.lock();
-    if table.peek.remove(block).is_some() {
-        PEEK_USED.store(table.peek.count, Ordering::Relaxed);
+    // The set is only ever filled by allocations that happened before this free.
+    if block != 0 && PEEK_USED.load(Ordering::Relaxed) != 0 {
+        let mut table = TABLE.lock();
+        if table.peek.remove(block).is_some() {
+            PEEK_USED.store(table.peek.count, Ordering::Relaxed);
+        }
     }
     // SAFETY: entries are never freed.
     let e = unsafe { &*entry };
+    let lock = stripe(entry);
+    lock.lock();
     e.live_objects.add(-weight);
     e.live_bytes.add(-weight * bytes as f64);
+    lock.unlock();
     e.live_samples.fetch_sub(1, Ordering::Relaxed);
     SAMPLES_LIVE.fetch_sub(1, Ordering::Relaxed);
 }
@@ -419,23 +485,25 @@ pub fn peek_next(cursor: usize, out: &mut [u8]) -> Option<PeekBlock> {
     None
 }
 
+/// The entry of `frames`, inserted if new; under the table lock. Null when metadata memory ran
+/// out.
 fn find_or_insert(table: &mut Table, frames: &[usize], hash: u64) -> *mut StackEntry {
-    if table.buckets.is_null() || table.count > table.mask {
-        grow(table);
-        if table.buckets.is_null() {
-            return ptr::null_mut();
-        }
+    let found = find(frames, hash);
+    if !found.is_null() {
+        return found;
     }
-    // SAFETY: bucket arrays and entries are metadata owned by the table, under its lock.
+    let arr = BUCKETS.load(Ordering::Relaxed);
+    // SAFETY: a published array (the lock is held: nobody else replaces it).
+    if arr.is_null() || table.count > unsafe { *arr } {
+        grow();
+    }
+    let arr = BUCKETS.load(Ordering::Relaxed);
+    if arr.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: entries and the array are metadata owned by the table, changed under its lock.
     unsafe {
-        let slot = table.buckets.add(hash as usize & table.mask);
-        let mut e = *slot;
-        while !e.is_null() {
-            if (*e).hash == hash && (*e).frames() == frames {
-                return e;
-            }
-            e = (*e).next_in_bucket;
-        }
+        let head = bucket(arr, hash);
         let copy = meta::alloc(core::mem::size_of_val(frames).max(8), 8).cast::<usize>();
         let entry = meta::alloc(core::mem::size_of::<StackEntry>(), 64).cast::<StackEntry>();
         if copy.is_null() || entry.is_null() {
@@ -444,7 +512,7 @@ fn find_or_insert(table: &mut Table, frames: &[usize], hash: u64) -> *mut StackE
         ptr::copy_nonoverlapping(frames.as_ptr(), copy, frames.len());
         entry.write(StackEntry {
             hash,
-            next_in_bucket: *slot,
+            next_in_bucket: AtomicPtr::new(head.load(Ordering::Relaxed)),
             next: NEWEST.load(Ordering::Relaxed),
             depth: frames.len(),
             frames: copy,
@@ -456,7 +524,7 @@ fn find_or_insert(table: &mut Table, frames: &[usize], hash: u64) -> *mut StackE
             total_samples: AtomicU64::new(0),
             peek_mark: AtomicU64::new(0),
         });
-        *slot = entry;
+        head.store(entry, Ordering::Release);
         table.count += 1;
         NEWEST.store(entry, Ordering::Release);
         entry
@@ -464,45 +532,53 @@ fn find_or_insert(table: &mut Table, frames: &[usize], hash: u64) -> *mut StackE
 }
 
 /// Doubles the bucket array (the old one is abandoned: metadata is never freed, and the sizes
-/// double, so at most as much again is wasted).
-fn grow(table: &mut Table) {
-    let new_len = if table.buckets.is_null() {
+/// double, so at most as much again is wasted). Under the table lock. Readers still walking the
+/// old array may follow a relinked entry into the new chains and miss what they look for;
+/// chains only ever lead to older entries, or (once relinked) to newer ones, so every walk ends.
+fn grow() {
+    let old = BUCKETS.load(Ordering::Relaxed);
+    let new_len = if old.is_null() {
         1024
     } else {
-        2 * (table.mask + 1)
+        // SAFETY: a published array's word 0 is its mask.
+        2 * (unsafe { *old } + 1)
     };
-    let buckets =
-        meta::alloc(new_len * core::mem::size_of::<usize>(), 64).cast::<*mut StackEntry>();
-    if buckets.is_null() {
+    let arr = meta::alloc((1 + new_len) * core::mem::size_of::<usize>(), 64).cast::<usize>();
+    if arr.is_null() {
         return;
     }
-    // SAFETY: the new array is zeroed metadata of `new_len` slots; entries are ours.
+    // SAFETY: the new array is zeroed metadata of `1 + new_len` words, not yet published;
+    // entries are ours under the lock.
     unsafe {
+        *arr = new_len - 1;
         let mut e = NEWEST.load(Ordering::Relaxed);
         while !e.is_null() {
-            let slot = buckets.add((*e).hash as usize & (new_len - 1));
-            (*e).next_in_bucket = *slot;
-            *slot = e;
+            let head = bucket(arr, (*e).hash);
+            (*e).next_in_bucket
+                .store(head.load(Ordering::Relaxed), Ordering::Release);
+            head.store(e, Ordering::Relaxed);
             e = (*e).next;
         }
     }
-    table.buckets = buckets;
-    table.mask = new_len - 1;
+    BUCKETS.store(arr, Ordering::Release);
 }
 
 /// Fork: hold the table lock across `fork`.
 pub fn prefork() {
     TABLE.raw_lock();
+    STRIPE_LOCKS.iter().for_each(Mutex::lock);
 }
 
 /// Fork: release in the parent.
 pub fn postfork_parent() {
+    STRIPE_LOCKS.iter().rev().for_each(Mutex::unlock);
     // SAFETY: taken in `prefork` by this thread.
     unsafe { TABLE.raw_unlock() };
 }
 
 /// Fork: reset in the child; a dump the parent had in progress is not the child's.
 pub fn postfork_child() {
+    STRIPE_LOCKS.iter().for_each(Mutex::reset_after_fork);
     TABLE.reset_after_fork();
 }
 
@@ -559,6 +635,46 @@ mod tests {
         assert_eq!(set.count, 0);
         // SAFETY: the array has mask + 1 slots.
         assert!((0..=set.mask).all(|i| unsafe { (*set.slot(i)).addr } == 0));
+    }
+
+    /// Threads record distinct and shared stacks while the table grows under them: each stack
+    /// has one entry (a lookup that misses during growth finds it under the lock instead of
+    /// inserting it twice) and no count is lost to the striped updates.
+    #[test]
+    fn concurrent_recording_keeps_one_entry_per_stack_and_every_count() {
+        let base = 0x5100_0000usize;
+        let threads: Vec<_> = (0..4usize)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut mine = Vec::new();
+                    for i in 0..3000usize {
+                        let own = [base + t * 100_000 + i, base];
+                        let shared = [base + 1_000_000 + i % 50, base];
+                        mine.push(record_alloc(&own, 8, 1.0, 0) as usize);
+                        record_alloc(&shared, 8, 1.0, 0);
+                    }
+                    for (i, &e) in mine.iter().enumerate() {
+                        let again = record_alloc(&[base + t * 100_000 + i, base], 8, 1.0, 0);
+                        assert_eq!(again as usize, e, "stack {i} of thread {t} has two entries");
+                    }
+                    mine
+                })
+            })
+            .collect();
+        for h in threads {
+            for e in h.join().unwrap() {
+                // SAFETY: entries are never freed.
+                let c = unsafe { &*(e as *const StackEntry) }.counts();
+                assert_eq!((c.total_samples, c.total_objects), (2, 2.0));
+            }
+        }
+        for i in 0..50usize {
+            let e = record_alloc(&[base + 1_000_000 + i, base], 8, 1.0, 0);
+            // SAFETY: as above.
+            let c = unsafe { &*e }.counts();
+            assert_eq!(c.total_samples, 4 * 60 + 1, "shared stack {i}");
+            assert_eq!(c.live_bytes, 8.0 * (4 * 60 + 1) as f64);
+        }
     }
 
     #[test]
