@@ -8,7 +8,7 @@
 //! A sampled page's other blocks pay the checked path while the sample lives; at the default
 //! interval that is a few pages in thousands.
 //!
-//! Everything about a page happens under one lock, also the lookups of the checked path, and
+//! Both tables are `base::open_table` tables. Everything about a page happens under one lock, also the lookups of the checked path, and
 //! also the page's mark: it is set by the first sample on the page and cleared by the last
 //! one's free, so marking and clearing must not interleave. Pages are spread over [`SHARDS`]
 //! shards, each with its own lock and tables: with one lock, two threads sampling and freeing
@@ -17,16 +17,13 @@
 //! fails and the caller serves the sample from pages of its own, as for large blocks.
 
 use super::segment::{SampleRecord, Segment, PAGES_PER_SEGMENT};
+use crate::base::open_table::{Keyed, OpenTable};
 use crate::platform::lock::Locked;
-use crate::platform::os::{self, PAGE_SHIFT};
-use core::ptr;
+use crate::platform::os::PAGE_SHIFT;
 
 /// Live sampled small blocks the table holds at most (8 GiB of small blocks at the default
 /// interval of 512 KiB).
 pub const CAPACITY: usize = 1 << 14;
-
-/// Slots of a table when it is first needed.
-const FIRST_SLOTS: usize = 256;
 
 /// Shards, each a lock and its tables; a page belongs to one.
 pub const SHARDS: usize = 16;
@@ -49,20 +46,6 @@ struct PageSlot {
     code: u8,
 }
 
-/// An open-addressing table with linear probing and backward-shift deletion (no tombstones:
-/// every access holds the lock), in memory mapped from the kernel.
-struct Open<S: Copy> {
-    slots: *mut S,
-    /// A power of two, or 0 before the first insert.
-    len: usize,
-    live: usize,
-}
-
-/// What a slot type tells the table: its key (0: empty).
-trait Keyed: Copy {
-    fn key(&self) -> usize;
-}
-
 impl Keyed for BlockSlot {
     fn key(&self) -> usize {
         self.addr
@@ -75,126 +58,9 @@ impl Keyed for PageSlot {
     }
 }
 
-impl<S: Keyed> Open<S> {
-    const fn new() -> Self {
-        Open {
-            slots: ptr::null_mut(),
-            len: 0,
-            live: 0,
-        }
-    }
-
-    fn home(&self, key: usize) -> usize {
-        // Fibonacci hashing of the address without its always-zero low bits.
-        ((key >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20) & (self.len - 1)
-    }
-
-    /// The slot holding `key`, if any.
-    fn find(&self, key: usize) -> Option<usize> {
-        if self.len == 0 {
-            return None;
-        }
-        let mut i = self.home(key);
-        loop {
-            // SAFETY: `i < len`, the mapped length; slots are initialised (zero is empty).
-            let k = unsafe { (*self.slots.add(i)).key() };
-            if k == key {
-                return Some(i);
-            }
-            if k == 0 {
-                return None;
-            }
-            i = (i + 1) & (self.len - 1);
-        }
-    }
-
-    /// A pointer to the entry for `key`.
-    fn get(&mut self, key: usize) -> Option<*mut S> {
-        // SAFETY: `find` returns an index in bounds.
-        self.find(key).map(|i| unsafe { self.slots.add(i) })
-    }
-
-    /// Inserts `slot` (its key not present). False when the table is at `max` live entries or
-    /// cannot grow.
-    fn insert(&mut self, slot: S, max: usize) -> bool {
-        if self.live >= max || (self.live + 1) * 2 > self.len && !self.grow() {
-            return false;
-        }
-        let mut i = self.home(slot.key());
-        // SAFETY: the table is at most half full, so an empty slot exists; indexes in bounds.
-        unsafe {
-            while (*self.slots.add(i)).key() != 0 {
-                i = (i + 1) & (self.len - 1);
-            }
-            self.slots.add(i).write(slot);
-        }
-        self.live += 1;
-        true
-    }
-
-    /// Removes the entry at slot `i`, moving back the entries of its probe run that may no
-    /// longer be reached past the hole.
-    fn remove_at(&mut self, mut i: usize) {
-        let mask = self.len - 1;
-        let mut j = i;
-        // SAFETY: every index is masked into bounds.
-        unsafe {
-            loop {
-                j = (j + 1) & mask;
-                let s = *self.slots.add(j);
-                if s.key() == 0 {
-                    break;
-                }
-                let home = self.home(s.key());
-                // `s` stays if its home lies cyclically in (i, j].
-                let stays = if i <= j {
-                    i < home && home <= j
-                } else {
-                    i < home || home <= j
-                };
-                if !stays {
-                    self.slots.add(i).write(s);
-                    i = j;
-                }
-            }
-            ptr::write_bytes(self.slots.add(i), 0, 1);
-        }
-        self.live -= 1;
-    }
-
-    /// Doubles the table (or maps its first slots). False when memory cannot be mapped.
-    fn grow(&mut self) -> bool {
-        let new_len = if self.len == 0 {
-            FIRST_SLOTS
-        } else {
-            self.len * 2
-        };
-        let fresh = os::map(new_len * core::mem::size_of::<S>()).cast::<S>();
-        if fresh.is_null() {
-            return false;
-        }
-        let (old, old_len) = (self.slots, self.len);
-        self.slots = fresh;
-        self.len = new_len;
-        self.live = 0;
-        for i in 0..old_len {
-            // SAFETY: `old` held `old_len` initialised slots; fresh memory reads as empty.
-            let s = unsafe { *old.add(i) };
-            if s.key() != 0 {
-                self.insert(s, usize::MAX);
-            }
-        }
-        if !old.is_null() {
-            // SAFETY: the old slots were mapped with this size and are no longer referenced.
-            unsafe { os::unmap(old.cast(), old_len * core::mem::size_of::<S>()) };
-        }
-        true
-    }
-}
-
 struct Tables {
-    blocks: Open<BlockSlot>,
-    pages: Open<PageSlot>,
+    blocks: OpenTable<BlockSlot>,
+    pages: OpenTable<PageSlot>,
 }
 
 // SAFETY: the tables' memory is only touched with the lock held.
@@ -202,8 +68,8 @@ unsafe impl Send for Tables {}
 
 static TABLES: [Locked<Tables>; SHARDS] = [const {
     Locked::new(Tables {
-        blocks: Open::new(),
-        pages: Open::new(),
+        blocks: OpenTable::new(),
+        pages: OpenTable::new(),
     })
 }; SHARDS];
 
@@ -228,10 +94,9 @@ pub unsafe fn insert(p: *mut u8, record: SampleRecord, code: u8) -> bool {
     let p = p as usize;
     let page = p & !((1 << PAGE_SHIFT) - 1);
     let mut t = shard(page).lock();
-    let marked = match t.pages.get(page) {
-        Some(s) => {
-            // SAFETY: a slot of the table, under its lock.
-            unsafe { (*s).count += 1 };
+    let marked = match t.pages.find(page) {
+        Some(i) => {
+            t.pages.entry(i).count += 1;
             true
         }
         None => false,
@@ -267,8 +132,7 @@ pub unsafe fn insert(p: *mut u8, record: SampleRecord, code: u8) -> bool {
 /// its code back.
 fn release_page(t: &mut Tables, page: usize) {
     let Some(i) = t.pages.find(page) else { return };
-    // SAFETY: `i` is a slot of the table, under its lock.
-    let s = unsafe { &mut *t.pages.slots.add(i) };
+    let s = t.pages.entry(i);
     s.count -= 1;
     if s.count == 0 {
         let code = s.code;
@@ -288,10 +152,7 @@ pub unsafe fn take(p: *mut u8) -> Option<SampleRecord> {
     let p = p as usize;
     let page = p & !((1 << PAGE_SHIFT) - 1);
     let mut t = shard(page).lock();
-    let i = t.blocks.find(p)?;
-    // SAFETY: `i` is a slot of the table, under its lock.
-    let record = unsafe { (*t.blocks.slots.add(i)).record };
-    t.blocks.remove_at(i);
+    let record = t.blocks.remove(p)?.record;
     release_page(&mut t, page);
     Some(record)
 }
@@ -299,9 +160,8 @@ pub unsafe fn take(p: *mut u8) -> Option<SampleRecord> {
 /// The record of `p` if it is a sampled block recorded here.
 #[cfg(test)]
 pub fn record_of(p: *mut u8) -> Option<SampleRecord> {
-    let mut t = shard(p as usize & !((1 << PAGE_SHIFT) - 1)).lock();
-    // SAFETY: a slot of the table, under its lock.
-    t.blocks.get(p as usize).map(|s| unsafe { (*s).record })
+    let t = shard(p as usize & !((1 << PAGE_SHIFT) - 1)).lock();
+    t.blocks.find(p as usize).map(|i| t.blocks.at(i).record)
 }
 
 /// Sampled small blocks recorded now, and pages marked.
@@ -309,7 +169,7 @@ pub fn record_of(p: *mut u8) -> Option<SampleRecord> {
 pub fn live() -> (usize, usize) {
     TABLES.iter().fold((0, 0), |(b, p), s| {
         let t = s.lock();
-        (b + t.blocks.live, p + t.pages.live)
+        (b + t.blocks.live(), p + t.pages.live())
     })
 }
 
@@ -327,55 +187,4 @@ pub fn postfork_parent() {
 /// Fork: reset in the child.
 pub fn postfork_child() {
     TABLES.iter().for_each(|s| s.reset_after_fork());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Clone, Copy)]
-    #[repr(C)]
-    struct Key(usize);
-    impl Keyed for Key {
-        fn key(&self) -> usize {
-            self.0
-        }
-    }
-
-    /// Inserts and removes many keys in a pattern that makes long probe runs (keys that share
-    /// their home slot), and checks after each removal that every remaining key is found.
-    #[test]
-    fn backward_shift_keeps_every_key_reachable() {
-        let mut t: Open<Key> = Open::new();
-        let keys: Vec<usize> = (1..=600usize).map(|k| k << 12 | 16).collect();
-        for &k in &keys {
-            assert!(t.insert(Key(k), usize::MAX));
-        }
-        assert!(t.len >= 1024 && t.live == keys.len());
-        for (n, &k) in keys.iter().enumerate().filter(|(n, _)| n % 3 != 1) {
-            let i = t.find(k).expect("present");
-            t.remove_at(i);
-            assert!(t.find(k).is_none(), "key {n} still found");
-            for &other in keys.iter().skip(n + 1) {
-                assert!(
-                    t.find(other).is_some(),
-                    "key {other:#x} lost after removing {k:#x}"
-                );
-            }
-        }
-        assert_eq!(t.live, keys.len() / 3);
-        // SAFETY: mapped by `grow` with this size.
-        unsafe { os::unmap(t.slots.cast(), t.len * core::mem::size_of::<Key>()) };
-    }
-
-    #[test]
-    fn insert_stops_at_the_limit() {
-        let mut t: Open<Key> = Open::new();
-        for k in 1..=10usize {
-            assert!(t.insert(Key(k << 4), 10));
-        }
-        assert!(!t.insert(Key(11 << 4), 10));
-        // SAFETY: as above.
-        unsafe { os::unmap(t.slots.cast(), t.len * core::mem::size_of::<Key>()) };
-    }
 }

@@ -21,6 +21,7 @@
 //! heap's lock): they only set a bit. The bits are served at the next tick of an allocating
 //! thread, with no lock held, or at exit.
 
+use crate::base::open_table::{Keyed, OpenTable};
 use crate::base::{config, meta};
 use crate::platform::lock::{Locked, Mutex};
 use crate::platform::os;
@@ -176,131 +177,21 @@ struct PeekSlot {
     bytes: usize,
 }
 
-/// The live sampled blocks, by address: open addressing with linear probing, at most half
-/// full; deletion shifts the following entries back, so there are no tombstones.
-struct PeekSet {
-    slots: *mut PeekSlot,
-    mask: usize,
-    count: usize,
-}
-
-impl PeekSet {
-    fn home(&self, addr: usize) -> usize {
-        ((addr >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20) & self.mask
-    }
-
-    /// # Safety
-    /// `i <= mask` and the array is allocated.
-    unsafe fn slot(&self, i: usize) -> *mut PeekSlot {
-        // SAFETY: per the contract.
-        unsafe { self.slots.add(i) }
-    }
-
-    fn insert(&mut self, addr: usize, entry: *mut StackEntry, bytes: usize) {
-        if self.slots.is_null() || 2 * (self.count + 1) > self.mask + 1 {
-            self.grow();
-            if self.slots.is_null() || 2 * (self.count + 1) > self.mask + 1 {
-                return;
-            }
-        }
-        let mut i = self.home(addr);
-        // SAFETY: indices are masked; the array is ours under the table lock.
-        unsafe {
-            while (*self.slot(i)).addr != 0 {
-                if (*self.slot(i)).addr == addr {
-                    break;
-                }
-                i = (i + 1) & self.mask;
-            }
-            if (*self.slot(i)).addr == 0 {
-                self.count += 1;
-            }
-            self.slot(i).write(PeekSlot { addr, entry, bytes });
-        }
-    }
-
-    fn remove(&mut self, addr: usize) -> Option<PeekSlot> {
-        if self.count == 0 || addr == 0 {
-            return None;
-        }
-        let mut i = self.home(addr);
-        // SAFETY: as in `insert`.
-        unsafe {
-            loop {
-                let a = (*self.slot(i)).addr;
-                if a == 0 {
-                    return None;
-                }
-                if a == addr {
-                    break;
-                }
-                i = (i + 1) & self.mask;
-            }
-            let found = *self.slot(i);
-            // Backward shift: move later entries of the run into the hole when their home
-            // does not lie (cyclically) after it.
-            let mut hole = i;
-            let mut j = (i + 1) & self.mask;
-            loop {
-                let s = *self.slot(j);
-                if s.addr == 0 {
-                    break;
-                }
-                let home = self.home(s.addr);
-                if (j.wrapping_sub(home) & self.mask) >= (j.wrapping_sub(hole) & self.mask) {
-                    self.slot(hole).write(s);
-                    hole = j;
-                }
-                j = (j + 1) & self.mask;
-            }
-            (*self.slot(hole)).addr = 0;
-            self.count -= 1;
-            Some(found)
-        }
-    }
-
-    /// Doubles the slot array (the old one is abandoned, as the stack table's buckets are).
-    fn grow(&mut self) {
-        let new_len = if self.slots.is_null() {
-            1024
-        } else {
-            2 * (self.mask + 1)
-        };
-        let slots = meta::alloc(new_len * core::mem::size_of::<PeekSlot>(), 64).cast::<PeekSlot>();
-        if slots.is_null() {
-            return;
-        }
-        let old = PeekSet {
-            slots: self.slots,
-            mask: self.mask,
-            count: self.count,
-        };
-        self.slots = slots;
-        self.mask = new_len - 1;
-        self.count = 0;
-        if old.slots.is_null() {
-            return;
-        }
-        for i in 0..=old.mask {
-            // SAFETY: the old array has `mask + 1` slots.
-            let s = unsafe { *old.slot(i) };
-            if s.addr != 0 {
-                self.insert(s.addr, s.entry, s.bytes);
-            }
-        }
+impl Keyed for PeekSlot {
+    fn key(&self) -> usize {
+        self.addr
     }
 }
+
+/// The live sampled blocks, by address.
+type PeekSet = OpenTable<PeekSlot>;
 
 // SAFETY: the table's memory is metadata owned by it, reached only under its lock.
 unsafe impl Send for Table {}
 
 static TABLE: Locked<Table> = Locked::new(Table {
     count: 0,
-    peek: PeekSet {
-        slots: ptr::null_mut(),
-        mask: 0,
-        count: 0,
-    },
+    peek: PeekSet::new(),
 });
 static NEWEST: AtomicPtr<StackEntry> = AtomicPtr::new(ptr::null_mut());
 static SAMPLES_LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -354,8 +245,13 @@ pub fn record_alloc(frames: &[usize], bytes: usize, weight: f64, block: usize) -
             entry = find_or_insert(&mut table, frames, hash);
         }
         if peek && !entry.is_null() {
-            table.peek.insert(block, entry, bytes);
-            PEEK_USED.store(table.peek.count, Ordering::Relaxed);
+            let slot = PeekSlot {
+                addr: block,
+                entry,
+                bytes,
+            };
+            table.peek.insert(slot, usize::MAX);
+            PEEK_USED.store(table.peek.live(), Ordering::Relaxed);
         }
     }
     if entry.is_null() {
@@ -391,7 +287,7 @@ pub unsafe fn record_free(entry: *mut StackEntry, bytes: usize, weight: f64, blo
     if block != 0 && PEEK_USED.load(Ordering::Relaxed) != 0 {
         let mut table = TABLE.lock();
         if table.peek.remove(block).is_some() {
-            PEEK_USED.store(table.peek.count, Ordering::Relaxed);
+            PEEK_USED.store(table.peek.live(), Ordering::Relaxed);
         }
     }
     // SAFETY: entries are never freed.
@@ -414,7 +310,7 @@ pub fn peek_forget(block: usize) -> Option<(*mut StackEntry, usize)> {
     }
     let mut table = TABLE.lock();
     let found = table.peek.remove(block)?;
-    PEEK_USED.store(table.peek.count, Ordering::Relaxed);
+    PEEK_USED.store(table.peek.live(), Ordering::Relaxed);
     Some((found.entry, found.bytes))
 }
 
@@ -422,8 +318,15 @@ pub fn peek_forget(block: usize) -> Option<(*mut StackEntry, usize)> {
 pub fn peek_restore(block: usize, entry: *mut StackEntry, bytes: usize) {
     if block != 0 && !entry.is_null() {
         let mut table = TABLE.lock();
-        table.peek.insert(block, entry, bytes);
-        PEEK_USED.store(table.peek.count, Ordering::Relaxed);
+        table.peek.insert(
+            PeekSlot {
+                addr: block,
+                entry,
+                bytes,
+            },
+            usize::MAX,
+        );
+        PEEK_USED.store(table.peek.live(), Ordering::Relaxed);
     }
 }
 
@@ -449,13 +352,9 @@ pub struct PeekBlock {
 pub fn peek_next(cursor: usize, out: &mut [u8]) -> Option<PeekBlock> {
     let table = TABLE.lock();
     let set = &table.peek;
-    if set.slots.is_null() {
-        return None;
-    }
     let mut i = cursor;
-    while i <= set.mask {
-        // SAFETY: `i <= mask`; the array is ours under the lock.
-        let s = unsafe { *set.slot(i) };
+    while i < set.slots() {
+        let s = set.at(i);
         i += 1;
         if s.addr == 0 || s.entry.is_null() {
             continue;
@@ -607,34 +506,6 @@ mod tests {
         assert_eq!((c.total_objects, c.total_bytes), (6.0, 400.0));
         // SAFETY: as above.
         assert_eq!(unsafe { &*eb }.frames(), &b);
-    }
-
-    #[test]
-    fn the_peek_set_finds_what_it_holds_through_growth_and_removals() {
-        let mut set = PeekSet {
-            slots: ptr::null_mut(),
-            mask: 0,
-            count: 0,
-        };
-        let e = 0x40 as *mut StackEntry;
-        // Addresses 64 bytes apart collide in runs; remove every third, then the rest.
-        let addrs: Vec<usize> = (1..5000).map(|i| 0x7f00_0000_0000 + 64 * i).collect();
-        for (i, &a) in addrs.iter().enumerate() {
-            set.insert(a, e, i);
-        }
-        assert_eq!(set.count, addrs.len());
-        assert!(set.mask + 1 >= 2 * addrs.len());
-        for (i, &a) in addrs.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
-            assert_eq!(set.remove(a).map(|s| s.bytes), Some(i));
-        }
-        assert!(set.remove(addrs[0]).is_none(), "removed once");
-        assert!(set.remove(0x1234).is_none());
-        for (i, &a) in addrs.iter().enumerate().filter(|(i, _)| i % 3 != 0) {
-            assert_eq!(set.remove(a).map(|s| s.bytes), Some(i), "{a:#x}");
-        }
-        assert_eq!(set.count, 0);
-        // SAFETY: the array has mask + 1 slots.
-        assert!((0..=set.mask).all(|i| unsafe { (*set.slot(i)).addr } == 0));
     }
 
     /// Threads record distinct and shared stacks while the table grows under them: each stack

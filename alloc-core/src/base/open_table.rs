@@ -1,0 +1,233 @@
+//! An address-keyed hash table for the bookkeeping done under a lock: open addressing with
+//! linear probing, at most half full, and backward-shift deletion (no tombstones, so lookups
+//! stay short however many entries come and go). Its memory is mapped from the kernel and
+//! given back when it grows, never taken from the allocator. The profiler's peek set and the
+//! sampled small blocks' records (`addr::sampled`) are such tables.
+//!
+//! The table is not synchronised: its owner keeps it behind a lock.
+
+use crate::platform::os;
+use core::ptr;
+
+/// A slot type: its key, an address, with 0 meaning an empty slot.
+pub trait Keyed: Copy {
+    fn key(&self) -> usize;
+}
+
+/// The table. `S` must be valid when all zeroes (fresh mapped memory is empty slots).
+pub struct OpenTable<S: Keyed> {
+    slots: *mut S,
+    /// A power of two, or 0 before the first insert.
+    len: usize,
+    live: usize,
+}
+
+/// Slots when the table is first needed.
+const FIRST_SLOTS: usize = 256;
+
+impl<S: Keyed> OpenTable<S> {
+    /// An empty table; it maps memory at its first insert.
+    pub const fn new() -> Self {
+        OpenTable {
+            slots: ptr::null_mut(),
+            len: 0,
+            live: 0,
+        }
+    }
+
+    /// Entries held.
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
+    /// Slots, for a walk with [`OpenTable::at`] (0 before the first insert).
+    pub fn slots(&self) -> usize {
+        self.len
+    }
+
+    /// The slot at index `i < slots()` (empty slots have key 0).
+    pub fn at(&self, i: usize) -> S {
+        assert!(i < self.len);
+        // SAFETY: in bounds of the mapped, initialised slots.
+        unsafe { *self.slots.add(i) }
+    }
+
+    fn home(&self, key: usize) -> usize {
+        // Fibonacci hashing of the address without its always-zero low bits.
+        ((key >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20) & (self.len - 1)
+    }
+
+    /// The index of the slot holding `key`, if any.
+    pub fn find(&self, key: usize) -> Option<usize> {
+        if self.len == 0 || key == 0 {
+            return None;
+        }
+        let mut i = self.home(key);
+        loop {
+            // SAFETY: `i < len`, the mapped length; slots are initialised (zero is empty).
+            let k = unsafe { (*self.slots.add(i)).key() };
+            if k == key {
+                return Some(i);
+            }
+            if k == 0 {
+                return None;
+            }
+            i = (i + 1) & (self.len - 1);
+        }
+    }
+
+    /// The entry at index `i` (from [`OpenTable::find`]), to change in place (not its key).
+    pub fn entry(&mut self, i: usize) -> &mut S {
+        assert!(i < self.len);
+        // SAFETY: in bounds; the table is borrowed mutably.
+        unsafe { &mut *self.slots.add(i) }
+    }
+
+    /// Inserts `slot`, replacing the entry with the same key if there is one. False when the
+    /// table already holds `max` entries or cannot grow (then nothing changed).
+    pub fn insert(&mut self, slot: S, max: usize) -> bool {
+        if let Some(i) = self.find(slot.key()) {
+            *self.entry(i) = slot;
+            return true;
+        }
+        if self.live >= max || (self.live + 1) * 2 > self.len && !self.grow() {
+            return false;
+        }
+        let mut i = self.home(slot.key());
+        // SAFETY: the table is at most half full, so an empty slot exists; indexes in bounds.
+        unsafe {
+            while (*self.slots.add(i)).key() != 0 {
+                i = (i + 1) & (self.len - 1);
+            }
+            self.slots.add(i).write(slot);
+        }
+        self.live += 1;
+        true
+    }
+
+    /// Removes the entry with key `key` and returns it, if there is one.
+    pub fn remove(&mut self, key: usize) -> Option<S> {
+        let i = self.find(key)?;
+        let found = self.at(i);
+        self.remove_at(i);
+        Some(found)
+    }
+
+    /// Removes the entry at index `i`, moving back the entries of its probe run that could no
+    /// longer be reached past the hole.
+    pub fn remove_at(&mut self, mut i: usize) {
+        let mask = self.len - 1;
+        let mut j = i;
+        // SAFETY: every index is masked into bounds.
+        unsafe {
+            loop {
+                j = (j + 1) & mask;
+                let s = *self.slots.add(j);
+                if s.key() == 0 {
+                    break;
+                }
+                let home = self.home(s.key());
+                // `s` stays if its home lies cyclically in (i, j].
+                let stays = if i <= j {
+                    i < home && home <= j
+                } else {
+                    i < home || home <= j
+                };
+                if !stays {
+                    self.slots.add(i).write(s);
+                    i = j;
+                }
+            }
+            ptr::write_bytes(self.slots.add(i), 0, 1);
+        }
+        self.live -= 1;
+    }
+
+    /// Doubles the table (or maps its first slots). False when memory cannot be mapped.
+    fn grow(&mut self) -> bool {
+        let new_len = if self.len == 0 {
+            FIRST_SLOTS
+        } else {
+            self.len * 2
+        };
+        let fresh = os::map(new_len * core::mem::size_of::<S>()).cast::<S>();
+        if fresh.is_null() {
+            return false;
+        }
+        let (old, old_len) = (self.slots, self.len);
+        self.slots = fresh;
+        self.len = new_len;
+        self.live = 0;
+        for i in 0..old_len {
+            // SAFETY: `old` held `old_len` initialised slots; fresh memory reads as empty.
+            let s = unsafe { *old.add(i) };
+            if s.key() != 0 {
+                self.insert(s, usize::MAX);
+            }
+        }
+        if !old.is_null() {
+            // SAFETY: the old slots were mapped with this size and are no longer referenced.
+            unsafe { os::unmap(old.cast(), old_len * core::mem::size_of::<S>()) };
+        }
+        true
+    }
+}
+
+impl<S: Keyed> Drop for OpenTable<S> {
+    fn drop(&mut self) {
+        if !self.slots.is_null() {
+            // SAFETY: mapped by `grow` with this size; nothing refers to it any more.
+            unsafe { os::unmap(self.slots.cast(), self.len * core::mem::size_of::<S>()) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Copy)]
+    struct Key(usize, usize);
+    impl Keyed for Key {
+        fn key(&self) -> usize {
+            self.0
+        }
+    }
+
+    /// Keys that share their home slots make long probe runs; after every removal each
+    /// remaining key is still found, with its value.
+    #[test]
+    fn backward_shift_keeps_every_key_reachable() {
+        let mut t: OpenTable<Key> = OpenTable::new();
+        let keys: Vec<usize> = (1..=600usize).map(|k| k << 12 | 16).collect();
+        for (v, &k) in keys.iter().enumerate() {
+            assert!(t.insert(Key(k, v), usize::MAX));
+        }
+        assert!(t.slots() >= 1024 && t.live() == keys.len());
+        for (n, &k) in keys.iter().enumerate().filter(|(n, _)| n % 3 != 1) {
+            assert_eq!(t.remove(k).map(|s| s.1), Some(n));
+            assert!(t.find(k).is_none(), "key {n} still found");
+            for (m, &other) in keys.iter().enumerate().skip(n + 1) {
+                let i = t.find(other).unwrap_or_else(|| panic!("{other:#x} lost"));
+                assert_eq!(t.at(i).1, m);
+            }
+        }
+        assert_eq!(t.live(), keys.len() / 3);
+        assert!(t.remove(keys[0]).is_none(), "removed once");
+    }
+
+    #[test]
+    fn insert_replaces_and_stops_at_the_limit() {
+        let mut t: OpenTable<Key> = OpenTable::new();
+        for k in 1..=10usize {
+            assert!(t.insert(Key(k << 4, k), 10));
+        }
+        assert!(!t.insert(Key(11 << 4, 0), 10));
+        assert!(
+            t.insert(Key(3 << 4, 99), 10),
+            "a key already there is replaced"
+        );
+        assert_eq!(t.remove(3 << 4).map(|s| s.1), Some(99));
+        assert!(t.find(0).is_none());
+    }
+}
