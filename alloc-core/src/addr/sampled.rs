@@ -8,9 +8,10 @@
 //! A sampled page's other blocks pay the checked path while the sample lives; at the default
 //! interval that is a few pages in thousands.
 //!
-//! Both tables are `base::open_table` tables. Everything about a page happens under one lock, also the lookups of the checked path, and
+//! Everything about a page happens under one lock, also the lookups of the checked path, and
 //! also the page's mark: it is set by the first sample on the page and cleared by the last
-//! one's free, so marking and clearing must not interleave. Pages are spread over [`SHARDS`]
+//! one's free, so marking and clearing must not interleave. The tables are
+//! `base::open_table`s. Pages are spread over [`SHARDS`]
 //! shards, each with its own lock and tables: with one lock, two threads sampling and freeing
 //! contended for it. A shard's tables grow by doubling, from 256 slots up to
 //! [`CAPACITY`]` / SHARDS` live blocks; past that, or when memory cannot be mapped, [`insert`]
@@ -78,6 +79,11 @@ fn shard(page: usize) -> &'static Locked<Tables> {
     &TABLES[(page >> PAGE_SHIFT).wrapping_mul(0x9E37_79B9) >> 7 & (SHARDS - 1)]
 }
 
+/// The address of the page holding `p`.
+fn page_start(p: usize) -> usize {
+    p & !((1 << PAGE_SHIFT) - 1)
+}
+
 /// The page `p` starts on: its segment and index.
 fn page_of(p: usize) -> (*mut Segment, usize) {
     (Segment::of(p), (p >> PAGE_SHIFT) & (PAGES_PER_SEGMENT - 1))
@@ -92,7 +98,7 @@ fn page_of(p: usize) -> (*mut Segment, usize) {
 /// `p` must be a live block of a live slab, owned by the caller, and not recorded here.
 pub unsafe fn insert(p: *mut u8, record: SampleRecord, code: u8) -> bool {
     let p = p as usize;
-    let page = p & !((1 << PAGE_SHIFT) - 1);
+    let page = page_start(p);
     let mut t = shard(page).lock();
     let marked = match t.pages.find(page) {
         Some(i) => {
@@ -150,7 +156,7 @@ fn release_page(t: &mut Tables, page: usize) {
 /// `p` must be a live block of a slab, owned by the caller (being freed).
 pub unsafe fn take(p: *mut u8) -> Option<SampleRecord> {
     let p = p as usize;
-    let page = p & !((1 << PAGE_SHIFT) - 1);
+    let page = page_start(p);
     let mut t = shard(page).lock();
     let record = t.blocks.remove(p)?.record;
     release_page(&mut t, page);
@@ -160,7 +166,7 @@ pub unsafe fn take(p: *mut u8) -> Option<SampleRecord> {
 /// The record of `p` if it is a sampled block recorded here.
 #[cfg(test)]
 pub fn record_of(p: *mut u8) -> Option<SampleRecord> {
-    let t = shard(p as usize & !((1 << PAGE_SHIFT) - 1)).lock();
+    let t = shard(page_start(p as usize)).lock();
     t.blocks.find(p as usize).map(|i| t.blocks.at(i).record)
 }
 
