@@ -378,3 +378,56 @@ fn capture_on_alternate_signal_stack() {
         small.len()
     );
 }
+
+/// A walk that starts from a live caller's registers (`FrameRegs::here`) keeps the same frames
+/// above the entry point as one that starts inside the capture; a start that does not lie on
+/// this stack above the capture is ignored.
+#[test]
+fn a_walk_from_a_live_frame_keeps_the_same_frames() {
+    assert!(init());
+    #[inline(never)]
+    fn entry_point() -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+        let entry_sp = crate::prof::backtrace::current_sp();
+        black_box(sampler(entry_sp))
+    }
+    #[inline(never)]
+    fn sampler(entry_sp: usize) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+        let start = FrameRegs::here();
+        let mut from_start = [MaybeUninit::uninit(); MAX_FRAMES];
+        let n = capture_above_from(&mut from_start, entry_sp, start);
+        // SAFETY: the walk initialised the first `n` entries.
+        let from_start: Vec<usize> = from_start[..n]
+            .iter()
+            .map(|f| unsafe { f.assume_init() })
+            .collect();
+        let mut plain = [0usize; MAX_FRAMES];
+        let m = capture_above(&mut plain, entry_sp);
+        let bogus = FrameRegs {
+            pc: 1,
+            sp: 8,
+            bp: 0,
+        };
+        let mut ignored = [MaybeUninit::uninit(); MAX_FRAMES];
+        let k = capture_above_from(&mut ignored, entry_sp, bogus);
+        // SAFETY: as above.
+        let ignored = ignored[..k]
+            .iter()
+            .map(|f| unsafe { f.assume_init() })
+            .collect();
+        black_box((from_start, plain[..m].to_vec(), ignored))
+    }
+    let (from_start, plain, ignored) = chain_to(black_box(4), entry_point);
+    assert!(plain.len() >= 6, "{plain:x?}");
+    assert_eq!(from_start, plain);
+    assert_eq!(ignored, plain);
+}
+
+/// Calls `f` under `depth` more frames of its own.
+#[inline(never)]
+fn chain_to<T>(depth: u32, f: fn() -> T) -> T {
+    if depth == 0 {
+        f()
+    } else {
+        black_box(chain_to(black_box(depth - 1), f))
+    }
+}
