@@ -17,7 +17,7 @@
 //! [`CAPACITY`]` / SHARDS` live blocks; past that, or when memory cannot be mapped, [`insert`]
 //! fails and the caller serves the sample from pages of its own, as for large blocks.
 
-use super::segment::{SampleRecord, Segment, PAGES_PER_SEGMENT};
+use super::segment::{SampleRecord, Segment};
 use crate::base::open_table::{Keyed, OpenTable};
 use crate::platform::lock::Locked;
 use crate::platform::os::PAGE_SHIFT;
@@ -86,7 +86,7 @@ fn page_start(p: usize) -> usize {
 
 /// The page `p` starts on: its segment and index.
 fn page_of(p: usize) -> (*mut Segment, usize) {
-    (Segment::of(p), (p >> PAGE_SHIFT) & (PAGES_PER_SEGMENT - 1))
+    (Segment::of(p), Segment::page_index(p))
 }
 
 /// Records `record` for the sampled small block `p`, a live block of a slab whose pages have
@@ -100,9 +100,9 @@ pub unsafe fn insert(p: *mut u8, record: SampleRecord, code: u8) -> bool {
     let p = p as usize;
     let page = page_start(p);
     let mut t = shard(page).lock();
-    let marked = match t.pages.find(page) {
-        Some(i) => {
-            t.pages.entry(i).count += 1;
+    let marked = match t.pages.get_mut(page) {
+        Some(s) => {
+            s.count += 1;
             true
         }
         None => false,
@@ -137,12 +137,13 @@ pub unsafe fn insert(p: *mut u8, record: SampleRecord, code: u8) -> bool {
 /// One sampled block fewer on `page`: its entry goes when it was the last, and the page gets
 /// its code back.
 fn release_page(t: &mut Tables, page: usize) {
-    let Some(i) = t.pages.find(page) else { return };
-    let s = t.pages.entry(i);
+    let Some(s) = t.pages.get_mut(page) else {
+        return;
+    };
     s.count -= 1;
     if s.count == 0 {
         let code = s.code;
-        t.pages.remove_at(i);
+        t.pages.remove(page);
         let (seg, index) = page_of(page);
         // SAFETY: the caller still owns a live block on this page, so its slab is live.
         unsafe { Segment::set_fast_class(seg, index, 1, code) };
@@ -167,7 +168,7 @@ pub unsafe fn take(p: *mut u8) -> Option<SampleRecord> {
 #[cfg(test)]
 pub fn record_of(p: *mut u8) -> Option<SampleRecord> {
     let t = shard(page_start(p as usize)).lock();
-    t.blocks.find(p as usize).map(|i| t.blocks.at(i).record)
+    t.blocks.get(p as usize).map(|s| s.record)
 }
 
 /// Sampled small blocks recorded now, and pages marked.

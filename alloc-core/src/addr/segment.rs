@@ -272,6 +272,22 @@ impl Segment {
         unsafe { *ptr::addr_of!((*seg).fast_class).cast::<u8>().add(page) as usize }
     }
 
+    /// The index, within its segment, of the page holding address `p`.
+    #[inline(always)]
+    pub fn page_index(p: usize) -> usize {
+        (p >> PAGE_SHIFT) & (PAGES_PER_SEGMENT - 1)
+    }
+
+    /// The fast-path code of the page holding address `p` (see [`Segment::fast_class_of`]).
+    ///
+    /// # Safety
+    /// `p` must lie in a live segment.
+    #[inline(always)]
+    pub unsafe fn fast_class_at(p: usize) -> usize {
+        // SAFETY: per the contract; the index is in range.
+        unsafe { Segment::fast_class_of(Segment::of(p), Segment::page_index(p)) }
+    }
+
     /// The first page of the span covering `page`.
     ///
     /// # Safety
@@ -408,8 +424,7 @@ mod tests {
             };
             // SAFETY: `p` is a live block in a segment of ours.
             unsafe {
-                let code =
-                    Segment::fast_class_of(Segment::of(a), (a >> PAGE_SHIFT) % PAGES_PER_SEGMENT);
+                let code = Segment::fast_class_at(a);
                 if (*d).flags & FLAG_SAMPLED != 0 {
                     assert_eq!(code, 0, "a sampled block has a fast-path code");
                     return class_of((*d).sample().bytes) + 1;
@@ -424,12 +439,7 @@ mod tests {
         assert_eq!(code_of(large), class_of(100_000) + 1);
         let second = large as usize + PAGE_SIZE;
         // SAFETY: a page of a live block of ours.
-        let second_code = unsafe {
-            Segment::fast_class_of(
-                Segment::of(second),
-                (second >> PAGE_SHIFT) % PAGES_PER_SEGMENT,
-            )
-        };
+        let second_code = unsafe { Segment::fast_class_at(second) };
         assert_eq!(second_code, 0);
         // Resized in place, the code follows the class; an uncached class has none.
         // SAFETY: live blocks of ours, each freed once.

@@ -4,8 +4,8 @@
 //! from the thread cache. Everything else (refills, large and huge blocks, sampled blocks,
 //! threads that are not set up) is on the slow paths below it, reached by tail calls.
 
-use super::sampled::{alloc_sampled, announce_alloc};
-use crate::addr::segment::{SampleRecord, USABLE_PAGES};
+use super::sampled::{alloc_huge_sampled, alloc_sampled};
+use crate::addr::segment::USABLE_PAGES;
 use crate::base::size_class::{
     class_of, is_small, CLASSES, LARGE_MAX, NUM_CACHED, NUM_SMALL, QUANTUM, SMALL_MAX,
 };
@@ -15,11 +15,8 @@ use crate::pool::huge;
 use crate::process::init;
 use crate::process::tick::count_event;
 use crate::prof::backtrace;
-use crate::prof::table::{self, MAX_FRAMES};
+use crate::thread;
 use crate::thread::cache::{self, ThreadCache};
-use crate::thread::sampler;
-use crate::thread::{self, InProfiler};
-use core::mem::MaybeUninit;
 use core::ptr;
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -121,24 +118,7 @@ pub(super) fn alloc_huge(
     if !sample {
         return huge::alloc(size, align, zero, growth);
     }
-    let start = backtrace::FrameRegs::here();
-    let _inside = InProfiler::enter();
-    let mut frames = [MaybeUninit::uninit(); MAX_FRAMES];
-    let trace = backtrace::capture(&mut frames, entry_sp, start);
-    let p = huge::alloc(size, align, zero, growth);
-    if !p.is_null() {
-        let weight = sampler::weight(size, sampler::mean_interval());
-        let stack = table::record_alloc(trace, size, weight, p as usize);
-        let record = SampleRecord {
-            stack: stack.cast(),
-            bytes: size,
-            weight,
-        };
-        // SAFETY: a live huge block we just allocated.
-        unsafe { huge::set_sample(p, record) };
-        announce_alloc(p, record);
-    }
-    p
+    alloc_huge_sampled(size, align, zero, growth, entry_sp)
 }
 
 pub(super) unsafe fn alloc_class(

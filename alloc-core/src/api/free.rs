@@ -9,9 +9,7 @@ use super::alloc::cache_or_init;
 use super::sampled::{forget_sample, free_sampled, huge_freeing, slab_freeing};
 use super::{misuse, Op};
 use crate::addr::registry;
-use crate::addr::segment::{
-    self, kind, span_start, Location, Segment, SpanDesc, FLAG_SAMPLED, PAGES_PER_SEGMENT,
-};
+use crate::addr::segment::{self, kind, span_start, Location, Segment, SpanDesc, FLAG_SAMPLED};
 use crate::base::size_class::{class_of, is_small, CLASSES, NUM_CACHED, SMALL_MAX, STARTS_BY_CODE};
 use crate::platform::os::PAGE_SHIFT;
 use crate::pool::arena;
@@ -155,7 +153,7 @@ pub unsafe fn free_as(p: *mut u8, op: Op) {
 unsafe fn cached_block_class(p: *mut u8) -> Option<(usize, u64)> {
     let addr = p as usize;
     let seg = Segment::of(addr);
-    let page = (addr >> PAGE_SHIFT) & (PAGES_PER_SEGMENT - 1);
+    let page = Segment::page_index(addr);
     // SAFETY: `seg` is a live segment and `page` is in range; codes are at most NUM_CACHED.
     // A page without a code has a `page_head` too (any value): code 0 accepts no offset.
     unsafe {
@@ -176,14 +174,8 @@ unsafe fn cached_block_class(p: *mut u8) -> Option<(usize, u64)> {
 /// `p` must lie in a live segment.
 #[inline(always)]
 unsafe fn page_marked(p: *mut u8) -> bool {
-    let addr = p as usize;
-    // SAFETY: per the contract; the page index is in range.
-    unsafe {
-        Segment::fast_class_of(
-            Segment::of(addr),
-            (addr >> PAGE_SHIFT) & (PAGES_PER_SEGMENT - 1),
-        ) == 0
-    }
+    // SAFETY: per the contract.
+    unsafe { Segment::fast_class_at(p as usize) == 0 }
 }
 
 /// [`free_as`] of a block smaller than a cache line from another arena, already checked to

@@ -67,6 +67,36 @@ pub(super) unsafe fn alloc_sampled(
     p
 }
 
+/// Allocates a sampled huge block: captures the stack, maps the block, and records it in the
+/// block's header.
+#[cold]
+#[inline(never)]
+pub(super) fn alloc_huge_sampled(
+    size: usize,
+    align: usize,
+    zero: bool,
+    growth: bool,
+    entry_sp: usize,
+) -> *mut u8 {
+    let start = backtrace::FrameRegs::here();
+    let _inside = InProfiler::enter();
+    let mut frames = [MaybeUninit::uninit(); MAX_FRAMES];
+    let trace = backtrace::capture(&mut frames, entry_sp, start);
+    let p = huge::alloc(size, align, zero, growth);
+    if !p.is_null() {
+        let record = record(
+            trace,
+            size,
+            sampler::weight(size, sampler::mean_interval()),
+            p,
+        );
+        // SAFETY: a live huge block we just allocated.
+        unsafe { huge::set_sample(p, record) };
+        announce_alloc(p, record);
+    }
+    p
+}
+
 /// The profiler's record of a sample of `bytes` with `weight` and stack `trace`, block `p`.
 fn record(trace: &[usize], bytes: usize, weight: f64, p: *mut u8) -> SampleRecord {
     SampleRecord {
@@ -189,9 +219,8 @@ mod tests {
     use crate::platform::os::{PAGE_SHIFT, PAGE_SIZE};
 
     fn code_of_page(p: *mut u8) -> usize {
-        let a = p as usize;
         // SAFETY: `p` is a live block in a segment of ours.
-        unsafe { Segment::fast_class_of(Segment::of(a), (a >> PAGE_SHIFT) % PAGES_PER_SEGMENT) }
+        unsafe { Segment::fast_class_at(p as usize) }
     }
 
     /// Sampled small blocks stay in their slabs: not page-aligned, found by address, their

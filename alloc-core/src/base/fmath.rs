@@ -64,7 +64,8 @@ pub fn neg_ln_uniform(r: u64) -> f64 {
     // The bits below the leading one, left-aligned: m = 1.frac.
     let frac = v << lz << 1;
     let m = f64::from_bits((1023u64 << 52) | (frac >> 12));
-    let i = (frac >> (64 - LN_STEPS.trailing_zeros())) as usize;
+    // Masked, though the shift already leaves six bits: no bounds check on the hot path.
+    let i = (frac >> (64 - LN_STEPS.trailing_zeros())) as usize & (LN_STEPS - 1);
     let (ln_c, inv_c) = LN_TABLE[i];
     let c = 1.0 + i as f64 / LN_STEPS as f64;
     let t = (m - c) * inv_c;

@@ -40,16 +40,13 @@ impl<S: Keyed> OpenTable<S> {
         self.live
     }
 
-    /// Slots, for a walk with [`OpenTable::at`] (0 before the first insert).
-    pub fn slots(&self) -> usize {
-        self.len
-    }
-
-    /// The slot at index `i < slots()` (empty slots have key 0).
-    pub fn at(&self, i: usize) -> S {
-        assert!(i < self.len);
-        // SAFETY: in bounds of the mapped, initialised slots.
-        unsafe { *self.slots.add(i) }
+    /// The first entry at or after slot `cursor`, and the cursor to go on from; None past the
+    /// end. For a walk over every entry while the table does not change.
+    pub fn next_from(&self, cursor: usize) -> Option<(usize, S)> {
+        (cursor..self.len)
+            // SAFETY: `i < len`, the mapped, initialised slots.
+            .map(|i| (i + 1, unsafe { *self.slots.add(i) }))
+            .find(|(_, s)| s.key() != 0)
     }
 
     fn home(&self, key: usize) -> usize {
@@ -57,8 +54,8 @@ impl<S: Keyed> OpenTable<S> {
         ((key >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20) & (self.len - 1)
     }
 
-    /// The index of the slot holding `key`, if any.
-    pub fn find(&self, key: usize) -> Option<usize> {
+    /// The index of the slot holding `key`, if any (always below `len`).
+    fn find(&self, key: usize) -> Option<usize> {
         if self.len == 0 || key == 0 {
             return None;
         }
@@ -76,18 +73,24 @@ impl<S: Keyed> OpenTable<S> {
         }
     }
 
-    /// The entry at index `i` (from [`OpenTable::find`]), to change in place (not its key).
-    pub fn entry(&mut self, i: usize) -> &mut S {
-        assert!(i < self.len);
-        // SAFETY: in bounds; the table is borrowed mutably.
-        unsafe { &mut *self.slots.add(i) }
+    /// The entry with key `key`, if any.
+    #[cfg(test)]
+    pub fn get(&self, key: usize) -> Option<S> {
+        // SAFETY: `find` returns an index below `len`.
+        self.find(key).map(|i| unsafe { *self.slots.add(i) })
+    }
+
+    /// The entry with key `key`, if any, to change in place (not its key).
+    pub fn get_mut(&mut self, key: usize) -> Option<&mut S> {
+        // SAFETY: as above; the table is borrowed mutably.
+        self.find(key).map(|i| unsafe { &mut *self.slots.add(i) })
     }
 
     /// Inserts `slot`, replacing the entry with the same key if there is one. False when the
     /// table already holds `max` entries or cannot grow (then nothing changed).
     pub fn insert(&mut self, slot: S, max: usize) -> bool {
-        if let Some(i) = self.find(slot.key()) {
-            *self.entry(i) = slot;
+        if let Some(old) = self.get_mut(slot.key()) {
+            *old = slot;
             return true;
         }
         if self.live >= max || (self.live + 1) * 2 > self.len && !self.grow() {
@@ -108,14 +111,15 @@ impl<S: Keyed> OpenTable<S> {
     /// Removes the entry with key `key` and returns it, if there is one.
     pub fn remove(&mut self, key: usize) -> Option<S> {
         let i = self.find(key)?;
-        let found = self.at(i);
+        // SAFETY: `find` returns an index below `len`.
+        let found = unsafe { *self.slots.add(i) };
         self.remove_at(i);
         Some(found)
     }
 
-    /// Removes the entry at index `i`, moving back the entries of its probe run that could no
-    /// longer be reached past the hole.
-    pub fn remove_at(&mut self, mut i: usize) {
+    /// Removes the entry at index `i < len`, moving back the entries of its probe run that
+    /// could no longer be reached past the hole.
+    fn remove_at(&mut self, mut i: usize) {
         let mask = self.len - 1;
         let mut j = i;
         // SAFETY: every index is masked into bounds.
@@ -203,13 +207,13 @@ mod tests {
         for (v, &k) in keys.iter().enumerate() {
             assert!(t.insert(Key(k, v), usize::MAX));
         }
-        assert!(t.slots() >= 1024 && t.live() == keys.len());
+        assert!(t.len >= 1024 && t.live() == keys.len());
         for (n, &k) in keys.iter().enumerate().filter(|(n, _)| n % 3 != 1) {
             assert_eq!(t.remove(k).map(|s| s.1), Some(n));
-            assert!(t.find(k).is_none(), "key {n} still found");
+            assert!(t.get(k).is_none(), "key {n} still found");
             for (m, &other) in keys.iter().enumerate().skip(n + 1) {
-                let i = t.find(other).unwrap_or_else(|| panic!("{other:#x} lost"));
-                assert_eq!(t.at(i).1, m);
+                let found = t.get(other).unwrap_or_else(|| panic!("{other:#x} lost"));
+                assert_eq!(found.1, m);
             }
         }
         assert_eq!(t.live(), keys.len() / 3);
@@ -228,6 +232,15 @@ mod tests {
             "a key already there is replaced"
         );
         assert_eq!(t.remove(3 << 4).map(|s| s.1), Some(99));
-        assert!(t.find(0).is_none());
+        assert!(t.get(0).is_none());
+        // A walk sees every entry once.
+        let mut seen = Vec::new();
+        let mut cursor = 0;
+        while let Some((next, s)) = t.next_from(cursor) {
+            seen.push(s.1);
+            cursor = next;
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, [1, 2, 4, 5, 6, 7, 8, 9, 10]);
     }
 }

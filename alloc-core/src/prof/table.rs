@@ -353,10 +353,9 @@ pub fn peek_next(cursor: usize, out: &mut [u8]) -> Option<PeekBlock> {
     let table = TABLE.lock();
     let set = &table.peek;
     let mut i = cursor;
-    while i < set.slots() {
-        let s = set.at(i);
-        i += 1;
-        if s.addr == 0 || s.entry.is_null() {
+    while let Some((next, s)) = set.next_from(i) {
+        i = next;
+        if s.entry.is_null() {
             continue;
         }
         let n = out.len().min(s.bytes);
