@@ -211,12 +211,12 @@ pub(super) fn forget_sample(record: SampleRecord, block: usize) {
 #[cfg(test)]
 mod tests {
     use crate::addr::sampled as addr_sampled;
-    use crate::addr::segment::{Segment, PAGES_PER_SEGMENT};
+    use crate::addr::segment::Segment;
     use crate::api::alloc::malloc;
     use crate::api::free::{free, free_sized};
     use crate::base::config;
     use crate::base::size_class::class_of;
-    use crate::platform::os::{PAGE_SHIFT, PAGE_SIZE};
+    use crate::platform::os::PAGE_SIZE;
 
     fn code_of_page(p: *mut u8) -> usize {
         // SAFETY: `p` is a live block in a segment of ours.
