@@ -12,7 +12,8 @@
 //!   VMAs say `MADV_NOHUGEPAGE`;
 //! - the default (`auto`): in `madvise` or `always` mode the huge blocks are backed by huge
 //!   pages and segments are not asked for them; in `never` mode nothing is asked;
-//! - `thp:always`: segments are backed by huge pages too (`madvise`/`always` mode);
+//! - `thp:always`: segments are backed by huge pages too (`madvise`/`always` mode), and stay
+//!   whole where live blocks remain when the thread that allocated them exits;
 //! - a bad value warns once and keeps the default.
 
 mod common;
@@ -63,6 +64,11 @@ fn field(text: &str, key: &str) -> u64 {
 
 /// Compiles thp.c once per test and runs it under the preload with `conf` and the report on.
 fn run(conf: &str) -> Option<Seen> {
+    run_with(conf, &[])
+}
+
+/// [`run`], with arguments for thp.c.
+fn run_with(conf: &str, args: &[&str]) -> Option<Seen> {
     if !have("cc") {
         return None;
     }
@@ -74,7 +80,7 @@ fn run(conf: &str) -> Option<Seen> {
     } else {
         format!("{conf},stats_print:true")
     };
-    let r: Run = common::run_conf(command(&exe, [] as [&str; 0]), Some(&conf));
+    let r: Run = common::run_conf(command(&exe, args), Some(&conf));
     r.assert_ok("thp.c", "vmas=");
     let seen = Seen {
         vmas: field(&r.stdout, "vmas="),
@@ -157,6 +163,27 @@ fn always_backs_segments_too() {
             );
             assert_eq!((s.seg_kb, s.huge_kb), (0, 0), "{s:?}");
         }
+    }
+}
+
+/// A thread that exits leaves its arena's huge pages whole where live blocks remain: its exit
+/// gives back free pages at once, but purging those in huge pages still in use would split
+/// them, and the next round of threads would fault them in 4 KiB at a time. Half the large
+/// blocks stay live, one in two: every huge page of theirs is half used.
+#[test]
+fn an_exiting_thread_leaves_huge_pages_in_use_whole() {
+    let Some(s) = run_with("thp:always", &["exit"]) else {
+        return;
+    };
+    match kernel_mode() {
+        Mode::Madvise | Mode::Always => {
+            // 16 MiB live, one block in two, over 32 MiB of segments.
+            assert!(
+                s.seg_kb >= 16 << 10,
+                "the exit split the huge pages holding live blocks: {s:?}"
+            );
+        }
+        Mode::Never => assert_eq!((s.seg_kb, s.hg + s.nh), (0, 0), "{s:?}"),
     }
 }
 

@@ -2,7 +2,10 @@
  * blocks (8 x 4 MiB, mappings of their own), keeps them live, then reads /proc/self/smaps and
  * prints, for the VMAs that hold any of its blocks: the AnonHugePages of those holding the
  * large blocks (seg_kb) and the huge blocks (huge_kb), and how many of those VMAs carry the
- * `hg` (MADV_HUGEPAGE) and `nh` (MADV_NOHUGEPAGE) flags. */
+ * `hg` (MADV_HUGEPAGE) and `nh` (MADV_NOHUGEPAGE) flags.
+ * With the argument `exit`, a thread allocates the large blocks, frees every other one and
+ * exits (the last thread of its arena) before the smaps are read: what its exit gave back. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,18 +17,33 @@ static char *large[NLARGE], *huge[NHUGE];
 static int holds(char **blocks, int n, size_t size, unsigned long lo, unsigned long hi) {
     for (int i = 0; i < n; i++) {
         unsigned long b = (unsigned long)blocks[i];
-        if (b < hi && b + size > lo)
+        if (b && b < hi && b + size > lo)
             return 1;
     }
     return 0;
 }
 
-int main(void) {
+static void *alloc_large(void *half) {
     for (int i = 0; i < NLARGE; i++) {
         large[i] = malloc(256 << 10);
         if (!large[i])
-            return 2;
+            exit(2);
         memset(large[i], i + 1, 256 << 10);
+    }
+    for (int i = 0; half && i < NLARGE; i += 2) {
+        free(large[i]);
+        large[i] = NULL;
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "exit")) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, alloc_large, argv[1]) || pthread_join(t, NULL))
+            return 4;
+    } else {
+        alloc_large(NULL);
     }
     for (int i = 0; i < NHUGE; i++) {
         huge[i] = malloc(4 << 20);

@@ -155,6 +155,10 @@ pub struct Segment {
     /// Bit `h` set: huge page `h` of this segment was given `MADV_HUGEPAGE` (see
     /// [`Segment::create`]); the decay then returns it whole or, later, in part.
     pub dense: u8,
+    /// Bit `h` set: part of dense huge page `h` was purged since the segment was mapped, so the
+    /// kernel split it, and its pages fault in 4 KiB at a time from then on (an intact one is
+    /// faulted in whole by the first touch of any of its pages).
+    pub broken: u8,
     /// Free pages (dirty or clean) in each huge page of the segment, kept by the page heap.
     pub hp_free: [u16; HUGE_PAGES_PER_SEGMENT],
     /// For every page, `free`'s fast-path code: class + 1 on every page of a slab and on the
@@ -196,6 +200,17 @@ impl Segment {
         }
         registry::mark_segment(base as usize, registry::tag_of_index(arena as usize));
         seg
+    }
+
+    /// Whether huge page `h` of `seg` is dense and was never purged in part: touching any of
+    /// its pages faults all of it in.
+    ///
+    /// # Safety
+    /// `seg` must be a live segment.
+    #[inline]
+    pub unsafe fn is_intact(seg: *const Segment, h: usize) -> bool {
+        // SAFETY: as documented.
+        unsafe { Segment::is_dense(seg, h) && (*seg).broken & (1 << h) == 0 }
     }
 
     /// Whether huge page `h` of `seg` was asked to be backed by a huge page.

@@ -751,7 +751,9 @@ const IDLE_DIRTY_KEEP_PAGES: usize = 512;
 /// - Otherwise (its first thread leaves, or one that came after a long pause): the bins' empty
 ///   slabs go back to the page heap and, if more than [`IDLE_DIRTY_KEEP_PAGES`] are dirty, all
 ///   dirty pages are purged at once, so workers that exit return their memory even if no
-///   thread ever allocates again.
+///   thread ever allocates again; but free pages in huge pages that still hold live blocks
+///   wait for their decay time, as purging them would break the huge pages (and a round of
+///   threads that comes back would fault them in 4 KiB at a time).
 ///
 /// Either way the exiting thread serves the other arenas' due purges, as a tick would.
 pub fn release_thread(a: &Arena) {
@@ -765,8 +767,9 @@ pub fn release_thread(a: &Arena) {
             a.release_empty_slabs(now);
             let mut p = a.pages.lock();
             if decay >= 0 && p.heap.counts.dirty > IDLE_DIRTY_KEEP_PAGES {
-                p.heap.purge_all();
-                a.purge_hint.store(u64::MAX, Ordering::Relaxed);
+                p.heap.purge_all_but_huge_pages_in_use();
+                let next = p.heap.next_purge_at(decay).unwrap_or(u64::MAX);
+                a.purge_hint.store(next, Ordering::Relaxed);
             }
         }
     }

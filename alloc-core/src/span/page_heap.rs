@@ -807,12 +807,21 @@ impl PageHeap {
         }
     }
 
-    /// Purges every dirty span in huge page `h` of `seg`, which is all free, with one
-    /// `madvise` per dirty span (one for the whole huge page when it has not been broken):
-    /// the huge page goes back whole. Dirty spans reaching past it keep their outer part.
+    /// Purges every dirty span in huge page `h` of `seg`, which is all free: the huge page goes
+    /// back whole. Dirty spans reaching past it keep their outer part.
     unsafe fn purge_huge_page(&mut self, seg: *mut Segment, h: usize) -> usize {
         let (hf, he) = huge_page_range(h);
         let mut purged = 0;
+        // An intact huge page goes back with one `madvise` of all of it (clean pages too: they
+        // were resident with it), which keeps it whole for the kernel: the next touch faults
+        // it in as one huge page again. The first holds the header and cannot go whole.
+        // SAFETY: `seg` is a live segment of ours; the huge page holds no live data.
+        let whole = hf == h * HUGE_PAGE_PAGES && unsafe { Segment::is_intact(seg, h) };
+        if whole {
+            let start = (seg as usize + (hf << PAGE_SHIFT)) as *mut u8;
+            // SAFETY: as above.
+            unsafe { os::purge(start, (he - hf) << PAGE_SHIFT) };
+        }
         loop {
             // Span heads from the segment's first page on (only span heads are reliable
             // entries) up to the first dirty span reaching into the huge page.
@@ -837,7 +846,7 @@ impl PageHeap {
             // SAFETY: a dirty span of ours; the range is its part inside the huge page.
             purged += unsafe {
                 let end = p + (*dirty).pages as usize;
-                self.purge_range(dirty, p.max(hf), end.min(he))
+                self.purge_part(dirty, p.max(hf), end.min(he), !whole)
             };
             if self.counts.segments != segments {
                 return purged; // the segment was wholly clean and is unmapped
@@ -910,10 +919,83 @@ impl PageHeap {
         purged
     }
 
+    /// Purges every dirty span now, except its parts in dense huge pages that still hold live
+    /// blocks: those keep their decay time (or subrelease time) and list place. Purging them
+    /// now would break their huge pages, and whoever reuses the memory next (a thread that
+    /// takes the arena over) would fault it in again 4 KiB at a time. Whole free huge pages and
+    /// segments without huge pages are purged as by [`PageHeap::purge_all`]. Returns how many
+    /// pages it purged.
+    pub fn purge_all_but_huge_pages_in_use(&mut self) -> usize {
+        let mut purged = 0;
+        for sub in [false, true] {
+            // Spans at or before `kept` are kept; no purge touches them (a kept span lies only
+            // in huge pages with live blocks, which `purge_huge_page` never visits, and merges
+            // join clean spans only), so the walk goes on from there.
+            let mut kept: *mut SpanDesc = ptr::null_mut();
+            loop {
+                let d = if !kept.is_null() {
+                    // SAFETY: `kept` is a dirty span of ours, still on its list.
+                    unsafe { (*kept).decay_next() }
+                } else if sub {
+                    self.subrelease.head
+                } else {
+                    self.decay.head
+                };
+                if d.is_null() {
+                    break;
+                }
+                // SAFETY: `d` is a dirty span of ours on the list walked.
+                match unsafe { self.purge_outside_huge_pages_in_use(d) } {
+                    Some(pages) => purged += pages,
+                    None => kept = d,
+                }
+            }
+        }
+        purged
+    }
+
+    /// Purges the whole free huge pages dirty span `d` reaches into, or else its part in the
+    /// first huge page not asked for; `None` (nothing done) when every huge page it lies in is
+    /// dense and holds live blocks. A purge leaves what stays of `d` at its list place.
+    unsafe fn purge_outside_huge_pages_in_use(&mut self, d: *mut SpanDesc) -> Option<usize> {
+        // SAFETY: `d` is a dirty span of ours; we hold the lock.
+        unsafe {
+            let seg = segment_of_desc(d);
+            let first = page_of_desc(d);
+            let end = first + (*d).pages as usize;
+            let (h0, h1) = (first / HUGE_PAGE_PAGES, (end - 1) / HUGE_PAGE_PAGES);
+            for h in h0..=h1 {
+                if dense_and_free(seg, h) {
+                    return Some(self.purge_huge_page(seg, h));
+                }
+            }
+            for h in h0..=h1 {
+                if !Segment::is_dense(seg, h) {
+                    let (hf, he) = huge_page_range(h);
+                    return Some(self.purge_range(d, first.max(hf), end.min(he)));
+                }
+            }
+            None
+        }
+    }
+
     /// Purges pages `[from, to)` of dirty span `d` (all of `d` or part of it): they become
     /// clean and merge with clean neighbours; the rest of `d` stays dirty, with its free time
     /// and list place. A segment left wholly clean is unmapped. Returns `to - from`.
     unsafe fn purge_range(&mut self, d: *mut SpanDesc, from: usize, to: usize) -> usize {
+        // SAFETY: as documented.
+        unsafe { self.purge_part(d, from, to, true) }
+    }
+
+    /// [`PageHeap::purge_range`]; with `advise` false the caller has already given the pages
+    /// back (a whole huge page at once), and only the books change.
+    unsafe fn purge_part(
+        &mut self,
+        d: *mut SpanDesc,
+        from: usize,
+        to: usize,
+        advise: bool,
+    ) -> usize {
         // SAFETY: `d` is a dirty span of ours and `[from, to)` lies inside it; its pages hold
         // no live data.
         unsafe {
@@ -921,6 +1003,15 @@ impl PageHeap {
             let first = page_of_desc(d);
             let end = first + (*d).pages as usize;
             debug_assert!(first <= from && from < to && to <= end);
+            if advise {
+                // Before the books change: the walk needs them consistent.
+                for h in from / HUGE_PAGE_PAGES..=(to - 1) / HUGE_PAGE_PAGES {
+                    let whole = from <= h * HUGE_PAGE_PAGES && to >= (h + 1) * HUGE_PAGE_PAGES;
+                    if !whole && Segment::is_intact(seg, h) {
+                        self.break_huge_page(seg, h);
+                    }
+                }
+            }
             let freed_at = (*d).freed_at();
             let sub = (*d).flags & FLAG_SUBRELEASE != 0;
             let mut after = (*d).decay_prev();
@@ -934,7 +1025,9 @@ impl PageHeap {
             }
             let pages = to - from;
             let start = (seg as usize + (from << PAGE_SHIFT)) as *mut u8;
-            os::purge(start, pages << PAGE_SHIFT);
+            if advise {
+                os::purge(start, pages << PAGE_SHIFT);
+            }
             self.counts.purged += pages as u64;
             let md = Segment::desc(seg, from);
             (*md).pages = pages as u32;
@@ -952,6 +1045,30 @@ impl PageHeap {
                 self.insert_free(seg, first, merged, false, 0, ptr::null_mut(), false);
             }
             pages
+        }
+    }
+
+    /// Dense huge page `h` of `seg` was intact and is being purged in part, which splits it.
+    /// While it was whole, its clean pages were resident too (the first touch of any page
+    /// brings in all of them), though the heap never saw them dirty: they go back now, or they
+    /// would stay resident, unseen, until reused. From now on its pages fault in one by one.
+    unsafe fn break_huge_page(&mut self, seg: *mut Segment, h: usize) {
+        let (hf, he) = huge_page_range(h);
+        // SAFETY: descriptors of a live segment of ours, visited head by head; clean spans
+        // hold no data.
+        unsafe {
+            (*seg).broken |= 1 << h;
+            let mut p = HEADER_PAGES;
+            while p < he {
+                let d = Segment::desc(seg, p);
+                let end = p + (*d).pages as usize;
+                if end > hf && (*d).kind == kind::FREE_CLEAN {
+                    let (from, to) = (p.max(hf), end.min(he));
+                    let start = (seg as usize + (from << PAGE_SHIFT)) as *mut u8;
+                    os::purge(start, (to - from) << PAGE_SHIFT);
+                }
+                p = end;
+            }
         }
     }
 
@@ -1338,12 +1455,19 @@ mod huge_page_tests {
     /// A little used dense huge page is not kept whole: its free pages go at their decay time.
     #[test]
     fn a_little_used_huge_page_is_broken_at_the_decay_time() {
-        let (mut heap, _seg, _live) = dense_heap(10);
+        let (mut heap, seg, _live) = dense_heap(10);
         let freed = alloc_large(&mut heap, 300);
         // SAFETY: `freed` is an allocated block of this heap.
         unsafe { heap.free(freed, 1000, 1000) };
+        // SAFETY: `seg` is live.
+        assert!(unsafe { Segment::is_intact(seg, 0) });
         assert!(heap.purge_expired(2000, 1000) >= 300);
         assert_eq!(heap.counts.subrelease, 0);
+        // SAFETY: as above.
+        assert!(
+            unsafe { !Segment::is_intact(seg, 0) },
+            "purged in part: broken"
+        );
         heap.check();
     }
 
@@ -1364,6 +1488,49 @@ mod huge_page_tests {
         assert_eq!(heap.counts.clean, HUGE_PAGE_PAGES);
         // SAFETY: `seg` is live (the first huge page holds a live block).
         assert_eq!(unsafe { (*seg).hp_free }, [0, HUGE_PAGE_PAGES as u16]);
+        heap.check();
+    }
+
+    /// A thread's exit purge keeps huge pages with live blocks whole: it gives back the huge
+    /// pages that are all free (whole, so they stay intact) and the pages of segments without
+    /// huge pages.
+    #[test]
+    fn exit_purge_keeps_huge_pages_in_use_whole() {
+        // The first huge page: 300 live pages and a freed block; the second: all free.
+        let (mut heap, seg, _live) = dense_heap(300);
+        let freed = alloc_large(&mut heap, 100);
+        let _rest = alloc_large(&mut heap, HUGE_PAGE_PAGES - HEADER_PAGES - 400);
+        let second = alloc_large(&mut heap, HUGE_PAGE_PAGES);
+        // A segment without huge pages (the first is full), with a live block and a freed one.
+        let plain_live = alloc_large(&mut heap, HUGE_PAGE_PAGES);
+        let plain_freed = alloc_large(&mut heap, 100);
+        // SAFETY: blocks of this heap; the freed ones are no longer used.
+        unsafe {
+            assert_eq!(page_of_desc(second), HUGE_PAGE_PAGES);
+            assert_ne!(segment_of_desc(plain_live), seg);
+            assert_eq!(segment_of_desc(plain_freed), segment_of_desc(plain_live));
+            heap.free(freed, 1000, 1000);
+            heap.free(second, 1000, 1000);
+            heap.free(plain_freed, 1000, 1000);
+        }
+        assert_eq!(heap.counts.dirty, 100 + HUGE_PAGE_PAGES + 100);
+        assert_eq!(
+            heap.purge_all_but_huge_pages_in_use(),
+            HUGE_PAGE_PAGES + 100
+        );
+        assert_eq!(
+            heap.counts.dirty, 100,
+            "the live huge page's free pages wait"
+        );
+        // SAFETY: `seg` is live.
+        unsafe {
+            assert!(Segment::is_intact(seg, 0), "not broken");
+            assert!(Segment::is_intact(seg, 1), "given back whole");
+        }
+        heap.check();
+        // Their decay time still comes: well used, they move to the subrelease list.
+        assert_eq!(heap.purge_expired(2000, 1000), 0);
+        assert_eq!(heap.counts.subrelease, 100);
         heap.check();
     }
 
