@@ -9,6 +9,7 @@
 
 use crate::addr::segment::{self, kind, span_start, Segment, SpanDesc, FLAG_SAMPLED};
 use crate::base::config;
+use crate::base::meta;
 use crate::base::size_class::{CLASSES, NUM_CLASSES, NUM_SMALL};
 use crate::platform::lock::{Guard, Locked};
 use crate::platform::os;
@@ -57,6 +58,30 @@ pub struct SlabBin {
     pub objects_out: usize,
     /// Requests served straight from the bin, without a thread cache.
     pub direct_requests: u64,
+    /// Free objects that thread caches sent back, not yet put back in their slabs: the next
+    /// refill takes them as they are (see [`transfer_capacity`]). Metadata memory of
+    /// [`TRANSFER_SLOTS`] slots, mapped at the first use; `transfer_len` of them hold objects.
+    transfer: *mut *mut u8,
+    /// Objects in `transfer`.
+    pub transfer_len: usize,
+    /// How many more objects `transfer` may take: refills add what they take, puts spend it,
+    /// the sweep clears it. Objects parked there keep their slabs from emptying, so they are
+    /// parked only while refills take as many: in a phase of frees alone they go back to
+    /// their slabs after one transfer array's worth.
+    transfer_credit: usize,
+}
+
+/// Slots of a bin's transfer array (see [`SlabBin`]).
+const TRANSFER_SLOTS: usize = 1024;
+/// A bin's transfer array holds at most this many bytes of objects.
+const TRANSFER_BYTES: usize = 64 << 10;
+
+/// How many objects of class `class` a bin's transfer array holds: at most [`TRANSFER_SLOTS`]
+/// and [`TRANSFER_BYTES`] worth. Blocks one thread frees and another allocates (a producer and
+/// its consumer) then go from cache to cache through it, two copies under the bin lock, instead
+/// of into their slabs' bitmaps and out again, one object at a time.
+fn transfer_capacity(class: usize) -> usize {
+    (TRANSFER_BYTES / CLASSES[class].size as usize).min(TRANSFER_SLOTS)
 }
 
 // SAFETY: the raw pointers are slab descriptors owned by the bin, reached only under its lock.
@@ -131,6 +156,15 @@ impl SlabBin {
         d
     }
 
+    /// The objects waiting in the transfer array.
+    fn transferred(&self) -> &[*mut u8] {
+        if self.transfer.is_null() {
+            return &[];
+        }
+        // SAFETY: the first `transfer_len` slots of the array hold objects.
+        unsafe { core::slice::from_raw_parts(self.transfer, self.transfer_len) }
+    }
+
     /// Whether `s` is null or has no free object.
     fn exhausted(s: *mut SpanDesc) -> bool {
         // SAFETY: a non-null `s` is a live slab of this bin.
@@ -192,6 +226,9 @@ impl Arena {
                     slabs: 0,
                     objects_out: 0,
                     direct_requests: 0,
+                    transfer: ptr::null_mut(),
+                    transfer_len: 0,
+                    transfer_credit: 0,
                 }))
             }; NUM_SMALL],
             pages: Locked::new(ArenaPages {
@@ -265,7 +302,17 @@ impl Arena {
     /// memory ran out).
     pub fn fill_small(&self, class: usize, out: &mut [*mut u8], direct: bool) -> usize {
         let mut bin = self.bin(class).lock();
-        let mut n = 0;
+        let from_transfer = bin.transfer_len.min(out.len());
+        if from_transfer > 0 {
+            bin.transfer_len -= from_transfer;
+            // SAFETY: the first `transfer_len + from_transfer` slots hold objects; we hold the
+            // lock that guards them.
+            unsafe {
+                let src = bin.transfer.add(bin.transfer_len);
+                ptr::copy_nonoverlapping(src, out.as_mut_ptr(), from_transfer);
+            }
+        }
+        let mut n = from_transfer;
         while n < out.len() {
             let mut s = bin.current;
             if SlabBin::exhausted(s) {
@@ -289,7 +336,8 @@ impl Arena {
             // SAFETY: `s` is a live slab of this bin with free objects; we hold its lock.
             n += unsafe { slab::take(s, &mut out[n..]) };
         }
-        bin.objects_out += n;
+        bin.objects_out += n - from_transfer;
+        bin.transfer_credit = (bin.transfer_credit + n).min(transfer_capacity(class));
         if direct {
             bin.direct_requests += n as u64;
         }
@@ -316,6 +364,35 @@ impl Arena {
     /// Every pointer must be an object start of a slab of this arena of class `class`.
     pub unsafe fn put_small(&self, class: usize, objects: &[*mut u8]) {
         let mut bin = self.bin(class).lock();
+        let room = (transfer_capacity(class) - bin.transfer_len).min(bin.transfer_credit);
+        let mut kept = 0;
+        if room > 0 {
+            if bin.transfer.is_null() {
+                let bytes = TRANSFER_SLOTS * size_of::<*mut u8>();
+                bin.transfer = meta::alloc(bytes, align_of::<*mut u8>()).cast();
+            }
+            if !bin.transfer.is_null() {
+                kept = room.min(objects.len());
+                // SAFETY: `kept` slots from `transfer_len` on are within the array; we hold
+                // the lock that guards it.
+                unsafe {
+                    let dst = bin.transfer.add(bin.transfer_len);
+                    ptr::copy_nonoverlapping(objects.as_ptr(), dst, kept);
+                }
+                bin.transfer_len += kept;
+                bin.transfer_credit -= kept;
+            }
+        }
+        // SAFETY: as documented; we hold the bin's lock.
+        unsafe { self.put_in_slabs(&mut bin, class, &objects[kept..]) };
+    }
+
+    /// Puts objects of small class `class` back in their slabs' bitmaps, whose bin `bin` is
+    /// (locked); a slab that empties is kept or goes back to the page heap.
+    ///
+    /// # Safety
+    /// As for [`Arena::put_small`]; `bin` must be this arena's bin of `class`.
+    unsafe fn put_in_slabs(&self, bin: &mut SlabBin, class: usize, objects: &[*mut u8]) {
         for &p in objects {
             let seg = Segment::of(p as usize);
             let page = (p as usize - seg as usize) >> os::PAGE_SHIFT;
@@ -360,15 +437,17 @@ impl Arena {
     }
 
     /// Whether the object at `p` (a validated object of a slab of ours, class `class`) is free
-    /// in its slab. For double-free diagnosis.
+    /// in its slab, or waiting in the bin's transfer array. For double-free diagnosis.
     ///
     /// # Safety
     /// `d` must be the slab holding `p`.
     pub unsafe fn slab_object_is_free(&self, class: usize, d: *mut SpanDesc, p: usize) -> bool {
-        let _bin = self.bin(class).lock();
-        // SAFETY: the slab is guarded by the lock we hold.
+        let bin = self.bin(class).lock();
+        // SAFETY: the slab and the transfer array are guarded by the lock we hold.
         unsafe {
-            (*d).kind == kind::SLAB && slab::object_index(d, p).is_some_and(|i| slab::is_free(d, i))
+            (*d).kind == kind::SLAB
+                && (slab::object_index(d, p).is_some_and(|i| slab::is_free(d, i))
+                    || bin.transferred().contains(&(p as *mut u8)))
         }
     }
 
@@ -630,8 +709,21 @@ impl Arena {
     /// expired).
     fn release_empty_slabs(&self, now: u64) -> usize {
         let mut purged = 0;
-        for (bin, info) in self.bins.iter().zip(&CLASSES) {
+        for (class, (bin, info)) in self.bins.iter().zip(&CLASSES).enumerate() {
             let mut bin = bin.0.lock();
+            // Objects waiting for a refill go back to their slabs, which may empty.
+            bin.transfer_credit = 0;
+            let waiting = bin.transfer_len;
+            if waiting > 0 {
+                bin.transfer_len = 0;
+                let objects = bin.transfer;
+                // SAFETY: the array's first `waiting` slots hold validated objects of this
+                // bin's class, no longer listed there; we hold the bin lock.
+                unsafe {
+                    let objects = core::slice::from_raw_parts(objects, waiting);
+                    self.put_in_slabs(&mut bin, class, objects);
+                }
+            }
             if !bin.empty.is_null() {
                 let kept_pages = bin.empty_slabs * info.pages as usize;
                 let mut p = self.pages.lock();
@@ -825,5 +917,73 @@ pub fn postfork_child() {
             b.0.reset_after_fork();
         }
         a.threads.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::size_class::class_of;
+
+    /// Objects a thread cache sends back wait in their bin's transfer array: the next refill
+    /// takes them as they are (the last sent first), a second free of one is recognised, and
+    /// the sweep puts the rest back in their slab, which then empties and goes.
+    #[test]
+    fn sent_back_objects_wait_for_the_next_refill() {
+        let a = get(200); // an arena no other test uses
+        let class = class_of(64);
+        let mut out = [ptr::null_mut(); 8];
+        assert_eq!(a.fill_small(class, &mut out, false), 8);
+        // SAFETY: objects of this arena's slabs of `class`, unused.
+        unsafe { a.put_small(class, &out[..6]) };
+        {
+            let bin = a.bin(class).lock();
+            assert_eq!(bin.transferred(), &out[..6]);
+            assert_eq!(bin.objects_out, 8, "still out of their slab");
+        }
+        let seg = Segment::of(out[0] as usize);
+        let page = (out[0] as usize - seg as usize) >> os::PAGE_SHIFT;
+        // SAFETY: `out[0]` lies in a live slab of ours.
+        let d = unsafe { Segment::desc(seg, Segment::head_of(seg, page)) };
+        // SAFETY: `d` is the slab of these objects (all from one fresh slab).
+        unsafe {
+            assert!(a.slab_object_is_free(class, d, out[0] as usize));
+            assert!(!a.slab_object_is_free(class, d, out[7] as usize));
+        }
+        let mut again = [ptr::null_mut(); 4];
+        assert_eq!(a.fill_small(class, &mut again, false), 4);
+        assert_eq!(
+            again,
+            out[2..6],
+            "taken from the transfer array, as they were"
+        );
+        assert_eq!(a.bin(class).lock().transferred(), &out[..2]);
+        // SAFETY: as above.
+        unsafe {
+            a.put_small(class, &again);
+            a.put_small(class, &out[6..]);
+        }
+        a.release_empty_slabs(0);
+        let bin = a.bin(class).lock();
+        assert_eq!(
+            (bin.transfer_len, bin.objects_out, bin.slabs),
+            (0, 0, 0),
+            "back in the slab, which emptied and went"
+        );
+    }
+
+    /// Objects are parked only as many as refills took: in a phase of frees alone they go
+    /// back to their slabs (which can then empty), not into the transfer array.
+    #[test]
+    fn frees_alone_go_back_to_their_slabs() {
+        let a = get(201); // an arena no other test uses
+        let class = class_of(128);
+        let mut out = [ptr::null_mut(); 16];
+        assert_eq!(a.fill_small(class, &mut out, false), 16);
+        a.release_empty_slabs(0); // a sweep: no credit left
+                                  // SAFETY: objects of this arena's slabs of `class`, unused.
+        unsafe { a.put_small(class, &out) };
+        let bin = a.bin(class).lock();
+        assert_eq!((bin.transfer_len, bin.objects_out), (0, 0));
     }
 }

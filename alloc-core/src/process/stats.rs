@@ -22,9 +22,10 @@
 //!   ("held and forgotten", as opposed to "held for reuse"), *dirty_hugepage* are past their
 //!   window too but kept on purpose, whole in well used huge pages, until the longer subrelease
 //!   delay (see `span::page_heap`), and *oldest_dirty_ms* is the age of the oldest of the rest;
-//! - *cached*: free blocks held in thread caches (*tcache_cached*), pages of empty slabs the bins
-//!   keep (*empty_slab*) and freed huge blocks kept for reuse (*huge_cached*). Thread-cached
-//!   blocks and kept slabs count as active pages, the huge cache as dirty.
+//! - *cached*: free blocks held in thread caches and the bins' transfer arrays
+//!   (*tcache_cached*), pages of empty slabs the bins keep (*empty_slab*) and freed huge blocks
+//!   kept for reuse (*huge_cached*). Cached blocks and kept slabs count as active pages, the
+//!   huge cache as dirty.
 
 use crate::addr::registry;
 use crate::addr::segment::{HEADER_PAGES, SEGMENT_SIZE};
@@ -86,7 +87,8 @@ pub struct Snapshot {
     pub oldest_dirty_ms: u64,
     /// The decay window these figures were taken with (`dirty_decay_ms`).
     pub decay_ms: i64,
-    /// Bytes of free blocks held in thread caches.
+    /// Bytes of free blocks held in thread caches and in the bins' transfer arrays (on their
+    /// way from the thread that freed them to the next refill).
     pub tcache_cached: usize,
     /// Bytes of empty slabs the bins keep for reuse.
     pub empty_slab: usize,
@@ -151,6 +153,7 @@ pub fn snapshot() -> Snapshot {
         for (c, o) in out.iter_mut().enumerate().take(NUM_SMALL) {
             let bin = a.bin(c).lock();
             *o += bin.objects_out;
+            s.classes[c].cached += bin.transfer_len;
             s.classes[c].slabs += bin.slabs;
             s.classes[c].empty_slabs += bin.empty_slabs;
             empty_pages += bin.empty_slabs * CLASSES[c].pages as usize;
