@@ -25,6 +25,7 @@ MEMORY_METRICS = {
     "regrow": ["peak_rss_kb"],
     "larson": ["peak_rss_kb"],
     "churn": ["peak_rss_kb"],
+    "bigloop": ["peak_rss_kb"],
     "redis": ["peak_rss_kb"],
     "python3": ["peak_rss_kb"],
     "gcc": ["peak_rss_kb"],

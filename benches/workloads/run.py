@@ -23,7 +23,8 @@ What it does:
    run) with apt-get. Nothing here installs anything;
 3. runs each workload under each configuration — glibc (no preload), jemalloc, mimalloc, tcmalloc,
    sampalloc (`SAMPALLOC_CONF=prof:false`), sampalloc-prof (`prof:true`, default sample
-   interval) and jemalloc-prof (`MALLOC_CONF=prof:true`: jemalloc's own profiler at the same
+   interval), sampalloc-thp (`prof:false,thp:always`: segments in huge pages too; only when
+   asked for) and jemalloc-prof (`MALLOC_CONF=prof:true`: jemalloc's own profiler at the same
    512 KiB mean interval, the yardstick for the cost of profiling), and any `name=/path` entry —
    interleaved: for each workload, each repetition runs every configuration once, in an order
    shuffled anew for each repetition (seeded, so reruns use the same orders), so that slow
@@ -81,7 +82,7 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated workloads (default: all)")
     ap.add_argument("--allocators",
                     default="glibc,jemalloc,mimalloc,tcmalloc,sampalloc,sampalloc-prof,jemalloc-prof",
-                    help="comma-separated: glibc, jemalloc, mimalloc, tcmalloc, sampalloc, sampalloc-prof, "
+                    help="comma-separated: glibc, jemalloc, mimalloc, tcmalloc, sampalloc, sampalloc-prof, sampalloc-thp, "
                          "jemalloc-prof, and name=/path/to/lib.so for a preload library built elsewhere "
                          "(default: all the named ones)")
     ap.add_argument("--real", action="store_true", help="also run redis, python3 and gcc")

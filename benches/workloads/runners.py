@@ -43,9 +43,11 @@ WORKLOADS = {
     "rss1g": ("rss1g", ["2", "1024"]),
     "rounds": ("rounds", ["40", "16", "10000"]),
     "churn": ("churn", ["2", "20000000", "2000"]),
+    "bigloop": ("bigloop", ["400"]),
 }
 PROGRAMS = [
     "pairs", "realloc", "regrow", "larson", "prodcons", "cache", "frag", "rss1g", "rounds", "churn",
+    "bigloop",
 ]
 
 # The JVM row (issue 20): a fixed-duration run, sampled every JVM_SAMPLE_S seconds.
@@ -123,7 +125,9 @@ def find_lib(soname):
 
 
 # The allocators known by name; anything else is given as name=/path/to/lib.so.
-KNOWN_ALLOCATORS = ("glibc", "jemalloc", "mimalloc", "tcmalloc", "sampalloc", "sampalloc-prof", "jemalloc-prof")
+KNOWN_ALLOCATORS = (
+    "glibc", "jemalloc", "mimalloc", "tcmalloc", "sampalloc", "sampalloc-prof", "sampalloc-thp", "jemalloc-prof",
+)
 
 
 def find_allocators(so, wanted):
@@ -155,6 +159,9 @@ def find_allocators(so, wanted):
             allocs.append((name, so, {"SAMPALLOC_CONF": "prof:false"}))
         elif name == "sampalloc-prof":
             allocs.append((name, so, {"SAMPALLOC_CONF": "prof:true"}))
+        elif name == "sampalloc-thp":
+            # Segments in huge pages too (issue 19), profiler off as in `sampalloc`.
+            allocs.append((name, so, {"SAMPALLOC_CONF": "prof:false,thp:always"}))
         else:
             sys.exit(f"unknown allocator {name}")
     return allocs

@@ -110,6 +110,10 @@ pub struct Breakdown {
     pub stacks: f64,
     /// File-backed mappings.
     pub file_backed: f64,
+    /// Of the allocator's RSS, what transparent huge pages back.
+    pub allocator_huge: f64,
+    /// Of the anonymous memory outside the allocator, what transparent huge pages back.
+    pub outside_huge: f64,
     /// The allocator's free memory by kind (the engine's figures, which may count pages that
     /// are not resident).
     pub free: FreeKinds,
@@ -143,6 +147,9 @@ impl Breakdown {
             outside_malloc: outside,
             stacks: g("map.stack.rss"),
             file_backed: file,
+            allocator_huge: g("map.allocator.anon_huge").min(ours),
+            outside_huge: (g("kernel.anon_huge") - g("map.allocator.anon_huge"))
+                .clamp(0.0, outside),
             free: FreeKinds {
                 partial_pages: (g("engine.active") - allocated - tcache - empty).max(0.0),
                 thread_caches: tcache,
@@ -165,6 +172,8 @@ impl Breakdown {
             outside_malloc: self.outside_malloc - e.outside_malloc,
             stacks: self.stacks - e.stacks,
             file_backed: self.file_backed - e.file_backed,
+            allocator_huge: self.allocator_huge - e.allocator_huge,
+            outside_huge: self.outside_huge - e.outside_huge,
             free: self.free.sub(&e.free),
         }
     }
@@ -360,6 +369,12 @@ fn table(out: &mut String, b: &Breakdown, sign: bool) {
     );
     let _ = writeln!(
         out,
+        "  {:<34}{:>14}",
+        "the allocator's, in huge pages",
+        fmt(b.allocator_huge)
+    );
+    let _ = writeln!(
+        out,
         "  {:<34}{:>14} {}",
         "outside malloc (anonymous)",
         fmt(b.outside_malloc),
@@ -370,6 +385,12 @@ fn table(out: &mut String, b: &Breakdown, sign: bool) {
         "    {:<32}{:>14}",
         "of which thread stacks",
         fmt(b.stacks)
+    );
+    let _ = writeln!(
+        out,
+        "    {:<32}{:>14}",
+        "of which in huge pages",
+        fmt(b.outside_huge)
     );
     let _ = writeln!(
         out,
@@ -414,6 +435,8 @@ fn json_parts(b: &Breakdown) -> serde_json::Value {
         "outside_malloc": r(b.outside_malloc),
         "stacks": r(b.stacks),
         "file_backed": r(b.file_backed),
+        "allocator_huge_pages": r(b.allocator_huge),
+        "outside_malloc_huge_pages": r(b.outside_huge),
     })
 }
 
@@ -475,6 +498,39 @@ mod tests {
             w.starts_with("fragmentation: 61.0 MiB free inside pages that still hold live"),
             "{w}"
         );
+    }
+
+    /// Huge pages are shown beside the parts they back: the allocator's from its own figure,
+    /// the rest of the process's anonymous huge pages as outside malloc.
+    #[test]
+    fn huge_pages_are_reported_beside_the_parts() {
+        let m = memory(&[
+            ("kernel.rss", 100 * M),
+            ("map.allocator.rss", 60 * M),
+            ("map.anon.rss", 30 * M),
+            ("map.file.rss", 10 * M),
+            ("engine.allocated", 50 * M),
+            ("kernel.anon_huge", 50 * M),
+            ("map.allocator.anon_huge", 36 * M),
+        ]);
+        let b = Breakdown::of(&m, 0.0);
+        assert_eq!(
+            (b.allocator_huge, b.outside_huge),
+            (36.0 * M as f64, 14.0 * M as f64)
+        );
+        let e = Explanation {
+            profile: "p".into(),
+            parts: b,
+            growth: None,
+        };
+        let t = text(&e);
+        assert!(
+            t.contains("the allocator's, in huge pages") && t.contains("36.0 MiB"),
+            "{t}"
+        );
+        let j: serde_json::Value = serde_json::from_str(&json(&e)).unwrap();
+        assert_eq!(j["allocator_huge_pages"], 36 * M);
+        assert_eq!(j["outside_malloc_huge_pages"], 14 * M);
     }
 
     #[test]

@@ -17,6 +17,10 @@
 //! engine.allocated 67108864      … and the other `engine.*` fields of the snapshot
 //! ```
 //!
+//! `kernel.anon_huge` is the process's anonymous memory in transparent huge pages
+//! (smaps_rollup's AnonHugePages) and `map.allocator.anon_huge` the part of it in the engine's
+//! own mappings (segments and huge blocks, as `stats::thp_resident` reads it).
+//!
 //! Each `map.*.rss` has a `map.*.pss` beside it (for the allocator, the PSS of the mappings
 //! that hold its segments, shared out by their resident pages). Nothing here allocates: the
 //! files are read with raw calls into fixed buffers and parsed line by line as they stream.
@@ -186,11 +190,12 @@ fn read_smaps() -> Totals {
 /// Writes the side file's text (see the module docs) to `sink`.
 pub fn write(sink: &mut dyn Sink) -> bool {
     let s = stats::snapshot();
-    let mut rollup = [0u64; 4];
+    let mut rollup = [0u64; 5];
     os::for_each_line(c"/proc/self/smaps_rollup", |line| {
-        for (v, key) in rollup
-            .iter_mut()
-            .zip([&b"Rss"[..], b"Pss", b"Anonymous", b"Swap"])
+        for (v, key) in
+            rollup
+                .iter_mut()
+                .zip([&b"Rss"[..], b"Pss", b"Anonymous", b"Swap", b"AnonHugePages"])
         {
             if let Some(b) = field(line, key) {
                 *v = b;
@@ -208,6 +213,8 @@ pub fn write(sink: &mut dyn Sink) -> bool {
     put("kernel.pss", rollup[1]);
     put("kernel.anonymous", rollup[2]);
     put("kernel.swap", rollup[3]);
+    put("kernel.anon_huge", rollup[4]);
+    put("map.allocator.anon_huge", stats::thp_resident() as u64);
     for (name, v) in [
         ("allocator", t.allocator),
         ("anon", t.anon),
@@ -330,6 +337,7 @@ mod tests {
         let mem = std::fs::read_to_string(&side).unwrap();
         assert!(mem.starts_with("sampalloc memory 1\n"), "{mem}");
         assert!(value(&mem, "kernel.rss") > 0);
+        assert!(value(&mem, "map.allocator.anon_huge") <= value(&mem, "kernel.anon_huge"));
         // A taken side-file name is left alone; the profile is still written.
         let second = dir.join("q.heap");
         std::fs::write(dir.join("q.heap.mem"), "mine").unwrap();
