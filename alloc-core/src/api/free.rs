@@ -263,7 +263,7 @@ unsafe fn free_block_slow(p: *mut u8, d: *mut SpanDesc, class: usize, op: Op) {
         }
         let owner = arena::of_segment(Segment::of(p as usize));
         if is_small(class) {
-            owner.put_small(class, &[p]);
+            owner.put_small(class, &[p], false);
         } else {
             owner.free_large(&[p]);
         }

@@ -15,6 +15,7 @@ use crate::platform::lock::{Guard, Locked};
 use crate::platform::os;
 use crate::span::page_heap::PageHeap;
 use crate::span::slab::{self, Put};
+use core::cell::UnsafeCell;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use static_assertions::const_assert;
@@ -58,17 +59,6 @@ pub struct SlabBin {
     pub objects_out: usize,
     /// Requests served straight from the bin, without a thread cache.
     pub direct_requests: u64,
-    /// Free objects that thread caches sent back, not yet put back in their slabs: the next
-    /// refill takes them as they are (see [`transfer_capacity`]). Metadata memory of
-    /// [`TRANSFER_SLOTS`] slots, mapped at the first use; `transfer_len` of them hold objects.
-    transfer: *mut *mut u8,
-    /// Objects in `transfer`.
-    pub transfer_len: usize,
-    /// How many more objects `transfer` may take: refills add what they take, puts spend it,
-    /// the sweep clears it. Objects parked there keep their slabs from emptying, so they are
-    /// parked only while refills take as many: in a phase of frees alone they go back to
-    /// their slabs after one transfer array's worth.
-    transfer_credit: usize,
 }
 
 /// Slots of a bin's transfer array (see [`SlabBin`]).
@@ -83,6 +73,51 @@ const TRANSFER_BYTES: usize = 64 << 10;
 fn transfer_capacity(class: usize) -> usize {
     (TRANSFER_BYTES / CLASSES[class].size as usize).min(TRANSFER_SLOTS)
 }
+
+/// A bin's transfer array: free objects that threads of other arenas sent back, not yet put
+/// back in their slabs; the next refill takes them as they are. Guarded by the bin's lock. It
+/// lives apart from the bins, in zeroed memory that costs nothing until used: in the bins it
+/// would double their size, and the arenas' table is initialised data.
+struct Transfer {
+    /// [`transfer_capacity`] slots of metadata memory, taken at the first use (or null).
+    slots: *mut *mut u8,
+    /// Objects in `slots`.
+    len: usize,
+    /// How many more objects it may take: refills add what they take, puts spend it, the
+    /// sweep clears it. Objects parked here keep their slabs from emptying, so they are parked
+    /// only while refills take as many: in a phase of frees alone they go back to their slabs
+    /// after one array's worth.
+    credit: usize,
+}
+
+impl Transfer {
+    /// The objects parked.
+    fn parked(&self) -> &[*mut u8] {
+        if self.slots.is_null() {
+            return &[];
+        }
+        // SAFETY: the first `len` slots of the array hold objects.
+        unsafe { core::slice::from_raw_parts(self.slots, self.len) }
+    }
+}
+
+/// Every arena's transfer arrays, by arena index and class.
+struct Transfers(UnsafeCell<[[Transfer; NUM_SMALL]; MAX_ARENAS]>);
+
+// SAFETY: each entry is only reached under the lock of its bin.
+unsafe impl Sync for Transfers {}
+
+static TRANSFERS: Transfers = Transfers(UnsafeCell::new(
+    [const {
+        [const {
+            Transfer {
+                slots: ptr::null_mut(),
+                len: 0,
+                credit: 0,
+            }
+        }; NUM_SMALL]
+    }; MAX_ARENAS],
+));
 
 // SAFETY: the raw pointers are slab descriptors owned by the bin, reached only under its lock.
 unsafe impl Send for SlabBin {}
@@ -156,15 +191,6 @@ impl SlabBin {
         d
     }
 
-    /// The objects waiting in the transfer array.
-    fn transferred(&self) -> &[*mut u8] {
-        if self.transfer.is_null() {
-            return &[];
-        }
-        // SAFETY: the first `transfer_len` slots of the array hold objects.
-        unsafe { core::slice::from_raw_parts(self.transfer, self.transfer_len) }
-    }
-
     /// Whether `s` is null or has no free object.
     fn exhausted(s: *mut SpanDesc) -> bool {
         // SAFETY: a non-null `s` is a live slab of this bin.
@@ -226,9 +252,6 @@ impl Arena {
                     slabs: 0,
                     objects_out: 0,
                     direct_requests: 0,
-                    transfer: ptr::null_mut(),
-                    transfer_len: 0,
-                    transfer_credit: 0,
                 }))
             }; NUM_SMALL],
             pages: Locked::new(ArenaPages {
@@ -288,6 +311,21 @@ impl Arena {
         (self as *const Arena as usize - ARENAS.as_ptr() as usize) / core::mem::size_of::<Arena>()
     }
 
+    /// The transfer array of small class `class`. The caller must hold that bin's lock for as
+    /// long as it uses the entry.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn transfer(&self, class: usize) -> &mut Transfer {
+        // SAFETY: the entry of this arena and class, which the caller's bin lock guards.
+        unsafe { &mut (*TRANSFERS.0.get())[self.index()][class] }
+    }
+
+    /// Objects parked in the transfer array of class `class` (statistics; the caller holds
+    /// that bin's lock).
+    pub fn parked(&self, class: usize, _bin: &SlabBin) -> usize {
+        // SAFETY: the caller holds the bin lock, as `_bin` shows.
+        unsafe { self.transfer(class).len }
+    }
+
     /// The bin of small class `class`.
     pub fn bin(&self, class: usize) -> &Locked<SlabBin> {
         &self.bins[class].0
@@ -302,13 +340,14 @@ impl Arena {
     /// memory ran out).
     pub fn fill_small(&self, class: usize, out: &mut [*mut u8], direct: bool) -> usize {
         let mut bin = self.bin(class).lock();
-        let from_transfer = bin.transfer_len.min(out.len());
+        // SAFETY: we hold the bin's lock.
+        let t = unsafe { self.transfer(class) };
+        let from_transfer = t.len.min(out.len());
         if from_transfer > 0 {
-            bin.transfer_len -= from_transfer;
-            // SAFETY: the first `transfer_len + from_transfer` slots hold objects; we hold the
-            // lock that guards them.
+            t.len -= from_transfer;
+            // SAFETY: the first `len + from_transfer` slots hold objects.
             unsafe {
-                let src = bin.transfer.add(bin.transfer_len);
+                let src = t.slots.add(t.len);
                 ptr::copy_nonoverlapping(src, out.as_mut_ptr(), from_transfer);
             }
         }
@@ -337,7 +376,7 @@ impl Arena {
             n += unsafe { slab::take(s, &mut out[n..]) };
         }
         bin.objects_out += n - from_transfer;
-        bin.transfer_credit = (bin.transfer_credit + n).min(transfer_capacity(class));
+        t.credit = (t.credit + n).min(transfer_capacity(class));
         if direct {
             bin.direct_requests += n as u64;
         }
@@ -358,29 +397,38 @@ impl Arena {
     }
 
     /// Returns objects of small class `class`, all from slabs of this arena and validated as
-    /// object starts. A double free found here aborts.
+    /// object starts. A double free found here aborts. With `park`, for objects another
+    /// arena's thread sends back (a consumer's frees of a producer's blocks), they may wait in
+    /// the bin's transfer array for the next refill; a thread's own objects go back to their
+    /// slabs, which can then empty (parked there, they would keep a single thread's slabs
+    /// from emptying and being purged).
     ///
     /// # Safety
     /// Every pointer must be an object start of a slab of this arena of class `class`.
-    pub unsafe fn put_small(&self, class: usize, objects: &[*mut u8]) {
+    pub unsafe fn put_small(&self, class: usize, objects: &[*mut u8], park: bool) {
         let mut bin = self.bin(class).lock();
-        let room = (transfer_capacity(class) - bin.transfer_len).min(bin.transfer_credit);
+        // SAFETY: we hold the bin's lock.
+        let t = unsafe { self.transfer(class) };
+        let room = if park {
+            (transfer_capacity(class) - t.len).min(t.credit)
+        } else {
+            0
+        };
         let mut kept = 0;
         if room > 0 {
-            if bin.transfer.is_null() {
-                let bytes = TRANSFER_SLOTS * size_of::<*mut u8>();
-                bin.transfer = meta::alloc(bytes, align_of::<*mut u8>()).cast();
+            if t.slots.is_null() {
+                let bytes = transfer_capacity(class) * size_of::<*mut u8>();
+                t.slots = meta::alloc(bytes, align_of::<*mut u8>()).cast();
             }
-            if !bin.transfer.is_null() {
+            if !t.slots.is_null() {
                 kept = room.min(objects.len());
-                // SAFETY: `kept` slots from `transfer_len` on are within the array; we hold
-                // the lock that guards it.
+                // SAFETY: `kept` slots from `len` on are within the array.
                 unsafe {
-                    let dst = bin.transfer.add(bin.transfer_len);
+                    let dst = t.slots.add(t.len);
                     ptr::copy_nonoverlapping(objects.as_ptr(), dst, kept);
                 }
-                bin.transfer_len += kept;
-                bin.transfer_credit -= kept;
+                t.len += kept;
+                t.credit -= kept;
             }
         }
         // SAFETY: as documented; we hold the bin's lock.
@@ -442,12 +490,12 @@ impl Arena {
     /// # Safety
     /// `d` must be the slab holding `p`.
     pub unsafe fn slab_object_is_free(&self, class: usize, d: *mut SpanDesc, p: usize) -> bool {
-        let bin = self.bin(class).lock();
+        let _bin = self.bin(class).lock();
         // SAFETY: the slab and the transfer array are guarded by the lock we hold.
         unsafe {
             (*d).kind == kind::SLAB
                 && (slab::object_index(d, p).is_some_and(|i| slab::is_free(d, i))
-                    || bin.transferred().contains(&(p as *mut u8)))
+                    || self.transfer(class).parked().contains(&(p as *mut u8)))
         }
     }
 
@@ -712,11 +760,13 @@ impl Arena {
         for (class, (bin, info)) in self.bins.iter().zip(&CLASSES).enumerate() {
             let mut bin = bin.0.lock();
             // Objects waiting for a refill go back to their slabs, which may empty.
-            bin.transfer_credit = 0;
-            let waiting = bin.transfer_len;
+            // SAFETY: we hold the bin's lock.
+            let t = unsafe { self.transfer(class) };
+            t.credit = 0;
+            let waiting = t.len;
             if waiting > 0 {
-                bin.transfer_len = 0;
-                let objects = bin.transfer;
+                t.len = 0;
+                let objects = t.slots;
                 // SAFETY: the array's first `waiting` slots hold validated objects of this
                 // bin's class, no longer listed there; we hold the bin lock.
                 unsafe {
@@ -935,10 +985,12 @@ mod tests {
         let mut out = [ptr::null_mut(); 8];
         assert_eq!(a.fill_small(class, &mut out, false), 8);
         // SAFETY: objects of this arena's slabs of `class`, unused.
-        unsafe { a.put_small(class, &out[..6]) };
+        unsafe { a.put_small(class, &out[..6], true) };
         {
             let bin = a.bin(class).lock();
-            assert_eq!(bin.transferred(), &out[..6]);
+            assert_eq!(a.parked(class, &bin), 6);
+            // SAFETY: we hold the bin's lock.
+            assert_eq!(unsafe { a.transfer(class) }.parked(), &out[..6]);
             assert_eq!(bin.objects_out, 8, "still out of their slab");
         }
         let seg = Segment::of(out[0] as usize);
@@ -957,16 +1009,19 @@ mod tests {
             out[2..6],
             "taken from the transfer array, as they were"
         );
-        assert_eq!(a.bin(class).lock().transferred(), &out[..2]);
+        let bin = a.bin(class).lock();
+        // SAFETY: we hold the bin's lock.
+        assert_eq!(unsafe { a.transfer(class) }.parked(), &out[..2]);
+        drop(bin);
         // SAFETY: as above.
         unsafe {
-            a.put_small(class, &again);
-            a.put_small(class, &out[6..]);
+            a.put_small(class, &again, true);
+            a.put_small(class, &out[6..], true);
         }
         a.release_empty_slabs(0);
         let bin = a.bin(class).lock();
         assert_eq!(
-            (bin.transfer_len, bin.objects_out, bin.slabs),
+            (a.parked(class, &bin), bin.objects_out, bin.slabs),
             (0, 0, 0),
             "back in the slab, which emptied and went"
         );
@@ -982,8 +1037,13 @@ mod tests {
         assert_eq!(a.fill_small(class, &mut out, false), 16);
         a.release_empty_slabs(0); // a sweep: no credit left
                                   // SAFETY: objects of this arena's slabs of `class`, unused.
-        unsafe { a.put_small(class, &out) };
+        unsafe { a.put_small(class, &out[..8], true) };
+        assert_eq!(a.parked(class, &a.bin(class).lock()), 0);
+        // A thread's own objects are never parked.
+        assert_eq!(a.fill_small(class, &mut out[..8], false), 8);
+        // SAFETY: as above.
+        unsafe { a.put_small(class, &out, false) };
         let bin = a.bin(class).lock();
-        assert_eq!((bin.transfer_len, bin.objects_out), (0, 0));
+        assert_eq!((a.parked(class, &bin), bin.objects_out), (0, 0));
     }
 }

@@ -153,7 +153,7 @@ pub fn snapshot() -> Snapshot {
         for (c, o) in out.iter_mut().enumerate().take(NUM_SMALL) {
             let bin = a.bin(c).lock();
             *o += bin.objects_out;
-            s.classes[c].cached += bin.transfer_len;
+            s.classes[c].cached += a.parked(c, &bin);
             s.classes[c].slabs += bin.slabs;
             s.classes[c].empty_slabs += bin.empty_slabs;
             empty_pages += bin.empty_slabs * CLASSES[c].pages as usize;

@@ -372,7 +372,7 @@ pub unsafe fn flush_remote(tc: *mut ThreadCache) {
             }
             if m > 0 {
                 // SAFETY: validated, unused blocks of `class` (`push_remote`'s contract).
-                unsafe { return_blocks(class, &mut same[..m]) };
+                unsafe { return_blocks(class, &mut same[..m], (*tc).arena) };
             }
         }
     }
@@ -485,7 +485,7 @@ pub unsafe fn flush(tc: *mut ThreadCache, class: usize, n: usize) {
             bin.set_count(kept);
             // The store above must not sink below the locks taken while returning blocks.
             core::sync::atomic::compiler_fence(Ordering::SeqCst);
-            return_blocks(class, &mut batch[..k]);
+            return_blocks(class, &mut batch[..k], (*tc).arena);
         }
         left -= k;
     }
@@ -495,11 +495,12 @@ pub unsafe fn flush(tc: *mut ThreadCache, class: usize, n: usize) {
 const FLUSH_CHUNK: usize = 128;
 
 /// Returns blocks of cached class `class` to the arenas owning them, one lock per arena.
-/// Reorders `blocks`.
+/// Reorders `blocks`. `home` is the returning thread's arena: blocks of other arenas may wait
+/// in their bin's transfer array for the next refill there (see `Arena::put_small`).
 ///
 /// # Safety
 /// Every block must be a validated, unused block of `class`.
-pub unsafe fn return_blocks(class: usize, blocks: &mut [*mut u8]) {
+pub unsafe fn return_blocks(class: usize, blocks: &mut [*mut u8], home: &Arena) {
     let mut rest = blocks;
     // SAFETY: validated blocks lie in live segments.
     let owner_of = |p: *mut u8| unsafe { arena::of_segment(Segment::of(p as usize)) };
@@ -516,7 +517,7 @@ pub unsafe fn return_blocks(class: usize, blocks: &mut [*mut u8]) {
         // SAFETY: validated blocks of `owner`, as the contract says.
         unsafe {
             if is_small(class) {
-                owner.put_small(class, mine);
+                owner.put_small(class, mine, !ptr::eq(owner, home));
             } else {
                 owner.free_large(mine);
             }
