@@ -44,10 +44,11 @@ WORKLOADS = {
     "rounds": ("rounds", ["40", "16", "10000"]),
     "churn": ("churn", ["2", "20000000", "2000"]),
     "bigloop": ("bigloop", ["400"]),
+    "batchq": ("batchq", ["2", "8000000", "64", "4096"]),
 }
 PROGRAMS = [
     "pairs", "realloc", "regrow", "larson", "prodcons", "cache", "frag", "rss1g", "rounds", "churn",
-    "bigloop",
+    "bigloop", "batchq",
 ]
 
 # The JVM row (issue 20): a fixed-duration run, sampled every JVM_SAMPLE_S seconds.
