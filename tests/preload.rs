@@ -266,6 +266,8 @@ fn misuse_aborts_with_one_line() {
         // Freed by a thread of another arena: caught in its remote buffer, then in its slab.
         ("double-free-remote", "free", "double free of"),
         ("double-free-remote-later", "free", "double free of"),
+        // Sent home by the freeing thread's cache, waiting in its bin's transfer array.
+        ("double-free-parked", "free", "double free of"),
         ("realloc-invalid", "realloc", "invalid pointer"),
         ("realloc-stack", "realloc", "invalid pointer"),
         ("realloc-zero-invalid", "realloc", "invalid pointer"),

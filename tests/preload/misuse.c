@@ -36,6 +36,39 @@ static void double_free_remote(int n) {
   pthread_join(t, NULL);
 }
 
+/* A second thread frees all of main's PARKED_N blocks of 64 bytes (a line each, so none goes
+ * through the remote buffer), then block PARKED_AGAIN again. Its cache of that class holds 128
+ * blocks: each overflow sent home the 64 it had taken last, and the first 1,024 of those wait
+ * in the bin's transfer array for main's next refill, that block among them. The second free
+ * must be caught there and then: the sweep that puts parked blocks back in their slab would
+ * catch it too, but later, after the block was handed out again. The thread starts first
+ * (thread start-up may sweep the arenas, which empties the arrays), and main allocates while it
+ * waits. */
+enum { PARKED_N = 2000, PARKED_AGAIN = 300 };
+static void *parked_blocks[PARKED_N];
+static pthread_barrier_t parked_ready;
+static void *free_all_then_one_again(void *unused) {
+  (void)unused;
+  free(malloc(1000)); /* this thread's cache is set up (another class: using this one grows it) */
+  pthread_barrier_wait(&parked_ready);
+  pthread_barrier_wait(&parked_ready);
+  for (int i = 0; i < PARKED_N; i++) free(parked_blocks[i]);
+  free(opaque(parked_blocks[PARKED_AGAIN]));
+  printf("survived\n");
+  fflush(stdout);
+  return NULL;
+}
+static void double_free_parked(void) {
+  pthread_barrier_init(&parked_ready, NULL, 2);
+  pthread_t t;
+  pthread_create(&t, NULL, free_all_then_one_again, NULL);
+  pthread_barrier_wait(&parked_ready);
+  for (int i = 0; i < PARKED_N; i++) parked_blocks[i] = malloc(64);
+  announce(parked_blocks[PARKED_AGAIN]);
+  pthread_barrier_wait(&parked_ready);
+  pthread_join(t, NULL);
+}
+
 int main(int argc, char **argv) {
   opaque = pass;
   if (argc != 2) return 2;
@@ -105,6 +138,8 @@ int main(int argc, char **argv) {
     double_free_remote(2);
   } else if (!strcmp(mode, "double-free-remote-later")) {
     double_free_remote(REMOTE_MAX);
+  } else if (!strcmp(mode, "double-free-parked")) {
+    double_free_parked();
   } else if (!strcmp(mode, "realloc-invalid")) {
     char *p = opaque(malloc(64));
     announce(p + 16);
