@@ -2,8 +2,10 @@
 //!
 //! `malloc` pops and `free` pushes without locks or atomic read-modify-writes. An empty stack is
 //! refilled from the thread's arena with half its capacity in one locked batch; a full one
-//! flushes its older half back to the arenas that own the blocks, grouped so each arena's lock
-//! is taken once.
+//! flushes the half it took last (the top of the stack: no block moves) back to the arenas
+//! that own the blocks, grouped so each arena's lock is taken once. Flushing the older half
+//! instead, and keeping the blocks freed last for the next allocations, measured no better
+//! (`frag` and thread rounds 16–21 % slower, `pairs` 5 % faster).
 //!
 //! A block freed by a thread of another arena than the block's is normally cached and reused
 //! by the thread that frees it, as in jemalloc and tcmalloc: that is cheapest and keeps memory
