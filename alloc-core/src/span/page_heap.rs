@@ -760,33 +760,52 @@ impl PageHeap {
     /// subrelease list. Each call takes `d` off the decay list, or shortens it. Returns the
     /// pages purged.
     unsafe fn decay_due(&mut self, d: *mut SpanDesc) -> usize {
-        // SAFETY: `d` is a dirty span of ours on the decay list; we hold the lock.
+        // Parts in huge pages that were not asked for or are little used go now; parts in well
+        // used dense ones wait.
+        // SAFETY: `d` is a dirty span of ours on the decay list; we hold the lock. The
+        // closure's segment is `d`'s, live.
         unsafe {
-            let seg = segment_of_desc(d);
-            let first = page_of_desc(d);
-            let end = first + (*d).pages as usize;
-            let (h0, h1) = (first / HUGE_PAGE_PAGES, (end - 1) / HUGE_PAGE_PAGES);
-            if (*seg).dense == 0 {
-                return self.purge_range(d, first, end);
-            }
-            for h in h0..=h1 {
-                if dense_and_free(seg, h) {
-                    return self.purge_huge_page(seg, h);
-                }
-            }
-            // Parts in huge pages that were not asked for or are little used go now; parts in
-            // well used dense ones wait.
-            for h in h0..=h1 {
-                if !dense_and_well_used(seg, h) {
-                    let (hf, he) = huge_page_range(h);
-                    return self.purge_range(d, first.max(hf), end.min(he));
-                }
+            if let Some(pages) = self.purge_unless_held(d, |seg, h| dense_and_well_used(seg, h)) {
+                return pages;
             }
             self.decay.remove(d);
             (*d).flags = FLAG_SUBRELEASE;
             self.subrelease.insert_after(self.subrelease.tail, d);
             self.counts.subrelease += (*d).pages as usize;
             0
+        }
+    }
+
+    /// Purges part of dirty span `d`: all of it in a segment without huge pages; else the first
+    /// whole free huge page it reaches into; else its part in the first huge page that
+    /// `held(segment, h)` does not hold back. `None` (nothing purged) when every huge page it
+    /// lies in is held back. What stays of `d` keeps its list place.
+    unsafe fn purge_unless_held(
+        &mut self,
+        d: *mut SpanDesc,
+        held: impl Fn(*mut Segment, usize) -> bool,
+    ) -> Option<usize> {
+        // SAFETY: `d` is a dirty span of ours; we hold the lock.
+        unsafe {
+            let seg = segment_of_desc(d);
+            let first = page_of_desc(d);
+            let end = first + (*d).pages as usize;
+            if (*seg).dense == 0 {
+                return Some(self.purge_range(d, first, end));
+            }
+            let (h0, h1) = (first / HUGE_PAGE_PAGES, (end - 1) / HUGE_PAGE_PAGES);
+            for h in h0..=h1 {
+                if dense_and_free(seg, h) {
+                    return Some(self.purge_huge_page(seg, h));
+                }
+            }
+            for h in h0..=h1 {
+                if !held(seg, h) {
+                    let (hf, he) = huge_page_range(h);
+                    return Some(self.purge_range(d, first.max(hf), end.min(he)));
+                }
+            }
+            None
         }
     }
 
@@ -944,39 +963,15 @@ impl PageHeap {
                 if d.is_null() {
                     break;
                 }
-                // SAFETY: `d` is a dirty span of ours on the list walked.
-                match unsafe { self.purge_outside_huge_pages_in_use(d) } {
+                // SAFETY: `d` is a dirty span of ours on the list walked; the closure's segment
+                // is `d`'s, live. A dense huge page that is not all free holds live blocks.
+                match unsafe { self.purge_unless_held(d, |seg, h| Segment::is_dense(seg, h)) } {
                     Some(pages) => purged += pages,
                     None => kept = d,
                 }
             }
         }
         purged
-    }
-
-    /// Purges the whole free huge pages dirty span `d` reaches into, or else its part in the
-    /// first huge page not asked for; `None` (nothing done) when every huge page it lies in is
-    /// dense and holds live blocks. A purge leaves what stays of `d` at its list place.
-    unsafe fn purge_outside_huge_pages_in_use(&mut self, d: *mut SpanDesc) -> Option<usize> {
-        // SAFETY: `d` is a dirty span of ours; we hold the lock.
-        unsafe {
-            let seg = segment_of_desc(d);
-            let first = page_of_desc(d);
-            let end = first + (*d).pages as usize;
-            let (h0, h1) = (first / HUGE_PAGE_PAGES, (end - 1) / HUGE_PAGE_PAGES);
-            for h in h0..=h1 {
-                if dense_and_free(seg, h) {
-                    return Some(self.purge_huge_page(seg, h));
-                }
-            }
-            for h in h0..=h1 {
-                if !Segment::is_dense(seg, h) {
-                    let (hf, he) = huge_page_range(h);
-                    return Some(self.purge_range(d, first.max(hf), end.min(he)));
-                }
-            }
-            None
-        }
     }
 
     /// Purges pages `[from, to)` of dirty span `d` (all of `d` or part of it): they become
