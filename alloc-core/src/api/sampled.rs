@@ -18,6 +18,19 @@ use crate::thread::sampler;
 use crate::thread::InProfiler;
 use core::mem::MaybeUninit;
 
+/// Enters the profiler (no nested samples while the guard lives) and captures the stack above
+/// `entry_sp` into `frames`. Inlined, the walk starts at the sampling function's own registers
+/// (`FrameRegs::here`, taken while its frame stays live), so no frame of the capture is walked.
+#[inline(always)]
+fn enter_and_capture(
+    frames: &mut [MaybeUninit<usize>; MAX_FRAMES],
+    entry_sp: usize,
+) -> (InProfiler, &[usize]) {
+    let start = backtrace::FrameRegs::here();
+    let inside = InProfiler::enter();
+    (inside, backtrace::capture(frames, entry_sp, start))
+}
+
 /// Allocates a sampled block: captures the stack, serves the block, and records it. A small
 /// block stays in its slab, recorded by address (`addr::sampled`, which marks its page so that
 /// its `free` is seen); anything else, or a small block when that table is full, gets pages of
@@ -32,10 +45,8 @@ pub(super) unsafe fn alloc_sampled(
     size: usize,
     entry_sp: usize,
 ) -> *mut u8 {
-    let start = backtrace::FrameRegs::here();
-    let _inside = InProfiler::enter();
     let mut frames = [MaybeUninit::uninit(); MAX_FRAMES];
-    let trace = backtrace::capture(&mut frames, entry_sp, start);
+    let (_inside, trace) = enter_and_capture(&mut frames, entry_sp);
     let weight = sampler::weight(size, sampler::mean_interval());
     let bytes = size.max(1);
     if is_small(class) && align_pages == 1 {
@@ -78,10 +89,8 @@ pub(super) fn alloc_huge_sampled(
     growth: bool,
     entry_sp: usize,
 ) -> *mut u8 {
-    let start = backtrace::FrameRegs::here();
-    let _inside = InProfiler::enter();
     let mut frames = [MaybeUninit::uninit(); MAX_FRAMES];
-    let trace = backtrace::capture(&mut frames, entry_sp, start);
+    let (_inside, trace) = enter_and_capture(&mut frames, entry_sp);
     let p = huge::alloc(size, align, zero, growth);
     if !p.is_null() {
         let record = record(
