@@ -349,6 +349,33 @@ pub unsafe fn set_fast_class_of_span(d: *mut SpanDesc) {
     }
 }
 
+/// Makes large block `d` a sampled one: it keeps `record`, and its page loses its fast-path
+/// code, so that its `free` takes the checked path and finds the record.
+///
+/// # Safety
+/// `d` must head a live large block of a cached class that the caller owns and that holds no
+/// record; no other thread looks at its page's code while it lives.
+pub unsafe fn mark_sampled(d: *mut SpanDesc, record: SampleRecord) {
+    // SAFETY: per the contract.
+    unsafe {
+        (*d).flags = FLAG_SAMPLED;
+        (*d).set_sample(record);
+        set_fast_class_of_span(d);
+    }
+}
+
+/// Undoes [`mark_sampled`] for a block being freed: an ordinary large block again.
+///
+/// # Safety
+/// `d` must head a live large block marked by [`mark_sampled`], being freed by the caller.
+pub unsafe fn unmark_sampled(d: *mut SpanDesc) {
+    // SAFETY: per the contract.
+    unsafe {
+        (*d).flags = 0;
+        set_fast_class_of_span(d);
+    }
+}
+
 /// Clears the fast-path codes of every page of span `d`, which is about to be freed.
 ///
 /// # Safety

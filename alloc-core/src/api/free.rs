@@ -208,7 +208,7 @@ pub(super) unsafe fn free_checked(p: *mut u8, op: Op) {
         // SAFETY: validated as a live block of class `class` in span `d`.
         Block::Span(d, class) => unsafe {
             if (*d).flags & FLAG_SAMPLED != 0 {
-                free_sampled(p, d);
+                free_sampled(p, d, op);
             } else {
                 if (*d).kind == kind::SLAB && page_marked(p) {
                     slab_freeing(p);

@@ -4,11 +4,12 @@
 //! and the only place OpenTelemetry's probes (`usdt`) fire.
 
 use super::alloc::alloc_class;
+use super::free::free_block;
 use super::usdt;
 use super::Op;
 use crate::addr::sampled as addr_sampled;
-use crate::addr::segment::{self, SampleRecord, SpanDesc};
-use crate::base::size_class::is_small;
+use crate::addr::segment::{self, SampleRecord, Segment, SpanDesc};
+use crate::base::size_class::{is_small, NUM_CACHED};
 use crate::pool::arena;
 use crate::pool::huge::{self, HugeHeader};
 use crate::prof::backtrace;
@@ -31,10 +32,12 @@ fn enter_and_capture(
     (inside, backtrace::capture(frames, entry_sp, start))
 }
 
-/// Allocates a sampled block: captures the stack, serves the block, and records it. A small
-/// block stays in its slab, recorded by address (`addr::sampled`, which marks its page so that
-/// its `free` is seen); anything else, or a small block when that table is full, gets pages of
-/// its own whose descriptor keeps the record.
+/// Allocates a sampled block: captures the stack, serves the block, and records it. A block of
+/// a cached class comes from the thread cache like any other. A small one stays in its slab,
+/// recorded by address (`addr::sampled`, which marks its page so that its `free` is seen); a
+/// large one keeps its record in its descriptor and loses its page's fast-path code while it
+/// lives. Anything else (aligned to pages, an uncached class, or a small block when that table
+/// is full) gets pages of its own whose descriptor keeps the record.
 #[cold]
 #[inline(never)]
 pub(super) unsafe fn alloc_sampled(
@@ -49,13 +52,19 @@ pub(super) unsafe fn alloc_sampled(
     let (_inside, trace) = enter_and_capture(&mut frames, entry_sp);
     let weight = sampler::weight(size, sampler::mean_interval());
     let bytes = size.max(1);
-    if is_small(class) && align_pages == 1 {
+    if class < NUM_CACHED && align_pages == 1 {
         // SAFETY: the caller's own cache.
         let p = unsafe { alloc_class(tc, class, zero, size) };
         if p.is_null() {
             return p;
         }
         let record = record(trace, bytes, weight, p);
+        if !is_small(class) {
+            // SAFETY: `p` starts a live large block of ours, just allocated and unrecorded.
+            unsafe { segment::mark_sampled(block_desc(p), record) };
+            announce_alloc(p, record);
+            return p;
+        }
         // SAFETY: `p` is a live block of a live slab, ours, not yet recorded; codes are class + 1.
         if unsafe { addr_sampled::insert(p, record, class as u8 + 1) } {
             announce_alloc(p, record);
@@ -76,6 +85,12 @@ pub(super) unsafe fn alloc_sampled(
     unsafe { (*d).set_sample(record) };
     announce_alloc(p, record);
     p
+}
+
+/// The descriptor heading the span that block `p` starts.
+fn block_desc(p: *mut u8) -> *mut SpanDesc {
+    let seg = Segment::of(p as usize);
+    Segment::desc(seg, Segment::page_index(p as usize))
 }
 
 /// Allocates a sampled huge block: captures the stack, maps the block, and records it in the
@@ -141,15 +156,21 @@ pub(super) fn announce_alloc(p: *mut u8, record: SampleRecord) {
     );
 }
 
-/// Frees sampled block `p`: the profiler forgets it (under its table lock, so a dump copying
-/// the block's bytes is done with it), then its pages go back.
+/// Frees sampled block `p` (span `d`): the profiler forgets it (under its table lock, so a dump
+/// copying the block's bytes is done with it). A large block of a cached class then goes to
+/// the thread cache like any other; pages of its own go back to their arena.
 #[cold]
 #[inline(never)]
-pub(super) unsafe fn free_sampled(p: *mut u8, d: *mut SpanDesc) {
+pub(super) unsafe fn free_sampled(p: *mut u8, d: *mut SpanDesc, op: Op) {
     usdt::free(p);
     // SAFETY: `d` heads the live sampled block `p` whose descriptor holds its record.
     unsafe {
         forget_sample((*d).sample(), p as usize);
+        let class = (*d).class as usize;
+        if !is_small(class) && class < NUM_CACHED {
+            segment::unmark_sampled(d);
+            return free_block(p, d, class, op);
+        }
         arena::of_segment(segment::segment_of_desc(d)).free_sampled(d);
     }
 }
@@ -220,7 +241,7 @@ pub(super) fn forget_sample(record: SampleRecord, block: usize) {
 #[cfg(test)]
 mod tests {
     use crate::addr::sampled as addr_sampled;
-    use crate::addr::segment::Segment;
+    use crate::addr::segment::{locate, Location, Segment, FLAG_SAMPLED};
     use crate::api::alloc::malloc;
     use crate::api::free::{free, free_sized};
     use crate::base::config;
@@ -297,5 +318,68 @@ mod tests {
                 free(p as *mut u8);
             }
         }
+    }
+
+    /// The sample record of large block `p` if it is sampled, and its page's fast-path code.
+    fn large_sample(p: *mut u8) -> (Option<usize>, usize) {
+        let Location::Span(d, _) = locate(p as usize) else {
+            panic!("not in a segment")
+        };
+        // SAFETY: `p` is a live block in a segment of ours; its descriptor is its own.
+        unsafe {
+            let sampled = ((*d).flags & FLAG_SAMPLED != 0).then(|| (*d).sample().bytes);
+            (sampled, code_of_page(p))
+        }
+    }
+
+    /// A sampled large block of a cached class is served from the thread cache like any other,
+    /// keeps its record in its descriptor with its page's code cleared while it lives, and its
+    /// free gives it back to the thread cache as an ordinary block.
+    #[test]
+    fn sampled_large_blocks_come_from_and_go_back_to_the_thread_cache() {
+        let size = 100_000;
+        std::thread::spawn(move || {
+            // Blocks in this thread's cache, the last freed on top.
+            let warm: Vec<*mut u8> = (0..4).map(|_| malloc(size)).collect();
+            // SAFETY: live blocks of ours, freed once.
+            unsafe { warm.iter().for_each(|&p| free(p)) };
+            let mut top = warm[3];
+            let mut tries = 0;
+            let p = loop {
+                // Other tests switch sampling too: set it again now and then (each setting
+                // draws the next sample point anew).
+                if tries % 32 == 0 {
+                    config::set(b"prof", b"true").unwrap();
+                    config::set(b"lg_prof_sample", b"10").unwrap();
+                }
+                tries += 1;
+                let p = malloc(size);
+                if large_sample(p).0.is_some() {
+                    break p;
+                }
+                top = p;
+                // SAFETY: as above.
+                unsafe { free(p) };
+            };
+            config::set(b"prof", b"false").unwrap();
+            config::set(b"lg_prof_sample", b"19").unwrap();
+            assert_eq!(
+                p, top,
+                "the sampled block did not come from the thread cache"
+            );
+            assert_eq!(large_sample(p), (Some(size), 0));
+            // SAFETY: as above.
+            unsafe { free(p) };
+            let q = malloc(size);
+            assert_eq!(
+                q, p,
+                "the sampled block did not go back to the thread cache"
+            );
+            assert_eq!(large_sample(q), (None, class_of(size) + 1));
+            // SAFETY: as above.
+            unsafe { free(q) };
+        })
+        .join()
+        .unwrap();
     }
 }
