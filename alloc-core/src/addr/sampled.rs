@@ -19,7 +19,7 @@
 
 use super::segment::{SampleRecord, Segment};
 use crate::base::open_table::{Keyed, OpenTable};
-use crate::platform::lock::Locked;
+use crate::platform::lock::{Locked, Padded};
 use crate::platform::os::PAGE_SHIFT;
 
 /// Live sampled small blocks the table holds at most (8 GiB of small blocks at the default
@@ -67,11 +67,11 @@ struct Tables {
 // SAFETY: the tables' memory is only touched with the lock held.
 unsafe impl Send for Tables {}
 
-static TABLES: [Locked<Tables>; SHARDS] = [const {
-    Locked::new(Tables {
+static TABLES: [Padded<Locked<Tables>>; SHARDS] = [const {
+    Padded(Locked::new(Tables {
         blocks: OpenTable::new(),
         pages: OpenTable::new(),
-    })
+    }))
 }; SHARDS];
 
 /// The shard of the page starting at `page`.

@@ -191,6 +191,18 @@ impl<T> Drop for Guard<'_, T> {
     }
 }
 
+/// `T` on cache lines of its own: for locks and counters that different threads write, so that
+/// neighbours in an array do not pass one line back and forth between cores.
+#[repr(align(64))]
+pub struct Padded<T>(pub T);
+
+impl<T> core::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

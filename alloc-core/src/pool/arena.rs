@@ -11,7 +11,7 @@ use crate::addr::segment::{self, kind, span_start, Segment, SpanDesc, FLAG_SAMPL
 use crate::base::config;
 use crate::base::meta;
 use crate::base::size_class::{CLASSES, NUM_CLASSES, NUM_SMALL};
-use crate::platform::lock::{Guard, Locked};
+use crate::platform::lock::{Guard, Locked, Padded};
 use crate::platform::os;
 use crate::span::page_heap::PageHeap;
 use crate::span::slab::{self, Put};
@@ -210,9 +210,6 @@ pub struct ArenaPages {
     /// table was full).
     pub sampled_small_live: [usize; NUM_SMALL],
 }
-
-#[repr(align(64))]
-struct Padded<T>(T);
 
 /// An arena. See the module docs.
 pub struct Arena {

@@ -125,13 +125,45 @@ struct Table {
 /// sees a mask and heads that belong together.
 static BUCKETS: AtomicPtr<usize> = AtomicPtr::new(ptr::null_mut());
 
-/// Locks for the counters' updates, chosen by entry.
+/// Stripes of the counters' updates, chosen by entry.
 const STRIPES: usize = 16;
-static STRIPE_LOCKS: [Mutex; STRIPES] = [const { Mutex::new() }; STRIPES];
 
-/// The lock that guards `entry`'s counters.
-fn stripe(entry: *mut StackEntry) -> &'static Mutex {
-    &STRIPE_LOCKS[(entry as usize >> 6) & (STRIPES - 1)]
+/// A lock for the counters of the entries it is chosen for, and the sample counts of those
+/// entries; on a cache line of its own, so that two threads sampling different stacks at once
+/// do not pass one line back and forth.
+#[repr(align(64))]
+struct Stripe {
+    lock: Mutex,
+    /// Sampled blocks of this stripe's entries now live (each block's free meets the stripe
+    /// of its allocation), and sampled since the start: written under the lock.
+    samples_live: AtomicUsize,
+    samples_total: AtomicU64,
+}
+
+static STRIPES_OF: [Stripe; STRIPES] = [const {
+    Stripe {
+        lock: Mutex::new(),
+        samples_live: AtomicUsize::new(0),
+        samples_total: AtomicU64::new(0),
+    }
+}; STRIPES];
+
+/// The stripe that guards `entry`'s counters.
+fn stripe(entry: *mut StackEntry) -> &'static Stripe {
+    &STRIPES_OF[(entry as usize >> 6) & (STRIPES - 1)]
+}
+
+/// Adds `d` to `c`, whose writers all hold one lock (no read-modify-write needed).
+fn bump_u64(c: &AtomicU64, d: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(d), Ordering::Relaxed);
+}
+
+/// [`bump_u64`] for a `usize` (`d` may be -1).
+fn bump_usize(c: &AtomicUsize, d: isize) {
+    c.store(
+        c.load(Ordering::Relaxed).wrapping_add_signed(d),
+        Ordering::Relaxed,
+    );
 }
 
 /// Bucket `hash` of the array `arr` (from [`BUCKETS`]).
@@ -194,8 +226,6 @@ static TABLE: Locked<Table> = Locked::new(Table {
     peek: PeekSet::new(),
 });
 static NEWEST: AtomicPtr<StackEntry> = AtomicPtr::new(ptr::null_mut());
-static SAMPLES_LIVE: AtomicUsize = AtomicUsize::new(0);
-static SAMPLES_TOTAL: AtomicU64 = AtomicU64::new(0);
 /// Blocks in the peek set (written under the table lock), so that frees skip the lock when
 /// it is empty.
 static PEEK_USED: AtomicUsize = AtomicUsize::new(0);
@@ -214,10 +244,12 @@ pub fn entries() -> impl Iterator<Item = &'static StackEntry> {
 
 /// Sampled blocks currently live, and sampled since the start.
 pub fn sample_counts() -> (usize, u64) {
-    (
-        SAMPLES_LIVE.load(Ordering::Relaxed),
-        SAMPLES_TOTAL.load(Ordering::Relaxed),
-    )
+    STRIPES_OF.iter().fold((0, 0), |(live, total), s| {
+        (
+            live + s.samples_live.load(Ordering::Relaxed),
+            total + s.samples_total.load(Ordering::Relaxed),
+        )
+    })
 }
 
 fn hash_frames(frames: &[usize]) -> u64 {
@@ -259,17 +291,17 @@ pub fn record_alloc(frames: &[usize], bytes: usize, weight: f64, block: usize) -
     }
     // SAFETY: entries are never freed.
     let e = unsafe { &*entry };
-    let lock = stripe(entry);
-    lock.lock();
+    let s = stripe(entry);
+    s.lock.lock();
     e.live_objects.add(weight);
     e.live_bytes.add(weight * bytes as f64);
     e.total_objects.add(weight);
     e.total_bytes.add(weight * bytes as f64);
-    lock.unlock();
-    e.live_samples.fetch_add(1, Ordering::Relaxed);
-    e.total_samples.fetch_add(1, Ordering::Relaxed);
-    SAMPLES_LIVE.fetch_add(1, Ordering::Relaxed);
-    SAMPLES_TOTAL.fetch_add(1, Ordering::Relaxed);
+    bump_u64(&e.live_samples, 1);
+    bump_u64(&e.total_samples, 1);
+    bump_usize(&s.samples_live, 1);
+    bump_u64(&s.samples_total, 1);
+    s.lock.unlock();
     entry
 }
 
@@ -292,13 +324,13 @@ pub unsafe fn record_free(entry: *mut StackEntry, bytes: usize, weight: f64, blo
     }
     // SAFETY: entries are never freed.
     let e = unsafe { &*entry };
-    let lock = stripe(entry);
-    lock.lock();
+    let s = stripe(entry);
+    s.lock.lock();
     e.live_objects.add(-weight);
     e.live_bytes.add(-weight * bytes as f64);
-    lock.unlock();
-    e.live_samples.fetch_sub(1, Ordering::Relaxed);
-    SAMPLES_LIVE.fetch_sub(1, Ordering::Relaxed);
+    bump_u64(&e.live_samples, u64::MAX);
+    bump_usize(&s.samples_live, -1);
+    s.lock.unlock();
 }
 
 /// Drops `block` from the peek set, if it is there: for a huge block, before its mapping is
@@ -464,19 +496,19 @@ fn grow() {
 /// Fork: hold the table lock across `fork`.
 pub fn prefork() {
     TABLE.raw_lock();
-    STRIPE_LOCKS.iter().for_each(Mutex::lock);
+    STRIPES_OF.iter().for_each(|s| s.lock.lock());
 }
 
 /// Fork: release in the parent.
 pub fn postfork_parent() {
-    STRIPE_LOCKS.iter().rev().for_each(Mutex::unlock);
+    STRIPES_OF.iter().rev().for_each(|s| s.lock.unlock());
     // SAFETY: taken in `prefork` by this thread.
     unsafe { TABLE.raw_unlock() };
 }
 
 /// Fork: reset in the child; a dump the parent had in progress is not the child's.
 pub fn postfork_child() {
-    STRIPE_LOCKS.iter().for_each(Mutex::reset_after_fork);
+    STRIPES_OF.iter().for_each(|s| s.lock.reset_after_fork());
     TABLE.reset_after_fork();
 }
 

@@ -45,6 +45,8 @@ use core::mem::MaybeUninit;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod modules;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod rules;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod stack;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -85,17 +87,17 @@ pub struct UnwindStats {
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod imp {
     use super::modules::{self, Hold, Snapshot};
+    use super::rules::{self, Learn};
     use super::stack::{self, Cache, UnwindTls};
     use super::{FrameRegs as Regs, Keep};
     use super::{UnwindStats, MAX_FRAMES};
     use core::mem::MaybeUninit;
     use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
     use framehop::x86_64::UnwindRegsX86_64;
-    use framehop::{FrameAddress, Unwinder};
+    use framehop::FrameAddress;
 
     /// 0: not started; 1: running; 2: ready; 3: failed.
     static INIT: AtomicU8 = AtomicU8::new(0);
-    static CAPTURES: AtomicU64 = AtomicU64::new(0);
     static SKIPPED: AtomicU64 = AtomicU64::new(0);
 
     /// Sets up once. When another thread is setting up, waits if `wait`, else returns false.
@@ -145,12 +147,13 @@ mod imp {
             (*st).busy = 1;
             &mut *st
         };
+        let shard = st.shard as usize;
         let n = capture_locked(st, regs, start, out, keep);
         st.busy = 0;
         if n == 0 {
             SKIPPED.fetch_add(1, Ordering::Relaxed);
         } else {
-            CAPTURES.fetch_add(1, Ordering::Relaxed);
+            modules::count_capture(shard);
         }
         n
     }
@@ -195,7 +198,7 @@ mod imp {
         let out = &mut out[..len];
         let mut n = 0;
         for attempt in 0..2 {
-            let Some(hold) = Hold::acquire() else {
+            let Some(hold) = Hold::acquire(st.shard as usize) else {
                 return 0;
             };
             let (got, stale) = walk(
@@ -242,6 +245,11 @@ mod imp {
         // Walked by hand rather than with framehop's iterator, because `Keep::Above` needs each
         // frame's stack pointer: `frame_regs` holds the registers of the frame `next` names.
         let mut frame_regs = UnwindRegsX86_64::new(regs.pc, regs.sp, regs.bp);
+        cache.rules.follow(snap.generation);
+        let mut learn = Learn {
+            snap,
+            framehop: &mut cache.framehop,
+        };
         let mut next = Some(FrameAddress::InstructionPointer(regs.pc));
         let have_dlfo = modules::have_find_object();
         // The first frame is the program counter inside `capture` itself.
@@ -250,8 +258,6 @@ mod imp {
             Keep::Above(_) => 0,
         };
         let mut n = 0;
-        let (mut cur_start, mut cur_end) = (0u64, 0u64);
-        let mut prev = (0u64, 0u64);
         // Modules validated in this walk (indexes past 255 are validated at every entry).
         let mut validated = [0u64; 4];
         let mut stale = false;
@@ -260,44 +266,32 @@ mod imp {
             let Some(f) = next else { break };
             let frame_sp = frame_regs.sp();
             let look = f.address_for_lookup();
-            if check && !(look >= cur_start && look < cur_end) {
-                // Stacks go back and forth between two modules (a program and its libc): the
-                // one left last is tried before the search. It was found, and validated, in
-                // this walk already.
-                let prev_was = (cur_start, cur_end);
-                if look >= prev.0 && look < prev.1 {
-                    (cur_start, cur_end) = prev;
-                } else {
-                    match snap.find(look) {
-                        Some(i) => {
-                            let m = &snap.mods[i];
-                            (cur_start, cur_end) = (m.start, m.end);
-                            let (word, bit) = (i / 64, 1u64 << (i % 64));
-                            let seen = validated.get(word).is_some_and(|w| w & bit != 0);
-                            if m.validate && !seen && have_dlfo {
-                                if let Some(w) = validated.get_mut(word) {
-                                    *w |= bit;
-                                }
-                                if !snap.still_loaded(i, look) {
-                                    stale = true;
-                                    check = false;
-                                }
+            // The rule table knows each address's module too: no search of the snapshot.
+            let found = rules::find(&mut cache.rules, &mut learn, f);
+            if check {
+                let module = found.module().unwrap_or_else(|()| snap.find(look));
+                match module {
+                    Some(i) => {
+                        let (word, bit) = (i / 64, 1u64 << (i % 64));
+                        let seen = validated.get(word).is_some_and(|w| w & bit != 0);
+                        if found.validate() && !seen && have_dlfo {
+                            if let Some(w) = validated.get_mut(word) {
+                                *w |= bit;
                             }
-                        }
-                        None => {
-                            (cur_start, cur_end) = (0, 0);
-                            if have_dlfo {
-                                if modules::find_object(look).is_some() {
-                                    stale = true;
-                                    check = false;
-                                }
-                            } else {
-                                unknown = true;
+                            if !snap.still_loaded(i, look) {
+                                stale = true;
+                                check = false;
                             }
                         }
                     }
+                    None if have_dlfo => {
+                        if modules::find_object(look).is_some() {
+                            stale = true;
+                            check = false;
+                        }
+                    }
+                    None => unknown = true,
                 }
-                prev = prev_was;
             }
             let kept = match keep {
                 Keep::Above(entry_sp) => frame_sp > entry_sp as u64,
@@ -311,13 +305,8 @@ mod imp {
                 out[n].write(f.address() as usize);
                 n += 1;
             }
-            next = match snap
-                .unwinder
-                .unwind_frame(f, &mut frame_regs, cache, &mut read)
-            {
-                Ok(Some(ra)) => FrameAddress::from_return_address(ra),
-                _ => None,
-            };
+            next = rules::step(found, &mut learn, f, &mut frame_regs, &mut read)
+                .and_then(FrameAddress::from_return_address);
         }
         if unknown && !stale && modules::blind_refresh_due() {
             stale = true;
@@ -330,9 +319,9 @@ mod imp {
     }
 
     pub(super) fn stats() -> UnwindStats {
-        let modules = Hold::acquire().map_or(0, |h| h.snapshot().mods.len());
+        let modules = Hold::acquire(0).map_or(0, |h| h.snapshot().mods.len());
         UnwindStats {
-            captures: CAPTURES.load(Ordering::Relaxed),
+            captures: modules::captures(),
             skipped: SKIPPED.load(Ordering::Relaxed),
             refreshes: modules::REFRESHES.load(Ordering::Relaxed),
             snapshots_freed: modules::FREED.load(Ordering::Relaxed),

@@ -1,13 +1,15 @@
 //! The module list: which code is mapped where and with what unwind information, published as
 //! an immutable snapshot behind an atomic pointer.
 //!
-//! Readers (walks) never take a lock: they announce themselves in [`ACTIVE`], load
-//! [`CURRENT`] and use that snapshot until they leave. A refresh (one thread at a time, by
+//! Readers (walks) never take a lock: they announce themselves in their thread's shard of
+//! [`READERS`], load [`CURRENT`] and use that snapshot until they leave. A refresh (one thread at a time, by
 //! try-lock: a thread that finds a refresh running just walks with the snapshot it has) builds
 //! a whole new snapshot from `dl_iterate_phdr`, swaps it in, and retires the old one; retired
 //! snapshots are freed by a later refresh that sees no reader at all. A reader counts itself
-//! before loading the pointer, so a refresh that reads `ACTIVE == 0` after its swap knows
-//! nobody still holds an older snapshot.
+//! before loading the pointer, so a refresh that reads every shard at 0 after its swap knows
+//! nobody still holds an older snapshot. The counts are sharded, a cache line each, because
+//! two threads sampling at once passed one shared line back and forth twice a walk, and the
+//! pointer with it.
 //!
 //! `dlclose` safety: every module's `.eh_frame_hdr` and `.eh_frame` are **copied** into
 //! memory the snapshot owns, while `dl_iterate_phdr` holds the loader's lock (a module cannot
@@ -114,6 +116,8 @@ pub(super) struct ModInfo {
 pub(super) struct Snapshot {
     /// The framehop unwinder holding every module.
     pub unwinder: FhUnwinder,
+    /// Which snapshot this is (counting from 1): the walk's rule tables follow it.
+    pub generation: u64,
     /// The same modules, sorted by start address.
     pub mods: Vec<ModInfo>,
     /// `start..end` of each module in `mods`, packed for [`Snapshot::find`]: a walk looks a
@@ -144,8 +148,40 @@ impl Snapshot {
 
 /// The current snapshot (null before the first refresh).
 static CURRENT: AtomicPtr<Snapshot> = AtomicPtr::new(ptr::null_mut());
-/// Walks currently holding some snapshot.
-static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Shards of the walks' counters; a thread uses one (see `stack::UnwindTls::shard`).
+pub(super) const SHARDS: usize = 16;
+
+/// One shard of the walks' counters, on a cache line of its own.
+#[repr(align(64))]
+struct Shard {
+    /// Walks of this shard's threads now holding some snapshot.
+    active: AtomicUsize,
+    /// Captures of this shard's threads that returned frames.
+    captures: AtomicU64,
+}
+
+static READERS: [Shard; SHARDS] = [const {
+    Shard {
+        active: AtomicUsize::new(0),
+        captures: AtomicU64::new(0),
+    }
+}; SHARDS];
+
+/// Counts a capture that returned frames, in `shard`.
+pub(super) fn count_capture(shard: usize) {
+    READERS[shard % SHARDS]
+        .captures
+        .fetch_add(1, Ordering::Relaxed);
+}
+
+/// Captures that returned frames, over all shards.
+pub(super) fn captures() -> u64 {
+    READERS
+        .iter()
+        .map(|r| r.captures.load(Ordering::Relaxed))
+        .sum()
+}
 /// The refresh try-lock: 0 free, else the pid of the process whose thread holds it (so that a
 /// child forked mid-refresh can take it over).
 static REFRESH_LOCK: AtomicU32 = AtomicU32::new(0);
@@ -166,19 +202,21 @@ pub(super) const BLIND_REFRESH_EVERY: u64 = 1024;
 /// A reader's hold on the current snapshot; dropping it releases the hold.
 pub(super) struct Hold {
     snap: *const Snapshot,
+    shard: &'static Shard,
 }
 
 impl Hold {
-    /// Announces a reader and loads the current snapshot.
+    /// Announces a reader in `shard` and loads the current snapshot.
     #[inline]
-    pub fn acquire() -> Option<Hold> {
-        ACTIVE.fetch_add(1, Ordering::SeqCst);
+    pub fn acquire(shard: usize) -> Option<Hold> {
+        let shard = &READERS[shard % SHARDS];
+        shard.active.fetch_add(1, Ordering::SeqCst);
         let snap = CURRENT.load(Ordering::SeqCst);
         if snap.is_null() {
-            ACTIVE.fetch_sub(1, Ordering::Release);
+            shard.active.fetch_sub(1, Ordering::Release);
             return None;
         }
-        Some(Hold { snap })
+        Some(Hold { snap, shard })
     }
 
     /// The held snapshot.
@@ -193,7 +231,7 @@ impl Hold {
 impl Drop for Hold {
     #[inline]
     fn drop(&mut self) {
-        ACTIVE.fetch_sub(1, Ordering::Release);
+        self.shard.active.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -321,6 +359,7 @@ pub(super) fn refresh() -> bool {
     let ranges = mods.iter().map(|m| (m.start, m.end)).collect();
     let snap = Box::into_raw(Box::new(Snapshot {
         unwinder,
+        generation: REFRESHES.load(Ordering::Relaxed) + 1,
         mods,
         ranges,
         retired_next: AtomicPtr::new(ptr::null_mut()),
@@ -335,10 +374,10 @@ pub(super) fn refresh() -> bool {
         };
         RETIRED.store(old, Ordering::Relaxed);
     }
-    if ACTIVE.load(Ordering::SeqCst) == 0 {
+    if READERS.iter().all(|r| r.active.load(Ordering::SeqCst) == 0) {
         let mut p = RETIRED.swap(ptr::null_mut(), Ordering::Relaxed);
         while !p.is_null() {
-            // SAFETY: every retired snapshot was unpublished before the ACTIVE == 0 we just
+            // SAFETY: every retired snapshot was unpublished before the zero counts we just
             // read, so no reader holds it; each came from Box::into_raw and is freed once.
             let b = unsafe { Box::from_raw(p) };
             p = b.retired_next.load(Ordering::Relaxed);

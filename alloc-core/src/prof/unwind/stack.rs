@@ -7,11 +7,16 @@
 //! The cache itself (framehop's rule cache and gimli's unwind context, about 30 KiB) is boxed
 //! the first time the thread is sampled and freed by a pthread key destructor at thread exit.
 
+use super::rules::Rules;
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use framehop::x86_64::CacheX86_64;
 
-/// The unwinder cache type: framehop's rule cache plus gimli's fixed-size unwind context.
-pub(super) type Cache = CacheX86_64<super::modules::LeanCfi>;
+/// A thread's unwind caches: the walk's own rule table, and framehop's (its rule cache and
+/// gimli's fixed-size unwind context) behind it.
+pub(super) struct Cache {
+    pub rules: Rules,
+    pub framehop: CacheX86_64<super::modules::LeanCfi>,
+}
 
 /// Stack that must be free below the caller of `capture` for a walk; with less, the sample is
 /// skipped. A walk that misses framehop's rule cache (gimli evaluating CFI) was measured at
@@ -40,6 +45,8 @@ pub(super) struct UnwindTls {
     pub busy: u8,
     /// Set once the thread-exit destructor has freed the cache: no more captures.
     pub dead: u8,
+    /// The thread's shard of the walks' shared counters (see `modules`), set with its cache.
+    pub shard: u8,
 }
 
 // The thread's unwind state, in its own initial-exec block (see `platform::tls`).
@@ -89,7 +96,10 @@ fn create_cache(st: &mut UnwindTls) -> *mut Cache {
     if key == 0 {
         return core::ptr::null_mut();
     }
-    let cache = Box::into_raw(Box::new(Cache::new_in()));
+    let cache = Box::into_raw(Box::new(Cache {
+        rules: Rules::new(),
+        framehop: CacheX86_64::new_in(),
+    }));
     // SAFETY: the key was created by `create_key`; the value is our own box, freed by the
     // destructor. This may call calloc for high key numbers (the caller guards allocation).
     let rc = unsafe { libc::pthread_setspecific(key - 1, cache as *const libc::c_void) };
@@ -99,8 +109,12 @@ fn create_cache(st: &mut UnwindTls) -> *mut Cache {
         return core::ptr::null_mut();
     }
     st.cache = cache;
+    st.shard = (NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % super::modules::SHARDS as u32) as u8;
     cache
 }
+
+/// The shard the next thread to create its cache takes.
+static NEXT_SHARD: AtomicU32 = AtomicU32::new(0);
 
 /// The key destructor: frees the exiting thread's cache and stops further captures on it.
 extern "C" fn on_thread_exit(value: *mut libc::c_void) {

@@ -124,6 +124,34 @@ fn matches_libgcc_through_glibc_qsort() {
     assert!(in_libc >= 2, "expected glibc frames in {common:x?}");
 }
 
+/// The walk's own rule table (`rules`) against libgcc, on a fresh thread (an empty table) and
+/// at every comparison of a sort (many call sites and depths in glibc, each met again after it
+/// was learnt), then through Rust frames at several depths, twice each.
+#[test]
+fn the_rule_table_walks_as_libgcc_does() {
+    extern "C" fn cmp(x: *const libc::c_void, y: *const libc::c_void) -> libc::c_int {
+        let (a, b) = probe();
+        assert_same_above_probe(&a, &b, 3);
+        // SAFETY: qsort passes pointers to two elements of our u32 array.
+        unsafe { (*x.cast::<u32>()).cmp(&*y.cast::<u32>()) as libc::c_int }
+    }
+    assert!(init());
+    std::thread::spawn(|| {
+        let mut v: Vec<u32> = (0..200u32)
+            .map(|i| i.wrapping_mul(2_654_435_761) % 997)
+            .collect();
+        // SAFETY: a valid array of u32 with a comparator for u32.
+        unsafe { libc::qsort(v.as_mut_ptr().cast(), v.len(), 4, Some(cmp)) };
+        assert!(v.windows(2).all(|w| w[0] <= w[1]));
+        for depth in [1, 6, 2, 6, 1] {
+            let (a, b) = chain_a(black_box(depth));
+            assert_same_above_probe(&a, &b, 2 * depth as usize + 1);
+        }
+    })
+    .join()
+    .unwrap();
+}
+
 /// The file name of the object holding `pc` (test-only: dladdr may allocate).
 pub(crate) fn module_of(pc: usize) -> String {
     // SAFETY: dladdr only fills the out-structure.
