@@ -6,7 +6,7 @@
 //! either untouched or saved at a constant offset from the CFA. framehop caches rules of that
 //! kind too, but its lookup and dispatch cost about a hundred instructions a frame, which on a
 //! shallow stack made the walk half the price of a sample. This table is per thread (no
-//! locks), direct-mapped, and keyed by the lookup address (and whether it is the first frame,
+//! locks), two-way set-associative, and keyed by the lookup address (and whether it is the first frame,
 //! whose rules differ).
 //!
 //! framehop stays the authority. A rule is learnt by letting framehop step the frame twice over
@@ -22,8 +22,8 @@ use super::modules::{LeanCfi, Snapshot};
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64};
 use framehop::{FrameAddress, Unwinder};
 
-/// Slots in a thread's table (16 bytes each).
-const SLOTS: usize = 256;
+/// Slots in a thread's table (16 bytes each), in pairs.
+const SLOTS: usize = 512;
 
 /// The tag that synthetic stack words carry (high bits no user address has).
 const TAG: u64 = 0x5a00_0000_0000_0000;
@@ -144,6 +144,32 @@ impl Rules {
             self.generation = generation;
         }
     }
+
+    /// The first slot of `key`'s pair. Two-way: a key may sit in either slot of its pair, so
+    /// that two hot addresses that hash alike (which depends on where the loader put the code)
+    /// do not evict each other at every walk.
+    #[inline(always)]
+    fn pair(key: u64) -> usize {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 55) as usize % SLOTS & !1
+    }
+
+    /// What is kept for `key`, if anything.
+    #[inline(always)]
+    fn get(&self, key: u64) -> Option<Found> {
+        let i = Rules::pair(key);
+        self.slots[i..i + 2]
+            .iter()
+            .find(|s| s.0 == key && s.1 != 0)
+            .map(|s| Found(s.1))
+    }
+
+    /// Keeps `found` for `key` (not kept yet) in the first slot of its pair, moving the pair's
+    /// first entry to the second.
+    fn put(&mut self, key: u64, found: Found) {
+        let i = Rules::pair(key);
+        self.slots[i + 1] = self.slots[i];
+        self.slots[i] = (key, found.0);
+    }
 }
 
 /// What is needed to learn a rule: the snapshot and the thread's framehop cache.
@@ -156,13 +182,11 @@ pub(super) struct Learn<'a> {
 #[inline(always)]
 pub(super) fn find(rules: &mut Rules, learn: &mut Learn<'_>, f: FrameAddress) -> Found {
     let key = f.address_for_lookup() << 1 | u64::from(!f.is_return_address());
-    let index = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % SLOTS;
-    let slot = rules.slots[index];
-    if slot.0 == key && slot.1 != 0 {
-        return Found(slot.1);
+    if let Some(found) = rules.get(key) {
+        return found;
     }
     let found = learnt(learn, f);
-    rules.slots[index] = (key, found.0);
+    rules.put(key, found);
     found
 }
 
@@ -290,7 +314,7 @@ fn probe(learn: &mut Learn<'_>, f: FrameAddress, sp: u64, bp: u64) -> Rule {
 
 #[cfg(test)]
 mod tests {
-    use super::{Found, Rule, NO_MODULE, VALIDATE};
+    use super::{Found, Rule, Rules, NO_MODULE, SLOTS, VALIDATE};
 
     #[test]
     fn rules_pack_and_unpack() {
@@ -337,5 +361,31 @@ mod tests {
         assert!(!f.validate());
         assert_eq!(Found(rule | NO_MODULE << 8).module(), Ok(None));
         assert_eq!(Found(rule | NO_MODULE << 8 | VALIDATE).module(), Err(()));
+    }
+
+    #[test]
+    fn two_keys_of_one_pair_are_both_kept() {
+        let mut rules = Rules::new();
+        rules.follow(1);
+        let key = 0x7f00_1234_5678u64 << 1;
+        // Other keys of the same pair, found by search.
+        let same: Vec<u64> = (1..1_000_000u64)
+            .map(|k| key + 2 * k)
+            .filter(|&k| Rules::pair(k) == Rules::pair(key))
+            .take(2)
+            .collect();
+        let (a, b) = (Found(Rule::End.pack()), Found(Rule::Slow.pack()));
+        rules.put(key, a);
+        rules.put(same[0], b);
+        assert_eq!(rules.get(key).map(|f| f.0), Some(a.0));
+        assert_eq!(rules.get(same[0]).map(|f| f.0), Some(b.0));
+        // A third evicts the older of the two.
+        rules.put(same[1], a);
+        assert!(rules.get(key).is_none());
+        assert!(rules.get(same[0]).is_some() && rules.get(same[1]).is_some());
+        // Another snapshot: nothing is kept.
+        rules.follow(2);
+        assert!(rules.get(same[0]).is_none());
+        assert!(Rules::pair(key) + 1 < SLOTS);
     }
 }
