@@ -150,7 +150,7 @@ impl Rules {
     /// do not evict each other at every walk.
     #[inline(always)]
     fn pair(key: u64) -> usize {
-        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 55) as usize % SLOTS & !1
+        ((key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 55) as usize % SLOTS) & !1
     }
 
     /// What is kept for `key`, if anything.
