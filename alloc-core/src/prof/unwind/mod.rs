@@ -11,9 +11,11 @@
 //!   snapshot behind an atomic pointer, with each library's unwind tables copied so that
 //!   `dlclose` can never leave a walk reading unmapped memory; refreshed when a walk meets code
 //!   that is not in the snapshot, or a module that `_dl_find_object` says was replaced;
-//! - the **per-thread state** (`stack`): the thread's unwind cache (about 30 KiB, created at the
-//!   thread's first sample, freed at thread exit), the thread's stack bounds (found without libc calls, once per
-//!   thread) and a re-entrancy flag.
+//! - the **rule table** (`rules`): the process's, shared by every thread: each code address's
+//!   rule in a form stepped in a few instructions, learnt from framehop;
+//! - the **per-thread state** (`stack`): the thread's framehop cache (about 22 KiB, created when
+//!   the thread first meets code the rule table lacks, freed at thread exit), the thread's
+//!   stack bounds (found without libc calls, once per thread) and a re-entrancy flag.
 //!
 //! Starting registers come from inline `asm!` in [`capture`]; every stack read is bounded by
 //! `[sp, top)` of the stack the caller is running on (the thread's own stack or its alternate
@@ -29,8 +31,8 @@
 //!   loader's lock (`dl_iterate_phdr`) and allocates under it, which is the loader's own order
 //!   (`dlopen` allocates under that lock); the reverse order deadlocks.
 //! - Keep **allocation sampling off** on this thread during the call (`ThreadState::in_profiler`):
-//!   [`init`], a thread's first capture (its cache) and refreshes allocate through the global
-//!   allocator; the walk itself never does.
+//!   [`init`], a capture that builds the thread's framehop cache, and refreshes allocate
+//!   through the global allocator; the walk itself never does.
 //! - Frames: `out[0]` is the return address into the function that called [`capture`], after
 //!   dropping `skip` more frames; addresses are raw return addresses (subtract one to
 //!   symbolize the call). `capture` is `#[inline(never)]`; the number of allocator frames to
@@ -87,8 +89,8 @@ pub struct UnwindStats {
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod imp {
     use super::modules::{self, Hold, Snapshot};
-    use super::rules::{self, Learn};
-    use super::stack::{self, Cache, UnwindTls};
+    use super::rules::{self, Learn, Step};
+    use super::stack::{self, UnwindTls};
     use super::{FrameRegs as Regs, Keep};
     use super::{UnwindStats, MAX_FRAMES};
     use core::mem::MaybeUninit;
@@ -183,12 +185,6 @@ mod imp {
         if INIT.load(Ordering::Acquire) != 2 && !(roomy && init(false)) {
             return 0;
         }
-        let cache = stack::cache_or_create(st, roomy);
-        if cache.is_null() {
-            return 0;
-        }
-        // SAFETY: the cache belongs to this thread and is used only while `busy` is set.
-        let cache: &mut Cache = unsafe { &mut *cache };
         if roomy && modules::STALE.load(Ordering::Relaxed) {
             // Wait for a refresh another thread is making: it may have read the module list
             // before the change that made it stale.
@@ -203,7 +199,8 @@ mod imp {
             };
             let (got, stale) = walk(
                 hold.snapshot(),
-                cache,
+                st,
+                roomy,
                 regs,
                 regs.sp,
                 hi as u64,
@@ -225,7 +222,8 @@ mod imp {
     #[allow(clippy::too_many_arguments)]
     fn walk(
         snap: &Snapshot,
-        cache: &mut Cache,
+        st: &mut UnwindTls,
+        roomy: bool,
         regs: Regs,
         lo: u64,
         hi: u64,
@@ -245,11 +243,7 @@ mod imp {
         // Walked by hand rather than with framehop's iterator, because `Keep::Above` needs each
         // frame's stack pointer: `frame_regs` holds the registers of the frame `next` names.
         let mut frame_regs = UnwindRegsX86_64::new(regs.pc, regs.sp, regs.bp);
-        cache.rules.follow(snap.generation);
-        let mut learn = Learn {
-            snap,
-            framehop: &mut cache.framehop,
-        };
+        let mut learn = Learn { snap, st, roomy };
         let mut next = Some(FrameAddress::InstructionPointer(regs.pc));
         let have_dlfo = modules::have_find_object();
         // The first frame is the program counter inside `capture` itself.
@@ -267,7 +261,11 @@ mod imp {
             let frame_sp = frame_regs.sp();
             let look = f.address_for_lookup();
             // The rule table knows each address's module too: no search of the snapshot.
-            let found = rules::find(&mut cache.rules, &mut learn, f);
+            let Some(found) = rules::find(&mut learn, f) else {
+                // Unknown code and no room to learn it: skip the sample rather than keep a
+                // stack cut short.
+                return (0, false);
+            };
             if check {
                 let module = found.module().unwrap_or_else(|()| snap.find(look));
                 match module {
@@ -305,8 +303,11 @@ mod imp {
                 out[n].write(f.address() as usize);
                 n += 1;
             }
-            next = rules::step(found, &mut learn, f, &mut frame_regs, &mut read)
-                .and_then(FrameAddress::from_return_address);
+            next = match rules::step(found, &mut learn, f, &mut frame_regs, &mut read) {
+                Step::Caller(ra) => FrameAddress::from_return_address(ra),
+                Step::End => None,
+                Step::Unknown => return (0, false),
+            };
         }
         if unknown && !stale && modules::blind_refresh_due() {
             stale = true;
@@ -353,8 +354,8 @@ pub fn init() -> bool {
 /// the caller of `capture`, unless `skip` drops that many more frames. Returns 0 when the
 /// sample must be skipped (see the module docs).
 ///
-/// The walk allocates nothing and takes no lock. The thread's first capture (its unwind cache)
-/// and module refreshes do both: see the rules in the module docs.
+/// The walk allocates nothing and takes no lock. Building the thread's framehop cache and
+/// module refreshes do both: see the rules in the module docs.
 #[inline(never)]
 pub fn capture(out: &mut [usize], skip: usize) -> usize {
     // One more frame to drop: this function's own. Using the result afterwards keeps the call

@@ -4,10 +4,13 @@
 //! Nearly every x86-64 frame steps the same way: the caller's stack pointer (the CFA) is this
 //! frame's `rsp` or `rbp` plus a constant, the return address lies just below it, and `rbp` is
 //! either untouched or saved at a constant offset from the CFA. framehop caches rules of that
-//! kind too, but its lookup and dispatch cost about a hundred instructions a frame, which on a
-//! shallow stack made the walk half the price of a sample. This table is per thread (no
-//! locks), two-way set-associative, and keyed by the lookup address (and whether it is the first frame,
-//! whose rules differ).
+//! kind too, but per thread, and its lookup and dispatch cost about a hundred instructions a
+//! frame, which on a shallow stack made the walk half the price of a sample. This table is the
+//! process's: a thread's first walk finds the rules other threads learnt (a program that starts
+//! many threads paid framehop's evaluation of every frame's CFI again in each), and a thread
+//! that only meets known code never builds framehop's cache at all. It is two-way
+//! set-associative, keyed by the lookup address, whether it is the first frame (whose rules
+//! differ) and the module snapshot's generation (a rule of another snapshot never matches).
 //!
 //! framehop stays the authority. A rule is learnt by letting framehop step the frame twice over
 //! synthetic registers and a synthetic stack whose every word holds its own address, tagged:
@@ -15,22 +18,31 @@
 //! tells the slot it came from. The two probes use different distances between `rsp` and
 //! `rbp`, so a rule that depends on anything else (an expression, another register, a value
 //! read from the stack) gives two different answers and is marked slow: such frames are
-//! stepped by framehop every time, as before. The table is cleared whenever the module
-//! snapshot changes, as framehop's own cache is.
+//! stepped by framehop every time, as before.
+//!
+//! Sharing without locks: a writer claims a slot by swapping its key for [`BUSY`], writes the
+//! rule, then publishes the key; a reader takes the rule only if it read the same key before
+//! and after it. The rule also carries eight bits of a hash of its key, so that a slot rewritten
+//! in between with the same key (and a rule read from yet another writer) is still caught but
+//! for one chance in 256; even then a wrong rule only yields wrong frames, since every stack
+//! read is bounded by the walk.
 
 use super::modules::{LeanCfi, Snapshot};
+use super::stack::{self, UnwindTls};
+use core::sync::atomic::{AtomicU64, Ordering};
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64};
 use framehop::{FrameAddress, Unwinder};
 
-/// Slots in a thread's table (16 bytes each), in pairs.
-const SLOTS: usize = 512;
+/// Slots of the process's table (16 bytes each, in pairs): 64 KiB of zeroed static memory,
+/// touched as it fills.
+const SLOTS: usize = 4096;
 
 /// The tag that synthetic stack words carry (high bits no user address has).
 const TAG: u64 = 0x5a00_0000_0000_0000;
 
 /// Farthest a probe looks from the synthetic `rsp` or `rbp` (framehop's offsets are at most
-/// 16 bits of 8-byte words: 512 KiB).
-const REACH: u64 = 512 << 10;
+/// 16 bits of 8-byte words: 512 KiB); offsets as far as this fit the packed rule.
+const REACH: u64 = (512 << 10) - 8;
 
 /// The two probes: a synthetic `rsp`, and `rbp` at a different distance above it in each.
 const PROBES: [(u64, u64); 2] = [
@@ -58,8 +70,8 @@ enum Rule {
 }
 
 // A packed entry: the rule's kind in bits 0-2, `HAS_BP` and `VALIDATE` flags, the module's
-// index in bits 8-15 (`NO_MODULE`: none, or past 254), the CFA offset in bits 16-39 and the
-// signed slot of `rbp` in bits 40-63.
+// index in bits 8-15 (`NO_MODULE`: none, or past 254), the CFA offset in bits 16-35, the
+// signed slot of `rbp` in bits 36-55, and eight bits of the key's hash in bits 56-63.
 const KIND_END: u64 = 1;
 const KIND_SLOW: u64 = 2;
 const KIND_SP: u64 = 3;
@@ -67,6 +79,7 @@ const KIND_BP: u64 = 4;
 const HAS_BP: u64 = 1 << 3;
 const VALIDATE: u64 = 1 << 4;
 const NO_MODULE: u64 = 0xff;
+const CHECK_SHIFT: u32 = 56;
 
 impl Rule {
     fn pack(self) -> Packed {
@@ -79,7 +92,7 @@ impl Rule {
                 bp_at,
             } => {
                 let kind = if from_bp { KIND_BP } else { KIND_SP };
-                let bp = bp_at.map_or(0, |o| HAS_BP | (o as i64 as u64) << 40);
+                let bp = bp_at.map_or(0, |o| HAS_BP | ((o as i64 as u64) & 0xf_ffff) << 36);
                 kind | bp | u64::from(offset) << 16
             }
         }
@@ -91,8 +104,8 @@ impl Rule {
             KIND_END => Rule::End,
             KIND_SP | KIND_BP => Rule::Step {
                 from_bp: p & 7 == KIND_BP,
-                offset: (p >> 16) as u32 & 0xff_ffff,
-                bp_at: (p & HAS_BP != 0).then_some(((p as i64) >> 40) as i32),
+                offset: (p >> 16) as u32 & 0xf_ffff,
+                bp_at: (p & HAS_BP != 0).then_some(((p << 8) as i64 >> 44) as i32),
             },
             _ => Rule::Slow,
         }
@@ -122,77 +135,121 @@ impl Found {
     }
 }
 
-/// A thread's table: the snapshot generation its rules were learnt in, and the slots.
-pub(super) struct Rules {
-    generation: u64,
-    slots: [(u64, Packed); SLOTS],
+/// One slot: its key (0: empty; [`BUSY`]: being written) and its packed rule.
+struct Slot {
+    key: AtomicU64,
+    packed: AtomicU64,
 }
 
-impl Rules {
-    pub(super) const fn new() -> Rules {
-        Rules {
-            generation: 0,
-            slots: [(0, 0); SLOTS],
-        }
-    }
+/// A key no address has (bit 48 is never set in a key, see [`key_of`]).
+const BUSY: u64 = u64::MAX;
 
-    /// Forgets every rule learnt in another snapshot than `generation`.
-    #[inline(always)]
-    pub(super) fn follow(&mut self, generation: u64) {
-        if self.generation != generation {
-            self.slots = [(0, 0); SLOTS];
-            self.generation = generation;
-        }
+static TABLE: [Slot; SLOTS] = [const {
+    Slot {
+        key: AtomicU64::new(0),
+        packed: AtomicU64::new(0),
     }
+}; SLOTS];
 
-    /// The first slot of `key`'s pair. Two-way: a key may sit in either slot of its pair, so
-    /// that two hot addresses that hash alike (which depends on where the loader put the code)
-    /// do not evict each other at every walk.
-    #[inline(always)]
-    fn pair(key: u64) -> usize {
-        ((key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 55) as usize % SLOTS) & !1
-    }
-
-    /// What is kept for `key`, if anything.
-    #[inline(always)]
-    fn get(&self, key: u64) -> Option<Found> {
-        let i = Rules::pair(key);
-        self.slots[i..i + 2]
-            .iter()
-            .find(|s| s.0 == key && s.1 != 0)
-            .map(|s| Found(s.1))
-    }
-
-    /// Keeps `found` for `key` (not kept yet) in the first slot of its pair, moving the pair's
-    /// first entry to the second.
-    fn put(&mut self, key: u64, found: Found) {
-        let i = Rules::pair(key);
-        self.slots[i + 1] = self.slots[i];
-        self.slots[i] = (key, found.0);
-    }
+/// The key of the frame at `f` in snapshot `generation`: the lookup address (below 2^47),
+/// whether it is the first frame, and the generation's low 15 bits in bits 49-63.
+#[inline(always)]
+fn key_of(f: FrameAddress, generation: u64) -> u64 {
+    let address = f.address_for_lookup() & ((1 << 47) - 1);
+    (generation & 0x7fff) << 49 | address << 1 | u64::from(!f.is_return_address())
 }
 
-/// What is needed to learn a rule: the snapshot and the thread's framehop cache.
+/// Eight bits of a hash of `key`, kept in its rule.
+#[inline(always)]
+fn check(key: u64) -> u64 {
+    key.wrapping_mul(0xD6E8_FEB8_6659_FD93) >> 56
+}
+
+/// The first slot of `key`'s pair. Two-way: a key may sit in either slot of its pair, so that
+/// two hot addresses that hash alike (which depends on where the loader put the code) do not
+/// evict each other.
+#[inline(always)]
+fn pair(key: u64) -> usize {
+    ((key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize % SLOTS) & !1
+}
+
+/// What is kept for `key`, if anything.
+#[inline(always)]
+fn get(key: u64) -> Option<Found> {
+    let i = pair(key);
+    TABLE[i..i + 2].iter().find_map(|s| {
+        if s.key.load(Ordering::Acquire) != key {
+            return None;
+        }
+        let p = s.packed.load(Ordering::Acquire);
+        (s.key.load(Ordering::Relaxed) == key && p != 0 && p >> CHECK_SHIFT == check(key))
+            .then_some(Found(p & ((1 << CHECK_SHIFT) - 1)))
+    })
+}
+
+/// Keeps `found` for `key`: in an empty slot of its pair, else in one of the two chosen by the
+/// key. Gives up if another thread is writing that slot.
+fn put(key: u64, found: Found) {
+    let i = pair(key);
+    let j = (i..i + 2)
+        .find(|&j| TABLE[j].key.load(Ordering::Relaxed) == 0)
+        .unwrap_or(i + ((key >> 7) & 1) as usize);
+    let s = &TABLE[j];
+    let old = s.key.load(Ordering::Relaxed);
+    if old == BUSY
+        || s.key
+            .compare_exchange(old, BUSY, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    s.packed
+        .store(found.0 | check(key) << CHECK_SHIFT, Ordering::Release);
+    s.key.store(key, Ordering::Release);
+}
+
+/// What is needed to learn a rule or to step a slow frame: the snapshot, and the thread's
+/// framehop cache, built on first need.
 pub(super) struct Learn<'a> {
     pub snap: &'a Snapshot,
-    pub framehop: &'a mut CacheX86_64<LeanCfi>,
+    pub st: &'a mut UnwindTls,
+    /// Whether the stack has room to build the cache (see `stack::MIN_FREE_STACK_FOR_SETUP`).
+    pub roomy: bool,
 }
 
-/// The rule and module of the frame at `f`, from the table, or learnt and kept.
-#[inline(always)]
-pub(super) fn find(rules: &mut Rules, learn: &mut Learn<'_>, f: FrameAddress) -> Found {
-    let key = f.address_for_lookup() << 1 | u64::from(!f.is_return_address());
-    if let Some(found) = rules.get(key) {
-        return found;
+impl Learn<'_> {
+    /// The thread's framehop cache; `None` if it cannot be built now.
+    fn framehop(&mut self) -> Option<&mut CacheX86_64<LeanCfi>> {
+        let cache = stack::cache_or_create(self.st, self.roomy);
+        // SAFETY: the cache belongs to this thread and is used only while its walk runs (the
+        // thread's `busy` flag is set), one reference at a time.
+        unsafe { cache.as_mut() }
     }
-    let found = learnt(learn, f);
-    rules.put(key, found);
-    found
 }
 
-/// Steps `regs` (of the frame at `f`, whose rule is `found`) to its caller's and returns the
-/// caller's return address (`None`: the walk ends), like framehop's `unwind_frame`, reading the
-/// stack with `read`.
+/// The rule and module of the frame at `f`, from the table, or learnt and kept; `None` when it
+/// is not known and cannot be learnt now (no room to build framehop's cache).
+#[inline(always)]
+pub(super) fn find(learn: &mut Learn<'_>, f: FrameAddress) -> Option<Found> {
+    let key = key_of(f, learn.snap.generation);
+    if let Some(found) = get(key) {
+        return Some(found);
+    }
+    let found = learnt(learn, f)?;
+    put(key, found);
+    Some(found)
+}
+
+/// What a step gives: the caller's return address, the end of the walk, or no answer now (a
+/// slow frame and no framehop cache).
+pub(super) enum Step {
+    Caller(u64),
+    End,
+    Unknown,
+}
+
+/// Steps `regs` (of the frame at `f`, whose rule is `found`) to its caller's, like framehop's
+/// `unwind_frame`, reading the stack with `read`.
 #[inline(always)]
 pub(super) fn step<F>(
     found: Found,
@@ -200,73 +257,95 @@ pub(super) fn step<F>(
     f: FrameAddress,
     regs: &mut UnwindRegsX86_64,
     read: &mut F,
-) -> Option<u64>
+) -> Step
 where
     F: FnMut(u64) -> Result<u64, ()>,
 {
-    match Rule::unpack(found.0) {
+    let ra = match Rule::unpack(found.0) {
         Rule::End => None,
-        Rule::Slow => learn
-            .snap
-            .unwinder
-            .unwind_frame(f, regs, learn.framehop, read)
-            .ok()
-            .flatten(),
+        Rule::Slow => {
+            let snap = learn.snap;
+            let Some(cache) = learn.framehop() else {
+                return Step::Unknown;
+            };
+            snap.unwinder
+                .unwind_frame(f, regs, cache, read)
+                .ok()
+                .flatten()
+        }
         Rule::Step {
             from_bp,
             offset,
             bp_at,
-        } => {
-            let (sp, bp) = (regs.sp(), regs.bp());
-            // framehop's frame-pointer rule: a zero `rbp` ends the stack.
-            if from_bp && bp == 0 {
-                return None;
-            }
-            let cfa = if from_bp { bp } else { sp }.checked_add(u64::from(offset))?;
-            if cfa <= sp {
-                return None;
-            }
-            let ra = read(cfa - 8).ok()?;
-            let new_bp = match bp_at {
-                Some(at) => read(cfa.checked_add_signed(i64::from(at))?).ok()?,
-                None => bp,
-            };
-            if ra == 0 {
-                return None;
-            }
-            regs.set_ip(ra);
-            regs.set_sp(cfa);
-            regs.set_bp(new_bp);
-            Some(ra)
-        }
+        } => apply(from_bp, offset, bp_at, regs, read),
+    };
+    ra.map_or(Step::End, Step::Caller)
+}
+
+/// A fast rule applied to `regs`: the caller's return address, or `None` (the walk ends).
+#[inline(always)]
+fn apply<F>(
+    from_bp: bool,
+    offset: u32,
+    bp_at: Option<i32>,
+    regs: &mut UnwindRegsX86_64,
+    read: &mut F,
+) -> Option<u64>
+where
+    F: FnMut(u64) -> Result<u64, ()>,
+{
+    let (sp, bp) = (regs.sp(), regs.bp());
+    // framehop's frame-pointer rule: a zero `rbp` ends the stack.
+    if from_bp && bp == 0 {
+        return None;
     }
+    let cfa = if from_bp { bp } else { sp }.checked_add(u64::from(offset))?;
+    if cfa <= sp {
+        return None;
+    }
+    let ra = read(cfa - 8).ok()?;
+    let new_bp = match bp_at {
+        Some(at) => read(cfa.checked_add_signed(i64::from(at))?).ok()?,
+        None => bp,
+    };
+    if ra == 0 {
+        return None;
+    }
+    regs.set_ip(ra);
+    regs.set_sp(cfa);
+    regs.set_bp(new_bp);
+    Some(ra)
 }
 
 /// The rule framehop applies to the frame at `f`, from two probes that must agree, and the
-/// module `f` lies in.
+/// module `f` lies in; `None` without a framehop cache.
 #[cold]
 #[inline(never)]
-fn learnt(learn: &mut Learn<'_>, f: FrameAddress) -> Found {
-    let [a, b] = PROBES.map(|(sp, bp)| probe(learn, f, sp, bp));
+fn learnt(learn: &mut Learn<'_>, f: FrameAddress) -> Option<Found> {
+    let snap = learn.snap;
+    let cache = learn.framehop()?;
+    let [a, b] = PROBES.map(|(sp, bp)| probe(snap, cache, f, sp, bp));
     let rule = if a == b { a } else { Rule::Slow };
-    let module = match learn.snap.find(f.address_for_lookup()) {
+    let module = match snap.find(f.address_for_lookup()) {
         Some(i) if (i as u64) < NO_MODULE => {
-            let validate = if learn.snap.mods[i].validate {
-                VALIDATE
-            } else {
-                0
-            };
+            let validate = if snap.mods[i].validate { VALIDATE } else { 0 };
             (i as u64) << 8 | validate
         }
         Some(_) => NO_MODULE << 8 | VALIDATE,
         None => NO_MODULE << 8,
     };
-    Found(rule.pack() | module)
+    Some(Found(rule.pack() | module))
 }
 
 /// Lets framehop step the frame at `f` from `rsp = sp`, `rbp = bp` over a stack whose words
 /// hold their own addresses, tagged, and reads the rule off the result.
-fn probe(learn: &mut Learn<'_>, f: FrameAddress, sp: u64, bp: u64) -> Rule {
+fn probe(
+    snap: &Snapshot,
+    cache: &mut CacheX86_64<LeanCfi>,
+    f: FrameAddress,
+    sp: u64,
+    bp: u64,
+) -> Rule {
     let near = |a: u64, base: u64| a.wrapping_sub(base).wrapping_add(REACH) <= 2 * REACH;
     let mut read = |a: u64| {
         if near(a, sp) || near(a, bp) {
@@ -276,11 +355,7 @@ fn probe(learn: &mut Learn<'_>, f: FrameAddress, sp: u64, bp: u64) -> Rule {
         }
     };
     let mut regs = UnwindRegsX86_64::new(f.address(), sp, bp);
-    let ra = match learn
-        .snap
-        .unwinder
-        .unwind_frame(f, &mut regs, learn.framehop, &mut read)
-    {
+    let ra = match snap.unwinder.unwind_frame(f, &mut regs, cache, &mut read) {
         Ok(None) => return Rule::End,
         Ok(Some(ra)) => ra,
         Err(_) => return Rule::Slow,
@@ -314,10 +389,11 @@ fn probe(learn: &mut Learn<'_>, f: FrameAddress, sp: u64, bp: u64) -> Rule {
 
 #[cfg(test)]
 mod tests {
-    use super::{Found, Rule, Rules, NO_MODULE, SLOTS, VALIDATE};
+    use super::{get, pair, put, Found, Rule, CHECK_SHIFT, NO_MODULE, REACH, SLOTS, VALIDATE};
 
     #[test]
     fn rules_pack_and_unpack() {
+        let reach = REACH as i32;
         for r in [
             Rule::End,
             Rule::Slow,
@@ -333,12 +409,21 @@ mod tests {
             },
             Rule::Step {
                 from_bp: false,
-                offset: 512 << 10,
-                bp_at: Some(-(512 << 10)),
+                offset: REACH as u32,
+                bp_at: Some(-reach),
+            },
+            Rule::Step {
+                from_bp: true,
+                offset: REACH as u32,
+                bp_at: Some(reach),
             },
         ] {
             assert_ne!(r.pack(), 0);
             assert_eq!(Rule::unpack(r.pack()), r);
+            assert!(
+                r.pack() >> CHECK_SHIFT == 0,
+                "{r:?} overlaps the check bits"
+            );
             for module in [0, 7 << 8 | VALIDATE, NO_MODULE << 8] {
                 assert_eq!(Rule::unpack(r.pack() | module), r);
             }
@@ -365,27 +450,24 @@ mod tests {
 
     #[test]
     fn two_keys_of_one_pair_are_both_kept() {
-        let mut rules = Rules::new();
-        rules.follow(1);
-        let key = 0x7f00_1234_5678u64 << 1;
-        // Other keys of the same pair, found by search.
-        let same: Vec<u64> = (1..1_000_000u64)
+        // Keys of generation 0x7ffe, which no test snapshot reaches.
+        let key = 0x7ffe << 49 | 0x7f00_1234_5678u64 << 1;
+        let same: Vec<u64> = (1..10_000_000u64)
             .map(|k| key + 2 * k)
-            .filter(|&k| Rules::pair(k) == Rules::pair(key))
+            .filter(|&k| pair(k) == pair(key))
             .take(2)
             .collect();
-        let (a, b) = (Found(Rule::End.pack()), Found(Rule::Slow.pack()));
-        rules.put(key, a);
-        rules.put(same[0], b);
-        assert_eq!(rules.get(key).map(|f| f.0), Some(a.0));
-        assert_eq!(rules.get(same[0]).map(|f| f.0), Some(b.0));
-        // A third evicts the older of the two.
-        rules.put(same[1], a);
-        assert!(rules.get(key).is_none());
-        assert!(rules.get(same[0]).is_some() && rules.get(same[1]).is_some());
-        // Another snapshot: nothing is kept.
-        rules.follow(2);
-        assert!(rules.get(same[0]).is_none());
-        assert!(Rules::pair(key) + 1 < SLOTS);
+        let (a, b) = (Found(Rule::End.pack()), Found(Rule::Slow.pack() | 5 << 8));
+        put(key, a);
+        put(same[0], b);
+        assert_eq!(get(key).map(|f| f.0), Some(a.0));
+        assert_eq!(get(same[0]).map(|f| f.0), Some(b.0));
+        // A third replaces one of the two.
+        put(same[1], a);
+        assert_eq!(get(same[1]).map(|f| f.0), Some(a.0));
+        assert!(get(key).is_some() != get(same[0]).is_some());
+        // Another generation: nothing matches.
+        assert!(get(key ^ 1 << 49).is_none());
+        assert!(pair(key) + 1 < SLOTS);
     }
 }

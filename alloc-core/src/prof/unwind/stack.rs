@@ -5,18 +5,15 @@
 //! The block is constant-initialised to zeroes, has no destructor and is reached without
 //! `__tls_get_addr` (the same technique as `crate::thread`), so touching it can never allocate.
 //! The cache itself (framehop's rule cache and gimli's unwind context, about 30 KiB) is boxed
-//! the first time the thread is sampled and freed by a pthread key destructor at thread exit.
+//! the first time the thread meets code whose rule the process's table (`rules`) lacks, and
+//! freed by a pthread key destructor at thread exit.
 
-use super::rules::Rules;
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use framehop::x86_64::CacheX86_64;
 
-/// A thread's unwind caches: the walk's own rule table, and framehop's (its rule cache and
-/// gimli's fixed-size unwind context) behind it.
-pub(super) struct Cache {
-    pub rules: Rules,
-    pub framehop: CacheX86_64<super::modules::LeanCfi>,
-}
+/// The thread's framehop cache: its rule cache plus gimli's fixed-size unwind context. Built
+/// when the thread first meets code whose rule the process's table (`rules`) lacks.
+pub(super) type Cache = CacheX86_64<super::modules::LeanCfi>;
 
 /// Stack that must be free below the caller of `capture` for a walk; with less, the sample is
 /// skipped. A walk that misses framehop's rule cache (gimli evaluating CFI) was measured at
@@ -96,10 +93,7 @@ fn create_cache(st: &mut UnwindTls) -> *mut Cache {
     if key == 0 {
         return core::ptr::null_mut();
     }
-    let cache = Box::into_raw(Box::new(Cache {
-        rules: Rules::new(),
-        framehop: CacheX86_64::new_in(),
-    }));
+    let cache = Box::into_raw(Box::new(Cache::new_in()));
     // SAFETY: the key was created by `create_key`; the value is our own box, freed by the
     // destructor. This may call calloc for high key numbers (the caller guards allocation).
     let rc = unsafe { libc::pthread_setspecific(key - 1, cache as *const libc::c_void) };

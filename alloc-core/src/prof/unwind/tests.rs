@@ -152,6 +152,26 @@ fn the_rule_table_walks_as_libgcc_does() {
     .unwrap();
 }
 
+/// The rule table is the process's: a thread whose walk meets only code another thread's walk
+/// met finds every rule there and never builds its own framehop cache, and walks the same.
+#[test]
+fn a_new_thread_walks_known_code_without_its_own_cache() {
+    assert!(init());
+    #[inline(never)]
+    fn walk_here() -> (Vec<usize>, bool) {
+        let frames = ours();
+        // SAFETY: this thread's own block, read after its walk ended.
+        let built = unsafe { !(*stack::state()).cache.is_null() };
+        (frames, built)
+    }
+    let run = || std::thread::spawn(walk_here).join().unwrap();
+    let (first, _) = run();
+    let (second, built) = run();
+    assert!(!built, "the second thread built its own framehop cache");
+    assert!(first.len() >= 4, "{first:x?}");
+    assert_eq!(first[1..], second[1..]);
+}
+
 /// The file name of the object holding `pc` (test-only: dladdr may allocate).
 pub(crate) fn module_of(pc: usize) -> String {
     // SAFETY: dladdr only fills the out-structure.
