@@ -244,6 +244,7 @@ mod imp {
         // frame's stack pointer: `frame_regs` holds the registers of the frame `next` names.
         let mut frame_regs = UnwindRegsX86_64::new(regs.pc, regs.sp, regs.bp);
         let mut learn = Learn { snap, st, roomy };
+        let mut depth = 0;
         let mut next = Some(FrameAddress::InstructionPointer(regs.pc));
         let have_dlfo = modules::have_find_object();
         // The first frame is the program counter inside `capture` itself.
@@ -261,7 +262,7 @@ mod imp {
             let frame_sp = frame_regs.sp();
             let look = f.address_for_lookup();
             // The rule table knows each address's module too: no search of the snapshot.
-            let Some(found) = rules::find(&mut learn, f) else {
+            let Some(found) = rules::find(&mut learn, f, depth) else {
                 // Unknown code and no room to learn it: skip the sample rather than keep a
                 // stack cut short.
                 return (0, false);
@@ -303,6 +304,7 @@ mod imp {
                 out[n].write(f.address() as usize);
                 n += 1;
             }
+            depth += 1;
             next = match rules::step(found, &mut learn, f, &mut frame_regs, &mut read) {
                 Step::Caller(ra) => FrameAddress::from_return_address(ra),
                 Step::End => None,

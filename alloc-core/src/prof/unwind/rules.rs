@@ -227,16 +227,28 @@ impl Learn<'_> {
     }
 }
 
-/// The rule and module of the frame at `f`, from the table, or learnt and kept; `None` when it
-/// is not known and cannot be learnt now (no room to build framehop's cache).
+/// The rule and module of the frame at `f`, the `depth`th of its walk: from the thread's memo
+/// of its last walk, from the table, or learnt and kept; `None` when it is not known and
+/// cannot be learnt now (no room to build framehop's cache).
 #[inline(always)]
-pub(super) fn find(learn: &mut Learn<'_>, f: FrameAddress) -> Option<Found> {
+pub(super) fn find(learn: &mut Learn<'_>, f: FrameAddress, depth: usize) -> Option<Found> {
     let key = key_of(f, learn.snap.generation);
-    if let Some(found) = get(key) {
-        return Some(found);
+    if let Some(&(k, packed)) = learn.st.memo.get(depth) {
+        if k == key {
+            return Some(Found(packed));
+        }
     }
-    let found = learnt(learn, f)?;
-    put(key, found);
+    let found = match get(key) {
+        Some(found) => found,
+        None => {
+            let found = learnt(learn, f)?;
+            put(key, found);
+            found
+        }
+    };
+    if let Some(m) = learn.st.memo.get_mut(depth) {
+        *m = (key, found.0);
+    }
     Some(found)
 }
 

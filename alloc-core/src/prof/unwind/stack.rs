@@ -44,7 +44,16 @@ pub(super) struct UnwindTls {
     pub dead: u8,
     /// The thread's shard of the walks' shared counters (see `modules`), set with its cache.
     pub shard: u8,
+    /// The rules of the thread's last walk, by depth (key and packed rule, see `rules`; the key
+    /// holds the snapshot's generation, so a rule of another snapshot never matches).
+    pub memo: [(u64, u64); MEMO_DEPTH],
 }
+
+/// Frames of a walk whose rules the thread remembers by depth: the outer frames of a thread's
+/// stacks (its start, its main loop) repeat from walk to walk, and a rule found at the same
+/// depth is a load from this thread's own block instead of one from the process's table,
+/// which a program sampled once in half a megabyte has let fall out of the caches.
+pub(super) const MEMO_DEPTH: usize = 16;
 
 // The thread's unwind state, in its own initial-exec block (see `platform::tls`).
 crate::platform::tls::initial_exec_block!(pub(super) fn state -> UnwindTls, "sampalloc_core_unwind_state");
