@@ -802,7 +802,10 @@ impl Arena {
 static ARENAS: [Arena; MAX_ARENAS] = [const { Arena::new() }; MAX_ARENAS];
 /// Arenas handed to threads.
 static NARENAS: AtomicUsize = AtomicUsize::new(1);
-/// One past the highest arena ever used (fork and stats visit these).
+/// One past the highest arena ever given a thread (only those hold memory: ticks, purges,
+/// fork and stats visit these). Not every arena threads may be spread over: each arena's
+/// state has a page of its own, and a program with one thread faulted in all of them at its
+/// first tick.
 static ARENAS_USED: AtomicUsize = AtomicUsize::new(1);
 
 /// Arena number `i`.
@@ -831,7 +834,6 @@ pub fn of_tag(tag: u8) -> &'static Arena {
 pub fn set_narenas(n: usize) {
     let n = n.clamp(1, MAX_ARENAS);
     NARENAS.store(n, Ordering::Relaxed);
-    ARENAS_USED.fetch_max(n, Ordering::Relaxed);
 }
 
 /// How many arenas new threads are spread over.
@@ -841,7 +843,7 @@ pub fn narenas() -> usize {
 
 /// Arenas that may hold memory.
 pub fn arenas_used() -> usize {
-    ARENAS_USED.load(Ordering::Relaxed)
+    ARENAS_USED.load(Ordering::SeqCst)
 }
 
 /// Picks the arena with the fewest threads for a new thread and counts the thread in. A thread
@@ -862,6 +864,8 @@ pub fn assign_thread() -> &'static Arena {
         }
     }
     let a = &ARENAS[best];
+    // Before the thread can take any of the arena's locks: `prefork` visits the arenas used.
+    ARENAS_USED.fetch_max(best + 1, Ordering::SeqCst);
     if a.threads.fetch_add(1, Ordering::Relaxed) == 0 {
         a.idle_since.store(u64::MAX, Ordering::Relaxed);
         let last = a.last_exit.load(Ordering::Relaxed);
