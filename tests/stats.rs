@@ -213,11 +213,21 @@ fn stats_print_at_exit() {
             "stats_print_child",
             "--test-threads=1",
         ])
-        .env("SAMPALLOC_CONF", "stats_print:true")
+        .env("SAMPALLOC_CONF", "stats_print:true,narenas:8")
         .output()
         .expect("run the test binary");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "child failed: {stderr}");
+    // Threads may be spread over 8 arenas, but the child's few threads used only some: the
+    // others were never touched (ticks and purges visit the used ones only).
+    assert!(stderr.contains("arenas: 8 "), "{stderr}");
+    let used: u64 = stderr
+        .split("arenas used: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no arenas used in the report: {stderr}"));
+    assert!((1..=3).contains(&used), "{used} arenas used: {stderr}");
     assert!(
         stderr.contains("___ sampalloc statistics ___"),
         "no report on stderr: {stderr}"

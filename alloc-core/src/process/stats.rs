@@ -99,6 +99,8 @@ pub struct Snapshot {
     pub segments: usize,
     /// Arenas threads are spread over.
     pub narenas: usize,
+    /// Arenas ever given a thread: the only ones that hold memory, and that ticks visit.
+    pub arenas_used: usize,
     /// Threads with a cache.
     pub threads: usize,
     /// Pages given back to the kernel so far.
@@ -133,6 +135,7 @@ pub fn snapshot() -> Snapshot {
         cached: 0,
         segments: 0,
         narenas: arena::narenas(),
+        arenas_used: arena::arenas_used(),
         threads: 0,
         purged_pages: 0,
         huge_allocated: huge::ALLOCATED.load(Relaxed),
@@ -292,6 +295,7 @@ pub fn print(fd: i32) {
     emit(
         Line::new()
             .field("arenas", s.narenas as u64)
+            .field("arenas used", s.arenas_used as u64)
             .field("threads", s.threads as u64)
             .field("segments", s.segments as u64)
             .field("dirty", s.dirty as u64)
