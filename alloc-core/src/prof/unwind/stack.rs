@@ -49,11 +49,13 @@ pub(super) struct UnwindTls {
     pub memo: [(u64, u64); MEMO_DEPTH],
 }
 
-/// Frames of a walk whose rules the thread remembers by depth: the outer frames of a thread's
-/// stacks (its start, its main loop) repeat from walk to walk, and a rule found at the same
-/// depth is a load from this thread's own block instead of one from the process's table,
-/// which a program sampled once in half a megabyte has let fall out of the caches.
-pub(super) const MEMO_DEPTH: usize = 16;
+/// Frames of a walk whose rules the thread remembers by depth: the innermost frames (the
+/// allocator's own, the call site and its callers) repeat from walk to walk, and a rule found
+/// at the same depth is a load from this thread's own block instead of one from the process's
+/// table, which a program sampled once in half a megabyte has let fall out of the caches.
+/// Eight, so that the whole block stays about 200 bytes: a copy of the engine in a library
+/// loaded with `dlopen` takes its initial-exec TLS from the loader's small static reserve.
+pub(super) const MEMO_DEPTH: usize = 8;
 
 // The thread's unwind state, in its own initial-exec block (see `platform::tls`).
 crate::platform::tls::initial_exec_block!(pub(super) fn state -> UnwindTls, "sampalloc_core_unwind_state");
