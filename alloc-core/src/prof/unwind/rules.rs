@@ -151,12 +151,11 @@ static TABLE: [Slot; SLOTS] = [const {
     }
 }; SLOTS];
 
-/// The key of the frame at `f` in snapshot `generation`: the lookup address (below 2^47),
-/// whether it is the first frame, and the generation's low 15 bits in bits 49-63.
+/// The key of the frame at `f` (a user address, below 2^47) in snapshot `generation`: the
+/// address, whether it is the first frame, and the generation's low 15 bits in bits 49-63.
 #[inline(always)]
 fn key_of(f: FrameAddress, generation: u64) -> u64 {
-    let address = f.address_for_lookup() & ((1 << 47) - 1);
-    (generation & 0x7fff) << 49 | address << 1 | u64::from(!f.is_return_address())
+    (generation & 0x7fff) << 49 | f.address_for_lookup() << 1 | u64::from(!f.is_return_address())
 }
 
 /// Eight bits of a hash of `key`, kept in its rule.
@@ -232,6 +231,10 @@ impl Learn<'_> {
 /// cannot be learnt now (no room to build framehop's cache).
 #[inline(always)]
 pub(super) fn find(learn: &mut Learn<'_>, f: FrameAddress, depth: usize) -> Option<Found> {
+    if f.address_for_lookup() >= 1 << 47 {
+        // Not a user address (the legacy vsyscall page): no key for it, so not kept.
+        return learnt(learn, f);
+    }
     let key = key_of(f, learn.snap.generation);
     if let Some(&(k, packed)) = learn.st.memo.get(depth) {
         if k == key {
