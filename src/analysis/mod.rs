@@ -83,7 +83,9 @@ pub fn is_allocator_frame(f: &SymFrame) -> bool {
             | "__rg_dealloc"
     ) || n.starts_with("__rdl_")
         || n.starts_with("alloc::alloc::")
-        || n.starts_with("<alloc::alloc::Global as core::alloc::Allocator>::")
+        // `<alloc::alloc::Global as core::alloc::Allocator>::allocate`, and the inherent
+        // `<alloc::alloc::Global>::alloc_impl` that newer std inlines first into a location.
+        || n.starts_with("<alloc::alloc::")
         || n.starts_with("<sampalloc::SampAlloc as core::alloc::global::GlobalAlloc>::")
         || n.starts_with("alloc::raw_vec::")
         || n.starts_with("<alloc::raw_vec::")
@@ -301,4 +303,55 @@ pub fn collapsed(rows: &[ResolvedRow], alloc: bool) -> Vec<(String, u64)> {
         .collect();
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{drop_allocator_frames, ResolvedLoc, SymFrame};
+
+    fn frame(function: &str) -> SymFrame {
+        SymFrame {
+            function: function.to_string(),
+            file: None,
+            line: None,
+            module: Some("app".to_string()),
+            inlined: true,
+        }
+    }
+
+    /// A sample's first location whose inlined frames start with Rust's allocation code, as a
+    /// newer std names it (`<alloc::alloc::Global>::alloc_impl_runtime` first), keeps only the
+    /// program's frames from the first of them on.
+    #[test]
+    fn leading_rust_allocation_frames_are_dropped_whatever_their_spelling() {
+        let names = [
+            "<alloc::alloc::Global>::alloc_impl_runtime",
+            "<alloc::alloc::Global as core::alloc::Allocator>::allocate",
+            "<alloc::raw_vec::RawVecInner>::try_allocate_in",
+            "alloc::raw_vec::finish_grow",
+            "<alloc::vec::Vec<u8>>::with_capacity_in",
+            "<std::path::Path>::_join",
+        ];
+        let first = ResolvedLoc {
+            address: 0x1000,
+            frames: names.iter().map(|n| frame(n)).collect(),
+        };
+        let caller = ResolvedLoc {
+            address: 0x2000,
+            frames: vec![frame("app::main")],
+        };
+        let kept = drop_allocator_frames(vec![first, caller]);
+        let functions: Vec<&str> = kept
+            .iter()
+            .flat_map(|l| l.frames.iter().map(|f| f.function.as_str()))
+            .collect();
+        assert_eq!(
+            functions,
+            [
+                "<alloc::vec::Vec<u8>>::with_capacity_in",
+                "<std::path::Path>::_join",
+                "app::main"
+            ]
+        );
+    }
 }

@@ -102,6 +102,7 @@ pub fn is_sampalloc_function(n: &str) -> bool {
 pub fn is_allocator_function(n: &str) -> bool {
     is_sampalloc_function(n)
         || n.starts_with("alloc::alloc::")
+        || n.starts_with("<alloc::alloc::")
         || n.starts_with("alloc::raw_vec::")
         || n.starts_with("<alloc::raw_vec::")
 }
