@@ -287,6 +287,13 @@ impl Segment {
         unsafe { *ptr::addr_of!((*seg).fast_class).cast::<u8>().add(page) as usize }
     }
 
+    /// The descriptor of the page holding address `p` (the span's own when `p` is where a
+    /// span starts).
+    #[inline(always)]
+    pub fn desc_at(p: usize) -> *mut SpanDesc {
+        Segment::desc(Segment::of(p), Segment::page_index(p))
+    }
+
     /// The index, within its segment, of the page holding address `p`.
     #[inline(always)]
     pub fn page_index(p: usize) -> usize {

@@ -61,7 +61,7 @@ pub(super) unsafe fn alloc_sampled(
         let record = record(trace, bytes, weight, p);
         if !is_small(class) {
             // SAFETY: `p` starts a live large block of ours, just allocated and unrecorded.
-            unsafe { segment::mark_sampled(block_desc(p), record) };
+            unsafe { segment::mark_sampled(Segment::desc_at(p as usize), record) };
             announce_alloc(p, record);
             return p;
         }
@@ -85,12 +85,6 @@ pub(super) unsafe fn alloc_sampled(
     unsafe { (*d).set_sample(record) };
     announce_alloc(p, record);
     p
-}
-
-/// The descriptor heading the span that block `p` starts.
-fn block_desc(p: *mut u8) -> *mut SpanDesc {
-    let seg = Segment::of(p as usize);
-    Segment::desc(seg, Segment::page_index(p as usize))
 }
 
 /// Allocates a sampled huge block: captures the stack, maps the block, and records it in the

@@ -649,9 +649,7 @@ impl Arena {
         for &b in blocks {
             // SAFETY: per the contract.
             unsafe {
-                let seg = Segment::of(b as usize);
-                let page = (b as usize - seg as usize) >> os::PAGE_SHIFT;
-                let d = Segment::desc(seg, page);
+                let d = Segment::desc_at(b as usize);
                 if (*d).kind != kind::LARGE {
                     os::fatal_pointer("free", "double free of", b as usize);
                 }
@@ -1036,8 +1034,9 @@ mod tests {
         let class = class_of(128);
         let mut out = [ptr::null_mut(); 16];
         assert_eq!(a.fill_small(class, &mut out, false), 16);
-        a.release_empty_slabs(0); // a sweep: no credit left
-                                  // SAFETY: objects of this arena's slabs of `class`, unused.
+        // A sweep: no credit left.
+        a.release_empty_slabs(0);
+        // SAFETY: objects of this arena's slabs of `class`, unused.
         unsafe { a.put_small(class, &out[..8], true) };
         assert_eq!(a.parked(class, &a.bin(class).lock()), 0);
         // A thread's own objects are never parked.
