@@ -23,7 +23,7 @@
 
 use crate::base::open_table::{Keyed, OpenTable};
 use crate::base::{config, meta};
-use crate::platform::lock::{Locked, Mutex};
+use crate::platform::lock::{Locked, Mutex, Padded};
 use crate::platform::os;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -37,7 +37,7 @@ pub struct StackEntry {
     hash: u64,
     /// Next entry of the bucket: read without a lock, so written with release.
     next_in_bucket: AtomicPtr<StackEntry>,
-    /// Next entry in insertion order, newest first (see [`first_entry`]).
+    /// Next entry in insertion order, newest first (see [`entries`]).
     pub next: *mut StackEntry,
     /// Frame count.
     pub depth: usize,
@@ -129,23 +129,22 @@ static BUCKETS: AtomicPtr<usize> = AtomicPtr::new(ptr::null_mut());
 const STRIPES: usize = 16;
 
 /// A lock for the counters of the entries it is chosen for, and the sample counts of those
-/// entries; on a cache line of its own, so that two threads sampling different stacks at once
-/// do not pass one line back and forth.
-#[repr(align(64))]
+/// entries. Each is on a cache line of its own, so that two threads sampling different stacks
+/// at once do not pass one line back and forth.
 struct Stripe {
     lock: Mutex,
     /// Sampled blocks of this stripe's entries now live (each block's free meets the stripe
     /// of its allocation), and sampled since the start: written under the lock.
-    samples_live: AtomicUsize,
+    samples_live: AtomicU64,
     samples_total: AtomicU64,
 }
 
-static STRIPES_OF: [Stripe; STRIPES] = [const {
-    Stripe {
+static STRIPES_OF: [Padded<Stripe>; STRIPES] = [const {
+    Padded(Stripe {
         lock: Mutex::new(),
-        samples_live: AtomicUsize::new(0),
+        samples_live: AtomicU64::new(0),
         samples_total: AtomicU64::new(0),
-    }
+    })
 }; STRIPES];
 
 /// The stripe that guards `entry`'s counters.
@@ -153,17 +152,10 @@ fn stripe(entry: *mut StackEntry) -> &'static Stripe {
     &STRIPES_OF[(entry as usize >> 6) & (STRIPES - 1)]
 }
 
-/// Adds `d` to `c`, whose writers all hold one lock (no read-modify-write needed).
-fn bump_u64(c: &AtomicU64, d: u64) {
+/// Adds `d` to `c` (wrapping: `u64::MAX` takes one away), whose writers all hold one lock, so
+/// no read-modify-write is needed.
+fn bump(c: &AtomicU64, d: u64) {
     c.store(c.load(Ordering::Relaxed).wrapping_add(d), Ordering::Relaxed);
-}
-
-/// [`bump_u64`] for a `usize` (`d` may be -1).
-fn bump_usize(c: &AtomicUsize, d: isize) {
-    c.store(
-        c.load(Ordering::Relaxed).wrapping_add_signed(d),
-        Ordering::Relaxed,
-    );
 }
 
 /// Bucket `hash` of the array `arr` (from [`BUCKETS`]).
@@ -246,7 +238,7 @@ pub fn entries() -> impl Iterator<Item = &'static StackEntry> {
 pub fn sample_counts() -> (usize, u64) {
     STRIPES_OF.iter().fold((0, 0), |(live, total), s| {
         (
-            live + s.samples_live.load(Ordering::Relaxed),
+            live + s.samples_live.load(Ordering::Relaxed) as usize,
             total + s.samples_total.load(Ordering::Relaxed),
         )
     })
@@ -297,10 +289,10 @@ pub fn record_alloc(frames: &[usize], bytes: usize, weight: f64, block: usize) -
     e.live_bytes.add(weight * bytes as f64);
     e.total_objects.add(weight);
     e.total_bytes.add(weight * bytes as f64);
-    bump_u64(&e.live_samples, 1);
-    bump_u64(&e.total_samples, 1);
-    bump_usize(&s.samples_live, 1);
-    bump_u64(&s.samples_total, 1);
+    bump(&e.live_samples, 1);
+    bump(&e.total_samples, 1);
+    bump(&s.samples_live, 1);
+    bump(&s.samples_total, 1);
     s.lock.unlock();
     entry
 }
@@ -328,8 +320,8 @@ pub unsafe fn record_free(entry: *mut StackEntry, bytes: usize, weight: f64, blo
     s.lock.lock();
     e.live_objects.add(-weight);
     e.live_bytes.add(-weight * bytes as f64);
-    bump_u64(&e.live_samples, u64::MAX);
-    bump_usize(&s.samples_live, -1);
+    bump(&e.live_samples, u64::MAX);
+    bump(&s.samples_live, u64::MAX);
     s.lock.unlock();
 }
 

@@ -31,8 +31,9 @@
 //!   loader's lock (`dl_iterate_phdr`) and allocates under it, which is the loader's own order
 //!   (`dlopen` allocates under that lock); the reverse order deadlocks.
 //! - Keep **allocation sampling off** on this thread during the call (`ThreadState::in_profiler`):
-//!   [`init`], a capture that builds the thread's framehop cache, and refreshes allocate
-//!   through the global allocator; the walk itself never does.
+//!   [`init`], refreshes, and a walk that meets code the rule table lacks on a thread without
+//!   a framehop cache yet (it builds one, and only with 64 KiB of stack free) allocate
+//!   through the global allocator; a walk over known code never does.
 //! - Frames: `out[0]` is the return address into the function that called [`capture`], after
 //!   dropping `skip` more frames; addresses are raw return addresses (subtract one to
 //!   symbolize the call). `capture` is `#[inline(never)]`; the number of allocator frames to

@@ -32,6 +32,7 @@
 //! trigger a refresh at most once per [`BLIND_REFRESH_EVERY`] such walks, and unloads are seen
 //! only through `invalidate_modules`.
 
+use crate::platform::lock::Padded;
 use core::ops::{Deref, Range};
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -152,8 +153,7 @@ static CURRENT: AtomicPtr<Snapshot> = AtomicPtr::new(ptr::null_mut());
 /// Shards of the walks' counters; a thread uses one (see `stack::UnwindTls::shard`).
 pub(super) const SHARDS: usize = 16;
 
-/// One shard of the walks' counters, on a cache line of its own.
-#[repr(align(64))]
+/// One shard of the walks' counters (each on a cache line of its own).
 struct Shard {
     /// Walks of this shard's threads now holding some snapshot.
     active: AtomicUsize,
@@ -161,11 +161,11 @@ struct Shard {
     captures: AtomicU64,
 }
 
-static READERS: [Shard; SHARDS] = [const {
-    Shard {
+static READERS: [Padded<Shard>; SHARDS] = [const {
+    Padded(Shard {
         active: AtomicUsize::new(0),
         captures: AtomicU64::new(0),
-    }
+    })
 }; SHARDS];
 
 /// Counts a capture that returned frames, in `shard`.
