@@ -243,6 +243,32 @@ fn huge_page_range(h: usize) -> (usize, usize) {
     )
 }
 
+/// The first span of kind `k` at or after page `from` of `seg` that reaches into huge page `h`,
+/// with its first page. Span heads are visited from `from` on (which must be a span head: only
+/// heads are reliable entries).
+///
+/// # Safety
+/// `seg` must be a live segment of ours, and `from` a span head or the huge page's end.
+unsafe fn span_into_huge_page(
+    seg: *mut Segment,
+    h: usize,
+    k: u8,
+    from: usize,
+) -> Option<(usize, *mut SpanDesc)> {
+    let (hf, he) = huge_page_range(h);
+    let mut p = from;
+    while p < he {
+        let d = Segment::desc(seg, p);
+        // SAFETY: per the contract, `p` heads a span of the live segment.
+        let (end, kind) = unsafe { (p + (*d).pages as usize, (*d).kind) };
+        if end > hf && kind == k {
+            return Some((p, d));
+        }
+        p = end;
+    }
+    None
+}
+
 /// Adds (or takes away) `[first, first + pages)` to the free counts of the huge pages of
 /// `seg` it lies in.
 unsafe fn count_huge_page_free(seg: *mut Segment, first: usize, pages: usize, add: bool) {
@@ -842,25 +868,13 @@ impl PageHeap {
             unsafe { os::purge(start, (he - hf) << PAGE_SHIFT) };
         }
         loop {
-            // Span heads from the segment's first page on (only span heads are reliable
-            // entries) up to the first dirty span reaching into the huge page.
-            let mut p = HEADER_PAGES;
-            let mut dirty = ptr::null_mut();
-            // SAFETY: descriptors of a live segment of ours, visited head by head.
-            unsafe {
-                while p < he {
-                    let d = Segment::desc(seg, p);
-                    let end = p + (*d).pages as usize;
-                    if end > hf && (*d).kind == kind::FREE_DIRTY {
-                        dirty = d;
-                        break;
-                    }
-                    p = end;
-                }
-            }
-            if dirty.is_null() {
+            // Each purge may merge spans: look again from the segment's start.
+            // SAFETY: `seg` is a live segment of ours.
+            let Some((p, dirty)) =
+                (unsafe { span_into_huge_page(seg, h, kind::FREE_DIRTY, HEADER_PAGES) })
+            else {
                 return purged;
-            }
+            };
             let segments = self.counts.segments;
             // SAFETY: a dirty span of ours; the range is its part inside the huge page.
             purged += unsafe {
@@ -1049,20 +1063,16 @@ impl PageHeap {
     /// would stay resident, unseen, until reused. From now on its pages fault in one by one.
     unsafe fn break_huge_page(&mut self, seg: *mut Segment, h: usize) {
         let (hf, he) = huge_page_range(h);
-        // SAFETY: descriptors of a live segment of ours, visited head by head; clean spans
-        // hold no data.
+        // SAFETY: a live segment of ours; clean spans hold no data.
         unsafe {
             (*seg).broken |= 1 << h;
-            let mut p = HEADER_PAGES;
-            while p < he {
-                let d = Segment::desc(seg, p);
+            let mut from = HEADER_PAGES;
+            while let Some((p, d)) = span_into_huge_page(seg, h, kind::FREE_CLEAN, from) {
                 let end = p + (*d).pages as usize;
-                if end > hf && (*d).kind == kind::FREE_CLEAN {
-                    let (from, to) = (p.max(hf), end.min(he));
-                    let start = (seg as usize + (from << PAGE_SHIFT)) as *mut u8;
-                    os::purge(start, (to - from) << PAGE_SHIFT);
-                }
-                p = end;
+                let (first, last) = (p.max(hf), end.min(he));
+                let start = (seg as usize + (first << PAGE_SHIFT)) as *mut u8;
+                os::purge(start, (last - first) << PAGE_SHIFT);
+                from = end;
             }
         }
     }
