@@ -289,6 +289,13 @@ impl Arena {
         }
     }
 
+    /// After a purge of `heap` (this arena's, under its lock): the next purge is due when its
+    /// next dirty span comes due, if any.
+    fn note_purged(&self, heap: &PageHeap, decay: i64) {
+        let next = heap.next_purge_at(decay).unwrap_or(u64::MAX);
+        self.purge_hint.store(next, Ordering::Relaxed);
+    }
+
     /// Whether this arena may have dirty pages: false only when it surely has none (its purge
     /// hint is unset, which with decay on means nothing was freed since its last purge), so
     /// other arenas can skip its lock.
@@ -742,8 +749,7 @@ impl Arena {
         } else {
             p.heap.purge_expired(now, decay)
         };
-        let next = p.heap.next_purge_at(decay).unwrap_or(u64::MAX);
-        self.purge_hint.store(next, Ordering::Relaxed);
+        self.note_purged(&p.heap, decay);
         purged
     }
 
@@ -909,8 +915,7 @@ pub fn release_thread(a: &Arena) {
             let mut p = a.pages.lock();
             if decay >= 0 && p.heap.counts.dirty > IDLE_DIRTY_KEEP_PAGES {
                 p.heap.purge_all_but_huge_pages_in_use();
-                let next = p.heap.next_purge_at(decay).unwrap_or(u64::MAX);
-                a.purge_hint.store(next, Ordering::Relaxed);
+                a.note_purged(&p.heap, decay);
             }
         }
     }
