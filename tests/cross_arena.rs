@@ -5,7 +5,8 @@
 //!
 //! One test function: which arena each thread gets depends on the threads alive, so no other
 //! test of this binary may start threads meanwhile. Threads get arenas with no thread first,
-//! and there are at least four arenas, so the two workers below have arenas of their own.
+//! and the test asks for eight arenas (the default is one per CPU), so the two workers below
+//! have arenas of their own.
 
 use sampalloc::SampAlloc;
 use std::alloc::{GlobalAlloc, Layout};
@@ -46,6 +47,7 @@ fn free_all(blocks: &[usize]) {
 
 #[test]
 fn freed_pages_of_one_arena_serve_another_arenas_large_blocks() {
+    sampalloc::configure("narenas:8").expect("a valid option");
     let before = sampalloc::stats::snapshot();
     // The first worker allocates and frees its blocks, then stays alive (its arena keeps its
     // dirty pages: no exit purge) while the second, on another arena, allocates the same.

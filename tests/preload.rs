@@ -280,7 +280,8 @@ fn misuse_aborts_with_one_line() {
         ),
     ];
     for (mode, func, what) in cases {
-        let r = run(command(&exe, [mode]));
+        // The remote cases need the second thread on another arena, whatever the CPU count.
+        let r = common::run_conf(command(&exe, [mode]), Some("stats_print:true,narenas:4"));
         assert_eq!(
             r.status.signal(),
             Some(6),

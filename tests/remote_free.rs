@@ -7,9 +7,9 @@
 //!   thread, the cheapest place for it.
 //!
 //! One test function: the steps depend on which arena each thread gets, so no other test of
-//! this binary may start threads meanwhile. Threads get arenas with no thread first, and there
-//! are at least four arenas, so the harness thread, this test's thread and the two workers
-//! below each have one of their own.
+//! this binary may start threads meanwhile. Threads get arenas with no thread first, and the
+//! test asks for eight arenas (the default is one per CPU), so the harness thread, this test's
+//! thread and the two workers below each have one of their own.
 
 use sampalloc::SampAlloc;
 use std::alloc::{GlobalAlloc, Layout};
@@ -54,6 +54,7 @@ fn worker_reuse(given: usize, size: usize, n: usize) -> Vec<usize> {
 
 #[test]
 fn remote_frees_go_home_only_where_they_must() {
+    sampalloc::configure("narenas:8").expect("a valid option");
     // Small blocks, adjacent: several share a line. The worker frees one; none of the blocks
     // it then allocates may be that one, or share a line with ours.
     let ours: Vec<usize> = (0..64).map(|_| alloc(16)).collect();

@@ -68,10 +68,16 @@ impl Prefix {
 pub fn narenas() -> usize {
     NARENAS.load(Ordering::Relaxed)
 }
-/// The number of arenas to use: `narenas` if set, else the default, 4 × CPUs.
+/// The number of arenas to use: `narenas` if set, else the default, one per CPU.
+///
+/// No more threads than CPUs run at once, and thread caches take most of the traffic, so more
+/// arenas than CPUs buy little concurrency; but each arena keeps its own partly used slabs and
+/// free pages, which other arenas' slabs cannot use. With 16 threads a round on 2 CPUs, 8
+/// arenas (jemalloc's 4 × CPUs) held 281 MiB at the peak against 227 MiB for 2, at the same
+/// CPU time (`benches/RESULTS.md`, tenth session).
 pub fn narenas_or_default() -> usize {
     match narenas() {
-        0 => 4 * os::cpu_count(),
+        0 => os::cpu_count(),
         n => n,
     }
 }
@@ -517,7 +523,7 @@ mod tests {
         assert_eq!(ConfError::BadValue.message(), "invalid value");
         assert_eq!(ConfError::Malformed.message(), "expected key:value");
         if narenas() == 0 {
-            assert_eq!(narenas_or_default(), 4 * os::cpu_count());
+            assert_eq!(narenas_or_default(), os::cpu_count());
         }
     }
 }
