@@ -398,3 +398,65 @@ fn empty_slabs_are_kept_for_reuse_until_purged() {
     .join()
     .unwrap();
 }
+
+/// Child of `threads_beyond_the_cpus_share_an_arena_per_cpu`: more threads than CPUs (four
+/// times as many, plus one), alive together, each allocating.
+#[test]
+#[ignore = "helper: run by threads_beyond_the_cpus_share_an_arena_per_cpu in a child process"]
+fn many_threads_child() {
+    let n = 4 * cpus() + 1;
+    let barrier = std::sync::Barrier::new(n);
+    std::thread::scope(|s| {
+        for _ in 0..n {
+            s.spawn(|| {
+                let p = alloc(64) as usize;
+                barrier.wait();
+                // SAFETY: `p` came from `alloc(64)` and is freed once.
+                unsafe { GLOBAL.dealloc(p as *mut u8, Layout::from_size_align(64, 8).unwrap()) };
+            });
+        }
+    });
+}
+
+/// The CPUs this process may run on, as the engine counts them.
+fn cpus() -> usize {
+    // SAFETY: `set` is a plain bit set the kernel fills in.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        libc::CPU_COUNT(&set) as usize
+    }
+}
+
+/// By default there is one arena per CPU, and threads beyond them share those arenas.
+#[test]
+fn threads_beyond_the_cpus_share_an_arena_per_cpu() {
+    let _serial = serial();
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new(exe)
+        .args([
+            "--ignored",
+            "--exact",
+            "many_threads_child",
+            "--test-threads=1",
+        ])
+        .env("SAMPALLOC_CONF", "stats_print:true")
+        .output()
+        .expect("run the test binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed: {stderr}");
+    let field = |name: &str| -> usize {
+        stderr
+            .split(name)
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name:?} in the report: {stderr}"))
+    };
+    let cpus = cpus();
+    assert_eq!(field("arenas: "), cpus, "{stderr}");
+    assert_eq!(field("arenas used: "), cpus, "{stderr}");
+}
