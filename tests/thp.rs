@@ -166,6 +166,24 @@ fn always_backs_segments_too() {
     }
 }
 
+/// An arena's only segment leaves the huge page holding its header out of the advice: a small
+/// program's heap (1 MiB of large blocks), which fits there, costs no huge page even with
+/// `thp:always`.
+#[test]
+fn always_leaves_a_small_heap_in_small_pages() {
+    let Some(s) = run_with("thp:always", &["small"]) else {
+        return;
+    };
+    match kernel_mode() {
+        Mode::Madvise => {
+            assert_eq!((s.hg, s.seg_kb), (0, 0), "{s:?}");
+        }
+        // The kernel backs unadvised memory as it likes; we only must not have asked.
+        Mode::Always => assert_eq!(s.hg, 0, "{s:?}"),
+        Mode::Never => assert_eq!((s.seg_kb, s.hg + s.nh), (0, 0), "{s:?}"),
+    }
+}
+
 /// A thread that exits leaves its arena's huge pages whole where live blocks remain: its exit
 /// gives back free pages at once, but purging those in huge pages still in use would split
 /// them, and the next round of threads would fault them in 4 KiB at a time. Half the large

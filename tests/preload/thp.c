@@ -4,7 +4,8 @@
  * large blocks (seg_kb) and the huge blocks (huge_kb), and how many of those VMAs carry the
  * `hg` (MADV_HUGEPAGE) and `nh` (MADV_NOHUGEPAGE) flags.
  * With the argument `exit`, a thread allocates the large blocks, frees every other one and
- * exits (the last thread of its arena) before the smaps are read: what its exit gave back. */
+ * exits (the last thread of its arena) before the smaps are read: what its exit gave back.
+ * With `small`, only 4 large blocks (1 MiB) and no huge ones: a small program's heap. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #define NLARGE 128
 #define NHUGE 8
 static char *large[NLARGE], *huge[NHUGE];
+static int nlarge = NLARGE, nhuge = NHUGE;
 
 static int holds(char **blocks, int n, size_t size, unsigned long lo, unsigned long hi) {
     for (int i = 0; i < n; i++) {
@@ -24,13 +26,13 @@ static int holds(char **blocks, int n, size_t size, unsigned long lo, unsigned l
 }
 
 static void *alloc_large(void *half) {
-    for (int i = 0; i < NLARGE; i++) {
+    for (int i = 0; i < nlarge; i++) {
         large[i] = malloc(256 << 10);
         if (!large[i])
             exit(2);
         memset(large[i], i + 1, 256 << 10);
     }
-    for (int i = 0; half && i < NLARGE; i += 2) {
+    for (int i = 0; half && i < nlarge; i += 2) {
         free(large[i]);
         large[i] = NULL;
     }
@@ -38,6 +40,10 @@ static void *alloc_large(void *half) {
 }
 
 int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "small")) {
+        nlarge = 4;
+        nhuge = 0;
+    }
     if (argc > 1 && !strcmp(argv[1], "exit")) {
         pthread_t t;
         if (pthread_create(&t, NULL, alloc_large, argv[1]) || pthread_join(t, NULL))
@@ -45,7 +51,7 @@ int main(int argc, char **argv) {
     } else {
         alloc_large(NULL);
     }
-    for (int i = 0; i < NHUGE; i++) {
+    for (int i = 0; i < nhuge; i++) {
         huge[i] = malloc(4 << 20);
         if (!huge[i])
             return 2;

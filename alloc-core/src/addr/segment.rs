@@ -183,10 +183,28 @@ const_assert!(HEADER_PAGES <= 20); // the header costs under 2 % of a segment
 impl Segment {
     /// Maps and registers a new segment for `arena`; its usable pages are not yet on any list.
     /// Its huge pages ask for huge pages (are dense) if `config::thp` says so for segments and
-    /// the kernel could give them. Null if the kernel refuses memory.
-    pub fn create(arena: u32) -> *mut Segment {
+    /// the kernel could give them; but with `first` (the only segment of its arena) the huge
+    /// page holding the header does not: the header's first touch would fault in 2 MiB, and
+    /// a small program's whole heap fits in the rest of that huge page. Null if the kernel
+    /// refuses memory.
+    pub fn create(arena: u32, first: bool) -> *mut Segment {
         let advice = config::huge_advice(config::Dense::Segment);
-        let base = os::map_dense(SEGMENT_SIZE, SEGMENT_SIZE, advice);
+        let dense_from = if first && advice == os::HugeAdvice::Huge {
+            1
+        } else {
+            0
+        };
+        let base = if dense_from == 0 {
+            os::map_dense(SEGMENT_SIZE, SEGMENT_SIZE, advice)
+        } else {
+            let base = os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE);
+            if !base.is_null() {
+                let from = dense_from * HUGE_PAGE_PAGES * PAGE_SIZE;
+                // SAFETY: within the fresh mapping.
+                os::advise_huge(unsafe { base.add(from) }, SEGMENT_SIZE - from, advice);
+            }
+            base
+        };
         if base.is_null() {
             return ptr::null_mut();
         }
@@ -195,7 +213,7 @@ impl Segment {
         unsafe {
             (*seg).arena = arena;
             if advice == os::HugeAdvice::Huge {
-                (*seg).dense = (1 << HUGE_PAGES_PER_SEGMENT) - 1;
+                (*seg).dense = ((1 << HUGE_PAGES_PER_SEGMENT) - 1) & !((1 << dense_from) - 1);
             }
         }
         registry::mark_segment(base as usize, registry::tag_of_index(arena as usize));
@@ -439,7 +457,7 @@ mod tests {
 
     #[test]
     fn header_layout() {
-        let seg = Segment::create(3);
+        let seg = Segment::create(3, false);
         assert!(!seg.is_null());
         assert_eq!(seg as usize % SEGMENT_SIZE, 0);
         let d = Segment::desc(seg, 700);

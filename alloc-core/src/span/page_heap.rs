@@ -560,7 +560,7 @@ impl PageHeap {
     }
 
     fn add_segment(&mut self, arena: u32) -> Option<()> {
-        let seg = Segment::create(arena);
+        let seg = Segment::create(arena, self.counts.segments == 0);
         if seg.is_null() {
             return None;
         }
