@@ -76,7 +76,9 @@ pub struct SpanDesc {
     pub next: *mut SpanDesc,
     /// Free objects (slabs).
     pub nfree: u32,
-    _pad: u32,
+    /// Kept empty slabs: when the slab emptied (the low 32 bits of `os::now_ms`), so that it
+    /// decays from then once its bin lets it go.
+    pub kept_at: u32,
     /// Slabs: the free-object bitmap (1 = free). Dirty free spans: decay-list links and the
     /// time the span was freed (see the accessors).
     pub words: [u64; 4],

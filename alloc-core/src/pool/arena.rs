@@ -169,13 +169,16 @@ impl SlabBin {
         d
     }
 
-    /// Keeps the empty slab `d` for reuse.
+    /// Keeps the empty slab `d`, which emptied at `now`, for reuse.
     ///
     /// # Safety
     /// `d` is a live, empty slab of this bin on no list.
-    unsafe fn push_empty(&mut self, d: *mut SpanDesc) {
+    unsafe fn push_empty(&mut self, d: *mut SpanDesc, now: u64) {
         // SAFETY: `d` is ours, per the contract.
-        unsafe { (*d).next = self.empty };
+        unsafe {
+            (*d).kept_at = now as u32;
+            (*d).next = self.empty;
+        }
         self.empty = d;
         self.empty_slabs += 1;
     }
@@ -275,8 +278,24 @@ impl Arena {
     /// Frees span `d` to the page heap; returns the pages the heap purged meanwhile.
     unsafe fn free_span(&self, p: &mut ArenaPages, d: *mut SpanDesc, now: u64) -> usize {
         // SAFETY: per the contract.
-        let purged = unsafe { p.heap.free(d, now, config::decay_ms()) };
-        self.note_dirty(now);
+        unsafe { self.free_span_aged(p, d, now, now) }
+    }
+
+    /// [`Arena::free_span`] of a span whose pages were last used at `freed_at` (a kept empty
+    /// slab): it decays from then, not from `now`.
+    ///
+    /// # Safety
+    /// As for [`Arena::free_span`].
+    unsafe fn free_span_aged(
+        &self,
+        p: &mut ArenaPages,
+        d: *mut SpanDesc,
+        freed_at: u64,
+        now: u64,
+    ) -> usize {
+        // SAFETY: per the contract.
+        let purged = unsafe { p.heap.free_aged(d, freed_at, now, config::decay_ms()) };
+        self.note_dirty(freed_at);
         purged
     }
 
@@ -436,15 +455,22 @@ impl Arena {
             }
         }
         // SAFETY: as documented; we hold the bin's lock.
-        unsafe { self.put_in_slabs(&mut bin, class, &objects[kept..]) };
+        unsafe { self.put_in_slabs(&mut bin, class, &objects[kept..], None) };
     }
 
     /// Puts objects of small class `class` back in their slabs' bitmaps, whose bin `bin` is
-    /// (locked); a slab that empties is kept or goes back to the page heap.
+    /// (locked); a slab that empties is kept or goes back to the page heap, as emptied at
+    /// `freed_at` (objects that waited in the transfer array) or now.
     ///
     /// # Safety
     /// As for [`Arena::put_small`]; `bin` must be this arena's bin of `class`.
-    unsafe fn put_in_slabs(&self, bin: &mut SlabBin, class: usize, objects: &[*mut u8]) {
+    unsafe fn put_in_slabs(
+        &self,
+        bin: &mut SlabBin,
+        class: usize,
+        objects: &[*mut u8],
+        freed_at: Option<u64>,
+    ) {
         for &p in objects {
             let seg = Segment::of(p as usize);
             let page = (p as usize - seg as usize) >> os::PAGE_SHIFT;
@@ -472,14 +498,17 @@ impl Arena {
                         // non-full list.
                         unsafe { bin.unlink_nonfull(d) };
                         let pages = CLASSES[class].pages as usize;
+                        let now = os::now_ms();
+                        let emptied = freed_at.unwrap_or(now);
                         if self.empty_pages.load(Ordering::Relaxed) + pages <= EMPTY_KEEP_PAGES {
                             self.empty_pages.fetch_add(pages, Ordering::Relaxed);
                             // SAFETY: the slab is empty and now on no list.
-                            unsafe { bin.push_empty(d) };
+                            unsafe { bin.push_empty(d, emptied) };
                         } else {
                             bin.slabs -= 1;
+                            let mut p = self.pages.lock();
                             // SAFETY: an empty slab on no list: its span is unused.
-                            unsafe { self.free_span(&mut self.pages.lock(), d, os::now_ms()) };
+                            unsafe { self.free_span_aged(&mut p, d, emptied, now) };
                         }
                     }
                 }
@@ -732,7 +761,7 @@ impl Arena {
                     .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok())
         {
-            purged += self.release_empty_slabs(now);
+            purged += self.release_empty_slabs_since(now, parked_since(last, now));
             // An arena no thread uses and none is expected to (no round of threads left it
             // warm): what remote frees have emptied since its last thread left will not be
             // reused soon, so at a sweep it all goes back now rather than a decay period later.
@@ -753,10 +782,18 @@ impl Arena {
         purged
     }
 
-    /// Frees the bins' kept empty slabs and their current slabs that are empty, as freed at
-    /// `now` (for decay). Returns the pages the page heap purged meanwhile (those that
-    /// expired).
+    /// Frees the bins' kept empty slabs and their current slabs that are empty (for decay: as
+    /// freed when they emptied, or at `now`), and puts the objects parked in transfer arrays
+    /// back in their slabs, as freed at the arena's last sweep (they were parked since; at
+    /// most a decay period ago). Returns the pages the page heap purged meanwhile (those
+    /// that expired).
     fn release_empty_slabs(&self, now: u64) -> usize {
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        self.release_empty_slabs_since(now, parked_since(last, now))
+    }
+
+    /// [`Arena::release_empty_slabs`], the parked objects as freed at `parked_since`.
+    fn release_empty_slabs_since(&self, now: u64, parked_since: u64) -> usize {
         let mut purged = 0;
         for (class, (bin, info)) in self.bins.iter().zip(&CLASSES).enumerate() {
             let mut bin = bin.0.lock();
@@ -772,7 +809,7 @@ impl Arena {
                 // bin's class, no longer listed there; we hold the bin lock.
                 unsafe {
                     let objects = core::slice::from_raw_parts(objects, waiting);
-                    self.put_in_slabs(&mut bin, class, objects);
+                    self.put_in_slabs(&mut bin, class, objects, Some(parked_since));
                 }
             }
             if !bin.empty.is_null() {
@@ -783,7 +820,8 @@ impl Arena {
                     // SAFETY: kept empty slabs are live descriptors of ours, guarded by the lock.
                     unsafe {
                         bin.empty = (*s).next;
-                        purged += self.free_span(&mut p, s, now);
+                        let kept_for = (now as u32).wrapping_sub((*s).kept_at) as u64;
+                        purged += self.free_span_aged(&mut p, s, now - kept_for.min(now), now);
                     }
                     bin.empty_slabs -= 1;
                     bin.slabs -= 1;
@@ -801,6 +839,17 @@ impl Arena {
         }
         purged
     }
+}
+
+/// When objects parked in transfer arrays were parked at the earliest, for their decay: the
+/// arena's last sweep (`last`), which put back all those parked before it, but no longer ago
+/// than a decay period.
+fn parked_since(last: u64, now: u64) -> u64 {
+    let decay = config::decay_ms();
+    if decay < 0 {
+        return now;
+    }
+    last.max(now.saturating_sub(decay as u64)).min(now)
 }
 
 static ARENAS: [Arena; MAX_ARENAS] = [const { Arena::new() }; MAX_ARENAS];
@@ -904,7 +953,12 @@ const IDLE_DIRTY_KEEP_PAGES: usize = 512;
 ///
 /// Either way the exiting thread serves the other arenas' due purges, as a tick would.
 pub fn release_thread(a: &Arena) {
-    if a.threads.fetch_sub(1, Ordering::Relaxed) == 1 {
+    if a.threads.fetch_sub(1, Ordering::Relaxed) > 1 {
+        // Others remain. What the exiting thread's frees parked or emptied goes back to the
+        // page heap now, to decay from now: a thread that freed a lot and left must not wait
+        // for the next sweep (a decay period after some tick) to start the clock.
+        a.release_empty_slabs(os::now_ms());
+    } else {
         let now = os::now_ms();
         a.last_exit.store(now, Ordering::Relaxed);
         let decay = config::decay_ms();
@@ -1029,6 +1083,36 @@ mod tests {
             (0, 0, 0),
             "back in the slab, which emptied and went"
         );
+    }
+
+    /// A kept empty slab that its bin lets go (at a sweep, or when a thread of the arena
+    /// exits) decays from when it emptied, not from then: its pages are due a decay period
+    /// after the slab was last used.
+    #[test]
+    fn a_kept_slab_decays_from_when_it_emptied() {
+        let a = get(202); // an arena no other test uses
+        let class = class_of(128);
+        let per_slab = CLASSES[class].objects as usize;
+        // Two slabs' worth: the first is no longer the bin's current slab.
+        let mut out = vec![ptr::null_mut(); per_slab + 1];
+        assert_eq!(a.fill_small(class, &mut out, false), per_slab + 1);
+        let emptied = os::now_ms();
+        // SAFETY: objects of this arena's slabs of `class`, unused.
+        unsafe { a.put_small(class, &out[..per_slab], false) };
+        assert_eq!(a.bin(class).lock().empty_slabs, 1, "the first slab is kept");
+        let later = emptied + 10_000;
+        a.release_empty_slabs(later);
+        let oldest = a.pages().lock().heap.oldest_dirty();
+        let done = os::now_ms();
+        // Purged already if the decay time had come (it has, unless decay is off), else dirty
+        // as freed when it emptied.
+        assert!(
+            oldest.is_none_or(|t| t <= done),
+            "dated at the release ({later}), not when it emptied ({emptied}): {oldest:?}"
+        );
+        // SAFETY: as above.
+        unsafe { a.put_small(class, &out[per_slab..], false) };
+        a.release_empty_slabs(0);
     }
 
     /// Objects are parked only as many as refills took: in a phase of frees alone they go

@@ -580,10 +580,26 @@ impl PageHeap {
     /// # Safety
     /// `d` must be the head of an allocated span of this heap, no longer used.
     pub unsafe fn free(&mut self, d: *mut SpanDesc, now: u64, decay_ms: i64) -> usize {
+        // SAFETY: forwarded contract.
+        unsafe { self.free_aged(d, now, now, decay_ms) }
+    }
+
+    /// [`PageHeap::free`] of a span whose pages were last used at `freed_at` (before `now`):
+    /// its decay counts from then.
+    ///
+    /// # Safety
+    /// As for [`PageHeap::free`].
+    pub unsafe fn free_aged(
+        &mut self,
+        d: *mut SpanDesc,
+        freed_at: u64,
+        now: u64,
+        decay_ms: i64,
+    ) -> usize {
         // SAFETY: as documented; neighbours are checked through boundary tags.
         unsafe {
             self.counts.active -= (*d).pages as usize;
-            self.free_span(d, now);
+            self.free_span(d, freed_at);
         }
         self.purge_expired(now, decay_ms)
     }
@@ -596,10 +612,13 @@ impl PageHeap {
             let merged = self.merge_neighbours(seg, d, kind::FREE_DIRTY, now);
             // A span older than the youngest keeps the decay-list place of the oldest span it
             // absorbed (O(1), no walk): the list is then only nearly ordered, and a span behind
-            // a younger one is purged at most one window late.
-            let tail = self.decay.tail;
+            // a younger one is purged at most one window late. One older than the oldest (a
+            // kept empty slab let go, aged from when it emptied) goes first.
+            let (head, tail) = (self.decay.head, self.decay.tail);
             let after = if tail.is_null() || merged.freed_at >= (*tail).freed_at() {
                 tail
+            } else if merged.freed_at <= (*head).freed_at() {
+                ptr::null_mut()
             } else {
                 merged.decay_after
             };
@@ -1274,6 +1293,33 @@ mod decay_tests {
     /// A big dirty span whose neighbour pages keep being freed, one every 100 ms, is still
     /// purged about one decay window after it was freed (it used to be merged with each freed
     /// neighbour and stamped "freed now", so it never expired).
+    /// A span freed late but aged from long before (a kept empty slab let go) is purged when
+    /// its time comes, though younger spans were freed before it: it goes to the head of the
+    /// decay list, not behind them.
+    #[test]
+    fn an_aged_span_is_purged_ahead_of_younger_ones() {
+        let mut heap = PageHeap::new();
+        let young = alloc_large(&mut heap, 8);
+        let _gap = alloc_large(&mut heap, 1);
+        let aged = alloc_large(&mut heap, 8);
+        let _gap2 = alloc_large(&mut heap, 1);
+        // SAFETY: allocated above, each freed once.
+        unsafe {
+            heap.free(young, 1_000, DECAY);
+            heap.free_aged(aged, 100, 1_000, DECAY);
+        }
+        heap.check();
+        assert_eq!(heap.counts.dirty, 16);
+        // The aged span's time has come (100 + DECAY), the young one's (1_000 + DECAY) not.
+        heap.purge_expired(100 + DECAY as u64, DECAY);
+        assert_eq!(
+            (heap.counts.dirty, heap.counts.purged),
+            (8, 8),
+            "the aged span waited behind the younger one"
+        );
+        heap.check();
+    }
+
     #[test]
     fn old_span_with_busy_neighbours_is_purged() {
         let mut heap = PageHeap::new();
