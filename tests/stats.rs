@@ -205,28 +205,11 @@ fn stats_print_at_exit() {
     // Its own allocations (spawning the child) would disturb the other tests' before/after
     // figures: keep it serial too.
     let _serial = serial();
-    let exe = std::env::current_exe().expect("the test binary");
-    let out = std::process::Command::new(exe)
-        .args([
-            "--ignored",
-            "--exact",
-            "stats_print_child",
-            "--test-threads=1",
-        ])
-        .env("SAMPALLOC_CONF", "stats_print:true,narenas:8")
-        .output()
-        .expect("run the test binary");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed: {stderr}");
+    let stderr = run_child("stats_print_child", Some("stats_print:true,narenas:8"));
     // Threads may be spread over 8 arenas, but the child's few threads used only some: the
     // others were never touched (ticks and purges visit the used ones only).
     assert!(stderr.contains("arenas: 8 "), "{stderr}");
-    let used: u64 = stderr
-        .split("arenas used: ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no arenas used in the report: {stderr}"));
+    let used = report_field(&stderr, "arenas used: ");
     assert!((1..=3).contains(&used), "{used} arenas used: {stderr}");
     assert!(
         stderr.contains("___ sampalloc statistics ___"),
@@ -256,19 +239,34 @@ fn stats_print_at_exit() {
     // The requests were made by a test thread that has exited by then: they still count.
     assert!(requests >= 777, "row {row:?}");
     // Without the option, nothing is printed.
+    let quiet = run_child("stats_print_child", None);
+    assert!(!quiet.contains("sampalloc statistics"), "{quiet}");
+}
+
+/// Runs the ignored test `name` of this binary in a child process with `SAMPALLOC_CONF` set to
+/// `conf` (or unset); asserts it succeeded and returns its stderr.
+fn run_child(name: &str, conf: Option<&str>) -> String {
     let exe = std::env::current_exe().expect("the test binary");
-    let quiet = std::process::Command::new(exe)
-        .args([
-            "--ignored",
-            "--exact",
-            "stats_print_child",
-            "--test-threads=1",
-        ])
-        .env_remove("SAMPALLOC_CONF")
-        .output()
-        .expect("run the test binary");
-    assert!(quiet.status.success());
-    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("sampalloc statistics"));
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["--ignored", "--exact", name, "--test-threads=1"]);
+    match conf {
+        Some(c) => cmd.env("SAMPALLOC_CONF", c),
+        None => cmd.env_remove("SAMPALLOC_CONF"),
+    };
+    let out = cmd.output().expect("run the test binary");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "child {name} failed: {stderr}");
+    stderr
+}
+
+/// The number after `name` in a statistics report.
+fn report_field(report: &str, name: &str) -> usize {
+    report
+        .split(name)
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {name:?} in the report: {report}"))
 }
 
 /// Thread caches grow only for threads that allocate from a class too: a thread that only frees
@@ -435,28 +433,8 @@ fn cpus() -> usize {
 #[test]
 fn threads_beyond_the_cpus_share_an_arena_per_cpu() {
     let _serial = serial();
-    let exe = std::env::current_exe().expect("the test binary");
-    let out = std::process::Command::new(exe)
-        .args([
-            "--ignored",
-            "--exact",
-            "many_threads_child",
-            "--test-threads=1",
-        ])
-        .env("SAMPALLOC_CONF", "stats_print:true")
-        .output()
-        .expect("run the test binary");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed: {stderr}");
-    let field = |name: &str| -> usize {
-        stderr
-            .split(name)
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no {name:?} in the report: {stderr}"))
-    };
+    let stderr = run_child("many_threads_child", Some("stats_print:true"));
     let cpus = cpus();
-    assert_eq!(field("arenas: "), cpus, "{stderr}");
-    assert_eq!(field("arenas used: "), cpus, "{stderr}");
+    assert_eq!(report_field(&stderr, "arenas: "), cpus, "{stderr}");
+    assert_eq!(report_field(&stderr, "arenas used: "), cpus, "{stderr}");
 }
