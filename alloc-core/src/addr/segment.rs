@@ -191,31 +191,21 @@ impl Segment {
     /// refuses memory.
     pub fn create(arena: u32, first: bool) -> *mut Segment {
         let advice = config::huge_advice(config::Dense::Segment);
-        let dense_from = if first && advice == os::HugeAdvice::Huge {
-            1
-        } else {
-            0
-        };
-        let base = if dense_from == 0 {
-            os::map_dense(SEGMENT_SIZE, SEGMENT_SIZE, advice)
-        } else {
-            let base = os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE);
-            if !base.is_null() {
-                let from = dense_from * HUGE_PAGE_PAGES * PAGE_SIZE;
-                // SAFETY: within the fresh mapping.
-                os::advise_huge(unsafe { base.add(from) }, SEGMENT_SIZE - from, advice);
-            }
-            base
-        };
+        // The first huge page advised (as `map_dense` does, from it to the end).
+        let dense_from = usize::from(first && advice == os::HugeAdvice::Huge);
+        let base = os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE);
         if base.is_null() {
             return ptr::null_mut();
         }
+        let from = dense_from * HUGE_PAGE_PAGES * PAGE_SIZE;
+        // SAFETY: `from` lies within the fresh mapping.
+        os::advise_huge(unsafe { base.add(from) }, SEGMENT_SIZE - from, advice);
         let seg = base.cast::<Segment>();
         // SAFETY: fresh, zeroed, exclusively ours; zero is a valid value for every field.
         unsafe {
             (*seg).arena = arena;
             if advice == os::HugeAdvice::Huge {
-                (*seg).dense = ((1 << HUGE_PAGES_PER_SEGMENT) - 1) & !((1 << dense_from) - 1);
+                (*seg).dense = ((1 << HUGE_PAGES_PER_SEGMENT) - 1) >> dense_from << dense_from;
             }
         }
         registry::mark_segment(base as usize, registry::tag_of_index(arena as usize));
