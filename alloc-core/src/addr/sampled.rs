@@ -16,11 +16,18 @@
 //! contended for it. A shard's tables grow by doubling, from 256 slots up to
 //! [`CAPACITY`]` / SHARDS` live blocks; past that, or when memory cannot be mapped, [`insert`]
 //! fails and the caller serves the sample from pages of its own, as for large blocks.
+//!
+//! Most frees that reach [`take`] are of a marked page's other blocks, which are not sampled.
+//! A count of live sampled blocks by hash of their address ([`FILTER`]), read without a lock,
+//! turns them away before the shard's lock: a block whose count is 0 is not sampled. The count
+//! of a sampled block is raised before the block is handed out, so its own `free` (which the
+//! program can only make after it got the block) always sees it.
 
 use super::segment::{SampleRecord, Segment};
 use crate::base::open_table::{Keyed, OpenTable};
 use crate::platform::lock::{Locked, Padded};
 use crate::platform::os::PAGE_SHIFT;
+use core::sync::atomic::{AtomicU16, Ordering};
 
 /// Live sampled small blocks the table holds at most (8 GiB of small blocks at the default
 /// interval of 512 KiB).
@@ -28,6 +35,19 @@ pub const CAPACITY: usize = 1 << 14;
 
 /// Shards, each a lock and its tables; a page belongs to one.
 pub const SHARDS: usize = 16;
+
+/// Slots of the filter (16 KiB of counts): at the default interval a program has a few
+/// hundred live sampled small blocks, so a free of an unsampled block rarely meets a count.
+const FILTER_SLOTS: usize = 1 << 13;
+
+/// Live sampled blocks recorded here, by hash of their address (at most [`CAPACITY`], so a
+/// count cannot overflow).
+static FILTER: [AtomicU16; FILTER_SLOTS] = [const { AtomicU16::new(0) }; FILTER_SLOTS];
+
+/// The filter's count for block `p`.
+fn filter_slot(p: usize) -> &'static AtomicU16 {
+    &FILTER[(p >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - 13)]
+}
 
 /// One block's entry: its address (0: empty) and its record.
 #[derive(Clone, Copy)]
@@ -126,6 +146,7 @@ pub unsafe fn insert(p: *mut u8, record: SampleRecord, code: u8) -> bool {
         release_page(&mut t, page);
         return false;
     }
+    filter_slot(p).fetch_add(1, Ordering::Relaxed);
     if !marked {
         let (seg, index) = page_of(p);
         // SAFETY: the page holds a live block of a live slab; marks change under this lock.
@@ -157,11 +178,21 @@ fn release_page(t: &mut Tables, page: usize) {
 /// `p` must be a live block of a slab, owned by the caller (being freed).
 pub unsafe fn take(p: *mut u8) -> Option<SampleRecord> {
     let p = p as usize;
+    if filter_slot(p).load(Ordering::Relaxed) == 0 {
+        return None;
+    }
     let page = page_start(p);
     let mut t = shard(page).lock();
     let record = t.blocks.remove(p)?.record;
+    filter_slot(p).fetch_sub(1, Ordering::Relaxed);
     release_page(&mut t, page);
     Some(record)
+}
+
+/// Whether the filter counts a live sampled block at `p`'s hash (false: `p` is not sampled).
+#[cfg(test)]
+pub fn counted(p: *mut u8) -> bool {
+    filter_slot(p as usize).load(Ordering::Relaxed) != 0
 }
 
 /// The record of `p` if it is a sampled block recorded here.

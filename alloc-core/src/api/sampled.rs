@@ -267,6 +267,18 @@ mod tests {
             blocks.iter().partition(|&&p| is_sampled(p));
         assert!(sampled.len() >= 100, "{} sampled", sampled.len());
         assert!(sampled.iter().any(|p| p % PAGE_SIZE != 0));
+        // The filter counts every sampled block, and turns most of the others away before
+        // the lock (a few meet another live sample's count).
+        assert!(sampled.iter().all(|&p| addr_sampled::counted(p as *mut u8)));
+        let passed = unsampled
+            .iter()
+            .filter(|&&p| addr_sampled::counted(p as *mut u8))
+            .count();
+        assert!(
+            passed * 10 < unsampled.len(),
+            "{passed} of {} unsampled blocks pass the filter",
+            unsampled.len()
+        );
         for &p in &sampled {
             let record = addr_sampled::record_of(p as *mut u8).unwrap();
             assert_eq!(record.bytes, size);
