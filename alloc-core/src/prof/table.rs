@@ -4,12 +4,14 @@
 //! A sampled allocation is recorded after its stack was captured, with no engine lock held: its
 //! stack is found (without a lock: entries are never removed, and each is published whole) or
 //! inserted (under the table's lock), and the unbiased estimate of what it stands for is added
-//! to the stack's live and cumulative counters under one of [`STRIPES`] locks chosen by the
-//! entry (two threads sampling different stacks do not wait for each other; with one lock for
-//! everything, two busy threads did). The sampled block itself remembers its stack and estimate
-//! (in its span descriptor, the sampled-blocks table or its huge header), so its `free`
-//! subtracts exactly what was added. Counters are atomics, so a dump reads the table without a
-//! lock and never stalls sampling threads.
+//! to the stack's live and cumulative counters. Each entry keeps its counters in one copy per
+//! *lane* (up to one per CPU, each on a cache line of its own), and a thread adds to its own
+//! lane's copy under its lane's lock: threads that sample the same stack at once, as the
+//! threads of a pool do, neither wait for each other nor pass the entry's line between cores.
+//! A dump sums the copies. The sampled block itself remembers its stack and estimate (in its
+//! span descriptor, the sampled-blocks table or its huge header), so its `free` subtracts
+//! exactly what was added, in whichever lane frees it. Counters are atomics, so a dump reads
+//! the table without a lock and never stalls sampling threads.
 //!
 //! With `prof_peek` on, the table also keeps the address of every live sampled block (the
 //! *peek set*, under the same lock), so that a dump can copy the first bytes of each block
@@ -25,14 +27,16 @@ use crate::base::open_table::{Keyed, OpenTable};
 use crate::base::{config, meta};
 use crate::platform::lock::{Locked, Mutex, Padded};
 use crate::platform::os;
+use crate::prof::unwind::{self, LANES};
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// Deepest stack recorded.
 pub const MAX_FRAMES: usize = 64;
 
-/// One distinct call stack and what its sampled allocations stand for.
-#[repr(C)]
+/// One distinct call stack and what its sampled allocations stand for. Its counters follow
+/// it, one [`LaneCounts`] per lane in use (see [`lanes`]).
+#[repr(C, align(64))]
 pub struct StackEntry {
     hash: u64,
     /// Next entry of the bucket: read without a lock, so written with release.
@@ -43,15 +47,25 @@ pub struct StackEntry {
     pub depth: usize,
     /// Return addresses, innermost first.
     pub frames: *const usize,
+    /// The last peek dump that listed a block of this stack (see [`StackEntry::mark`]).
+    peek_mark: AtomicU64,
+    /// Lanes of counters after the entry, less one (a power of two, less one).
+    lane_mask: usize,
+}
+
+/// One lane's copy of a stack's counters, on a cache line of its own: written under the
+/// lane's lock (see [`LaneLock`]), read anywhere. The live counts of one lane may go below
+/// zero (a block sampled in one lane and freed in another); their sum does not.
+#[repr(C, align(64))]
+struct LaneCounts {
     live_objects: AtomicF64,
     live_bytes: AtomicF64,
     total_objects: AtomicF64,
     total_bytes: AtomicF64,
     live_samples: AtomicU64,
     total_samples: AtomicU64,
-    /// The last peek dump that listed a block of this stack (see [`StackEntry::mark`]).
-    peek_mark: AtomicU64,
 }
+
 
 /// An f64 in an AtomicU64: written under the entry's stripe lock, read anywhere.
 struct AtomicF64(AtomicU64);
@@ -100,15 +114,35 @@ impl StackEntry {
         self.peek_mark.load(Ordering::Relaxed)
     }
 
-    /// The stack's counters now.
+    /// The stack's counters now: the sum of its lanes'.
     pub fn counts(&self) -> Counts {
-        Counts {
-            live_objects: self.live_objects.get().max(0.0),
-            live_bytes: self.live_bytes.get().max(0.0),
-            total_objects: self.total_objects.get(),
-            total_bytes: self.total_bytes.get(),
-            live_samples: self.live_samples.load(Ordering::Relaxed),
-            total_samples: self.total_samples.load(Ordering::Relaxed),
+        let mut c = Counts::default();
+        for lane in 0..=self.lane_mask {
+            let l = self.lane(lane);
+            c.live_objects += l.live_objects.get();
+            c.live_bytes += l.live_bytes.get();
+            c.total_objects += l.total_objects.get();
+            c.total_bytes += l.total_bytes.get();
+            c.live_samples = c
+                .live_samples
+                .wrapping_add(l.live_samples.load(Ordering::Relaxed));
+            c.total_samples = c
+                .total_samples
+                .wrapping_add(l.total_samples.load(Ordering::Relaxed));
+        }
+        c.live_objects = c.live_objects.max(0.0);
+        c.live_bytes = c.live_bytes.max(0.0);
+        c
+    }
+
+    /// The counters of lane `lane` (taken modulo the entry's lanes).
+    fn lane(&self, lane: usize) -> &LaneCounts {
+        // SAFETY: `lane_mask + 1` lanes follow the entry, written before it was published.
+        unsafe {
+            &*(self as *const StackEntry)
+                .add(1)
+                .cast::<LaneCounts>()
+                .add(lane & self.lane_mask)
         }
     }
 }
@@ -125,31 +159,38 @@ struct Table {
 /// sees a mask and heads that belong together.
 static BUCKETS: AtomicPtr<usize> = AtomicPtr::new(ptr::null_mut());
 
-/// Stripes of the counters' updates, chosen by entry.
-const STRIPES: usize = 16;
-
-/// A lock for the counters of the entries it is chosen for, and the sample counts of those
-/// entries. Each is on a cache line of its own, so that two threads sampling different stacks
-/// at once do not pass one line back and forth.
-struct Stripe {
+/// A lane's lock: it guards that lane's copy of every entry's counters, and the lane's sample
+/// counts. Each is on a cache line of its own.
+struct LaneLock {
     lock: Mutex,
-    /// Sampled blocks of this stripe's entries now live (each block's free meets the stripe
-    /// of its allocation), and sampled since the start: written under the lock.
+    /// Sampled blocks now live (this lane's samples less its frees, so one lane's count may
+    /// wrap below zero) and sampled since the start: written under the lock.
     samples_live: AtomicU64,
     samples_total: AtomicU64,
 }
 
-static STRIPES_OF: [Padded<Stripe>; STRIPES] = [const {
-    Padded(Stripe {
+static LANE_LOCKS: [Padded<LaneLock>; LANES] = [const {
+    Padded(LaneLock {
         lock: Mutex::new(),
         samples_live: AtomicU64::new(0),
         samples_total: AtomicU64::new(0),
     })
-}; STRIPES];
+}; LANES];
 
-/// The stripe that guards `entry`'s counters.
-fn stripe(entry: *mut StackEntry) -> &'static Stripe {
-    &STRIPES_OF[(entry as usize >> 6) & (STRIPES - 1)]
+/// Lanes of counters that entries carry, less one: set with the first bucket array, from the
+/// CPUs the process may run on (at most 8, a power of two).
+static LANE_MASK: AtomicUsize = AtomicUsize::new(0);
+
+/// The number of counter lanes for `cpus` CPUs: one per CPU, rounded up to a power of two,
+/// at most 8 (an entry then carries 512 bytes of counters).
+fn lanes(cpus: usize) -> usize {
+    cpus.clamp(1, 8).next_power_of_two()
+}
+
+/// Lane `lane` of `entry`'s counters (modulo its lanes), and that lane's lock.
+fn lane_of(entry: &StackEntry, lane: usize) -> (&LaneCounts, &'static LaneLock) {
+    let lane = lane & entry.lane_mask;
+    (entry.lane(lane), &LANE_LOCKS[lane])
 }
 
 /// Adds `d` to `c` (wrapping: `u64::MAX` takes one away), whose writers all hold one lock, so
@@ -236,12 +277,13 @@ pub fn entries() -> impl Iterator<Item = &'static StackEntry> {
 
 /// Sampled blocks currently live, and sampled since the start.
 pub fn sample_counts() -> (usize, u64) {
-    STRIPES_OF.iter().fold((0, 0), |(live, total), s| {
+    let (live, total) = LANE_LOCKS.iter().fold((0u64, 0u64), |(live, total), s| {
         (
-            live + s.samples_live.load(Ordering::Relaxed) as usize,
-            total + s.samples_total.load(Ordering::Relaxed),
+            live.wrapping_add(s.samples_live.load(Ordering::Relaxed)),
+            total.wrapping_add(s.samples_total.load(Ordering::Relaxed)),
         )
-    })
+    });
+    (live as usize, total)
 }
 
 fn hash_frames(frames: &[usize]) -> u64 {
@@ -282,8 +324,7 @@ pub fn record_alloc(frames: &[usize], bytes: usize, weight: f64, block: usize) -
         return entry;
     }
     // SAFETY: entries are never freed.
-    let e = unsafe { &*entry };
-    let s = stripe(entry);
+    let (e, s) = lane_of(unsafe { &*entry }, unwind::lane());
     s.lock.lock();
     e.live_objects.add(weight);
     e.live_bytes.add(weight * bytes as f64);
@@ -315,8 +356,12 @@ pub unsafe fn record_free(entry: *mut StackEntry, bytes: usize, weight: f64, blo
         }
     }
     // SAFETY: entries are never freed.
-    let e = unsafe { &*entry };
-    let s = stripe(entry);
+    subtract(unsafe { &*entry }, unwind::lane(), bytes, weight);
+}
+
+/// Takes a freed sample of `bytes` with `weight` off `entry`'s counters in lane `lane`.
+fn subtract(entry: &StackEntry, lane: usize, bytes: usize, weight: f64) {
+    let (e, s) = lane_of(entry, lane);
     s.lock.lock();
     e.live_objects.add(-weight);
     e.live_bytes.add(-weight * bytes as f64);
@@ -426,25 +471,24 @@ fn find_or_insert(table: &mut Table, frames: &[usize], hash: u64) -> *mut StackE
     // SAFETY: entries and the array are metadata owned by the table, changed under its lock.
     unsafe {
         let head = bucket(arr, hash);
+        let lane_mask = LANE_MASK.load(Ordering::Relaxed);
+        let size = core::mem::size_of::<StackEntry>()
+            + (lane_mask + 1) * core::mem::size_of::<LaneCounts>();
         let copy = meta::alloc(core::mem::size_of_val(frames).max(8), 8).cast::<usize>();
-        let entry = meta::alloc(core::mem::size_of::<StackEntry>(), 64).cast::<StackEntry>();
+        let entry = meta::alloc(size, 64).cast::<StackEntry>();
         if copy.is_null() || entry.is_null() {
             return ptr::null_mut();
         }
         ptr::copy_nonoverlapping(frames.as_ptr(), copy, frames.len());
+        // The lanes' counters after it are zeroes already (metadata is zeroed): all 0.0.
         entry.write(StackEntry {
             hash,
             next_in_bucket: AtomicPtr::new(head.load(Ordering::Relaxed)),
             next: NEWEST.load(Ordering::Relaxed),
             depth: frames.len(),
             frames: copy,
-            live_objects: AtomicF64(AtomicU64::new(0)),
-            live_bytes: AtomicF64(AtomicU64::new(0)),
-            total_objects: AtomicF64(AtomicU64::new(0)),
-            total_bytes: AtomicF64(AtomicU64::new(0)),
-            live_samples: AtomicU64::new(0),
-            total_samples: AtomicU64::new(0),
             peek_mark: AtomicU64::new(0),
+            lane_mask,
         });
         head.store(entry, Ordering::Release);
         table.count += 1;
@@ -460,6 +504,7 @@ fn find_or_insert(table: &mut Table, frames: &[usize], hash: u64) -> *mut StackE
 fn grow() {
     let old = BUCKETS.load(Ordering::Relaxed);
     let new_len = if old.is_null() {
+        LANE_MASK.store(lanes(os::cpu_count()) - 1, Ordering::Relaxed);
         1024
     } else {
         // SAFETY: a published array's word 0 is its mask.
@@ -488,19 +533,19 @@ fn grow() {
 /// Fork: hold the table lock across `fork`.
 pub fn prefork() {
     TABLE.raw_lock();
-    STRIPES_OF.iter().for_each(|s| s.lock.lock());
+    LANE_LOCKS.iter().for_each(|s| s.lock.lock());
 }
 
 /// Fork: release in the parent.
 pub fn postfork_parent() {
-    STRIPES_OF.iter().rev().for_each(|s| s.lock.unlock());
+    LANE_LOCKS.iter().rev().for_each(|s| s.lock.unlock());
     // SAFETY: taken in `prefork` by this thread.
     unsafe { TABLE.raw_unlock() };
 }
 
 /// Fork: reset in the child; a dump the parent had in progress is not the child's.
 pub fn postfork_child() {
-    STRIPES_OF.iter().for_each(|s| s.lock.reset_after_fork());
+    LANE_LOCKS.iter().for_each(|s| s.lock.reset_after_fork());
     TABLE.reset_after_fork();
 }
 
@@ -569,6 +614,25 @@ mod tests {
             assert_eq!(c.total_samples, 4 * 60 + 1, "shared stack {i}");
             assert_eq!(c.live_bytes, 8.0 * (4 * 60 + 1) as f64);
         }
+    }
+
+    /// A block sampled in one lane and freed in another leaves its stack's live counts where
+    /// they were, though each lane holds its own copy of them.
+    #[test]
+    fn a_block_freed_in_another_lane_is_subtracted() {
+        assert_eq!([lanes(0), lanes(2), lanes(3), lanes(64)], [1, 2, 4, 8]);
+        let stack = [0x6100_0000usize, 0x6100_0010];
+        let before = sample_counts().1;
+        // SAFETY: entries are never freed.
+        let entry = unsafe { &*record_alloc(&stack, 64, 3.0, 0) };
+        subtract(entry, unwind::lane() + 1, 64, 3.0);
+        let c = entry.counts();
+        assert_eq!(
+            (c.live_samples, c.live_objects, c.live_bytes),
+            (0, 0.0, 0.0)
+        );
+        assert_eq!((c.total_samples, c.total_bytes), (1, 192.0));
+        assert!(sample_counts().1 > before);
     }
 
     #[test]

@@ -53,11 +53,19 @@ mod rules;
 mod stack;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-pub use stack::MIN_FREE_STACK;
+pub use stack::{lane, LANES, MIN_FREE_STACK};
 
 /// Stack needed below the caller (elsewhere: nothing is ever captured).
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 pub const MIN_FREE_STACK: usize = 0;
+/// Lanes of the profiler's shared counters (elsewhere: one).
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+pub const LANES: usize = 1;
+/// The calling thread's lane (elsewhere: always the one).
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+pub fn lane() -> usize {
+    0
+}
 
 /// The largest useful output: [`capture`] never writes more frames than this.
 pub const MAX_FRAMES: usize = 128;
@@ -150,7 +158,7 @@ mod imp {
             (*st).busy = 1;
             &mut *st
         };
-        let shard = st.shard as usize;
+        let shard = stack::lane_of(st);
         let n = capture_locked(st, regs, start, out, keep);
         st.busy = 0;
         if n == 0 {
@@ -195,7 +203,7 @@ mod imp {
         let out = &mut out[..len];
         let mut n = 0;
         for attempt in 0..2 {
-            let Some(hold) = Hold::acquire(st.shard as usize) else {
+            let Some(hold) = Hold::acquire(stack::lane_of(st)) else {
                 return 0;
             };
             let (got, stale) = walk(

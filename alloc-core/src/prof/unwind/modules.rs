@@ -150,8 +150,8 @@ impl Snapshot {
 /// The current snapshot (null before the first refresh).
 static CURRENT: AtomicPtr<Snapshot> = AtomicPtr::new(ptr::null_mut());
 
-/// Shards of the walks' counters; a thread uses one (see `stack::UnwindTls::shard`).
-pub(super) const SHARDS: usize = 16;
+/// Shards of the walks' counters; a thread uses its lane's (see `stack::lane`).
+pub(super) const SHARDS: usize = super::stack::LANES;
 
 /// One shard of the walks' counters (each on a cache line of its own).
 struct Shard {

@@ -42,8 +42,8 @@ pub(super) struct UnwindTls {
     pub busy: u8,
     /// Set once the thread-exit destructor has freed the cache: no more captures.
     pub dead: u8,
-    /// The thread's shard of the walks' shared counters (see `modules`), set with its cache.
-    pub shard: u8,
+    /// The thread's lane plus one, 0 before it was given one (see [`lane`]).
+    pub lane: u8,
     /// The rules of the thread's last walk, by depth (key and packed rule, see `rules`; the key
     /// holds the snapshot's generation, so a rule of another snapshot never matches).
     pub memo: [(u64, u64); MEMO_DEPTH],
@@ -114,12 +114,34 @@ fn create_cache(st: &mut UnwindTls) -> *mut Cache {
         return core::ptr::null_mut();
     }
     st.cache = cache;
-    st.shard = (NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % super::modules::SHARDS as u32) as u8;
     cache
 }
 
-/// The shard the next thread to create its cache takes.
-static NEXT_SHARD: AtomicU32 = AtomicU32::new(0);
+/// Lanes of the profiler's counters that every sampling thread writes (the walks' snapshot
+/// holds and capture counts, the stack table's counters): each is kept in this many copies on
+/// cache lines of their own, and a thread writes only its lane's, so that threads sampling at
+/// once do not pass one line back and forth between cores.
+pub const LANES: usize = 16;
+
+/// The lane the next thread to ask takes.
+static NEXT_LANE: AtomicU32 = AtomicU32::new(0);
+
+/// The calling thread's lane (below [`LANES`]), handed out round-robin at its first call.
+#[inline]
+pub fn lane() -> usize {
+    // SAFETY: the calling thread's own block; nothing else of this thread holds a reference to
+    // it outside a capture, and the profiler asks for the lane after its capture returned.
+    lane_of(unsafe { &mut *state() })
+}
+
+/// [`lane`], for a capture that holds the thread's block.
+#[inline]
+pub(super) fn lane_of(st: &mut UnwindTls) -> usize {
+    if st.lane == 0 {
+        st.lane = (NEXT_LANE.fetch_add(1, Ordering::Relaxed) as usize % LANES) as u8 + 1;
+    }
+    st.lane as usize - 1
+}
 
 /// The key destructor: frees the exiting thread's cache and stops further captures on it.
 extern "C" fn on_thread_exit(value: *mut libc::c_void) {
