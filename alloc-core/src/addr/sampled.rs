@@ -25,7 +25,7 @@
 
 use super::segment::{SampleRecord, Segment};
 use crate::base::open_table::{Keyed, OpenTable};
-use crate::platform::lock::{Locked, Padded};
+use crate::platform::lock::{Locked, Padded, SpinLock};
 use crate::platform::os::PAGE_SHIFT;
 use core::sync::atomic::{AtomicU16, Ordering};
 
@@ -36,17 +36,30 @@ pub const CAPACITY: usize = 1 << 14;
 /// Shards, each a lock and its tables; a page belongs to one.
 pub const SHARDS: usize = 16;
 
-/// Slots of the filter (16 KiB of counts): at the default interval a program has a few
-/// hundred live sampled small blocks, so a free of an unsampled block rarely meets a count.
-const FILTER_SLOTS: usize = 1 << 13;
+/// Slots of the filter's part for one shard: 32 KiB of counts in all. At the default interval
+/// a program has a few hundred live sampled small blocks, so a free of an unsampled block
+/// rarely meets a count.
+const FILTER_SHARD_SLOTS: usize = 1 << 10;
 
-/// Live sampled blocks recorded here, by hash of their address (at most [`CAPACITY`], so a
-/// count cannot overflow).
-static FILTER: [AtomicU16; FILTER_SLOTS] = [const { AtomicU16::new(0) }; FILTER_SLOTS];
+/// Live sampled blocks recorded here, by shard and hash of their address (at most
+/// [`CAPACITY`], so a count cannot overflow). A shard's part is written only under its lock,
+/// so a plain load and store update a count; frees read them without the lock.
+static FILTER: [AtomicU16; FILTER_SHARD_SLOTS * SHARDS] =
+    [const { AtomicU16::new(0) }; FILTER_SHARD_SLOTS * SHARDS];
 
 /// The filter's count for block `p`.
 fn filter_slot(p: usize) -> &'static AtomicU16 {
-    &FILTER[(p >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - 13)]
+    let hash = (p >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - 10);
+    &FILTER[shard_index(page_start(p)) * FILTER_SHARD_SLOTS + hash]
+}
+
+/// Adds `d` (1, or `u16::MAX` to take one away) to `p`'s count, under its shard's lock.
+fn filter_add(p: usize, d: u16) {
+    let slot = filter_slot(p);
+    slot.store(
+        slot.load(Ordering::Relaxed).wrapping_add(d),
+        Ordering::Relaxed,
+    );
 }
 
 /// One block's entry: its address (0: empty) and its record.
@@ -87,7 +100,7 @@ struct Tables {
 // SAFETY: the tables' memory is only touched with the lock held.
 unsafe impl Send for Tables {}
 
-static TABLES: [Padded<Locked<Tables>>; SHARDS] = [const {
+static TABLES: [Padded<Locked<Tables, SpinLock>>; SHARDS] = [const {
     Padded(Locked::new(Tables {
         blocks: OpenTable::new(),
         pages: OpenTable::new(),
@@ -95,8 +108,13 @@ static TABLES: [Padded<Locked<Tables>>; SHARDS] = [const {
 }; SHARDS];
 
 /// The shard of the page starting at `page`.
-fn shard(page: usize) -> &'static Locked<Tables> {
-    &TABLES[(page >> PAGE_SHIFT).wrapping_mul(0x9E37_79B9) >> 7 & (SHARDS - 1)]
+fn shard_index(page: usize) -> usize {
+    (page >> PAGE_SHIFT).wrapping_mul(0x9E37_79B9) >> 7 & (SHARDS - 1)
+}
+
+/// The shard of the page starting at `page`.
+fn shard(page: usize) -> &'static Locked<Tables, SpinLock> {
+    &TABLES[shard_index(page)]
 }
 
 /// The address of the page holding `p`.
@@ -146,7 +164,7 @@ pub unsafe fn insert(p: *mut u8, record: SampleRecord, code: u8) -> bool {
         release_page(&mut t, page);
         return false;
     }
-    filter_slot(p).fetch_add(1, Ordering::Relaxed);
+    filter_add(p, 1);
     if !marked {
         let (seg, index) = page_of(p);
         // SAFETY: the page holds a live block of a live slab; marks change under this lock.
@@ -184,7 +202,7 @@ pub unsafe fn take(p: *mut u8) -> Option<SampleRecord> {
     let page = page_start(p);
     let mut t = shard(page).lock();
     let record = t.blocks.remove(p)?.record;
-    filter_slot(p).fetch_sub(1, Ordering::Relaxed);
+    filter_add(p, u16::MAX);
     release_page(&mut t, page);
     Some(record)
 }

@@ -1,8 +1,13 @@
-//! A small futex mutex that never allocates, and `Locked<T>`, data guarded by one.
+//! A small futex mutex that never allocates, a spin lock for the profiler's few-instruction
+//! critical sections, and `Locked<T>`, data guarded by either.
 //!
-//! A pure spin lock is wrong here: with more threads than cores a preempted holder would make
-//! every waiter burn its time slice. So waiters spin briefly, then sleep in the kernel.
-//! Fork needs locks held across function boundaries and reset in the child, which the
+//! A pure spin lock is wrong for most locks here: with more threads than cores a preempted
+//! holder would make every waiter burn its time slice. So the mutex's waiters spin briefly,
+//! then sleep in the kernel; its release must then be a read-modify-write, to see whether
+//! anyone sleeps. [`SpinLock`] is for sections of a few instructions taken at every sample,
+//! where that second locked instruction was a visible part of the cost: its waiters spin,
+//! then give up the processor with `sched_yield`, never sleep, so its release is a plain
+//! store. Fork needs locks held across function boundaries and reset in the child, which the
 //! `raw_*` and `reset_after_fork` methods provide.
 
 use core::cell::UnsafeCell;
@@ -112,36 +117,127 @@ fn futex_wake(state: &AtomicU32) {
     }
 }
 
-/// Data that may only be touched with its mutex held.
-pub struct Locked<T> {
-    mutex: Mutex,
+/// A lock without data: [`Mutex`] or [`SpinLock`].
+pub trait RawLock {
+    /// An unlocked lock.
+    const UNLOCKED: Self;
+    /// Takes the lock.
+    fn lock(&self);
+    /// Takes the lock if it is free now.
+    fn try_lock(&self) -> bool;
+    /// Releases the lock.
+    fn unlock(&self);
+    /// Marks the lock free (the child after `fork`).
+    fn reset_after_fork(&self);
+}
+
+impl RawLock for Mutex {
+    const UNLOCKED: Self = Mutex::new();
+    #[inline]
+    fn lock(&self) {
+        Mutex::lock(self)
+    }
+    #[inline]
+    fn try_lock(&self) -> bool {
+        Mutex::try_lock(self)
+    }
+    #[inline]
+    fn unlock(&self) {
+        Mutex::unlock(self)
+    }
+    fn reset_after_fork(&self) {
+        Mutex::reset_after_fork(self)
+    }
+}
+
+/// A spin lock whose release is a plain store (see the module docs): for critical sections of
+/// a few instructions that never make a system call.
+pub struct SpinLock {
+    state: AtomicU32,
+}
+
+impl SpinLock {
+    /// An unlocked lock.
+    pub const fn new() -> Self {
+        SpinLock {
+            state: AtomicU32::new(UNLOCKED),
+        }
+    }
+
+    #[cold]
+    fn lock_contended(&self) {
+        loop {
+            for _ in 0..SPINS {
+                if self.state.load(Ordering::Relaxed) == UNLOCKED && self.try_lock() {
+                    return;
+                }
+                core::hint::spin_loop();
+            }
+            // SAFETY: sched_yield is a plain system call.
+            unsafe { libc::sched_yield() };
+        }
+    }
+}
+
+impl Default for SpinLock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RawLock for SpinLock {
+    const UNLOCKED: Self = SpinLock::new();
+    #[inline]
+    fn lock(&self) {
+        if !self.try_lock() {
+            self.lock_contended();
+        }
+    }
+    #[inline]
+    fn try_lock(&self) -> bool {
+        self.state
+            .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+    #[inline]
+    fn unlock(&self) {
+        self.state.store(UNLOCKED, Ordering::Release);
+    }
+    fn reset_after_fork(&self) {
+        self.state.store(UNLOCKED, Ordering::Relaxed);
+    }
+}
+
+/// Data that may only be touched with its lock (a [`Mutex`] unless said otherwise) held.
+pub struct Locked<T, L: RawLock = Mutex> {
+    mutex: L,
     data: UnsafeCell<T>,
 }
 
 // SAFETY: access to `data` is serialised by `mutex`.
-unsafe impl<T: Send> Sync for Locked<T> {}
+unsafe impl<T: Send, L: RawLock + Sync> Sync for Locked<T, L> {}
 // SAFETY: as above; the data itself is Send.
-unsafe impl<T: Send> Send for Locked<T> {}
+unsafe impl<T: Send, L: RawLock + Send> Send for Locked<T, L> {}
 
-impl<T> Locked<T> {
+impl<T, L: RawLock> Locked<T, L> {
     /// Wraps `data`.
     pub const fn new(data: T) -> Self {
         Locked {
-            mutex: Mutex::new(),
+            mutex: L::UNLOCKED,
             data: UnsafeCell::new(data),
         }
     }
 
     /// Takes the lock; it is released when the guard drops.
     #[inline]
-    pub fn lock(&self) -> Guard<'_, T> {
+    pub fn lock(&self) -> Guard<'_, T, L> {
         self.mutex.lock();
         Guard { locked: self }
     }
 
     /// Takes the lock if it is free now, without waiting.
     #[inline]
-    pub fn try_lock(&self) -> Option<Guard<'_, T>> {
+    pub fn try_lock(&self) -> Option<Guard<'_, T, L>> {
         // Lazily: a guard made for a failed attempt would unlock on drop.
         self.mutex.try_lock().then(|| Guard { locked: self })
     }
@@ -159,18 +255,18 @@ impl<T> Locked<T> {
         self.mutex.unlock();
     }
 
-    /// See [`Mutex::reset_after_fork`].
+    /// See [`RawLock::reset_after_fork`].
     pub fn reset_after_fork(&self) {
         self.mutex.reset_after_fork();
     }
 }
 
 /// Proof that the lock is held; gives access to the data.
-pub struct Guard<'a, T> {
-    locked: &'a Locked<T>,
+pub struct Guard<'a, T, L: RawLock = Mutex> {
+    locked: &'a Locked<T, L>,
 }
 
-impl<T> Deref for Guard<'_, T> {
+impl<T, L: RawLock> Deref for Guard<'_, T, L> {
     type Target = T;
     fn deref(&self) -> &T {
         // SAFETY: the guard exists only while the lock is held.
@@ -178,14 +274,14 @@ impl<T> Deref for Guard<'_, T> {
     }
 }
 
-impl<T> DerefMut for Guard<'_, T> {
+impl<T, L: RawLock> DerefMut for Guard<'_, T, L> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: the guard exists only while the lock is held, and is not Clone.
         unsafe { &mut *self.locked.data.get() }
     }
 }
 
-impl<T> Drop for Guard<'_, T> {
+impl<T, L: RawLock> Drop for Guard<'_, T, L> {
     fn drop(&mut self) {
         self.locked.mutex.unlock();
     }
@@ -208,9 +304,10 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    #[test]
-    fn counts_under_contention() {
-        let counter = Arc::new(Locked::new(0u64));
+    /// Eight threads add 20,000 times each under `L`: no increment is lost, and `try_lock`
+    /// fails while a guard lives.
+    fn counts_under_contention_with<L: RawLock + Send + Sync + 'static>() {
+        let counter = Arc::new(Locked::<u64, L>::new(0));
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let c = counter.clone();
@@ -225,11 +322,25 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(*counter.lock(), 160_000);
+        let held = counter.lock();
+        assert!(counter.try_lock().is_none());
+        drop(held);
+        assert!(counter.try_lock().is_some());
+    }
+
+    #[test]
+    fn counts_under_contention() {
+        counts_under_contention_with::<Mutex>();
+    }
+
+    #[test]
+    fn a_spin_lock_counts_under_contention() {
+        counts_under_contention_with::<SpinLock>();
     }
 
     #[test]
     fn try_lock_fails_only_while_held() {
-        let l = Locked::new(1);
+        let l: Locked<i32> = Locked::new(1);
         let held = l.lock();
         assert!(l.try_lock().is_none());
         // The failed attempt must have left the lock held.
@@ -244,7 +355,7 @@ mod tests {
 
     #[test]
     fn raw_lock_and_reset() {
-        let l = Locked::new(1);
+        let l: Locked<i32> = Locked::new(1);
         l.raw_lock();
         l.reset_after_fork();
         *l.lock() += 1;

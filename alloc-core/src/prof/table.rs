@@ -25,7 +25,7 @@
 
 use crate::base::open_table::{Keyed, OpenTable};
 use crate::base::{config, meta};
-use crate::platform::lock::{Locked, Mutex, Padded};
+use crate::platform::lock::{Locked, Padded, RawLock, SpinLock};
 use crate::platform::os;
 use crate::prof::unwind::{self, LANES};
 use core::ptr;
@@ -65,7 +65,6 @@ struct LaneCounts {
     live_samples: AtomicU64,
     total_samples: AtomicU64,
 }
-
 
 /// An f64 in an AtomicU64: written under the entry's stripe lock, read anywhere.
 struct AtomicF64(AtomicU64);
@@ -162,7 +161,7 @@ static BUCKETS: AtomicPtr<usize> = AtomicPtr::new(ptr::null_mut());
 /// A lane's lock: it guards that lane's copy of every entry's counters, and the lane's sample
 /// counts. Each is on a cache line of its own.
 struct LaneLock {
-    lock: Mutex,
+    lock: SpinLock,
     /// Sampled blocks now live (this lane's samples less its frees, so one lane's count may
     /// wrap below zero) and sampled since the start: written under the lock.
     samples_live: AtomicU64,
@@ -171,7 +170,7 @@ struct LaneLock {
 
 static LANE_LOCKS: [Padded<LaneLock>; LANES] = [const {
     Padded(LaneLock {
-        lock: Mutex::new(),
+        lock: SpinLock::new(),
         samples_live: AtomicU64::new(0),
         samples_total: AtomicU64::new(0),
     })

@@ -168,11 +168,12 @@ static READERS: [Padded<Shard>; SHARDS] = [const {
     })
 }; SHARDS];
 
-/// Counts a capture that returned frames, in `shard`.
+/// Counts a capture that returned frames, in `shard`: a statistic, so a plain load and store
+/// (no locked instruction); two threads of one lane that count at the same instant may lose
+/// one.
 pub(super) fn count_capture(shard: usize) {
-    READERS[shard % SHARDS]
-        .captures
-        .fetch_add(1, Ordering::Relaxed);
+    let c = &READERS[shard % SHARDS].captures;
+    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
 /// Captures that returned frames, over all shards.
