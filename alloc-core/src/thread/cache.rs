@@ -301,7 +301,7 @@ pub unsafe fn flush_all(tc: *mut ThreadCache) {
         }
     }
     // SAFETY: as documented.
-    unsafe { flush_remote(tc) };
+    unsafe { flush_remote_in::<EXIT_CHUNK>(tc) };
 }
 
 /// Whether a block of class `class` may go home when another arena's thread frees it: the
@@ -347,8 +347,17 @@ pub unsafe fn push_remote(tc: *mut ThreadCache, class: usize, p: *mut u8) {
 /// # Safety
 /// Only the cache's owner (or, after fork, the sole surviving thread) may call this.
 pub unsafe fn flush_remote(tc: *mut ThreadCache) {
-    let mut batch = [ptr::null_mut::<u8>(); EXIT_CHUNK];
-    let mut classes = [0u8; EXIT_CHUNK];
+    // SAFETY: forwarded contract.
+    unsafe { flush_remote_in::<FLUSH_CHUNK>(tc) }
+}
+
+/// [`flush_remote`] in chunks of `CHUNK` blocks, copied to the stack.
+///
+/// # Safety
+/// As for [`flush_remote`].
+unsafe fn flush_remote_in<const CHUNK: usize>(tc: *mut ThreadCache) {
+    let mut batch = [ptr::null_mut::<u8>(); CHUNK];
+    let mut classes = [0u8; CHUNK];
     // SAFETY: the owner has exclusive use of its cache.
     let t = unsafe { &*tc };
     loop {
@@ -356,7 +365,7 @@ pub unsafe fn flush_remote(tc: *mut ThreadCache) {
         if n == 0 {
             return;
         }
-        let k = n.min(EXIT_CHUNK);
+        let k = n.min(CHUNK);
         for i in 0..k {
             batch[i] = t.remote[n - k + i].load(Ordering::Relaxed);
             classes[i] = t.remote_class[n - k + i].load(Ordering::Relaxed);
@@ -509,8 +518,8 @@ unsafe fn flush_in<const CHUNK: usize>(tc: *mut ThreadCache, class: usize, n: us
 /// Blocks returned to arenas per round of a flush.
 const FLUSH_CHUNK: usize = 128;
 
-/// Blocks per round of the flushes that run at thread exit ([`flush_all`], and
-/// [`flush_remote`]'s, which shares its stack): a quarter of [`FLUSH_CHUNK`]. An exiting
+/// Blocks per round of the flushes that run at thread exit ([`flush_all`]'s, of the stacks
+/// and of the remote buffer): a quarter of [`FLUSH_CHUNK`]. An exiting
 /// thread runs them on its own stack, below whatever depth the thread itself reached, and a
 /// thread's stack is often fresh memory (glibc keeps at most 40 MiB of stacks for reuse): with
 /// 1 KiB and 2 KiB copies there, each exit of a short-lived thread faulted in one more page.
