@@ -190,11 +190,11 @@ mod imp {
             return 0;
         }
         // Set-up and refreshes run libc and allocator code: only on a roomy stack.
-        let roomy = stack::has_free(st, sp, stack::MIN_FREE_STACK_FOR_SETUP);
-        if INIT.load(Ordering::Acquire) != 2 && !(roomy && init(false)) {
+        let mut roomy = stack::Roomy::at(sp);
+        if INIT.load(Ordering::Acquire) != 2 && !(roomy.get(st) && init(false)) {
             return 0;
         }
-        if roomy && modules::STALE.load(Ordering::Relaxed) {
+        if modules::STALE.load(Ordering::Relaxed) && roomy.get(st) {
             // Wait for a refresh another thread is making: it may have read the module list
             // before the change that made it stale.
             modules::refresh_waiting();
@@ -209,7 +209,7 @@ mod imp {
             let (got, stale) = walk(
                 hold.snapshot(),
                 st,
-                roomy,
+                &mut roomy,
                 regs,
                 regs.sp,
                 hi as u64,
@@ -219,7 +219,7 @@ mod imp {
             );
             n = got;
             drop(hold);
-            if !stale || !roomy || !modules::refresh_waiting() {
+            if !stale || !roomy.get(st) || !modules::refresh_waiting() {
                 break;
             }
         }
@@ -232,7 +232,7 @@ mod imp {
     fn walk(
         snap: &Snapshot,
         st: &mut UnwindTls,
-        roomy: bool,
+        roomy: &mut stack::Roomy,
         regs: Regs,
         lo: u64,
         hi: u64,

@@ -213,13 +213,14 @@ pub(super) struct Learn<'a> {
     pub snap: &'a Snapshot,
     pub st: &'a mut UnwindTls,
     /// Whether the stack has room to build the cache (see `stack::MIN_FREE_STACK_FOR_SETUP`).
-    pub roomy: bool,
+    pub roomy: &'a mut stack::Roomy,
 }
 
 impl Learn<'_> {
     /// The thread's framehop cache; `None` if it cannot be built now.
     fn framehop(&mut self) -> Option<&mut CacheX86_64<LeanCfi>> {
-        let cache = stack::cache_or_create(self.st, self.roomy);
+        let roomy = !self.st.cache.is_null() || self.roomy.get(self.st);
+        let cache = stack::cache_or_create(self.st, roomy);
         // SAFETY: the cache belongs to this thread and is used only while its walk runs (the
         // thread's `busy` flag is set), one reference at a time.
         unsafe { cache.as_mut() }

@@ -186,6 +186,34 @@ pub(super) fn top(st: &mut UnwindTls, sp: usize) -> Option<usize> {
     Some(hi)
 }
 
+/// Whether the stack has room for set-up ([`MIN_FREE_STACK_FOR_SETUP`] below a walk's `sp`),
+/// found out only when a walk needs set-up (initialisation, a module refresh, building the
+/// framehop cache). Proving that room reads a byte of each page down to 64 KiB below `sp`
+/// (see [`has_free`]), which faults in up to sixteen pages of a thread's stack that the thread
+/// may never use; most threads never need set-up, since the process's rule table knows their
+/// code.
+pub(super) struct Roomy {
+    sp: usize,
+    known: Option<bool>,
+}
+
+impl Roomy {
+    /// Not yet known, for a walk from `sp`.
+    pub fn at(sp: usize) -> Roomy {
+        Roomy { sp, known: None }
+    }
+
+    /// Whether the stack has the room, probing it the first time.
+    pub fn get(&mut self, st: &mut UnwindTls) -> bool {
+        if let Some(roomy) = self.known {
+            return roomy;
+        }
+        let roomy = has_free(st, self.sp, MIN_FREE_STACK_FOR_SETUP);
+        self.known = Some(roomy);
+        roomy
+    }
+}
+
 /// Whether at least `need` bytes of stack are free below `sp` (after [`top`] found the stack).
 /// On the alternate signal stack the bounds are known; on the thread's own stack the pages
 /// below `sp` are probed once (see [`readable`]) and the lowest verified address remembered.
