@@ -245,37 +245,7 @@ pub fn purge(all: bool) -> usize {
 mod tests {
     use super::{flush_thread_cache, malloc};
     use crate::api::free::free;
-
-    /// Out of line, so that its frame (and whatever it inlines) lies below the caller's.
-    #[inline(never)]
-    fn flush_own_cache() {
-        flush_thread_cache();
-    }
-
-    /// How deep below its caller the flush of the calling thread's full cache writes (the
-    /// flush a thread's exit makes, `thread::cache::flush_all`).
-    #[inline(never)]
-    fn flush_all_stack_use() -> usize {
-        const SPAN: usize = 64 * 1024;
-        let sp: usize;
-        // SAFETY: reads the stack pointer only.
-        unsafe { core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack)) };
-        let lo = sp - SPAN;
-        // Paint [lo, sp - 512): unused stack of this thread (1 MiB, we are near its top).
-        for p in (lo..sp - 512).step_by(8) {
-            // SAFETY: mapped, unused stack below our frame (see above).
-            unsafe { core::ptr::write_volatile(p as *mut u64, 0xa5a5_a5a5_a5a5_a5a5) };
-        }
-        flush_own_cache();
-        // SAFETY: reading back the painted range.
-        let untouched = (lo..sp)
-            .step_by(8)
-            .take_while(
-                |&p| unsafe { core::ptr::read_volatile(p as *const u64) } == 0xa5a5_a5a5_a5a5_a5a5,
-            )
-            .count();
-        sp - (lo + 8 * untouched)
-    }
+    use crate::platform::stack_use::used_below;
 
     /// Flushing a thread's cache, as its exit does, stays within 1 KiB of stack below the
     /// caller: an exit runs on the thread's own stack, often fresh memory, and each page it
@@ -290,7 +260,7 @@ mod tests {
                     // SAFETY: live blocks of ours, freed once.
                     blocks.iter().for_each(|&p| unsafe { free(p) });
                 }
-                flush_all_stack_use()
+                used_below(flush_thread_cache).1
             })
             .unwrap()
             .join()

@@ -4,4 +4,6 @@
 pub mod lock;
 pub mod os;
 pub mod smaps;
+#[cfg(all(test, target_arch = "x86_64"))]
+pub mod stack_use;
 pub mod tls;

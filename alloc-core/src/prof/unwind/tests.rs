@@ -207,7 +207,10 @@ fn a_walk_of_known_code_does_not_probe_the_stack_for_set_up() {
     run();
     let (frames, faults) = run();
     assert!(frames >= 3, "{frames} frames");
-    assert!(faults < 8, "{faults} page faults in a thread's first walk of known code");
+    assert!(
+        faults < 8,
+        "{faults} page faults in a thread's first walk of known code"
+    );
 }
 
 /// The file name of the object holding `pc` (test-only: dladdr may allocate).
@@ -249,31 +252,11 @@ fn skip_drops_frames() {
 /// unused stack and looking for the highest overwritten byte. Asserts only the safety margin.
 #[test]
 fn stack_use() {
-    #[inline(never)]
     fn measure() -> usize {
-        const SPAN: usize = 64 * 1024;
-        let sp: usize;
-        // SAFETY: reads the stack pointer only.
-        unsafe { core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack)) };
-        let lo = sp - SPAN;
-        // Paint [lo, sp - 512): unused stack of this thread (1 MiB, we are near its top).
-        let mut p = lo;
-        while p < sp - 512 {
-            // SAFETY: mapped, unused stack below our frame (see above).
-            unsafe { core::ptr::write_volatile(p as *mut u64, 0xa5a5_a5a5_a5a5_a5a5) };
-            p += 8;
-        }
         let mut buf = [0usize; MAX_FRAMES];
-        let n = capture(&mut buf, 0);
+        let (n, used) = crate::platform::stack_use::used_below(|| capture(&mut buf, 0));
         assert!(n > 0);
-        let mut p = lo;
-        while p < sp
-            // SAFETY: reading back the same range.
-            && unsafe { core::ptr::read_volatile(p as *const u64) } == 0xa5a5_a5a5_a5a5_a5a5
-        {
-            p += 8;
-        }
-        sp - p
+        used
     }
     let used = std::thread::Builder::new()
         .stack_size(1 << 20)
