@@ -66,7 +66,7 @@ struct LaneCounts {
     total_samples: AtomicU64,
 }
 
-/// An f64 in an AtomicU64: written under the entry's stripe lock, read anywhere.
+/// An f64 in an AtomicU64: written under its lane's lock, read anywhere.
 struct AtomicF64(AtomicU64);
 
 impl AtomicF64 {
@@ -577,7 +577,7 @@ mod tests {
 
     /// Threads record distinct and shared stacks while the table grows under them: each stack
     /// has one entry (a lookup that misses during growth finds it under the lock instead of
-    /// inserting it twice) and no count is lost to the striped updates.
+    /// inserting it twice) and no count is lost across the lanes.
     #[test]
     fn concurrent_recording_keeps_one_entry_per_stack_and_every_count() {
         let base = 0x5100_0000usize;
