@@ -2,11 +2,9 @@
 //! that send their frees to the checked path.
 //!
 //! A sampled small block is an ordinary block of its slab. Its page's fast-path code (see
-//! `segment`) is set to 0 while any sampled block starts on that page, so `free` of any block
-//! there takes the checked path, which asks this table whether the block is sampled. The
-//! record is found in O(1) (open addressing by address), and the block costs no page of its own.
-//! A sampled page's other blocks pay the checked path while the sample lives; at the default
-//! interval that is a few pages in thousands.
+//! `segment`) gets the `MARKED` bit while any sampled block starts on that page, so `free` of
+//! any block there leaves the fast path, and asks whether the block is sampled. The record is
+//! found in O(1) (open addressing by address), and the block costs no page of its own.
 //!
 //! Everything about a page happens under one lock, also the lookups of the checked path, and
 //! also the page's mark: it is set by the first sample on the page and cleared by the last
@@ -17,14 +15,16 @@
 //! [`CAPACITY`]` / SHARDS` live blocks; past that, or when memory cannot be mapped, [`insert`]
 //! fails and the caller serves the sample from pages of its own, as for large blocks.
 //!
-//! Most frees that reach [`take`] are of a marked page's other blocks, which are not sampled.
-//! A count of live sampled blocks by hash of their address ([`FILTER`]), read without a lock,
-//! turns them away before the shard's lock: a block whose count is 0 is not sampled. The count
-//! of a sampled block is raised before the block is handed out, so its own `free` (which the
-//! program can only make after it got the block) always sees it.
+//! Most frees on a marked page are of its other blocks, which are not sampled, and they were
+//! most of a small sample's cost. A count of live sampled blocks by hash of their address
+//! ([`FILTER`], see [`counted`]), read without a lock, turns them away: a block whose count is
+//! 0 is not sampled, and `free` puts it in the thread cache, its class read from the marked
+//! code. The count of a sampled block is raised before the block is handed out, so its own
+//! `free` (which the program can only make after it got the block) always sees it.
 
 use super::segment::{SampleRecord, Segment};
 use crate::base::open_table::{Keyed, OpenTable};
+use crate::base::size_class::MARKED;
 use crate::platform::lock::{Locked, Padded, SpinLock};
 use crate::platform::os::PAGE_SHIFT;
 use core::sync::atomic::{AtomicU16, Ordering};
@@ -60,6 +60,13 @@ fn filter_add(p: usize, d: u16) {
         slot.load(Ordering::Relaxed).wrapping_add(d),
         Ordering::Relaxed,
     );
+}
+
+/// Whether the filter counts a live sampled block at `p`'s hash; false: `p` is not sampled.
+/// Without a lock, for `free` of a block on a marked page.
+#[inline]
+pub fn counted(p: *mut u8) -> bool {
+    filter_slot(p as usize).load(Ordering::Relaxed) != 0
 }
 
 /// One block's entry: its address (0: empty) and its record.
@@ -168,7 +175,7 @@ pub unsafe fn insert(p: *mut u8, record: SampleRecord, code: u8) -> bool {
     if !marked {
         let (seg, index) = page_of(p);
         // SAFETY: the page holds a live block of a live slab; marks change under this lock.
-        unsafe { Segment::set_fast_class(seg, index, 1, 0) };
+        unsafe { Segment::set_fast_class(seg, index, 1, code | MARKED as u8) };
     }
     true
 }
@@ -195,22 +202,16 @@ fn release_page(t: &mut Tables, page: usize) {
 /// # Safety
 /// `p` must be a live block of a slab, owned by the caller (being freed).
 pub unsafe fn take(p: *mut u8) -> Option<SampleRecord> {
-    let p = p as usize;
-    if filter_slot(p).load(Ordering::Relaxed) == 0 {
+    if !counted(p) {
         return None;
     }
+    let p = p as usize;
     let page = page_start(p);
     let mut t = shard(page).lock();
     let record = t.blocks.remove(p)?.record;
     filter_add(p, u16::MAX);
     release_page(&mut t, page);
     Some(record)
-}
-
-/// Whether the filter counts a live sampled block at `p`'s hash (false: `p` is not sampled).
-#[cfg(test)]
-pub fn counted(p: *mut u8) -> bool {
-    filter_slot(p as usize).load(Ordering::Relaxed) != 0
 }
 
 /// The record of `p` if it is a sampled block recorded here.

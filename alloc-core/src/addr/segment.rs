@@ -165,7 +165,10 @@ pub struct Segment {
     pub hp_free: [u16; HUGE_PAGES_PER_SEGMENT],
     /// For every page, `free`'s fast-path code: class + 1 on every page of a slab and on the
     /// first page of an unsampled large block of a cached class, 0 everywhere else (free pages,
-    /// the header, sampled and uncached blocks), which sends `free` to its checked path.
+    /// the header, sampled and uncached blocks), which sends `free` to its checked path. A slab
+    /// page where a sampled block starts has `MARKED` added (`size_class::MARKED`): `free`'s
+    /// fast path refuses it too, and its checked path sends the page's unsampled blocks to
+    /// the thread cache without the descriptors (see `api::free`).
     pub fast_class: [u8; PAGES_PER_SEGMENT],
     /// For every page, the first page of the span covering it.
     pub page_head: [u16; PAGES_PER_SEGMENT],
@@ -488,7 +491,8 @@ mod tests {
                     assert_eq!(code, 0, "a sampled block has a fast-path code");
                     return class_of((*d).sample().bytes) + 1;
                 }
-                code
+                // A sampled small block on the page marks it: the class is in the low bits.
+                code & (crate::base::size_class::MARKED - 1)
             }
         };
         let small = malloc(5000);

@@ -9,8 +9,11 @@ use super::alloc::cache_or_init;
 use super::sampled::{forget_sample, free_sampled, huge_freeing, slab_freeing};
 use super::{misuse, Op};
 use crate::addr::registry;
+use crate::addr::sampled as addr_sampled;
 use crate::addr::segment::{self, kind, span_start, Location, Segment, SpanDesc, FLAG_SAMPLED};
-use crate::base::size_class::{class_of, is_small, CLASSES, NUM_CACHED, SMALL_MAX, STARTS_BY_CODE};
+use crate::base::size_class::{
+    class_of, is_small, CLASSES, MARKED, NUM_CACHED, SMALL_MAX, STARTS_BY_CODE,
+};
 use crate::platform::os::PAGE_SHIFT;
 use crate::pool::arena;
 use crate::pool::huge;
@@ -138,6 +141,14 @@ pub unsafe fn free_as(p: *mut u8, op: Op) {
                 }
             }
         }
+        // A slab page marked for a sampled block: its other blocks still go to the cache.
+        // SAFETY: `p` lies in a live segment with tag `tag`, `tc` is ours or null; otherwise
+        // the contract is forwarded.
+        if unsafe {
+            Segment::fast_class_at(p as usize) & MARKED != 0 && free_on_marked_page(p, tag, tc)
+        } {
+            return;
+        }
     }
     // SAFETY: forwarded contract.
     unsafe { free_checked(p, op) }
@@ -166,16 +177,59 @@ unsafe fn cached_block_class(p: *mut u8) -> Option<(usize, u64)> {
     }
 }
 
-/// Whether the page that `p` starts on has no fast-path code. For a block of a slab, whose
-/// pages all have codes otherwise, that is the mark of a sampled block on the page
-/// (`addr::sampled`).
+/// Whether the page that `p` starts on has no plain fast-path code (a class + 1). For a block
+/// of a slab, whose pages all have plain codes otherwise, that is the mark of a sampled block
+/// on the page (`addr::sampled`).
 ///
 /// # Safety
 /// `p` must lie in a live segment.
 #[inline(always)]
 unsafe fn page_marked(p: *mut u8) -> bool {
     // SAFETY: per the contract.
-    unsafe { Segment::fast_class_at(p as usize) == 0 }
+    unsafe { Segment::fast_class_at(p as usize).wrapping_sub(1) >= NUM_CACHED }
+}
+
+/// `free` of an unsampled block on a slab page marked for a sampled block (`addr::sampled`):
+/// the marked code still gives the class, so the block goes to the thread cache as on the
+/// fast path, without the descriptors or the sampled-blocks table. Most frees on a marked
+/// page are of such blocks. False, having done nothing, for anything else: a page with no
+/// mark, a pointer that does not start a block, a block the filter may count as sampled, a
+/// line-sharing block of another arena, a suspected double free, a full stack, no cache.
+///
+/// # Safety
+/// `p` must lie in a live segment whose map tag is `tag`, `tc` must be the caller's cache or
+/// null; otherwise as for [`free`].
+#[inline(never)]
+pub(super) unsafe fn free_on_marked_page(p: *mut u8, tag: u8, tc: *mut ThreadCache) -> bool {
+    let addr = p as usize;
+    if tc.is_null() {
+        return false;
+    }
+    let seg = Segment::of(addr);
+    let page = Segment::page_index(addr);
+    // SAFETY: `p` lies in a live segment (its tag) and `page` is in range; the code's low bits
+    // are below MARKED, in bounds of the table; `tc` is our own cache, and a small class's bin
+    // is in bounds.
+    unsafe {
+        let code = Segment::fast_class_of(seg, page);
+        if code & MARKED == 0 || addr_sampled::counted(p) {
+            return false;
+        }
+        let code = code & (MARKED - 1);
+        let start = seg as usize + (Segment::head_of(seg, page) << PAGE_SHIFT);
+        let entry = STARTS_BY_CODE.get_unchecked(code);
+        if !entry.accepts(addr.wrapping_sub(start))
+            || (tag ^ (*tc).arena_tag) as u64 & entry.subline != 0
+        {
+            return false;
+        }
+        let key = (*tc).free_key;
+        if p.cast::<u64>().read() == key || !(*tc).bins.get_unchecked(code - 1).try_push(p) {
+            return false;
+        }
+        p.cast::<u64>().write(key);
+        true
+    }
 }
 
 /// [`free_as`] of a block smaller than a cache line from another arena, already checked to

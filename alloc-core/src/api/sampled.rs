@@ -234,12 +234,13 @@ pub(super) fn forget_sample(record: SampleRecord, block: usize) {
 
 #[cfg(test)]
 mod tests {
+    use crate::addr::registry;
     use crate::addr::sampled as addr_sampled;
     use crate::addr::segment::{locate, Location, Segment, FLAG_SAMPLED};
     use crate::api::alloc::malloc;
-    use crate::api::free::{free, free_sized};
+    use crate::api::free::{free, free_on_marked_page, free_sized};
     use crate::base::config;
-    use crate::base::size_class::class_of;
+    use crate::base::size_class::{class_of, MARKED};
     use crate::platform::os::PAGE_SIZE;
 
     fn code_of_page(p: *mut u8) -> usize {
@@ -284,10 +285,39 @@ mod tests {
             assert_eq!(record.bytes, size);
             assert_eq!(
                 code_of_page(p as *mut u8),
-                0,
-                "a sampled block's page has a code"
+                MARKED | (class_of(size) + 1),
+                "a sampled block's page is not marked"
             );
         }
+        // A marked page's other blocks go to the thread cache from the marked code; a sampled
+        // block does not.
+        let marked_page = |p: usize| code_of_page(p as *mut u8) & MARKED != 0;
+        let neighbours: Vec<usize> = unsampled
+            .iter()
+            .copied()
+            .filter(|&p| marked_page(p) && !addr_sampled::counted(p as *mut u8))
+            .take(8)
+            .collect();
+        assert!(
+            !neighbours.is_empty(),
+            "no unsampled block on a marked page"
+        );
+        // SAFETY: live blocks of ours, each freed once; the sampled one is not freed here.
+        unsafe {
+            let (tag, tc) = (registry::segment_tag(sampled[0]), crate::thread::cache());
+            assert!(!free_on_marked_page(sampled[0] as *mut u8, tag, tc));
+            for &p in &neighbours {
+                let tag = registry::segment_tag(p);
+                assert!(
+                    free_on_marked_page(p as *mut u8, tag, tc),
+                    "{p:#x} took the checked path"
+                );
+            }
+        }
+        let unsampled: Vec<usize> = unsampled
+            .into_iter()
+            .filter(|p| !neighbours.contains(p))
+            .collect();
         // The sampled blocks go first, half from another thread, half by `free_sized`; the
         // others keep their slabs alive, so that each page's code can be checked.
         let (half, rest) = sampled.split_at(sampled.len() / 2);
