@@ -104,7 +104,6 @@ mod imp {
     use super::{UnwindStats, MAX_FRAMES};
     use core::mem::MaybeUninit;
     use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-    use framehop::x86_64::UnwindRegsX86_64;
     use framehop::FrameAddress;
 
     /// 0: not started; 1: running; 2: ready; 3: failed.
@@ -251,7 +250,7 @@ mod imp {
         };
         // Walked by hand rather than with framehop's iterator, because `Keep::Above` needs each
         // frame's stack pointer: `frame_regs` holds the registers of the frame `next` names.
-        let mut frame_regs = UnwindRegsX86_64::new(regs.pc, regs.sp, regs.bp);
+        let mut frame_regs = regs;
         let mut learn = Learn { snap, st, roomy };
         let mut depth = 0;
         let mut next = Some(FrameAddress::InstructionPointer(regs.pc));
@@ -268,7 +267,7 @@ mod imp {
         let mut unknown = false;
         while n < out.len() {
             let Some(f) = next else { break };
-            let frame_sp = frame_regs.sp();
+            let frame_sp = frame_regs.sp;
             let look = f.address_for_lookup();
             // The rule table knows each address's module too: no search of the snapshot.
             let Some(found) = rules::find(&mut learn, f, depth) else {
@@ -276,7 +275,9 @@ mod imp {
                 // stack cut short.
                 return (0, false);
             };
-            if check {
+            // A module that is never unloaded (the program, libc, ...) needs no check: most frames.
+            let never_unloaded = matches!(found.module(), Ok(Some(_))) && !found.validate();
+            if check && !never_unloaded {
                 let module = found.module().unwrap_or_else(|()| snap.find(look));
                 match module {
                     Some(i) => {

@@ -29,6 +29,7 @@
 
 use super::modules::{LeanCfi, Snapshot};
 use super::stack::{self, UnwindTls};
+use super::FrameRegs;
 use core::sync::atomic::{AtomicU64, Ordering};
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64};
 use framehop::{FrameAddress, Unwinder};
@@ -265,13 +266,14 @@ pub(super) enum Step {
 }
 
 /// Steps `regs` (of the frame at `f`, whose rule is `found`) to its caller's, like framehop's
-/// `unwind_frame`, reading the stack with `read`.
+/// `unwind_frame`, reading the stack with `read`. Plain registers rather than framehop's
+/// register set, which is built only for the frames framehop steps itself.
 #[inline(always)]
 pub(super) fn step<F>(
     found: Found,
     learn: &mut Learn<'_>,
     f: FrameAddress,
-    regs: &mut UnwindRegsX86_64,
+    regs: &mut FrameRegs,
     read: &mut F,
 ) -> Step
 where
@@ -284,10 +286,17 @@ where
             let Some(cache) = learn.framehop() else {
                 return Step::Unknown;
             };
-            snap.unwinder
-                .unwind_frame(f, regs, cache, read)
+            let mut r = UnwindRegsX86_64::new(regs.pc, regs.sp, regs.bp);
+            let ra = snap
+                .unwinder
+                .unwind_frame(f, &mut r, cache, read)
                 .ok()
-                .flatten()
+                .flatten();
+            (regs.sp, regs.bp) = (r.sp(), r.bp());
+            if let Some(ra) = ra {
+                regs.pc = ra;
+            }
+            ra
         }
         Rule::Step {
             from_bp,
@@ -304,13 +313,13 @@ fn apply<F>(
     from_bp: bool,
     offset: u32,
     bp_at: Option<i32>,
-    regs: &mut UnwindRegsX86_64,
+    regs: &mut FrameRegs,
     read: &mut F,
 ) -> Option<u64>
 where
     F: FnMut(u64) -> Result<u64, ()>,
 {
-    let (sp, bp) = (regs.sp(), regs.bp());
+    let (sp, bp) = (regs.sp, regs.bp);
     // framehop's frame-pointer rule: a zero `rbp` ends the stack.
     if from_bp && bp == 0 {
         return None;
@@ -327,9 +336,11 @@ where
     if ra == 0 {
         return None;
     }
-    regs.set_ip(ra);
-    regs.set_sp(cfa);
-    regs.set_bp(new_bp);
+    *regs = FrameRegs {
+        pc: ra,
+        sp: cfa,
+        bp: new_bp,
+    };
     Some(ra)
 }
 
