@@ -127,16 +127,16 @@ pub unsafe fn free_as(p: *mut u8, op: Op) {
     if tag != 0 {
         let tc = thread::cache();
         // SAFETY: `p` lies in a live segment.
-        let class = unsafe { cached_block_class(p) };
+        let code = unsafe { Segment::fast_class_at(p as usize) };
+        // SAFETY: as above; codes are below 2 × MARKED.
+        let class = unsafe { block_of_code(p, code) };
         if let (Some((class, subline)), false) = (class, tc.is_null()) {
             // SAFETY: our own cache; `p` starts a live-or-cached block of cached `class`.
             unsafe {
                 if (tag ^ (*tc).arena_tag) as u64 & subline != 0 {
                     return free_foreign(tc, p, class, tag, op);
                 }
-                let key = (*tc).free_key;
-                if p.cast::<u64>().read() != key && (*tc).bins.get_unchecked(class).try_push(p) {
-                    p.cast::<u64>().write(key);
+                if push_to_cache(tc, p, class) {
                     return;
                 }
             }
@@ -144,9 +144,7 @@ pub unsafe fn free_as(p: *mut u8, op: Op) {
         // A slab page marked for a sampled block: its other blocks still go to the cache.
         // SAFETY: `p` lies in a live segment with tag `tag`, `tc` is ours or null; otherwise
         // the contract is forwarded.
-        if unsafe {
-            Segment::fast_class_at(p as usize) & MARKED != 0 && free_on_marked_page(p, tag, tc)
-        } {
+        if code & MARKED != 0 && unsafe { free_on_marked_page(p, code, tag, tc) } {
             return;
         }
     }
@@ -154,26 +152,44 @@ pub unsafe fn free_as(p: *mut u8, op: Op) {
     unsafe { free_checked(p, op) }
 }
 
-/// The class of the block starting at `p`, a pointer into a live segment, if the page's
-/// fast-path code says it is a block of a cached class and `p` is where one starts; with the
-/// class's `subline` mask (see [`STARTS_BY_CODE`]).
+/// The class of the block starting at `p`, a pointer into a live segment, if `code` (its
+/// page's fast-path code, or a marked code's class bits) is a cached class's and `p` is where
+/// one of its blocks starts; with the class's `subline` mask (see [`STARTS_BY_CODE`]).
 ///
 /// # Safety
-/// `p` must lie in a live segment.
+/// `p` must lie in a live segment and `code` be below `2 * MARKED`.
 #[inline(always)]
-unsafe fn cached_block_class(p: *mut u8) -> Option<(usize, u64)> {
+unsafe fn block_of_code(p: *mut u8, code: usize) -> Option<(usize, u64)> {
     let addr = p as usize;
     let seg = Segment::of(addr);
     let page = Segment::page_index(addr);
-    // SAFETY: `seg` is a live segment and `page` is in range; codes are at most NUM_CACHED.
+    // SAFETY: `seg` is a live segment and `page` is in range; `code` is within the table.
     // A page without a code has a `page_head` too (any value): code 0 accepts no offset.
     unsafe {
-        let code = Segment::fast_class_of(seg, page);
         let start = seg as usize + (Segment::head_of(seg, page) << PAGE_SHIFT);
         let entry = STARTS_BY_CODE.get_unchecked(code);
         entry
             .accepts(addr.wrapping_sub(start))
             .then(|| (code - 1, entry.subline))
+    }
+}
+
+/// Pushes `p`, a block of cached class `class`, on the cache `tc` and writes the free key into
+/// it; false, having done nothing, when its first word holds the key already (a double free is
+/// suspected) or the stack is full.
+///
+/// # Safety
+/// `tc` must be the caller's cache and `p` start a block of `class` the caller frees.
+#[inline(always)]
+unsafe fn push_to_cache(tc: *mut ThreadCache, p: *mut u8, class: usize) -> bool {
+    // SAFETY: per the contract; a cached class's bin is in bounds.
+    unsafe {
+        let key = (*tc).free_key;
+        if p.cast::<u64>().read() == key || !(*tc).bins.get_unchecked(class).try_push(p) {
+            return false;
+        }
+        p.cast::<u64>().write(key);
+        true
     }
 }
 
@@ -197,38 +213,26 @@ unsafe fn page_marked(p: *mut u8) -> bool {
 /// line-sharing block of another arena, a suspected double free, a full stack, no cache.
 ///
 /// # Safety
-/// `p` must lie in a live segment whose map tag is `tag`, `tc` must be the caller's cache or
-/// null; otherwise as for [`free`].
+/// `p` must lie in a live segment whose map tag is `tag` and whose fast-path code for `p`'s
+/// page is `code`; `tc` must be the caller's cache or null; otherwise as for [`free`].
 #[inline(never)]
-pub(super) unsafe fn free_on_marked_page(p: *mut u8, tag: u8, tc: *mut ThreadCache) -> bool {
-    let addr = p as usize;
-    if tc.is_null() {
+pub(super) unsafe fn free_on_marked_page(
+    p: *mut u8,
+    code: usize,
+    tag: u8,
+    tc: *mut ThreadCache,
+) -> bool {
+    if tc.is_null() || code & MARKED == 0 || addr_sampled::counted(p) {
         return false;
     }
-    let seg = Segment::of(addr);
-    let page = Segment::page_index(addr);
-    // SAFETY: `p` lies in a live segment (its tag) and `page` is in range; the code's low bits
-    // are below MARKED, in bounds of the table; `tc` is our own cache, and a small class's bin
-    // is in bounds.
+    // SAFETY: per the contract; the class bits are below MARKED, in the table; `tc` is ours.
     unsafe {
-        let code = Segment::fast_class_of(seg, page);
-        if code & MARKED == 0 || addr_sampled::counted(p) {
-            return false;
+        match block_of_code(p, code & (MARKED - 1)) {
+            Some((class, subline)) if (tag ^ (*tc).arena_tag) as u64 & subline == 0 => {
+                push_to_cache(tc, p, class)
+            }
+            _ => false,
         }
-        let code = code & (MARKED - 1);
-        let start = seg as usize + (Segment::head_of(seg, page) << PAGE_SHIFT);
-        let entry = STARTS_BY_CODE.get_unchecked(code);
-        if !entry.accepts(addr.wrapping_sub(start))
-            || (tag ^ (*tc).arena_tag) as u64 & entry.subline != 0
-        {
-            return false;
-        }
-        let key = (*tc).free_key;
-        if p.cast::<u64>().read() == key || !(*tc).bins.get_unchecked(code - 1).try_push(p) {
-            return false;
-        }
-        p.cast::<u64>().write(key);
-        true
     }
 }
 

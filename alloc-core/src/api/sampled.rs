@@ -304,14 +304,14 @@ mod tests {
         );
         // SAFETY: live blocks of ours, each freed once; the sampled one is not freed here.
         unsafe {
-            let (tag, tc) = (registry::segment_tag(sampled[0]), crate::thread::cache());
-            assert!(!free_on_marked_page(sampled[0] as *mut u8, tag, tc));
+            let tc = crate::thread::cache();
+            let marked_free = |p: usize| {
+                let (code, tag) = (code_of_page(p as *mut u8), registry::segment_tag(p));
+                free_on_marked_page(p as *mut u8, code, tag, tc)
+            };
+            assert!(!marked_free(sampled[0]));
             for &p in &neighbours {
-                let tag = registry::segment_tag(p);
-                assert!(
-                    free_on_marked_page(p as *mut u8, tag, tc),
-                    "{p:#x} took the checked path"
-                );
+                assert!(marked_free(p), "{p:#x} took the checked path");
             }
         }
         let unsampled: Vec<usize> = unsampled

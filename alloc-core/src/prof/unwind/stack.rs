@@ -129,16 +129,30 @@ static NEXT_LANE: AtomicU32 = AtomicU32::new(0);
 /// The calling thread's lane (below [`LANES`]), handed out round-robin at its first call.
 #[inline]
 pub fn lane() -> usize {
-    // SAFETY: the calling thread's own block; nothing else of this thread holds a reference to
-    // it outside a capture, and the profiler asks for the lane after its capture returned.
-    lane_of(unsafe { &mut *state() })
+    let st = state();
+    // SAFETY: the calling thread's own block, one byte read (and, at the thread's first call,
+    // written) through the pointer: no reference is made, so a capture this call interrupts
+    // (a free in a signal handler) keeps its own, and a capture gives its thread a lane
+    // before anything else, so such a call only reads.
+    unsafe {
+        let lane = core::ptr::addr_of_mut!((*st).lane);
+        if *lane == 0 {
+            *lane = next_lane();
+        }
+        *lane as usize - 1
+    }
+}
+
+/// A lane for a thread that has none, plus one (0 is "none").
+fn next_lane() -> u8 {
+    (NEXT_LANE.fetch_add(1, Ordering::Relaxed) as usize % LANES) as u8 + 1
 }
 
 /// [`lane`], for a capture that holds the thread's block.
 #[inline]
 pub(super) fn lane_of(st: &mut UnwindTls) -> usize {
     if st.lane == 0 {
-        st.lane = (NEXT_LANE.fetch_add(1, Ordering::Relaxed) as usize % LANES) as u8 + 1;
+        st.lane = next_lane();
     }
     st.lane as usize - 1
 }
