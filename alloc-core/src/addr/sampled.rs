@@ -11,7 +11,7 @@
 //! one's free, so marking and clearing must not interleave. The tables are
 //! `base::open_table`s. Pages are spread over [`SHARDS`]
 //! shards, each with its own lock and tables: with one lock, two threads sampling and freeing
-//! contended for it. A shard's tables grow by doubling, from 256 slots up to
+//! contended for it. A shard's tables grow by doubling, from a page of slots up to
 //! [`CAPACITY`]` / SHARDS` live blocks; past that, or when memory cannot be mapped, [`insert`]
 //! fails and the caller serves the sample from pages of its own, as for large blocks.
 //!

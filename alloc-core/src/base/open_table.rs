@@ -22,8 +22,18 @@ pub struct OpenTable<S: Keyed> {
     live: usize,
 }
 
-/// Slots when the table is first needed.
-const FIRST_SLOTS: usize = 256;
+/// Slots when the table is first needed: as many as fill one page (at least 16), since a
+/// mapping takes whole pages anyway and a page only its first touch faults in. Most programs
+/// keep a few sampled blocks live per table: a bigger start would touch more pages, every
+/// table of every profiled program.
+const fn first_slots(slot: usize) -> usize {
+    let fit = os::PAGE_SIZE / slot;
+    if fit < 16 {
+        16
+    } else {
+        1 << fit.ilog2()
+    }
+}
 
 impl<S: Keyed> OpenTable<S> {
     /// An empty table; it maps memory at its first insert.
@@ -150,7 +160,7 @@ impl<S: Keyed> OpenTable<S> {
     /// Doubles the table (or maps its first slots). False when memory cannot be mapped.
     fn grow(&mut self) -> bool {
         let new_len = if self.len == 0 {
-            FIRST_SLOTS
+            first_slots(core::mem::size_of::<S>())
         } else {
             self.len * 2
         };
@@ -218,6 +228,17 @@ mod tests {
         }
         assert_eq!(t.live(), keys.len() / 3);
         assert!(t.remove(keys[0]).is_none(), "removed once");
+    }
+
+    #[test]
+    fn the_first_slots_fill_one_page() {
+        assert_eq!(first_slots(16), 256);
+        assert_eq!(first_slots(32), 128);
+        assert_eq!(first_slots(24), 128);
+        assert_eq!(first_slots(4096), 16);
+        let mut t: OpenTable<Key> = OpenTable::new();
+        assert!(t.insert(Key(1 << 4, 1), usize::MAX));
+        assert_eq!(t.len * core::mem::size_of::<Key>(), os::PAGE_SIZE);
     }
 
     #[test]

@@ -93,6 +93,8 @@ pub struct UnwindStats {
     pub snapshots_freed: u64,
     /// Modules in the current snapshot.
     pub modules: usize,
+    /// Bytes of unwind tables the current snapshot holds as copies (see `modules`).
+    pub copied_bytes: usize,
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -332,13 +334,17 @@ mod imp {
     }
 
     pub(super) fn stats() -> UnwindStats {
-        let modules = Hold::acquire(0).map_or(0, |h| h.snapshot().mods.len());
+        let (modules, copied_bytes) = Hold::acquire(0).map_or((0, 0), |h| {
+            let snap = h.snapshot();
+            (snap.mods.len(), snap.copied_bytes())
+        });
         UnwindStats {
             captures: modules::captures(),
             skipped: SKIPPED.load(Ordering::Relaxed),
             refreshes: modules::REFRESHES.load(Ordering::Relaxed),
             snapshots_freed: modules::FREED.load(Ordering::Relaxed),
             modules,
+            copied_bytes,
         }
     }
 }

@@ -500,3 +500,26 @@ fn chain_to<T>(depth: u32, f: fn() -> T) -> T {
         black_box(chain_to(black_box(depth - 1), f))
     }
 }
+
+/// The unwind tables of code that is never unmapped (libc, the dynamic loader, the module
+/// holding the allocator) are read in place; those of other libraries (libgcc_s here) are
+/// copied, and the stats count the copies.
+#[test]
+fn unwind_tables_of_code_never_unmapped_are_read_in_place() {
+    assert!(init());
+    let hold = modules::Hold::acquire(0).expect("a module snapshot");
+    let snap = hold.snapshot();
+    let libc = libc::getpid as unsafe extern "C" fn() -> libc::pid_t as usize as u64;
+    let own = capture as fn(&mut [usize], usize) -> usize as usize as u64;
+    // SAFETY: getauxval only reads the auxiliary vector.
+    let loader = unsafe { libc::getauxval(libc::AT_BASE) } as u64;
+    assert_ne!(loader, 0, "a dynamically linked test binary has a loader");
+    assert_eq!(snap.copied_for(libc), Some(0), "libc's tables were copied");
+    assert_eq!(snap.copied_for(own), Some(0), "the allocator's were copied");
+    assert_eq!(snap.copied_for(loader), Some(0), "the loader's were copied");
+    let gcc = _Unwind_Backtrace as unsafe extern "C" fn(TraceFn, *mut libc::c_void) -> libc::c_int
+        as usize as u64;
+    let copied = snap.copied_for(gcc).expect("libgcc_s is a module");
+    assert!(copied > 1024, "libgcc_s's tables: {copied} bytes copied");
+    assert!(stats().copied_bytes >= copied);
+}
