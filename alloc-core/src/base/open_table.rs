@@ -15,17 +15,23 @@ pub trait Keyed: Copy {
 }
 
 /// The table. `S` must be valid when all zeroes (fresh mapped memory is empty slots).
-pub struct OpenTable<S: Keyed> {
-    slots: *mut S,
+///
+/// Its first `SEED` slots (a power of two, or 0) live inline, in the table itself: a table in
+/// a static then takes no mapping, and no page of its own, until it outgrows them. The
+/// sampled-blocks tables are 32 such statics, and a small program keeps a few sampled blocks
+/// live in each: with a mapped page each, profiling cost it 32 page faults more.
+pub struct OpenTable<S: Keyed, const SEED: usize = 0> {
+    seed: [S; SEED],
+    /// The mapped slots once the table outgrew its seed (null before).
+    mapped: *mut S,
     /// A power of two, or 0 before the first insert.
     len: usize,
     live: usize,
 }
 
-/// Slots when the table is first needed: as many as fill one page (at least 16), since a
-/// mapping takes whole pages anyway and a page only its first touch faults in. Most programs
-/// keep a few sampled blocks live per table: a bigger start would touch more pages, every
-/// table of every profiled program.
+/// Slots of the first mapping: as many as fill one page (at least 16), since a mapping takes
+/// whole pages anyway and only a page's first touch faults it in. A bigger start would touch
+/// more pages in every table of every profiled program.
 const fn first_slots(slot: usize) -> usize {
     let fit = os::PAGE_SIZE / slot;
     if fit < 16 {
@@ -35,13 +41,37 @@ const fn first_slots(slot: usize) -> usize {
     }
 }
 
-impl<S: Keyed> OpenTable<S> {
-    /// An empty table; it maps memory at its first insert.
+impl<S: Keyed, const SEED: usize> OpenTable<S, SEED> {
+    const SEED_IS_A_POWER_OF_TWO: () = assert!(SEED == 0 || SEED.is_power_of_two());
+
+    /// An empty table; it uses its seed, or maps memory, at its first insert.
     pub const fn new() -> Self {
+        #[allow(clippy::let_unit_value)]
+        let () = Self::SEED_IS_A_POWER_OF_TWO;
         OpenTable {
-            slots: ptr::null_mut(),
+            // SAFETY: `S` is valid when all zeroes (the type's contract): empty slots.
+            seed: unsafe { core::mem::zeroed() },
+            mapped: ptr::null_mut(),
             len: 0,
             live: 0,
+        }
+    }
+
+    /// The slots, for reading.
+    fn slots(&self) -> *const S {
+        if self.mapped.is_null() {
+            self.seed.as_ptr()
+        } else {
+            self.mapped
+        }
+    }
+
+    /// The slots, for writing.
+    fn slots_mut(&mut self) -> *mut S {
+        if self.mapped.is_null() {
+            self.seed.as_mut_ptr()
+        } else {
+            self.mapped
         }
     }
 
@@ -54,8 +84,8 @@ impl<S: Keyed> OpenTable<S> {
     /// end. For a walk over every entry while the table does not change.
     pub fn next_from(&self, cursor: usize) -> Option<(usize, S)> {
         (cursor..self.len)
-            // SAFETY: `i < len`, the mapped, initialised slots.
-            .map(|i| (i + 1, unsafe { *self.slots.add(i) }))
+            // SAFETY: `i < len`, the initialised slots.
+            .map(|i| (i + 1, unsafe { *self.slots().add(i) }))
             .find(|(_, s)| s.key() != 0)
     }
 
@@ -71,8 +101,8 @@ impl<S: Keyed> OpenTable<S> {
         }
         let mut i = self.home(key);
         loop {
-            // SAFETY: `i < len`, the mapped length; slots are initialised (zero is empty).
-            let k = unsafe { (*self.slots.add(i)).key() };
+            // SAFETY: `i < len`, the slots' length; they are initialised (zero is empty).
+            let k = unsafe { (*self.slots().add(i)).key() };
             if k == key {
                 return Some(i);
             }
@@ -87,13 +117,14 @@ impl<S: Keyed> OpenTable<S> {
     #[cfg(test)]
     pub fn get(&self, key: usize) -> Option<S> {
         // SAFETY: `find` returns an index below `len`.
-        self.find(key).map(|i| unsafe { *self.slots.add(i) })
+        self.find(key).map(|i| unsafe { *self.slots().add(i) })
     }
 
     /// The entry with key `key`, if any, to change in place (not its key).
     pub fn get_mut(&mut self, key: usize) -> Option<&mut S> {
+        let i = self.find(key)?;
         // SAFETY: as above; the table is borrowed mutably.
-        self.find(key).map(|i| unsafe { &mut *self.slots.add(i) })
+        Some(unsafe { &mut *self.slots_mut().add(i) })
     }
 
     /// Inserts `slot`, replacing the entry with the same key if there is one. False when the
@@ -107,12 +138,13 @@ impl<S: Keyed> OpenTable<S> {
             return false;
         }
         let mut i = self.home(slot.key());
+        let slots = self.slots_mut();
         // SAFETY: the table is at most half full, so an empty slot exists; indexes in bounds.
         unsafe {
-            while (*self.slots.add(i)).key() != 0 {
+            while (*slots.add(i)).key() != 0 {
                 i = (i + 1) & (self.len - 1);
             }
-            self.slots.add(i).write(slot);
+            slots.add(i).write(slot);
         }
         self.live += 1;
         true
@@ -122,7 +154,7 @@ impl<S: Keyed> OpenTable<S> {
     pub fn remove(&mut self, key: usize) -> Option<S> {
         let i = self.find(key)?;
         // SAFETY: `find` returns an index below `len`.
-        let found = unsafe { *self.slots.add(i) };
+        let found = unsafe { *self.slots().add(i) };
         self.remove_at(i);
         Some(found)
     }
@@ -131,12 +163,13 @@ impl<S: Keyed> OpenTable<S> {
     /// could no longer be reached past the hole.
     fn remove_at(&mut self, mut i: usize) {
         let mask = self.len - 1;
+        let slots = self.slots_mut();
         let mut j = i;
         // SAFETY: every index is masked into bounds.
         unsafe {
             loop {
                 j = (j + 1) & mask;
-                let s = *self.slots.add(j);
+                let s = *slots.add(j);
                 if s.key() == 0 {
                     break;
                 }
@@ -148,50 +181,58 @@ impl<S: Keyed> OpenTable<S> {
                     i < home || home <= j
                 };
                 if !stays {
-                    self.slots.add(i).write(s);
+                    slots.add(i).write(s);
                     i = j;
                 }
             }
-            ptr::write_bytes(self.slots.add(i), 0, 1);
+            ptr::write_bytes(slots.add(i), 0, 1);
         }
         self.live -= 1;
     }
 
-    /// Doubles the table (or maps its first slots). False when memory cannot be mapped.
+    /// Doubles the table: into its seed at the first insert, else into a fresh mapping. False
+    /// when memory cannot be mapped.
     fn grow(&mut self) -> bool {
-        let new_len = if self.len == 0 {
-            first_slots(core::mem::size_of::<S>())
-        } else {
-            self.len * 2
-        };
+        if self.len == 0 && SEED > 0 {
+            self.len = SEED;
+            return true;
+        }
+        let new_len = (self.len * 2).max(first_slots(core::mem::size_of::<S>()));
         let fresh = os::map(new_len * core::mem::size_of::<S>()).cast::<S>();
         if fresh.is_null() {
             return false;
         }
-        let (old, old_len) = (self.slots, self.len);
-        self.slots = fresh;
+        let (old_len, old_mapped) = (self.len, self.mapped);
+        self.mapped = fresh;
         self.len = new_len;
         self.live = 0;
+        if old_mapped.is_null() {
+            // A copy: the inserts below borrow the whole table.
+            let seed = self.seed;
+            for s in seed.iter().take(old_len).filter(|s| s.key() != 0) {
+                self.insert(*s, usize::MAX);
+            }
+            return true;
+        }
         for i in 0..old_len {
-            // SAFETY: `old` held `old_len` initialised slots; fresh memory reads as empty.
-            let s = unsafe { *old.add(i) };
+            // SAFETY: the old mapping held `old_len` initialised slots; fresh memory reads as
+            // empty.
+            let s = unsafe { *old_mapped.add(i) };
             if s.key() != 0 {
                 self.insert(s, usize::MAX);
             }
         }
-        if !old.is_null() {
-            // SAFETY: the old slots were mapped with this size and are no longer referenced.
-            unsafe { os::unmap(old.cast(), old_len * core::mem::size_of::<S>()) };
-        }
+        // SAFETY: the old slots were mapped with this size and are no longer referenced.
+        unsafe { os::unmap(old_mapped.cast(), old_len * core::mem::size_of::<S>()) };
         true
     }
 }
 
-impl<S: Keyed> Drop for OpenTable<S> {
+impl<S: Keyed, const SEED: usize> Drop for OpenTable<S, SEED> {
     fn drop(&mut self) {
-        if !self.slots.is_null() {
+        if !self.mapped.is_null() {
             // SAFETY: mapped by `grow` with this size; nothing refers to it any more.
-            unsafe { os::unmap(self.slots.cast(), self.len * core::mem::size_of::<S>()) };
+            unsafe { os::unmap(self.mapped.cast(), self.len * core::mem::size_of::<S>()) };
         }
     }
 }
@@ -239,6 +280,29 @@ mod tests {
         let mut t: OpenTable<Key> = OpenTable::new();
         assert!(t.insert(Key(1 << 4, 1), usize::MAX));
         assert_eq!(t.len * core::mem::size_of::<Key>(), os::PAGE_SIZE);
+    }
+
+    /// A seeded table keeps its first entries inline, maps nothing until it outgrows them, and
+    /// then keeps every entry.
+    #[test]
+    fn a_seeded_table_maps_memory_only_past_its_seed() {
+        let mut t: OpenTable<Key, 16> = OpenTable::new();
+        for k in 1..=8usize {
+            assert!(t.insert(Key(k << 12, k), usize::MAX));
+        }
+        assert!(t.mapped.is_null() && t.len == 16, "8 entries fit the seed");
+        assert_eq!(t.remove(3 << 12).map(|s| s.1), Some(3));
+        assert!(t.insert(Key(3 << 12, 33), usize::MAX));
+        assert!(t.insert(Key(9 << 12, 9), usize::MAX));
+        assert!(
+            !t.mapped.is_null() && t.len == 256,
+            "the ninth maps a page of slots"
+        );
+        for k in 1..=9usize {
+            let want = if k == 3 { 33 } else { k };
+            assert_eq!(t.get(k << 12).map(|s| s.1), Some(want), "key {k}");
+        }
+        assert_eq!(t.live(), 9);
     }
 
     #[test]
