@@ -11,8 +11,8 @@
 //! one's free, so marking and clearing must not interleave. The tables are
 //! `base::open_table`s. Pages are spread over [`SHARDS`]
 //! shards, each with its own lock and tables: with one lock, two threads sampling and freeing
-//! contended for it. A shard's tables grow by doubling, from slots of their own to a page of
-//! them and up to
+//! contended for it. A shard's tables grow by doubling, from a seed of [`SEED_SLOTS`] to a page
+//! of slots and up to
 //! [`CAPACITY`]` / SHARDS` live blocks; past that, or when memory cannot be mapped, [`insert`]
 //! fails and the caller serves the sample from pages of its own, as for large blocks.
 //!
@@ -100,8 +100,8 @@ impl Keyed for PageSlot {
     }
 }
 
-/// Entries a shard's tables keep inline (see `OpenTable`): half of them may be used, so a
-/// program with up to 8 live sampled blocks in a shard maps no memory for it.
+/// Slots of a shard's tables' seeds (see `OpenTable`): half of them may be used, so a program
+/// with up to 8 live sampled blocks in a shard maps no memory for it.
 const SEED_SLOTS: usize = 16;
 
 struct Tables {

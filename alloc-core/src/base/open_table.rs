@@ -1,11 +1,13 @@
 //! An address-keyed hash table for the bookkeeping done under a lock: open addressing with
 //! linear probing, at most half full, and backward-shift deletion (no tombstones, so lookups
 //! stay short however many entries come and go). Its memory is mapped from the kernel and
-//! given back when it grows, never taken from the allocator. The profiler's peek set and the
+//! given back when it grows (a seeded table's first slots come from the metadata allocator),
+//! never taken from the allocator. The profiler's peek set and the
 //! sampled small blocks' records (`addr::sampled`) are such tables.
 //!
 //! The table is not synchronised: its owner keeps it behind a lock.
 
+use crate::base::meta;
 use crate::platform::os;
 use core::ptr;
 
@@ -16,14 +18,13 @@ pub trait Keyed: Copy {
 
 /// The table. `S` must be valid when all zeroes (fresh mapped memory is empty slots).
 ///
-/// Its first `SEED` slots (a power of two, or 0) live inline, in the table itself: a table in
-/// a static then takes no mapping, and no page of its own, until it outgrows them. The
-/// sampled-blocks tables are 32 such statics, and a small program keeps a few sampled blocks
-/// live in each: with a mapped page each, profiling cost it 32 page faults more.
+/// Its first `SEED` slots (a power of two, or 0) come from the metadata allocator, which packs
+/// them beside other small metadata instead of mapping a page for each; later, bigger slots
+/// are mapped (the seed, a few hundred bytes, is never given back). The sampled-blocks tables
+/// are 32 tables, and a small program keeps a few sampled blocks live in each: with a page
+/// mapped for each, profiling cost it 32 page faults more.
 pub struct OpenTable<S: Keyed, const SEED: usize = 0> {
-    seed: [S; SEED],
-    /// The mapped slots once the table outgrew its seed (null before).
-    mapped: *mut S,
+    slots: *mut S,
     /// A power of two, or 0 before the first insert.
     len: usize,
     live: usize,
@@ -44,35 +45,21 @@ const fn first_slots(slot: usize) -> usize {
 impl<S: Keyed, const SEED: usize> OpenTable<S, SEED> {
     const SEED_IS_A_POWER_OF_TWO: () = assert!(SEED == 0 || SEED.is_power_of_two());
 
-    /// An empty table; it uses its seed, or maps memory, at its first insert.
+    /// An empty table; it takes its seed, or maps memory, at its first insert.
     pub const fn new() -> Self {
         #[allow(clippy::let_unit_value)]
         let () = Self::SEED_IS_A_POWER_OF_TWO;
         OpenTable {
-            // SAFETY: `S` is valid when all zeroes (the type's contract): empty slots.
-            seed: unsafe { core::mem::zeroed() },
-            mapped: ptr::null_mut(),
+            slots: ptr::null_mut(),
             len: 0,
             live: 0,
         }
     }
 
-    /// The slots, for reading.
-    fn slots(&self) -> *const S {
-        if self.mapped.is_null() {
-            self.seed.as_ptr()
-        } else {
-            self.mapped
-        }
-    }
-
-    /// The slots, for writing.
-    fn slots_mut(&mut self) -> *mut S {
-        if self.mapped.is_null() {
-            self.seed.as_mut_ptr()
-        } else {
-            self.mapped
-        }
+    /// Whether the slots are the seed (metadata memory, not mapped): mappings are always
+    /// bigger.
+    fn seeded(&self) -> bool {
+        SEED > 0 && self.len == SEED
     }
 
     /// Entries held.
@@ -85,7 +72,7 @@ impl<S: Keyed, const SEED: usize> OpenTable<S, SEED> {
     pub fn next_from(&self, cursor: usize) -> Option<(usize, S)> {
         (cursor..self.len)
             // SAFETY: `i < len`, the initialised slots.
-            .map(|i| (i + 1, unsafe { *self.slots().add(i) }))
+            .map(|i| (i + 1, unsafe { *self.slots.add(i) }))
             .find(|(_, s)| s.key() != 0)
     }
 
@@ -102,7 +89,7 @@ impl<S: Keyed, const SEED: usize> OpenTable<S, SEED> {
         let mut i = self.home(key);
         loop {
             // SAFETY: `i < len`, the slots' length; they are initialised (zero is empty).
-            let k = unsafe { (*self.slots().add(i)).key() };
+            let k = unsafe { (*self.slots.add(i)).key() };
             if k == key {
                 return Some(i);
             }
@@ -117,14 +104,14 @@ impl<S: Keyed, const SEED: usize> OpenTable<S, SEED> {
     #[cfg(test)]
     pub fn get(&self, key: usize) -> Option<S> {
         // SAFETY: `find` returns an index below `len`.
-        self.find(key).map(|i| unsafe { *self.slots().add(i) })
+        self.find(key).map(|i| unsafe { *self.slots.add(i) })
     }
 
     /// The entry with key `key`, if any, to change in place (not its key).
     pub fn get_mut(&mut self, key: usize) -> Option<&mut S> {
         let i = self.find(key)?;
         // SAFETY: as above; the table is borrowed mutably.
-        Some(unsafe { &mut *self.slots_mut().add(i) })
+        Some(unsafe { &mut *self.slots.add(i) })
     }
 
     /// Inserts `slot`, replacing the entry with the same key if there is one. False when the
@@ -138,7 +125,7 @@ impl<S: Keyed, const SEED: usize> OpenTable<S, SEED> {
             return false;
         }
         let mut i = self.home(slot.key());
-        let slots = self.slots_mut();
+        let slots = self.slots;
         // SAFETY: the table is at most half full, so an empty slot exists; indexes in bounds.
         unsafe {
             while (*slots.add(i)).key() != 0 {
@@ -154,7 +141,7 @@ impl<S: Keyed, const SEED: usize> OpenTable<S, SEED> {
     pub fn remove(&mut self, key: usize) -> Option<S> {
         let i = self.find(key)?;
         // SAFETY: `find` returns an index below `len`.
-        let found = unsafe { *self.slots().add(i) };
+        let found = unsafe { *self.slots.add(i) };
         self.remove_at(i);
         Some(found)
     }
@@ -163,7 +150,7 @@ impl<S: Keyed, const SEED: usize> OpenTable<S, SEED> {
     /// could no longer be reached past the hole.
     fn remove_at(&mut self, mut i: usize) {
         let mask = self.len - 1;
-        let slots = self.slots_mut();
+        let slots = self.slots;
         let mut j = i;
         // SAFETY: every index is masked into bounds.
         unsafe {
@@ -190,49 +177,44 @@ impl<S: Keyed, const SEED: usize> OpenTable<S, SEED> {
         self.live -= 1;
     }
 
-    /// Doubles the table: into its seed at the first insert, else into a fresh mapping. False
-    /// when memory cannot be mapped.
+    /// Doubles the table (or takes its first slots: the seed, else a mapping). False when
+    /// memory cannot be had.
     fn grow(&mut self) -> bool {
+        let size = core::mem::size_of::<S>();
         if self.len == 0 && SEED > 0 {
-            self.len = SEED;
-            return true;
+            let seed = meta::alloc(SEED * size, core::mem::align_of::<S>()).cast::<S>();
+            if !seed.is_null() {
+                (self.slots, self.len) = (seed, SEED);
+                return true;
+            }
         }
-        let new_len = (self.len * 2).max(first_slots(core::mem::size_of::<S>()));
-        let fresh = os::map(new_len * core::mem::size_of::<S>()).cast::<S>();
+        let new_len = (self.len * 2).max(first_slots(size)).max(2 * SEED);
+        let fresh = os::map(new_len * size).cast::<S>();
         if fresh.is_null() {
             return false;
         }
-        let (old_len, old_mapped) = (self.len, self.mapped);
-        self.mapped = fresh;
-        self.len = new_len;
-        self.live = 0;
-        if old_mapped.is_null() {
-            // A copy: the inserts below borrow the whole table.
-            let seed = self.seed;
-            for s in seed.iter().take(old_len).filter(|s| s.key() != 0) {
-                self.insert(*s, usize::MAX);
-            }
-            return true;
-        }
+        let (old, old_len, old_seeded) = (self.slots, self.len, self.seeded());
+        (self.slots, self.len, self.live) = (fresh, new_len, 0);
         for i in 0..old_len {
-            // SAFETY: the old mapping held `old_len` initialised slots; fresh memory reads as
-            // empty.
-            let s = unsafe { *old_mapped.add(i) };
+            // SAFETY: `old` held `old_len` initialised slots; fresh memory reads as empty.
+            let s = unsafe { *old.add(i) };
             if s.key() != 0 {
                 self.insert(s, usize::MAX);
             }
         }
-        // SAFETY: the old slots were mapped with this size and are no longer referenced.
-        unsafe { os::unmap(old_mapped.cast(), old_len * core::mem::size_of::<S>()) };
+        if !old.is_null() && !old_seeded {
+            // SAFETY: the old slots were mapped with this size and are no longer referenced.
+            unsafe { os::unmap(old.cast(), old_len * size) };
+        }
         true
     }
 }
 
 impl<S: Keyed, const SEED: usize> Drop for OpenTable<S, SEED> {
     fn drop(&mut self) {
-        if !self.mapped.is_null() {
+        if !self.slots.is_null() && !self.seeded() {
             // SAFETY: mapped by `grow` with this size; nothing refers to it any more.
-            unsafe { os::unmap(self.mapped.cast(), self.len * core::mem::size_of::<S>()) };
+            unsafe { os::unmap(self.slots.cast(), self.len * core::mem::size_of::<S>()) };
         }
     }
 }
@@ -282,20 +264,20 @@ mod tests {
         assert_eq!(t.len * core::mem::size_of::<Key>(), os::PAGE_SIZE);
     }
 
-    /// A seeded table keeps its first entries inline, maps nothing until it outgrows them, and
-    /// then keeps every entry.
+    /// A seeded table keeps its first entries in its seed, maps nothing until it outgrows
+    /// them, and then keeps every entry.
     #[test]
     fn a_seeded_table_maps_memory_only_past_its_seed() {
         let mut t: OpenTable<Key, 16> = OpenTable::new();
         for k in 1..=8usize {
             assert!(t.insert(Key(k << 12, k), usize::MAX));
         }
-        assert!(t.mapped.is_null() && t.len == 16, "8 entries fit the seed");
+        assert!(t.seeded() && t.len == 16, "8 entries fit the seed");
         assert_eq!(t.remove(3 << 12).map(|s| s.1), Some(3));
         assert!(t.insert(Key(3 << 12, 33), usize::MAX));
         assert!(t.insert(Key(9 << 12, 9), usize::MAX));
         assert!(
-            !t.mapped.is_null() && t.len == 256,
+            !t.seeded() && t.len == 256,
             "the ninth maps a page of slots"
         );
         for k in 1..=9usize {
