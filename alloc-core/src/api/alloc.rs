@@ -46,7 +46,7 @@ pub fn malloc_fast(size: usize) -> *mut u8 {
                 // `class_of` of a small size is a small class: in bounds of the bins.
                 let bin = tc.bins.get_unchecked(class);
                 let top = bin.top.load(Relaxed);
-                if left >= 0 && top != bin.base {
+                if left >= 0 && top != bin.base() {
                     tc.bytes_until_event = left;
                     let top = top.sub(1);
                     bin.top.store(top, Relaxed);
@@ -142,7 +142,7 @@ pub(super) unsafe fn alloc_class(
         }
         let want = (bin.capacity() / 2).max(1);
         // SAFETY: the stack's storage holds `capacity` slots, all free (the stack is empty).
-        let slots = unsafe { core::slice::from_raw_parts_mut(bin.base, want) };
+        let slots = unsafe { core::slice::from_raw_parts_mut(bin.base(), want) };
         n = arena.fill_small(class, slots, false);
         if n == 0 {
             return ptr::null_mut();
@@ -150,7 +150,7 @@ pub(super) unsafe fn alloc_class(
     }
     bin.set_count(n - 1);
     // SAFETY: slot `n - 1` of the stack holds a free block of `class`, now ours.
-    let p = unsafe { *bin.base.add(n - 1) };
+    let p = unsafe { *bin.base().add(n - 1) };
     // SAFETY: `p` is a free block of at least `size` (and 8) bytes.
     unsafe {
         if zero {
@@ -245,7 +245,62 @@ pub fn purge(all: bool) -> usize {
 mod tests {
     use super::{flush_thread_cache, malloc};
     use crate::api::free::free;
+    use crate::base::size_class::{class_of, CLASSES, NUM_CACHED};
     use crate::platform::stack_use::used_below;
+    use crate::thread;
+
+    /// A new thread's stacks start packed side by side, so the classes it uses share pages;
+    /// a stack that grows moves to a region of its own and keeps its blocks.
+    #[test]
+    fn stacks_start_packed_and_move_out_when_they_grow() {
+        std::thread::spawn(|| {
+            // SAFETY: a live block of ours, freed once; it sets up this thread's cache.
+            unsafe { free(malloc(16)) };
+            let tc = thread::cache();
+            assert!(!tc.is_null());
+            // SAFETY: this thread's own cache; only it changes the stacks.
+            let base = |c: usize| unsafe { (*tc).bins[c].base() as usize };
+            for c in 1..NUM_CACHED {
+                let previous = CLASSES[c - 1].cache_capacity as usize * size_of::<usize>();
+                assert_eq!(
+                    base(c),
+                    base(c - 1) + previous,
+                    "class {c}'s stack is not packed"
+                );
+            }
+            let class = class_of(16);
+            let packed = base(class);
+            // SAFETY: as above.
+            let seen = || unsafe { ((*tc).cached_seen(class), (*tc).bins[class].count()) };
+            let (s, n) = seen();
+            assert!(n > 0 && s == n, "statistics see {s} of {n} blocks");
+            // SAFETY: as above.
+            let capacity = || unsafe { (*tc).bins[class].capacity() };
+            let first = capacity();
+            // Batches far larger than the stack: it grows, as far as the budget allows.
+            for _ in 0..4 {
+                let blocks: Vec<*mut u8> = (0..4 * first).map(|_| malloc(16)).collect();
+                // SAFETY: live blocks of ours, each freed once.
+                blocks.iter().for_each(|&p| unsafe { free(p) });
+            }
+            assert!(capacity() > first, "the stack did not grow");
+            assert_ne!(base(class), packed, "the grown stack did not move");
+            // SAFETY: as above.
+            let count = unsafe { (*tc).bins[class].count() };
+            assert!(count > first, "{count} blocks kept");
+            assert_eq!(seen(), (count, count), "statistics see the moved stack");
+            // Every cached block is still a free block of the class: allocating them all
+            // hands out distinct blocks.
+            let mut again: Vec<*mut u8> = (0..count).map(|_| malloc(16)).collect();
+            again.sort_unstable();
+            again.dedup();
+            assert_eq!(again.len(), count);
+            // SAFETY: as above.
+            again.iter().for_each(|&p| unsafe { free(p) });
+        })
+        .join()
+        .unwrap();
+    }
 
     /// Flushing a thread's cache, as its exit does, stays within 1 KiB of stack below the
     /// caller: an exit runs on the thread's own stack, often fresh memory, and each page it

@@ -185,7 +185,7 @@ pub fn snapshot() -> Snapshot {
     cache::for_each_live(|tc| {
         s.threads += 1;
         for c in 0..NUM_CACHED {
-            s.classes[c].cached += tc.bins[c].count();
+            s.classes[c].cached += tc.cached_seen(c);
             s.classes[c].requests += tc.bins[c].requests.load(Relaxed);
         }
         cache::for_each_remote(tc, |c| s.classes[c].cached += 1);

@@ -19,7 +19,11 @@
 //!
 //! A small class's stack starts small (about 32 KiB worth) and doubles each time the thread
 //! overflows it, up to about 256 KiB worth and within a per-thread budget, so a thread that
-//! allocates and frees in large batches ends up serving them from its cache alone. A grown
+//! allocates and frees in large batches ends up serving them from its cache alone. The stacks
+//! start packed side by side (a few pages for all classes) and a stack moves to a region of
+//! its own, room for its largest capacity, the first time it grows: laid out at their largest
+//! capacities from the start, every class a thread used put its stack on a page of its own, a
+//! page fault and 4 KiB for each (about 20 per thread in a small program). A grown
 //! stack whose class the thread has not used for `dirty_decay_ms` shrinks back by half at a
 //! tick, once per period, as dirty pages decay: a class used in every round of a batch job
 //! keeps its stack however many ticks fall between its rounds.
@@ -45,13 +49,15 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 /// One class's stack: the blocks are `base..top`, oldest first, and `end` is `base` plus the
 /// capacity. Pointers rather than counts keep `malloc` and `free` to one load, one compare and
 /// one store on the stack. `top` and `requests` are atomics only so that statistics may read
-/// them from other threads; the owner uses plain loads and stores.
+/// them from other threads; the owner uses plain loads and stores. Statistics never read
+/// `base`, which moves (see [`ThreadCache::cached_seen`]).
 #[repr(C)]
 pub struct CacheBin {
     /// The next free slot.
     pub top: AtomicPtr<*mut u8>,
-    /// Bottom of the stack.
-    pub base: *mut *mut u8,
+    /// Bottom of the stack: in the packed initial stacks, or in the class's own region once
+    /// the stack has grown (see [`STACK_LAYOUT`]).
+    base: *mut *mut u8,
     /// One past the last slot the stack may use now.
     pub end: *mut *mut u8,
     /// Allocation requests served through this bin.
@@ -59,24 +65,31 @@ pub struct CacheBin {
 }
 
 impl CacheBin {
-    /// Blocks on the stack.
+    /// Bottom of the stack.
+    #[inline(always)]
+    pub fn base(&self) -> *mut *mut u8 {
+        self.base
+    }
+
+    /// Blocks on the stack (the owner's view).
     #[inline]
     pub fn count(&self) -> usize {
         // SAFETY: `top` stays within `base..=end`, one allocation.
-        unsafe { self.top.load(Ordering::Relaxed).offset_from(self.base) as usize }
+        unsafe { self.top.load(Ordering::Relaxed).offset_from(self.base()) as usize }
     }
 
     /// Sets the number of blocks on the stack (the slots below it must hold them).
     #[inline]
     pub fn set_count(&self, n: usize) {
-        self.top.store(self.base.wrapping_add(n), Ordering::Relaxed);
+        self.top
+            .store(self.base().wrapping_add(n), Ordering::Relaxed);
     }
 
     /// The stack's capacity now.
     #[inline]
     pub fn capacity(&self) -> usize {
         // SAFETY: `end` is within the bin's slot range, like `top`.
-        unsafe { self.end.offset_from(self.base) as usize }
+        unsafe { self.end.offset_from(self.base()) as usize }
     }
 
     /// Pushes `p` if the stack has room; false if it is full.
@@ -100,7 +113,21 @@ impl CacheBin {
     /// Sets the capacity (at most the class's largest, and not below the count).
     #[inline]
     pub fn set_capacity(&mut self, n: usize) {
-        self.end = self.base.wrapping_add(n);
+        self.end = self.base().wrapping_add(n);
+    }
+
+    /// Moves the stack to `to`, which has room for `capacity` slots, and sets that capacity.
+    ///
+    /// # Safety
+    /// Only the owner may move its stacks; `to` must be the class's own region, with room for
+    /// `capacity` slots, not below the count.
+    unsafe fn move_to(&mut self, to: *mut *mut u8, capacity: usize) {
+        let n = self.count();
+        // SAFETY: per the contract; the packed stack and the region do not overlap.
+        unsafe { ptr::copy_nonoverlapping(self.base(), to, n) };
+        self.base = to;
+        self.top.store(to.wrapping_add(n), Ordering::Relaxed);
+        self.end = to.wrapping_add(capacity);
     }
 }
 
@@ -136,8 +163,52 @@ pub struct ThreadCache {
     remote_len: AtomicUsize,
     remote: [AtomicPtr<u8>; REMOTE_CAP],
     remote_class: [AtomicU8; REMOTE_CAP],
-    slots: [*mut u8; TOTAL_CACHE_SLOTS],
+    /// The stacks' slots: first every class's initial stack, packed, then each class's own
+    /// region for its largest capacity (see [`STACK_LAYOUT`]).
+    slots: [*mut u8; TOTAL_INITIAL_SLOTS + TOTAL_CACHE_SLOTS],
 }
+
+impl ThreadCache {
+    /// Blocks cached for `class`, as another thread sees them (statistics). Only `top` is
+    /// read: the stack's bottom is wherever `top` lies, its packed initial stack or its own
+    /// region (the owner may be moving it), so the count is never made of two torn pointers.
+    pub fn cached_seen(&self, class: usize) -> usize {
+        let slots = self.slots.as_ptr() as usize;
+        let top = self.bins[class].top.load(Ordering::Relaxed) as usize;
+        let (initial, region) = STACK_LAYOUT[class];
+        let packed = slots + initial * size_of::<*mut u8>();
+        let own = slots + region * size_of::<*mut u8>();
+        let base = if top >= own { own } else { packed };
+        top.saturating_sub(base) / size_of::<*mut u8>()
+    }
+}
+
+/// The slots of every class's initial stack, packed at the start of a cache's slots.
+const TOTAL_INITIAL_SLOTS: usize = {
+    let mut sum = 0;
+    let mut c = 0;
+    while c < NUM_CACHED {
+        sum += CLASSES[c].cache_capacity as usize;
+        c += 1;
+    }
+    sum
+};
+
+/// Where each class's stack lives in a cache's slots: `(initial, region)`, the offsets of its
+/// packed initial stack and of its own region (room for its largest capacity), taken the
+/// first time the stack grows.
+const STACK_LAYOUT: [(usize, usize); NUM_CACHED] = {
+    let mut t = [(0, 0); NUM_CACHED];
+    let (mut initial, mut region) = (0, TOTAL_INITIAL_SLOTS);
+    let mut c = 0;
+    while c < NUM_CACHED {
+        t[c] = (initial, region);
+        initial += CLASSES[c].cache_capacity as usize;
+        region += CLASSES[c].cache_capacity_max as usize;
+        c += 1;
+    }
+    t
+};
 
 /// Blocks of other arenas a cache holds before sending them home: enough that a consumer
 /// thread's frees take one lock per class and arena for dozens of blocks, little enough (2 KiB
@@ -236,16 +307,14 @@ pub fn acquire(arena: &'static Arena, free_key: u64) -> *mut ThreadCache {
         ptr::addr_of_mut!((*tc).growth_budget).write(GROWTH_BUDGET);
         ptr::addr_of_mut!((*tc).last_grown).write(ptr::null_mut());
         let slots = ptr::addr_of_mut!((*tc).slots).cast::<*mut u8>();
-        let mut offset = 0;
         for (class, info) in CLASSES.iter().enumerate().take(NUM_CACHED) {
-            let base = slots.add(offset);
+            let base = slots.add(STACK_LAYOUT[class].0);
             ptr::addr_of_mut!((*tc).bins[class]).write(CacheBin {
                 top: AtomicPtr::new(base),
                 base,
                 end: base.add(info.cache_capacity as usize),
                 requests: AtomicU64::new(0),
             });
-            offset += info.cache_capacity_max as usize;
         }
         (*tc).prev = ptr::null_mut();
         (*tc).next = list.live;
@@ -421,7 +490,16 @@ pub unsafe fn on_full(tc: *mut ThreadCache, class: usize) {
         let allocates = t.bins[class].requests.load(Ordering::Relaxed) >= cap as u64;
         if grown > cap && cost <= t.growth_budget && allocates {
             t.growth_budget -= cost;
-            t.bins[class].set_capacity(grown);
+            let region = ptr::addr_of_mut!(t.slots)
+                .cast::<*mut u8>()
+                .add(STACK_LAYOUT[class].1);
+            let bin = &mut t.bins[class];
+            if bin.base() == region {
+                bin.set_capacity(grown);
+            } else {
+                // The first growth: the stack leaves the packed initial stacks.
+                bin.move_to(region, grown);
+            }
         } else {
             flush(tc, class, (cap / 2).max(1));
         }
@@ -505,7 +583,7 @@ unsafe fn flush_in<const CHUNK: usize>(tc: *mut ThreadCache, class: usize, n: us
             let count = bin.count();
             debug_assert!(k <= count);
             let kept = count - k;
-            ptr::copy_nonoverlapping(bin.base.add(kept), batch.as_mut_ptr(), k);
+            ptr::copy_nonoverlapping(bin.base().add(kept), batch.as_mut_ptr(), k);
             bin.set_count(kept);
             // The store above must not sink below the locks taken while returning blocks.
             core::sync::atomic::compiler_fence(Ordering::SeqCst);
@@ -574,7 +652,7 @@ pub unsafe fn check_double_free(
     // SAFETY: the owner reads its own stack; the slab check takes the bin lock.
     unsafe {
         let bin = &(*tc).bins[class];
-        if core::slice::from_raw_parts(bin.base, bin.count()).contains(&p) {
+        if core::slice::from_raw_parts(bin.base(), bin.count()).contains(&p) {
             os::fatal_pointer(op, "double free of", p as usize);
         }
         let n = (*tc).remote_len.load(Ordering::Relaxed);
