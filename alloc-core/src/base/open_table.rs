@@ -2,8 +2,8 @@
 //! linear probing, at most half full, and backward-shift deletion (no tombstones, so lookups
 //! stay short however many entries come and go). Its memory is mapped from the kernel and
 //! given back when it grows (a seeded table's first slots come from the metadata allocator),
-//! never taken from the allocator. The profiler's peek set and the
-//! sampled small blocks' records (`addr::sampled`) are such tables.
+//! never taken from the allocator. The profiler's peek set and the sampled small blocks'
+//! records (`addr::sampled`) are such tables.
 //!
 //! The table is not synchronised: its owner keeps it behind a lock.
 
@@ -109,9 +109,8 @@ impl<S: Keyed, const SEED: usize> OpenTable<S, SEED> {
 
     /// The entry with key `key`, if any, to change in place (not its key).
     pub fn get_mut(&mut self, key: usize) -> Option<&mut S> {
-        let i = self.find(key)?;
         // SAFETY: as above; the table is borrowed mutably.
-        Some(unsafe { &mut *self.slots.add(i) })
+        self.find(key).map(|i| unsafe { &mut *self.slots.add(i) })
     }
 
     /// Inserts `slot`, replacing the entry with the same key if there is one. False when the
@@ -125,13 +124,12 @@ impl<S: Keyed, const SEED: usize> OpenTable<S, SEED> {
             return false;
         }
         let mut i = self.home(slot.key());
-        let slots = self.slots;
         // SAFETY: the table is at most half full, so an empty slot exists; indexes in bounds.
         unsafe {
-            while (*slots.add(i)).key() != 0 {
+            while (*self.slots.add(i)).key() != 0 {
                 i = (i + 1) & (self.len - 1);
             }
-            slots.add(i).write(slot);
+            self.slots.add(i).write(slot);
         }
         self.live += 1;
         true
@@ -150,13 +148,12 @@ impl<S: Keyed, const SEED: usize> OpenTable<S, SEED> {
     /// could no longer be reached past the hole.
     fn remove_at(&mut self, mut i: usize) {
         let mask = self.len - 1;
-        let slots = self.slots;
         let mut j = i;
         // SAFETY: every index is masked into bounds.
         unsafe {
             loop {
                 j = (j + 1) & mask;
-                let s = *slots.add(j);
+                let s = *self.slots.add(j);
                 if s.key() == 0 {
                     break;
                 }
@@ -168,11 +165,11 @@ impl<S: Keyed, const SEED: usize> OpenTable<S, SEED> {
                     i < home || home <= j
                 };
                 if !stays {
-                    slots.add(i).write(s);
+                    self.slots.add(i).write(s);
                     i = j;
                 }
             }
-            ptr::write_bytes(slots.add(i), 0, 1);
+            ptr::write_bytes(self.slots.add(i), 0, 1);
         }
         self.live -= 1;
     }
