@@ -43,12 +43,9 @@ const fn first_slots(slot: usize) -> usize {
 }
 
 impl<S: Keyed, const SEED: usize> OpenTable<S, SEED> {
-    const SEED_IS_A_POWER_OF_TWO: () = assert!(SEED == 0 || SEED.is_power_of_two());
-
     /// An empty table; it takes its seed, or maps memory, at its first insert.
     pub const fn new() -> Self {
-        #[allow(clippy::let_unit_value)]
-        let () = Self::SEED_IS_A_POWER_OF_TWO;
+        const { assert!(SEED == 0 || SEED.is_power_of_two()) };
         OpenTable {
             slots: ptr::null_mut(),
             len: 0,
