@@ -76,7 +76,7 @@ fn smaller_request_takes_part_of_a_larger_cached_block() {
         reused.mapped - freed.mapped
     );
     assert_eq!(reused.huge_requests, freed.huge_requests + 1);
-    // The block took the front (10 MiB and its header, rounded up to 4 MiB chunks); the rest
+    // The block took the front (10 MiB, rounded up to 4 MiB chunks); the rest
     // is still cached, for the next request.
     assert_eq!(
         freed.huge_cached - reused.huge_cached,
@@ -102,7 +102,7 @@ fn larger_request_grows_a_smaller_cached_block() {
     let freed = snapshot();
     let b = alloc(20 * MIB, 5);
     let grown = snapshot();
-    // The cached 6 MiB mapping was grown to 20 MiB (and its header): nothing left cached, and
+    // The cached 6 MiB mapping was grown to 20 MiB: nothing left cached, and
     // 14 MiB more mapped, not 20 MiB (`mapped` counts all kinds: allow a fresh 4 MiB segment
     // for the test thread's small blocks).
     assert_eq!(grown.huge_cached, 0, "{grown:?}");
@@ -133,5 +133,59 @@ fn zeroed_request_from_the_cache_reads_zero() {
     );
     // SAFETY: allocated above with `l`.
     unsafe { GLOBAL.dealloc(p, l) };
+    clean();
+}
+
+/// A block freed next to the cached rest of the mapping it was cut from makes that mapping
+/// whole again: a request larger than either piece is then served without new pages.
+#[test]
+fn a_block_freed_beside_the_rest_of_its_mapping_is_merged_with_it() {
+    let _serial = serial();
+    clean();
+    let a = alloc(24 * MIB, 8);
+    check_and_free(a, 24 * MIB, 8);
+    // The front 8 MiB (6 MiB rounded up to a chunk) for `b`; 16 MiB stay cached.
+    let b = alloc(6 * MIB, 9);
+    check_and_free(b, 6 * MIB, 9);
+    let freed = snapshot();
+    assert_eq!(freed.huge_cached, 24 * MIB, "{freed:?}");
+    // Neither 8 nor 16 MiB holds 20 MiB: without the merge, the 16 MiB piece would grow.
+    let c = alloc(20 * MIB, 10);
+    let reused = snapshot();
+    assert_eq!(
+        reused.huge_mapped, freed.huge_mapped,
+        "a 20 MiB request mapped more after 24 MiB were freed in two pieces: {freed:?} -> \
+         {reused:?}"
+    );
+    // The merged 24 MiB were cut after the block's 20 MiB.
+    assert_eq!(reused.huge_cached, 4 * MIB, "{reused:?}");
+    check_and_free(c, 20 * MIB, 10);
+    clean();
+}
+
+/// Whether the kernel gives transparent huge pages at all (`never` mode: no).
+fn kernel_thp() -> bool {
+    let mode =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    !mode.is_empty() && !mode.contains("[never]")
+}
+
+/// A huge block's header lives in metadata memory, so a block of whole huge pages maps nothing
+/// more (a 4 MiB block takes two huge pages, not a third for a header page), and where huge
+/// pages are asked for (the default, unless the kernel's mode is `never`) a block that ends
+/// partway into one is mapped to its end: that tail is not faulted in 4 KiB at a time.
+#[test]
+fn huge_blocks_map_whole_huge_pages_and_no_header_page() {
+    let _serial = serial();
+    let base = clean();
+    let a = alloc(4 * MIB, 11);
+    let one = snapshot();
+    assert_eq!(one.huge_mapped - base.huge_mapped, 4 * MIB, "{one:?}");
+    let b = alloc(5 * MIB, 12);
+    let two = snapshot();
+    let mapped = if kernel_thp() { 6 * MIB } else { 5 * MIB };
+    assert_eq!(two.huge_mapped - one.huge_mapped, mapped, "{two:?}");
+    check_and_free(a, 4 * MIB, 11);
+    check_and_free(b, 5 * MIB, 12);
     clean();
 }

@@ -1,10 +1,13 @@
 /* Allocates and touches 64 MiB in large blocks (128 x 256 KiB, carved from segments) and huge
  * blocks (8 x 4 MiB, mappings of their own), keeps them live, then reads /proc/self/smaps and
  * prints, for the VMAs that hold any of its blocks: the AnonHugePages of those holding the
- * large blocks (seg_kb) and the huge blocks (huge_kb), and how many of those VMAs carry the
- * `hg` (MADV_HUGEPAGE) and `nh` (MADV_NOHUGEPAGE) flags.
+ * large blocks (seg_kb), the huge blocks (huge_kb) and both (mixed_kb: the kernel merges
+ * neighbouring mappings with the same flags, as with `thp:always`, where segments and huge
+ * blocks of whole huge pages are asked alike), and how many of those VMAs carry the `hg`
+ * (MADV_HUGEPAGE) and `nh` (MADV_NOHUGEPAGE) flags.
  * With the argument `exit`, a thread allocates the large blocks, frees every other one and
- * exits (the last thread of its arena) before the smaps are read: what its exit gave back.
+ * exits (the last thread of its arena) before the smaps are read: what its exit gave back
+ * (no huge blocks then: the kernel could merge their VMAs with the segments').
  * With `small`, only 4 large blocks (1 MiB) and no huge ones: a small program's heap. */
 #include <pthread.h>
 #include <stdio.h>
@@ -46,6 +49,7 @@ int main(int argc, char **argv) {
     }
     if (argc > 1 && !strcmp(argv[1], "exit")) {
         pthread_t t;
+        nhuge = 0;
         if (pthread_create(&t, NULL, alloc_large, argv[1]) || pthread_join(t, NULL))
             return 4;
     } else {
@@ -61,7 +65,7 @@ int main(int argc, char **argv) {
     if (!f)
         return 3;
     char line[4096];
-    long seg_kb = 0, huge_kb = 0;
+    long seg_kb = 0, huge_kb = 0, mixed_kb = 0;
     int vmas = 0, hg = 0, nh = 0, in_seg = 0, in_huge = 0;
     while (fgets(line, sizeof line, f)) {
         unsigned long lo, hi;
@@ -71,7 +75,9 @@ int main(int argc, char **argv) {
             in_huge = holds(huge, NHUGE, 4 << 20, lo, hi);
             vmas += in_seg || in_huge;
         } else if (sscanf(line, "AnonHugePages: %ld kB", &kb) == 1) {
-            if (in_seg)
+            if (in_seg && in_huge)
+                mixed_kb += kb;
+            else if (in_seg)
                 seg_kb += kb;
             else if (in_huge)
                 huge_kb += kb;
@@ -81,6 +87,7 @@ int main(int argc, char **argv) {
         }
     }
     fclose(f);
-    printf("vmas=%d seg_kb=%ld huge_kb=%ld hg=%d nh=%d\n", vmas, seg_kb, huge_kb, hg, nh);
+    printf("vmas=%d seg_kb=%ld huge_kb=%ld mixed_kb=%ld hg=%d nh=%d\n", vmas, seg_kb, huge_kb,
+           mixed_kb, hg, nh);
     return 0;
 }

@@ -1,37 +1,44 @@
-//! Huge blocks (over 2 MiB): each its own mapping, with a one-page header in front.
+//! Huge blocks (over 2 MiB): each its own mapping, the block at its start, its header in
+//! metadata memory.
 //!
 //! ```text
 //!  mapping (aligned to 4 MiB, or to the block's alignment if larger)
-//!  ┌────────────────┬──────────────────────────────────────────┐
-//!  │ HugeHeader ... │ block (page-rounded)                     │
-//!  └────────────────┴──────────────────────────────────────────┘
-//!  base             base + offset (one page, or the alignment)
+//!  ┌──────────────────────────────────────────┬──────────┐        HugeHeader (metadata):
+//!  │ block (page-rounded)                     │ slack    │        base, map_size, usable,
+//!  └──────────────────────────────────────────┴──────────┘        cached, sample
+//!  base                                                  base + map_size
 //! ```
 //!
 //! The registry maps the 4 MiB chunk holding the block's start to the header. Mappings are
-//! aligned to 4 MiB so that no two blocks ever share that chunk.
+//! aligned to 4 MiB so that no two blocks ever share that chunk. Where the block is to be backed
+//! by huge pages, its mapping is rounded up to whole 2 MiB pages: a mapping ending partway into a
+//! huge page has that tail faulted in 4 KiB at a time, and a range holding 4 KiB pages stays in
+//! small pages when the cache hands the mapping to another block (bigloop took 46 k faults
+//! against 568 with whole huge pages). The header lives apart so that a block of a power-of-two
+//! size fills whole huge pages, and so that cutting or growing a cached mapping writes nothing
+//! into its pages.
 //!
 //! Freed huge blocks are kept in a cache for `dirty_decay_ms` (oldest unmapped first) and serve
 //! later requests of any size: unmapping at once and faulting the pages in again on the next
 //! request makes loops over multi-MiB buffers several times slower than glibc, whose mmap
 //! threshold adapts. A request takes the smallest cached mapping that holds it; if that is
 //! larger by at least a chunk, the block keeps the front (rounded up to a chunk) and the rest
-//! stays cached as a mapping of its own, with its own header at the chunk boundary (the
-//! registry needs a block's start chunk to belong to it alone). If no cached mapping is large
-//! enough, the largest one is grown with `mremap` (in place, or moved to a fresh aligned
-//! range): its resident pages are reused and only the growth is faulted in. A mapping may so
-//! be larger than its block needs (by less than a chunk, or more for `realloc` growth); the
-//! slack is room for the block to grow in place. The cache holds at most as many bytes as
-//! huge blocks were allocated in the last one or two decay windows (at least
-//! [`CACHE_MIN_BYTES`]): what a program freeing and allocating large buffers in a loop reuses
-//! at once, and nothing that the decay would not give back anyway. Growing uses `mremap`,
-//! which moves page tables rather than copying data.
+//! stays cached as a mapping of its own, with a header of its own (the registry needs a block's
+//! start chunk to belong to it alone). If no cached mapping is large enough, the largest one is
+//! grown with `mremap` (in place, or moved to a fresh aligned range): its resident pages are
+//! reused and only the growth is faulted in. A mapping may so be larger than its block needs
+//! (by less than a chunk, or more for `realloc` growth); the slack is room for the block to
+//! grow in place. The cache holds at most as many bytes as huge blocks were allocated in the
+//! last one or two decay windows (at least [`CACHE_MIN_BYTES`]): what a program freeing and
+//! allocating large buffers in a loop reuses at once, and nothing that the decay would not give
+//! back anyway. Growing uses `mremap`, which moves page tables rather than copying data.
 
 use crate::addr::registry;
 use crate::addr::segment::{SampleRecord, SEGMENT_SIZE};
 use crate::base::config;
+use crate::base::meta;
 use crate::platform::lock::Locked;
-use crate::platform::os::{self, PAGE_SIZE};
+use crate::platform::os::{self, HugeAdvice, PAGE_SIZE};
 use core::ptr;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -46,26 +53,101 @@ const CACHE_MIN_BYTES: usize = 64 << 20;
 const CACHE_MAX_BLOCK: usize = 64 << 20;
 /// The demand window when decay is off (0) or never purges (negative).
 const DEFAULT_WINDOW_MS: u64 = config::DEFAULT_DECAY_MS as u64;
+/// A transparent huge page.
+const HUGE_PAGE_SIZE: usize = 2 << 20;
 
-/// The header at the start of a huge mapping.
-#[repr(C)]
+/// A huge block's header, in metadata memory.
+#[repr(C, align(64))]
 pub struct HugeHeader {
     /// Set while the block sits in the cache (a second free is then a double free).
     pub cached: bool,
-    /// Bytes of the whole mapping (at least `offset + usable`).
+    /// The mapping's start, which is the block's.
+    pub base: *mut u8,
+    /// Bytes of the whole mapping (at least `usable`).
     pub map_size: usize,
-    /// Offset of the block from the mapping's start.
-    pub offset: usize,
     /// Usable bytes of the block.
     pub usable: usize,
     /// The profiler's record if the block was sampled ([`SampleRecord::NONE`] otherwise).
     pub sample: SampleRecord,
+    /// Which kernel mapping (VMA) holds the block: pieces cut from one mapping share it, and
+    /// two such pieces side by side may be merged again (`mremap` needs a single VMA).
+    vma: u64,
+    /// The next spare header while this one describes no mapping.
+    next_spare: *mut HugeHeader,
+}
+
+/// Headers that describe no mapping, for the next ones to reuse (metadata is never freed).
+struct Spares(*mut HugeHeader);
+
+// SAFETY: spare headers are reached only under the lock.
+unsafe impl Send for Spares {}
+
+/// Taken after [`CACHE`] where both are held.
+static SPARES: Locked<Spares> = Locked::new(Spares(ptr::null_mut()));
+
+/// The next [`HugeHeader::vma`].
+static NEXT_VMA: AtomicU64 = AtomicU64::new(0);
+
+/// A new kernel mapping's [`HugeHeader::vma`].
+fn new_vma() -> u64 {
+    NEXT_VMA.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A header for the mapping `[base, base + map_size)` in kernel mapping `vma`, or null if
+/// metadata memory ran out.
+fn new_header(
+    base: *mut u8,
+    map_size: usize,
+    usable: usize,
+    cached: bool,
+    vma: u64,
+) -> *mut HugeHeader {
+    let h = {
+        let mut spares = SPARES.lock();
+        let h = spares.0;
+        if !h.is_null() {
+            // SAFETY: a spare header, ours under the lock.
+            spares.0 = unsafe { (*h).next_spare };
+        }
+        h
+    };
+    let h = if h.is_null() {
+        meta::alloc(size_of::<HugeHeader>(), align_of::<HugeHeader>()).cast::<HugeHeader>()
+    } else {
+        h
+    };
+    if !h.is_null() {
+        // SAFETY: metadata memory of the header's size and alignment, used by nobody else.
+        unsafe {
+            h.write(HugeHeader {
+                cached,
+                base,
+                map_size,
+                usable,
+                sample: SampleRecord::NONE,
+                vma,
+                next_spare: ptr::null_mut(),
+            })
+        };
+    }
+    h
+}
+
+/// Returns `h`, which describes no mapping any more, to the spares.
+///
+/// # Safety
+/// Nobody may use `h` again (the registry no longer finds it).
+unsafe fn drop_header(h: *mut HugeHeader) {
+    let mut spares = SPARES.lock();
+    // SAFETY: ours alone, per the contract.
+    unsafe { (*h).next_spare = spares.0 };
+    spares.0 = h;
 }
 
 impl HugeHeader {
     fn block(h: *mut HugeHeader) -> *mut u8 {
         // SAFETY: the header is live.
-        unsafe { (h as *mut u8).add((*h).offset) }
+        unsafe { (*h).base }
     }
 }
 
@@ -118,6 +200,15 @@ fn round_page(n: usize) -> Option<usize> {
     n.checked_add(PAGE_SIZE - 1).map(|v| v & !(PAGE_SIZE - 1))
 }
 
+/// The mapping for a block of `usable` (page-rounded) bytes given `advice`: whole huge pages
+/// where the kernel is asked for them (see the module docs), else the block alone.
+fn mapping_size(usable: usize, advice: HugeAdvice) -> Option<usize> {
+    match advice {
+        HugeAdvice::Huge => usable.checked_next_multiple_of(HUGE_PAGE_SIZE),
+        HugeAdvice::None | HugeAdvice::NoHuge => Some(usable),
+    }
+}
+
 /// Allocates a huge block of at least `size` bytes aligned to `align`; zeroed if `zero`.
 /// Null when out of memory. With `growth` (a block `realloc` is growing) the largest cached
 /// mapping that fits is taken whole: its pages are resident and the block's next growth is
@@ -126,11 +217,12 @@ pub fn alloc(size: usize, align: usize, zero: bool, growth: bool) -> *mut u8 {
     let Some(usable) = round_page(size) else {
         return ptr::null_mut();
     };
-    let offset = align.max(PAGE_SIZE);
-    let Some(map_size) = usable.checked_add(offset) else {
+    let advice = config::huge_advice(config::Dense::HugeBlock);
+    let Some(map_size) = mapping_size(usable, advice) else {
         return ptr::null_mut();
     };
-    if let Some((h, reused)) = take_cached(usable, offset, growth) {
+    let align = align.max(SEGMENT_SIZE);
+    if let Some((h, reused)) = take_cached(usable, map_size, align, growth) {
         let p = HugeHeader::block(h);
         if zero {
             // SAFETY: the block is ours and at least `size` bytes long; past `reused` bytes its
@@ -140,36 +232,26 @@ pub fn alloc(size: usize, align: usize, zero: bool, growth: bool) -> *mut u8 {
         note_live();
         return p;
     }
-    let base = os::map_dense(
-        map_size,
-        offset.max(SEGMENT_SIZE),
-        config::huge_advice(config::Dense::HugeBlock),
-    );
+    let base = os::map_dense(map_size, align, advice);
     if base.is_null() {
         return base;
     }
-    let h = base.cast::<HugeHeader>();
-    // SAFETY: fresh mapping of ours, at least two pages long.
-    unsafe {
-        h.write(HugeHeader {
-            cached: false,
-            map_size,
-            offset,
-            usable,
-            sample: SampleRecord::NONE,
-        });
-    }
-    let p = HugeHeader::block(h);
-    if !registry::insert(p as usize, base) {
-        // SAFETY: our fresh mapping, known to nobody.
-        unsafe { os::unmap(base, map_size) };
+    let h = new_header(base, map_size, usable, false, new_vma());
+    if h.is_null() || !registry::insert(base as usize, h.cast()) {
+        // SAFETY: our fresh mapping and header, known to nobody.
+        unsafe {
+            if !h.is_null() {
+                drop_header(h);
+            }
+            os::unmap(base, map_size);
+        }
         return ptr::null_mut();
     }
     MAPPED.fetch_add(map_size, Ordering::Relaxed);
     ALLOCATED.fetch_add(usable, Ordering::Relaxed);
     REQUESTS.fetch_add(1, Ordering::Relaxed);
     note_live();
-    p
+    base
 }
 
 /// Bytes mapped for live huge blocks now.
@@ -194,26 +276,30 @@ pub unsafe fn set_sample(p: *mut u8, record: SampleRecord) {
     unsafe { (*h).sample = record };
 }
 
-/// Serves a block of `usable` bytes at `offset` from the cache: the smallest cached mapping
-/// that holds it (the largest with `largest`), trimmed if much larger; else the largest one,
-/// grown. Returns the header and how many bytes of the block were reused (the rest is fresh,
-/// zeroed memory).
-fn take_cached(usable: usize, offset: usize, largest: bool) -> Option<(*mut HugeHeader, usize)> {
+/// Serves a block of `usable` bytes in a mapping of at least `need` bytes aligned to `align`
+/// from the cache: the smallest cached mapping that holds it (the largest with `largest`),
+/// trimmed if much larger; else the largest one, grown. Returns the header and how many bytes
+/// of the block were reused (the rest is fresh, zeroed memory).
+fn take_cached(
+    usable: usize,
+    need: usize,
+    align: usize,
+    largest: bool,
+) -> Option<(*mut HugeHeader, usize)> {
     if OLDEST_CACHED.load(Ordering::Relaxed) == u64::MAX {
         return None;
     }
-    let need = usable + offset;
     let mut cache = CACHE.lock();
     // Best fit among mappings that hold the request; the largest of those that do not.
     let mut fit: Option<(usize, usize)> = None;
     let mut grow: Option<(usize, usize)> = None;
     for i in 0..cache.len {
         // SAFETY: cached headers are live mappings owned by the cache.
-        let (m, o) = unsafe {
+        let (m, base) = unsafe {
             let h = cache.slots[i].header;
-            ((*h).map_size, (*h).offset)
+            ((*h).map_size, (*h).base as usize)
         };
-        if o != offset {
+        if base & (align - 1) != 0 {
             continue;
         }
         if m >= need {
@@ -245,8 +331,7 @@ fn take_cached(usable: usize, offset: usize, largest: bool) -> Option<(*mut Huge
         CACHED.fetch_sub(map_size, Ordering::Relaxed);
         drop(cache);
         // SAFETY: removed from the cache, so ours alone.
-        let grown = unsafe { grow_cached(h, need) };
-        if grown.is_null() {
+        if !unsafe { resize_mapping(h, need, align) } {
             // SAFETY: ours alone, and marked cached for `release`'s accounting no more.
             unsafe {
                 (*h).cached = false;
@@ -254,7 +339,7 @@ fn take_cached(usable: usize, offset: usize, largest: bool) -> Option<(*mut Huge
             }
             return None;
         }
-        (grown, map_size - offset)
+        (h, map_size)
     };
     // SAFETY: the header is ours again.
     unsafe {
@@ -279,7 +364,7 @@ fn cache_size_of(h: *mut HugeHeader) -> usize {
 
 /// Cuts the cached mapping `h` after its first `cut` bytes (a multiple of the chunk size) if at
 /// least a chunk would remain, making the rest a cached mapping of its own. Returns the rest's
-/// header, or null if `h` was left whole.
+/// header, or null if `h` was left whole. Writes nothing into the mapping.
 ///
 /// # Safety
 /// `h` must be a cached mapping owned by the caller (the cache lock held).
@@ -290,17 +375,15 @@ unsafe fn split(h: *mut HugeHeader, cut: usize) -> *mut HugeHeader {
         if map_size < cut + SEGMENT_SIZE {
             return ptr::null_mut();
         }
-        // Chunk-aligned, as `h` is, and past the chunk holding `h`'s block start (`cut` is at
-        // least the block's end): the tail's block start chunk is its own.
-        let t = (h as *mut u8).add(cut).cast::<HugeHeader>();
-        t.write(HugeHeader {
-            cached: true,
-            map_size: map_size - cut,
-            offset: PAGE_SIZE,
-            usable: map_size - cut - PAGE_SIZE,
-            sample: SampleRecord::NONE,
-        });
-        if !registry::insert(HugeHeader::block(t) as usize, t.cast()) {
+        // Chunk-aligned, as `h`'s block is, and past the chunk holding it: the tail's block
+        // start chunk is its own.
+        let rest = map_size - cut;
+        let t = new_header((*h).base.add(cut), rest, rest, true, (*h).vma);
+        if t.is_null() {
+            return t;
+        }
+        if !registry::insert((*t).base as usize, t.cast()) {
+            drop_header(t);
             return ptr::null_mut();
         }
         (*h).map_size = cut;
@@ -308,39 +391,49 @@ unsafe fn split(h: *mut HugeHeader, cut: usize) -> *mut HugeHeader {
     }
 }
 
-/// Grows the mapping of header `h` to `need` bytes, in place or by moving its pages to a fresh
-/// aligned range. Returns the (possibly moved) header, or null if that failed (`h` intact).
+/// Moves the pages of `h`'s mapping to a fresh range of `new_size` bytes aligned to `align`
+/// (the registry follows). False if that failed (`h` intact).
 ///
 /// # Safety
-/// `h` must be a mapping of ours no one else uses, registered, of fewer than `need` bytes.
-unsafe fn grow_cached(h: *mut HugeHeader, need: usize) -> *mut HugeHeader {
+/// `h` must be a registered mapping of ours, used by nobody else while it moves.
+unsafe fn move_mapping(h: *mut HugeHeader, new_size: usize, align: usize) -> bool {
+    // SAFETY: per the contract.
+    unsafe {
+        let (base, old) = ((*h).base, (*h).map_size);
+        let to = os::map_aligned(new_size, align);
+        if to.is_null() {
+            return false;
+        }
+        registry::remove(base as usize);
+        if !os::remap_to(base, old, new_size, to) {
+            registry::insert(base as usize, h.cast());
+            os::unmap(to, new_size);
+            return false;
+        }
+        (*h).base = to;
+        (*h).vma = new_vma();
+        if !registry::insert(to as usize, h.cast()) {
+            os::fatal("out of metadata memory while moving a huge block");
+        }
+        true
+    }
+}
+
+/// Resizes `h`'s mapping to `new_size` bytes, in place if the kernel can, else by moving its
+/// pages to a range aligned to `align`. False if that failed (`h` intact).
+///
+/// # Safety
+/// `h` must be a registered mapping of ours, used by nobody else while it grows.
+unsafe fn resize_mapping(h: *mut HugeHeader, new_size: usize, align: usize) -> bool {
     // SAFETY: per the contract.
     unsafe {
         let old = (*h).map_size;
-        let offset = (*h).offset;
-        if os::remap_in_place(h.cast(), old, need) {
-            (*h).map_size = need;
-            MAPPED.fetch_add(need - old, Ordering::Relaxed);
-            return h;
+        if !os::remap_in_place((*h).base, old, new_size) && !move_mapping(h, new_size, align) {
+            return false;
         }
-        let to = os::map_aligned(need, offset.max(SEGMENT_SIZE));
-        if to.is_null() {
-            return ptr::null_mut();
-        }
-        let p = HugeHeader::block(h);
-        registry::remove(p as usize);
-        if !os::remap_to(h.cast(), old, need, to) {
-            registry::insert(p as usize, h.cast());
-            os::unmap(to, need);
-            return ptr::null_mut();
-        }
-        let nh = to.cast::<HugeHeader>();
-        (*nh).map_size = need;
-        if !registry::insert(HugeHeader::block(nh) as usize, to) {
-            os::fatal("out of metadata memory while moving a huge block");
-        }
-        MAPPED.fetch_add(need - old, Ordering::Relaxed);
-        nh
+        (*h).map_size = new_size;
+        MAPPED.fetch_add(new_size - old, Ordering::Relaxed);
+        true
     }
 }
 
@@ -418,6 +511,7 @@ pub unsafe fn free(h: *mut u8, p: *mut u8, op: &str) -> SampleRecord {
                 remove_slot(&mut cache, 0);
                 release(old);
             }
+            absorb_neighbours(&mut cache, h);
             (*h).cached = true;
             let len = cache.len;
             cache.slots[len] = Cached {
@@ -425,8 +519,8 @@ pub unsafe fn free(h: *mut u8, p: *mut u8, op: &str) -> SampleRecord {
                 freed_at: now,
             };
             cache.len += 1;
-            cache.bytes += map_size;
-            CACHED.fetch_add(map_size, Ordering::Relaxed);
+            cache.bytes += (*h).map_size;
+            CACHED.fetch_add((*h).map_size, Ordering::Relaxed);
             if len == 0 {
                 OLDEST_CACHED.store(now, Ordering::Relaxed);
             }
@@ -436,6 +530,41 @@ pub unsafe fn free(h: *mut u8, p: *mut u8, op: &str) -> SampleRecord {
             release(h);
         }
         sample
+    }
+}
+
+/// Merges into the mapping of `h` (a block being cached) the cached mappings right before and
+/// after it that were cut from the same kernel mapping: a block freed next to the rest of the
+/// mapping it was cut from makes that whole again, and it can serve a larger request without
+/// new pages. The merged mapping takes `h`'s place in the decay order.
+///
+/// # Safety
+/// `h` must be a registered mapping of ours, not in the cache; the cache lock held.
+unsafe fn absorb_neighbours(cache: &mut Cache, h: *mut HugeHeader) {
+    let mut i = 0;
+    // SAFETY: cached headers are live mappings the cache owns; `h` is ours per the contract.
+    unsafe {
+        while i < cache.len {
+            let n = cache.slots[i].header;
+            let (start, end) = ((*h).base, (*h).base.add((*h).map_size));
+            let (n_start, n_size) = ((*n).base, (*n).map_size);
+            if (*n).vma != (*h).vma || (n_start.add(n_size) != start && n_start != end) {
+                i += 1;
+                continue;
+            }
+            remove_slot(cache, i);
+            CACHED.fetch_sub(n_size, Ordering::Relaxed);
+            if n_start == end {
+                registry::remove(n_start as usize);
+            } else {
+                // `n`'s start chunk is registered: re-pointing it cannot run out of memory.
+                registry::insert(n_start as usize, h.cast());
+                registry::remove(start as usize);
+                (*h).base = n_start;
+            }
+            (*h).map_size += n_size;
+            drop_header(n);
+        }
     }
 }
 
@@ -458,13 +587,14 @@ pub unsafe fn check(h: *mut HugeHeader, p: *mut u8, op: &str) {
 unsafe fn release(h: *mut HugeHeader) {
     // SAFETY: `h` is a mapping of ours no longer in use.
     unsafe {
-        let map_size = (*h).map_size;
-        registry::remove(HugeHeader::block(h) as usize);
+        let (base, map_size) = ((*h).base, (*h).map_size);
+        registry::remove(base as usize);
         MAPPED.fetch_sub(map_size, Ordering::Relaxed);
         if (*h).cached {
             CACHED.fetch_sub(map_size, Ordering::Relaxed);
         }
-        os::unmap(h.cast(), map_size);
+        os::unmap(base, map_size);
+        drop_header(h);
     }
 }
 
@@ -523,18 +653,18 @@ pub unsafe fn realloc(h: *mut u8, p: *mut u8, size: usize) -> *mut u8 {
     // SAFETY: `h` is a live huge header of ours.
     unsafe {
         let old_usable = (*h).usable;
-        let offset = (*h).offset;
         let old_map = (*h).map_size;
         if usable > old_usable {
             // Grow by at least a quarter, so a block grown in small steps is remapped only a
             // logarithmic number of times; within the mapping's room if the request fits there.
             let mut quarter = round_page(old_usable + old_usable / 4).unwrap_or(usable);
-            if usable <= old_map - offset {
-                quarter = quarter.min(old_map - offset);
+            if usable <= old_map {
+                quarter = quarter.min(old_map);
             }
             usable = usable.max(quarter);
         }
-        let Some(new_map) = usable.checked_add(offset) else {
+        let advice = config::huge_advice(config::Dense::HugeBlock);
+        let Some(new_map) = mapping_size(usable, advice) else {
             return ptr::null_mut();
         };
         if usable <= old_usable {
@@ -542,63 +672,45 @@ pub unsafe fn realloc(h: *mut u8, p: *mut u8, size: usize) -> *mut u8 {
             // to spare must not give the room back at the next small step (munmap, then mremap
             // again a few steps later).
             if usable < old_usable / 2 {
-                os::unmap((h as *mut u8).add(new_map), old_map - new_map);
-                (*h).map_size = new_map;
+                if new_map < old_map {
+                    os::unmap(p.add(new_map), old_map - new_map);
+                    // The rest of its kernel mapping is no longer next to it.
+                    (*h).vma = new_vma();
+                    (*h).map_size = new_map;
+                    MAPPED.fetch_sub(old_map - new_map, Ordering::Relaxed);
+                }
                 (*h).usable = usable;
-                MAPPED.fetch_sub(old_map - new_map, Ordering::Relaxed);
                 ALLOCATED.fetch_sub(old_usable - usable, Ordering::Relaxed);
             }
             return p;
         }
-        if new_map <= old_map {
-            // Room left in the mapping (a block served from a larger cached one).
-            (*h).usable = usable;
-            ALLOCATED.fetch_add(usable - old_usable, Ordering::Relaxed);
-            return p;
-        }
-        if os::remap_in_place(h.cast(), old_map, new_map) {
-            (*h).map_size = new_map;
-            (*h).usable = usable;
-            MAPPED.fetch_add(new_map - old_map, Ordering::Relaxed);
-            ALLOCATED.fetch_add(usable - old_usable, Ordering::Relaxed);
-            return p;
-        }
-        // Reserve an aligned range, then move the pages (and the header with them) there.
-        let to = os::map_aligned(new_map, offset.max(SEGMENT_SIZE));
-        if to.is_null() {
+        // In the mapping's room (a block served from a larger cached one), or resized.
+        if usable > old_map && !resize_mapping(h, new_map, SEGMENT_SIZE) {
             return ptr::null_mut();
         }
-        registry::remove(p as usize);
-        if !os::remap_to(h.cast(), old_map, new_map, to) {
-            registry::insert(p as usize, h.cast());
-            os::unmap(to, new_map);
-            return ptr::null_mut();
-        }
-        let nh = to.cast::<HugeHeader>();
-        (*nh).map_size = new_map;
-        (*nh).usable = usable;
-        let np = HugeHeader::block(nh);
-        if !registry::insert(np as usize, to) {
-            os::fatal("out of metadata memory while moving a huge block");
-        }
-        MAPPED.fetch_add(new_map - old_map, Ordering::Relaxed);
+        (*h).usable = usable;
         ALLOCATED.fetch_add(usable - old_usable, Ordering::Relaxed);
-        np
+        (*h).base
     }
 }
 
-/// Fork: hold the cache lock across `fork`.
+/// Fork: hold the locks across `fork`.
 pub fn prefork() {
     CACHE.raw_lock();
+    SPARES.raw_lock();
 }
 
 /// Fork: release in the parent.
 pub fn postfork_parent() {
     // SAFETY: taken in `prefork` by this thread.
-    unsafe { CACHE.raw_unlock() };
+    unsafe {
+        SPARES.raw_unlock();
+        CACHE.raw_unlock();
+    }
 }
 
 /// Fork: reset in the child.
 pub fn postfork_child() {
     CACHE.reset_after_fork();
+    SPARES.reset_after_fork();
 }

@@ -109,6 +109,9 @@ pub struct Snapshot {
     pub huge_allocated: usize,
     /// Bytes of freed huge blocks kept for reuse.
     pub huge_cached: usize,
+    /// Bytes mapped for huge blocks, live and cached (a block's mapping may be larger than the
+    /// block: whole huge pages, or room left by the cache or by `realloc`).
+    pub huge_mapped: usize,
     /// Huge allocation requests.
     pub huge_requests: u64,
     /// Per size class.
@@ -140,6 +143,7 @@ pub fn snapshot() -> Snapshot {
         purged_pages: 0,
         huge_allocated: huge::ALLOCATED.load(Relaxed),
         huge_cached: huge::CACHED.load(Relaxed),
+        huge_mapped: huge::MAPPED.load(Relaxed),
         huge_requests: huge::REQUESTS.load(Relaxed),
         classes: [ClassStats::default(); NUM_CLASSES],
     };
@@ -250,11 +254,8 @@ fn is_ours(from: usize, to: usize) -> bool {
         if registry::is_segment(chunk) {
             return true;
         }
-        let h = registry::lookup(chunk);
-        // A huge block's header is in the chunk before its start (or the same one); the chunk
-        // registered is the one holding the block's start, which lies in this VMA if the
-        // header does.
-        if !h.is_null() && (h as usize) < to && (h as usize) + PAGE_SIZE > from {
+        // A huge block's mapping starts at the chunk registered for it.
+        if chunk >= from && !registry::lookup(chunk).is_null() {
             return true;
         }
         chunk += SEGMENT_SIZE;
