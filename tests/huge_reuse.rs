@@ -7,10 +7,14 @@
 //! is served from the cache, and `huge_cached` must fall by what the request took. The tests
 //! take a static lock so that one's frees do not feed another's requests.
 
+mod common;
+
+use common::Rng;
 use sampalloc::stats::snapshot;
 use sampalloc::SampAlloc;
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 #[global_allocator]
 static GLOBAL: SampAlloc = SampAlloc;
@@ -188,4 +192,131 @@ fn huge_blocks_map_whole_huge_pages_and_no_header_page() {
     check_and_free(a, 4 * MIB, 11);
     check_and_free(b, 5 * MIB, 12);
     clean();
+}
+
+/// A live block of the stress test: every page's first byte and the last byte carry its tag.
+struct Tagged {
+    p: *mut u8,
+    size: usize,
+    align: usize,
+    tag: u8,
+}
+
+impl Tagged {
+    fn new(rng: &mut Rng, tag: u8) -> Tagged {
+        let size = rng.range((2 << 20) + 1, 30 << 20);
+        let align = if rng.below(8) == 0 { 8 << 20 } else { 16 };
+        let l = Layout::from_size_align(size, align).expect("layout");
+        // SAFETY: a non-zero size.
+        let p = unsafe { GLOBAL.alloc(l) };
+        assert!(!p.is_null() && p as usize % align == 0, "{p:p} for {l:?}");
+        let b = Tagged {
+            p,
+            size,
+            align,
+            tag,
+        };
+        b.write(0, size);
+        b
+    }
+
+    /// The tagged offsets of the block's first `size` bytes past `from`: page starts, and the
+    /// last byte.
+    fn offsets(from: usize, size: usize) -> impl Iterator<Item = usize> {
+        (from.next_multiple_of(4096)..size)
+            .step_by(4096)
+            .chain((size > from).then(|| size - 1))
+    }
+
+    fn write(&self, from: usize, size: usize) {
+        for k in Tagged::offsets(from, size) {
+            // SAFETY: inside the block.
+            unsafe { self.p.add(k).write(self.tag) };
+        }
+    }
+
+    /// Checks the tags the block had at `size` bytes, up to `to` bytes.
+    fn check(&self, size: usize, to: usize) {
+        for k in Tagged::offsets(0, size).filter(|&k| k < to) {
+            // SAFETY: inside the block.
+            let got = unsafe { self.p.add(k).read() };
+            assert_eq!(
+                got, self.tag,
+                "block {:p} of {size} B changed at {k}",
+                self.p
+            );
+        }
+    }
+
+    fn realloc(&mut self, rng: &mut Rng) {
+        let size = rng.range((2 << 20) + 1, 30 << 20);
+        let l = Layout::from_size_align(self.size, self.align).expect("layout");
+        // SAFETY: allocated with `l`; a non-zero size.
+        let q = unsafe { GLOBAL.realloc(self.p, l, size) };
+        assert!(!q.is_null());
+        self.p = q;
+        self.check(self.size, size);
+        self.size = size;
+        self.align = 16;
+        // Every tag again: the block's last byte moved.
+        self.write(0, size);
+    }
+
+    fn free(self) {
+        self.check(self.size, self.size);
+        let l = Layout::from_size_align(self.size, self.align).expect("layout");
+        // SAFETY: allocated with `l`.
+        unsafe { GLOBAL.dealloc(self.p, l) };
+    }
+}
+
+/// Two threads allocate, reallocate and free huge blocks of random sizes (some aligned to
+/// 8 MiB) through the shared cache, so that cached mappings are cut, merged, grown and moved
+/// under one another: no block's contents change, and everything cached goes back at the end.
+#[test]
+fn threads_share_the_cache_without_losing_contents() {
+    let _serial = serial();
+    let base = clean();
+    let stop_at = Instant::now() + Duration::from_secs(2);
+    let rounds: Vec<usize> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2u8)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut rng = Rng::new(0x5eed + t as u64);
+                    let mut live: Vec<Tagged> = Vec::new();
+                    let mut steps = 0;
+                    while steps < 1000 && Instant::now() < stop_at {
+                        let tag = (steps % 251) as u8 + 1;
+                        match rng.below(4) {
+                            0 if !live.is_empty() => {
+                                let i = rng.below(live.len());
+                                live[i].realloc(&mut rng);
+                            }
+                            1 | 2 if live.len() > 3 => {
+                                let i = rng.below(live.len());
+                                live.swap_remove(i).free();
+                            }
+                            _ => live.push(Tagged::new(&mut rng, tag)),
+                        }
+                        steps += 1;
+                    }
+                    for b in live {
+                        b.free();
+                    }
+                    steps
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    assert!(
+        rounds.iter().all(|&n| n >= 20),
+        "too few steps ran: {rounds:?}"
+    );
+    let end = clean();
+    assert_eq!(end.huge_allocated, base.huge_allocated, "{end:?}");
+    assert_eq!(end.huge_mapped, base.huge_mapped, "{end:?}");
 }
