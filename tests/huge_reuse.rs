@@ -167,6 +167,36 @@ fn a_block_freed_beside_the_rest_of_its_mapping_is_merged_with_it() {
     clean();
 }
 
+/// A block cut from the front of a cached mapping grows in place into the cached rest: no new
+/// mapping, no move, and its pages stay where they are.
+#[test]
+fn a_block_grows_in_place_into_the_cached_rest_of_its_mapping() {
+    let _serial = serial();
+    clean();
+    let a = alloc(24 * MIB, 13);
+    check_and_free(a, 24 * MIB, 13);
+    let b = alloc(4 * MIB, 14);
+    let cut = snapshot();
+    assert_eq!(cut.huge_cached, 20 * MIB, "{cut:?}");
+    // SAFETY: `b` was allocated by `alloc` with this layout; a non-zero size.
+    let c = unsafe { GLOBAL.realloc(b, layout(4 * MIB), 14 * MIB) };
+    let grown = snapshot();
+    assert_eq!(
+        c, b,
+        "the block moved instead of growing into the cached rest"
+    );
+    assert_eq!(grown.huge_mapped, cut.huge_mapped, "{cut:?} -> {grown:?}");
+    // 10 MiB more, taken in whole 4 MiB chunks: 12 MiB of the 20.
+    assert_eq!(grown.huge_cached, 8 * MIB, "{grown:?}");
+    for k in (0..4 * MIB).step_by(4096) {
+        // SAFETY: inside the block.
+        assert_eq!(unsafe { c.add(k).read() }, 14, "lost at {k}");
+    }
+    // SAFETY: as above, now 14 MiB long.
+    unsafe { GLOBAL.dealloc(c, layout(14 * MIB)) };
+    clean();
+}
+
 /// Whether the kernel gives transparent huge pages at all (`never` mode: no).
 fn kernel_thp() -> bool {
     let mode =

@@ -213,9 +213,9 @@ fn mapping_size(usable: usize, advice: HugeAdvice) -> Option<usize> {
 }
 
 /// Allocates a huge block of at least `size` bytes aligned to `align`; zeroed if `zero`.
-/// Null when out of memory. With `growth` (a block `realloc` is growing) the largest cached
-/// mapping that fits is taken whole: its pages are resident and the block's next growth is
-/// free.
+/// Null when out of memory. With `growth` (a block `realloc` is growing) the block is cut from
+/// the largest cached mapping that fits: the rest stays cached right after it, and the block's
+/// next growth takes it without a system call (see [`grow_into_next`]).
 pub fn alloc(size: usize, align: usize, zero: bool, growth: bool) -> *mut u8 {
     let Some(usable) = round_page(size) else {
         return ptr::null_mut();
@@ -687,14 +687,67 @@ pub unsafe fn realloc(h: *mut u8, p: *mut u8, size: usize) -> *mut u8 {
             }
             return p;
         }
-        // In the mapping's room (a block served from a larger cached one), or resized.
-        if usable > old_map && !resize_mapping(h, new_map, SEGMENT_SIZE) {
+        // In the mapping's room (a block served from a larger cached one), into the cached
+        // rest of its mapping, or resized.
+        if usable > old_map
+            && !grow_into_next(h, new_map)
+            && !resize_mapping(h, new_map, SEGMENT_SIZE)
+        {
             return ptr::null_mut();
         }
         (*h).usable = usable;
         ALLOCATED.fetch_add(usable - old_usable, Ordering::Relaxed);
         (*h).base
     }
+}
+
+/// Grows the mapping of live block `h` to at least `new_map` bytes with the cached piece right
+/// after it, cut from the same kernel mapping (the rest of a cached mapping the block was
+/// served from): those pages, resident already, join the block without a system call, where
+/// `mremap` could not grow it in place and would move it to fresh pages. Takes whole chunks
+/// (the rest's start must begin one); false if there is no such piece or it is too small.
+///
+/// # Safety
+/// `h` must be a live huge block's header, the block resized by its owner alone.
+unsafe fn grow_into_next(h: *mut HugeHeader, new_map: usize) -> bool {
+    if OLDEST_CACHED.load(Ordering::Relaxed) == u64::MAX {
+        return false;
+    }
+    let mut cache = CACHE.lock();
+    // SAFETY: cached headers are live mappings the cache owns; `h` is ours per the contract.
+    unsafe {
+        let end = (*h).base.add((*h).map_size);
+        let Some(i) = (0..cache.len).find(|&i| {
+            let n = cache.slots[i].header;
+            (*n).base == end && (*n).vma == (*h).vma
+        }) else {
+            return false;
+        };
+        let n = cache.slots[i].header;
+        let need = new_map - (*h).map_size;
+        let size = (*n).map_size;
+        if size < need {
+            return false;
+        }
+        let take = need.next_multiple_of(SEGMENT_SIZE);
+        if take < size && registry::insert(end as usize + take, n.cast()) {
+            (*n).base = end.add(take);
+            (*n).map_size = size - take;
+            (*n).usable = size - take;
+            cache.bytes -= take;
+            CACHED.fetch_sub(take, Ordering::Relaxed);
+            (*h).map_size += take;
+        } else {
+            remove_slot(&mut cache, i);
+            CACHED.fetch_sub(size, Ordering::Relaxed);
+            drop_header(n);
+            (*h).map_size += size;
+        }
+        registry::remove(end as usize);
+    }
+    drop(cache);
+    note_live();
+    true
 }
 
 /// Fork: hold the locks across `fork`.
