@@ -53,6 +53,13 @@ fn check_and_free(p: *mut u8, size: usize, tag: u8) {
     unsafe { GLOBAL.dealloc(p, layout(size)) };
 }
 
+/// Leaves a cached mapping of `size` bytes, its pages resident: a block allocated, written
+/// whole and freed.
+fn cache_a_mapping(size: usize, tag: u8) {
+    let p = alloc(size, tag);
+    check_and_free(p, size, tag);
+}
+
 /// Frees everything cached and returns the engine's counters then.
 fn clean() -> sampalloc::stats::Snapshot {
     sampalloc::purge(true);
@@ -65,8 +72,7 @@ fn clean() -> sampalloc::stats::Snapshot {
 fn smaller_request_takes_part_of_a_larger_cached_block() {
     let _serial = serial();
     let base = clean();
-    let a = alloc(24 * MIB, 1);
-    check_and_free(a, 24 * MIB, 1);
+    cache_a_mapping(24 * MIB, 1);
     let freed = snapshot();
     assert!(
         freed.huge_cached >= 24 * MIB,
@@ -101,8 +107,7 @@ fn smaller_request_takes_part_of_a_larger_cached_block() {
 fn larger_request_grows_a_smaller_cached_block() {
     let _serial = serial();
     clean();
-    let a = alloc(6 * MIB, 4);
-    check_and_free(a, 6 * MIB, 4);
+    cache_a_mapping(6 * MIB, 4);
     let freed = snapshot();
     let b = alloc(20 * MIB, 5);
     let grown = snapshot();
@@ -123,8 +128,7 @@ fn larger_request_grows_a_smaller_cached_block() {
 fn zeroed_request_from_the_cache_reads_zero() {
     let _serial = serial();
     clean();
-    let a = alloc(16 * MIB, 0xa5);
-    check_and_free(a, 16 * MIB, 0xa5);
+    cache_a_mapping(16 * MIB, 0xa5);
     let l = layout(12 * MIB);
     // SAFETY: a non-zero size.
     let p = unsafe { GLOBAL.alloc_zeroed(l) };
@@ -146,11 +150,9 @@ fn zeroed_request_from_the_cache_reads_zero() {
 fn a_block_freed_beside_the_rest_of_its_mapping_is_merged_with_it() {
     let _serial = serial();
     clean();
-    let a = alloc(24 * MIB, 8);
-    check_and_free(a, 24 * MIB, 8);
+    cache_a_mapping(24 * MIB, 8);
     // The front 8 MiB (6 MiB rounded up to a chunk) for `b`; 16 MiB stay cached.
-    let b = alloc(6 * MIB, 9);
-    check_and_free(b, 6 * MIB, 9);
+    cache_a_mapping(6 * MIB, 9);
     let freed = snapshot();
     assert_eq!(freed.huge_cached, 24 * MIB, "{freed:?}");
     // Neither 8 nor 16 MiB holds 20 MiB: without the merge, the 16 MiB piece would grow.
@@ -173,8 +175,7 @@ fn a_block_freed_beside_the_rest_of_its_mapping_is_merged_with_it() {
 fn a_block_grows_in_place_into_the_cached_rest_of_its_mapping() {
     let _serial = serial();
     clean();
-    let a = alloc(24 * MIB, 13);
-    check_and_free(a, 24 * MIB, 13);
+    cache_a_mapping(24 * MIB, 13);
     let b = alloc(4 * MIB, 14);
     let cut = snapshot();
     assert_eq!(cut.huge_cached, 20 * MIB, "{cut:?}");
