@@ -7,6 +7,16 @@
 //! See `ARCHITECTURE.md` at the repository root for the layers and which may use which.
 
 #![deny(missing_docs)]
+// No std: the engine needs none, and `libsampalloc.so` then links none of std's panic and
+// backtrace machinery (about a third of its code, and libgcc_s). Tests use std.
+#![cfg_attr(not(test), no_std)]
+
+// The unwinder's module list and per-thread caches (`prof::unwind`) are boxes and vectors,
+// allocated through the global allocator: `malloc`, that is, this engine, under the profiler's
+// recursion guard.
+extern crate alloc;
+#[cfg(any(test, not(all(target_arch = "x86_64", target_os = "linux"))))]
+extern crate std;
 
 // The layers, bottom first: each folder uses only the folders above it in this list
 // (ARCHITECTURE.md; checked by tests/layers.rs).

@@ -11,7 +11,12 @@
 //! which the dynamic loader may make before any constructor runs; nothing here allocates,
 //! formats or panics.
 
+// No std (see `runtime`); a test build (`clippy --all-targets`) links it for the harness.
+#![cfg_attr(not(test), no_std)]
+
 pub mod exports;
 pub mod jemalloc_api;
 pub mod mallinfo;
+#[cfg(not(test))]
+mod runtime;
 mod semantics;

@@ -102,13 +102,26 @@ pub fn exp_m1(x: f64) -> f64 {
     poly * x
 }
 
+/// `x` rounded to the nearest integer, halves away from zero (`f64::round`, which needs std),
+/// for `|x| < 2^63`.
+pub fn round(x: f64) -> f64 {
+    let t = x as i64 as f64;
+    if x - t >= 0.5 {
+        t + 1.0
+    } else if t - x >= 0.5 {
+        t - 1.0
+    } else {
+        t
+    }
+}
+
 /// `exp(x)` for `-745 <= x <= 700`: `x = k ln 2 + r` with `|r| <= ln 2 / 2`, a series for
 /// `exp(r)`, and `2^k` built from its bits (in two steps, so that subnormal results work).
 fn exp(x: f64) -> f64 {
     // ln 2 in two parts (Cody and Waite): `k * LN_2_HI` is exact, so `r` keeps full precision.
     const LN_2_HI: f64 = 0.693_147_180_369_123_8;
     const LN_2_LO: f64 = 1.908_214_929_270_587_7e-10;
-    let k = (x / LN_2).round();
+    let k = round(x / LN_2);
     let r = (x - k * LN_2_HI) - k * LN_2_LO;
     // |r| <= 0.347: the series to r^17 / 17! is exact to 1e-17.
     let mut sum = 0.0;

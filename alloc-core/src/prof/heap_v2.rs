@@ -47,6 +47,7 @@
 
 use crate::base::config::PROF_PEEK_MAX;
 use crate::base::config::{self, PREFIX_MAX};
+use crate::base::fmath;
 use crate::platform::lock::Locked;
 use crate::platform::os::{self, Line};
 use crate::prof::name::{NameBuf, ProfileName, NAME_MAX};
@@ -164,7 +165,7 @@ pub fn unbiased_row(samples: u64, estimate: f64, r: f64) -> (u64, u64) {
             hi = mid;
         }
     }
-    let bytes = (samples as f64 * 0.5 * (lo + hi)).round() as u64;
+    let bytes = fmath::round(samples as f64 * 0.5 * (lo + hi)) as u64;
     (samples, bytes.max(1))
 }
 

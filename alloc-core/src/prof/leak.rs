@@ -2,6 +2,7 @@
 //! top call sites, named through the dynamic loader's symbols. Allocates nothing.
 
 use crate::base::config;
+use crate::base::fmath;
 use crate::platform::os::Line;
 use crate::prof::heap_v2;
 use crate::prof::table::{StackEntry, MAX_FRAMES};
@@ -22,9 +23,9 @@ pub fn human_bytes(l: &mut Line, bytes: f64) {
         .copied()
         .unwrap_or(units[0]);
     if scale == 1.0 {
-        l.dec(bytes.round() as u64);
+        l.dec(fmath::round(bytes) as u64);
     } else {
-        let tenths = (bytes / scale * 10.0).round() as u64;
+        let tenths = fmath::round(bytes / scale * 10.0) as u64;
         l.dec(tenths / 10).str(".").dec(tenths % 10);
     }
     l.str(" ").str(name);
@@ -53,7 +54,7 @@ pub fn leak_summary() {
     l.str("sampalloc: leak summary: about ");
     human_bytes(&mut l, bytes);
     l.str(" in about ")
-        .dec(objects.round() as u64)
+        .dec(fmath::round(objects) as u64)
         .str(" objects from ")
         .dec(sites)
         .str(" call sites still allocated at exit (1 sample per ");
@@ -67,7 +68,7 @@ pub fn leak_summary() {
         l.str("sampalloc:   ");
         human_bytes(&mut l, b);
         l.str(" in ")
-            .dec(c.live_objects.round() as u64)
+            .dec(fmath::round(c.live_objects) as u64)
             .str(" objects at");
         for (i, &pc) in e.frames().iter().take(MAX_FRAMES.min(4)).enumerate() {
             l.str(if i == 0 { " " } else { " <- " });

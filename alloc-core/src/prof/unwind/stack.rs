@@ -8,6 +8,7 @@
 //! the first time the thread meets code whose rule the process's table (`rules`) lacks, and
 //! freed by a pthread key destructor at thread exit.
 
+use alloc::boxed::Box;
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use framehop::x86_64::CacheX86_64;
 
