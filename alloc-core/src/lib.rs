@@ -42,7 +42,7 @@ pub use api::Op;
 pub use addr::segment::USABLE_PAGES;
 pub use base::config;
 pub use base::size_class::{class_of, class_size, LARGE_MAX, NUM_SMALL, QUANTUM, SMALL_MAX};
-pub use platform::os::{errno, set_errno, PAGE_SIZE};
+pub use platform::os::{errno, fatal_panic, set_errno, PAGE_SIZE};
 pub use pool::arena::set_narenas;
 pub use process::init::ensure_ready;
 pub use process::stats;

@@ -8,34 +8,13 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::panic::PanicInfo;
 
 /// The engine never panics on purpose; if it does, the process must stop without unwinding
-/// through a C caller or allocating. One line names where, then `abort`.
+/// through a C caller or allocating: one line names where, then `abort`.
 #[panic_handler]
 fn panic(info: &PanicInfo) -> ! {
-    let write = |bytes: &[u8]| {
-        // SAFETY: writes `bytes` to standard error; the result does not matter, we abort next.
-        unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
-    };
-    write(b"sampalloc: internal error: panic");
-    if let Some(at) = info.location() {
-        write(b" at ");
-        write(at.file().as_bytes());
-        let mut digits = [0u8; 10];
-        let mut n = at.line();
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        write(b":");
-        write(&digits[i..]);
-    }
-    write(b"\n");
-    // SAFETY: ends the process; nothing runs after.
-    unsafe { libc::abort() }
+    let (file, line) = info
+        .location()
+        .map_or(("?", 0), |at| (at.file(), at.line()));
+    sampalloc_core::fatal_panic(file, line)
 }
 
 /// `Box` and `Vec` allocate with `malloc` as std's `System` does on Unix: the exported

@@ -585,6 +585,21 @@ pub fn fatal_pointer(op: &str, what: &str, p: usize) -> ! {
     unsafe { libc::abort() }
 }
 
+/// Writes `sampalloc: internal error: panic at <file>:<line>` to stderr and aborts: the panic
+/// handler of `libsampalloc.so`, which has no std, and must neither unwind nor allocate.
+#[cold]
+#[inline(never)]
+pub fn fatal_panic(file: &str, line: u32) -> ! {
+    Line::new()
+        .str("sampalloc: internal error: panic at ")
+        .str(file)
+        .str(":")
+        .dec(line as u64)
+        .emit();
+    // SAFETY: abort has no preconditions and never returns.
+    unsafe { libc::abort() }
+}
+
 /// Writes `sampalloc: <what>` to stderr and aborts.
 #[cold]
 #[inline(never)]
