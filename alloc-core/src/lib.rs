@@ -7,8 +7,9 @@
 //! See `ARCHITECTURE.md` at the repository root for the layers and which may use which.
 
 #![deny(missing_docs)]
-// No std: the engine needs none, and `libsampalloc.so` then links none of std's panic and
-// backtrace machinery (about a third of its code, and libgcc_s). Tests use std.
+// No std: the engine needs none (on x86_64 Linux; elsewhere `platform::tls` takes std's
+// `thread_local!`), and `libsampalloc.so` then links none of std's panic and backtrace
+// machinery (half of its code) nor libgcc_s. Tests use std.
 #![cfg_attr(not(test), no_std)]
 
 // The unwinder's module list and per-thread caches (`prof::unwind`) are boxes and vectors,

@@ -11,12 +11,14 @@
 //! which the dynamic loader may make before any constructor runs; nothing here allocates,
 //! formats or panics.
 
-// No std (see `runtime`); a test build (`clippy --all-targets`) links it for the harness.
-#![cfg_attr(not(test), no_std)]
+// No std (see `runtime`) where the engine needs none: on x86_64 Linux, whose thread-local
+// blocks are reached with inline assembly (elsewhere the engine uses std's `thread_local!`). A
+// test build (`clippy --all-targets`) links std for the harness.
+#![cfg_attr(all(not(test), target_arch = "x86_64", target_os = "linux"), no_std)]
 
 pub mod exports;
 pub mod jemalloc_api;
 pub mod mallinfo;
-#[cfg(not(test))]
+#[cfg(all(not(test), target_arch = "x86_64", target_os = "linux"))]
 mod runtime;
 mod semantics;

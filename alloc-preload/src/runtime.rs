@@ -2,7 +2,7 @@
 //! `Vec` use (the profiler's unwinder keeps its module list and per-thread caches in them).
 //!
 //! Without std, the library links none of std's panic and backtrace machinery (gimli, addr2line,
-//! miniz, the demangler: a third of its code) and not libgcc_s, so a small program maps less.
+//! miniz, the demangler: half of its code) and not libgcc_s, so a small program maps less.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::panic::PanicInfo;
@@ -89,21 +89,11 @@ static GLOBAL: ViaMalloc = ViaMalloc;
 // program with a dynamic std (rustc itself) must keep finding its own. It answers "no handler in
 // this frame, keep unwinding" (`_URC_CONTINUE_UNWIND`), and is never called in practice: no
 // panic unwinds here (the handler above aborts), and no exception is thrown through the C ABI.
-#[cfg(target_arch = "x86_64")]
 core::arch::global_asm!(
     ".globl rust_eh_personality",
     ".hidden rust_eh_personality",
     ".type rust_eh_personality, @function",
     "rust_eh_personality:",
     "mov eax, 8",
-    "ret",
-);
-#[cfg(target_arch = "aarch64")]
-core::arch::global_asm!(
-    ".globl rust_eh_personality",
-    ".hidden rust_eh_personality",
-    ".type rust_eh_personality, %function",
-    "rust_eh_personality:",
-    "mov w0, #8",
     "ret",
 );
