@@ -143,6 +143,25 @@ mod tests {
     }
 
     #[test]
+    fn round_matches_std() {
+        for x in [
+            0.0,
+            0.49999999999999994,
+            0.5,
+            1.5,
+            2.5,
+            -0.5,
+            -1.5,
+            -2.4,
+            1e15 + 0.5,
+            123.456,
+            -745.0 / core::f64::consts::LN_2,
+        ] {
+            assert_eq!(round(x), x.round(), "{x}");
+        }
+    }
+
+    #[test]
     fn neg_ln_uniform_matches_libm() {
         let mut r: u64 = 0;
         let check = |r: u64| {
