@@ -287,8 +287,10 @@ fn only_allocating_threads_grow_their_caches() {
         cached(&snapshot()) as i64 - cached(&before) as i64
     });
     let consumer_growth = consumer.join().unwrap();
+    // Its initial stack, and what its flushes park in the arena's transfer array (at most
+    // 64 KiB of a class) for a producer's next refill.
     assert!(
-        consumer_growth <= 64,
+        consumer_growth <= 64 + (64 << 10) as i64 / SIZE as i64,
         "a thread that only frees holds {consumer_growth} more cached blocks of {SIZE} B"
     );
     let batcher = std::thread::spawn(move || {

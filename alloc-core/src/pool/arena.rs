@@ -451,11 +451,11 @@ impl Arena {
     }
 
     /// Returns objects of small class `class`, all from slabs of this arena and validated as
-    /// object starts. A double free found here aborts. With `park`, for objects another
-    /// arena's thread sends back (a consumer's frees of a producer's blocks), they may wait in
-    /// the bin's transfer array for the next refill; a thread's own objects go back to their
-    /// slabs, which can then empty (parked there, they would keep a single thread's slabs
-    /// from emptying and being purged).
+    /// object starts. A double free found here aborts. With `park`, for objects a consumer
+    /// sends back (another arena's thread, or a thread of this arena that frees the class
+    /// without allocating it), they may wait in the bin's transfer array for the next refill;
+    /// an allocating thread's own objects go back to their slabs, which can then empty
+    /// (parked there, they would keep a single thread's slabs from emptying and being purged).
     ///
     /// # Safety
     /// Every pointer must be an object start of a slab of this arena of class `class`.

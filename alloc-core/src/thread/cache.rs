@@ -366,7 +366,7 @@ pub unsafe fn flush_all(tc: *mut ThreadCache) {
         // SAFETY: as documented.
         unsafe {
             let n = (*tc).bins[class].count();
-            flush_in::<EXIT_CHUNK>(tc, class, n);
+            flush_in::<EXIT_CHUNK>(tc, class, n, false);
         }
     }
     // SAFETY: as documented.
@@ -455,7 +455,7 @@ unsafe fn flush_remote_in<const CHUNK: usize>(tc: *mut ThreadCache) {
             }
             if done > start {
                 // SAFETY: validated, unused blocks of `class` (`push_remote`'s contract).
-                unsafe { return_blocks(class, &mut batch[start..done], (*tc).arena) };
+                unsafe { return_blocks(class, &mut batch[start..done], (*tc).arena, false) };
             }
         }
     }
@@ -501,7 +501,10 @@ pub unsafe fn on_full(tc: *mut ThreadCache, class: usize) {
                 bin.move_to(region, grown);
             }
         } else {
-            flush(tc, class, (cap / 2).max(1));
+            // A thread that frees this class without allocating it (a consumer of blocks that
+            // producers allocate) parks them for the next refill, its own arena's too: a
+            // producer on that arena takes them as they are.
+            flush_in::<FLUSH_CHUNK>(tc, class, (cap / 2).max(1), !allocates);
         }
     }
 }
@@ -563,15 +566,21 @@ pub unsafe fn gc(tc: *mut ThreadCache, now: u64) {
 /// Only the cache's owner may call this; `n` must not exceed the count.
 pub unsafe fn flush(tc: *mut ThreadCache, class: usize, n: usize) {
     // SAFETY: forwarded contract.
-    unsafe { flush_in::<FLUSH_CHUNK>(tc, class, n) }
+    unsafe { flush_in::<FLUSH_CHUNK>(tc, class, n, false) }
 }
 
-/// [`flush`] in chunks of `CHUNK` blocks, copied to the stack.
+/// [`flush`] in chunks of `CHUNK` blocks, copied to the stack; `park_home` as for
+/// [`return_blocks`].
 ///
 /// # Safety
 /// As for [`flush`].
 #[inline(always)]
-unsafe fn flush_in<const CHUNK: usize>(tc: *mut ThreadCache, class: usize, n: usize) {
+unsafe fn flush_in<const CHUNK: usize>(
+    tc: *mut ThreadCache,
+    class: usize,
+    n: usize,
+    park_home: bool,
+) {
     // Chunks keep the copy small: callers may be on a small (signal) stack.
     let mut batch = [ptr::null_mut::<u8>(); CHUNK];
     let mut left = n;
@@ -587,7 +596,7 @@ unsafe fn flush_in<const CHUNK: usize>(tc: *mut ThreadCache, class: usize, n: us
             bin.set_count(kept);
             // The store above must not sink below the locks taken while returning blocks.
             core::sync::atomic::compiler_fence(Ordering::SeqCst);
-            return_blocks(class, &mut batch[..k], (*tc).arena);
+            return_blocks(class, &mut batch[..k], (*tc).arena, park_home);
         }
         left -= k;
     }
@@ -605,11 +614,12 @@ const EXIT_CHUNK: usize = FLUSH_CHUNK / 4;
 
 /// Returns blocks of cached class `class` to the arenas owning them, one lock per arena.
 /// Reorders `blocks`. `home` is the returning thread's arena: blocks of other arenas may wait
-/// in their bin's transfer array for the next refill there (see `Arena::put_small`).
+/// in their bin's transfer array for the next refill there (see `Arena::put_small`), and with
+/// `park_home` (a thread that frees the class without allocating it) blocks of `home` too.
 ///
 /// # Safety
 /// Every block must be a validated, unused block of `class`.
-pub unsafe fn return_blocks(class: usize, blocks: &mut [*mut u8], home: &Arena) {
+pub unsafe fn return_blocks(class: usize, blocks: &mut [*mut u8], home: &Arena, park_home: bool) {
     let mut rest = blocks;
     // SAFETY: validated blocks lie in live segments.
     let owner_of = |p: *mut u8| unsafe { arena::of_segment(Segment::of(p as usize)) };
@@ -626,7 +636,7 @@ pub unsafe fn return_blocks(class: usize, blocks: &mut [*mut u8], home: &Arena) 
         // SAFETY: validated blocks of `owner`, as the contract says.
         unsafe {
             if is_small(class) {
-                owner.put_small(class, mine, !ptr::eq(owner, home));
+                owner.put_small(class, mine, park_home || !ptr::eq(owner, home));
             } else {
                 owner.free_large(mine);
             }
@@ -718,5 +728,43 @@ pub fn postfork_child(survivor: *mut ThreadCache) {
             }
             tc = next;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::size_class::class_of;
+
+    /// A thread that frees a class without allocating it (a consumer) parks even its own
+    /// arena's blocks in the bin's transfer array, for a producer's next refill; a thread that
+    /// allocates the class puts its own blocks back in their slabs.
+    #[test]
+    fn a_consumer_parks_its_own_arenas_blocks() {
+        let a = arena::get(203); // an arena no other test uses
+        let class = class_of(64);
+        let mut out = [ptr::null_mut(); 8];
+        assert_eq!(a.fill_small(class, &mut out, false), 8);
+        // SAFETY: unused objects of this arena's slabs of `class`.
+        unsafe { return_blocks(class, &mut out[..4], a, false) };
+        assert_eq!(
+            a.parked(class, &a.bin(class).lock()),
+            0,
+            "an allocating thread's own"
+        );
+        // SAFETY: as above.
+        unsafe { return_blocks(class, &mut out[4..], a, true) };
+        assert_eq!(
+            a.parked(class, &a.bin(class).lock()),
+            4,
+            "a consumer's, its arena's too"
+        );
+        let mut again = [ptr::null_mut(); 4];
+        assert_eq!(a.fill_small(class, &mut again, false), 4);
+        again.sort();
+        out[4..].sort();
+        assert_eq!(again, out[4..], "the next refill takes the parked blocks");
+        // SAFETY: as above.
+        unsafe { a.put_small(class, &again, false) };
     }
 }
