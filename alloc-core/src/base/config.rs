@@ -74,7 +74,8 @@ pub fn narenas() -> usize {
 /// arenas than CPUs buy little concurrency; but each arena keeps its own partly used slabs and
 /// free pages, which other arenas' slabs cannot use. With 16 threads a round on 2 CPUs, 8
 /// arenas (jemalloc's 4 × CPUs) held 281 MiB at the peak against 227 MiB for 2, at the same
-/// CPU time (`benches/RESULTS.md`, tenth session).
+/// CPU time (`benches/RESULTS.md`, tenth session). Not fewer than CPUs: `free`'s guard against
+/// passive false sharing tells threads apart by arena (fourteenth session).
 pub fn narenas_or_default() -> usize {
     match narenas() {
         0 => os::cpu_count(),
