@@ -431,12 +431,78 @@ fn cpus() -> usize {
     }
 }
 
-/// By default there is one arena per CPU, and threads beyond them share those arenas.
+/// By default threads are spread over one arena per CPU, line and shared arena at once, and
+/// threads beyond them share those.
 #[test]
 fn threads_beyond_the_cpus_share_an_arena_per_cpu() {
     let _serial = serial();
     let stderr = run_child("many_threads_child", Some("stats_print:true"));
     let cpus = cpus();
     assert_eq!(report_field(&stderr, "arenas: "), cpus, "{stderr}");
+    assert_eq!(report_field(&stderr, "shared arenas: "), cpus, "{stderr}");
     assert_eq!(report_field(&stderr, "arenas used: "), cpus, "{stderr}");
+}
+
+/// Child of `threads_running_together_share_memory_but_not_cache_lines`: two threads, alive
+/// together, each allocate a block smaller than a cache line and a larger one, and print the
+/// addresses.
+#[test]
+#[ignore = "helper: run by threads_running_together_share_memory_but_not_cache_lines"]
+fn two_threads_child() {
+    let barrier = std::sync::Barrier::new(2);
+    let blocks: Vec<(usize, usize)> = std::thread::scope(|s| {
+        let spawn = || {
+            s.spawn(|| {
+                let small = alloc(16) as usize;
+                let large = alloc(256) as usize;
+                // Both threads hold their arenas until both have allocated.
+                barrier.wait();
+                (small, large)
+            })
+        };
+        let (a, b) = (spawn(), spawn());
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    // Straight to stderr: the test harness captures `eprintln!`.
+    use std::io::Write;
+    for (small, large) in blocks {
+        writeln!(std::io::stderr(), "small {small} large {large}").unwrap();
+    }
+}
+
+/// With one shared arena (`narenas:1`), two threads running at once take their 256-byte blocks
+/// from the same arena's segment, but their 16-byte blocks from line arenas of their own (on a
+/// machine with two CPUs or more), so they never share a cache line: the guard against passive
+/// false sharing still tells them apart.
+#[test]
+fn threads_running_together_share_memory_but_not_cache_lines() {
+    let _serial = serial();
+    let stderr = run_child("two_threads_child", Some("narenas:1"));
+    let blocks: Vec<(usize, usize)> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("small "))
+        .map(|l| {
+            let (small, large) = l.split_once(" large ").expect("two numbers");
+            (small.parse().unwrap(), large.parse().unwrap())
+        })
+        .collect();
+    let [(small_a, large_a), (small_b, large_b)] = blocks[..] else {
+        panic!("two threads' blocks: {stderr}");
+    };
+    let segment = |p: usize| p >> 22;
+    assert_eq!(
+        segment(large_a),
+        segment(large_b),
+        "one shared arena: {stderr}"
+    );
+    if cpus() >= 2 {
+        assert_ne!(segment(small_a), segment(small_b), "line arenas: {stderr}");
+        assert_ne!(small_a / 64, small_b / 64, "{stderr}");
+    } else {
+        assert_eq!(
+            segment(small_a),
+            segment(small_b),
+            "one CPU, one arena: {stderr}"
+        );
+    }
 }

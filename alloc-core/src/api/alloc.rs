@@ -129,21 +129,20 @@ pub(super) unsafe fn alloc_class(
 ) -> *mut u8 {
     // SAFETY: the caller's own cache, used by this thread only.
     let tc = unsafe { &*tc };
-    let arena = tc.arena;
     if class >= NUM_CACHED {
-        return arena.alloc_large(class, 1, zero);
+        return tc.arena.alloc_large(class, 1, zero);
     }
     let bin = &tc.bins[class];
     let mut n = bin.count();
     bin.requests.store(bin.requests.load(Relaxed) + 1, Relaxed);
     if n == 0 {
         if !is_small(class) {
-            return arena.alloc_large(class, 1, zero);
+            return tc.arena.alloc_large(class, 1, zero);
         }
         let want = (bin.capacity() / 2).max(1);
         // SAFETY: the stack's storage holds `capacity` slots, all free (the stack is empty).
         let slots = unsafe { core::slice::from_raw_parts_mut(bin.base(), want) };
-        n = arena.fill_small(class, slots, false);
+        n = tc.arena_for(class).fill_small(class, slots, false);
         if n == 0 {
             return ptr::null_mut();
         }

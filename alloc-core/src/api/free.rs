@@ -293,7 +293,7 @@ pub(super) unsafe fn free_block(p: *mut u8, d: *mut SpanDesc, class: usize, op: 
                 cache::check_double_free(tc, class, d, p, op.name());
             }
             let owner = arena::of_segment(segment::segment_of_desc(d));
-            if !ptr::eq(owner, (*tc).arena) && cache::sends_home(class, owner) {
+            if !ptr::eq(owner, (*tc).line_arena) && cache::sends_home(class, owner) {
                 cache::push_remote(tc, class, p);
                 return;
             }

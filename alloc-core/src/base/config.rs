@@ -68,14 +68,18 @@ impl Prefix {
 pub fn narenas() -> usize {
     NARENAS.load(Ordering::Relaxed)
 }
-/// The number of arenas to use: `narenas` if set, else the default, one per CPU.
+/// The number of shared arenas (see `pool::arena::ThreadArenas`): `narenas` if set, else
+/// the default, one per CPU. The classes smaller than a cache line have arenas of their own,
+/// one per CPU (or `narenas`, if more), so fewer shared arenas keep `free`'s guard against
+/// passive false sharing.
 ///
-/// No more threads than CPUs run at once, and thread caches take most of the traffic, so more
-/// arenas than CPUs buy little concurrency; but each arena keeps its own partly used slabs and
-/// free pages, which other arenas' slabs cannot use. With 16 threads a round on 2 CPUs, 8
-/// arenas (jemalloc's 4 × CPUs) held 281 MiB at the peak against 227 MiB for 2, at the same
-/// CPU time (`benches/RESULTS.md`, tenth session). Not fewer than CPUs: `free`'s guard against
-/// passive false sharing tells threads apart by arena (fourteenth session).
+/// Each arena keeps its own partly used slabs and free pages, which other arenas' slabs cannot
+/// use, so fewer arenas hold less memory: with 16 threads a round on 2 CPUs, 8 arenas
+/// (jemalloc's 4 × CPUs) held 281 MiB at the peak against 215–232 MiB for 2 and 187 MiB for
+/// one (`benches/RESULTS.md`, tenth and fifteenth sessions). But threads that run at once on
+/// one shared arena contend for its bins: with one shared arena on 2 CPUs, rptestN and
+/// mstressN ran 25–50 % slower and mimalloc-bench's time 3 % slower, so it is not the
+/// default.
 pub fn narenas_or_default() -> usize {
     match narenas() {
         0 => os::cpu_count(),

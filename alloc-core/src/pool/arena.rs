@@ -1,7 +1,8 @@
 //! Arenas: the shared pools that thread caches refill from and flush to.
 //!
 //! There are at most [`MAX_ARENAS`] (255), statically allocated and constant-initialised, of
-//! which the first `narenas` are handed to threads (least-loaded first). An arena owns its
+//! which the first `narenas` are handed to threads, two to each: a line arena for the classes
+//! smaller than a cache line and a shared one for the rest (see [`ThreadArenas`]). An arena owns its
 //! segments. It has one lock per small size class (the bin: the class's current slab and its
 //! list of non-full slabs) and one lock for its page heap (large blocks and new slabs).
 //! Lock order: a bin lock may be held while the page lock is taken, never the reverse. Another
@@ -218,8 +219,11 @@ pub struct ArenaPages {
 pub struct Arena {
     bins: [Padded<Locked<SlabBin>>; NUM_SMALL],
     pages: Locked<ArenaPages>,
-    /// Threads currently assigned to this arena.
+    /// Threads that use this arena now, as their shared arena, their line arena or both (see
+    /// [`ThreadArenas`]).
     pub threads: AtomicU32,
+    /// Threads whose line arena this is: what new threads are spread by.
+    line_threads: AtomicU32,
     /// Pages in the bins' kept empty slabs (changed under a bin lock, so bins may overshoot
     /// [`EMPTY_KEEP_PAGES`] by a slab each at most).
     empty_pages: AtomicUsize,
@@ -228,11 +232,11 @@ pub struct Arena {
     /// No dirty page of this arena expires before this time (ms): ticks skip the lock until
     /// then.
     purge_hint: Deadline,
-    /// When the last thread left (ms; 0: never), for [`release_thread`] and [`assign_thread`].
+    /// When the last thread left (ms; 0: never), for [`count_out`] and [`count_in`].
     last_exit: AtomicU64,
     /// A new thread took this arena over within a decay period of its last thread's exit: it
     /// serves rounds of short-lived threads, so its last thread's exit keeps the warm pages for
-    /// the next round (see [`release_thread`]).
+    /// the next round (see [`count_out`]).
     taken_over: AtomicBool,
     /// Since when (ms) this arena has been left without threads with its warm pages kept;
     /// `u64::MAX` if it is in use or nothing is kept. One decay period later, the next tick of
@@ -293,6 +297,7 @@ impl Arena {
                 sampled_small_live: [0; NUM_SMALL],
             }),
             threads: AtomicU32::new(0),
+            line_threads: AtomicU32::new(0),
             empty_pages: AtomicUsize::new(0),
             last_sweep: AtomicU64::new(0),
             purge_hint: Deadline::never(),
@@ -760,7 +765,7 @@ impl Arena {
     /// Purges this arena's dirty pages: those past the decay time, or all if `all`. Empty
     /// slabs that bins keep as their current slab (to avoid churn at a slab boundary) are
     /// released first: always if `all`, else at most once per decay period. An arena left
-    /// without threads for a decay period with its warm pages kept (see [`release_thread`])
+    /// without threads for a decay period with its warm pages kept (see [`count_out`])
     /// releases its empty slabs and purges all its dirty pages; one left without threads and
     /// not kept warm purges all of them at each sweep. Returns how many pages were purged.
     pub fn purge(&self, all: bool) -> usize {
@@ -881,8 +886,10 @@ fn parked_since(last: u64, now: u64) -> u64 {
 }
 
 static ARENAS: [Arena; MAX_ARENAS] = [const { Arena::new() }; MAX_ARENAS];
-/// Arenas handed to threads.
-static NARENAS: AtomicUsize = AtomicUsize::new(1);
+/// Shared arenas: `0..SHARED_ARENAS` (see [`ThreadArenas`]).
+static SHARED_ARENAS: AtomicUsize = AtomicUsize::new(1);
+/// Line arenas: `0..LINE_ARENAS`, never fewer than the shared ones.
+static LINE_ARENAS: AtomicUsize = AtomicUsize::new(1);
 /// One past the highest arena ever given a thread (only those hold memory: ticks, purges,
 /// fork and stats visit these). Not every arena threads may be spread over: each arena's
 /// state has a page of its own, and a program with one thread faulted in all of them at its
@@ -911,15 +918,23 @@ pub fn of_tag(tag: u8) -> &'static Arena {
     unsafe { ARENAS.get_unchecked(tag as usize - 1) }
 }
 
-/// Sets how many arenas new threads are spread over (clamped to 1..=MAX_ARENAS).
+/// Sets the number of shared arenas to `n` (clamped to 1..=MAX_ARENAS), and that of line
+/// arenas to `n` or the CPU count, whichever is larger.
 pub fn set_narenas(n: usize) {
     let n = n.clamp(1, MAX_ARENAS);
-    NARENAS.store(n, Ordering::Relaxed);
+    SHARED_ARENAS.store(n, Ordering::Relaxed);
+    LINE_ARENAS.store(n.max(os::cpu_count()).min(MAX_ARENAS), Ordering::Relaxed);
 }
 
-/// How many arenas new threads are spread over.
+/// How many arenas threads are spread over, in all (the line arenas, which include the shared
+/// ones).
 pub fn narenas() -> usize {
-    NARENAS.load(Ordering::Relaxed)
+    LINE_ARENAS.load(Ordering::Relaxed)
+}
+
+/// How many of them are shared arenas.
+pub fn shared_arenas() -> usize {
+    SHARED_ARENAS.load(Ordering::Relaxed)
 }
 
 /// Arenas that may hold memory.
@@ -927,15 +942,36 @@ pub fn arenas_used() -> usize {
     ARENAS_USED.load(Ordering::SeqCst)
 }
 
-/// Picks the arena with the fewest threads for a new thread and counts the thread in. A thread
-/// that finds its arena empty takes it over: within a decay period of the last thread's exit,
-/// the arena is marked as serving rounds of threads (see [`release_thread`]).
-pub fn assign_thread() -> &'static Arena {
-    let n = narenas();
+/// A thread's two arenas. Its `shared` arena serves every class but those smaller than a cache
+/// line; its `line` arena serves those, and its tag is the one `free` compares to tell blocks
+/// that may share a cache line with another thread's (see `thread::cache`). Line arenas are one
+/// per CPU, so threads that run at once have different ones; shared arenas may be fewer
+/// (`narenas`; by default as many), so that the memory of threads that come and go is pooled
+/// in fewer arenas, each with its own partly used slabs and free pages. Arena `i` is line arena `i`
+/// and, below the shared count, shared arena `i` too: a thread on line arena `i` has shared
+/// arena `i % shared`, and a program with one thread uses one arena.
+#[derive(Clone, Copy)]
+pub struct ThreadArenas {
+    /// Every class but the sub-line ones.
+    pub shared: &'static Arena,
+    /// The classes smaller than a cache line.
+    pub line: &'static Arena,
+}
+
+impl ThreadArenas {
+    /// Whether both are one arena.
+    pub fn same(&self) -> bool {
+        ptr::eq(self.shared, self.line)
+    }
+}
+
+/// Picks the arenas of a new thread: the line arena with the fewest threads, and its shared
+/// arena, and counts the thread in (see [`count_in`]).
+pub fn assign_thread() -> ThreadArenas {
     let mut best = 0;
     let mut best_threads = u32::MAX;
-    for (i, a) in ARENAS.iter().enumerate().take(n) {
-        let t = a.threads.load(Ordering::Relaxed);
+    for (i, a) in ARENAS.iter().enumerate().take(narenas()) {
+        let t = a.line_threads.load(Ordering::Relaxed);
         if t < best_threads {
             best = i;
             best_threads = t;
@@ -944,9 +980,24 @@ pub fn assign_thread() -> &'static Arena {
             }
         }
     }
-    let a = &ARENAS[best];
     // Before the thread can take any of the arena's locks: `prefork` visits the arenas used.
     ARENAS_USED.fetch_max(best + 1, Ordering::SeqCst);
+    let arenas = ThreadArenas {
+        shared: &ARENAS[best % shared_arenas()],
+        line: &ARENAS[best],
+    };
+    arenas.line.line_threads.fetch_add(1, Ordering::Relaxed);
+    count_in(arenas.shared);
+    if !arenas.same() {
+        count_in(arenas.line);
+    }
+    arenas
+}
+
+/// Counts a thread in to arena `a`. A thread that finds the arena empty takes it over: within
+/// a decay period of the last thread's exit, the arena is marked as serving rounds of threads
+/// (see [`count_out`]).
+fn count_in(a: &Arena) {
     if a.threads.fetch_add(1, Ordering::Relaxed) == 0 {
         a.idle_since.store(u64::MAX);
         let last = a.last_exit.load(Ordering::Relaxed);
@@ -954,20 +1005,39 @@ pub fn assign_thread() -> &'static Arena {
         let soon = last != 0 && decay >= 0 && os::now_ms() <= last.saturating_add(decay as u64);
         a.taken_over.store(soon, Ordering::Relaxed);
     }
-    a
+}
+
+/// Fork: counts the surviving thread in again to its arenas, whose counts the child reset.
+pub fn recount_thread(arenas: ThreadArenas) {
+    arenas.line.line_threads.fetch_add(1, Ordering::Relaxed);
+    arenas.shared.threads.fetch_add(1, Ordering::Relaxed);
+    if !arenas.same() {
+        arenas.line.threads.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Dirty pages an arena keeps when its last thread exits and no round of threads was seen
-/// (see [`release_thread`]); above this, all of them are purged. A pool of short-lived threads
+/// (see [`count_out`]); above this, all of them are purged. A pool of short-lived threads
 /// with small heaps then never pays for purges and refaults, while a thread that leaves
 /// megabytes behind gives them back at once.
 const IDLE_DIRTY_KEEP_PAGES: usize = 512;
+
+/// Counts an exiting thread out of its arenas (see [`count_out`]); then it serves the other
+/// arenas' due purges, as a tick would.
+pub fn release_thread(arenas: ThreadArenas) {
+    arenas.line.line_threads.fetch_sub(1, Ordering::Relaxed);
+    if !arenas.same() {
+        count_out(arenas.line);
+    }
+    count_out(arenas.shared);
+    purge_due_arenas(os::now_ms());
+}
 
 /// Counts a thread out of arena `a` (it exited). What the last thread out does depends on what
 /// the arena has seen:
 ///
 /// - It serves rounds of threads (a new thread took it over within a decay period of its last
-///   exit, see [`assign_thread`]): the next round will most likely want the same memory, so
+///   exit, see [`count_in`]): the next round will most likely want the same memory, so
 ///   nothing is released now. Its dirty pages keep decaying span by span, and if no thread
 ///   takes the arena over within a decay period, the next tick of any thread (or the next
 ///   thread exit) releases its empty slabs and purges all its dirty pages ([`Arena::purge`]).
@@ -978,9 +1048,7 @@ const IDLE_DIRTY_KEEP_PAGES: usize = 512;
 ///   thread ever allocates again; but free pages in huge pages that still hold live blocks
 ///   wait for their decay time, as purging them would break the huge pages (and a round of
 ///   threads that comes back would fault them in 4 KiB at a time).
-///
-/// Either way the exiting thread serves the other arenas' due purges, as a tick would.
-pub fn release_thread(a: &Arena) {
+fn count_out(a: &Arena) {
     if a.threads.fetch_sub(1, Ordering::Relaxed) > 1 {
         // Others remain. What the exiting thread's frees parked or emptied goes back to the
         // page heap now, to decay from now: a thread that freed a lot and left must not wait
@@ -1001,7 +1069,6 @@ pub fn release_thread(a: &Arena) {
             }
         }
     }
-    purge_due_arenas(os::now_ms());
 }
 
 /// Purges what is due in every arena, whoever uses it: the arenas of threads that exited are
@@ -1053,6 +1120,7 @@ pub fn postfork_child() {
             b.0.reset_after_fork();
         }
         a.threads.store(0, Ordering::Relaxed);
+        a.line_threads.store(0, Ordering::Relaxed);
     }
 }
 

@@ -97,8 +97,11 @@ pub struct Snapshot {
     pub cached: usize,
     /// Segments mapped.
     pub segments: usize,
-    /// Arenas threads are spread over.
+    /// Arenas threads are spread over: line arenas, of which the first `shared_arenas` are
+    /// shared arenas too (see `pool::arena::ThreadArenas`).
     pub narenas: usize,
+    /// Arenas that serve the classes of a cache line and more.
+    pub shared_arenas: usize,
     /// Arenas ever given a thread: the only ones that hold memory, and that ticks visit.
     pub arenas_used: usize,
     /// Threads with a cache.
@@ -138,6 +141,7 @@ pub fn snapshot() -> Snapshot {
         cached: 0,
         segments: 0,
         narenas: arena::narenas(),
+        shared_arenas: arena::shared_arenas(),
         arenas_used: arena::arenas_used(),
         threads: 0,
         purged_pages: 0,
@@ -296,6 +300,7 @@ pub fn print(fd: i32) {
     emit(
         Line::new()
             .field("arenas", s.narenas as u64)
+            .field("shared arenas", s.shared_arenas as u64)
             .field("arenas used", s.arenas_used as u64)
             .field("threads", s.threads as u64)
             .field("segments", s.segments as u64)

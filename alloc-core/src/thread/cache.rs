@@ -11,8 +11,11 @@
 //! by the thread that frees it, as in jemalloc and tcmalloc: that is cheapest and keeps memory
 //! where it is used. Blocks smaller than a cache line are the exception while their arena has
 //! threads: handed out here, they would put this thread's objects in lines the owner's thread
-//! still writes (passive false sharing). Those wait in the cache's remote buffer and go home
-//! with up to [`REMOTE_CAP`] others, sorted by class and arena, one lock per group.
+//! still writes (passive false sharing). They come from the thread's line arena (one per CPU,
+//! see `pool::arena::ThreadArenas`), so threads that run at once are told apart by it even
+//! when they share the arena of every other class. Those of another line arena wait in the
+//! cache's remote buffer and go home with up to [`REMOTE_CAP`] others, sorted by class and
+//! arena, one lock per group.
 //!
 //! Large classes up to 256 KiB are cached too, one or two blocks each, flushed at a tick when
 //! they were not used since the last one.
@@ -41,7 +44,7 @@ use crate::base::size_class::{
 };
 use crate::platform::lock::Locked;
 use crate::platform::os;
-use crate::pool::arena::{self, Arena};
+use crate::pool::arena::{self, Arena, ThreadArenas};
 use crate::thread::sampler::Schedule;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -140,7 +143,8 @@ pub struct ThreadCache {
     pub schedule: Schedule,
     /// The value written into cached blocks, for double-free detection.
     pub free_key: u64,
-    /// The thread's arena: refills come from here.
+    /// The thread's shared arena: refills of every class but the sub-line ones come from here
+    /// (see [`ThreadArenas`]).
     pub arena: &'static Arena,
     /// The stacks.
     pub bins: [CacheBin; NUM_CACHED],
@@ -150,7 +154,11 @@ pub struct ThreadCache {
     used_at: [u64; NUM_CACHED],
     /// Bytes by which stacks may still grow beyond their initial capacities.
     growth_budget: usize,
-    /// The segment-map tag of the thread's arena, which tells `free` a block of another arena.
+    /// The thread's line arena: refills of the sub-line classes come from here (after the
+    /// stacks, which keep their alignment to cache lines).
+    pub line_arena: &'static Arena,
+    /// The segment-map tag of the thread's line arena, which tells `free` a sub-line block that
+    /// another thread may be using a cache line of.
     pub arena_tag: u8,
     /// The small block this thread's last `realloc` grew, if still where it was moved: growing
     /// it again means it keeps growing, and it gets headroom (see `api::realloc`). Only
@@ -169,6 +177,25 @@ pub struct ThreadCache {
 }
 
 impl ThreadCache {
+    /// The thread's arenas.
+    pub fn arenas(&self) -> ThreadArenas {
+        ThreadArenas {
+            shared: self.arena,
+            line: self.line_arena,
+        }
+    }
+
+    /// The arena that refills `class` for this thread, and that its blocks of `class` call
+    /// home.
+    #[inline(always)]
+    pub fn arena_for(&self, class: usize) -> &'static Arena {
+        if class < SUBLINE_CLASSES {
+            self.line_arena
+        } else {
+            self.arena
+        }
+    }
+
     /// Blocks cached for `class`, as another thread sees them (statistics). Only `top` is
     /// read: the stack's bottom is wherever `top` lies, its packed initial stack or its own
     /// region (the owner may be moving it), so the count is never made of two torn pointers.
@@ -278,9 +305,9 @@ fn make_free_key() -> u64 {
     x | 1
 }
 
-/// Gets a cache for a new thread of `arena`: a recycled one or fresh metadata memory.
+/// Gets a cache for a new thread of `arenas`: a recycled one or fresh metadata memory.
 /// Null if memory ran out.
-pub fn acquire(arena: &'static Arena, free_key: u64) -> *mut ThreadCache {
+pub fn acquire(arenas: ThreadArenas, free_key: u64) -> *mut ThreadCache {
     let mut list = CACHES.lock();
     let mut tc = list.spare;
     if tc.is_null() {
@@ -299,8 +326,9 @@ pub fn acquire(arena: &'static Arena, free_key: u64) -> *mut ThreadCache {
         ptr::addr_of_mut!((*tc).schedule).write(schedule);
         ptr::addr_of_mut!((*tc).free_key).write(free_key);
         ptr::addr_of_mut!((*tc).arena_tag)
-            .write(crate::addr::registry::tag_of_index(arena.index()));
-        ptr::addr_of_mut!((*tc).arena).write(arena);
+            .write(crate::addr::registry::tag_of_index(arenas.line.index()));
+        ptr::addr_of_mut!((*tc).arena).write(arenas.shared);
+        ptr::addr_of_mut!((*tc).line_arena).write(arenas.line);
         ptr::addr_of_mut!((*tc).remote_len).write(AtomicUsize::new(0));
         ptr::addr_of_mut!((*tc).requests_seen).write([0; NUM_CACHED]);
         ptr::addr_of_mut!((*tc).used_at).write([os::now_ms(); NUM_CACHED]);
@@ -455,7 +483,7 @@ unsafe fn flush_remote_in<const CHUNK: usize>(tc: *mut ThreadCache) {
             }
             if done > start {
                 // SAFETY: validated, unused blocks of `class` (`push_remote`'s contract).
-                unsafe { return_blocks(class, &mut batch[start..done], (*tc).arena, false) };
+                unsafe { return_blocks(class, &mut batch[start..done], (*tc).line_arena, false) };
             }
         }
     }
@@ -596,7 +624,7 @@ unsafe fn flush_in<const CHUNK: usize>(
             bin.set_count(kept);
             // The store above must not sink below the locks taken while returning blocks.
             core::sync::atomic::compiler_fence(Ordering::SeqCst);
-            return_blocks(class, &mut batch[..k], (*tc).arena, park_home);
+            return_blocks(class, &mut batch[..k], (*tc).arena_for(class), park_home);
         }
         left -= k;
     }
@@ -724,7 +752,7 @@ pub fn postfork_child(survivor: *mut ThreadCache) {
                 list.spare = tc;
             } else {
                 // The survivor's thread counts again in the (reset) arena counts.
-                (*tc).arena.threads.fetch_add(1, Ordering::Relaxed);
+                arena::recount_thread((*tc).arenas());
             }
             tc = next;
         }

@@ -104,10 +104,10 @@ unsafe fn init(s: *mut ThreadState) -> *mut ThreadCache {
             EXIT_KEY.load(Ordering::Relaxed),
             1usize as *const libc::c_void,
         );
-        let a = arena::assign_thread();
-        let tc = thread_cache::acquire(a, thread_cache::free_key());
+        let arenas = arena::assign_thread();
+        let tc = thread_cache::acquire(arenas, thread_cache::free_key());
         if tc.is_null() {
-            arena::release_thread(a);
+            arena::release_thread(arenas);
             (*s).phase = phase::UNINIT; // try again on the next call
             return tc;
         }
@@ -128,9 +128,9 @@ pub extern "C" fn on_thread_exit(_value: *mut libc::c_void) {
         (*s).phase = phase::TEARING_DOWN;
         let tc = (*s).cache;
         (*s).cache = ptr::null_mut();
-        let a = (*tc).arena;
+        let arenas = (*tc).arenas();
         thread_cache::release(tc);
-        arena::release_thread(a);
+        arena::release_thread(arenas);
         (*s).phase = phase::DEAD;
     }
 }
