@@ -5,8 +5,8 @@
 //!
 //! One test function: which arena each thread gets depends on the threads alive, so no other
 //! test of this binary may start threads meanwhile. Threads get arenas with no thread first,
-//! and the test asks for eight arenas (the default is one per CPU), so the two workers below
-//! have arenas of their own.
+//! and the test asks for eight arenas (by default, one per two CPUs), so the two workers
+//! below have arenas of their own.
 
 use sampalloc::SampAlloc;
 use std::alloc::{GlobalAlloc, Layout};

