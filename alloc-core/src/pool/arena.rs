@@ -986,12 +986,17 @@ pub fn assign_thread() -> ThreadArenas {
         shared: &ARENAS[best % shared_arenas()],
         line: &ARENAS[best],
     };
+    count_thread_in(arenas);
+    arenas
+}
+
+/// Counts a new thread in to its arenas: once in each, whether they are two or one.
+fn count_thread_in(arenas: ThreadArenas) {
     arenas.line.line_threads.fetch_add(1, Ordering::Relaxed);
     count_in(arenas.shared);
     if !arenas.same() {
         count_in(arenas.line);
     }
-    arenas
 }
 
 /// Counts a thread in to arena `a`. A thread that finds the arena empty takes it over: within
@@ -1209,6 +1214,40 @@ mod tests {
         // SAFETY: as above.
         unsafe { a.put_small(class, &out[per_slab..], false) };
         a.release_empty_slabs(0);
+    }
+
+    /// A thread counts once in each arena it uses, whether its line and shared arenas are two
+    /// or one, and leaves them unused when it exits; fork's recount counts it the same way.
+    #[test]
+    fn a_thread_counts_once_in_each_of_its_arenas() {
+        // Arenas no other test uses.
+        let two = ThreadArenas {
+            shared: get(210),
+            line: get(211),
+        };
+        let one = ThreadArenas {
+            shared: get(212),
+            line: get(212),
+        };
+        let counts = |a: &Arena| {
+            (
+                a.threads.load(Ordering::Relaxed),
+                a.line_threads.load(Ordering::Relaxed),
+            )
+        };
+        count_thread_in(two);
+        assert_eq!((counts(two.shared), counts(two.line)), ((1, 0), (1, 1)));
+        assert!(two.shared.is_used() && two.line.is_used());
+        release_thread(two);
+        assert_eq!((counts(two.shared), counts(two.line)), ((0, 0), (0, 0)));
+        assert!(!two.shared.is_used() && !two.line.is_used());
+        count_thread_in(one);
+        assert_eq!(counts(one.line), (1, 1), "one arena, counted once");
+        release_thread(one);
+        recount_thread(one);
+        assert_eq!(counts(one.line), (1, 1), "fork's recount");
+        release_thread(one);
+        assert_eq!(counts(one.line), (0, 0));
     }
 
     /// Objects are parked only as many as refills took: in a phase of frees alone they go
