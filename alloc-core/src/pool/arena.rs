@@ -2,9 +2,9 @@
 //!
 //! There are at most [`MAX_ARENAS`] (255), statically allocated and constant-initialised, of
 //! which the first `narenas` are handed to threads, two to each: a line arena for the classes
-//! smaller than a cache line and a shared one for the rest (see [`ThreadArenas`]). An arena owns its
-//! segments. It has one lock per small size class (the bin: the class's current slab and its
-//! list of non-full slabs) and one lock for its page heap (large blocks and new slabs).
+//! smaller than a cache line and a shared one for the rest (see [`ThreadArenas`]). An arena
+//! owns its segments. It has one lock per small size class (the bin: the class's current slab
+//! and its list of non-full slabs) and one lock for its page heap (large blocks and new slabs).
 //! Lock order: a bin lock may be held while the page lock is taken, never the reverse. Another
 //! arena's page lock is only ever tried (`try_lock`), with no lock of ours held.
 
@@ -947,9 +947,9 @@ pub fn arenas_used() -> usize {
 /// that may share a cache line with another thread's (see `thread::cache`). Line arenas are one
 /// per CPU, so threads that run at once have different ones; shared arenas are fewer
 /// (`narenas`; by default one per two CPUs), so that the memory of threads that come and go is
-/// pooled in fewer arenas, each with its own partly used slabs and free pages. Arena `i` is line arena `i`
-/// and, below the shared count, shared arena `i` too: a thread on line arena `i` has shared
-/// arena `i % shared`, and a program with one thread uses one arena.
+/// pooled in fewer arenas, each with its own partly used slabs and free pages. Arena `i` is
+/// line arena `i` and, below the shared count, shared arena `i` too: a thread on line arena `i`
+/// has shared arena `i % shared`, and a program with one thread uses one arena.
 #[derive(Clone, Copy)]
 pub struct ThreadArenas {
     /// Every class but the sub-line ones.
@@ -990,8 +990,9 @@ pub fn assign_thread() -> ThreadArenas {
     arenas
 }
 
-/// Counts a new thread in to its arenas: once in each, whether they are two or one.
-fn count_thread_in(arenas: ThreadArenas) {
+/// Counts a thread in to its arenas: once in each, whether they are two or one. Also fork's
+/// recount of the surviving thread, whose arenas the child found with no thread.
+pub fn count_thread_in(arenas: ThreadArenas) {
     arenas.line.line_threads.fetch_add(1, Ordering::Relaxed);
     count_in(arenas.shared);
     if !arenas.same() {
@@ -1009,15 +1010,6 @@ fn count_in(a: &Arena) {
         let decay = config::decay_ms();
         let soon = last != 0 && decay >= 0 && os::now_ms() <= last.saturating_add(decay as u64);
         a.taken_over.store(soon, Ordering::Relaxed);
-    }
-}
-
-/// Fork: counts the surviving thread in again to its arenas, whose counts the child reset.
-pub fn recount_thread(arenas: ThreadArenas) {
-    arenas.line.line_threads.fetch_add(1, Ordering::Relaxed);
-    arenas.shared.threads.fetch_add(1, Ordering::Relaxed);
-    if !arenas.same() {
-        arenas.line.threads.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -1217,7 +1209,7 @@ mod tests {
     }
 
     /// A thread counts once in each arena it uses, whether its line and shared arenas are two
-    /// or one, and leaves them unused when it exits; fork's recount counts it the same way.
+    /// or one, and leaves them unused when it exits.
     #[test]
     fn a_thread_counts_once_in_each_of_its_arenas() {
         // Arenas no other test uses.
@@ -1243,9 +1235,6 @@ mod tests {
         assert!(!two.shared.is_used() && !two.line.is_used());
         count_thread_in(one);
         assert_eq!(counts(one.line), (1, 1), "one arena, counted once");
-        release_thread(one);
-        recount_thread(one);
-        assert_eq!(counts(one.line), (1, 1), "fork's recount");
         release_thread(one);
         assert_eq!(counts(one.line), (0, 0));
     }

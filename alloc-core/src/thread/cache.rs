@@ -752,7 +752,7 @@ pub fn postfork_child(survivor: *mut ThreadCache) {
                 list.spare = tc;
             } else {
                 // The survivor's thread counts again in the (reset) arena counts.
-                arena::recount_thread((*tc).arenas());
+                arena::count_thread_in((*tc).arenas());
             }
             tc = next;
         }
