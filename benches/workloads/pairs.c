@@ -1,7 +1,10 @@
-/* pairs.c — single-threaded small-object churn: "pairs" and "batches".
+/* pairs.c — single-threaded small-object churn: "pairs", "random" and "batches".
  *
  * Usage: pairs pairs   [rounds]   — malloc+free pairs, cycling sizes 16, 64, 256, 1024, 4096 and a
  *                                   fixed pseudo-random size table (16–512 B); one op = one pair.
+ *        pairs random  [rounds]   — malloc+free pairs whose size changes at every pair: a round
+ *                                   walks a table of 256 pseudo-random sizes (16–512 B) once;
+ *                                   one op = one pair.
  *        pairs batches [rounds]   — 1000 mallocs then 1000 frees: in allocation order for each
  *                                   fixed size, in shuffled order for mixed sizes (8 B–4 KiB);
  *                                   one op = one malloc+free.
@@ -39,6 +42,25 @@ static long long run_pairs(long rounds) {
             void *p = xmalloc(n);
             block_fill(p, n);
             block_check("pairs", p, n);
+            free(p);
+        }
+        ops += 256;
+    }
+    return ops;
+}
+
+static long long run_random(long rounds) {
+    size_t sizes[256];
+    rng_t r;
+    long long ops = 0;
+    rng_seed(&r, 3);
+    for (int i = 0; i < 256; i++) sizes[i] = rng_range(&r, 16, 512);
+    for (long round = 0; round < rounds; round++) {
+        for (int i = 0; i < 256; i++) {
+            size_t n = sizes[i];
+            void *p = xmalloc(n);
+            block_fill(p, n);
+            block_check("random", p, n);
             free(p);
         }
         ops += 256;
@@ -87,11 +109,14 @@ int main(int argc, char **argv) {
     if (strcmp(mode, "pairs") == 0) {
         long rounds = arg_long(argc, argv, 2, 20000);
         t0 = now_seconds(); ops = run_pairs(rounds); t1 = now_seconds();
+    } else if (strcmp(mode, "random") == 0) {
+        long rounds = arg_long(argc, argv, 2, 100000);
+        t0 = now_seconds(); ops = run_random(rounds); t1 = now_seconds();
     } else if (strcmp(mode, "batches") == 0) {
         long rounds = arg_long(argc, argv, 2, 4000);
         t0 = now_seconds(); ops = run_batches(rounds); t1 = now_seconds();
     } else {
-        fprintf(stderr, "usage: %s pairs|batches [rounds]\n", argv[0]);
+        fprintf(stderr, "usage: %s pairs|random|batches [rounds]\n", argv[0]);
         return 1;
     }
     print_result(mode, 1, ops, t1 - t0, rss_kb(), "ops_per_sec=%.0f", ops / (t1 - t0));

@@ -32,6 +32,7 @@ RUN_TIMEOUT = 180  # seconds; any single run longer than this is killed and reco
 # Workloads: name -> (program, args). Sized so that glibc takes about 0.5-3 s on a 2-core machine.
 WORKLOADS = {
     "pairs": ("pairs", ["pairs", "30000"]),
+    "random-pairs": ("pairs", ["random", "200000"]),
     "batches": ("pairs", ["batches", "600"]),
     "realloc": ("realloc", ["12"]),
     "regrow": ("regrow", ["200000"]),

@@ -243,9 +243,11 @@ pub fn purge(all: bool) -> usize {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::{flush_thread_cache, malloc};
+    use crate::addr::segment::{self, Location, Segment};
     use crate::api::free::free;
     use crate::base::size_class::{class_of, CLASSES, NUM_CACHED};
     use crate::platform::stack_use::used_below;
+    use crate::pool::arena;
     use crate::thread;
 
     /// A new thread's stacks start packed side by side, so the classes it uses share pages;
@@ -296,6 +298,50 @@ mod tests {
             assert_eq!(again.len(), count);
             // SAFETY: as above.
             again.iter().for_each(|&p| unsafe { free(p) });
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// The block freed last comes back first, whichever way it was freed, and a flush leaves
+    /// no block cached: each goes back to its slab.
+    #[test]
+    fn the_block_freed_last_comes_back_first() {
+        std::thread::spawn(|| {
+            let size = 100;
+            let class = class_of(size);
+            let blocks: Vec<*mut u8> = (0..3).map(|_| malloc(size)).collect();
+            // SAFETY: live blocks of ours, each freed once (the middle one with its size).
+            unsafe {
+                free(blocks[0]);
+                crate::api::free::free_sized(blocks[1], size);
+                free(blocks[2]);
+            }
+            let again: Vec<*mut u8> = (0..3).map(|_| malloc(size)).collect();
+            assert_eq!(again, [blocks[2], blocks[1], blocks[0]]);
+            // SAFETY: as above.
+            again.iter().for_each(|&p| unsafe { free(p) });
+            let tc = thread::cache();
+            // SAFETY: this thread's own cache.
+            let held = || unsafe { ((*tc).cached_seen(class), (*tc).bins[class].count()) };
+            let (seen, cached) = held();
+            assert!(
+                cached >= 3 && seen == cached,
+                "statistics see {seen} of {cached}"
+            );
+            flush_thread_cache();
+            assert_eq!(held(), (0, 0), "a flush left blocks cached");
+            for &p in &blocks {
+                let Location::Span(d, _) = segment::locate(p as usize) else {
+                    panic!("{p:?} is not in a segment");
+                };
+                // SAFETY: `d` is the slab holding `p`.
+                let free = unsafe {
+                    arena::of_segment(Segment::of(p as usize))
+                        .slab_object_is_free(class, d, p as usize)
+                };
+                assert!(free, "{p:?} did not go back to its slab");
+            }
         })
         .join()
         .unwrap();
