@@ -20,30 +20,31 @@
 static const size_t FIXED[] = {16, 64, 256, 1024, 4096};
 #define NFIXED (sizeof FIXED / sizeof FIXED[0])
 
+/* One malloc+free pair of `n` bytes, the block filled and checked in between. */
+static inline __attribute__((always_inline)) void one_pair(const char *what, size_t n) {
+    void *p = xmalloc(n);
+    block_fill(p, n);
+    block_check(what, p, n);
+    free(p);
+}
+
+/* A table of 256 pseudo-random sizes of 16-512 B. */
+static void random_sizes(size_t sizes[256], uint64_t seed) {
+    rng_t r;
+    rng_seed(&r, seed);
+    for (int i = 0; i < 256; i++) sizes[i] = rng_range(&r, 16, 512);
+}
+
 static long long run_pairs(long rounds) {
     size_t mixed[256];
-    rng_t r;
     long long ops = 0;
-    rng_seed(&r, 1);
-    for (int i = 0; i < 256; i++) mixed[i] = rng_range(&r, 16, 512);
+    random_sizes(mixed, 1);
     for (long round = 0; round < rounds; round++) {
         for (size_t k = 0; k < NFIXED; k++) {
-            size_t n = FIXED[k];
-            for (int i = 0; i < 200; i++) {
-                void *p = xmalloc(n);
-                block_fill(p, n);
-                block_check("pairs", p, n);
-                free(p);
-            }
+            for (int i = 0; i < 200; i++) one_pair("pairs", FIXED[k]);
             ops += 200;
         }
-        for (int i = 0; i < 256; i++) {
-            size_t n = mixed[i];
-            void *p = xmalloc(n);
-            block_fill(p, n);
-            block_check("pairs", p, n);
-            free(p);
-        }
+        for (int i = 0; i < 256; i++) one_pair("pairs", mixed[i]);
         ops += 256;
     }
     return ops;
@@ -51,18 +52,10 @@ static long long run_pairs(long rounds) {
 
 static long long run_random(long rounds) {
     size_t sizes[256];
-    rng_t r;
     long long ops = 0;
-    rng_seed(&r, 3);
-    for (int i = 0; i < 256; i++) sizes[i] = rng_range(&r, 16, 512);
+    random_sizes(sizes, 3);
     for (long round = 0; round < rounds; round++) {
-        for (int i = 0; i < 256; i++) {
-            size_t n = sizes[i];
-            void *p = xmalloc(n);
-            block_fill(p, n);
-            block_check("random", p, n);
-            free(p);
-        }
+        for (int i = 0; i < 256; i++) one_pair("random", sizes[i]);
         ops += 256;
     }
     return ops;
