@@ -247,6 +247,44 @@ def faults_table(rows, allocs, workloads):
     return "\n".join(lines) + "\n"
 
 
+# Issue 13's bars against the peers: time and peak RSS within 10 % of the best peer's, page
+# faults within 1.2x; the peers are whichever of these the run has.
+PEERS = ("glibc", "jemalloc", "mimalloc", "tcmalloc")
+PEER_BOUNDS = (("seconds", 1.10), ("peak_rss_kb", 1.10), ("faults", 1.20))
+
+
+def peer_table(summary, workloads, name="sampalloc"):
+    """Per workload, `name` against the best of the peers in the run: its median over the best
+    peer's for the workload's timer, peak RSS and page faults, and whether that is within the
+    bound. Empty when the run has no peer or no `name`."""
+    def median(wl, metric, a):
+        s = next((x for x in summary if x["workload"] == wl and x["metric"] == metric
+                  and x["allocator"] == a), None)
+        return s["median"] if s else None
+
+    rows = []
+    for wl in workloads:
+        cells = []
+        for metric, bound in PEER_BOUNDS:
+            ours = median(wl, metric, name)
+            peers = [(median(wl, metric, p), p) for p in PEERS]
+            peers = [(v, p) for v, p in peers if v]
+            if not ours or not peers:
+                cells.append("–")
+                continue
+            best, who = min(peers)
+            ratio = ours / best
+            cells.append(f"{ratio:.2f}× {who}" + (" met" if ratio <= bound else " **missed**"))
+        if any(c != "–" for c in cells):
+            rows.append(f"| {wl} | " + " | ".join(cells) + " |")
+    if not rows:
+        return ""
+    head = [f"{name} against the best peer ({', '.join(PEERS)}, whichever ran), medians: time and "
+            "peak RSS within 1.10×, page faults within 1.20× (issue 13).\n",
+            "| workload | time | peak RSS | page faults |", "|---|---|---|---|"]
+    return "\n".join(head + rows) + "\n"
+
+
 def render(summary, allocs, workloads, profc, je_profc, targets_for, notes, tables=()):
     names = [a[0] for a in allocs]
     lines = []

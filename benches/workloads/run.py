@@ -67,7 +67,7 @@ import subprocess
 import sys
 import time
 
-from report import (check_targets, faults_table, fnum, jvm_figures, jvm_table, machine_note, prof_costs, render,
+from report import (check_targets, faults_table, fnum, jvm_figures, jvm_table, machine_note, peer_table, prof_costs, render,
                     summarize)
 from runners import (HERE, JVM, JVM_ALLOCATORS, KNOWN_ALLOCATORS, ROOT, WORKLOADS, CSV_FIELDS, build,
                      find_allocators, jvm_build, jvm_run, kill_live, log, real_run, redis_run, redis_stats_check,
@@ -177,7 +177,8 @@ def main():
                 w.writerow(r)
         notes.append(jvm_table(jvm_figures(jvm_samples, rows, jvm_allocs, args.jvm_seconds),
                                args.jvm_seconds, args.reps))
-    text = render(summary, allocs, all_wl, profc, je_profc, targets, notes, [faults_table(rows, allocs, all_wl)])
+    tables = [faults_table(rows, allocs, all_wl), peer_table(summary, all_wl)]
+    text = render(summary, allocs, all_wl, profc, je_profc, targets, notes, [t for t in tables if t])
     with open(os.path.join(RESULTS, f"{args.tag}-summary.md"), "w") as f:
         f.write(text + "\n")
     log("\n" + text)
