@@ -38,8 +38,9 @@ What it does:
    bigger is better; memory as x/glibc, smaller is better; the issue's targets marked met/missed;
    the cost of profiling as sampalloc-prof time / sampalloc time, and jemalloc-prof / jemalloc
    beside it; a page-fault table with ratios to glibc and each allocator's faults per 4 KiB page
-   of its peak RSS, the floor for memory faulted in 4 KiB at a time; AnonHugePages), and prints
-   the summary;
+   of its peak RSS, the floor for memory faulted in 4 KiB at a time; AnonHugePages; sampalloc
+   against the best peer in the run, per workload, for time, peak RSS and page faults, with
+   issue 13's bounds of 1.10x, 1.10x and 1.20x), and prints the summary;
 5. with --real, the same for real programs: redis-server on 127.0.0.1 (a free port, no
    persistence) driven by redis-benchmark, a python3 JSON/dict workload, and gcc -O2 on a
    generated C file; and checks with `SAMPALLOC_CONF=stats_print:true` that sampalloc really
