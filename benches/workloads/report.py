@@ -253,13 +253,18 @@ PEERS = ("glibc", "jemalloc", "mimalloc", "tcmalloc")
 PEER_BOUNDS = (("seconds", 1.10), ("peak_rss_kb", 1.10), ("faults", 1.20))
 
 
+def find_summary(summary, wl, metric, allocator):
+    """The summary entry of `allocator` for `metric` of workload `wl`, or None."""
+    return next((x for x in summary if x["workload"] == wl and x["metric"] == metric
+                 and x["allocator"] == allocator), None)
+
+
 def peer_table(summary, workloads, name="sampalloc"):
     """Per workload, `name` against the best of the peers in the run: its median over the best
     peer's for the workload's timer, peak RSS and page faults, and whether that is within the
     bound. Empty when the run has no peer or no `name`."""
     def median(wl, metric, a):
-        s = next((x for x in summary if x["workload"] == wl and x["metric"] == metric
-                  and x["allocator"] == a), None)
+        s = find_summary(summary, wl, metric, a)
         return s["median"] if s else None
 
     rows = []
@@ -305,7 +310,7 @@ def render(summary, allocs, workloads, profc, je_profc, targets_for, notes, tabl
         for metric in metrics:
             cells = []
             for a in names:
-                s = next((x for x in summary if x["workload"] == wl and x["metric"] == metric and x["allocator"] == a), None)
+                s = find_summary(summary, wl, metric, a)
                 if not s or s["median"] is None:
                     cells.append("failed" if s and s["failed"] else "–")
                     continue
@@ -368,12 +373,12 @@ def check_targets(summary, profc):
             shown = f"{100 * (g - 1):+.1f} %" + (f"; by CPU time {100 * (gc - 1):+.1f} %" if gc else "")
             out.append((label, shown, "met" if g <= bound else "**missed**"))
             continue
-        s = next((x for x in summary if x["workload"] == wl and x["metric"] == metric and x["allocator"] == "sampalloc"), None)
+        s = find_summary(summary, wl, metric, "sampalloc")
         if not s or s["ratio"] is None:
             continue
         if kind == "speed":
             shown = f"{s['ratio']:.2f}× glibc speed" + (f" (time {1 / s['ratio']:.2f}× glibc)" if wl == "frag" else "")
-            c = next((x for x in summary if x["workload"] == wl and x["metric"] == "cpu_s" and x["allocator"] == "sampalloc"), None)
+            c = find_summary(summary, wl, "cpu_s", "sampalloc")
             if c and c["ratio"] is not None:
                 shown += f"; by CPU time {c['ratio']:.2f}×"
             ok = s["ratio"] >= bound

@@ -336,11 +336,11 @@ mod tests {
                     panic!("{p:?} is not in a segment");
                 };
                 // SAFETY: `d` is the slab holding `p`.
-                let free = unsafe {
+                let back = unsafe {
                     arena::of_segment(Segment::of(p as usize))
                         .slab_object_is_free(class, d, p as usize)
                 };
-                assert!(free, "{p:?} did not go back to its slab");
+                assert!(back, "{p:?} did not go back to its slab");
             }
         })
         .join()
