@@ -44,19 +44,62 @@ pub(super) fn alloc_for_growth(size: usize, entry_sp: usize) -> *mut u8 {
     }
 }
 
-/// The size to allocate for small block `p` (usable size `old_usable`) that `realloc` grows to
+/// A block that keeps growing by small steps moves, past this size, into a page run with
+/// free pages after it (the smallest large class at least), where it then grows in place: the
+/// copies from here to 16 KiB were most of a built-up buffer's cost.
+const BUILD_UP_MIN: usize = 2 << 10;
+/// ... after this many growths in a row: a buffer appended to in small steps, not one that
+/// doubles itself (which copies little anyway) nor one grown a few times and then kept.
+const BUILD_UP_STEPS: u32 = 16;
+
+/// The size to allocate for block `p` (usable size `old_usable`) that `realloc` grows to
 /// `size`. A block this thread's previous `realloc` grew, growing again, is being built up (a
-/// string, a buffer appended to): it gets twice its old size, up to the largest small class,
-/// so that it is copied about once per doubling rather than once per size class. glibc grows
+/// string, a buffer appended to): it gets twice its old size, up to the largest class of its
+/// kind, so that it is copied or resized about once per doubling rather than once per size
+/// class; after many small steps it moves to a page run (see [`BUILD_UP_MIN`]). glibc grows
 /// such a block in place at the top of its heap; slab classes cannot. A block grown only once
 /// gets exactly what it asked for.
 fn with_headroom(p: *mut u8, size: usize, old_usable: usize) -> usize {
     let tc = thread::cache();
     // SAFETY: the calling thread's own cache, if any.
-    if size > SMALL_MAX || tc.is_null() || unsafe { (*tc).last_grown } != p {
+    if size > LARGE_MAX || tc.is_null() || unsafe { (*tc).last_grown } != p {
         return size;
     }
-    size.max((old_usable * 2).min(SMALL_MAX))
+    let doubled = size.max(old_usable * 2);
+    if size <= SMALL_MAX {
+        // SAFETY: as above.
+        if size > BUILD_UP_MIN && unsafe { (*tc).grown_steps } >= BUILD_UP_STEPS {
+            return doubled.clamp(SMALL_MAX + 1, LARGE_MAX);
+        }
+        return doubled.min(SMALL_MAX);
+    }
+    doubled.min(LARGE_MAX)
+}
+
+/// Whether `realloc(p, size)` grows again the block that this thread's last growing
+/// `realloc` returned (a shrink is not growth: a block built up is often trimmed to fit).
+fn grows_again(p: *mut u8, size: usize) -> bool {
+    let tc = thread::cache();
+    // SAFETY: the calling thread's own cache, if any.
+    !tc.is_null() && unsafe { (*tc).last_grown == p && size >= (*tc).last_grown_size }
+}
+
+/// Notes that this thread's `realloc` just grew block `p` to `q` (perhaps `p`), asked for
+/// `size` bytes, so that its next growth gets headroom (see [`with_headroom`]).
+fn note_grown(p: *mut u8, q: *mut u8, size: usize) {
+    let tc = thread::cache();
+    if !tc.is_null() {
+        // SAFETY: the calling thread's own cache.
+        unsafe {
+            (*tc).grown_steps = if (*tc).last_grown == p {
+                (*tc).grown_steps.saturating_add(1)
+            } else {
+                1
+            };
+            (*tc).last_grown = q;
+            (*tc).last_grown_size = size;
+        }
+    }
 }
 
 /// Resizes `p` to at least `size` bytes, in place when it can, keeping the contents; null `p`
@@ -102,6 +145,11 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize, exact: bool) ->
         }
         Block::Span(d, class) => {
             let usable = CLASSES[class].size as usize;
+            // A block being built up keeps its headroom until it has grown into it.
+            if !exact && size <= usable && grows_again(p, size) {
+                note_grown(p, p, size);
+                return p;
+            }
             // A small block stays where it is while it shrinks to no less than half its
             // class (as mimalloc does): the headroom given to a growing block below is not
             // lost to a copy at its first shrink.
@@ -113,17 +161,29 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize, exact: bool) ->
                 if new_class == class {
                     return p;
                 }
-                // Sampled blocks always move.
+                // Sampled blocks always move. A large block that keeps growing grows in place
+                // by doubling where the pages after it are free: the arena's lock once per
+                // doubling rather than once per class.
                 if !is_small(class)
                     && !is_small(new_class)
                     // SAFETY: `d` heads the live large block `p`.
                     && unsafe { (*d).flags } & FLAG_SAMPLED == 0
-                    // SAFETY: as above; the block is ours to resize.
-                    && unsafe {
-                        arena::of_segment(Segment::of(p as usize)).resize_large(d, new_class)
-                    }
                 {
-                    return p;
+                    let grows = !exact && size > usable;
+                    let want = if grows {
+                        class_of(with_headroom(p, size, usable))
+                    } else {
+                        new_class
+                    };
+                    // SAFETY: as above; the block is ours to resize.
+                    if unsafe {
+                        arena::of_segment(Segment::of(p as usize)).resize_large(d, want, new_class)
+                    } {
+                        if grows {
+                            note_grown(p, p, size);
+                        }
+                        return p;
+                    }
                 }
             }
             usable
@@ -145,12 +205,8 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize, exact: bool) ->
     if q.is_null() {
         return q;
     }
-    if growing && !exact && size <= SMALL_MAX {
-        let tc = thread::cache();
-        if !tc.is_null() {
-            // SAFETY: the calling thread's own cache.
-            unsafe { (*tc).last_grown = q };
-        }
+    if growing && !exact && size <= LARGE_MAX {
+        note_grown(p, q, size);
     }
     // SAFETY: both blocks are live and at least the copied length long.
     unsafe {

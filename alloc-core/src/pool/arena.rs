@@ -731,19 +731,26 @@ impl Arena {
         }
     }
 
-    /// Resizes large block `d` in place to class `class`; false if the pages after it are
-    /// taken.
+    /// Resizes large block `d` in place to class `want`, or failing that to class `class`
+    /// (`want` is a growing block's headroom, at least `class`); false if the pages after it
+    /// are taken.
     ///
     /// # Safety
     /// `d` must head a live large block of this arena.
-    pub unsafe fn resize_large(&self, d: *mut SpanDesc, class: usize) -> bool {
+    pub unsafe fn resize_large(&self, d: *mut SpanDesc, want: usize, class: usize) -> bool {
+        let mut class = class;
         let new_pages = CLASSES[class].pages as usize;
         let mut p = self.pages.lock();
         // SAFETY: per the contract.
         unsafe {
             let old_pages = (*d).pages as usize;
             let ok = if new_pages > old_pages {
-                p.heap.try_grow(d, new_pages)
+                if want != class && p.heap.try_grow(d, CLASSES[want].pages as usize) {
+                    class = want;
+                    true
+                } else {
+                    p.heap.try_grow(d, new_pages)
+                }
             } else {
                 if new_pages < old_pages {
                     let now = os::now_ms();

@@ -160,10 +160,14 @@ pub struct ThreadCache {
     /// The segment-map tag of the thread's line arena, which tells `free` a sub-line block that
     /// another thread may be using a cache line of.
     pub arena_tag: u8,
-    /// The small block this thread's last `realloc` grew, if still where it was moved: growing
-    /// it again means it keeps growing, and it gets headroom (see `api::realloc`). Only
-    /// compared, never dereferenced.
+    /// The block this thread's last growing `realloc` returned, if still where it was moved:
+    /// growing it again means it keeps growing, and it gets headroom (see `api::realloc`).
+    /// Only compared, never dereferenced.
     pub last_grown: *mut u8,
+    /// The size that `realloc` was last asked to grow `last_grown` to.
+    pub last_grown_size: usize,
+    /// How many growths in a row made `last_grown` what it is.
+    pub grown_steps: u32,
     next: *mut ThreadCache,
     prev: *mut ThreadCache,
     /// Blocks of other arenas freed by this thread, waiting to go home: `remote[..remote_len]`,
@@ -334,6 +338,8 @@ pub fn acquire(arenas: ThreadArenas, free_key: u64) -> *mut ThreadCache {
         ptr::addr_of_mut!((*tc).used_at).write([os::now_ms(); NUM_CACHED]);
         ptr::addr_of_mut!((*tc).growth_budget).write(GROWTH_BUDGET);
         ptr::addr_of_mut!((*tc).last_grown).write(ptr::null_mut());
+        ptr::addr_of_mut!((*tc).last_grown_size).write(0);
+        ptr::addr_of_mut!((*tc).grown_steps).write(0);
         let slots = ptr::addr_of_mut!((*tc).slots).cast::<*mut u8>();
         for (class, info) in CLASSES.iter().enumerate().take(NUM_CACHED) {
             let base = slots.add(STACK_LAYOUT[class].0);
