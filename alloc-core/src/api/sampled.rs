@@ -12,24 +12,29 @@ use crate::addr::segment::{self, SampleRecord, Segment, SpanDesc};
 use crate::base::size_class::{is_small, NUM_CACHED};
 use crate::pool::arena;
 use crate::pool::huge::{self, HugeHeader};
-use crate::prof::backtrace;
-use crate::prof::table::{self, MAX_FRAMES};
+use crate::prof::backtrace::{self, TraceMemo};
+use crate::prof::table::{self, StackEntry, MAX_FRAMES};
 use crate::thread::cache::ThreadCache;
 use crate::thread::sampler;
 use crate::thread::InProfiler;
 use core::mem::MaybeUninit;
+use core::ptr;
 
 /// Enters the profiler (no nested samples while the guard lives) and captures the stack above
 /// `entry_sp` into `frames`. Inlined, the walk starts at the sampling function's own registers
 /// (`FrameRegs::here`, taken while its frame stays live), so no frame of the capture is walked.
+/// With `memo` (the thread's), a stack that did not change since the thread's last sample is
+/// not walked again; the flag says so.
 #[inline(always)]
-fn enter_and_capture(
-    frames: &mut [MaybeUninit<usize>; MAX_FRAMES],
+fn enter_and_capture<'a>(
+    frames: &'a mut [MaybeUninit<usize>; MAX_FRAMES],
     entry_sp: usize,
-) -> (InProfiler, &[usize]) {
+    memo: Option<&mut TraceMemo>,
+) -> (InProfiler, &'a [usize], bool) {
     let start = backtrace::FrameRegs::here();
     let inside = InProfiler::enter();
-    (inside, backtrace::capture(frames, entry_sp, start))
+    let (trace, recalled) = backtrace::capture(frames, entry_sp, start, memo);
+    (inside, trace, recalled)
 }
 
 /// Allocates a sampled block: captures the stack, serves the block, and records it. A block of
@@ -49,7 +54,18 @@ pub(super) unsafe fn alloc_sampled(
     entry_sp: usize,
 ) -> *mut u8 {
     let mut frames = [MaybeUninit::uninit(); MAX_FRAMES];
-    let (_inside, trace) = enter_and_capture(&mut frames, entry_sp);
+    // SAFETY: the caller's own cache; the memo is used by this thread's samples only, and
+    // samples do not nest (the profiler guard).
+    let memo = unsafe { &mut (*tc).trace_memo };
+    let (_inside, trace, recalled) = enter_and_capture(&mut frames, entry_sp, Some(memo));
+    // The stack's entry, when the memo gave back the frames of the last sample (entries are
+    // never freed).
+    let known = if recalled {
+        // SAFETY: as above.
+        unsafe { (*tc).trace_memo.noted() as *mut StackEntry }
+    } else {
+        ptr::null_mut()
+    };
     let weight = sampler::weight(size, sampler::mean_interval());
     let bytes = size.max(1);
     if class < NUM_CACHED && align_pages == 1 {
@@ -58,7 +74,7 @@ pub(super) unsafe fn alloc_sampled(
         if p.is_null() {
             return p;
         }
-        let record = record(trace, bytes, weight, p);
+        let record = record_at(tc, known, trace, bytes, weight, p);
         if !is_small(class) {
             // SAFETY: `p` starts a live large block of ours, just allocated and unrecorded.
             unsafe { segment::mark_sampled(Segment::desc_at(p as usize), record) };
@@ -80,7 +96,7 @@ pub(super) unsafe fn alloc_sampled(
     if p.is_null() {
         return p;
     }
-    let record = record(trace, bytes, weight, p);
+    let record = record_at(tc, known, trace, bytes, weight, p);
     // SAFETY: `d` heads the block we just allocated; its record is ours to set.
     unsafe { (*d).set_sample(record) };
     announce_alloc(p, record);
@@ -99,7 +115,7 @@ pub(super) fn alloc_huge_sampled(
     entry_sp: usize,
 ) -> *mut u8 {
     let mut frames = [MaybeUninit::uninit(); MAX_FRAMES];
-    let (_inside, trace) = enter_and_capture(&mut frames, entry_sp);
+    let (_inside, trace, _) = enter_and_capture(&mut frames, entry_sp, None);
     let p = huge::alloc(size, align, zero, growth);
     if !p.is_null() {
         let record = record(
@@ -119,6 +135,27 @@ pub(super) fn alloc_huge_sampled(
 fn record(trace: &[usize], bytes: usize, weight: f64, p: *mut u8) -> SampleRecord {
     SampleRecord {
         stack: table::record_alloc(trace, bytes, weight, p as usize).cast(),
+        bytes,
+        weight,
+    }
+}
+
+/// [`record`] on thread cache `tc`, whose memo holds `trace`: `known` is the stack's entry if
+/// the memo gave `trace` back (null: search the table), and the entry is noted in the memo for
+/// the next sample.
+fn record_at(
+    tc: *mut ThreadCache,
+    known: *mut StackEntry,
+    trace: &[usize],
+    bytes: usize,
+    weight: f64,
+    p: *mut u8,
+) -> SampleRecord {
+    let stack = table::record_alloc_at(known, trace, bytes, weight, p as usize);
+    // SAFETY: the caller's own cache (see `alloc_sampled`).
+    unsafe { (*tc).trace_memo.note(stack as usize) };
+    SampleRecord {
+        stack: stack.cast(),
         bytes,
         weight,
     }

@@ -11,7 +11,8 @@
 //! rule (about ten times slower, never compiled into the allocator).
 
 use crate::prof::table::MAX_FRAMES;
-pub use crate::prof::unwind::FrameRegs;
+use crate::prof::unwind;
+pub use crate::prof::unwind::{FrameRegs, TraceMemo};
 use core::mem::MaybeUninit;
 
 /// The stack pointer of the calling function (inlined into it).
@@ -53,22 +54,29 @@ pub fn current_sp() -> usize {
 ///
 /// No engine lock may be held (a module refresh takes the loader's lock), and the thread must
 /// be marked as inside the profiler (a refresh allocates).
+///
+/// With `memo` (the sampling thread's own), the walk is kept there, and a stack that did not
+/// change since is given back without walking (`unwind::TraceMemo`); the flag says so.
 #[inline(never)]
-pub fn capture(
-    out: &mut [MaybeUninit<usize>; MAX_FRAMES],
+pub fn capture<'a>(
+    out: &'a mut [MaybeUninit<usize>; MAX_FRAMES],
     entry_sp: usize,
     start: FrameRegs,
-) -> &[usize] {
+    memo: Option<&mut TraceMemo>,
+) -> (&'a [usize], bool) {
     let entry_sp = if entry_sp == 0 {
         current_sp()
     } else {
         entry_sp
     };
-    let n = core::hint::black_box(crate::prof::unwind::capture_above_from(
-        out, entry_sp, start,
-    ));
+    let (n, recalled) = core::hint::black_box(match memo {
+        Some(m) => unwind::capture_above_memo(out, entry_sp, start, m),
+        None => (unwind::capture_above_from(out, entry_sp, start), false),
+    });
     // SAFETY: the walk initialised the first `n` (at most `out.len()`) entries.
-    unsafe { core::slice::from_raw_parts(out.as_ptr().cast::<usize>(), n.min(MAX_FRAMES)) }
+    let frames =
+        unsafe { core::slice::from_raw_parts(out.as_ptr().cast::<usize>(), n.min(MAX_FRAMES)) };
+    (frames, recalled)
 }
 
 /// libgcc's `_Unwind_Backtrace` under the same rule: the reference [`capture`] is tested
@@ -154,7 +162,7 @@ mod tests {
         let mut reference = [0usize; 64];
         let n = capture_libgcc(&mut reference, sp);
         let mut frames = [MaybeUninit::uninit(); MAX_FRAMES];
-        let got = capture(&mut frames, sp, FrameRegs::here());
+        let (got, _) = capture(&mut frames, sp, FrameRegs::here(), None);
         let m = got.len().min(out.len());
         out[..m].copy_from_slice(&got[..m]);
         // Both walkers agree frame for frame (the outermost may differ: the walks end
@@ -175,8 +183,65 @@ mod tests {
         (n, caller as *const () as usize)
     }
 
+    /// One capture with a memo, from one place: its frames, and whether they came from the
+    /// memo.
+    #[inline(never)]
+    fn once_with_memo(memo: &mut TraceMemo, sp: usize) -> (std::vec::Vec<usize>, bool) {
+        let mut frames = [MaybeUninit::uninit(); MAX_FRAMES];
+        let (got, recalled) = capture(&mut frames, sp, FrameRegs::here(), Some(memo));
+        (got.to_vec(), recalled)
+    }
+
+    /// Captures twice from one call site with a memo: returns both walks and whether each
+    /// came from the memo.
+    #[inline(never)]
+    fn twice_with_memo(memo: &mut TraceMemo) -> [(std::vec::Vec<usize>, bool); 2] {
+        let sp = current_sp();
+        let mut got = std::vec::Vec::new();
+        // A loop of unknown length: one call site, so one return address in the stack.
+        for _ in 0..core::hint::black_box(2) {
+            got.push(once_with_memo(memo, sp));
+        }
+        let second = got.pop().unwrap();
+        [got.pop().unwrap(), second]
+    }
+
+    /// The second walk from the same place, over the same stack, comes from the memo and finds
+    /// what the first found; after a word it read changed (here: the stack moved, the same
+    /// call made from one frame deeper), the walk is made again.
+    #[test]
+    fn a_memo_gives_back_an_unchanged_stack() {
+        // A thread of its own: its stack is short enough to be kept (see `TraceMemo`).
+        // Set up first: a walk made while another thread sets the unwinder up is skipped.
+        assert!(unwind::init());
+        std::thread::spawn(|| {
+            let mut memo = TraceMemo::EMPTY;
+            let [(first, r1), (second, r2)] = twice_with_memo(&mut memo);
+            assert!(first.len() >= 2, "{} frames", first.len());
+            assert!(
+                !r1 && r2,
+                "recalled: {r1} then {r2}; {} frames",
+                first.len()
+            );
+            assert_eq!(first, second);
+            #[inline(never)]
+            fn deeper(memo: &mut TraceMemo) -> [(std::vec::Vec<usize>, bool); 2] {
+                let got = twice_with_memo(memo);
+                core::hint::black_box(&got);
+                got
+            }
+            let [(third, r3), (fourth, r4)] = deeper(&mut memo);
+            assert!(!r3 && r4, "recalled one frame deeper: {r3} then {r4}");
+            assert_eq!(third, fourth);
+            assert_eq!(third.len(), first.len() + 1);
+        })
+        .join()
+        .unwrap();
+    }
+
     #[test]
     fn starts_at_the_entry_points_caller() {
+        assert!(unwind::init());
         let mut frames = [0usize; 64];
         let (n, caller_fn) = caller(&mut frames);
         assert!(n >= 2, "{n} frames");

@@ -300,10 +300,27 @@ fn hash_frames(frames: &[usize]) -> u64 {
 /// Returns the stack's entry (to be handed to [`record_free`]), or null if metadata memory ran
 /// out (the sample is then dropped).
 pub fn record_alloc(frames: &[usize], bytes: usize, weight: f64, block: usize) -> *mut StackEntry {
+    record_alloc_at(ptr::null_mut(), frames, bytes, weight, block)
+}
+
+/// [`record_alloc`] when the caller may know the stack's entry already: `known`, if not null,
+/// is the entry [`record_alloc`] returned for these same frames, and the table is not
+/// searched.
+pub fn record_alloc_at(
+    known: *mut StackEntry,
+    frames: &[usize],
+    bytes: usize,
+    weight: f64,
+    block: usize,
+) -> *mut StackEntry {
     let frames = &frames[..frames.len().min(MAX_FRAMES)];
-    let hash = hash_frames(frames);
     let peek = block != 0 && config::prof_peek() > 0;
-    let mut entry = find(frames, hash);
+    let mut entry = known;
+    let mut hash = 0;
+    if entry.is_null() {
+        hash = hash_frames(frames);
+        entry = find(frames, hash);
+    }
     if entry.is_null() || peek {
         let mut table = TABLE.lock();
         if entry.is_null() {

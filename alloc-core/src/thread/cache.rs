@@ -46,6 +46,7 @@ use crate::platform::lock::Locked;
 use crate::platform::os;
 use crate::pool::arena::{self, Arena, ThreadArenas};
 use crate::thread::sampler::Schedule;
+use crate::thread::trace_memo::TraceMemo;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
@@ -168,6 +169,8 @@ pub struct ThreadCache {
     pub last_grown_size: usize,
     /// How many growths in a row made `last_grown` what it is.
     pub grown_steps: u32,
+    /// The profiler's last stack walk on this thread, to repeat it without walking.
+    pub trace_memo: TraceMemo,
     next: *mut ThreadCache,
     prev: *mut ThreadCache,
     /// Blocks of other arenas freed by this thread, waiting to go home: `remote[..remote_len]`,
@@ -340,6 +343,7 @@ pub fn acquire(arenas: ThreadArenas, free_key: u64) -> *mut ThreadCache {
         ptr::addr_of_mut!((*tc).last_grown).write(ptr::null_mut());
         ptr::addr_of_mut!((*tc).last_grown_size).write(0);
         ptr::addr_of_mut!((*tc).grown_steps).write(0);
+        ptr::addr_of_mut!((*tc).trace_memo).write(TraceMemo::EMPTY);
         let slots = ptr::addr_of_mut!((*tc).slots).cast::<*mut u8>();
         for (class, info) in CLASSES.iter().enumerate().take(NUM_CACHED) {
             let base = slots.add(STACK_LAYOUT[class].0);

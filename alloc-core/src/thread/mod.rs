@@ -15,12 +15,14 @@
 //! replacement loaded with `LD_PRELOAD` must never do. Thread exit is seen through a pthread key
 //! destructor registered at start-up.
 //!
-//! Layer 6, per thread: this state, the thread cache (`cache`) and the event countdown
-//! (`sampler`). Uses `pool` and below.
+//! Layer 6, per thread: this state, the thread cache (`cache`), the event countdown
+//! (`sampler`) and the sampler's memo of its last stack walk (`trace_memo`). Uses `pool` and
+//! below.
 
 use crate::pool::arena;
 pub mod cache;
 pub mod sampler;
+pub mod trace_memo;
 
 use crate::platform::os;
 use crate::thread::cache::{self as thread_cache, ThreadCache};

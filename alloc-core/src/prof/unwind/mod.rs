@@ -52,6 +52,7 @@ mod rules;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod stack;
 
+pub use crate::thread::trace_memo::TraceMemo;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub use stack::{lane, LANES, MIN_FREE_STACK};
 
@@ -104,6 +105,7 @@ mod imp {
     use super::stack::{self, UnwindTls};
     use super::{FrameRegs as Regs, Keep};
     use super::{UnwindStats, MAX_FRAMES};
+    use crate::thread::trace_memo::TraceMemo;
     use core::mem::MaybeUninit;
     use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
     use framehop::FrameAddress;
@@ -147,27 +149,28 @@ mod imp {
         start: Option<Regs>,
         out: &mut [MaybeUninit<usize>],
         keep: Keep,
-    ) -> usize {
+        memo: Option<&mut TraceMemo>,
+    ) -> (usize, bool) {
         let st = stack::state();
         // SAFETY: the block belongs to the calling thread; the busy flag keeps a signal
         // handler that re-enters from taking a second reference while this one is live.
         let st: &mut UnwindTls = unsafe {
             if (*st).busy != 0 || (*st).dead != 0 {
                 SKIPPED.fetch_add(1, Ordering::Relaxed);
-                return 0;
+                return (0, false);
             }
             (*st).busy = 1;
             &mut *st
         };
         let shard = stack::lane_of(st);
-        let n = capture_locked(st, regs, start, out, keep);
+        let (n, recalled) = capture_locked(st, regs, start, out, keep, memo);
         st.busy = 0;
         if n == 0 {
             SKIPPED.fetch_add(1, Ordering::Relaxed);
         } else {
             modules::count_capture(shard);
         }
-        n
+        (n, recalled)
     }
 
     fn capture_locked(
@@ -176,10 +179,11 @@ mod imp {
         start: Option<Regs>,
         out: &mut [MaybeUninit<usize>],
         keep: Keep,
-    ) -> usize {
+        mut memo: Option<&mut TraceMemo>,
+    ) -> (usize, bool) {
         let sp = regs.sp as usize;
         let Some(hi) = stack::top(st, sp) else {
-            return 0;
+            return (0, false);
         };
         // A live frame further up this same stack, if the caller named one: the frames between
         // it and here are the allocator's own, dropped anyway, and need not be walked.
@@ -188,24 +192,30 @@ mod imp {
             _ => regs,
         };
         if !stack::has_free(st, sp, stack::MIN_FREE_STACK) {
-            return 0;
+            return (0, false);
         }
         // Set-up and refreshes run libc and allocator code: only on a roomy stack.
         let mut roomy = stack::Roomy::at(sp);
         if INIT.load(Ordering::Acquire) != 2 && !(roomy.get(st) && init(false)) {
-            return 0;
+            return (0, false);
         }
-        if modules::STALE.load(Ordering::Relaxed) && roomy.get(st) {
+        let len = out.len().min(MAX_FRAMES);
+        let out = &mut out[..len];
+        let stale_list = modules::STALE.load(Ordering::Relaxed);
+        if let (Some(m), Keep::Above(entry_sp), false) = (memo.as_deref(), keep, stale_list) {
+            if let Some(n) = recall(m, regs, entry_sp, hi as u64, out) {
+                return (n, true);
+            }
+        }
+        if stale_list && roomy.get(st) {
             // Wait for a refresh another thread is making: it may have read the module list
             // before the change that made it stale.
             modules::refresh_waiting();
         }
-        let len = out.len().min(MAX_FRAMES);
-        let out = &mut out[..len];
         let mut n = 0;
         for attempt in 0..2 {
             let Some(hold) = Hold::acquire(stack::lane_of(st)) else {
-                return 0;
+                return (0, false);
             };
             let (got, stale) = walk(
                 hold.snapshot(),
@@ -217,6 +227,7 @@ mod imp {
                 out,
                 keep,
                 attempt == 0,
+                memo.as_deref_mut(),
             );
             n = got;
             drop(hold);
@@ -224,7 +235,28 @@ mod imp {
                 break;
             }
         }
-        n
+        (n, false)
+    }
+
+    /// The frames `memo` gives back for a walk from `regs` keeping those above `entry_sp` on
+    /// the stack below `hi`, copied into `out`; `None` when it must be walked. Out of line:
+    /// its frame is not on the stack during walks.
+    #[inline(never)]
+    fn recall(
+        memo: &TraceMemo,
+        regs: Regs,
+        entry_sp: usize,
+        hi: u64,
+        out: &mut [MaybeUninit<usize>],
+    ) -> Option<usize> {
+        let generation = modules::REFRESHES.load(Ordering::Relaxed);
+        let r = (regs.pc, regs.sp, regs.bp);
+        let frames = memo.recall(r, entry_sp, generation, regs.sp, hi)?;
+        let n = frames.len().min(out.len());
+        for (o, &f) in out.iter_mut().zip(&frames[..n]) {
+            o.write(f);
+        }
+        Some(n)
     }
 
     /// One walk over `snap`. Returns the frame count and whether the snapshot was found stale
@@ -240,16 +272,32 @@ mod imp {
         out: &mut [MaybeUninit<usize>],
         keep: Keep,
         mut check: bool,
+        mut memo: Option<&mut TraceMemo>,
     ) -> (usize, bool) {
-        let mut read = |addr: u64| -> Result<u64, ()> {
+        // A walk keeping frames above an entry point may be kept for the next (`TraceMemo`):
+        // every stack word it reads is logged; `keepable` goes false when it cannot be.
+        let mut keepable = matches!(keep, Keep::Above(_));
+        if let Some(m) = memo.as_deref_mut() {
+            m.start();
+        }
+        let mut read = |tagged: u64| -> Result<u64, ()> {
+            let addr = tagged & !rules::SAVED_BP;
             if addr >= lo && addr <= hi - 8 {
                 // SAFETY: [addr, addr + 8) lies in [sp, top) of the stack this thread runs on,
                 // which is mapped (it is this thread's live stack above its stack pointer).
-                Ok(unsafe { (addr as *const u64).read_unaligned() })
+                let value = unsafe { (addr as *const u64).read_unaligned() };
+                if let Some(m) = memo.as_deref_mut() {
+                    m.log_read(addr, value, tagged & rules::SAVED_BP != 0);
+                }
+                Ok(value)
             } else {
                 Err(())
             }
         };
+        // Which values of `rbp` a rule used (a frame-pointer rule, or a frame framehop
+        // steps): the starting register's (`needs_bp`), or the k-th loaded from the stack
+        // (bit k of `saved_bp_used`; the others' values did not matter).
+        let (mut needs_bp, mut saved_bp_loads, mut saved_bp_used) = (false, 0u32, 0u32);
         // Walked by hand rather than with framehop's iterator, because `Keep::Above` needs each
         // frame's stack pointer: `frame_regs` holds the registers of the frame `next` names.
         let mut frame_regs = regs;
@@ -279,6 +327,16 @@ mod imp {
             };
             // A module that is never unloaded (the program, libc, ...) needs no check: most frames.
             let never_unloaded = matches!(found.module(), Ok(Some(_))) && !found.validate();
+            let (uses_bp, loads_bp) = found.bp_use();
+            if uses_bp {
+                match saved_bp_loads {
+                    0 => needs_bp = true,
+                    k => saved_bp_used |= 1u32.checked_shl(k - 1).unwrap_or(0),
+                }
+            }
+            saved_bp_loads += u32::from(loads_bp);
+            // A walk through a module that may be unloaded is checked every time.
+            keepable &= never_unloaded;
             if check && !never_unloaded {
                 let module = found.module().unwrap_or_else(|()| snap.find(look));
                 match module {
@@ -326,7 +384,41 @@ mod imp {
         if unknown && !stale && modules::blind_refresh_due() {
             stale = true;
         }
+        if let (Some(m), Keep::Above(entry_sp)) = (memo, keep) {
+            if keepable && !stale && !unknown {
+                // SAFETY: the walk initialised the first `n` entries of `out`.
+                let frames = unsafe { out.get_unchecked(..n) };
+                let bp = (needs_bp, saved_bp_used);
+                keep_walk(m, regs, bp, entry_sp, snap.generation, frames);
+            } else {
+                m.start();
+            }
+        }
         (n, stale)
+    }
+
+    /// Keeps the walk just made in `memo` (see `TraceMemo::keep`): out of line, so that the
+    /// walk's frame stays small.
+    #[inline(never)]
+    fn keep_walk(
+        memo: &mut TraceMemo,
+        regs: Regs,
+        (needs_bp, saved_bp_used): (bool, u32),
+        entry_sp: usize,
+        generation: u64,
+        frames: &[MaybeUninit<usize>],
+    ) {
+        // SAFETY: the caller passes initialised entries only.
+        let frames =
+            unsafe { core::slice::from_raw_parts(frames.as_ptr().cast::<usize>(), frames.len()) };
+        memo.drop_saved_bp_reads(saved_bp_used);
+        memo.keep(
+            (regs.pc, regs.sp, regs.bp),
+            needs_bp,
+            entry_sp,
+            generation,
+            frames,
+        );
     }
 
     pub(super) fn invalidate() {
@@ -378,11 +470,15 @@ pub fn init() -> bool {
 pub fn capture(out: &mut [usize], skip: usize) -> usize {
     // One more frame to drop: this function's own. Using the result afterwards keeps the call
     // from being a tail call, so that frame always exists.
-    core::hint::black_box(capture_with(
-        as_uninit(out),
-        Keep::After(skip.saturating_add(1)),
-        None,
-    ))
+    core::hint::black_box(
+        capture_with(
+            as_uninit(out),
+            Keep::After(skip.saturating_add(1)),
+            None,
+            None,
+        )
+        .0,
+    )
 }
 
 /// `out` as storage that the walk only ever writes initialised values into.
@@ -435,20 +531,27 @@ impl FrameRegs {
 
 /// The walk shared by [`capture`], [`capture_above`] and [`capture_above_from`]; its own frame
 /// is the first one seen, unless `start` names a live frame further up.
+/// With `memo`, a walk that keeps frames above an entry point may be repeated from it (see
+/// `thread::trace_memo`); the flag says whether it was.
 #[inline(never)]
-fn capture_with(out: &mut [MaybeUninit<usize>], keep: Keep, start: Option<FrameRegs>) -> usize {
+fn capture_with(
+    out: &mut [MaybeUninit<usize>],
+    keep: Keep,
+    start: Option<FrameRegs>,
+    memo: Option<&mut TraceMemo>,
+) -> (usize, bool) {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
         let regs = FrameRegs::here();
-        let n = imp::capture_from(regs, start, out, keep);
+        let got = imp::capture_from(regs, start, out, keep, memo);
         // Using the result after the call keeps it from being a tail call, which would
         // release this frame (whose registers the walk starts from) while the walk runs.
-        core::hint::black_box(n)
+        core::hint::black_box(got)
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
-        let _ = (out, keep, start);
-        0
+        let _ = (out, keep, start, memo);
+        (0, false)
     }
 }
 
@@ -457,7 +560,7 @@ fn capture_with(out: &mut [MaybeUninit<usize>], keep: Keep, start: Option<FrameR
 /// first, into `out`. Returns how many (0: the sample is skipped). Same rules as [`capture`].
 #[inline(never)]
 pub fn capture_above(out: &mut [usize], entry_sp: usize) -> usize {
-    capture_with(as_uninit(out), Keep::Above(entry_sp), None)
+    capture_with(as_uninit(out), Keep::Above(entry_sp), None, None).0
 }
 
 /// [`capture_above`], walking from `start` ([`FrameRegs::here`] in a caller between the entry
@@ -472,7 +575,21 @@ pub fn capture_above_from(
     entry_sp: usize,
     start: FrameRegs,
 ) -> usize {
-    capture_with(out, Keep::Above(entry_sp), Some(start))
+    capture_with(out, Keep::Above(entry_sp), Some(start), None).0
+}
+
+/// [`capture_above_from`] for a thread that samples: the walk is kept in `memo` (the thread's
+/// own), and when nothing it depended on changed since, its frames are given back without
+/// walking (see `thread::trace_memo`). Returns the frame count and whether they came from
+/// `memo`, for the caller to reuse what it noted of them last time.
+#[inline(never)]
+pub fn capture_above_memo(
+    out: &mut [MaybeUninit<usize>],
+    entry_sp: usize,
+    start: FrameRegs,
+    memo: &mut TraceMemo,
+) -> (usize, bool) {
+    capture_with(out, Keep::Above(entry_sp), Some(start), Some(memo))
 }
 
 /// Marks the module list stale so that the next [`capture`] refreshes it first. For a

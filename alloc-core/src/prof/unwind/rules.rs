@@ -134,6 +134,18 @@ impl Found {
     pub(super) fn validate(self) -> bool {
         self.0 & VALIDATE != 0
     }
+
+    /// How stepping this frame uses `rbp`: whether it reads the register's value (a
+    /// frame-pointer rule, or a frame framehop steps), and whether it loads the caller's from
+    /// the stack.
+    #[inline(always)]
+    pub(super) fn bp_use(self) -> (bool, bool) {
+        match Rule::unpack(self.0) {
+            Rule::End => (false, false),
+            Rule::Slow => (true, false),
+            Rule::Step { from_bp, bp_at, .. } => (from_bp, bp_at.is_some()),
+        }
+    }
 }
 
 /// One slot: its key (0: empty; [`BUSY`]: being written) and its packed rule.
@@ -265,6 +277,11 @@ pub(super) enum Step {
     Unknown,
 }
 
+/// Set in the address [`step`] hands `read` for a saved `rbp` (stack slots are 8-byte aligned,
+/// so bit 0 is free): the reader clears it, and a walk's log can tell such a read apart, since
+/// its value matters only if a later rule uses `rbp` (see `thread::trace_memo`).
+pub(super) const SAVED_BP: u64 = 1;
+
 /// Steps `regs` (of the frame at `f`, whose rule is `found`) to its caller's, like framehop's
 /// `unwind_frame`, reading the stack with `read`. Plain registers rather than framehop's
 /// register set, which is built only for the frames framehop steps itself.
@@ -330,7 +347,7 @@ where
     }
     let ra = read(cfa - 8).ok()?;
     let new_bp = match bp_at {
-        Some(at) => read(cfa.checked_add_signed(i64::from(at))?).ok()?,
+        Some(at) => read(cfa.checked_add_signed(i64::from(at))? | SAVED_BP).ok()?,
         None => bp,
     };
     if ra == 0 {
