@@ -31,8 +31,11 @@ pub(super) extern "C" fn free(ptr: *mut u8) {
 /// saturating checks.
 #[inline(always)]
 pub(super) fn weight_bytes(bytes: usize, weight: f64) -> u64 {
+    // The half from the sampler's line of constants and the size through i64: no constant
+    // from the compiler's pool, whose lines have left the cache between two samples.
+    let half = crate::base::fmath::sampling_constants().half;
     // SAFETY: finite and in range: `weight` is `1 / (1 - exp(-bytes/R))` with `R <= 2^40`, so
     // `weight * bytes <= bytes + R`, and a block that was handed out is smaller than the
     // address space (2^57 bytes).
-    unsafe { (weight * bytes as f64 + 0.5).to_int_unchecked::<i64>() as u64 }
+    unsafe { (weight * bytes as i64 as f64 + half).to_int_unchecked::<i64>() as u64 }
 }

@@ -5,7 +5,7 @@
 //! resolvers run at relocation time) costs every process about 280 KiB of resident memory
 //! before the first allocation. `exp_m1` is accurate to a few units in the last place over the
 //! range the sampler uses, spending only as many terms as its argument needs; the draw,
-//! [`neg_ln_uniform`], is a table and three terms accurate to 2e-8. (With full series for
+//! [`neg_ln_uniform`], is five terms of a series accurate to 1e-9. (With full series for
 //! both, a sample's draw and weight were a sixth of its cost.)
 
 const LN_2: f64 = core::f64::consts::LN_2;
@@ -21,57 +21,69 @@ const INVERSE_FACTORIALS: [f64; 18] = {
     t
 };
 
-/// `ln m` as `2 atanh(s)`, `s = (m - 1) / (m + 1)`: `2 (s + s^3/3 + s^5/5 + ...)` to `terms`
-/// terms, in Horner form. Plain arithmetic, so that tables can be built at compile time.
-const fn ln_atanh(m: f64, terms: u32) -> f64 {
-    let s = (m - 1.0) / (m + 1.0);
-    let s2 = s * s;
-    let mut poly = 0.0;
-    let mut k = terms;
-    while k > 0 {
-        k -= 1;
-        poly = poly * s2 + 1.0 / (2 * k + 1) as f64;
-    }
-    2.0 * (s * poly)
+/// The constants of the sampler's arithmetic, on two cache lines: [`neg_ln_uniform`]'s on the
+/// first, the sample weight's (`thread::sampler`) on the second. Read through
+/// [`sampling_constants`], an opaque reference, so that the compiler loads them from here
+/// rather than from its constant pool, where they lay on six lines among others: samples are
+/// far apart, and each line was a cache miss.
+#[repr(C, align(64))]
+pub struct SamplingConstants {
+    pub half: f64,
+    pub one: f64,
+    pub sqrt_2: f64,
+    pub ln_2: f64,
+    /// `1/3, 1/5, 1/7, 1/9`: the series of `atanh`.
+    pub atanh: [f64; 4],
+    /// `1/12, -1/720, 1/30240, -1/1209600`: the series of `1/(1 - exp(-x)) - 1/x - 1/2`, by
+    /// odd powers of `x` from the first.
+    pub bernoulli: [f64; 4],
+    /// The largest sample interval drawn, `2^62` bytes.
+    pub max_draw: f64,
 }
 
-/// Intervals per octave in [`neg_ln_uniform`]'s tables.
-const LN_STEPS: usize = 64;
-
-/// `ln(1 + i / LN_STEPS)` and `LN_STEPS / (LN_STEPS + i)` for `i` in `0..LN_STEPS`.
-const LN_TABLE: [(f64, f64); LN_STEPS] = {
-    let mut t = [(0.0, 0.0); LN_STEPS];
-    let mut i = 0;
-    while i < LN_STEPS {
-        let c = 1.0 + i as f64 / LN_STEPS as f64;
-        // c < 2: |s| < 1/3, whose square shrinks the terms ninefold; 18 reach 1e-18.
-        t[i] = (ln_atanh(c, 18), 1.0 / c);
-        i += 1;
-    }
-    t
+static SAMPLING_CONSTANTS: SamplingConstants = SamplingConstants {
+    half: 0.5,
+    one: 1.0,
+    sqrt_2: core::f64::consts::SQRT_2,
+    ln_2: LN_2,
+    atanh: [1.0 / 3.0, 1.0 / 5.0, 1.0 / 7.0, 1.0 / 9.0],
+    bernoulli: [1.0 / 12.0, -1.0 / 720.0, 1.0 / 30240.0, -1.0 / 1_209_600.0],
+    max_draw: (1u64 << 62) as f64,
 };
 
+/// [`SamplingConstants`], through a reference the compiler cannot see through.
+#[inline(always)]
+pub fn sampling_constants() -> &'static SamplingConstants {
+    core::hint::black_box(&SAMPLING_CONSTANTS)
+}
+
 /// `-ln(u)` for `u = (r + 1) / 2^53`, `r < 2^53`: an exponential draw of mean 1 from 53 random
-/// bits, for the sampler's every sample. Accurate to about 2e-8 absolute (a bias far below
-/// the sampling error) and about a quarter of the cost of [`ln`]: no division, no long series.
-/// `r + 1 = 2^k * m` with `m` in [1, 2); `m = c (1 + t)` with `c` the table point below it,
-/// `0 <= t < 1/64`; so `-ln u = (53 - k) ln 2 - ln c - ln(1 + t)`, the last by three terms.
+/// bits, for the sampler's every sample. Accurate to about 1e-9 absolute (a bias far below the
+/// sampling error). `r + 1 = 2^k * m`, with `m` taken into [sqrt(1/2), sqrt(2)); then
+/// `-ln u = (53 - k) ln 2 - ln m`, and `ln m = 2 atanh(s)`, `s = (m - 1) / (m + 1)`,
+/// `|s| < 0.172`, by five terms of its series. No table: a table's line had always left the
+/// cache by the next sample; the constants share one line ([`SamplingConstants`]).
 #[inline]
 pub fn neg_ln_uniform(r: u64) -> f64 {
     debug_assert!(r < 1 << 53);
+    let c = sampling_constants();
     let v = r + 1;
     let lz = v.leading_zeros();
     // The bits below the leading one, left-aligned: m = 1.frac.
     let frac = v << lz << 1;
     let m = f64::from_bits((1023u64 << 52) | (frac >> 12));
-    // Masked, though the shift already leaves six bits: no bounds check on the hot path.
-    let i = (frac >> (64 - LN_STEPS.trailing_zeros())) as usize & (LN_STEPS - 1);
-    let (ln_c, inv_c) = LN_TABLE[i];
-    let c = 1.0 + i as f64 / LN_STEPS as f64;
-    let t = (m - c) * inv_c;
-    let ln_1pt = t * (1.0 - t * (0.5 - t * (1.0 / 3.0)));
-    let k = 63 - lz;
-    (53 - k) as f64 * LN_2 - ln_c - ln_1pt
+    let k = 63 - lz as i64;
+    let (m, k) = if m > c.sqrt_2 {
+        (m * c.half, k + 1)
+    } else {
+        (m, k)
+    };
+    let s = (m - c.one) / (m + c.one);
+    let s2 = s * s;
+    let [a3, a5, a7, a9] = c.atanh;
+    let t = s + s;
+    let ln_m = t + t * s2 * (a3 + s2 * (a5 + s2 * (a7 + s2 * a9)));
+    (53 - k) as f64 * c.ln_2 - ln_m
 }
 
 /// `exp(x) - 1`, accurate also for `x` near 0, for finite `x <= 0` (the sampler's
@@ -169,7 +181,7 @@ mod tests {
             let (got, want) = (neg_ln_uniform(r), -u.ln());
             assert!((got - want).abs() <= 2e-8, "-ln({u}) = {got}, want {want}");
         };
-        // Every octave and every table interval, at both ends and inside.
+        // Every octave, at both ends and at 256 points inside.
         for k in 0..53 {
             for j in 0..256u64 {
                 let v = (1u64 << k) + (j << k >> 8);

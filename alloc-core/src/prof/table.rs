@@ -76,6 +76,17 @@ impl AtomicF64 {
     fn add(&self, v: f64) {
         self.0.store((self.get() + v).to_bits(), Ordering::Relaxed);
     }
+    /// Subtracts `v` (not `add(-v)`: negating takes a constant from memory, a cache miss on
+    /// a sample's free).
+    fn sub(&self, v: f64) {
+        self.0.store((self.get() - v).to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// `bytes` as an f64: through i64 (sizes are below 2^63), whose conversion takes no constant
+/// from memory, unlike u64's.
+fn bytes_f64(bytes: usize) -> f64 {
+    bytes as i64 as f64
 }
 
 /// A stack's counters, read from its entry.
@@ -343,9 +354,9 @@ pub fn record_alloc_at(
     let (e, s) = lane_of(unsafe { &*entry }, unwind::lane());
     s.lock.lock();
     e.live_objects.add(weight);
-    e.live_bytes.add(weight * bytes as f64);
+    e.live_bytes.add(weight * bytes_f64(bytes));
     e.total_objects.add(weight);
-    e.total_bytes.add(weight * bytes as f64);
+    e.total_bytes.add(weight * bytes_f64(bytes));
     bump(&e.live_samples, 1);
     bump(&e.total_samples, 1);
     bump(&s.samples_live, 1);
@@ -379,8 +390,8 @@ pub unsafe fn record_free(entry: *mut StackEntry, bytes: usize, weight: f64, blo
 fn subtract(entry: &StackEntry, lane: usize, bytes: usize, weight: f64) {
     let (e, s) = lane_of(entry, lane);
     s.lock.lock();
-    e.live_objects.add(-weight);
-    e.live_bytes.add(-weight * bytes as f64);
+    e.live_objects.sub(weight);
+    e.live_bytes.sub(weight * bytes_f64(bytes));
     bump(&e.live_samples, u64::MAX);
     bump(&s.samples_live, u64::MAX);
     s.lock.unlock();

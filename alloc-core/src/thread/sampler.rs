@@ -38,24 +38,29 @@ pub fn sampling_on() -> bool {
 
 /// The mean sample interval `R` in bytes.
 pub fn mean_interval() -> f64 {
-    (1u64 << config::lg_prof_sample()) as f64
+    // Through i64: the conversion from u64 takes constants from memory.
+    (1i64 << config::lg_prof_sample()) as f64
 }
 
 /// The unbiased weight of a sample of `bytes` under mean interval `mean`: how many allocations
 /// of that size it stands for.
 pub fn weight(bytes: usize, mean: f64) -> f64 {
-    let x = bytes.max(1) as f64 / mean;
-    if x < 0.5 {
+    // The constants from one line of their own (see `SamplingConstants`); sizes are below
+    // 2^63, and the conversion from i64 takes no constant from memory.
+    let c = crate::base::fmath::sampling_constants();
+    let x = bytes.max(1) as i64 as f64 / mean;
+    if x < c.half {
         // 1/(1 - exp(-x)) = 1/x + 1/2 + x/12 - x^3/720 + x^5/30240 - x^7/1209600 + ...
         // (Bernoulli numbers): one division and a short polynomial, where the exponential's
         // series took up to 16 terms in a chain. Below 0.5 the first term left out is under
         // 2e-11 of the sum.
         let x2 = x * x;
-        let tail = 1.0 / 12.0 + x2 * (-1.0 / 720.0 + x2 * (1.0 / 30240.0 - x2 / 1_209_600.0));
-        return 1.0 / x + 0.5 + x * tail;
+        let [b1, b3, b5, b7] = c.bernoulli;
+        let tail = b1 + x2 * (b3 + x2 * (b5 + x2 * b7));
+        return c.one / x + c.half + x * tail;
     }
-    // 1 - exp(-x), accurate for any x.
-    -1.0 / crate::base::fmath::exp_m1(-x)
+    // 1 - exp(-x), accurate for any x (negated by subtraction from 0: see above).
+    c.one / (0.0 - crate::base::fmath::exp_m1(0.0 - x))
 }
 
 /// One thread's schedule. Lives in the thread cache.
@@ -117,10 +122,11 @@ impl Schedule {
     fn draw(&mut self, mean: f64) -> u64 {
         // -ln(u) for u uniform in (0, 1]: never zero, so the logarithm is finite.
         let bytes = crate::base::fmath::neg_ln_uniform(self.next_random() >> 11) * mean;
-        if bytes >= u64::MAX as f64 / 2.0 {
-            u64::MAX / 2
+        if bytes < crate::base::fmath::sampling_constants().max_draw {
+            // Below 2^62: through i64, whose conversion takes no constant from memory.
+            (bytes as i64 as u64).max(1)
         } else {
-            (bytes as u64).max(1)
+            1 << 62
         }
     }
 
