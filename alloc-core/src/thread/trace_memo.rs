@@ -37,8 +37,8 @@ pub struct TraceMemo {
     bp: u64,
     /// The entry point's stack pointer the walk kept frames above.
     entry_sp: usize,
-    /// The module snapshot's generation.
-    generation: u64,
+    /// The unwinder's epoch (it moves on when the module snapshot may change).
+    epoch: u64,
     /// What the profiler derived from the frames (see [`TraceMemo::note`]); 0: nothing.
     noted: usize,
     reads: [(u64, u64); MEMO_READS],
@@ -55,7 +55,7 @@ impl TraceMemo {
         sp: 0,
         bp: 0,
         entry_sp: 0,
-        generation: 0,
+        epoch: 0,
         noted: 0,
         reads: [(0, 0); MEMO_READS],
         frames: [0; MEMO_FRAMES],
@@ -94,6 +94,12 @@ impl TraceMemo {
         self.reads_len = kept as u8;
     }
 
+    /// Starts keeping walks made in the unwinder's `epoch` (see [`TraceMemo::start`]).
+    pub fn begin(&mut self, epoch: u64) {
+        self.start();
+        self.epoch = epoch;
+    }
+
     /// Starts keeping a walk: forgets the last one, its reads and what was noted of it.
     pub fn start(&mut self) {
         self.frames_len = 0;
@@ -112,15 +118,14 @@ impl TraceMemo {
     }
 
     /// Keeps the walk just made (its reads already logged): from registers `regs` (`pc`, `sp`,
-    /// `rbp`), keeping frames above `entry_sp`, under snapshot `generation`; `frames` is what
-    /// it found (1 to [`MEMO_FRAMES`], read with at most [`MEMO_READS`] words; otherwise the
-    /// memo stays empty).
+    /// `rbp`), keeping frames above `entry_sp`, in the epoch given to [`TraceMemo::begin`];
+    /// `frames` is what it found (1 to [`MEMO_FRAMES`], read with at most [`MEMO_READS`]
+    /// words; otherwise the memo stays empty).
     pub fn keep(
         &mut self,
         regs: (u64, u64, u64),
         needs_bp: bool,
         entry_sp: usize,
-        generation: u64,
         frames: &[usize],
     ) {
         if frames.is_empty() || frames.len() > MEMO_FRAMES || self.reads_len as usize > MEMO_READS {
@@ -132,12 +137,11 @@ impl TraceMemo {
         (self.pc, self.sp, self.bp) = regs;
         self.needs_bp = needs_bp;
         self.entry_sp = entry_sp;
-        self.generation = generation;
         self.noted = 0;
     }
 
     /// The kept frames, if a walk from registers `regs` (`pc`, `sp`, `rbp`) keeping frames
-    /// above `entry_sp`, under snapshot `generation`, would find them again: every word the
+    /// above `entry_sp`, in the unwinder's `epoch`, would find them again: every word the
     /// kept walk read, read again from `[lo, hi)` (the stack the walk runs on), holds the same
     /// value.
     #[inline]
@@ -145,7 +149,7 @@ impl TraceMemo {
         &self,
         regs: (u64, u64, u64),
         entry_sp: usize,
-        generation: u64,
+        epoch: u64,
         lo: u64,
         hi: u64,
     ) -> Option<&[usize]> {
@@ -155,7 +159,7 @@ impl TraceMemo {
             || self.sp != sp
             || (self.needs_bp && self.bp != bp)
             || self.entry_sp != entry_sp
-            || self.generation != generation
+            || self.epoch != epoch
         {
             return None;
         }
@@ -181,11 +185,11 @@ mod tests {
     /// A memo of a walk that read `words` (at their addresses) from registers `regs`.
     fn kept(words: &[u64], regs: (u64, u64, u64), needs_bp: bool) -> TraceMemo {
         let mut m = TraceMemo::EMPTY;
-        m.start();
+        m.begin(7);
         for w in words {
             m.log_read(w as *const u64 as u64, *w, false);
         }
-        m.keep(regs, needs_bp, 0x1000, 7, &[0xaa, 0xbb]);
+        m.keep(regs, needs_bp, 0x1000, &[0xaa, 0xbb]);
         m
     }
 
@@ -228,11 +232,11 @@ mod tests {
         let regs = (0x5000, lo, 0);
         let memo = |drop: bool| {
             let mut m = TraceMemo::EMPTY;
-            m.start();
+            m.begin(0);
             m.log_read(lo, 11, false);
             m.log_read(lo + 8, 22, true);
             m.drop_saved_bp_reads(if drop { 0 } else { 1 });
-            m.keep(regs, false, 0, 0, &[1]);
+            m.keep(regs, false, 0, &[1]);
             m
         };
         let (used, unused) = (memo(false), memo(true));
@@ -249,23 +253,23 @@ mod tests {
     #[test]
     fn keeps_nothing_it_cannot_give_back_whole() {
         let mut m = TraceMemo::EMPTY;
-        m.start();
+        m.begin(0);
         let word = 5u64;
         for _ in 0..MEMO_READS {
             m.log_read(&word as *const u64 as u64, word, false);
         }
         let regs = (1, 2, 3);
-        m.keep(regs, false, 0, 0, &[]);
+        m.keep(regs, false, 0, &[]);
         assert!(m.recall(regs, 0, 0, 0, u64::MAX).is_none(), "no frames");
-        m.keep(regs, false, 0, 0, &[1; MEMO_FRAMES + 1]);
+        m.keep(regs, false, 0, &[1; MEMO_FRAMES + 1]);
         assert!(
             m.recall(regs, 0, 0, 0, u64::MAX).is_none(),
             "too many frames"
         );
-        m.keep(regs, false, 0, 0, &[1; MEMO_FRAMES]);
+        m.keep(regs, false, 0, &[1; MEMO_FRAMES]);
         assert!(m.recall(regs, 0, 0, 0, u64::MAX).is_some());
         m.log_read(&word as *const u64 as u64, word, false);
-        m.keep(regs, false, 0, 0, &[1; MEMO_FRAMES]);
+        m.keep(regs, false, 0, &[1; MEMO_FRAMES]);
         assert!(
             m.recall(regs, 0, 0, 0, u64::MAX).is_none(),
             "one read too many"

@@ -167,7 +167,7 @@ mod imp {
         st.busy = 0;
         if n == 0 {
             SKIPPED.fetch_add(1, Ordering::Relaxed);
-        } else {
+        } else if !recalled {
             modules::count_capture(shard);
         }
         (n, recalled)
@@ -194,23 +194,29 @@ mod imp {
         if !stack::has_free(st, sp, stack::MIN_FREE_STACK) {
             return (0, false);
         }
+        let len = out.len().min(MAX_FRAMES);
+        let out = &mut out[..len];
+        // The epoch before the snapshot is taken: a walk kept under it is given back only
+        // while no refresh or invalidation followed. (A kept walk also means set-up was done.)
+        let epoch = modules::EPOCH.load(Ordering::Acquire);
+        if let (Some(m), Keep::Above(entry_sp)) = (memo.as_deref(), keep) {
+            if let Some(n) = recall(m, regs, entry_sp, epoch, hi as u64, out) {
+                return (n, true);
+            }
+        }
         // Set-up and refreshes run libc and allocator code: only on a roomy stack.
         let mut roomy = stack::Roomy::at(sp);
         if INIT.load(Ordering::Acquire) != 2 && !(roomy.get(st) && init(false)) {
             return (0, false);
         }
-        let len = out.len().min(MAX_FRAMES);
-        let out = &mut out[..len];
         let stale_list = modules::STALE.load(Ordering::Relaxed);
-        if let (Some(m), Keep::Above(entry_sp), false) = (memo.as_deref(), keep, stale_list) {
-            if let Some(n) = recall(m, regs, entry_sp, hi as u64, out) {
-                return (n, true);
-            }
-        }
         if stale_list && roomy.get(st) {
             // Wait for a refresh another thread is making: it may have read the module list
             // before the change that made it stale.
             modules::refresh_waiting();
+        }
+        if let Some(m) = memo.as_deref_mut() {
+            m.begin(epoch);
         }
         let mut n = 0;
         for attempt in 0..2 {
@@ -239,19 +245,19 @@ mod imp {
     }
 
     /// The frames `memo` gives back for a walk from `regs` keeping those above `entry_sp` on
-    /// the stack below `hi`, copied into `out`; `None` when it must be walked. Out of line:
-    /// its frame is not on the stack during walks.
+    /// the stack below `hi`, in `epoch`, copied into `out`; `None` when it must be walked. Out
+    /// of line: its frame is not on the stack during walks.
     #[inline(never)]
     fn recall(
         memo: &TraceMemo,
         regs: Regs,
         entry_sp: usize,
+        epoch: u64,
         hi: u64,
         out: &mut [MaybeUninit<usize>],
     ) -> Option<usize> {
-        let generation = modules::REFRESHES.load(Ordering::Relaxed);
         let r = (regs.pc, regs.sp, regs.bp);
-        let frames = memo.recall(r, entry_sp, generation, regs.sp, hi)?;
+        let frames = memo.recall(r, entry_sp, epoch, regs.sp, hi)?;
         let n = frames.len().min(out.len());
         for (o, &f) in out.iter_mut().zip(&frames[..n]) {
             o.write(f);
@@ -389,7 +395,7 @@ mod imp {
                 // SAFETY: the walk initialised the first `n` entries of `out`.
                 let frames = unsafe { out.get_unchecked(..n) };
                 let bp = (needs_bp, saved_bp_used);
-                keep_walk(m, regs, bp, entry_sp, snap.generation, frames);
+                keep_walk(m, regs, bp, entry_sp, frames);
             } else {
                 m.start();
             }
@@ -405,24 +411,18 @@ mod imp {
         regs: Regs,
         (needs_bp, saved_bp_used): (bool, u32),
         entry_sp: usize,
-        generation: u64,
         frames: &[MaybeUninit<usize>],
     ) {
         // SAFETY: the caller passes initialised entries only.
         let frames =
             unsafe { core::slice::from_raw_parts(frames.as_ptr().cast::<usize>(), frames.len()) };
         memo.drop_saved_bp_reads(saved_bp_used);
-        memo.keep(
-            (regs.pc, regs.sp, regs.bp),
-            needs_bp,
-            entry_sp,
-            generation,
-            frames,
-        );
+        memo.keep((regs.pc, regs.sp, regs.bp), needs_bp, entry_sp, frames);
     }
 
     pub(super) fn invalidate() {
         modules::STALE.store(true, Ordering::Relaxed);
+        modules::EPOCH.fetch_add(1, Ordering::Release);
     }
 
     pub(super) fn stats() -> UnwindStats {

@@ -209,6 +209,9 @@ static REFRESH_LOCK: AtomicU32 = AtomicU32::new(0);
 static RETIRED: AtomicPtr<Snapshot> = AtomicPtr::new(ptr::null_mut());
 /// Set by `invalidate` (e.g. after `dlclose`): the next walk refreshes first.
 pub(super) static STALE: AtomicBool = AtomicBool::new(false);
+/// Moves on at every refresh (once the new snapshot is published) and every `invalidate`: a
+/// walk kept in a `TraceMemo` under another value may no longer be what a walk would find.
+pub(super) static EPOCH: AtomicU64 = AtomicU64::new(0);
 
 /// How many refreshes were made.
 pub(super) static REFRESHES: AtomicU64 = AtomicU64::new(0);
@@ -408,6 +411,7 @@ pub(super) fn refresh() -> bool {
         }
     }
     REFRESHES.fetch_add(1, Ordering::Relaxed);
+    EPOCH.fetch_add(1, Ordering::Release);
     unlock();
     true
 }
