@@ -34,9 +34,9 @@ pub struct SamplingConstants {
     pub ln_2: f64,
     /// `1/3, 1/5, 1/7, 1/9`: the series of `atanh`.
     pub atanh: [f64; 4],
-    /// `1/12, -1/720, 1/30240, -1/1209600`: the series of `1/(1 - exp(-x)) - 1/x - 1/2`, by
-    /// odd powers of `x` from the first.
-    pub bernoulli: [f64; 4],
+    /// `1/12, -1/720, 1/30240, -1/1209600, 1/47900160, -691/1307674368000`: the series of
+    /// `1/(1 - exp(-x)) - 1/x - 1/2`, by odd powers of `x` from the first.
+    pub bernoulli: [f64; 6],
     /// The largest sample interval drawn, `2^62` bytes.
     pub max_draw: f64,
 }
@@ -47,7 +47,14 @@ static SAMPLING_CONSTANTS: SamplingConstants = SamplingConstants {
     sqrt_2: core::f64::consts::SQRT_2,
     ln_2: LN_2,
     atanh: [1.0 / 3.0, 1.0 / 5.0, 1.0 / 7.0, 1.0 / 9.0],
-    bernoulli: [1.0 / 12.0, -1.0 / 720.0, 1.0 / 30240.0, -1.0 / 1_209_600.0],
+    bernoulli: [
+        1.0 / 12.0,
+        -1.0 / 720.0,
+        1.0 / 30240.0,
+        -1.0 / 1_209_600.0,
+        1.0 / 47_900_160.0,
+        -691.0 / 1_307_674_368_000.0,
+    ],
     max_draw: (1u64 << 62) as f64,
 };
 

@@ -49,14 +49,14 @@ pub fn weight(bytes: usize, mean: f64) -> f64 {
     // 2^63, and the conversion from i64 takes no constant from memory.
     let c = crate::base::fmath::sampling_constants();
     let x = bytes.max(1) as i64 as f64 / mean;
-    if x < c.half {
+    if x < c.one {
         // 1/(1 - exp(-x)) = 1/x + 1/2 + x/12 - x^3/720 + x^5/30240 - x^7/1209600 + ...
         // (Bernoulli numbers): one division and a short polynomial, where the exponential's
-        // series took up to 16 terms in a chain. Below 0.5 the first term left out is under
-        // 2e-11 of the sum.
+        // series took up to 16 terms in a chain. Below 1 (blocks up to the mean interval) the
+        // first term left out is under 1e-11 of the sum.
         let x2 = x * x;
-        let [b1, b3, b5, b7] = c.bernoulli;
-        let tail = b1 + x2 * (b3 + x2 * (b5 + x2 * b7));
+        let [b1, b3, b5, b7, b9, b11] = c.bernoulli;
+        let tail = b1 + x2 * (b3 + x2 * (b5 + x2 * (b7 + x2 * (b9 + x2 * b11))));
         return c.one / x + c.half + x * tail;
     }
     // 1 - exp(-x), accurate for any x (negated by subtraction from 0: see above).
