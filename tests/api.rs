@@ -173,28 +173,6 @@ fn c_realloc_gives_a_growing_block_headroom() {
     }
 }
 
-/// A buffer built up after another was freed grows in the block the first one left in the
-/// thread's cache (warm memory, already grown), not in a page run of its own: successive
-/// buffers use one place (before, they alternated between two, faulting both in). A tick may
-/// hand an idle cached block back to the page heap between two buffers, so a move or two is
-/// allowed.
-#[test]
-fn c_realloc_builds_the_next_buffer_where_the_last_one_was() {
-    // SAFETY: blocks are freed once.
-    let places: Vec<usize> = (0..8)
-        .map(|_| unsafe {
-            let (p, ..) = build_up(64 << 10);
-            sampalloc_core::free(p);
-            p as usize
-        })
-        .collect();
-    let moves = places.windows(2).filter(|w| w[0] != w[1]).count();
-    assert!(
-        moves <= 2,
-        "8 buffers built in turn moved {moves} times: {places:x?}"
-    );
-}
-
 /// A block built up by small steps past 2 KiB keeps its headroom only while it grows:
 /// trimmed to fit, even by a little, it gets the class of its size, so a built-up block that
 /// is kept does not hold the headroom's pages.

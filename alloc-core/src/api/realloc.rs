@@ -1,14 +1,12 @@
 //! `realloc`: in place where the block's class or pages allow, else a new block and a copy;
 //! blocks that keep growing get room after them or a mapping of their own.
 
-use super::alloc::{alloc_class, alloc_huge, alloc_slow, cache_or_init, fallback_alloc};
+use super::alloc::{alloc_huge, alloc_slow, cache_or_init, fallback_alloc};
 use super::free::{free, validate, Block};
 use super::sampled::{alloc_sampled, huge_realloc};
 use super::Op;
 use crate::addr::segment::{Segment, FLAG_SAMPLED};
-use crate::base::size_class::{
-    class_of, is_small, CLASSES, LARGE_MAX, NUM_CACHED, QUANTUM, SMALL_MAX,
-};
+use crate::base::size_class::{class_of, is_small, CLASSES, LARGE_MAX, QUANTUM, SMALL_MAX};
 use crate::pool::arena;
 use crate::pool::huge;
 use crate::process::tick::count_event;
@@ -22,11 +20,9 @@ use core::ptr;
 const REALLOC_MAP_MIN: usize = 256 << 10;
 
 /// Allocates the new home of a block that `realloc` is growing, placed so that it can keep
-/// growing: a large block is one this thread caches of the class (or, for a block that
-/// `keeps_growing`, up to four times larger: warm memory, where the last such buffer grew),
-/// else one with free pages after it; blocks from `REALLOC_MAP_MIN` up get mappings of their
-/// own (reusing the largest cached one).
-pub(super) fn alloc_for_growth(size: usize, keeps_growing: bool, entry_sp: usize) -> *mut u8 {
+/// growing: large blocks get free pages after them, and blocks from `REALLOC_MAP_MIN` up
+/// mappings of their own (reusing the largest cached one).
+pub(super) fn alloc_for_growth(size: usize, entry_sp: usize) -> *mut u8 {
     if size >= REALLOC_MAP_MIN {
         return alloc_huge(size, QUANTUM, false, true, entry_sp);
     }
@@ -42,11 +38,6 @@ pub(super) fn alloc_for_growth(size: usize, keeps_growing: bool, entry_sp: usize
     unsafe {
         if count_event(tc, size) {
             return alloc_sampled(tc, class, 1, false, size, entry_sp);
-        }
-        let reach = if keeps_growing { 4 } else { 1 };
-        let largest = class_of((size * reach).min(LARGE_MAX)).min(NUM_CACHED - 1);
-        if let Some(c) = (class..=largest).find(|&c| (*tc).bins[c].count() > 0) {
-            return alloc_class(tc, c, false, size);
         }
         let pages = CLASSES[class].pages as usize;
         (*tc).arena.alloc_large_with_room(class, 1, pages, false)
@@ -207,8 +198,7 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize, exact: bool) ->
         } else {
             with_headroom(p, size, old_usable)
         };
-        // A block given headroom keeps growing: it may take a larger cached block.
-        alloc_for_growth(want, want > size, entry_sp)
+        alloc_for_growth(want, entry_sp)
     } else {
         alloc_slow(size, false, entry_sp)
     };
