@@ -119,6 +119,7 @@ pub(super) fn alloc_huge_sampled(
     let p = huge::alloc(size, align, zero, growth);
     if !p.is_null() {
         let record = record(
+            ptr::null_mut(),
             trace,
             size,
             sampler::weight(size, sampler::mean_interval()),
@@ -131,18 +132,24 @@ pub(super) fn alloc_huge_sampled(
     p
 }
 
-/// The profiler's record of a sample of `bytes` with `weight` and stack `trace`, block `p`.
-fn record(trace: &[usize], bytes: usize, weight: f64, p: *mut u8) -> SampleRecord {
+/// The profiler's record of a sample of `bytes` with `weight` and stack `trace`, block `p`;
+/// `known` is the stack's entry if the caller has it already (null: search the table).
+fn record(
+    known: *mut StackEntry,
+    trace: &[usize],
+    bytes: usize,
+    weight: f64,
+    p: *mut u8,
+) -> SampleRecord {
     SampleRecord {
-        stack: table::record_alloc(trace, bytes, weight, p as usize).cast(),
+        stack: table::record_alloc(known, trace, bytes, weight, p as usize).cast(),
         bytes,
         weight,
     }
 }
 
-/// [`record`] on thread cache `tc`, whose memo holds `trace`: `known` is the stack's entry if
-/// the memo gave `trace` back (null: search the table), and the entry is noted in the memo for
-/// the next sample.
+/// [`record`] on thread cache `tc`, whose memo holds `trace`: the entry is noted in the memo
+/// for the next sample.
 fn record_at(
     tc: *mut ThreadCache,
     known: *mut StackEntry,
@@ -151,14 +158,10 @@ fn record_at(
     weight: f64,
     p: *mut u8,
 ) -> SampleRecord {
-    let stack = table::record_alloc_at(known, trace, bytes, weight, p as usize);
+    let record = record(known, trace, bytes, weight, p);
     // SAFETY: the caller's own cache (see `alloc_sampled`).
-    unsafe { (*tc).trace_memo.note(stack as usize) };
-    SampleRecord {
-        stack: stack.cast(),
-        bytes,
-        weight,
-    }
+    unsafe { (*tc).trace_memo.note(record.stack as usize) };
+    record
 }
 
 /// A block of a slab is being freed whose page is marked (a sampled small block starts on it):

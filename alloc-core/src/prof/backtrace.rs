@@ -218,11 +218,7 @@ mod tests {
             let mut memo = TraceMemo::EMPTY;
             let [(first, r1), (second, r2)] = twice_with_memo(&mut memo);
             assert!(first.len() >= 2, "{} frames", first.len());
-            assert!(
-                !r1 && r2,
-                "recalled: {r1} then {r2}; {} frames",
-                first.len()
-            );
+            assert!(!r1 && r2, "recalled: {r1} then {r2}");
             assert_eq!(first, second);
             #[inline(never)]
             fn deeper(memo: &mut TraceMemo) -> [(std::vec::Vec<usize>, bool); 2] {

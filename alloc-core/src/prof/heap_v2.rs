@@ -553,7 +553,7 @@ mod tests {
 
     #[test]
     fn profile_text_has_header_rows_and_maps() {
-        table::record_alloc(&[0x1111, 0x2222], 4096, 128.5, 0);
+        table::record_alloc(core::ptr::null_mut(), &[0x1111, 0x2222], 4096, 128.5, 0);
         let mut sink = VecSink(Vec::new());
         assert!(write_profile(&mut sink));
         let text = String::from_utf8(sink.0).unwrap();
@@ -637,7 +637,7 @@ mod tests {
 
         // Off (the default): the block is not kept and no side file is written.
         assert_eq!(config::prof_peek(), 0);
-        let off = table::record_alloc(&frames, block.len(), 1.0, addr);
+        let off = table::record_alloc(core::ptr::null_mut(), &frames, block.len(), 1.0, addr);
         // SAFETY: recorded above with these figures.
         unsafe { table::record_free(off, block.len(), 1.0, addr) };
         let p0 = dir.join("off.heap");
@@ -652,7 +652,7 @@ mod tests {
         config::set(b"prof_peek", b"256").unwrap();
         assert_eq!(config::prof_peek(), PROF_PEEK_MAX);
         config::set(b"prof_peek", b"24").unwrap();
-        let e = table::record_alloc(&frames, block.len(), 1.0, addr);
+        let e = table::record_alloc(core::ptr::null_mut(), &frames, block.len(), 1.0, addr);
         let p1 = dir.join("on.heap");
         dump_to_path(bytes(&p1)).unwrap();
         let side = dir.join("on.heap.peek");

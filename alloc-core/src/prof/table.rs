@@ -309,15 +309,9 @@ fn hash_frames(frames: &[usize]) -> u64 {
 /// Records a sampled allocation of `bytes` bytes at `block` standing for `weight` allocations,
 /// made from the stack `frames`. With `prof_peek` on, `block` (if not 0) joins the peek set.
 /// Returns the stack's entry (to be handed to [`record_free`]), or null if metadata memory ran
-/// out (the sample is then dropped).
-pub fn record_alloc(frames: &[usize], bytes: usize, weight: f64, block: usize) -> *mut StackEntry {
-    record_alloc_at(ptr::null_mut(), frames, bytes, weight, block)
-}
-
-/// [`record_alloc`] when the caller may know the stack's entry already: `known`, if not null,
-/// is the entry [`record_alloc`] returned for these same frames, and the table is not
-/// searched.
-pub fn record_alloc_at(
+/// out (the sample is then dropped). `known`, if not null, is the entry this returned before
+/// for these same frames (the caller remembered it with them), and the table is not searched.
+pub fn record_alloc(
     known: *mut StackEntry,
     frames: &[usize],
     bytes: usize,
@@ -584,9 +578,9 @@ mod tests {
     fn stacks_are_deduplicated_and_counted() {
         let a = [0x1000usize, 0x2000, 0x3000];
         let b = [0x1000usize, 0x2000, 0x3001];
-        let ea = record_alloc(&a, 100, 2.0, 0);
-        let eb = record_alloc(&b, 100, 1.0, 0);
-        let ea2 = record_alloc(&a, 50, 4.0, 0);
+        let ea = record_alloc(ptr::null_mut(), &a, 100, 2.0, 0);
+        let eb = record_alloc(ptr::null_mut(), &b, 100, 1.0, 0);
+        let ea2 = record_alloc(ptr::null_mut(), &a, 50, 4.0, 0);
         assert_eq!(ea, ea2);
         assert_ne!(ea, eb);
         // SAFETY: entries are never freed.
@@ -616,11 +610,17 @@ mod tests {
                     for i in 0..3000usize {
                         let own = [base + t * 100_000 + i, base];
                         let shared = [base + 1_000_000 + i % 50, base];
-                        mine.push(record_alloc(&own, 8, 1.0, 0) as usize);
-                        record_alloc(&shared, 8, 1.0, 0);
+                        mine.push(record_alloc(ptr::null_mut(), &own, 8, 1.0, 0) as usize);
+                        record_alloc(ptr::null_mut(), &shared, 8, 1.0, 0);
                     }
                     for (i, &e) in mine.iter().enumerate() {
-                        let again = record_alloc(&[base + t * 100_000 + i, base], 8, 1.0, 0);
+                        let again = record_alloc(
+                            ptr::null_mut(),
+                            &[base + t * 100_000 + i, base],
+                            8,
+                            1.0,
+                            0,
+                        );
                         assert_eq!(again as usize, e, "stack {i} of thread {t} has two entries");
                     }
                     mine
@@ -635,7 +635,7 @@ mod tests {
             }
         }
         for i in 0..50usize {
-            let e = record_alloc(&[base + 1_000_000 + i, base], 8, 1.0, 0);
+            let e = record_alloc(ptr::null_mut(), &[base + 1_000_000 + i, base], 8, 1.0, 0);
             // SAFETY: as above.
             let c = unsafe { &*e }.counts();
             assert_eq!(c.total_samples, 4 * 60 + 1, "shared stack {i}");
@@ -651,7 +651,7 @@ mod tests {
         let stack = [0x6100_0000usize, 0x6100_0010];
         let before = sample_counts().1;
         // SAFETY: entries are never freed.
-        let entry = unsafe { &*record_alloc(&stack, 64, 3.0, 0) };
+        let entry = unsafe { &*record_alloc(ptr::null_mut(), &stack, 64, 3.0, 0) };
         subtract(entry, unwind::lane() + 1, 64, 3.0);
         let c = entry.counts();
         assert_eq!(
@@ -666,10 +666,13 @@ mod tests {
     fn table_grows_and_keeps_every_stack() {
         let base = 0x7000_0000usize;
         let entries: Vec<_> = (0..5000)
-            .map(|i| record_alloc(&[base + i, base], 16, 1.0, 0))
+            .map(|i| record_alloc(ptr::null_mut(), &[base + i, base], 16, 1.0, 0))
             .collect();
         for (i, &e) in entries.iter().enumerate() {
-            assert_eq!(record_alloc(&[base + i, base], 16, 1.0, 0), e);
+            assert_eq!(
+                record_alloc(ptr::null_mut(), &[base + i, base], 16, 1.0, 0),
+                e
+            );
         }
     }
 }

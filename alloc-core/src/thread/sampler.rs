@@ -59,7 +59,7 @@ pub fn weight(bytes: usize, mean: f64) -> f64 {
         let tail = b1 + x2 * (b3 + x2 * (b5 + x2 * (b7 + x2 * (b9 + x2 * b11))));
         return c.one / x + c.half + x * tail;
     }
-    // 1 - exp(-x), accurate for any x (negated by subtraction from 0: see above).
+    // 1 - exp(-x), accurate for any x (negated by subtraction from 0: `-x` loads a sign mask).
     c.one / (0.0 - crate::base::fmath::exp_m1(0.0 - x))
 }
 

@@ -84,7 +84,7 @@ enum Keep {
 /// Counters of the unwinder's work, for stats and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UnwindStats {
-    /// Captures that returned frames.
+    /// Walks that returned frames (a stack a `TraceMemo` gave back is not walked).
     pub captures: u64,
     /// Captures skipped: stack unknown or too short, re-entered, cache not yet creatable.
     pub skipped: u64,

@@ -187,7 +187,7 @@ static READERS: [Padded<Shard>; SHARDS] = [const {
     })
 }; SHARDS];
 
-/// Counts a capture that returned frames, in `shard`: a statistic, so a plain load and store
+/// Counts a walk that returned frames, in `shard`: a statistic, so a plain load and store
 /// (no locked instruction); two threads of one lane that count at the same instant may lose
 /// one.
 pub(super) fn count_capture(shard: usize) {
@@ -195,7 +195,7 @@ pub(super) fn count_capture(shard: usize) {
     c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
-/// Captures that returned frames, over all shards.
+/// Walks that returned frames, over all shards.
 pub(super) fn captures() -> u64 {
     READERS
         .iter()
