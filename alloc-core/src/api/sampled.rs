@@ -74,7 +74,8 @@ pub(super) unsafe fn alloc_sampled(
         if p.is_null() {
             return p;
         }
-        let record = record_at(tc, known, trace, bytes, weight, p);
+        let record = record(known, trace, bytes, weight, p);
+        remember(tc, &record);
         if !is_small(class) {
             // SAFETY: `p` starts a live large block of ours, just allocated and unrecorded.
             unsafe { segment::mark_sampled(Segment::desc_at(p as usize), record) };
@@ -96,7 +97,8 @@ pub(super) unsafe fn alloc_sampled(
     if p.is_null() {
         return p;
     }
-    let record = record_at(tc, known, trace, bytes, weight, p);
+    let record = record(known, trace, bytes, weight, p);
+    remember(tc, &record);
     // SAFETY: `d` heads the block we just allocated; its record is ours to set.
     unsafe { (*d).set_sample(record) };
     announce_alloc(p, record);
@@ -148,20 +150,11 @@ fn record(
     }
 }
 
-/// [`record`] on thread cache `tc`, whose memo holds `trace`: the entry is noted in the memo
-/// for the next sample.
-fn record_at(
-    tc: *mut ThreadCache,
-    known: *mut StackEntry,
-    trace: &[usize],
-    bytes: usize,
-    weight: f64,
-    p: *mut u8,
-) -> SampleRecord {
-    let record = record(known, trace, bytes, weight, p);
+/// Notes `record`'s stack entry in thread cache `tc`'s memo, which holds the frames it was
+/// recorded from, for the next sample from the same stack.
+fn remember(tc: *mut ThreadCache, record: &SampleRecord) {
     // SAFETY: the caller's own cache (see `alloc_sampled`).
     unsafe { (*tc).trace_memo.note(record.stack as usize) };
-    record
 }
 
 /// A block of a slab is being freed whose page is marked (a sampled small block starts on it):
