@@ -279,9 +279,22 @@ fn misuse_aborts_with_one_line() {
             "invalid pointer",
         ),
     ];
-    for (mode, func, what) in cases {
+    // With every allocation sampled, a small block is handed out inside a larger one.
+    let sampled = [
+        ("double-free-sampled", "free", "double free of"),
+        ("free-interior-sampled", "free", "invalid pointer"),
+    ];
+    let runs = cases
+        .iter()
+        .map(|&case| (case, "stats_print:true,narenas:4"))
+        .chain(
+            sampled
+                .iter()
+                .map(|&case| (case, "prof:true,lg_prof_sample:0,prof_final:false")),
+        );
+    for ((mode, func, what), conf) in runs {
         // The remote cases need the second thread on another arena, whatever the CPU count.
-        let r = common::run_conf(command(&exe, [mode]), Some("stats_print:true,narenas:4"));
+        let r = common::run_conf(command(&exe, [mode]), Some(conf));
         assert_eq!(
             r.status.signal(),
             Some(6),
