@@ -39,6 +39,8 @@ pub const FLAG_SAMPLED: u16 = 1;
 /// Span flag of a dirty free span: it waits on the page heap's subrelease list, not its decay
 /// list (see `span::page_heap`).
 pub const FLAG_SUBRELEASE: u16 = 2;
+/// Span flag of a slab: it belongs to its bin's second lane (see `pool::arena::SLAB_LANES`).
+pub const FLAG_LANE: u16 = 1 << 15;
 
 /// Pages in a transparent huge page (2 MiB on x86-64).
 pub const HUGE_PAGE_PAGES: usize = (2 << 20) / PAGE_SIZE;

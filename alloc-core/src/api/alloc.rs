@@ -149,7 +149,9 @@ pub(super) unsafe fn alloc_class(
         let want = (bin.capacity() / 2).max(1);
         // SAFETY: the stack's storage holds `capacity` slots, all free (the stack is empty).
         let slots = unsafe { core::slice::from_raw_parts_mut(bin.base(), want) };
-        n = tc.arena_for(class).fill_small(class, slots, false);
+        n = tc
+            .arena_for(class)
+            .fill_small(class, tc.line_arena.lane(), slots, false);
         if n == 0 {
             return ptr::null_mut();
         }
@@ -176,7 +178,7 @@ pub(super) fn fallback_alloc(class: usize, zero: bool, size: usize) -> *mut u8 {
     let a = arena::get(0);
     if is_small(class) {
         let mut out = [ptr::null_mut(); 1];
-        if a.fill_small(class, &mut out, true) == 0 {
+        if a.fill_small(class, 0, &mut out, true) == 0 {
             return ptr::null_mut();
         }
         if zero {

@@ -8,7 +8,7 @@
 //! Lock order: a bin lock may be held while the page lock is taken, never the reverse. Another
 //! arena's page lock is only ever tried (`try_lock`), with no lock of ours held.
 
-use crate::addr::segment::{self, kind, span_start, Segment, SpanDesc, FLAG_SAMPLED};
+use crate::addr::segment::{self, kind, span_start, Segment, SpanDesc, FLAG_LANE, FLAG_SAMPLED};
 use crate::base::config;
 use crate::base::meta;
 use crate::base::size_class::{CLASSES, NUM_CLASSES, NUM_SMALL};
@@ -42,12 +42,40 @@ const_assert!({
     ok
 });
 
+/// Lanes of a bin: its slabs are split between them, each with a current slab and a non-full
+/// list, and a refill takes objects from its lane's slabs first (see [`Arena::fill_small`]).
+/// A thread's lane is its line arena's (one per CPU, see [`ThreadArenas`]): threads that run
+/// at once then take their objects from different slabs of the arena they share, so their
+/// blocks do not share slabs and lines, as with an arena each, while the arena's pages, kept
+/// empty slabs and transfer arrays stay pooled. Two: one shared arena per two CPUs.
+pub const SLAB_LANES: usize = 2;
+
+/// The lane of slab `d` (see [`SLAB_LANES`]), kept in its flags.
+///
+/// # Safety
+/// `d` must be a live slab's descriptor, guarded by its bin's lock.
+unsafe fn slab_lane(d: *mut SpanDesc) -> usize {
+    // SAFETY: per the contract.
+    usize::from(unsafe { (*d).flags } & FLAG_LANE != 0)
+}
+
+/// Files slab `d` under lane `lane`.
+///
+/// # Safety
+/// As for [`slab_lane`]; `d` must be on no list.
+unsafe fn set_slab_lane(d: *mut SpanDesc, lane: usize) {
+    // SAFETY: per the contract.
+    unsafe {
+        (*d).flags = (*d).flags & !FLAG_LANE | if lane == 0 { 0 } else { FLAG_LANE };
+    }
+}
+
 /// One small size class of an arena.
 pub struct SlabBin {
-    /// The slab objects are taken from first.
-    current: *mut SpanDesc,
-    /// Slabs with free objects other than `current` (linked through `prev`/`next`).
-    nonfull: *mut SpanDesc,
+    /// By lane: the slab objects are taken from first.
+    current: [*mut SpanDesc; SLAB_LANES],
+    /// By lane: slabs with free objects other than `current` (linked through `prev`/`next`).
+    nonfull: [*mut SpanDesc; SLAB_LANES],
     /// Empty slabs kept for reuse (linked through `next`; see [`EMPTY_KEEP_PAGES`]): a class
     /// that empties and refills its slabs in batches then does not churn them through the page
     /// heap.
@@ -133,13 +161,19 @@ impl SlabBin {
     unsafe fn push_nonfull(&mut self, d: *mut SpanDesc) {
         // SAFETY: `d` and the list head are live slabs of this bin.
         unsafe {
+            let head = &mut self.nonfull[slab_lane(d)];
             (*d).prev = ptr::null_mut();
-            (*d).next = self.nonfull;
-            if !self.nonfull.is_null() {
-                (*self.nonfull).prev = d;
+            (*d).next = *head;
+            if !head.is_null() {
+                (**head).prev = d;
             }
+            *head = d;
         }
-        self.nonfull = d;
+    }
+
+    /// Whether slab `d` is a lane's current slab (on no list).
+    fn is_current(&self, d: *mut SpanDesc) -> bool {
+        self.current.contains(&d)
     }
 
     /// Takes slab `d` off the non-full list.
@@ -150,7 +184,7 @@ impl SlabBin {
         // SAFETY: `d` and its neighbours are live slabs of this bin's list.
         unsafe {
             if (*d).prev.is_null() {
-                self.nonfull = (*d).next;
+                self.nonfull[slab_lane(d)] = (*d).next;
             } else {
                 (*(*d).prev).next = (*d).next;
             }
@@ -160,14 +194,28 @@ impl SlabBin {
         }
     }
 
-    /// The first non-full slab, taken off its list; null if none.
-    fn pop_nonfull(&mut self) -> *mut SpanDesc {
-        let d = self.nonfull;
+    /// The first non-full slab of lane `lane`, taken off its list; null if none.
+    fn pop_nonfull(&mut self, lane: usize) -> *mut SpanDesc {
+        let d = self.nonfull[lane];
         if !d.is_null() {
             // SAFETY: list members are live slabs of this bin.
             unsafe { self.unlink_nonfull(d) };
         }
         d
+    }
+
+    /// A partly used slab for lane `lane`, taken off its list: its own non-full slabs first,
+    /// then another lane's; null if none. (Another lane's current slab stays that lane's,
+    /// however many objects came back to it: the lanes would take it from each other.)
+    fn take_partial(&mut self, lane: usize) -> *mut SpanDesc {
+        let own = self.pop_nonfull(lane);
+        if !own.is_null() {
+            return own;
+        }
+        (0..SLAB_LANES)
+            .map(|other| self.pop_nonfull(other))
+            .find(|d| !d.is_null())
+            .unwrap_or(ptr::null_mut())
     }
 
     /// Keeps the empty slab `d`, which emptied at `now`, for reuse.
@@ -281,8 +329,8 @@ impl Arena {
         Arena {
             bins: [const {
                 Padded(Locked::new(SlabBin {
-                    current: ptr::null_mut(),
-                    nonfull: ptr::null_mut(),
+                    current: [ptr::null_mut(); SLAB_LANES],
+                    nonfull: [ptr::null_mut(); SLAB_LANES],
                     empty: ptr::null_mut(),
                     empty_slabs: 0,
                     slabs: 0,
@@ -365,6 +413,12 @@ impl Arena {
         self.threads.load(Ordering::Relaxed) != 0
     }
 
+    /// As a thread's line arena, the lane its threads take in their shared arena's bins (see
+    /// [`SLAB_LANES`]): line arena `i` is paired with shared arena `i % shared_arenas()`.
+    pub fn lane(&self) -> usize {
+        self.index() / shared_arenas()
+    }
+
     /// This arena's index.
     pub fn index(&self) -> usize {
         (self as *const Arena as usize - ARENAS.as_ptr() as usize) / core::mem::size_of::<Arena>()
@@ -395,9 +449,19 @@ impl Arena {
         &self.pages
     }
 
-    /// Fills `out` with free objects of small class `class`; returns how many (fewer only when
-    /// memory ran out).
-    pub fn fill_small(&self, class: usize, out: &mut [*mut u8], direct: bool) -> usize {
+    /// Fills `out` with free objects of small class `class` for a thread of lane `lane` (see
+    /// [`SLAB_LANES`]); returns how many (fewer only when memory ran out). A lane takes its
+    /// current slab's objects, then a partly used slab (its own, else another lane's, which
+    /// becomes its own; see [`SlabBin::take_partial`]), then a kept empty slab, and only then
+    /// a new slab.
+    pub fn fill_small(
+        &self,
+        class: usize,
+        lane: usize,
+        out: &mut [*mut u8],
+        direct: bool,
+    ) -> usize {
+        let lane = lane % SLAB_LANES;
         let mut bin = self.bin(class).lock();
         // SAFETY: we hold the bin's lock.
         let t = unsafe { self.transfer(class) };
@@ -412,9 +476,9 @@ impl Arena {
         }
         let mut n = from_transfer;
         while n < out.len() {
-            let mut s = bin.current;
+            let mut s = bin.current[lane];
             if SlabBin::exhausted(s) {
-                s = bin.pop_nonfull();
+                s = bin.take_partial(lane);
                 if s.is_null() {
                     s = bin.pop_empty();
                     if !s.is_null() {
@@ -429,7 +493,9 @@ impl Arena {
                     }
                     bin.slabs += 1;
                 }
-                bin.current = s;
+                // SAFETY: a live slab of this bin, on no list; we hold its lock.
+                unsafe { set_slab_lane(s, lane) };
+                bin.current[lane] = s;
             }
             // SAFETY: `s` is a live slab of this bin with free objects; we hold its lock.
             n += unsafe { slab::take(s, &mut out[n..]) };
@@ -523,14 +589,14 @@ impl Arena {
                 Put::Partial => {}
                 Put::AlreadyFree => os::fatal_pointer("free", "double free of", p as usize),
                 Put::WasFull => {
-                    if d != bin.current {
-                        // SAFETY: a full slab other than `current` is on no list.
+                    if !bin.is_current(d) {
+                        // SAFETY: a full slab other than a current one is on no list.
                         unsafe { bin.push_nonfull(d) };
                     }
                 }
                 Put::NowEmpty => {
-                    if d != bin.current {
-                        // SAFETY: a slab that was partly used, not `current`, is on the
+                    if !bin.is_current(d) {
+                        // SAFETY: a slab that was partly used, not a current one, is on the
                         // non-full list.
                         unsafe { bin.unlink_nonfull(d) };
                         let pages = CLASSES[class].pages as usize;
@@ -868,13 +934,15 @@ impl Arena {
                 }
                 self.empty_pages.fetch_sub(kept_pages, Ordering::Relaxed);
             }
-            let s = bin.current;
-            // SAFETY: the current slab is a live descriptor guarded by the bin lock.
-            if !s.is_null() && unsafe { (*s).nfree } == info.objects as u32 {
-                bin.current = ptr::null_mut();
-                bin.slabs -= 1;
-                // SAFETY: an empty slab of this arena, on no list.
-                purged += unsafe { self.free_span(&mut self.pages.lock(), s, now) };
+            for lane in 0..SLAB_LANES {
+                let s = bin.current[lane];
+                // SAFETY: the current slab is a live descriptor guarded by the bin lock.
+                if !s.is_null() && unsafe { (*s).nfree } == info.objects as u32 {
+                    bin.current[lane] = ptr::null_mut();
+                    bin.slabs -= 1;
+                    // SAFETY: an empty slab of this arena, on no list.
+                    purged += unsafe { self.free_span(&mut self.pages.lock(), s, now) };
+                }
             }
         }
         purged
@@ -1131,7 +1199,59 @@ pub fn postfork_child() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::base::size_class::class_of;
+    use crate::base::size_class::{class_of, slab_objects};
+
+    /// The slab holding object `p` of one of our slabs.
+    fn slab_of(p: *mut u8) -> *mut SpanDesc {
+        let seg = Segment::of(p as usize);
+        let page = (p as usize - seg as usize) >> os::PAGE_SHIFT;
+        // SAFETY: `p` lies in a live slab of ours.
+        unsafe { Segment::desc(seg, Segment::head_of(seg, page)) }
+    }
+
+    /// Two lanes' refills come from slabs of their own, and a lane whose slabs are full takes
+    /// the other lane's non-full slab before it makes a new one.
+    #[test]
+    fn lanes_take_objects_from_slabs_of_their_own() {
+        let a = get(204); // an arena no other test uses
+        let class = class_of(256);
+        let per_slab = slab_objects(class);
+        let mut zero = vec![ptr::null_mut(); per_slab];
+        let mut one = vec![ptr::null_mut(); per_slab];
+        assert_eq!(a.fill_small(class, 0, &mut zero[..4], false), 4);
+        assert_eq!(a.fill_small(class, 1, &mut one[..4], false), 4);
+        let (s, t) = (slab_of(zero[0]), slab_of(one[0]));
+        assert_ne!(s, t, "two lanes took objects from one slab");
+        assert!(zero[..4].iter().all(|&p| slab_of(p) == s));
+        assert!(one[..4].iter().all(|&p| slab_of(p) == t));
+        // Both slabs full; two of lane 0's objects come back, so its slab is non-full.
+        assert_eq!(a.fill_small(class, 0, &mut zero[4..], false), per_slab - 4);
+        assert_eq!(a.fill_small(class, 1, &mut one[4..], false), per_slab - 4);
+        assert!(zero.iter().all(|&p| slab_of(p) == s) && one.iter().all(|&p| slab_of(p) == t));
+        // Lane 0 moves on to a new slab; two of its first slab's objects come back, so that
+        // slab is non-full, on lane 0's list.
+        let mut next = [ptr::null_mut(); 1];
+        assert_eq!(a.fill_small(class, 0, &mut next, false), 1);
+        assert!(slab_of(next[0]) != s && slab_of(next[0]) != t);
+        // SAFETY: objects of this arena's slabs of `class`, unused, each put back once.
+        unsafe { a.put_small(class, &zero[..2], false) };
+        let mut more = [ptr::null_mut(); 2];
+        assert_eq!(a.fill_small(class, 1, &mut more, false), 2);
+        assert!(
+            more.iter().all(|&p| slab_of(p) == s),
+            "lane 1 made a new slab while lane 0's had room"
+        );
+        // SAFETY: as above.
+        unsafe {
+            a.put_small(class, &zero[2..], false);
+            a.put_small(class, &one, false);
+            a.put_small(class, &more, false);
+            a.put_small(class, &next, false);
+        }
+        a.release_empty_slabs(0);
+        let bin = a.bin(class).lock();
+        assert_eq!((bin.objects_out, bin.slabs), (0, 0));
+    }
 
     /// Objects a thread cache sends back wait in their bin's transfer array: the next refill
     /// takes them as they are (the last sent first), a second free of one is recognised, and
@@ -1141,7 +1261,7 @@ mod tests {
         let a = get(200); // an arena no other test uses
         let class = class_of(64);
         let mut out = [ptr::null_mut(); 8];
-        assert_eq!(a.fill_small(class, &mut out, false), 8);
+        assert_eq!(a.fill_small(class, 0, &mut out, false), 8);
         // SAFETY: objects of this arena's slabs of `class`, unused.
         unsafe { a.put_small(class, &out[..6], true) };
         {
@@ -1161,7 +1281,7 @@ mod tests {
             assert!(!a.slab_object_is_free(class, d, out[7] as usize));
         }
         let mut again = [ptr::null_mut(); 4];
-        assert_eq!(a.fill_small(class, &mut again, false), 4);
+        assert_eq!(a.fill_small(class, 0, &mut again, false), 4);
         assert_eq!(
             again,
             out[2..6],
@@ -1195,7 +1315,7 @@ mod tests {
         let per_slab = CLASSES[class].objects as usize;
         // Two slabs' worth: the first is no longer the bin's current slab.
         let mut out = vec![ptr::null_mut(); per_slab + 1];
-        assert_eq!(a.fill_small(class, &mut out, false), per_slab + 1);
+        assert_eq!(a.fill_small(class, 0, &mut out, false), per_slab + 1);
         let emptied = os::now_ms();
         // SAFETY: objects of this arena's slabs of `class`, unused.
         unsafe { a.put_small(class, &out[..per_slab], false) };
@@ -1253,14 +1373,14 @@ mod tests {
         let a = get(201); // an arena no other test uses
         let class = class_of(128);
         let mut out = [ptr::null_mut(); 16];
-        assert_eq!(a.fill_small(class, &mut out, false), 16);
+        assert_eq!(a.fill_small(class, 0, &mut out, false), 16);
         // A sweep: no credit left.
         a.release_empty_slabs(0);
         // SAFETY: objects of this arena's slabs of `class`, unused.
         unsafe { a.put_small(class, &out[..8], true) };
         assert_eq!(a.parked(class, &a.bin(class).lock()), 0);
         // A thread's own objects are never parked.
-        assert_eq!(a.fill_small(class, &mut out[..8], false), 8);
+        assert_eq!(a.fill_small(class, 0, &mut out[..8], false), 8);
         // SAFETY: as above.
         unsafe { a.put_small(class, &out, false) };
         let bin = a.bin(class).lock();

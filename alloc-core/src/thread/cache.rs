@@ -782,7 +782,7 @@ mod tests {
         let a = arena::get(203); // an arena no other test uses
         let class = class_of(64);
         let mut out = [ptr::null_mut(); 8];
-        assert_eq!(a.fill_small(class, &mut out, false), 8);
+        assert_eq!(a.fill_small(class, 0, &mut out, false), 8);
         // SAFETY: unused objects of this arena's slabs of `class`.
         unsafe { return_blocks(class, &mut out[..4], a, false) };
         assert_eq!(
@@ -798,7 +798,7 @@ mod tests {
             "a consumer's, its arena's too"
         );
         let mut again = [ptr::null_mut(); 4];
-        assert_eq!(a.fill_small(class, &mut again, false), 4);
+        assert_eq!(a.fill_small(class, 0, &mut again, false), 4);
         again.sort();
         out[4..].sort();
         assert_eq!(again, out[4..], "the next refill takes the parked blocks");
