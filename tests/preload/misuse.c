@@ -113,16 +113,6 @@ int main(int argc, char **argv) {
     announce(p);
     free(p);
     free(opaque(p));
-  } else if (!strcmp(mode, "double-free-sampled")) {
-    /* Run with every allocation sampled: a sampled small block lies inside a larger block. */
-    void *p = opaque(malloc(200));
-    announce(p);
-    free(p);
-    free(opaque(p));
-  } else if (!strcmp(mode, "free-interior-sampled")) {
-    char *p = opaque(malloc(200));
-    announce(p + 16);
-    free(opaque(p + 16));
   } else if (!strcmp(mode, "double-free-later")) {
     /* The block leaves the thread cache (flushed by the frees after it) before the second
      * free, so the slab, not the cache, must catch it. */

@@ -80,13 +80,6 @@ pub fn malloc_zeroed(size: usize) -> *mut u8 {
 /// sampled stack starts at its caller.
 #[inline(never)]
 pub(super) fn alloc_slow(size: usize, zero: bool, entry_sp: usize) -> *mut u8 {
-    alloc_small_or_large(size, QUANTUM, zero, entry_sp)
-}
-
-/// [`alloc_slow`] of `size` bytes aligned to `align`, at most a page: `size` must be a multiple
-/// of `align`, whose class then has aligned blocks (see `size_class`).
-#[inline(always)]
-fn alloc_small_or_large(size: usize, align: usize, zero: bool, entry_sp: usize) -> *mut u8 {
     if size > LARGE_MAX {
         return alloc_huge(size, QUANTUM, zero, false, entry_sp);
     }
@@ -98,7 +91,7 @@ fn alloc_small_or_large(size: usize, align: usize, zero: bool, entry_sp: usize) 
     // SAFETY: a non-null cache belongs to the calling thread.
     unsafe {
         if count_event(tc, size) {
-            return alloc_sampled(tc, class, align, zero, size, entry_sp);
+            return alloc_sampled(tc, class, 1, zero, size, entry_sp);
         }
         alloc_class(tc, class, zero, size)
     }
@@ -210,7 +203,7 @@ fn aligned_slow(align: usize, size: usize, zero: bool, entry_sp: usize) -> *mut 
     // Small classes whose size is a multiple of `align` have aligned objects (size_class docs),
     // sampled or not.
     if rounded <= SMALL_MAX && align <= PAGE_SIZE {
-        return alloc_small_or_large(rounded, align, zero, entry_sp);
+        return alloc_slow(rounded, zero, entry_sp);
     }
     if rounded <= LARGE_MAX {
         let class = class_of(rounded).max(NUM_SMALL);
@@ -224,7 +217,7 @@ fn aligned_slow(align: usize, size: usize, zero: bool, entry_sp: usize) -> *mut 
             // SAFETY: our own cache.
             unsafe {
                 if count_event(tc, size) {
-                    return alloc_sampled(tc, class, align, zero, size, entry_sp);
+                    return alloc_sampled(tc, class, align_pages, zero, size, entry_sp);
                 }
                 return (*tc).arena.alloc_large(class, align_pages, zero);
             }

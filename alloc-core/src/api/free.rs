@@ -6,13 +6,13 @@
 //! not start a live block of ours aborts with one line naming the function and the pointer.
 
 use super::alloc::cache_or_init;
-use super::sampled::{forget_sample, free_sampled, free_shifted, huge_freeing};
+use super::sampled::{forget_sample, free_sampled, huge_freeing, slab_freeing};
 use super::{misuse, Op};
 use crate::addr::registry;
 use crate::addr::sampled as addr_sampled;
 use crate::addr::segment::{self, kind, span_start, Location, Segment, SpanDesc, FLAG_SAMPLED};
 use crate::base::size_class::{
-    class_of, is_small, slab_objects, CLASSES, NUM_CACHED, SMALL_MAX, STARTS_BY_CODE,
+    class_of, is_small, CLASSES, MARKED, NUM_CACHED, SMALL_MAX, STARTS_BY_CODE,
 };
 use crate::platform::os::PAGE_SHIFT;
 use crate::pool::arena;
@@ -21,15 +21,9 @@ use crate::thread::cache::{self, ThreadCache};
 use crate::thread::{self};
 use core::ptr;
 
-/// What `p` is, validated: aborts (naming `op`) unless `p` starts a live block of ours or lies
-/// inside a block of a slab.
+/// What `p` is, validated: aborts (naming `op`) unless `p` starts a live block of ours.
 pub(super) enum Block {
-    /// A block of class `.1` starting at `p`, in span `.0`.
     Span(*mut SpanDesc, usize),
-    /// Inside block `.2` of class `.1` in slab `.0`, not at its start: a sampled small block
-    /// handed out there if `addr::sampled` has `p` (see `api::sampled`), else an invalid
-    /// pointer. The caller asks the table.
-    Inside(*mut SpanDesc, usize, *mut u8),
     Huge(*mut u8),
 }
 
@@ -41,45 +35,22 @@ pub(super) fn validate(p: *mut u8, op: Op) -> Block {
             // and a slab's class is always below NUM_CLASSES.
             unsafe {
                 let k = (*d).kind;
-                let class = (*d).class as usize;
-                let offset = (p as usize).wrapping_sub(start);
-                if k == kind::SLAB {
-                    if CLASSES.get_unchecked(class).starts_block(offset) {
-                        return Block::Span(d, class);
-                    }
-                    return inside_slab(d, p, offset, op);
-                }
-                if k != kind::LARGE || offset != 0 {
+                let ok = if k == kind::SLAB {
+                    CLASSES
+                        .get_unchecked((*d).class as usize)
+                        .starts_block((p as usize).wrapping_sub(start))
+                } else {
+                    k == kind::LARGE && start == p as usize
+                };
+                if !ok {
                     bad_span_pointer(d, p, op);
                 }
-                Block::Span(d, class)
+                Block::Span(d, (*d).class as usize)
             }
         }
         Location::Huge(h) => Block::Huge(h),
         Location::Foreign => misuse(op, "invalid pointer", p),
     }
-}
-
-/// [`validate`] of `p`, `offset` bytes into slab `d` but not where a block starts: the block
-/// it lies inside, or an abort if it lies past the slab's blocks.
-#[cold]
-fn inside_slab(d: *mut SpanDesc, p: *mut u8, offset: usize, op: Op) -> Block {
-    // SAFETY: `d` is a live slab's descriptor.
-    let class = unsafe { (*d).class } as usize;
-    let size = CLASSES[class].size as usize;
-    if offset >= slab_objects(class) * size {
-        misuse(op, "invalid pointer", p)
-    }
-    Block::Inside(d, class, p.wrapping_sub(offset % size))
-}
-
-/// The usable bytes of the sampled small block handed out at `p`, inside `block` of `class`;
-/// aborts (naming `op`) if no sampled block was handed out there.
-pub(super) fn shifted_usable(p: *mut u8, block: *mut u8, class: usize, op: Op) -> usize {
-    if !addr_sampled::contains(p) {
-        misuse(op, "invalid pointer", p)
-    }
-    CLASSES[class].size as usize - (p as usize - block as usize)
 }
 
 #[cold]
@@ -106,32 +77,29 @@ pub unsafe fn free(p: *mut u8) {
 /// Frees `p`, which was allocated with `size` bytes at an alignment of at most 16 (by
 /// [`malloc`], [`malloc_zeroed`] or [`realloc`] to that size). With the size known
 /// the block's class is known too, so a small block goes straight to the thread cache with no
-/// descriptor lookup when its page's fast-path code is that class's: otherwise (the block has
-/// pages of its own, or it is a sampled block, which is handed out inside a block of a larger
-/// class) it takes [`free`]'s path, as do blocks smaller than a cache line from other arenas
-/// (which may go home).
+/// descriptor lookup, unless its page has no fast-path code (a sampled block starts there, or
+/// the block has pages of its own): then it takes [`free`]'s path, as do blocks smaller than a
+/// cache line from other arenas (which may go home).
 ///
 /// # Safety
 /// `p` must be a live block of this engine whose requested (or last reallocated) size was
 /// `size`, freed once. Unlike [`free`], a wrong pointer is not detected.
 #[inline(always)]
 pub unsafe fn free_sized(p: *mut u8, size: usize) {
-    if size <= SMALL_MAX {
+    // SAFETY: a small block lies in a live segment.
+    if size <= SMALL_MAX && !unsafe { page_marked(p) } {
+        let tc = thread::cache();
         let class = class_of(size);
-        // SAFETY: a small block lies in a live segment.
-        if unsafe { Segment::fast_class_at(p as usize) } == class + 1 {
-            let tc = thread::cache();
-            // A block that may have to go home takes `free`.
-            let foreign = || {
-                cache::may_send_home(class)
-                    // SAFETY: only read when the cache is non-null: our own.
-                    && registry::segment_tag(p as usize) != unsafe { (*tc).arena_tag }
-            };
-            if !tc.is_null() && !foreign() {
-                // SAFETY: our own cache; `class_of` of a small size is a cached class.
-                if unsafe { (*tc).bins.get_unchecked(class).try_push(p) } {
-                    return;
-                }
+        // A block that may have to go home takes `free`.
+        let foreign = || {
+            cache::may_send_home(class)
+                // SAFETY: only read when the cache is non-null: our own.
+                && registry::segment_tag(p as usize) != unsafe { (*tc).arena_tag }
+        };
+        if !tc.is_null() && !foreign() {
+            // SAFETY: our own cache; `class_of` of a small size is a cached class.
+            if unsafe { (*tc).bins.get_unchecked(class).try_push(p) } {
+                return;
             }
         }
     }
@@ -160,7 +128,7 @@ pub unsafe fn free_as(p: *mut u8, op: Op) {
         let tc = thread::cache();
         // SAFETY: `p` lies in a live segment.
         let code = unsafe { Segment::fast_class_at(p as usize) };
-        // SAFETY: as above; codes are at most NUM_CACHED.
+        // SAFETY: as above; codes are below 2 × MARKED.
         let class = unsafe { block_of_code(p, code) };
         if let (Some((class, subline)), false) = (class, tc.is_null()) {
             // SAFETY: our own cache; `p` starts a live-or-cached block of cached `class`.
@@ -173,17 +141,23 @@ pub unsafe fn free_as(p: *mut u8, op: Op) {
                 }
             }
         }
+        // A slab page marked for a sampled block: its other blocks still go to the cache.
+        // SAFETY: `p` lies in a live segment with tag `tag`, `tc` is ours or null; otherwise
+        // the contract is forwarded.
+        if code & MARKED != 0 && unsafe { free_on_marked_page(p, code, tag, tc) } {
+            return;
+        }
     }
     // SAFETY: forwarded contract.
     unsafe { free_checked(p, op) }
 }
 
 /// The class of the block starting at `p`, a pointer into a live segment, if `code` (its
-/// page's fast-path code) is a cached class's and `p` is where one of its blocks starts; with
-/// the class's `subline` mask (see [`STARTS_BY_CODE`]).
+/// page's fast-path code, or a marked code's class bits) is a cached class's and `p` is where
+/// one of its blocks starts; with the class's `subline` mask (see [`STARTS_BY_CODE`]).
 ///
 /// # Safety
-/// `p` must lie in a live segment and `code` be at most `NUM_CACHED`.
+/// `p` must lie in a live segment and `code` be below `2 * MARKED`.
 #[inline(always)]
 unsafe fn block_of_code(p: *mut u8, code: usize) -> Option<(usize, u64)> {
     let addr = p as usize;
@@ -219,6 +193,49 @@ unsafe fn push_to_cache(tc: *mut ThreadCache, p: *mut u8, class: usize) -> bool 
     }
 }
 
+/// Whether the page that `p` starts on has no plain fast-path code (a class + 1). For a block
+/// of a slab, whose pages all have plain codes otherwise, that is the mark of a sampled block
+/// on the page (`addr::sampled`).
+///
+/// # Safety
+/// `p` must lie in a live segment.
+#[inline(always)]
+unsafe fn page_marked(p: *mut u8) -> bool {
+    // SAFETY: per the contract.
+    unsafe { Segment::fast_class_at(p as usize).wrapping_sub(1) >= NUM_CACHED }
+}
+
+/// `free` of an unsampled block on a slab page marked for a sampled block (`addr::sampled`):
+/// the marked code still gives the class, so the block goes to the thread cache as on the
+/// fast path, without the descriptors or the sampled-blocks table. Most frees on a marked
+/// page are of such blocks. False, having done nothing, for anything else: a page with no
+/// mark, a pointer that does not start a block, a block the filter may count as sampled, a
+/// line-sharing block of another arena, a suspected double free, a full stack, no cache.
+///
+/// # Safety
+/// `p` must lie in a live segment whose map tag is `tag` and whose fast-path code for `p`'s
+/// page is `code`; `tc` must be the caller's cache or null; otherwise as for [`free`].
+#[inline(never)]
+pub(super) unsafe fn free_on_marked_page(
+    p: *mut u8,
+    code: usize,
+    tag: u8,
+    tc: *mut ThreadCache,
+) -> bool {
+    if tc.is_null() || code & MARKED == 0 || addr_sampled::counted(p) {
+        return false;
+    }
+    // SAFETY: per the contract; the class bits are below MARKED, in the table; `tc` is ours.
+    unsafe {
+        match block_of_code(p, code & (MARKED - 1)) {
+            Some((class, subline)) if (tag ^ (*tc).arena_tag) as u64 & subline == 0 => {
+                push_to_cache(tc, p, class)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// [`free_as`] of a block smaller than a cache line from another arena, already checked to
 /// start a block of cached class `class` in a segment with tag `tag`: into the remote buffer if
 /// it goes home (see `thread_cache`). Otherwise (its arena is unused, or a double free is
@@ -251,19 +268,10 @@ pub(super) unsafe fn free_checked(p: *mut u8, op: Op) {
             if (*d).flags & FLAG_SAMPLED != 0 {
                 free_sampled(p, d, op);
             } else {
+                if (*d).kind == kind::SLAB && page_marked(p) {
+                    slab_freeing(p);
+                }
                 free_block(p, d, class, op);
-            }
-        },
-        // SAFETY: `p` lies inside `block`, a live block of `class` in slab `d`.
-        Block::Inside(d, class, block) => unsafe {
-            if !free_shifted(p, block, d, class, op) {
-                // A cached block carries the free key: most likely a sampled block freed twice.
-                let what = if block.cast::<u64>().read() == cache::free_key() {
-                    "double free of"
-                } else {
-                    "invalid pointer"
-                };
-                misuse(op, what, p)
             }
         },
         // SAFETY: `h` is the registered header for `p`.
@@ -327,7 +335,6 @@ unsafe fn free_block_slow(p: *mut u8, d: *mut SpanDesc, class: usize, op: Op) {
 pub unsafe fn usable_size(p: *mut u8) -> usize {
     match validate(p, Op::UsableSize) {
         Block::Span(_, class) => CLASSES[class].size as usize,
-        Block::Inside(_, class, block) => shifted_usable(p, block, class, Op::UsableSize),
         // SAFETY: `h` is the registered header for `p`.
         Block::Huge(h) => unsafe { huge::usable_size(h, p, "malloc_usable_size") },
     }

@@ -2,7 +2,7 @@
 //! blocks that keep growing get room after them or a mapping of their own.
 
 use super::alloc::{alloc_huge, alloc_slow, cache_or_init, fallback_alloc};
-use super::free::{free, shifted_usable, validate, Block};
+use super::free::{free, validate, Block};
 use super::sampled::{alloc_sampled, huge_realloc};
 use super::Op;
 use crate::addr::segment::{Segment, FLAG_SAMPLED};
@@ -37,7 +37,7 @@ pub(super) fn alloc_for_growth(size: usize, entry_sp: usize) -> *mut u8 {
     // SAFETY: our own cache.
     unsafe {
         if count_event(tc, size) {
-            return alloc_sampled(tc, class, QUANTUM, false, size, entry_sp);
+            return alloc_sampled(tc, class, 1, false, size, entry_sp);
         }
         let pages = CLASSES[class].pages as usize;
         (*tc).arena.alloc_large_with_room(class, 1, pages, false)
@@ -188,9 +188,6 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize, exact: bool) ->
             }
             usable
         }
-        // A sampled small block always moves (see `free_sized`: it must not be taken for a
-        // block of its class).
-        Block::Inside(_, class, block) => shifted_usable(p, block, class, Op::Realloc),
     };
     // A block growing past REALLOC_MAP_MIN moves into a mapping of its own, so that its later
     // growth is mremap (page tables move, no copy) rather than a copy per size class.

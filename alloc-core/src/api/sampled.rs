@@ -9,8 +9,7 @@ use super::usdt;
 use super::Op;
 use crate::addr::sampled as addr_sampled;
 use crate::addr::segment::{self, SampleRecord, Segment, SpanDesc};
-use crate::base::size_class::{class_of, is_small, CLASSES, NUM_CACHED, QUANTUM};
-use crate::platform::os::PAGE_SHIFT;
+use crate::base::size_class::{is_small, NUM_CACHED};
 use crate::pool::arena;
 use crate::pool::huge::{self, HugeHeader};
 use crate::prof::backtrace::{self, TraceMemo};
@@ -38,20 +37,18 @@ fn enter_and_capture<'a>(
     (inside, trace, recalled)
 }
 
-/// Allocates a sampled block aligned to `align`: captures the stack, serves the block, and
-/// records it. A block of a cached class comes from the thread cache like any other. A small
-/// one is a block of a larger class handed out `align` bytes (at least 16) past its start
-/// (see [`shifted_class`]): its `free` fails the fast path's block-start check, and the
-/// checked path finds its record by address (`addr::sampled`). A large one keeps its record in
-/// its descriptor and loses its page's fast-path code while it lives. Anything else (aligned
-/// to pages, an uncached class, or a small block when that table is full) gets pages of its
-/// own whose descriptor keeps the record.
+/// Allocates a sampled block: captures the stack, serves the block, and records it. A block of
+/// a cached class comes from the thread cache like any other. A small one stays in its slab,
+/// recorded by address (`addr::sampled`, which marks its page so that its `free` is seen); a
+/// large one keeps its record in its descriptor and loses its page's fast-path code while it
+/// lives. Anything else (aligned to pages, an uncached class, or a small block when that table
+/// is full) gets pages of its own whose descriptor keeps the record.
 #[cold]
 #[inline(never)]
 pub(super) unsafe fn alloc_sampled(
     tc: *mut ThreadCache,
     class: usize,
-    align: usize,
+    align_pages: usize,
     zero: bool,
     size: usize,
     entry_sp: usize,
@@ -71,29 +68,7 @@ pub(super) unsafe fn alloc_sampled(
     };
     let weight = sampler::weight(size, sampler::mean_interval());
     let bytes = size.max(1);
-    let align_pages = (align >> PAGE_SHIFT).max(1);
-    if is_small(class) {
-        let shift = align.max(QUANTUM);
-        if let Some(outer) = shifted_class(class, size, shift) {
-            // SAFETY: the caller's own cache.
-            let block = unsafe { alloc_class(tc, outer, zero, size + shift) };
-            if block.is_null() {
-                return block;
-            }
-            let p = block.wrapping_add(shift);
-            let record = record(known, trace, bytes, weight, p);
-            remember(tc, &record);
-            // SAFETY: `p` lies inside a live block of a live slab, ours and not recorded.
-            if unsafe { addr_sampled::insert(p, record) } {
-                announce_alloc(p, record);
-                return p;
-            }
-            // The table is full: the block goes back, the sample takes pages of its own.
-            forget_sample(record, p as usize);
-            // SAFETY: `block` is ours, an ordinary block.
-            unsafe { super::free::free(block) };
-        }
-    } else if class < NUM_CACHED && align_pages == 1 {
+    if class < NUM_CACHED && align_pages == 1 {
         // SAFETY: the caller's own cache.
         let p = unsafe { alloc_class(tc, class, zero, size) };
         if p.is_null() {
@@ -101,10 +76,21 @@ pub(super) unsafe fn alloc_sampled(
         }
         let record = record(known, trace, bytes, weight, p);
         remember(tc, &record);
-        // SAFETY: `p` starts a live large block of ours, just allocated and unrecorded.
-        unsafe { segment::mark_sampled(Segment::desc_at(p as usize), record) };
-        announce_alloc(p, record);
-        return p;
+        if !is_small(class) {
+            // SAFETY: `p` starts a live large block of ours, just allocated and unrecorded.
+            unsafe { segment::mark_sampled(Segment::desc_at(p as usize), record) };
+            announce_alloc(p, record);
+            return p;
+        }
+        // SAFETY: `p` is a live block of a live slab, ours, not yet recorded; codes are class + 1.
+        if unsafe { addr_sampled::insert(p, record, class as u8 + 1) } {
+            announce_alloc(p, record);
+            return p;
+        }
+        // The table is full: the block goes back unsampled, the sample takes pages of its own.
+        forget_sample(record, p as usize);
+        // SAFETY: `p` is ours, unsampled and unmarked.
+        unsafe { super::free::free(p) };
     }
     // SAFETY: the caller's own cache.
     let (p, d) = unsafe { (*tc).arena.alloc_sampled(class, align_pages, zero) };
@@ -117,21 +103,6 @@ pub(super) unsafe fn alloc_sampled(
     unsafe { (*d).set_sample(record) };
     announce_alloc(p, record);
     p
-}
-
-/// The small class that holds a sampled block of `size` bytes of class `class` handed out
-/// `shift` bytes past its start, if one does. It is larger than `class` even when `size +
-/// shift` would fit `class`, so that `free_sized` with the block's size, which trusts a page
-/// whose code is `class_of(size)`, never takes it for an ordinary block. A shift of the
-/// request's alignment keeps the block aligned: a small class whose size is a multiple of an
-/// alignment has blocks aligned to it (`size_class`), and `size` of an aligned request is a
-/// multiple of it.
-fn shifted_class(class: usize, size: usize, shift: usize) -> Option<usize> {
-    let mut outer = class_of(size + shift);
-    if outer == class {
-        outer = class_of(CLASSES[class].size as usize + shift);
-    }
-    (is_small(outer) && outer < NUM_CACHED).then_some(outer)
 }
 
 /// Allocates a sampled huge block: captures the stack, maps the block, and records it in the
@@ -186,30 +157,20 @@ fn remember(tc: *mut ThreadCache, record: &SampleRecord) {
     unsafe { (*tc).trace_memo.note(record.stack as usize) };
 }
 
-/// Frees the sampled small block handed out at `p`, inside block `block` of class `class`
-/// (span `d`): the profiler forgets it (before the block can be reused, and so before a dump
-/// could copy another owner's bytes), `otel_memory:free` fires, and the block goes back like
-/// any other. False, having done nothing, when no sampled block was handed out at `p`.
+/// A block of a slab is being freed whose page is marked (a sampled small block starts on it):
+/// if `p` is that sampled block, the profiler forgets it (before the block can be reused, and
+/// so before a dump could copy another owner's bytes) and `otel_memory:free` fires.
 ///
 /// # Safety
-/// `p` must lie inside `block`, a live block of `class` in slab `d`, being freed by the caller.
+/// `p` must be a validated live block of a slab, being freed by the caller.
 #[cold]
 #[inline(never)]
-pub(super) unsafe fn free_shifted(
-    p: *mut u8,
-    block: *mut u8,
-    d: *mut SpanDesc,
-    class: usize,
-    op: Op,
-) -> bool {
-    let Some(record) = addr_sampled::take(p) else {
-        return false;
-    };
-    usdt::free(p);
-    forget_sample(record, p as usize);
+pub(super) unsafe fn slab_freeing(p: *mut u8) {
     // SAFETY: per the contract.
-    unsafe { free_block(block, d, class, op) };
-    true
+    if let Some(record) = unsafe { addr_sampled::take(p) } {
+        usdt::free(p);
+        forget_sample(record, p as usize);
+    }
 }
 
 /// Fires `otel_memory:alloc` for the sampled block `p` just recorded as `record`.
@@ -306,87 +267,92 @@ pub(super) fn forget_sample(record: SampleRecord, block: usize) {
 
 #[cfg(test)]
 mod tests {
+    use crate::addr::registry;
     use crate::addr::sampled as addr_sampled;
     use crate::addr::segment::{locate, Location, Segment, FLAG_SAMPLED};
-    use crate::api::alloc::{alloc_aligned, malloc};
-    use crate::api::free::{free, free_sized, usable_size};
-    use crate::api::realloc::realloc;
+    use crate::api::alloc::malloc;
+    use crate::api::free::{free, free_on_marked_page, free_sized};
     use crate::base::config;
-    use crate::base::size_class::{class_of, CLASSES};
+    use crate::base::size_class::{class_of, MARKED};
+    use crate::platform::os::PAGE_SIZE;
 
     fn code_of_page(p: *mut u8) -> usize {
         // SAFETY: `p` is a live block in a segment of ours.
         unsafe { Segment::fast_class_at(p as usize) }
     }
 
-    /// Allocates blocks with `alloc` while sampling one in about `2^10` bytes, until `want` of
-    /// them are sampled small blocks; returns them all, and sampling is back to its default.
-    fn with_samples(want: usize, alloc: impl Fn() -> *mut u8) -> Vec<usize> {
+    /// Sampled small blocks stay in their slabs: not page-aligned, found by address, their
+    /// pages marked (no fast-path code) while they live; freed by `free` from another thread or
+    /// by `free_sized`, they are forgotten and their pages get their codes back.
+    #[test]
+    fn sampled_small_blocks_stay_in_their_slabs() {
+        let size = 200;
         let is_sampled = |p: usize| addr_sampled::record_of(p as *mut u8).is_some();
         // Other tests switch sampling too: set it again until enough blocks were sampled.
         let mut blocks = Vec::new();
-        while blocks.iter().filter(|&&p| is_sampled(p)).count() < want && blocks.len() < 400_000 {
+        while blocks.iter().filter(|&&p| is_sampled(p)).count() < 100 && blocks.len() < 400_000 {
             config::set(b"prof", b"true").unwrap();
             config::set(b"lg_prof_sample", b"10").unwrap();
-            blocks.extend((0..1000).map(|_| alloc() as usize));
+            blocks.extend((0..1000).map(|_| malloc(size) as usize));
         }
         config::set(b"prof", b"false").unwrap();
         config::set(b"lg_prof_sample", b"19").unwrap();
-        blocks
-    }
-
-    /// Where `p` lies: the class of its slab and its offset from the block it is in.
-    fn placement(p: usize) -> (usize, usize) {
-        let Location::Span(d, start) = locate(p) else {
-            panic!("{p:#x} is not in a segment")
-        };
-        // SAFETY: `d` is the live span holding `p`.
-        let class = unsafe { (*d).class } as usize;
-        (class, (p - start) % CLASSES[class].size as usize)
-    }
-
-    /// A sampled small block lies 16 bytes into a block of a larger class and is found by
-    /// address; its slab's fast-path codes are those of the class, so the other blocks of its
-    /// pages are freed on the fast path. Freed by `free` from another thread or by
-    /// `free_sized`, it is forgotten; `realloc` moves it with its contents.
-    #[test]
-    fn sampled_small_blocks_lie_inside_larger_blocks() {
-        let size = 200;
-        let blocks = with_samples(100, || malloc(size));
-        let (sampled, unsampled): (Vec<usize>, Vec<usize>) = blocks
-            .iter()
-            .partition(|&&p| addr_sampled::record_of(p as *mut u8).is_some());
+        let (sampled, unsampled): (Vec<usize>, Vec<usize>) =
+            blocks.iter().partition(|&&p| is_sampled(p));
         assert!(sampled.len() >= 100, "{} sampled", sampled.len());
+        assert!(sampled.iter().any(|p| p % PAGE_SIZE != 0));
+        // The filter counts every sampled block, and turns most of the others away before
+        // the lock (a few meet another live sample's count).
+        assert!(sampled.iter().all(|&p| addr_sampled::counted(p as *mut u8)));
+        let passed = unsampled
+            .iter()
+            .filter(|&&p| addr_sampled::counted(p as *mut u8))
+            .count();
+        assert!(
+            passed * 10 < unsampled.len(),
+            "{passed} of {} unsampled blocks pass the filter",
+            unsampled.len()
+        );
         for &p in &sampled {
             let record = addr_sampled::record_of(p as *mut u8).unwrap();
             assert_eq!(record.bytes, size);
-            let (class, offset) = placement(p);
-            assert!(
-                class > class_of(size),
-                "{p:#x} is in a slab of its own class"
+            assert_eq!(
+                code_of_page(p as *mut u8),
+                MARKED | (class_of(size) + 1),
+                "a sampled block's page is not marked"
             );
-            assert_eq!(offset, 16, "{p:#x} is not 16 bytes into its block");
-            assert_eq!(code_of_page(p as *mut u8), class + 1);
-            // SAFETY: a live block of ours.
-            assert!(unsafe { usable_size(p as *mut u8) } >= size);
         }
-        // Sampling changed no page's code: every unsampled block's is its class's.
-        for &p in &unsampled {
-            assert_eq!(code_of_page(p as *mut u8), class_of(size) + 1);
+        // A marked page's other blocks go to the thread cache from the marked code; a sampled
+        // block does not.
+        let marked_page = |p: usize| code_of_page(p as *mut u8) & MARKED != 0;
+        let neighbours: Vec<usize> = unsampled
+            .iter()
+            .copied()
+            .filter(|&p| marked_page(p) && !addr_sampled::counted(p as *mut u8))
+            .take(8)
+            .collect();
+        assert!(
+            !neighbours.is_empty(),
+            "no unsampled block on a marked page"
+        );
+        // SAFETY: live blocks of ours, each freed once; the sampled one is not freed here.
+        unsafe {
+            let tc = crate::thread::cache();
+            let marked_free = |p: usize| {
+                let (code, tag) = (code_of_page(p as *mut u8), registry::segment_tag(p));
+                free_on_marked_page(p as *mut u8, code, tag, tc)
+            };
+            assert!(!marked_free(sampled[0]));
+            for &p in &neighbours {
+                assert!(marked_free(p), "{p:#x} took the checked path");
+            }
         }
-        // `realloc` moves a sampled block with its contents; the old address is forgotten.
-        let (first, sampled) = sampled.split_first().unwrap();
-        // SAFETY: a live block of ours, `size` bytes long, then reallocated once.
-        let moved = unsafe {
-            let p = *first as *mut u8;
-            (0..size).for_each(|i| p.add(i).write(i as u8));
-            let q = realloc(p, size);
-            assert_ne!(q, p, "a sampled block stayed in place");
-            assert!((0..size).all(|i| q.add(i).read() == i as u8));
-            q as usize
-        };
-        assert!(addr_sampled::record_of(*first as *mut u8).is_none());
-        // Half from another thread, half by `free_sized`.
+        let unsampled: Vec<usize> = unsampled
+            .into_iter()
+            .filter(|p| !neighbours.contains(p))
+            .collect();
+        // The sampled blocks go first, half from another thread, half by `free_sized`; the
+        // others keep their slabs alive, so that each page's code can be checked.
         let (half, rest) = sampled.split_at(sampled.len() / 2);
         let rest = rest.to_vec();
         // SAFETY: live blocks of ours, each freed once, with the size they were allocated with.
@@ -402,37 +368,33 @@ mod tests {
             for &p in half {
                 free_sized(p as *mut u8, size);
             }
-            for &p in unsampled.iter().chain([&moved]) {
+        }
+        for &p in &sampled {
+            assert!(!is_sampled(p), "{p:#x} still recorded");
+        }
+        // Pages come back to their codes, unless another test's sample lives on one of them.
+        // Tests run side by side: such a sample may go between the count and the look at the
+        // live samples, so a few looks are allowed before a page counts as left marked.
+        let marked = || {
+            sampled
+                .iter()
+                .filter(|&&p| code_of_page(p as *mut u8) != class_of(size) + 1)
+                .count()
+        };
+        let settled = (0..50).any(|_| {
+            let ok = marked() <= addr_sampled::live().1;
+            if !ok {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            ok
+        });
+        assert!(settled, "{} pages left marked", marked());
+        // SAFETY: as above.
+        unsafe {
+            for &p in &unsampled {
                 free(p as *mut u8);
             }
         }
-        for &p in sampled {
-            assert!(
-                addr_sampled::record_of(p as *mut u8).is_none(),
-                "{p:#x} still recorded"
-            );
-        }
-    }
-
-    /// A sampled small block of an aligned request is handed out the alignment into a block
-    /// of a larger class, so it keeps its alignment.
-    #[test]
-    fn sampled_aligned_small_blocks_keep_their_alignment() {
-        let (align, size) = (64, 192);
-        let blocks = with_samples(20, || alloc_aligned(align, size, false));
-        let mut seen = 0;
-        for &p in &blocks {
-            assert_eq!(p % align, 0, "{p:#x} is not aligned");
-            if addr_sampled::record_of(p as *mut u8).is_some() {
-                let (class, offset) = placement(p);
-                assert!(class > class_of(size));
-                assert_eq!(offset, align);
-                seen += 1;
-            }
-        }
-        assert!(seen >= 20, "{seen} sampled");
-        // SAFETY: live blocks of ours, each freed once.
-        unsafe { blocks.iter().for_each(|&p| free(p as *mut u8)) };
     }
 
     /// The sample record of large block `p` if it is sampled, and its page's fast-path code.
