@@ -29,8 +29,7 @@ pub const LARGE_MAX: usize = 2 << 20;
 /// Classes `0..NUM_CACHED` are kept in thread caches: all small ones plus large ones up to
 /// 256 KiB, where a page-run allocation under the arena lock would dominate the cost.
 pub const NUM_CACHED: usize = 52;
-/// Cached classes above this size hold only one or two blocks per thread, and are flushed when
-/// idle.
+/// Cached classes above this size hold only two blocks per thread, and are flushed when idle.
 pub const CACHED_LARGE_MIN: usize = 32 << 10;
 /// The cache line size assumed for false sharing.
 pub const CACHE_LINE: usize = 64;
@@ -144,11 +143,13 @@ const fn clamp_capacity(n: usize, max: usize) -> usize {
 }
 
 /// How many blocks of cached class `c` a thread cache starts out holding: about 32 KiB worth,
-/// between 4 and 128 blocks. Small classes get many (refills are batched), large few.
+/// between 4 and 128 blocks. Small classes get many (refills are batched), large two: with one,
+/// a thread that allocates and frees blocks of a large class in turn (churn) took every other
+/// one from the page heap, under the arena's lock (two: 0.95× the time, 4 % more peak RSS).
 pub const fn cache_capacity(c: usize) -> usize {
     let size = class_size(c);
     if size > CACHED_LARGE_MIN {
-        return if size <= 64 << 10 { 2 } else { 1 };
+        return 2;
     }
     clamp_capacity((32 << 10) / size, 128)
 }

@@ -17,7 +17,7 @@
 //! cache's remote buffer and go home with up to [`REMOTE_CAP`] others, sorted by class and
 //! arena, one lock per group.
 //!
-//! Large classes up to 256 KiB are cached too, one or two blocks each, flushed at a tick when
+//! Large classes up to 256 KiB are cached too, two blocks each, flushed at a tick when
 //! they were not used since the last one.
 //!
 //! A small class's stack starts small (about 32 KiB worth) and doubles each time the thread
