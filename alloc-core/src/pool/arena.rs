@@ -1203,10 +1203,10 @@ mod tests {
 
     /// The slab holding object `p` of one of our slabs.
     fn slab_of(p: *mut u8) -> *mut SpanDesc {
-        let seg = Segment::of(p as usize);
-        let page = (p as usize - seg as usize) >> os::PAGE_SHIFT;
-        // SAFETY: `p` lies in a live slab of ours.
-        unsafe { Segment::desc(seg, Segment::head_of(seg, page)) }
+        match segment::locate(p as usize) {
+            segment::Location::Span(d, _) => d,
+            _ => panic!("{p:?} is not in a span of ours"),
+        }
     }
 
     /// Two lanes' refills come from slabs of their own, and a lane whose slabs are full takes
@@ -1271,10 +1271,7 @@ mod tests {
             assert_eq!(unsafe { a.transfer(class) }.parked(), &out[..6]);
             assert_eq!(bin.objects_out, 8, "still out of their slab");
         }
-        let seg = Segment::of(out[0] as usize);
-        let page = (out[0] as usize - seg as usize) >> os::PAGE_SHIFT;
-        // SAFETY: `out[0]` lies in a live slab of ours.
-        let d = unsafe { Segment::desc(seg, Segment::head_of(seg, page)) };
+        let d = slab_of(out[0]);
         // SAFETY: `d` is the slab of these objects (all from one fresh slab).
         unsafe {
             assert!(a.slab_object_is_free(class, d, out[0] as usize));
