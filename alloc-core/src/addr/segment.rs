@@ -39,6 +39,10 @@ pub const FLAG_SAMPLED: u16 = 1;
 /// Span flag of a dirty free span: it waits on the page heap's subrelease list, not its decay
 /// list (see `span::page_heap`).
 pub const FLAG_SUBRELEASE: u16 = 2;
+/// Span flag of a large block placed with free pages after it for `realloc` to grow it into
+/// (a buffer being built up): its page has no fast-path code, so its `free` takes the checked
+/// path, which gives its pages back to the page heap at once (see `api::free::free_block`).
+pub const FLAG_BUILT: u16 = 4;
 /// Span flag of a slab: it belongs to its bin's second lane (see `pool::arena::SLAB_LANES`).
 pub const FLAG_LANE: u16 = 1 << 15;
 

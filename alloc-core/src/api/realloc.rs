@@ -215,3 +215,70 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize, exact: bool) ->
     }
     q
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::segment::{self, kind, Location};
+    use crate::api::alloc::malloc;
+    use crate::api::free::free;
+
+    /// Grows a block from 8 bytes to `max` by steps of about 1/8, as a string builder does.
+    fn build_up(max: usize) -> *mut u8 {
+        let mut n = 8;
+        let mut p = malloc(n);
+        while n < max {
+            n = (n + n / 8 + 1).min(max);
+            // SAFETY: `p` is live; the result replaces it.
+            p = unsafe { realloc(p, n) };
+            assert!(!p.is_null());
+        }
+        p
+    }
+
+    /// A buffer built up into a page run goes back to the page heap when it is freed, not to
+    /// the thread cache, so the next buffer built the same way finds its pages and grows where
+    /// it did (cached, it was out of reach and buffers alternated between places).
+    #[test]
+    fn a_built_up_buffer_gives_its_pages_back_at_once() {
+        std::thread::spawn(|| {
+            let max = 64 << 10;
+            let p = build_up(max);
+            let class = match segment::locate(p as usize) {
+                // SAFETY: `d` heads the live block `p`.
+                Location::Span(d, _) => unsafe {
+                    assert_eq!((*d).kind, kind::LARGE, "a 64 KiB buffer is a page run");
+                    assert_ne!(
+                        (*d).flags & segment::FLAG_BUILT,
+                        0,
+                        "not flagged as built up"
+                    );
+                    (*d).class as usize
+                },
+                _ => panic!("{p:?} is not in a segment"),
+            };
+            let tc = thread::cache();
+            // SAFETY: this thread's own cache.
+            let cached = || unsafe { (*tc).cached_seen(class) };
+            let before = cached();
+            // SAFETY: a live block of ours, freed once.
+            unsafe { free(p) };
+            assert_eq!(
+                cached(),
+                before,
+                "the built-up buffer went into the thread cache"
+            );
+            let Location::Span(d, _) = segment::locate(p as usize) else {
+                panic!("{p:?} is not in a segment");
+            };
+            // SAFETY: `d` is a descriptor of a live segment.
+            let k = unsafe { (*d).kind };
+            assert!(
+                k == kind::FREE_DIRTY,
+                "the freed buffer's pages are not free in the page heap (kind {k})"
+            );
+        })
+        .join()
+        .unwrap();
+    }
+}
