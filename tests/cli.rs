@@ -66,14 +66,6 @@ struct Fixture {
     late: PathBuf,
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sampalloc-cli-{tag}-{}", std::process::id()));
-    // A leftover of an earlier run with this pid: profiles are never written over a file.
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// Dumps the early and late profiles once for all tests.
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
@@ -85,7 +77,7 @@ fn fixture() -> &'static Fixture {
         leak_large();
         grow_slowly();
         churn(1000);
-        let dir = temp_dir("profiles");
+        let dir = &common::Scratch::for_process("cli-profiles").0;
         let pid = std::process::id();
         let early = dir.join(format!("leaky.{pid}.0.m.heap"));
         sampalloc::profile::dump(&early).unwrap();

@@ -25,24 +25,23 @@ fn root() -> &'static Path {
 
 /// `plant_names`, compiled once (None: no C compiler, outside CI).
 fn planter() -> Option<&'static Path> {
-    static EXE: OnceLock<Option<(Scratch, PathBuf)>> = OnceLock::new();
+    static EXE: OnceLock<Option<PathBuf>> = OnceLock::new();
     EXE.get_or_init(|| {
         if !have("cc") {
             return None;
         }
-        let scratch = Scratch::new("plant-names-build");
+        let scratch = Scratch::for_process("plant-names-build");
         let exe = common::compile_in(
             &root().join("tests/profile"),
             "cc",
-            &scratch,
+            scratch,
             &["plant_names.c"],
             "plant_names",
             &[],
         );
-        Some((scratch, exe))
+        Some(exe)
     })
-    .as_ref()
-    .map(|(_, exe)| exe.as_path())
+    .as_deref()
 }
 
 fn mode(p: &Path) -> u32 {

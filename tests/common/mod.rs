@@ -22,7 +22,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 /// splitmix64: tiny, fast, deterministic, good enough to pick sizes and operations.
@@ -230,6 +230,32 @@ impl Scratch {
     pub fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
+
+    /// A scratch directory for a fixture kept in a static, which is never dropped: removed
+    /// when the test process exits instead.
+    pub fn for_process(name: &str) -> &'static Scratch {
+        let scratch = Box::leak(Box::new(Scratch::new(name)));
+        remove_at_exit(scratch.0.clone());
+        scratch
+    }
+}
+
+/// Removes `dir` when the process exits (`atexit`: after the test harness's last test, whether
+/// it passed or not).
+fn remove_at_exit(dir: PathBuf) {
+    static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static REGISTER: Once = Once::new();
+    extern "C" fn remove_all() {
+        if let Ok(dirs) = DIRS.lock() {
+            for d in dirs.iter() {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+    // SAFETY: `remove_all` is an `extern "C"` function that neither unwinds nor returns a
+    // value; registering it has no other precondition.
+    REGISTER.call_once(|| assert_eq!(unsafe { libc::atexit(remove_all) }, 0));
+    DIRS.lock().unwrap().push(dir);
 }
 
 impl Drop for Scratch {
