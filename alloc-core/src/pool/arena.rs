@@ -477,6 +477,9 @@ impl Arena {
             }
         }
         let mut n = from_transfer;
+        // Kept empty slabs taken, counted off the arena's total once at the end: a locked
+        // instruction per slab waited for the program's stores before it each time.
+        let mut unkept = 0;
         while n < out.len() {
             let mut s = bin.current[lane];
             if SlabBin::exhausted(s) {
@@ -484,8 +487,7 @@ impl Arena {
                 if s.is_null() {
                     s = bin.pop_empty();
                     if !s.is_null() {
-                        self.empty_pages
-                            .fetch_sub(CLASSES[class].pages as usize, Ordering::Relaxed);
+                        unkept += CLASSES[class].pages as usize;
                     }
                 }
                 if s.is_null() {
@@ -501,6 +503,9 @@ impl Arena {
             }
             // SAFETY: `s` is a live slab of this bin with free objects; we hold its lock.
             n += unsafe { slab::take(s, &mut out[n..]) };
+        }
+        if unkept > 0 {
+            self.empty_pages.fetch_sub(unkept, Ordering::Relaxed);
         }
         bin.objects_out += n - from_transfer;
         t.credit = (t.credit + n).min(transfer_capacity(class));
@@ -575,6 +580,11 @@ impl Arena {
         objects: &[*mut u8],
         freed_at: Option<u64>,
     ) {
+        // Read once, at the first slab that empties.
+        let mut now = None;
+        // Pages of the slabs kept here, added to the arena's total once at the end (as in
+        // `fill_small`).
+        let mut kept = 0;
         for &p in objects {
             let seg = Segment::of(p as usize);
             let page = (p as usize - seg as usize) >> os::PAGE_SHIFT;
@@ -602,10 +612,11 @@ impl Arena {
                         // non-full list.
                         unsafe { bin.unlink_nonfull(d) };
                         let pages = CLASSES[class].pages as usize;
-                        let now = os::now_ms();
+                        let now = *now.get_or_insert_with(os::now_ms);
                         let emptied = freed_at.unwrap_or(now);
-                        if self.empty_pages.load(Ordering::Relaxed) + pages <= EMPTY_KEEP_PAGES {
-                            self.empty_pages.fetch_add(pages, Ordering::Relaxed);
+                        let total = self.empty_pages.load(Ordering::Relaxed) + kept;
+                        if total + pages <= EMPTY_KEEP_PAGES {
+                            kept += pages;
                             // SAFETY: the slab is empty and now on no list.
                             unsafe { bin.push_empty(d, emptied) };
                         } else {
@@ -617,6 +628,9 @@ impl Arena {
                     }
                 }
             }
+        }
+        if kept > 0 {
+            self.empty_pages.fetch_add(kept, Ordering::Relaxed);
         }
         bin.objects_out -= objects.len();
     }
