@@ -312,38 +312,43 @@ mod tests {
         std::thread::spawn(|| {
             let size = 100;
             let class = class_of(size);
-            let blocks: Vec<*mut u8> = (0..3).map(|_| malloc(size)).collect();
-            // SAFETY: live blocks of ours, each freed once (the middle one with its size).
-            unsafe {
-                free(blocks[0]);
-                crate::api::free::free_sized(blocks[1], size);
-                free(blocks[2]);
-            }
-            let again: Vec<*mut u8> = (0..3).map(|_| malloc(size)).collect();
-            assert_eq!(again, [blocks[2], blocks[1], blocks[0]]);
-            // SAFETY: as above.
-            again.iter().for_each(|&p| unsafe { free(p) });
-            let tc = thread::cache();
-            // SAFETY: this thread's own cache.
-            let held = || unsafe { ((*tc).cached_seen(class), (*tc).bins[class].count()) };
-            let (seen, cached) = held();
-            assert!(
-                cached >= 3 && seen == cached,
-                "statistics see {seen} of {cached}"
-            );
-            flush_thread_cache();
-            assert_eq!(held(), (0, 0), "a flush left blocks cached");
-            for &p in &blocks {
-                let Location::Span(d, _) = segment::locate(p as usize) else {
-                    panic!("{p:?} is not in a segment");
-                };
-                // SAFETY: `d` is the slab holding `p`.
-                let back = unsafe {
-                    arena::of_segment(Segment::of(p as usize))
-                        .slab_object_is_free(class, d, p as usize)
-                };
-                assert!(back, "{p:?} did not go back to its slab");
-            }
+            // Another test's thread (of the same arena, allocating this class) may take a
+            // block from its slab before it is looked at: a few tries, one of which must find
+            // all three back.
+            let all_back = (0..5).any(|_| {
+                let blocks: Vec<*mut u8> = (0..3).map(|_| malloc(size)).collect();
+                // SAFETY: live blocks of ours, each freed once (the middle one with its size).
+                unsafe {
+                    free(blocks[0]);
+                    crate::api::free::free_sized(blocks[1], size);
+                    free(blocks[2]);
+                }
+                let again: Vec<*mut u8> = (0..3).map(|_| malloc(size)).collect();
+                assert_eq!(again, [blocks[2], blocks[1], blocks[0]]);
+                // SAFETY: as above.
+                again.iter().for_each(|&p| unsafe { free(p) });
+                let tc = thread::cache();
+                // SAFETY: this thread's own cache.
+                let held = || unsafe { ((*tc).cached_seen(class), (*tc).bins[class].count()) };
+                let (seen, cached) = held();
+                assert!(
+                    cached >= 3 && seen == cached,
+                    "statistics see {seen} of {cached}"
+                );
+                flush_thread_cache();
+                assert_eq!(held(), (0, 0), "a flush left blocks cached");
+                blocks.iter().all(|&p| {
+                    let Location::Span(d, _) = segment::locate(p as usize) else {
+                        panic!("{p:?} is not in a segment");
+                    };
+                    // SAFETY: `d` is the slab holding `p`.
+                    unsafe {
+                        arena::of_segment(Segment::of(p as usize))
+                            .slab_object_is_free(class, d, p as usize)
+                    }
+                })
+            });
+            assert!(all_back, "flushed blocks did not go back to their slabs");
         })
         .join()
         .unwrap();

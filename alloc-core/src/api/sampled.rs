@@ -286,6 +286,7 @@ mod tests {
     /// by `free_sized`, they are forgotten and their pages get their codes back.
     #[test]
     fn sampled_small_blocks_stay_in_their_slabs() {
+        let _options = crate::base::config::hold_options();
         let size = 200;
         let is_sampled = |p: usize| addr_sampled::record_of(p as *mut u8).is_some();
         // Other tests switch sampling too: set it again until enough blocks were sampled.
@@ -414,6 +415,7 @@ mod tests {
     /// free gives it back to the thread cache as an ordinary block.
     #[test]
     fn sampled_large_blocks_come_from_and_go_back_to_the_thread_cache() {
+        let _options = crate::base::config::hold_options();
         let size = 100_000;
         std::thread::spawn(move || {
             // Blocks in this thread's cache, the last freed on top.

@@ -421,14 +421,26 @@ fn parse_signal(s: &[u8]) -> Option<i32> {
     Some(n)
 }
 
+/// Held by every test that changes process-wide options or depends on their defaults (tests
+/// run side by side, and one test's `lg_prof_sample` was another's): see [`hold_options`].
+#[cfg(test)]
+static TEST_OPTIONS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`TEST_OPTIONS`], also after a test that held it panicked.
+#[cfg(test)]
+pub fn hold_options() -> std::sync::MutexGuard<'static, ()> {
+    TEST_OPTIONS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    // Options are process-wide; tests restore what they change.
+    // Options are process-wide; tests restore what they change, holding `hold_options()`.
 
     #[test]
     fn parses_and_reports_bad_entries() {
+        let _options = hold_options();
         let mut warnings = Vec::new();
         let bad = apply(
             b" lg_prof_sample:17 , prof:true,bogus:1,narenas:x,novalue,prof_signal:SIGUSR2,prof_prefix:/tmp/app",
@@ -458,6 +470,7 @@ mod tests {
 
     #[test]
     fn value_ranges() {
+        let _options = hold_options();
         assert_eq!(set(b"dirty_decay_ms", b"-2"), Err(ConfError::BadValue));
         assert_eq!(set(b"lg_prof_sample", b"99"), Err(ConfError::BadValue));
         assert_eq!(set(b"prof_final", b"yes"), Err(ConfError::BadValue));
@@ -487,6 +500,7 @@ mod tests {
 
     #[test]
     fn thp_values_and_the_advice_they_give() {
+        let _options = hold_options();
         assert_eq!(thp(), Thp::Auto);
         assert_eq!(set(b"thp", b"sometimes"), Err(ConfError::BadValue));
         assert_eq!(thp(), Thp::Auto, "a bad value keeps the default");
@@ -524,6 +538,7 @@ mod tests {
 
     #[test]
     fn error_messages_and_the_narenas_default() {
+        let _options = hold_options();
         assert_eq!(ConfError::UnknownKey.message(), "unknown option");
         assert_eq!(ConfError::BadValue.message(), "invalid value");
         assert_eq!(ConfError::Malformed.message(), "expected key:value");

@@ -628,6 +628,7 @@ mod tests {
 
     #[test]
     fn peek_side_file_only_when_asked_private_and_of_live_blocks_only() {
+        let _options = crate::base::config::hold_options();
         let dir = scratch("peek");
         let marker = b"PEEK-UNIT-MARKER\x01\x02 tail of the block";
         let mut block = vec![0u8; 300];
@@ -688,6 +689,7 @@ mod tests {
 
     #[test]
     fn a_taken_name_moves_the_dump_to_the_next_sequence_number() {
+        let _options = crate::base::config::hold_options();
         use std::os::unix::fs::symlink;
         let dir = scratch("next-name");
         let prefix = dir.join("p");

@@ -183,6 +183,7 @@ mod tests {
 
     #[test]
     fn a_new_thread_samples_from_its_first_byte() {
+        let _options = crate::base::config::hold_options();
         config::set(b"prof", b"true").unwrap();
         config::set(b"lg_prof_sample", b"10").unwrap();
         let firsts: Vec<i64> = (0..2000)
@@ -211,6 +212,7 @@ mod tests {
     /// countdown goes negative. The fraction sampled must match 1 - exp(-s/R).
     #[test]
     fn sampling_probability_matches_the_model() {
+        let _options = crate::base::config::hold_options();
         config::set(b"prof", b"true").unwrap();
         config::set(b"lg_prof_sample", b"12").unwrap();
         let (mut s, mut countdown) = Schedule::new(99);
