@@ -241,6 +241,7 @@ mod tests {
     /// it did (cached, it was out of reach and buffers alternated between places).
     #[test]
     fn a_built_up_buffer_gives_its_pages_back_at_once() {
+        // A sampled buffer is not flagged: no other test may turn sampling on meanwhile.
         let _options = crate::base::config::hold_options();
         std::thread::spawn(|| {
             let tc = thread::cache_or_init();
