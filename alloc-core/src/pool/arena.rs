@@ -215,6 +215,7 @@ impl SlabBin {
             return own;
         }
         (0..SLAB_LANES)
+            .filter(|&other| other != lane)
             .map(|other| self.pop_nonfull(other))
             .find(|d| !d.is_null())
             .unwrap_or(ptr::null_mut())
