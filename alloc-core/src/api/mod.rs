@@ -5,7 +5,7 @@
 pub mod alloc;
 pub mod free;
 pub mod realloc;
-pub(crate) mod sampled;
+mod sampled;
 mod usdt;
 
 use crate::platform::os;
