@@ -279,9 +279,27 @@ fn misuse_aborts_with_one_line() {
             "invalid pointer",
         ),
     ];
-    for (mode, func, what) in cases {
-        // The remote cases need the second thread on another arena, whatever the CPU count.
-        let r = common::run_conf(command(&exe, [mode]), Some("stats_print:true,narenas:4"));
+    // The remote cases need the second thread on another arena, whatever the CPU count.
+    let plain = cases.map(|(mode, func, what)| (mode, func, what, "stats_print:true,narenas:4"));
+    // Every block sampled: a sampled block lies inside a larger one, and its address is
+    // recorded until its free, so a second free (or one of an address inside it) finds no
+    // record and no block start: an invalid pointer.
+    let every = "prof:true,lg_prof_sample:0";
+    let sampled = [
+        ("double-free", "free", "invalid pointer", every),
+        ("double-free-later", "free", "invalid pointer", every),
+        ("free-interior", "free", "invalid pointer", every),
+        ("free-interior-large", "free", "invalid pointer", every),
+        ("double-free-huge", "free", "double free of", every),
+        (
+            "realloc-zero-double-free",
+            "realloc",
+            "invalid pointer",
+            every,
+        ),
+    ];
+    for (mode, func, what, conf) in plain.into_iter().chain(sampled) {
+        let r = common::run_conf(command(&exe, [mode]), Some(conf));
         assert_eq!(
             r.status.signal(),
             Some(6),

@@ -170,11 +170,9 @@ pub struct Segment {
     /// Free pages (dirty or clean) in each huge page of the segment, kept by the page heap.
     pub hp_free: [u16; HUGE_PAGES_PER_SEGMENT],
     /// For every page, `free`'s fast-path code: class + 1 on every page of a slab and on the
-    /// first page of an unsampled large block of a cached class, 0 everywhere else (free pages,
-    /// the header, sampled and uncached blocks), which sends `free` to its checked path. A slab
-    /// page where a sampled block starts has `MARKED` added (`size_class::MARKED`): `free`'s
-    /// fast path refuses it too, and its checked path sends the page's unsampled blocks to
-    /// the thread cache without the descriptors (see `api::free`).
+    /// first page of a large block of a cached class, 0 everywhere else (free pages, the
+    /// header, blocks with pages of their own, uncached blocks), which sends `free` to its
+    /// checked path. Sampling never changes a code (see `addr::sampled`).
     pub fast_class: [u8; PAGES_PER_SEGMENT],
     /// For every page, the first page of the span covering it.
     pub page_head: [u16; PAGES_PER_SEGMENT],
@@ -375,33 +373,6 @@ pub unsafe fn set_fast_class_of_span(d: *mut SpanDesc) {
     }
 }
 
-/// Makes large block `d` a sampled one: it keeps `record`, and its page loses its fast-path
-/// code, so that its `free` takes the checked path and finds the record.
-///
-/// # Safety
-/// `d` must head a live large block of a cached class that the caller owns and that holds no
-/// record; no other thread looks at its page's code while it lives.
-pub unsafe fn mark_sampled(d: *mut SpanDesc, record: SampleRecord) {
-    // SAFETY: per the contract.
-    unsafe {
-        (*d).flags = FLAG_SAMPLED;
-        (*d).set_sample(record);
-        set_fast_class_of_span(d);
-    }
-}
-
-/// Undoes [`mark_sampled`] for a block being freed: an ordinary large block again.
-///
-/// # Safety
-/// `d` must head a live large block marked by [`mark_sampled`], being freed by the caller.
-pub unsafe fn unmark_sampled(d: *mut SpanDesc) {
-    // SAFETY: per the contract.
-    unsafe {
-        (*d).flags = 0;
-        set_fast_class_of_span(d);
-    }
-}
-
 /// Clears the fast-path codes of every page of span `d`, which is about to be freed.
 ///
 /// # Safety
@@ -484,10 +455,11 @@ mod tests {
     fn fast_codes_follow_live_blocks() {
         use crate::api::{alloc::malloc, free::free, realloc::realloc};
         use crate::base::size_class::class_of;
-        // A sampled block (the profiler may pick any) has no code: it takes the checked path.
+        // A sampled block (the profiler may pick any) lies inside a block of another class or
+        // has pages of its own: its class is the one it was asked for.
         let code_of = |p: *mut u8| {
             let a = p as usize;
-            let Location::Span(d, _) = locate(a) else {
+            let Location::Span(d, start) = locate(a) else {
                 panic!("not in a segment")
             };
             // SAFETY: `p` is a live block in a segment of ours.
@@ -497,8 +469,11 @@ mod tests {
                     assert_eq!(code, 0, "a sampled block has a fast-path code");
                     return class_of((*d).sample().bytes) + 1;
                 }
-                // A sampled small block on the page marks it: the class is in the low bits.
-                code & (crate::base::size_class::MARKED - 1)
+                if let Some(record) = crate::addr::sampled::record_of(p) {
+                    assert_ne!(start, a, "a sampled block starts a block of its span");
+                    return class_of(record.bytes) + 1;
+                }
+                code
             }
         };
         let small = malloc(5000);

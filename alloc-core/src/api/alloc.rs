@@ -27,7 +27,7 @@ pub fn malloc(size: usize) -> *mut u8 {
     if !p.is_null() {
         return p;
     }
-    alloc_slow(size, false, backtrace::current_sp())
+    alloc_slow(size, QUANTUM, false, backtrace::current_sp())
 }
 
 /// [`malloc`]'s fast path alone: a small block popped from the thread cache, or null when the
@@ -66,20 +66,21 @@ pub fn malloc_fast(size: usize) -> *mut u8 {
 /// entry point's stack pointer (see `backtrace`). Null when out of memory.
 #[inline(always)]
 pub fn malloc_slow(size: usize, entry_sp: usize) -> *mut u8 {
-    alloc_slow(size, false, entry_sp)
+    alloc_slow(size, QUANTUM, false, entry_sp)
 }
 
 /// Allocates at least `size` zeroed bytes aligned to 16. Fresh pages from the kernel are not
 /// zeroed again. Null when out of memory.
 #[inline(always)]
 pub fn malloc_zeroed(size: usize) -> *mut u8 {
-    alloc_slow(size, true, backtrace::current_sp())
+    alloc_slow(size, QUANTUM, true, backtrace::current_sp())
 }
 
-/// The allocation slow path. `entry_sp` is the stack pointer of the public entry point, so a
-/// sampled stack starts at its caller.
+/// The allocation slow path, for blocks aligned to `align` (16, or for a small size a power of
+/// two up to a page that divides `size`, which its class's blocks are aligned to). `entry_sp` is
+/// the stack pointer of the public entry point, so a sampled stack starts at its caller.
 #[inline(never)]
-pub(super) fn alloc_slow(size: usize, zero: bool, entry_sp: usize) -> *mut u8 {
+pub(super) fn alloc_slow(size: usize, align: usize, zero: bool, entry_sp: usize) -> *mut u8 {
     if size > LARGE_MAX {
         return alloc_huge(size, QUANTUM, zero, false, entry_sp);
     }
@@ -91,7 +92,7 @@ pub(super) fn alloc_slow(size: usize, zero: bool, entry_sp: usize) -> *mut u8 {
     // SAFETY: a non-null cache belongs to the calling thread.
     unsafe {
         if count_event(tc, size) {
-            return alloc_sampled(tc, class, 1, zero, size, entry_sp);
+            return alloc_sampled(tc, class, align, zero, size, entry_sp);
         }
         alloc_class(tc, class, zero, size)
     }
@@ -195,7 +196,7 @@ pub fn alloc_aligned(align: usize, size: usize, zero: bool) -> *mut u8 {
 fn aligned_slow(align: usize, size: usize, zero: bool, entry_sp: usize) -> *mut u8 {
     debug_assert!(align.is_power_of_two());
     if align <= QUANTUM {
-        return alloc_slow(size, zero, entry_sp);
+        return alloc_slow(size, QUANTUM, zero, entry_sp);
     }
     let Some(rounded) = size.max(1).checked_add(align - 1).map(|v| v & !(align - 1)) else {
         return ptr::null_mut();
@@ -203,7 +204,7 @@ fn aligned_slow(align: usize, size: usize, zero: bool, entry_sp: usize) -> *mut 
     // Small classes whose size is a multiple of `align` have aligned objects (size_class docs),
     // sampled or not.
     if rounded <= SMALL_MAX && align <= PAGE_SIZE {
-        return alloc_slow(rounded, zero, entry_sp);
+        return alloc_slow(rounded, align, zero, entry_sp);
     }
     if rounded <= LARGE_MAX {
         let class = class_of(rounded).max(NUM_SMALL);
@@ -217,7 +218,7 @@ fn aligned_slow(align: usize, size: usize, zero: bool, entry_sp: usize) -> *mut 
             // SAFETY: our own cache.
             unsafe {
                 if count_event(tc, size) {
-                    return alloc_sampled(tc, class, align_pages, zero, size, entry_sp);
+                    return alloc_sampled(tc, class, align, zero, size, entry_sp);
                 }
                 return (*tc).arena.alloc_large(class, align_pages, zero);
             }

@@ -6,16 +6,14 @@
 //! not start a live block of ours aborts with one line naming the function and the pointer.
 
 use super::alloc::cache_or_init;
-use super::sampled::{forget_sample, free_sampled, huge_freeing, slab_freeing};
+use super::sampled::{forget_sample, free_inner, free_sampled, huge_freeing};
 use super::{misuse, Op};
 use crate::addr::registry;
 use crate::addr::sampled as addr_sampled;
 use crate::addr::segment::{
     self, kind, span_start, Location, Segment, SpanDesc, FLAG_BUILT, FLAG_SAMPLED,
 };
-use crate::base::size_class::{
-    class_of, is_small, CLASSES, MARKED, NUM_CACHED, SMALL_MAX, STARTS_BY_CODE,
-};
+use crate::base::size_class::{class_of, is_small, CLASSES, NUM_CACHED, SMALL_MAX, STARTS_BY_CODE};
 use crate::platform::os::PAGE_SHIFT;
 use crate::pool::arena;
 use crate::pool::huge;
@@ -25,7 +23,11 @@ use core::ptr;
 
 /// What `p` is, validated: aborts (naming `op`) unless `p` starts a live block of ours.
 pub(super) enum Block {
+    /// A block of span `d`, of class `class`.
     Span(*mut SpanDesc, usize),
+    /// A sampled block served `offset` bytes into a block of class `class` of span `d` (see
+    /// `addr::sampled`).
+    Inner(*mut SpanDesc, usize, usize),
     Huge(*mut u8),
 }
 
@@ -37,17 +39,21 @@ pub(super) fn validate(p: *mut u8, op: Op) -> Block {
             // and a slab's class is always below NUM_CLASSES.
             unsafe {
                 let k = (*d).kind;
+                let class = (*d).class as usize;
+                let offset = (p as usize).wrapping_sub(start);
                 let ok = if k == kind::SLAB {
-                    CLASSES
-                        .get_unchecked((*d).class as usize)
-                        .starts_block((p as usize).wrapping_sub(start))
+                    CLASSES.get_unchecked(class).starts_block(offset)
                 } else {
-                    k == kind::LARGE && start == p as usize
+                    k == kind::LARGE && offset == 0
                 };
-                if !ok {
-                    bad_span_pointer(d, p, op);
+                if ok {
+                    return Block::Span(d, class);
                 }
-                Block::Span(d, (*d).class as usize)
+                if (k == kind::SLAB || k == kind::LARGE) && addr_sampled::holds(p) {
+                    let size = CLASSES.get_unchecked(class).size as usize;
+                    return Block::Inner(d, class, offset % size);
+                }
+                bad_span_pointer(d, p, op)
             }
         }
         Location::Huge(h) => Block::Huge(h),
@@ -79,9 +85,9 @@ pub unsafe fn free(p: *mut u8) {
 /// Frees `p`, which was allocated with `size` bytes at an alignment of at most 16 (by
 /// [`malloc`], [`malloc_zeroed`] or [`realloc`] to that size). With the size known
 /// the block's class is known too, so a small block goes straight to the thread cache with no
-/// descriptor lookup, unless its page has no fast-path code (a sampled block starts there, or
-/// the block has pages of its own): then it takes [`free`]'s path, as do blocks smaller than a
-/// cache line from other arenas (which may go home).
+/// descriptor lookup, if its page's fast-path code is that class's: a sampled block (inside a
+/// block of a larger class, or on pages of its own) takes [`free`]'s path, as do blocks
+/// smaller than a cache line from other arenas (which may go home).
 ///
 /// # Safety
 /// `p` must be a live block of this engine whose requested (or last reallocated) size was
@@ -89,9 +95,9 @@ pub unsafe fn free(p: *mut u8) {
 #[inline(always)]
 pub unsafe fn free_sized(p: *mut u8, size: usize) {
     // SAFETY: a small block lies in a live segment.
-    if size <= SMALL_MAX && !unsafe { page_marked(p) } {
-        let tc = thread::cache();
+    if size <= SMALL_MAX && unsafe { Segment::fast_class_at(p as usize) } == class_of(size) + 1 {
         let class = class_of(size);
+        let tc = thread::cache();
         // A block that may have to go home takes `free`.
         let foreign = || {
             cache::may_send_home(class)
@@ -119,7 +125,9 @@ pub unsafe fn free_sized(p: *mut u8, size: usize) {
 /// belongs to another arena (the map byte is the arena's tag) takes [`free_foreign`], which may
 /// send it home. Everything else (null, huge and sampled blocks, uncached classes, invalid
 /// pointers, a full stack, a suspected double free, a thread without a cache) takes the checked
-/// path. Both are tail calls, so the fast path saves no registers.
+/// path. Both are tail calls, so the fast path saves no registers. A sampled block of a cached
+/// class starts no block of its span (see `addr::sampled`), so the block-start check sends it
+/// there too, and sampling costs the fast path nothing.
 ///
 /// # Safety
 /// As for [`free`].
@@ -130,7 +138,7 @@ pub unsafe fn free_as(p: *mut u8, op: Op) {
         let tc = thread::cache();
         // SAFETY: `p` lies in a live segment.
         let code = unsafe { Segment::fast_class_at(p as usize) };
-        // SAFETY: as above; codes are below 2 × MARKED.
+        // SAFETY: as above; codes are below `CODES`.
         let class = unsafe { block_of_code(p, code) };
         if let (Some((class, subline)), false) = (class, tc.is_null()) {
             // SAFETY: our own cache; `p` starts a live-or-cached block of cached `class`.
@@ -143,23 +151,17 @@ pub unsafe fn free_as(p: *mut u8, op: Op) {
                 }
             }
         }
-        // A slab page marked for a sampled block: its other blocks still go to the cache.
-        // SAFETY: `p` lies in a live segment with tag `tag`, `tc` is ours or null; otherwise
-        // the contract is forwarded.
-        if code & MARKED != 0 && unsafe { free_on_marked_page(p, code, tag, tc) } {
-            return;
-        }
     }
     // SAFETY: forwarded contract.
     unsafe { free_checked(p, op) }
 }
 
 /// The class of the block starting at `p`, a pointer into a live segment, if `code` (its
-/// page's fast-path code, or a marked code's class bits) is a cached class's and `p` is where
+/// page's fast-path code) is a cached class's and `p` is where
 /// one of its blocks starts; with the class's `subline` mask (see [`STARTS_BY_CODE`]).
 ///
 /// # Safety
-/// `p` must lie in a live segment and `code` be below `2 * MARKED`.
+/// `p` must lie in a live segment and `code` be below `size_class::CODES`.
 #[inline(always)]
 unsafe fn block_of_code(p: *mut u8, code: usize) -> Option<(usize, u64)> {
     let addr = p as usize;
@@ -195,49 +197,6 @@ unsafe fn push_to_cache(tc: *mut ThreadCache, p: *mut u8, class: usize) -> bool 
     }
 }
 
-/// Whether the page that `p` starts on has no plain fast-path code (a class + 1). For a block
-/// of a slab, whose pages all have plain codes otherwise, that is the mark of a sampled block
-/// on the page (`addr::sampled`).
-///
-/// # Safety
-/// `p` must lie in a live segment.
-#[inline(always)]
-unsafe fn page_marked(p: *mut u8) -> bool {
-    // SAFETY: per the contract.
-    unsafe { Segment::fast_class_at(p as usize).wrapping_sub(1) >= NUM_CACHED }
-}
-
-/// `free` of an unsampled block on a slab page marked for a sampled block (`addr::sampled`):
-/// the marked code still gives the class, so the block goes to the thread cache as on the
-/// fast path, without the descriptors or the sampled-blocks table. Most frees on a marked
-/// page are of such blocks. False, having done nothing, for anything else: a page with no
-/// mark, a pointer that does not start a block, a block the filter may count as sampled, a
-/// line-sharing block of another arena, a suspected double free, a full stack, no cache.
-///
-/// # Safety
-/// `p` must lie in a live segment whose map tag is `tag` and whose fast-path code for `p`'s
-/// page is `code`; `tc` must be the caller's cache or null; otherwise as for [`free`].
-#[inline(never)]
-pub(super) unsafe fn free_on_marked_page(
-    p: *mut u8,
-    code: usize,
-    tag: u8,
-    tc: *mut ThreadCache,
-) -> bool {
-    if tc.is_null() || code & MARKED == 0 || addr_sampled::counted(p) {
-        return false;
-    }
-    // SAFETY: per the contract; the class bits are below MARKED, in the table; `tc` is ours.
-    unsafe {
-        match block_of_code(p, code & (MARKED - 1)) {
-            Some((class, subline)) if (tag ^ (*tc).arena_tag) as u64 & subline == 0 => {
-                push_to_cache(tc, p, class)
-            }
-            _ => false,
-        }
-    }
-}
-
 /// [`free_as`] of a block smaller than a cache line from another arena, already checked to
 /// start a block of cached class `class` in a segment with tag `tag`: into the remote buffer if
 /// it goes home (see `thread_cache`). Otherwise (its arena is unused, or a double free is
@@ -268,14 +227,13 @@ pub(super) unsafe fn free_checked(p: *mut u8, op: Op) {
         // SAFETY: validated as a live block of class `class` in span `d`.
         Block::Span(d, class) => unsafe {
             if (*d).flags & FLAG_SAMPLED != 0 {
-                free_sampled(p, d, op);
+                free_sampled(p, d);
             } else {
-                if (*d).kind == kind::SLAB && page_marked(p) {
-                    slab_freeing(p);
-                }
                 free_block(p, d, class, op);
             }
         },
+        // SAFETY: validated as a sampled block inside a live block of `class` in span `d`.
+        Block::Inner(d, class, offset) => unsafe { free_inner(p, d, class, offset, op) },
         // SAFETY: `h` is the registered header for `p`.
         Block::Huge(h) => unsafe {
             huge_freeing(h, p, op);
@@ -345,6 +303,7 @@ unsafe fn free_block_slow(p: *mut u8, d: *mut SpanDesc, class: usize, op: Op) {
 pub unsafe fn usable_size(p: *mut u8) -> usize {
     match validate(p, Op::UsableSize) {
         Block::Span(_, class) => CLASSES[class].size as usize,
+        Block::Inner(_, class, offset) => CLASSES[class].size as usize - offset,
         // SAFETY: `h` is the registered header for `p`.
         Block::Huge(h) => unsafe { huge::usable_size(h, p, "malloc_usable_size") },
     }

@@ -27,7 +27,7 @@ pub(super) fn alloc_for_growth(size: usize, entry_sp: usize) -> *mut u8 {
         return alloc_huge(size, QUANTUM, false, true, entry_sp);
     }
     if size <= SMALL_MAX {
-        return alloc_slow(size, false, entry_sp);
+        return alloc_slow(size, QUANTUM, false, entry_sp);
     }
     let class = class_of(size);
     let tc = cache_or_init();
@@ -37,7 +37,7 @@ pub(super) fn alloc_for_growth(size: usize, entry_sp: usize) -> *mut u8 {
     // SAFETY: our own cache.
     unsafe {
         if count_event(tc, size) {
-            return alloc_sampled(tc, class, 1, false, size, entry_sp);
+            return alloc_sampled(tc, class, QUANTUM, false, size, entry_sp);
         }
         let pages = CLASSES[class].pages as usize;
         (*tc).arena.alloc_large_with_room(class, 1, pages, false)
@@ -130,7 +130,7 @@ pub unsafe fn realloc_exact(p: *mut u8, size: usize) -> *mut u8 {
 #[inline(never)]
 unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize, exact: bool) -> *mut u8 {
     if p.is_null() {
-        return alloc_slow(size, false, entry_sp);
+        return alloc_slow(size, QUANTUM, false, entry_sp);
     }
     let old_usable = match validate(p, Op::Realloc) {
         Block::Huge(h) => {
@@ -143,6 +143,8 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize, exact: bool) ->
             // SAFETY: as above.
             unsafe { huge::usable_size(h, p, "realloc") }
         }
+        // A sampled block inside another always moves.
+        Block::Inner(_, class, offset) => CLASSES[class].size as usize - offset,
         Block::Span(d, class) => {
             let usable = CLASSES[class].size as usize;
             // A block being built up keeps its headroom until it has grown into it.
@@ -200,7 +202,7 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize, exact: bool) ->
         };
         alloc_for_growth(want, entry_sp)
     } else {
-        alloc_slow(size, false, entry_sp)
+        alloc_slow(size, QUANTUM, false, entry_sp)
     };
     if q.is_null() {
         return q;

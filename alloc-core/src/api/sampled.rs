@@ -1,15 +1,16 @@
-//! The sampled path: a sampled block's stack is captured, the block is served from pages of
-//! its own so that its `free` is seen, and the profiler records it; at its free the profiler
-//! forgets exactly that record. The only user of the profiler's table on the allocation path,
+//! The sampled path: a sampled block's stack is captured, the block is served where its `free`
+//! is seen (inside a larger block, or on pages of its own), and the profiler records it; at
+//! its free the profiler forgets exactly that record. The only user of the profiler's table on the allocation path,
 //! and the only place OpenTelemetry's probes (`usdt`) fire.
 
 use super::alloc::alloc_class;
-use super::free::free_block;
+use super::free::{free, free_block};
 use super::usdt;
-use super::Op;
+use super::{misuse, Op};
 use crate::addr::sampled as addr_sampled;
-use crate::addr::segment::{self, SampleRecord, Segment, SpanDesc};
-use crate::base::size_class::{is_small, NUM_CACHED};
+use crate::addr::segment::{self, SampleRecord, SpanDesc};
+use crate::base::size_class::{class_of, is_small, CLASSES, NUM_CACHED};
+use crate::platform::os::PAGE_SIZE;
 use crate::pool::arena;
 use crate::pool::huge::{self, HugeHeader};
 use crate::prof::backtrace::{self, TraceMemo};
@@ -37,18 +38,19 @@ fn enter_and_capture<'a>(
     (inside, trace, recalled)
 }
 
-/// Allocates a sampled block: captures the stack, serves the block, and records it. A block of
-/// a cached class comes from the thread cache like any other. A small one stays in its slab,
-/// recorded by address (`addr::sampled`, which marks its page so that its `free` is seen); a
-/// large one keeps its record in its descriptor and loses its page's fast-path code while it
-/// lives. Anything else (aligned to pages, an uncached class, or a small block when that table
-/// is full) gets pages of its own whose descriptor keeps the record.
+/// Allocates a sampled block of `size` bytes (class `class`) aligned to `align` (a power of two,
+/// at least 16): captures the stack, serves the block, and records it. It is placed `align`
+/// bytes into a block of a larger cached class, taken from the thread cache like any other
+/// (see [`outer_class`]): the address the program gets then starts no block of its span, so
+/// its `free` leaves the fast path and finds the record by address (`addr::sampled`), and no
+/// page's fast-path code changes. Anything else (aligned beyond a page, too large for a cached
+/// class, or when that table is full) gets pages of its own whose descriptor keeps the record.
 #[cold]
 #[inline(never)]
 pub(super) unsafe fn alloc_sampled(
     tc: *mut ThreadCache,
     class: usize,
-    align_pages: usize,
+    align: usize,
     zero: bool,
     size: usize,
     entry_sp: usize,
@@ -68,30 +70,26 @@ pub(super) unsafe fn alloc_sampled(
     };
     let weight = sampler::weight(size, sampler::mean_interval());
     let bytes = size.max(1);
-    if class < NUM_CACHED && align_pages == 1 {
+    if let Some(outer) = outer_class(class, size, align) {
         // SAFETY: the caller's own cache.
-        let p = unsafe { alloc_class(tc, class, zero, size) };
-        if p.is_null() {
-            return p;
+        let base = unsafe { alloc_class(tc, outer, zero, size + align) };
+        if base.is_null() {
+            return base;
         }
+        // In bounds: blocks of `outer` hold `size + align` bytes.
+        let p = base.wrapping_add(align);
         let record = record(known, trace, bytes, weight, p);
         remember(tc, &record);
-        if !is_small(class) {
-            // SAFETY: `p` starts a live large block of ours, just allocated and unrecorded.
-            unsafe { segment::mark_sampled(Segment::desc_at(p as usize), record) };
+        if addr_sampled::insert(p, record) {
             announce_alloc(p, record);
             return p;
         }
-        // SAFETY: `p` is a live block of a live slab, ours, not yet recorded; codes are class + 1.
-        if unsafe { addr_sampled::insert(p, record, class as u8 + 1) } {
-            announce_alloc(p, record);
-            return p;
-        }
-        // The table is full: the block goes back unsampled, the sample takes pages of its own.
+        // The table is full: the block goes back, the sample takes pages of its own.
         forget_sample(record, p as usize);
-        // SAFETY: `p` is ours, unsampled and unmarked.
-        unsafe { super::free::free(p) };
+        // SAFETY: `base` is ours, unsampled.
+        unsafe { free(base) };
     }
+    let align_pages = (align / PAGE_SIZE).max(1);
     // SAFETY: the caller's own cache.
     let (p, d) = unsafe { (*tc).arena.alloc_sampled(class, align_pages, zero) };
     if p.is_null() {
@@ -103,6 +101,29 @@ pub(super) unsafe fn alloc_sampled(
     unsafe { (*d).set_sample(record) };
     announce_alloc(p, record);
     p
+}
+
+/// The cached class whose blocks hold a sampled block of `size` bytes (of class `class`)
+/// placed `align` bytes in, at that alignment: the smallest whose blocks are at least
+/// `size + align` long and start at multiples of `align`, and, for a small block, above
+/// `class`, because `free_sized` trusts a page whose code is the size's class. The block must
+/// start on its large block's first page, the only one besides the last that names the span
+/// (`page_heap`'s boundary tags; a slab's pages all do). None when no cached class does (the
+/// block then gets pages of its own).
+fn outer_class(class: usize, size: usize, align: usize) -> Option<usize> {
+    let want = size.checked_add(align)?;
+    if align > PAGE_SIZE || want > CLASSES[NUM_CACHED - 1].size as usize {
+        return None;
+    }
+    let mut outer = class_of(want);
+    if is_small(class) {
+        outer = outer.max(class + 1);
+    }
+    // Slabs and page runs start on pages, so blocks of a size that `align` divides are aligned.
+    while outer < NUM_CACHED && CLASSES[outer].size as usize % align != 0 {
+        outer += 1;
+    }
+    (outer < NUM_CACHED && (is_small(outer) || align < PAGE_SIZE)).then_some(outer)
 }
 
 /// Allocates a sampled huge block: captures the stack, maps the block, and records it in the
@@ -157,22 +178,6 @@ fn remember(tc: *mut ThreadCache, record: &SampleRecord) {
     unsafe { (*tc).trace_memo.note(record.stack as usize) };
 }
 
-/// A block of a slab is being freed whose page is marked (a sampled small block starts on it):
-/// if `p` is that sampled block, the profiler forgets it (before the block can be reused, and
-/// so before a dump could copy another owner's bytes) and `otel_memory:free` fires.
-///
-/// # Safety
-/// `p` must be a validated live block of a slab, being freed by the caller.
-#[cold]
-#[inline(never)]
-pub(super) unsafe fn slab_freeing(p: *mut u8) {
-    // SAFETY: per the contract.
-    if let Some(record) = unsafe { addr_sampled::take(p) } {
-        usdt::free(p);
-        forget_sample(record, p as usize);
-    }
-}
-
 /// Fires `otel_memory:alloc` for the sampled block `p` just recorded as `record`.
 #[inline(always)]
 pub(super) fn announce_alloc(p: *mut u8, record: SampleRecord) {
@@ -183,23 +188,37 @@ pub(super) fn announce_alloc(p: *mut u8, record: SampleRecord) {
     );
 }
 
-/// Frees sampled block `p` (span `d`): the profiler forgets it (under its table lock, so a dump
-/// copying the block's bytes is done with it). A large block of a cached class then goes to
-/// the thread cache like any other; pages of its own go back to their arena.
+/// Frees sampled block `p`, which has pages of its own (span `d`): the profiler forgets it
+/// (under its table lock, so a dump copying the block's bytes is done with it), and the pages
+/// go back to their arena.
 #[cold]
 #[inline(never)]
-pub(super) unsafe fn free_sampled(p: *mut u8, d: *mut SpanDesc, op: Op) {
+pub(super) unsafe fn free_sampled(p: *mut u8, d: *mut SpanDesc) {
     usdt::free(p);
     // SAFETY: `d` heads the live sampled block `p` whose descriptor holds its record.
     unsafe {
         forget_sample((*d).sample(), p as usize);
-        let class = (*d).class as usize;
-        if !is_small(class) && class < NUM_CACHED {
-            segment::unmark_sampled(d);
-            return free_block(p, d, class, op);
-        }
         arena::of_segment(segment::segment_of_desc(d)).free_sampled(d);
     }
+}
+
+/// Frees sampled block `p`, served `offset` bytes into a block of `class` of span `d` (see
+/// [`alloc_sampled`]): the profiler forgets it, and that block is freed like any other.
+/// Aborts if the record is gone (another `free` of `p` took it first).
+///
+/// # Safety
+/// `p` must be a block that `validate` found recorded in `addr::sampled`, `offset` bytes into
+/// a live block of `class` of span `d`, freed by the caller.
+#[cold]
+#[inline(never)]
+pub(super) unsafe fn free_inner(p: *mut u8, d: *mut SpanDesc, class: usize, offset: usize, op: Op) {
+    let Some(record) = addr_sampled::take(p) else {
+        misuse(op, "double free of", p)
+    };
+    usdt::free(p);
+    forget_sample(record, p as usize);
+    // SAFETY: per the contract, the block around `p` is live and ours to free.
+    unsafe { free_block(p.wrapping_sub(offset), d, class, op) }
 }
 
 /// A huge block `p` (header `h`) is about to be freed. If it was sampled, while its address is
@@ -267,93 +286,68 @@ pub(super) fn forget_sample(record: SampleRecord, block: usize) {
 
 #[cfg(test)]
 mod tests {
-    use crate::addr::registry;
     use crate::addr::sampled as addr_sampled;
-    use crate::addr::segment::{locate, Location, Segment, FLAG_SAMPLED};
-    use crate::api::alloc::malloc;
-    use crate::api::free::{free, free_on_marked_page, free_sized};
+    use crate::addr::segment::{locate, Location, Segment};
+    use crate::api::alloc::{alloc_aligned, malloc};
+    use crate::api::free::{free, free_sized, usable_size};
+    use crate::api::realloc::realloc;
     use crate::base::config;
-    use crate::base::size_class::{class_of, MARKED};
-    use crate::platform::os::PAGE_SIZE;
+    use crate::base::size_class::{class_of, CLASSES};
 
-    fn code_of_page(p: *mut u8) -> usize {
+    fn code_of_page(p: usize) -> usize {
         // SAFETY: `p` is a live block in a segment of ours.
-        unsafe { Segment::fast_class_at(p as usize) }
+        unsafe { Segment::fast_class_at(p) }
     }
 
-    /// Sampled small blocks stay in their slabs: not page-aligned, found by address, their
-    /// pages marked (no fast-path code) while they live; freed by `free` from another thread or
-    /// by `free_sized`, they are forgotten and their pages get their codes back.
-    #[test]
-    fn sampled_small_blocks_stay_in_their_slabs() {
-        let _options = crate::base::config::hold_options();
-        let size = 200;
-        let is_sampled = |p: usize| addr_sampled::record_of(p as *mut u8).is_some();
-        // Other tests switch sampling too: set it again until enough blocks were sampled.
+    /// The span class holding `p`, and whether `p` starts one of its blocks.
+    fn where_is(p: usize) -> (usize, bool) {
+        let Location::Span(d, start) = locate(p) else {
+            panic!("{p:#x} is not in a segment")
+        };
+        // SAFETY: `p` is a live block of ours; its span's descriptor is live.
+        let class = unsafe { (*d).class as usize };
+        (class, CLASSES[class].starts_block(p - start))
+    }
+
+    /// Allocates with `alloc` under one sample per KiB until `want` blocks were sampled (other
+    /// tests switch sampling too: it is set again each round); the sampled and the others.
+    fn sample(want: usize, alloc: impl Fn() -> *mut u8) -> (Vec<usize>, Vec<usize>) {
         let mut blocks = Vec::new();
-        while blocks.iter().filter(|&&p| is_sampled(p)).count() < 100 && blocks.len() < 400_000 {
+        let is_sampled = |p: usize| addr_sampled::record_of(p as *mut u8).is_some();
+        while blocks.iter().filter(|&&p| is_sampled(p)).count() < want && blocks.len() < 400_000 {
             config::set(b"prof", b"true").unwrap();
             config::set(b"lg_prof_sample", b"10").unwrap();
-            blocks.extend((0..1000).map(|_| malloc(size) as usize));
+            blocks.extend((0..1000).map(|_| alloc() as usize));
         }
         config::set(b"prof", b"false").unwrap();
         config::set(b"lg_prof_sample", b"19").unwrap();
-        let (sampled, unsampled): (Vec<usize>, Vec<usize>) =
-            blocks.iter().partition(|&&p| is_sampled(p));
+        blocks.iter().partition(|&&p| is_sampled(p))
+    }
+
+    /// Sampled blocks of cached classes lie inside blocks of a larger class and start none:
+    /// their pages keep their codes (sampling writes no code), `free` finds their records by
+    /// address, from another thread or by `free_sized`, and their blocks are free again after.
+    #[test]
+    fn sampled_blocks_lie_inside_larger_blocks() {
+        let _options = config::hold_options();
+        let size = 200;
+        let (sampled, unsampled) = sample(100, || malloc(size));
         assert!(sampled.len() >= 100, "{} sampled", sampled.len());
-        assert!(sampled.iter().any(|p| p % PAGE_SIZE != 0));
-        // The filter counts every sampled block, and turns most of the others away before
-        // the lock (a few meet another live sample's count).
-        assert!(sampled.iter().all(|&p| addr_sampled::counted(p as *mut u8)));
-        let passed = unsampled
-            .iter()
-            .filter(|&&p| addr_sampled::counted(p as *mut u8))
-            .count();
-        assert!(
-            passed * 10 < unsampled.len(),
-            "{passed} of {} unsampled blocks pass the filter",
-            unsampled.len()
-        );
         for &p in &sampled {
             let record = addr_sampled::record_of(p as *mut u8).unwrap();
             assert_eq!(record.bytes, size);
-            assert_eq!(
-                code_of_page(p as *mut u8),
-                MARKED | (class_of(size) + 1),
-                "a sampled block's page is not marked"
-            );
+            assert_eq!(p % 16, 0);
+            let (class, starts) = where_is(p);
+            assert!(!starts, "{p:#x} starts a block of its span");
+            assert!(class > class_of(size), "{p:#x} in class {class}");
+            assert_eq!(code_of_page(p), class + 1, "{p:#x}'s page lost its code");
+            // SAFETY: a live block of ours.
+            assert!(unsafe { usable_size(p as *mut u8) } >= size);
         }
-        // A marked page's other blocks go to the thread cache from the marked code; a sampled
-        // block does not.
-        let marked_page = |p: usize| code_of_page(p as *mut u8) & MARKED != 0;
-        let neighbours: Vec<usize> = unsampled
-            .iter()
-            .copied()
-            .filter(|&p| marked_page(p) && !addr_sampled::counted(p as *mut u8))
-            .take(8)
-            .collect();
-        assert!(
-            !neighbours.is_empty(),
-            "no unsampled block on a marked page"
-        );
-        // SAFETY: live blocks of ours, each freed once; the sampled one is not freed here.
-        unsafe {
-            let tc = crate::thread::cache();
-            let marked_free = |p: usize| {
-                let (code, tag) = (code_of_page(p as *mut u8), registry::segment_tag(p));
-                free_on_marked_page(p as *mut u8, code, tag, tc)
-            };
-            assert!(!marked_free(sampled[0]));
-            for &p in &neighbours {
-                assert!(marked_free(p), "{p:#x} took the checked path");
-            }
+        for &p in &unsampled {
+            assert_eq!(where_is(p), (class_of(size), true));
         }
-        let unsampled: Vec<usize> = unsampled
-            .into_iter()
-            .filter(|p| !neighbours.contains(p))
-            .collect();
-        // The sampled blocks go first, half from another thread, half by `free_sized`; the
-        // others keep their slabs alive, so that each page's code can be checked.
+        // Half are freed from another thread, half by `free_sized`.
         let (half, rest) = sampled.split_at(sampled.len() / 2);
         let rest = rest.to_vec();
         // SAFETY: live blocks of ours, each freed once, with the size they were allocated with.
@@ -369,53 +363,82 @@ mod tests {
             for &p in half {
                 free_sized(p as *mut u8, size);
             }
-        }
-        for &p in &sampled {
-            assert!(!is_sampled(p), "{p:#x} still recorded");
-        }
-        // Pages come back to their codes, unless another test's sample lives on one of them.
-        // Tests run side by side: such a sample may go between the count and the look at the
-        // live samples, so a few looks are allowed before a page counts as left marked.
-        let marked = || {
-            sampled
-                .iter()
-                .filter(|&&p| code_of_page(p as *mut u8) != class_of(size) + 1)
-                .count()
-        };
-        let settled = (0..50).any(|_| {
-            let ok = marked() <= addr_sampled::live().1;
-            if !ok {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            ok
-        });
-        assert!(settled, "{} pages left marked", marked());
-        // SAFETY: as above.
-        unsafe {
             for &p in &unsampled {
                 free(p as *mut u8);
             }
         }
-    }
-
-    /// The sample record of large block `p` if it is sampled, and its page's fast-path code.
-    fn large_sample(p: *mut u8) -> (Option<usize>, usize) {
-        let Location::Span(d, _) = locate(p as usize) else {
-            panic!("not in a segment")
-        };
-        // SAFETY: `p` is a live block in a segment of ours; its descriptor is its own.
-        unsafe {
-            let sampled = ((*d).flags & FLAG_SAMPLED != 0).then(|| (*d).sample().bytes);
-            (sampled, code_of_page(p))
+        for &p in &sampled {
+            assert!(
+                addr_sampled::record_of(p as *mut u8).is_none(),
+                "{p:#x} still recorded"
+            );
         }
     }
 
-    /// A sampled large block of a cached class is served from the thread cache like any other,
-    /// keeps its record in its descriptor with its page's code cleared while it lives, and its
-    /// free gives it back to the thread cache as an ordinary block.
+    /// A sampled block asked for at an alignment has it, inside its larger block (up to a page
+    /// into a slab, less than a page into a page run).
+    #[test]
+    fn sampled_aligned_blocks_keep_their_alignment() {
+        let _options = config::hold_options();
+        for (align, size) in [
+            (32, 100),
+            (64, 200),
+            (256, 700),
+            (4096, 5000),
+            (2048, 30_000),
+        ] {
+            let (sampled, unsampled) = sample(4, || alloc_aligned(align, size, false));
+            assert!(!sampled.is_empty(), "align {align}: none sampled");
+            for &p in sampled.iter().chain(&unsampled) {
+                assert_eq!(p % align, 0, "align {align}, size {size}: {p:#x}");
+                // SAFETY: a live block of ours.
+                let usable = unsafe { usable_size(p as *mut u8) };
+                assert!(
+                    usable >= size,
+                    "align {align}, size {size}: {p:#x} {usable} {:?} {}",
+                    where_is(p),
+                    sampled.contains(&p)
+                );
+            }
+            for &p in &sampled {
+                assert!(!where_is(p).1, "{p:#x} starts a block of its span");
+            }
+            // SAFETY: live blocks of ours, each freed once.
+            unsafe {
+                sampled
+                    .iter()
+                    .chain(&unsampled)
+                    .for_each(|&p| free(p as *mut u8))
+            };
+        }
+    }
+
+    /// `realloc` of a sampled block moves it with its bytes, and the record goes with the old
+    /// address.
+    #[test]
+    fn a_sampled_block_moves_with_its_bytes() {
+        let _options = config::hold_options();
+        let (sampled, unsampled) = sample(8, || malloc(300));
+        // SAFETY: live blocks of ours, each freed once (by `realloc` or `free`).
+        unsafe {
+            for &p in &sampled {
+                let p = p as *mut u8;
+                (0..300).for_each(|i| *p.add(i) = i as u8);
+                let q = realloc(p, 310);
+                assert_ne!(q, p, "a sampled block grew in place");
+                assert!((0..300).all(|i| *q.add(i) == i as u8), "bytes lost");
+                assert!(addr_sampled::record_of(p).is_none());
+                free(q);
+            }
+            unsampled.iter().for_each(|&p| free(p as *mut u8));
+        }
+    }
+
+    /// A sampled large block of a cached class lies inside a block from the thread cache, its
+    /// page keeps its code, and its free gives that block back to the thread cache.
     #[test]
     fn sampled_large_blocks_come_from_and_go_back_to_the_thread_cache() {
-        let _options = crate::base::config::hold_options();
+        let _options = config::hold_options();
         let size = 100_000;
         std::thread::spawn(move || {
             // Blocks in this thread's cache, the last freed on top.
@@ -433,7 +456,7 @@ mod tests {
                 }
                 tries += 1;
                 let p = malloc(size);
-                if large_sample(p).0.is_some() {
+                if addr_sampled::record_of(p).is_some() {
                     break p;
                 }
                 top = p;
@@ -442,19 +465,20 @@ mod tests {
             };
             config::set(b"prof", b"false").unwrap();
             config::set(b"lg_prof_sample", b"19").unwrap();
+            let base = p.wrapping_sub(16);
             assert_eq!(
-                p, top,
+                base, top,
                 "the sampled block did not come from the thread cache"
             );
-            assert_eq!(large_sample(p), (Some(size), 0));
+            assert_eq!(where_is(base as usize), (class_of(size), true));
+            assert_eq!(code_of_page(base as usize), class_of(size) + 1);
             // SAFETY: as above.
             unsafe { free(p) };
             let q = malloc(size);
             assert_eq!(
-                q, p,
-                "the sampled block did not go back to the thread cache"
+                q, base,
+                "the sampled block's block did not go back to the thread cache"
             );
-            assert_eq!(large_sample(q), (None, class_of(size) + 1));
             // SAFETY: as above.
             unsafe { free(q) };
         })

@@ -98,7 +98,6 @@ impl<S: Keyed, const SEED: usize> OpenTable<S, SEED> {
     }
 
     /// The entry with key `key`, if any.
-    #[cfg(test)]
     pub fn get(&self, key: usize) -> Option<S> {
         // SAFETY: `find` returns an index below `len`.
         self.find(key).map(|i| unsafe { *self.slots.add(i) })

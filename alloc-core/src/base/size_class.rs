@@ -211,20 +211,18 @@ impl BlockStarts {
     }
 }
 
-/// The fast-path code's bit for a slab page where a sampled block starts (`addr::sampled`): the
-/// code is then `MARKED | (class + 1)`, so that `free` of the page's other blocks still knows
-/// their class without the descriptors.
-pub const MARKED: usize = 64;
-const_assert!(NUM_CACHED < MARKED);
+/// Entries of [`STARTS_BY_CODE`]: every fast-path code is below this.
+pub const CODES: usize = 64;
+const_assert!(NUM_CACHED < CODES);
 
-/// [`BlockStarts`] by fast-path code. Code 0's entry and those of marked codes accept no offset
-/// (nothing is below 0), so `free`'s fast path needs no separate test for them.
-pub static STARTS_BY_CODE: [BlockStarts; 2 * MARKED] = {
+/// [`BlockStarts`] by fast-path code. Code 0's entry and those above the cached classes accept
+/// no offset (nothing is below 0), so `free`'s fast path needs no separate test for them.
+pub static STARTS_BY_CODE: [BlockStarts; CODES] = {
     let mut t = [BlockStarts {
         mul: 0,
         limit: 0,
         subline: 0,
-    }; 2 * MARKED];
+    }; CODES];
     let mut c = 0;
     while c < NUM_CACHED {
         t[c + 1] = BlockStarts {
@@ -448,7 +446,7 @@ mod tests {
     #[test]
     fn fast_free_table_matches_the_classes_and_code_0_accepts_nothing() {
         for off in (0..(4usize << 20)).step_by(16) {
-            for code in [0, MARKED + 1, MARKED + NUM_SMALL, 2 * MARKED - 1] {
+            for code in [0, NUM_CACHED + 1, CODES - 1] {
                 assert!(
                     !STARTS_BY_CODE[code].accepts(off),
                     "code {code} accepted offset {off}"
