@@ -1,104 +1,120 @@
-//! Sampled blocks served inside a larger block of a cached class: their records by the
-//! address the program was given.
+//! Sampled blocks served inside a larger block: the header each keeps in the bytes before it.
 //!
-//! A sampled block of a cached class is placed a little way into a block of a larger class
-//! (see `api::sampled`), so the address the program holds starts no block of its span, and its
-//! `free` fails the fast path's block-start check and reaches the checked path, which finds the
-//! record here in O(1) (open addressing by address). Nothing else about the span changes: the
-//! pages keep their fast-path codes, which every `free` reads. (Marking the page instead wrote
-//! a line of codes that the other threads' frees read, twice a sample.)
+//! A sampled block of a cached class is placed at least [`HEADER`] bytes into a block of a
+//! larger class (see `api::sampled`), so the address the program holds starts no block of its
+//! span, and its `free` fails the fast path's block-start check and reaches the checked path.
+//! There, before calling the pointer invalid, `free` reads the header just below it: the
+//! sample's record, and a seal, a keyed hash of the block's address and the record. A pointer
+//! into the middle of some block, a block freed already (its `free` cleared the seal), or a
+//! header the program overwrote has no valid seal and stays invalid.
 //!
-//! Blocks are spread over [`SHARDS`] shards by page, each with its own lock and table: with one
-//! lock, two threads sampling and freeing contended for it. A shard's table grows by doubling,
-//! from a seed of [`SEED_SLOTS`] to a page of slots and up to [`CAPACITY`]` / SHARDS` live
-//! blocks; past that, or when memory cannot be mapped, [`insert`] fails and the caller serves
-//! the sample from pages of its own.
+//! Nothing here is shared: the header lies in the block's own lines, so a sample and its free
+//! write no line that another thread's `free` reads. (Marking the page's fast-path code wrote
+//! a line of 64 pages' codes, twice a sample; a table of records by address wrote its shard's
+//! lock and slots, which both threads used.)
 
 use super::segment::SampleRecord;
-use crate::base::open_table::{Keyed, OpenTable};
-use crate::platform::lock::{Locked, Padded, SpinLock};
-use crate::platform::os::PAGE_SHIFT;
+use core::ptr;
 
-/// Live sampled blocks the table holds at most (8 GiB of blocks at the default interval of
-/// 512 KiB).
-pub const CAPACITY: usize = 1 << 14;
+/// Bytes of the header before a sampled block served inside a larger one: the least offset of
+/// such a block into its larger block.
+pub const HEADER: usize = 32;
 
-/// Shards, each a lock and its table; a page belongs to one.
-pub const SHARDS: usize = 16;
-
-/// One block's entry: the address the program holds (0: empty) and its record.
-#[derive(Clone, Copy)]
+/// The header: the seal, then the record.
 #[repr(C)]
-struct BlockSlot {
-    addr: usize,
+struct Header {
+    seal: u64,
     record: SampleRecord,
 }
 
-impl Keyed for BlockSlot {
-    fn key(&self) -> usize {
-        self.addr
+const _: () = assert!(core::mem::size_of::<Header>() == HEADER);
+
+/// The key mixed into every seal: where this static lies differs from process to process.
+static KEY: u8 = 0;
+
+/// The seal of the header of block `p` holding `record`; never 0.
+fn seal(p: usize, record: &SampleRecord) -> u64 {
+    let key = ptr::addr_of!(KEY) as u64;
+    let mut x = (p as u64 ^ key.rotate_left(32))
+        .wrapping_add(record.stack as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (record.bytes as u64).rotate_left(23)
+        ^ record.weight.to_bits();
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (x ^ (x >> 31)) | 1
+}
+
+/// The header below `p`.
+fn header(p: *mut u8) -> *mut Header {
+    p.wrapping_sub(HEADER).cast()
+}
+
+/// Writes the header of the sampled block `p` with `record`.
+///
+/// # Safety
+/// `p` must lie at least [`HEADER`] bytes into a live block that the caller owns and has not
+/// handed out, aligned to 16.
+pub unsafe fn write(p: *mut u8, record: SampleRecord) {
+    // SAFETY: per the contract, the header's bytes are the caller's, 16-aligned.
+    unsafe {
+        header(p).write(Header {
+            seal: seal(p as usize, &record),
+            record,
+        })
     }
 }
 
-/// Slots of a shard's table's seed (see `OpenTable`): half of them may be used, so a program
-/// with up to 8 live sampled blocks in a shard maps no memory for it.
-const SEED_SLOTS: usize = 16;
-
-/// A shard's table.
-struct Blocks(OpenTable<BlockSlot, SEED_SLOTS>);
-
-// SAFETY: the table's memory is only touched with its shard's lock held.
-unsafe impl Send for Blocks {}
-
-static TABLES: [Padded<Locked<Blocks, SpinLock>>; SHARDS] =
-    [const { Padded(Locked::new(Blocks(OpenTable::new()))) }; SHARDS];
-
-/// The shard of block `p`, by its page.
-fn shard(p: usize) -> &'static Locked<Blocks, SpinLock> {
-    let index = (p >> PAGE_SHIFT).wrapping_mul(0x9E37_79B9) >> 7 & (SHARDS - 1);
-    &TABLES[index]
+/// The record of `p`, if a valid header lies below it.
+///
+/// # Safety
+/// `p` must lie at least [`HEADER`] bytes into a live block of ours, aligned to 16.
+pub unsafe fn record_of(p: *mut u8) -> Option<SampleRecord> {
+    // SAFETY: per the contract, the header's bytes are readable.
+    let h = unsafe { header(p).read() };
+    (h.seal == seal(p as usize, &h.record)).then_some(h.record)
 }
 
-/// Records `record` for the sampled block at `p`. False when the table is full or cannot grow:
-/// the caller then frees the block it took and serves the sample from pages of its own.
-pub fn insert(p: *mut u8, record: SampleRecord) -> bool {
-    let p = p as usize;
-    shard(p)
-        .lock()
-        .0
-        .insert(BlockSlot { addr: p, record }, CAPACITY / SHARDS)
+/// If `p` is a sampled block with a valid header, breaks the seal (so that a second `free`
+/// finds none) and returns the record.
+///
+/// # Safety
+/// As for [`record_of`]; the block is being freed by the caller.
+pub unsafe fn take(p: *mut u8) -> Option<SampleRecord> {
+    // SAFETY: per the contract.
+    let record = unsafe { record_of(p) }?;
+    // SAFETY: as above; the block is the caller's to free.
+    unsafe { ptr::addr_of_mut!((*header(p)).seal).write(0) };
+    Some(record)
 }
 
-/// Whether a sampled block recorded here starts at `p`.
-pub fn holds(p: *mut u8) -> bool {
-    shard(p as usize).lock().0.get(p as usize).is_some()
-}
-
-/// If `p` is a sampled block recorded here, forgets it and returns its record (once: a second
-/// call for the same block finds nothing).
-pub fn take(p: *mut u8) -> Option<SampleRecord> {
-    let p = p as usize;
-    shard(p).lock().0.remove(p).map(|s| s.record)
-}
-
-/// The record of `p` if it is a sampled block recorded here.
 #[cfg(test)]
-pub fn record_of(p: *mut u8) -> Option<SampleRecord> {
-    shard(p as usize).lock().0.get(p as usize).map(|s| s.record)
-}
+mod tests {
+    use super::*;
 
-/// Fork: take the locks (in shard order) before `fork`.
-pub fn prefork() {
-    TABLES.iter().for_each(|s| s.raw_lock());
-}
-
-/// Fork: release in the parent.
-pub fn postfork_parent() {
-    // SAFETY: taken in `prefork` by this thread.
-    TABLES.iter().rev().for_each(|s| unsafe { s.raw_unlock() });
-}
-
-/// Fork: reset in the child.
-pub fn postfork_child() {
-    TABLES.iter().for_each(|s| s.reset_after_fork());
+    #[test]
+    fn a_header_is_found_once_and_only_where_it_was_written() {
+        let mut block = [0u128; 8];
+        let base = block.as_mut_ptr().cast::<u8>();
+        let record = SampleRecord {
+            stack: 0x1234_5678 as *mut (),
+            bytes: 200,
+            weight: 2621.5,
+        };
+        // SAFETY: every pointer below lies at least HEADER bytes into `block`, 16-aligned.
+        unsafe {
+            let p = base.add(HEADER);
+            assert_eq!(record_of(p), None, "a zeroed header is valid");
+            write(p, record);
+            assert_eq!(record_of(p), Some(record));
+            assert_eq!(record_of(p.add(16)), None, "found 16 bytes further");
+            // A byte of the record overwritten (a write below the program's block).
+            *p.sub(1) ^= 1;
+            assert_eq!(record_of(p), None, "a changed record kept its seal");
+            *p.sub(1) ^= 1;
+            assert_eq!(take(p), Some(record));
+            assert_eq!(take(p), None, "taken twice");
+            assert_eq!(record_of(p), None);
+        }
+    }
 }

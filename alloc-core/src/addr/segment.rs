@@ -469,7 +469,7 @@ mod tests {
                     assert_eq!(code, 0, "a sampled block has a fast-path code");
                     return class_of((*d).sample().bytes) + 1;
                 }
-                if let Some(record) = crate::addr::sampled::record_of(p) {
+                if let Some(record) = crate::api::sampled::inner_record(p) {
                     assert_ne!(start, a, "a sampled block starts a block of its span");
                     return class_of(record.bytes) + 1;
                 }

@@ -11,9 +11,11 @@ use super::{misuse, Op};
 use crate::addr::registry;
 use crate::addr::sampled as addr_sampled;
 use crate::addr::segment::{
-    self, kind, span_start, Location, Segment, SpanDesc, FLAG_BUILT, FLAG_SAMPLED,
+    self, kind, span_start, Location, SampleRecord, Segment, SpanDesc, FLAG_BUILT, FLAG_SAMPLED,
 };
-use crate::base::size_class::{class_of, is_small, CLASSES, NUM_CACHED, SMALL_MAX, STARTS_BY_CODE};
+use crate::base::size_class::{
+    class_of, is_small, CLASSES, NUM_CACHED, QUANTUM, SMALL_MAX, STARTS_BY_CODE,
+};
 use crate::platform::os::PAGE_SHIFT;
 use crate::pool::arena;
 use crate::pool::huge;
@@ -25,14 +27,23 @@ use core::ptr;
 pub(super) enum Block {
     /// A block of span `d`, of class `class`.
     Span(*mut SpanDesc, usize),
-    /// A sampled block served `offset` bytes into a block of class `class` of span `d` (see
-    /// `addr::sampled`).
-    Inner(*mut SpanDesc, usize, usize),
+    /// A sampled block served `offset` bytes into a block of class `class` of span `d`, and
+    /// its record (see `addr::sampled`).
+    Inner(*mut SpanDesc, usize, usize, SampleRecord),
     Huge(*mut u8),
 }
 
 #[inline(always)]
 pub(super) fn validate(p: *mut u8, op: Op) -> Block {
+    // SAFETY: `validate_with` hands `record_of` only addresses that pass its contract.
+    validate_with(p, op, |p| unsafe { addr_sampled::record_of(p) })
+}
+
+/// [`validate`], finding a sampled block inside a larger one with `inner` (`addr::sampled`'s
+/// `record_of`, or `take` for a `free`), which is only handed addresses at least
+/// `addr::sampled::HEADER` bytes into a block of a live span, 16-aligned.
+#[inline(always)]
+fn validate_with(p: *mut u8, op: Op, inner: impl FnOnce(*mut u8) -> Option<SampleRecord>) -> Block {
     match segment::locate(p as usize) {
         Location::Span(d, start) => {
             // SAFETY: the segment map found a live segment; the descriptor is checked before use,
@@ -49,9 +60,13 @@ pub(super) fn validate(p: *mut u8, op: Op) -> Block {
                 if ok {
                     return Block::Span(d, class);
                 }
-                if (k == kind::SLAB || k == kind::LARGE) && addr_sampled::holds(p) {
-                    let size = CLASSES.get_unchecked(class).size as usize;
-                    return Block::Inner(d, class, offset % size);
+                if k == kind::SLAB || k == kind::LARGE {
+                    let inside = offset % CLASSES.get_unchecked(class).size as usize;
+                    if inside >= addr_sampled::HEADER && p as usize % QUANTUM == 0 {
+                        if let Some(record) = inner(p) {
+                            return Block::Inner(d, class, inside, record);
+                        }
+                    }
                 }
                 bad_span_pointer(d, p, op)
             }
@@ -223,7 +238,9 @@ pub(super) unsafe fn free_checked(p: *mut u8, op: Op) {
     if p.is_null() {
         return;
     }
-    match validate(p, op) {
+    // SAFETY: `validate_with` hands `take` only addresses that pass its contract; the block
+    // is being freed.
+    match validate_with(p, op, |p| unsafe { addr_sampled::take(p) }) {
         // SAFETY: validated as a live block of class `class` in span `d`.
         Block::Span(d, class) => unsafe {
             if (*d).flags & FLAG_SAMPLED != 0 {
@@ -232,8 +249,11 @@ pub(super) unsafe fn free_checked(p: *mut u8, op: Op) {
                 free_block(p, d, class, op);
             }
         },
-        // SAFETY: validated as a sampled block inside a live block of `class` in span `d`.
-        Block::Inner(d, class, offset) => unsafe { free_inner(p, d, class, offset, op) },
+        // SAFETY: validated (and its record taken) as a sampled block inside a live block of
+        // `class` in span `d`.
+        Block::Inner(d, class, offset, record) => unsafe {
+            free_inner(p, d, class, offset, record, op)
+        },
         // SAFETY: `h` is the registered header for `p`.
         Block::Huge(h) => unsafe {
             huge_freeing(h, p, op);
@@ -303,7 +323,7 @@ unsafe fn free_block_slow(p: *mut u8, d: *mut SpanDesc, class: usize, op: Op) {
 pub unsafe fn usable_size(p: *mut u8) -> usize {
     match validate(p, Op::UsableSize) {
         Block::Span(_, class) => CLASSES[class].size as usize,
-        Block::Inner(_, class, offset) => CLASSES[class].size as usize - offset,
+        Block::Inner(_, class, offset, _) => CLASSES[class].size as usize - offset,
         // SAFETY: `h` is the registered header for `p`.
         Block::Huge(h) => unsafe { huge::usable_size(h, p, "malloc_usable_size") },
     }

@@ -5,7 +5,7 @@
 pub mod alloc;
 pub mod free;
 pub mod realloc;
-mod sampled;
+pub(crate) mod sampled;
 mod usdt;
 
 use crate::platform::os;

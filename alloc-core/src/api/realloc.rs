@@ -144,7 +144,7 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize, exact: bool) ->
             unsafe { huge::usable_size(h, p, "realloc") }
         }
         // A sampled block inside another always moves.
-        Block::Inner(_, class, offset) => CLASSES[class].size as usize - offset,
+        Block::Inner(_, class, offset, _) => CLASSES[class].size as usize - offset,
         Block::Span(d, class) => {
             let usable = CLASSES[class].size as usize;
             // A block being built up keeps its headroom until it has grown into it.

@@ -4,9 +4,9 @@
 //! and the only place OpenTelemetry's probes (`usdt`) fire.
 
 use super::alloc::alloc_class;
-use super::free::{free, free_block};
+use super::free::free_block;
 use super::usdt;
-use super::{misuse, Op};
+use super::Op;
 use crate::addr::sampled as addr_sampled;
 use crate::addr::segment::{self, SampleRecord, SpanDesc};
 use crate::base::size_class::{class_of, is_small, CLASSES, NUM_CACHED};
@@ -39,12 +39,13 @@ fn enter_and_capture<'a>(
 }
 
 /// Allocates a sampled block of `size` bytes (class `class`) aligned to `align` (a power of two,
-/// at least 16): captures the stack, serves the block, and records it. It is placed `align`
-/// bytes into a block of a larger cached class, taken from the thread cache like any other
-/// (see [`outer_class`]): the address the program gets then starts no block of its span, so
-/// its `free` leaves the fast path and finds the record by address (`addr::sampled`), and no
-/// page's fast-path code changes. Anything else (aligned beyond a page, too large for a cached
-/// class, or when that table is full) gets pages of its own whose descriptor keeps the record.
+/// at least 16): captures the stack, serves the block, and records it. A block of a cached
+/// class is placed at least `addr::sampled::HEADER` bytes into a block of a larger cached class,
+/// taken from the thread cache like any other (see [`outer_class`]), with its record in the
+/// header below it: the address the program gets then starts no block of its span, so its
+/// `free` leaves the fast path and finds the header, and no page's fast-path code changes.
+/// Anything else (aligned to a page or more, or too large for a cached class) gets pages of its
+/// own whose descriptor keeps the record.
 #[cold]
 #[inline(never)]
 pub(super) unsafe fn alloc_sampled(
@@ -70,24 +71,21 @@ pub(super) unsafe fn alloc_sampled(
     };
     let weight = sampler::weight(size, sampler::mean_interval());
     let bytes = size.max(1);
-    if let Some(outer) = outer_class(class, size, align) {
+    if let Some((outer, offset)) = outer_class(class, size, align) {
         // SAFETY: the caller's own cache.
-        let base = unsafe { alloc_class(tc, outer, zero, size + align) };
+        let base = unsafe { alloc_class(tc, outer, zero, size + offset) };
         if base.is_null() {
             return base;
         }
-        // In bounds: blocks of `outer` hold `size + align` bytes.
-        let p = base.wrapping_add(align);
+        // In bounds: blocks of `outer` hold `size + offset` bytes.
+        let p = base.wrapping_add(offset);
         let record = record(known, trace, bytes, weight, p);
         remember(tc, &record);
-        if addr_sampled::insert(p, record) {
-            announce_alloc(p, record);
-            return p;
-        }
-        // The table is full: the block goes back, the sample takes pages of its own.
-        forget_sample(record, p as usize);
-        // SAFETY: `base` is ours, unsampled.
-        unsafe { free(base) };
+        // SAFETY: `p` lies `offset` (at least HEADER, a multiple of 16) bytes into the block
+        // `base`, ours and not handed out.
+        unsafe { addr_sampled::write(p, record) };
+        announce_alloc(p, record);
+        return p;
     }
     let align_pages = (align / PAGE_SIZE).max(1);
     // SAFETY: the caller's own cache.
@@ -103,16 +101,17 @@ pub(super) unsafe fn alloc_sampled(
     p
 }
 
-/// The cached class whose blocks hold a sampled block of `size` bytes (of class `class`)
-/// placed `align` bytes in, at that alignment: the smallest whose blocks are at least
-/// `size + align` long and start at multiples of `align`, and, for a small block, above
-/// `class`, because `free_sized` trusts a page whose code is the size's class. The block must
-/// start on its large block's first page, the only one besides the last that names the span
-/// (`page_heap`'s boundary tags; a slab's pages all do). None when no cached class does (the
-/// block then gets pages of its own).
-fn outer_class(class: usize, size: usize, align: usize) -> Option<usize> {
-    let want = size.checked_add(align)?;
-    if align > PAGE_SIZE || want > CLASSES[NUM_CACHED - 1].size as usize {
+/// Where a sampled block of `size` bytes (of class `class`) aligned to `align` goes inside a
+/// larger block: the cached class and the offset (`align`, at least `addr::sampled::HEADER`).
+/// The class is the smallest whose blocks hold `size + offset` bytes and start at multiples of
+/// `align`, and, for a small block, above `class`, because `free_sized` trusts a page whose code
+/// is the size's class. The block must start on its large block's first page, the only one
+/// besides the last that names the span (`page_heap`'s boundary tags; a slab's pages all do).
+/// None when no cached class fits (the block then gets pages of its own).
+fn outer_class(class: usize, size: usize, align: usize) -> Option<(usize, usize)> {
+    let offset = align.max(addr_sampled::HEADER);
+    let want = size.checked_add(offset)?;
+    if offset > PAGE_SIZE || want > CLASSES[NUM_CACHED - 1].size as usize {
         return None;
     }
     let mut outer = class_of(want);
@@ -123,7 +122,7 @@ fn outer_class(class: usize, size: usize, align: usize) -> Option<usize> {
     while outer < NUM_CACHED && CLASSES[outer].size as usize % align != 0 {
         outer += 1;
     }
-    (outer < NUM_CACHED && (is_small(outer) || align < PAGE_SIZE)).then_some(outer)
+    (outer < NUM_CACHED && (is_small(outer) || offset < PAGE_SIZE)).then_some((outer, offset))
 }
 
 /// Allocates a sampled huge block: captures the stack, maps the block, and records it in the
@@ -203,18 +202,22 @@ pub(super) unsafe fn free_sampled(p: *mut u8, d: *mut SpanDesc) {
 }
 
 /// Frees sampled block `p`, served `offset` bytes into a block of `class` of span `d` (see
-/// [`alloc_sampled`]): the profiler forgets it, and that block is freed like any other.
-/// Aborts if the record is gone (another `free` of `p` took it first).
+/// [`alloc_sampled`]), whose header held `record` (taken): the profiler forgets it, and that
+/// block is freed like any other.
 ///
 /// # Safety
-/// `p` must be a block that `validate` found recorded in `addr::sampled`, `offset` bytes into
-/// a live block of `class` of span `d`, freed by the caller.
+/// `p` must be a sampled block whose record the caller took from its header, `offset` bytes
+/// into a live block of `class` of span `d`, freed by the caller.
 #[cold]
 #[inline(never)]
-pub(super) unsafe fn free_inner(p: *mut u8, d: *mut SpanDesc, class: usize, offset: usize, op: Op) {
-    let Some(record) = addr_sampled::take(p) else {
-        misuse(op, "double free of", p)
-    };
+pub(super) unsafe fn free_inner(
+    p: *mut u8,
+    d: *mut SpanDesc,
+    class: usize,
+    offset: usize,
+    record: SampleRecord,
+    op: Op,
+) {
     usdt::free(p);
     forget_sample(record, p as usize);
     // SAFETY: per the contract, the block around `p` is live and ours to free.
@@ -284,8 +287,19 @@ pub(super) fn forget_sample(record: SampleRecord, block: usize) {
     unsafe { table::record_free(record.stack.cast(), record.bytes, record.weight, block) };
 }
 
+/// The record of `p`, a live block of ours, if it is a sampled block inside a larger one.
+#[cfg(test)]
+pub(crate) fn inner_record(p: *mut u8) -> Option<SampleRecord> {
+    match super::free::validate(p, Op::UsableSize) {
+        super::free::Block::Inner(_, _, _, record) => Some(record),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::inner_record;
+    use crate::addr::registry;
     use crate::addr::sampled as addr_sampled;
     use crate::addr::segment::{locate, Location, Segment};
     use crate::api::alloc::{alloc_aligned, malloc};
@@ -313,7 +327,7 @@ mod tests {
     /// tests switch sampling too: it is set again each round); the sampled and the others.
     fn sample(want: usize, alloc: impl Fn() -> *mut u8) -> (Vec<usize>, Vec<usize>) {
         let mut blocks = Vec::new();
-        let is_sampled = |p: usize| addr_sampled::record_of(p as *mut u8).is_some();
+        let is_sampled = |p: usize| inner_record(p as *mut u8).is_some();
         while blocks.iter().filter(|&&p| is_sampled(p)).count() < want && blocks.len() < 400_000 {
             config::set(b"prof", b"true").unwrap();
             config::set(b"lg_prof_sample", b"10").unwrap();
@@ -334,7 +348,7 @@ mod tests {
         let (sampled, unsampled) = sample(100, || malloc(size));
         assert!(sampled.len() >= 100, "{} sampled", sampled.len());
         for &p in &sampled {
-            let record = addr_sampled::record_of(p as *mut u8).unwrap();
+            let record = inner_record(p as *mut u8).unwrap();
             assert_eq!(record.bytes, size);
             assert_eq!(p % 16, 0);
             let (class, starts) = where_is(p);
@@ -368,11 +382,15 @@ mod tests {
             }
         }
         for &p in &sampled {
-            assert!(
-                addr_sampled::record_of(p as *mut u8).is_none(),
-                "{p:#x} still recorded"
-            );
+            assert!(!still_recorded(p), "{p:#x} still recorded");
         }
+    }
+
+    /// Whether freed block `p` still has a valid header (its segment may be gone).
+    fn still_recorded(p: usize) -> bool {
+        // SAFETY: a segment's memory stays readable while it is mapped; `p` was at least
+        // HEADER bytes into a block, 16-aligned.
+        registry::is_segment(p) && unsafe { addr_sampled::record_of(p as *mut u8) }.is_some()
     }
 
     /// A sampled block asked for at an alignment has it, inside its larger block (up to a page
@@ -427,7 +445,7 @@ mod tests {
                 let q = realloc(p, 310);
                 assert_ne!(q, p, "a sampled block grew in place");
                 assert!((0..300).all(|i| *q.add(i) == i as u8), "bytes lost");
-                assert!(addr_sampled::record_of(p).is_none());
+                assert!(!still_recorded(p as usize));
                 free(q);
             }
             unsampled.iter().for_each(|&p| free(p as *mut u8));
@@ -456,7 +474,7 @@ mod tests {
                 }
                 tries += 1;
                 let p = malloc(size);
-                if addr_sampled::record_of(p).is_some() {
+                if inner_record(p).is_some() {
                     break p;
                 }
                 top = p;
@@ -465,7 +483,7 @@ mod tests {
             };
             config::set(b"prof", b"false").unwrap();
             config::set(b"lg_prof_sample", b"19").unwrap();
-            let base = p.wrapping_sub(16);
+            let base = p.wrapping_sub(addr_sampled::HEADER);
             assert_eq!(
                 base, top,
                 "the sampled block did not come from the thread cache"

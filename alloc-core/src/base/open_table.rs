@@ -2,8 +2,7 @@
 //! linear probing, at most half full, and backward-shift deletion (no tombstones, so lookups
 //! stay short however many entries come and go). Its memory is mapped from the kernel and
 //! given back when it grows (a seeded table's first slots come from the metadata allocator),
-//! never taken from the allocator. The profiler's peek set and the sampled small blocks'
-//! records (`addr::sampled`) are such tables.
+//! never taken from the allocator. The profiler's peek set is such a table.
 //!
 //! The table is not synchronised: its owner keeps it behind a lock.
 
@@ -98,6 +97,7 @@ impl<S: Keyed, const SEED: usize> OpenTable<S, SEED> {
     }
 
     /// The entry with key `key`, if any.
+    #[cfg(test)]
     pub fn get(&self, key: usize) -> Option<S> {
         // SAFETY: `find` returns an index below `len`.
         self.find(key).map(|i| unsafe { *self.slots.add(i) })

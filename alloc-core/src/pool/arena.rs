@@ -261,8 +261,8 @@ pub struct ArenaPages {
     pub large_live: [usize; NUM_LARGE],
     /// Large requests served straight from the heap.
     pub large_requests: [u64; NUM_LARGE],
-    /// Live sampled blocks of small classes on pages of their own (when `addr::sampled`'s
-    /// table was full).
+    /// Live sampled blocks of small classes on pages of their own (aligned so that no larger
+    /// cached class can hold them, see `api::sampled`).
     pub sampled_small_live: [usize; NUM_SMALL],
 }
 

@@ -3,10 +3,9 @@
 //! in it. Registered with `pthread_atfork` at start-up.
 //!
 //! Lock order, outermost first: profile-dump buffer, thread-cache list, arena bins, arena
-//! pages, huge cache, profiler table, sampled small blocks, metadata. Every path that nests
+//! pages, huge cache, profiler table, metadata. Every path that nests
 //! locks follows it.
 
-use crate::addr::sampled;
 use crate::base::meta;
 use crate::pool::{arena, huge};
 use crate::prof::{heap_v2, table, trigger};
@@ -19,14 +18,12 @@ pub extern "C" fn prefork() {
     arena::prefork();
     huge::prefork();
     table::prefork();
-    sampled::prefork();
     meta::prefork();
 }
 
 /// After `fork`, in the parent: release every lock.
 pub extern "C" fn postfork_parent() {
     meta::postfork_parent();
-    sampled::postfork_parent();
     table::postfork_parent();
     huge::postfork_parent();
     arena::postfork_parent();
@@ -38,7 +35,6 @@ pub extern "C" fn postfork_parent() {
 /// did not survive.
 pub extern "C" fn postfork_child() {
     meta::postfork_child();
-    sampled::postfork_child();
     table::postfork_child();
     trigger::postfork_child();
     huge::postfork_child();
