@@ -9,9 +9,9 @@ use super::alloc::cache_or_init;
 use super::sampled::{forget_sample, free_inner, free_sampled, huge_freeing};
 use super::{misuse, Op};
 use crate::addr::registry;
-use crate::addr::sampled as addr_sampled;
+use crate::addr::sampled::{self as addr_sampled, InnerSample};
 use crate::addr::segment::{
-    self, kind, span_start, Location, SampleRecord, Segment, SpanDesc, FLAG_BUILT, FLAG_SAMPLED,
+    self, kind, span_start, Location, Segment, SpanDesc, FLAG_BUILT, FLAG_SAMPLED,
 };
 use crate::base::size_class::{
     class_of, is_small, CLASSES, NUM_CACHED, QUANTUM, SMALL_MAX, STARTS_BY_CODE,
@@ -28,22 +28,22 @@ pub(super) enum Block {
     /// A block of span `d`, of class `class`.
     Span(*mut SpanDesc, usize),
     /// A sampled block served `offset` bytes into a block of class `class` of span `d`, and
-    /// its record (see `addr::sampled`).
-    Inner(*mut SpanDesc, usize, usize, SampleRecord),
+    /// what its header holds (see `addr::sampled`).
+    Inner(*mut SpanDesc, usize, usize, InnerSample),
     Huge(*mut u8),
 }
 
 #[inline(always)]
 pub(super) fn validate(p: *mut u8, op: Op) -> Block {
-    // SAFETY: `validate_with` hands `record_of` only addresses that pass its contract.
-    validate_with(p, op, |p| unsafe { addr_sampled::record_of(p) })
+    // SAFETY: `validate_with` hands `sample_of` only addresses that pass its contract.
+    validate_with(p, op, |p| unsafe { addr_sampled::sample_of(p) })
 }
 
 /// [`validate`], finding a sampled block inside a larger one with `inner` (`addr::sampled`'s
-/// `record_of`, or `take` for a `free`), which is only handed addresses at least
+/// `sample_of`, or `take` for a `free`), which is only handed addresses at least
 /// `addr::sampled::HEADER` bytes into a block of a live span, 16-aligned.
 #[inline(always)]
-fn validate_with(p: *mut u8, op: Op, inner: impl FnOnce(*mut u8) -> Option<SampleRecord>) -> Block {
+fn validate_with(p: *mut u8, op: Op, inner: impl FnOnce(*mut u8) -> Option<InnerSample>) -> Block {
     match segment::locate(p as usize) {
         Location::Span(d, start) => {
             // SAFETY: the segment map found a live segment; the descriptor is checked before use,
@@ -63,8 +63,8 @@ fn validate_with(p: *mut u8, op: Op, inner: impl FnOnce(*mut u8) -> Option<Sampl
                 if k == kind::SLAB || k == kind::LARGE {
                     let inside = offset % CLASSES.get_unchecked(class).size as usize;
                     if inside >= addr_sampled::HEADER && p as usize % QUANTUM == 0 {
-                        if let Some(record) = inner(p) {
-                            return Block::Inner(d, class, inside, record);
+                        if let Some(sample) = inner(p) {
+                            return Block::Inner(d, class, inside, sample);
                         }
                     }
                 }
@@ -251,8 +251,8 @@ pub(super) unsafe fn free_checked(p: *mut u8, op: Op) {
         },
         // SAFETY: validated (and its record taken) as a sampled block inside a live block of
         // `class` in span `d`.
-        Block::Inner(d, class, offset, record) => unsafe {
-            free_inner(p, d, class, offset, record, op)
+        Block::Inner(d, class, offset, sample) => unsafe {
+            free_inner(p, d, class, offset, sample, op)
         },
         // SAFETY: `h` is the registered header for `p`.
         Block::Huge(h) => unsafe {

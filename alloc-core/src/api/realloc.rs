@@ -143,8 +143,20 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize, exact: bool) ->
             // SAFETY: as above.
             unsafe { huge::usable_size(h, p, "realloc") }
         }
-        // A sampled block inside another always moves.
-        Block::Inner(_, class, offset, _) => CLASSES[class].size as usize - offset,
+        // A sampled block inside another stays while it fits, as a small block does (a block
+        // being built up, or one shrinking to no less than half): its record keeps the size
+        // it was sampled at. Moving it would drop a buffer out of the page run it grows in.
+        Block::Inner(_, class, offset, _) => {
+            let usable = CLASSES[class].size as usize - offset;
+            if !exact && size <= usable && grows_again(p, size) {
+                note_grown(p, p, size);
+                return p;
+            }
+            if !exact && size <= usable && size > usable / 2 {
+                return p;
+            }
+            usable
+        }
         Block::Span(d, class) => {
             let usable = CLASSES[class].size as usize;
             // A block being built up keeps its headroom until it has grown into it.
