@@ -1,6 +1,6 @@
 /* batchq.c — remote frees through a queue of batches: producers allocate, consumers free.
  *
- * Usage: batchq [pairs=2] [objects_per_producer=8000000] [size=64] [batch=4096]
+ * Usage: batchq [pairs=2] [objects_per_producer=8000000] [size=64] [batch=4096] [odd=0]
  * `pairs` producer threads each allocate `objects_per_producer` objects of `size` bytes, fill
  * them, and hand them over in batches of `batch` pointers through one mutex-protected queue (at
  * most 64 batches waiting; a full queue makes producers wait, an empty one consumers); `pairs`
@@ -8,6 +8,9 @@
  * by a thread other than the one that allocated it, in bulk, as in a server whose workers hand
  * requests to a pool (the shape of mimalloc-bench's xmalloc-test, which counts frees in a fixed
  * time; this one does a fixed amount of work). One op = one malloc + its free on another thread.
+ * With `odd` > 0, one object in `odd` (at random, the same positions under every allocator) is
+ * twice `size`: a queue of mostly one size, as real ones are. The counts at which a producer
+ * refills its cache and a consumer flushes its own then stop matching batch by batch.
  * Reports: seconds, peak_rss_kb, ops_per_sec.
  * Prints one RESULT line (see common.h). Build: cc -O2 -pthread batchq.c -o batchq
  */
@@ -20,7 +23,7 @@ typedef struct {
     void *objects[];
 } batch_t;
 
-static long g_pairs, g_objects, g_batch;
+static long g_pairs, g_objects, g_batch, g_odd;
 static size_t g_size;
 
 static batch_t *g_queue[QUEUE];
@@ -53,13 +56,15 @@ static batch_t *take(void) {
 }
 
 static void *producer(void *arg) {
-    (void)arg;
+    rng_t rng;
+    rng_seed(&rng, (uint64_t)(uintptr_t)arg);
     for (long made = 0; made < g_objects;) {
         long n = g_objects - made < g_batch ? g_objects - made : g_batch;
         batch_t *b = xmalloc(sizeof *b + (size_t)n * sizeof(void *));
         b->n = (size_t)n;
         for (long i = 0; i < n; i++) {
-            b->objects[i] = xmalloc(g_size);
+            int odd = g_odd > 0 && rng_next(&rng) % (uint64_t)g_odd == 0;
+            b->objects[i] = xmalloc(odd ? 2 * g_size : g_size);
             block_fill(b->objects[i], g_size);
         }
         made += n;
@@ -86,14 +91,15 @@ int main(int argc, char **argv) {
     g_objects = arg_long(argc, argv, 2, 8000000);
     g_size = (size_t)arg_long(argc, argv, 3, 64);
     g_batch = arg_long(argc, argv, 4, 4096);
-    if (g_pairs < 1 || g_pairs > 64 || g_objects < 1 || g_size < 16 || g_batch < 1) {
-        fprintf(stderr, "usage: batchq [pairs 1-64] [objects>0] [size>=16] [batch>0]\n");
+    g_odd = arg_long(argc, argv, 5, 0);
+    if (g_pairs < 1 || g_pairs > 64 || g_objects < 1 || g_size < 16 || g_batch < 1 || g_odd < 0) {
+        fprintf(stderr, "usage: batchq [pairs 1-64] [objects>0] [size>=16] [batch>0] [odd>=0]\n");
         return 1;
     }
     pthread_t prod[64], cons[64];
     double start = now_seconds();
     for (long i = 0; i < g_pairs; i++) pthread_create(&cons[i], NULL, consumer, NULL);
-    for (long i = 0; i < g_pairs; i++) pthread_create(&prod[i], NULL, producer, NULL);
+    for (long i = 0; i < g_pairs; i++) pthread_create(&prod[i], NULL, producer, (void *)(i + 1));
     for (long i = 0; i < g_pairs; i++) pthread_join(prod[i], NULL);
     pthread_mutex_lock(&g_lock);
     g_done = 1;

@@ -27,6 +27,7 @@ MEMORY_METRICS = {
     "churn": ["peak_rss_kb"],
     "bigloop": ["peak_rss_kb"],
     "batchq": ["peak_rss_kb"],
+    "batchq-odd": ["peak_rss_kb"],
     "redis": ["peak_rss_kb"],
     "python3": ["peak_rss_kb"],
     "gcc": ["peak_rss_kb"],

@@ -46,6 +46,8 @@ WORKLOADS = {
     "churn": ("churn", ["2", "20000000", "2000"]),
     "bigloop": ("bigloop", ["400"]),
     "batchq": ("batchq", ["2", "8000000", "64", "4096"]),
+    # The same queue with one object in 7,000 twice as large.
+    "batchq-odd": ("batchq", ["2", "8000000", "64", "4096", "7000"]),
 }
 PROGRAMS = [
     "pairs", "realloc", "regrow", "larson", "prodcons", "cache", "frag", "rss1g", "rounds", "churn",
