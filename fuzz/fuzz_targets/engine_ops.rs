@@ -4,8 +4,10 @@
 //! that `realloc` keeps the old contents, and that zeroed allocations are zero.
 //!
 //! Sizes are mostly small, sometimes around the class boundaries, rarely up to a few MiB; the
-//! live set is capped in count and bytes so each input runs fast. Every input frees what it
-//! allocated, so inputs are independent.
+//! live set is capped in count and bytes so each input runs fast. Sampling can be switched on
+//! (down to every allocation), so sampled blocks (inside larger ones, with their stand-ins, or
+//! on pages of their own) meet `realloc`, `free` and each other. Every input frees what it
+//! allocated and switches sampling off, so inputs are independent.
 
 #![no_main]
 
@@ -79,6 +81,15 @@ enum Action {
     UsableSize { idx: u16 },
     Purge { all: bool },
     FlushCache,
+    /// Sampling on, one sample per `2^(lg % 20)` bytes on average (0: every allocation), or off.
+    Sampling { on: bool, lg: u8 },
+}
+
+/// Switches the profiler's sampling on (one sample per `2^lg` bytes on average) or off.
+fn set_sampling(on: bool, lg: u8) {
+    let lg = (lg % 20).to_string();
+    engine::config::set(b"lg_prof_sample", lg.as_bytes()).expect("lg_prof_sample");
+    engine::config::set(b"prof", if on { b"true" } else { b"false" }).expect("prof");
 }
 
 /// The alignment an action asks for: usually none (plain `malloc`), else up to 4 MiB.
@@ -279,9 +290,11 @@ fuzz_target!(|actions: Vec<Action>| {
                 engine::purge(all);
             }
             Action::FlushCache => engine::flush_thread_cache(),
+            Action::Sampling { on, lg } => set_sampling(on, lg),
         }
     }
     while !st.live.is_empty() {
         st.free(0);
     }
+    set_sampling(false, 19);
 });
