@@ -516,6 +516,37 @@ fn node_script() {
     assert_served(&r, "node", 10_000);
 }
 
+/// python3, sqlite3 and node with every allocation sampled: each small block then lies inside a
+/// larger one and holds a stand-in of its class, and `realloc` keeps it in place while it fits.
+/// Their output must not change.
+#[test]
+fn real_programs_with_every_allocation_sampled() {
+    const EVERY: &str = "stats_print:true,prof:true,lg_prof_sample:0";
+    if !have("python3") || !have("sqlite3") || !have("node") {
+        return;
+    }
+    let r = common::run_conf(command("python3", [sources().join("work.py")]), Some(EVERY));
+    r.assert_ok("python3, every allocation sampled", "python ok");
+    assert_served(&r, "python3", 10_000);
+    let dir = Scratch::new("sqlite-sampled");
+    let mut c = command("sqlite3", [dir.path("test.db")]);
+    c.arg(format!(".read {}", sources().join("script.sql").display()));
+    let r = common::run_conf(c, Some(EVERY));
+    r.assert_ok("sqlite3, every allocation sampled", "11111|");
+    assert!(
+        r.stdout.contains("name20000,name19999,name19998"),
+        "{}",
+        r.describe()
+    );
+    assert_served(&r, "sqlite3", 10_000);
+    let r = common::run_conf(
+        command("node", ["-e", include_str!("preload/work.js")]),
+        Some(EVERY),
+    );
+    r.assert_ok("node, every allocation sampled", "node ok");
+    assert_served(&r, "node", 10_000);
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
