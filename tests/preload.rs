@@ -516,13 +516,13 @@ fn node_script() {
     assert_served(&r, "node", 10_000);
 }
 
-/// python3, sqlite3 and node with every allocation sampled: each small block then lies inside a
-/// larger one and holds a stand-in of its class, and `realloc` keeps it in place while it fits.
-/// Their output must not change.
+/// python3, sqlite3, node and java (multi-threaded zip work) with every allocation sampled:
+/// each small block then lies inside a larger one and holds a stand-in of its class, and
+/// `realloc` keeps it in place while it fits. Their output must not change.
 #[test]
 fn real_programs_with_every_allocation_sampled() {
     const EVERY: &str = "stats_print:true,prof:true,lg_prof_sample:0";
-    if !have("python3") || !have("sqlite3") || !have("node") {
+    if !have("python3") || !have("sqlite3") || !have("node") || !have("java") || !have("javac") {
         return;
     }
     let r = common::run_conf(command("python3", [sources().join("work.py")]), Some(EVERY));
@@ -545,6 +545,16 @@ fn real_programs_with_every_allocation_sampled() {
     );
     r.assert_ok("node, every allocation sampled", "node ok");
     assert_served(&r, "node", 10_000);
+    let classes = Scratch::new("java-sampled");
+    let mut javac = command("javac", ["-d"]);
+    javac.arg(&classes.0).arg(sources().join("Zip.java"));
+    let r = run_plain(javac);
+    assert!(r.status.success(), "javac failed\n{}", r.describe());
+    let mut java = command("java", ["-cp"]);
+    java.arg(&classes.0).arg("Zip");
+    let r = common::run_conf(java, Some(EVERY));
+    r.assert_ok("java Zip, every allocation sampled", "zip ok");
+    assert_served(&r, "java Zip", 1000);
 }
 
 fn free_port() -> u16 {
