@@ -74,15 +74,33 @@ impl Size {
 
 #[derive(Arbitrary, Debug)]
 enum Action {
-    Alloc { size: Size, align_log: u8 },
-    AllocZeroed { size: Size, align_log: u8 },
-    Free { idx: u16 },
-    Realloc { idx: u16, new_size: Size },
-    UsableSize { idx: u16 },
-    Purge { all: bool },
+    Alloc {
+        size: Size,
+        align_log: u8,
+    },
+    AllocZeroed {
+        size: Size,
+        align_log: u8,
+    },
+    Free {
+        idx: u16,
+    },
+    Realloc {
+        idx: u16,
+        new_size: Size,
+    },
+    UsableSize {
+        idx: u16,
+    },
+    Purge {
+        all: bool,
+    },
     FlushCache,
     /// Sampling on, one sample per `2^(lg % 20)` bytes on average (0: every allocation), or off.
-    Sampling { on: bool, lg: u8 },
+    Sampling {
+        on: bool,
+        lg: u8,
+    },
 }
 
 /// Switches the profiler's sampling on (one sample per `2^lg` bytes on average) or off.
