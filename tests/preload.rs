@@ -494,16 +494,25 @@ fn sqlite3_script() {
         return;
     }
     let dir = Scratch::new("sqlite");
+    assert_sqlite3_script_ran(&run(sqlite3_script_in(&dir)), "sqlite3");
+}
+
+/// sqlite3 reading `script.sql` into a database in `dir`.
+fn sqlite3_script_in(dir: &Scratch) -> Command {
     let mut c = command("sqlite3", [dir.path("test.db")]);
     c.arg(format!(".read {}", sources().join("script.sql").display()));
-    let r = run(c);
-    r.assert_ok("sqlite3", "11111|");
+    c
+}
+
+/// Checks that `r`, a run of [`sqlite3_script_in`], printed the script's results.
+fn assert_sqlite3_script_ran(r: &Run, what: &str) {
+    r.assert_ok(what, "11111|");
     assert!(
         r.stdout.contains("name20000,name19999,name19998"),
         "{}",
         r.describe()
     );
-    assert_served(&r, "sqlite3", 10_000);
+    assert_served(r, "sqlite3", 10_000);
 }
 
 #[test]
@@ -529,16 +538,8 @@ fn real_programs_with_every_allocation_sampled() {
     r.assert_ok("python3, every allocation sampled", "python ok");
     assert_served(&r, "python3", 10_000);
     let dir = Scratch::new("sqlite-sampled");
-    let mut c = command("sqlite3", [dir.path("test.db")]);
-    c.arg(format!(".read {}", sources().join("script.sql").display()));
-    let r = common::run_conf(c, Some(EVERY));
-    r.assert_ok("sqlite3, every allocation sampled", "11111|");
-    assert!(
-        r.stdout.contains("name20000,name19999,name19998"),
-        "{}",
-        r.describe()
-    );
-    assert_served(&r, "sqlite3", 10_000);
+    let r = common::run_conf(sqlite3_script_in(&dir), Some(EVERY));
+    assert_sqlite3_script_ran(&r, "sqlite3, every allocation sampled");
     let r = common::run_conf(
         command("node", ["-e", include_str!("preload/work.js")]),
         Some(EVERY),
