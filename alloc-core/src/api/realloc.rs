@@ -76,6 +76,22 @@ fn with_headroom(p: *mut u8, size: usize, old_usable: usize) -> usize {
     doubled.min(LARGE_MAX)
 }
 
+/// Whether `realloc` (not `realloc_exact`) of block `p`, with `usable` bytes, to `size` leaves
+/// it where it is. A block being built up keeps its headroom until it has grown into it (noted
+/// as grown again); with `shrinks_in_place` (a small block, or a sampled one inside a larger
+/// block), one that shrinks to no less than half stays (as mimalloc does): the headroom given
+/// to a growing block is not lost to a copy at its first shrink.
+fn stays(p: *mut u8, size: usize, usable: usize, exact: bool, shrinks_in_place: bool) -> bool {
+    if exact || size > usable {
+        return false;
+    }
+    if grows_again(p, size) {
+        note_grown(p, p, size);
+        return true;
+    }
+    shrinks_in_place && size > usable / 2
+}
+
 /// Whether `realloc(p, size)` grows again the block that this thread's last growing
 /// `realloc` returned (a shrink is not growth: a block built up is often trimmed to fit).
 fn grows_again(p: *mut u8, size: usize) -> bool {
@@ -143,31 +159,19 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize, exact: bool) ->
             // SAFETY: as above.
             unsafe { huge::usable_size(h, p, "realloc") }
         }
-        // A sampled block inside another stays while it fits, as a small block does (a block
-        // being built up, or one shrinking to no less than half): its record keeps the size
-        // it was sampled at. Moving it would drop a buffer out of the page run it grows in.
+        // A sampled block inside another stays while it fits, as a small block does: its
+        // record keeps the size it was sampled at. Moving it would drop a buffer out of the
+        // page run it grows in.
         Block::Inner(_, class, offset, _) => {
             let usable = CLASSES[class].size as usize - offset;
-            if !exact && size <= usable && grows_again(p, size) {
-                note_grown(p, p, size);
-                return p;
-            }
-            if !exact && size <= usable && size > usable / 2 {
+            if stays(p, size, usable, exact, true) {
                 return p;
             }
             usable
         }
         Block::Span(d, class) => {
             let usable = CLASSES[class].size as usize;
-            // A block being built up keeps its headroom until it has grown into it.
-            if !exact && size <= usable && grows_again(p, size) {
-                note_grown(p, p, size);
-                return p;
-            }
-            // A small block stays where it is while it shrinks to no less than half its
-            // class (as mimalloc does): the headroom given to a growing block below is not
-            // lost to a copy at its first shrink.
-            if !exact && is_small(class) && size <= usable && size > usable / 2 {
+            if stays(p, size, usable, exact, is_small(class)) {
                 return p;
             }
             if size <= LARGE_MAX {

@@ -1,7 +1,7 @@
 //! The sampled path: a sampled block's stack is captured, the block is served where its `free`
 //! is seen (inside a larger block, or on pages of its own), and the profiler records it; at
-//! its free the profiler forgets exactly that record. The only user of the profiler's table on the allocation path,
-//! and the only place OpenTelemetry's probes (`usdt`) fire.
+//! its free the profiler forgets exactly that record. The only user of the profiler's table
+//! on the allocation path, and the only place OpenTelemetry's probes (`usdt`) fire.
 
 use super::alloc::alloc_class;
 use super::free::{free, free_block};
@@ -45,11 +45,12 @@ fn enter_and_capture<'a>(
 /// header below it: the address the program gets then starts no block of its span, so its
 /// `free` leaves the fast path and finds the header, and no page's fast-path code changes.
 /// For a small block (whose larger block is always of another class), a block of its own class
-/// is taken too and held (the stand-in), to be freed with it: the thread caches of the sampled class then see the same
-/// takes and frees as without the sample. Without it, each sample shifted the counts at which
-/// a producer's refills and its consumer's flushes fall, and the objects a bin's transfer array
-/// passes on stopped coming a slab page at a time (a producer/consumer pair of 64-byte objects
-/// in batches of 4,096 ran 1.2x slower with a sample every 7,000 objects).
+/// is taken too and held (the stand-in), to be freed with it: the thread caches of the sampled
+/// class then see the same takes and frees as without the sample. Without it, each sample
+/// shifted the counts at which a producer's refills and its consumer's flushes fall, and the
+/// objects a bin's transfer array passes on stopped coming a slab page at a time (a
+/// producer/consumer pair of 64-byte objects in batches of 4,096 ran 1.2x slower with a sample
+/// every 7,000 objects).
 /// Anything else (aligned to a page or more, or too large for a cached class) gets pages of its
 /// own whose descriptor keeps the record.
 #[cold]
@@ -126,9 +127,10 @@ pub(super) unsafe fn alloc_sampled(
 /// Where a sampled block of `size` bytes (of class `class`) aligned to `align` goes inside a
 /// larger block: the cached class and the offset.
 /// The offset is [`addr_sampled::HEADER`] rounded up to `align`. The class is the smallest whose
-/// blocks hold `size + offset` bytes and start at multiples of `align`, and, for a small block, above `class`, because `free_sized` trusts a page whose code
-/// is the size's class. The block must start on its large block's first page, the only one
-/// besides the last that names the span (`page_heap`'s boundary tags; a slab's pages all do).
+/// blocks hold `size + offset` bytes and start at multiples of `align`, and, for a small block,
+/// above `class`, because `free_sized` trusts a page whose code is the size's class. The block
+/// must start on its large block's first page, the only one besides the last that names the
+/// span (`page_heap`'s boundary tags; a slab's pages all do).
 /// None when no cached class fits (the block then gets pages of its own).
 fn outer_class(class: usize, size: usize, align: usize) -> Option<(usize, usize)> {
     let offset = addr_sampled::HEADER.next_multiple_of(align.max(QUANTUM));
