@@ -48,10 +48,12 @@ pub fn malloc_fast(size: usize) -> *mut u8 {
                 let top = bin.top.load(Relaxed);
                 if left >= 0 && top != bin.base() {
                     tc.bytes_until_event = left;
+                    tc.last_class = class;
                     let top = top.sub(1);
                     bin.top.store(top, Relaxed);
                     bin.requests.store(bin.requests.load(Relaxed) + 1, Relaxed);
                     let p = *top;
+                    tc.last_block = p;
                     // Clear the free key so that freeing an untouched block stays fast.
                     p.cast::<u64>().write(0);
                     return p;

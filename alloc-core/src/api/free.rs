@@ -13,6 +13,7 @@ use crate::addr::sampled::{self as addr_sampled, InnerSample};
 use crate::addr::segment::{
     self, kind, span_start, Location, Segment, SpanDesc, FLAG_BUILT, FLAG_SAMPLED,
 };
+use crate::base::guess;
 use crate::base::size_class::{
     class_of, is_small, CLASSES, NUM_CACHED, QUANTUM, SMALL_MAX, STARTS_BY_CODE,
 };
@@ -161,6 +162,15 @@ pub unsafe fn free_as(p: *mut u8, op: Op) {
                 if (tag ^ (*tc).arena_tag) as u64 & subline != 0 {
                     return free_foreign(tc, p, class, tag, op);
                 }
+                // A block freed right after its `malloc` is pushed on the stack of the class
+                // that `malloc` noted, once the page code agrees: the next `malloc` then reads
+                // the stack without waiting for the loads of the page code. (Whether `p` is
+                // that block is known at once, so a wrong guess costs little.)
+                let class = if p == (*tc).last_block {
+                    guess::confirmed(class, (*tc).last_class)
+                } else {
+                    class
+                };
                 if push_to_cache(tc, p, class) {
                     return;
                 }
@@ -326,5 +336,62 @@ pub unsafe fn usable_size(p: *mut u8) -> usize {
         Block::Inner(_, class, offset, _) => CLASSES[class].size as usize - offset,
         // SAFETY: `h` is the registered header for `p`.
         Block::Huge(h) => unsafe { huge::usable_size(h, p, "malloc_usable_size") },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free;
+    use crate::api::alloc::malloc;
+    use crate::base::size_class::class_of;
+    use crate::thread;
+
+    /// `free` of the block `malloc` handed out last takes the class `malloc` noted only when
+    /// the page says the same: with the note made wrong, the block still goes on the stack of
+    /// its own class, and the noted class's stack is left as it was.
+    #[test]
+    fn a_wrong_guess_of_the_class_is_not_used() {
+        std::thread::spawn(|| {
+            let (size, other) = (64, 200);
+            let (class, wrong) = (class_of(size), class_of(other));
+            // SAFETY: live blocks of ours, each freed once; the first sets up this thread's
+            // cache, and each class's stack then holds blocks.
+            unsafe {
+                [malloc(size), malloc(other)]
+                    .into_iter()
+                    .for_each(|p| free(p))
+            };
+            let tc = thread::cache();
+            // SAFETY: this thread's own cache; only it changes the stacks.
+            let top = move |c: usize| unsafe {
+                let bin = &(*tc).bins[c];
+                (bin.count(), *bin.base().add(bin.count() - 1))
+            };
+            for guess_right in [true, false] {
+                let p = malloc(size);
+                // SAFETY: as above.
+                unsafe {
+                    assert_eq!((*tc).last_block, p, "malloc did not note its block");
+                    assert_eq!((*tc).last_class, class, "malloc did not note its class");
+                    if !guess_right {
+                        (*tc).last_class = wrong;
+                    }
+                }
+                let before = top(wrong);
+                // SAFETY: as above.
+                unsafe { free(p) };
+                let (mine, noted) = (top(class).1, top(wrong));
+                if noted != before {
+                    // Taken back before the checks fail: handed out as the noted class, the
+                    // block would corrupt the panic's own allocations.
+                    // SAFETY: as above.
+                    unsafe { (*tc).bins[wrong].set_count(before.0) };
+                }
+                assert_eq!(mine, p, "the block is not on its class's stack");
+                assert_eq!(noted, before, "the noted class's stack changed");
+            }
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -144,11 +144,16 @@ pub struct ThreadCache {
     pub schedule: Schedule,
     /// The value written into cached blocks, for double-free detection.
     pub free_key: u64,
+    /// The last block `malloc`'s fast path handed out, and its class: when `free` is handed that
+    /// block, it guesses the class (see `api::free`). Only a guess, checked before use; the
+    /// block is only compared, never dereferenced.
+    pub last_block: *mut u8,
+    pub last_class: usize,
+    /// The stacks.
+    pub bins: [CacheBin; NUM_CACHED],
     /// The thread's shared arena: refills of every class but the sub-line ones come from here
     /// (see [`ThreadArenas`]).
     pub arena: &'static Arena,
-    /// The stacks.
-    pub bins: [CacheBin; NUM_CACHED],
     /// Each stack's `requests` at the last tick: unchanged means unused since (see [`gc`]).
     requests_seen: [u64; NUM_CACHED],
     /// When each class was last seen used at a tick, or its stack last shrank (ms).
@@ -332,6 +337,8 @@ pub fn acquire(arenas: ThreadArenas, free_key: u64) -> *mut ThreadCache {
         ptr::addr_of_mut!((*tc).bytes_until_event).write(countdown);
         ptr::addr_of_mut!((*tc).schedule).write(schedule);
         ptr::addr_of_mut!((*tc).free_key).write(free_key);
+        ptr::addr_of_mut!((*tc).last_block).write(ptr::null_mut());
+        ptr::addr_of_mut!((*tc).last_class).write(0);
         ptr::addr_of_mut!((*tc).arena_tag)
             .write(crate::addr::registry::tag_of_index(arenas.line.index()));
         ptr::addr_of_mut!((*tc).arena).write(arenas.shared);
