@@ -140,6 +140,8 @@ impl CacheBin {
 pub struct ThreadCache {
     /// Counts down the bytes allocated until the next thread event (a sample or a tick).
     pub bytes_until_event: i64,
+    /// When the next sample and tick fall.
+    pub schedule: Schedule,
     /// The value written into cached blocks, for double-free detection.
     pub free_key: u64,
     /// The last block `malloc`'s fast path handed out, and its class: when `free` is handed that
@@ -147,11 +149,8 @@ pub struct ThreadCache {
     /// block is only compared, never dereferenced.
     pub last_block: *mut u8,
     pub last_class: usize,
-    /// The stacks: with the fields above, each in half a cache line of its own (the cache is
-    /// aligned to a line).
+    /// The stacks.
     pub bins: [CacheBin; NUM_CACHED],
-    /// When the next sample and tick fall.
-    pub schedule: Schedule,
     /// The thread's shared arena: refills of every class but the sub-line ones come from here
     /// (see [`ThreadArenas`]).
     pub arena: &'static Arena,
