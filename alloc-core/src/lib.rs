@@ -32,7 +32,8 @@ pub(crate) mod process;
 pub(crate) mod api;
 
 pub use api::alloc::{
-    alloc_aligned, flush_thread_cache, malloc, malloc_fast, malloc_slow, malloc_zeroed, purge,
+    aligned_fast, alloc_aligned, flush_thread_cache, malloc, malloc_fast, malloc_slow,
+    malloc_zeroed, purge,
 };
 pub use api::free::{free, free_as, free_sized, usable_size};
 pub use api::realloc::{realloc, realloc_exact};

@@ -142,6 +142,24 @@ pub unsafe fn posix_memalign(memptr: *mut *mut c_void, align: usize, size: usize
     if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
         return libc::EINVAL;
     }
+    // The fast path makes no system call, so `errno` needs saving only past it.
+    let p = engine::aligned_fast(align, size);
+    if !p.is_null() {
+        // SAFETY: the caller provides a writable `memptr`.
+        unsafe { memptr.write(p.cast()) };
+        return 0;
+    }
+    // SAFETY: forwarded contract.
+    unsafe { posix_memalign_slow(memptr, align, size) }
+}
+
+/// [`posix_memalign`] past the engine's fast path.
+///
+/// # Safety
+/// As for [`posix_memalign`].
+#[cold]
+#[inline(never)]
+unsafe fn posix_memalign_slow(memptr: *mut *mut c_void, align: usize, size: usize) -> c_int {
     let saved = engine::errno();
     let p = aligned(align, size);
     if p.is_null() {

@@ -196,9 +196,34 @@ pub(super) fn fallback_alloc(class: usize, zero: bool, size: usize) -> *mut u8 {
 
 /// Allocates at least `size` bytes aligned to `align` (a power of two), zeroed if `zero`.
 /// Null when out of memory.
+///
+/// A small size is served by [`aligned_fast`].
 #[inline(always)]
 pub fn alloc_aligned(align: usize, size: usize, zero: bool) -> *mut u8 {
+    let p = aligned_fast(align, size);
+    if !p.is_null() {
+        if zero {
+            // SAFETY: a block of at least `size` bytes, just handed out.
+            unsafe { ptr::write_bytes(p, 0, size) };
+        }
+        return p;
+    }
     aligned_slow(align, size, zero, backtrace::current_sp())
+}
+
+/// [`alloc_aligned`]'s fast path alone (not zeroed): a small size served by [`malloc_fast`] as
+/// `aligned_slow` would serve it, rounded up to a multiple of `align` (up to a page), whose
+/// class's blocks are aligned to it; or null when the slow path must run.
+#[inline(always)]
+pub fn aligned_fast(align: usize, size: usize) -> *mut u8 {
+    let fast_size = if align <= QUANTUM {
+        size
+    } else if align <= PAGE_SIZE && size <= SMALL_MAX {
+        (size.max(1) + align - 1) & !(align - 1)
+    } else {
+        usize::MAX
+    };
+    malloc_fast(fast_size)
 }
 
 #[inline(never)]
@@ -254,7 +279,7 @@ pub fn purge(all: bool) -> usize {
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
-    use super::{flush_thread_cache, malloc, malloc_zeroed};
+    use super::{alloc_aligned, flush_thread_cache, malloc, malloc_zeroed};
     use crate::addr::segment::{self, Location, Segment};
     use crate::api::free::free;
     use crate::base::size_class::{class_of, CLASSES, NUM_CACHED};
@@ -281,6 +306,45 @@ mod tests {
                 assert!(bytes.iter().all(|&b| b == 0), "{size} B: not cleared");
                 // SAFETY: as above.
                 unsafe { free(q) };
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// An aligned allocation of a small size takes the top block of the class `aligned_slow`
+    /// would use, aligned, and zeroed if asked.
+    #[test]
+    fn a_small_aligned_block_comes_from_the_cache() {
+        std::thread::spawn(|| {
+            for (align, size) in [
+                (8, 24),
+                (16, 100),
+                (32, 40),
+                (64, 64),
+                (64, 200),
+                (256, 300usize),
+            ] {
+                let rounded = size.next_multiple_of(align.max(16));
+                for zero in [false, true] {
+                    let p = malloc(rounded);
+                    // SAFETY: a live block of at least `rounded` bytes, ours, freed once.
+                    unsafe {
+                        p.write_bytes(0xff, rounded);
+                        free(p);
+                    }
+                    let q = alloc_aligned(align, size, zero);
+                    assert_eq!(q, p, "{align}/{size}: not the block freed last");
+                    assert_eq!(q as usize % align, 0, "{align}/{size}: misaligned");
+                    // SAFETY: a live block of at least `size` bytes.
+                    let bytes = unsafe { core::slice::from_raw_parts(q, size) };
+                    assert!(
+                        !zero || bytes.iter().all(|&b| b == 0),
+                        "{align}/{size}: dirty"
+                    );
+                    // SAFETY: as above.
+                    unsafe { free(q) };
+                }
             }
         })
         .join()
