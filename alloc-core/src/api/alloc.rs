@@ -287,25 +287,34 @@ mod tests {
     use crate::pool::arena;
     use crate::thread;
 
+    /// Frees a dirtied block of `freed` bytes, then allocates `size` bytes with `alloc`, which
+    /// must hand out that block (the stack's top), cleared if `zero`; frees it again.
+    fn takes_the_dirty_top(freed: usize, size: usize, zero: bool, alloc: impl FnOnce() -> *mut u8) {
+        let p = malloc(freed);
+        // SAFETY: a live block of at least `freed` bytes, ours, freed once.
+        unsafe {
+            p.write_bytes(0xff, freed);
+            free(p);
+        }
+        let q = alloc();
+        assert_eq!(q, p, "{size} B: not the block freed last");
+        // SAFETY: a live block of at least `size` bytes.
+        let bytes = unsafe { core::slice::from_raw_parts(q, size) };
+        assert!(
+            !zero || bytes.iter().all(|&b| b == 0),
+            "{size} B: not cleared"
+        );
+        // SAFETY: as above.
+        unsafe { free(q) };
+    }
+
     /// A zeroed allocation takes the thread cache's top block, as `malloc` would, and clears
     /// the bytes a freed block left behind.
     #[test]
     fn a_zeroed_block_from_the_cache_reads_zero() {
         std::thread::spawn(|| {
             for size in [8, 100, 1000, 5000] {
-                let p = malloc(size);
-                // SAFETY: a live block of at least `size` bytes, ours, freed once.
-                unsafe {
-                    p.write_bytes(0xff, size);
-                    free(p);
-                }
-                let q = malloc_zeroed(size);
-                assert_eq!(q, p, "{size} B: not the block freed last");
-                // SAFETY: a live block of at least `size` bytes.
-                let bytes = unsafe { core::slice::from_raw_parts(q, size) };
-                assert!(bytes.iter().all(|&b| b == 0), "{size} B: not cleared");
-                // SAFETY: as above.
-                unsafe { free(q) };
+                takes_the_dirty_top(size, size, true, || malloc_zeroed(size));
             }
         })
         .join()
@@ -317,33 +326,22 @@ mod tests {
     #[test]
     fn a_small_aligned_block_comes_from_the_cache() {
         std::thread::spawn(|| {
-            for (align, size) in [
+            let cases = [
                 (8, 24),
                 (16, 100),
                 (32, 40),
                 (64, 64),
                 (64, 200),
-                (256, 300usize),
-            ] {
-                let rounded = size.next_multiple_of(align.max(16));
+                (256, 300),
+            ];
+            for (align, size) in cases {
+                let rounded = usize::next_multiple_of(size, align.max(16));
                 for zero in [false, true] {
-                    let p = malloc(rounded);
-                    // SAFETY: a live block of at least `rounded` bytes, ours, freed once.
-                    unsafe {
-                        p.write_bytes(0xff, rounded);
-                        free(p);
-                    }
-                    let q = alloc_aligned(align, size, zero);
-                    assert_eq!(q, p, "{align}/{size}: not the block freed last");
-                    assert_eq!(q as usize % align, 0, "{align}/{size}: misaligned");
-                    // SAFETY: a live block of at least `size` bytes.
-                    let bytes = unsafe { core::slice::from_raw_parts(q, size) };
-                    assert!(
-                        !zero || bytes.iter().all(|&b| b == 0),
-                        "{align}/{size}: dirty"
-                    );
-                    // SAFETY: as above.
-                    unsafe { free(q) };
+                    takes_the_dirty_top(rounded, size, zero, || {
+                        let q = alloc_aligned(align, size, zero);
+                        assert_eq!(q as usize % align, 0, "{align}/{size}: misaligned");
+                        q
+                    });
                 }
             }
         })
