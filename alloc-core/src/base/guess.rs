@@ -11,16 +11,16 @@
 /// arm depends on `guess` alone, not on the instructions that produced `computed`.
 #[inline(always)]
 pub fn confirmed(computed: usize, guess: usize) -> usize {
-    // Not `pure` either: the compiler may not move it into the branch below, where it would
-    // know that `guess` equals `computed` and pass `computed` through instead.
+    // Not `pure`: the compiler may not move it into the branch below, where it would know that
+    // `guess` equals `computed` and pass `computed` through instead.
     let mut hidden = guess;
     // SAFETY: an empty assembly block that only passes a register through.
     unsafe {
         core::arch::asm!("/* {0} */", inout(reg) hidden, options(nomem, nostack, preserves_flags))
     };
     if computed == guess {
-        // Not `pure`: the compiler may not run it before the check, so the check stays a
-        // branch rather than a select that would wait for `computed`.
+        // Not `pure` either: the compiler may not run it before the check, so the check stays
+        // a branch rather than a select that would wait for `computed`.
         // SAFETY: as above.
         unsafe {
             core::arch::asm!("/* {0} */", inout(reg) hidden, options(nomem, nostack, preserves_flags))

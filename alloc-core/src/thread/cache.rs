@@ -148,6 +148,7 @@ pub struct ThreadCache {
     /// block, it guesses the class (see `api::free`). Only a guess, checked before use; the
     /// block is only compared, never dereferenced.
     pub last_block: *mut u8,
+    /// The class of `last_block`.
     pub last_class: usize,
     /// The stacks.
     pub bins: [CacheBin; NUM_CACHED],
