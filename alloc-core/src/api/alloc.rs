@@ -76,13 +76,7 @@ pub fn malloc_slow(size: usize, entry_sp: usize) -> *mut u8 {
 /// kernel are not zeroed again. Null when out of memory.
 #[inline(always)]
 pub fn malloc_zeroed(size: usize) -> *mut u8 {
-    let p = malloc_fast(size);
-    if !p.is_null() {
-        // SAFETY: a block of at least `size` bytes, just handed out.
-        unsafe { ptr::write_bytes(p, 0, size) };
-        return p;
-    }
-    alloc_slow(size, QUANTUM, true, backtrace::current_sp())
+    alloc_aligned(QUANTUM, size, true)
 }
 
 /// The allocation slow path, for blocks aligned to `align` (16, or for a small size a power of
@@ -218,12 +212,19 @@ pub fn alloc_aligned(align: usize, size: usize, zero: bool) -> *mut u8 {
 pub fn aligned_fast(align: usize, size: usize) -> *mut u8 {
     let fast_size = if align <= QUANTUM {
         size
-    } else if align <= PAGE_SIZE && size <= SMALL_MAX {
-        (size.max(1) + align - 1) & !(align - 1)
+    } else if align <= PAGE_SIZE {
+        // Too large (or no size at all) for `malloc_fast`, which then returns null.
+        round_to(align, size).unwrap_or(usize::MAX)
     } else {
         usize::MAX
     };
     malloc_fast(fast_size)
+}
+
+/// `size` (at least 1) rounded up to a multiple of `align`, a power of two; none on overflow.
+#[inline(always)]
+fn round_to(align: usize, size: usize) -> Option<usize> {
+    size.max(1).checked_add(align - 1).map(|v| v & !(align - 1))
 }
 
 #[inline(never)]
@@ -232,7 +233,7 @@ fn aligned_slow(align: usize, size: usize, zero: bool, entry_sp: usize) -> *mut 
     if align <= QUANTUM {
         return alloc_slow(size, QUANTUM, zero, entry_sp);
     }
-    let Some(rounded) = size.max(1).checked_add(align - 1).map(|v| v & !(align - 1)) else {
+    let Some(rounded) = round_to(align, size) else {
         return ptr::null_mut();
     };
     // Small classes whose size is a multiple of `align` have aligned objects (size_class docs),
