@@ -77,20 +77,35 @@ fn allocated_follows_live_small_blocks() {
 
     let held = N * SIZE;
     let rise = mid.allocated as isize - before.allocated as isize;
-    // The vector of pointers (80 KB) and the harness's odd allocation also count.
+    // The vector of pointers (80 KB) and the harness's odd allocation also count, and another
+    // test's harness thread may be flushing its cache as it exits (a few KB seen).
     assert!(
-        (held as isize..held as isize + (512 << 10)).contains(&rise),
+        (held as isize - (64 << 10)..held as isize + (512 << 10)).contains(&rise),
         "allocated rose by {rise}, expected about {held}"
     );
     assert!(mid.classes[c].live >= before.classes[c].live + N);
     assert!(mid.classes[c].requests >= before.classes[c].requests + N as u64);
-    assert!(mid.active >= before.active + held);
+    // Other classes' kept empty slabs (an earlier test's) may decay and leave meanwhile (this
+    // thread's ticks purge them).
+    assert!(
+        mid.active + (256 << 10) >= before.active + held,
+        "active rose from {} to {} for {held} bytes held",
+        before.active,
+        mid.active
+    );
     let fall = mid.allocated as isize - after.allocated as isize;
     assert!(
         (held as isize..held as isize + (512 << 10)).contains(&fall),
         "allocated fell by {fall}, expected about {held}"
     );
-    assert!(after.allocated.abs_diff(before.allocated) <= 64 << 10);
+    // As above: other threads' odd allocations, a cache flushed by a thread as it exits.
+    assert!(
+        after.allocated.abs_diff(before.allocated) <= 256 << 10,
+        "allocated went from {} to {} and back to {}",
+        before.allocated,
+        mid.allocated,
+        after.allocated
+    );
     assert_eq!(after.classes[c].live, before.classes[c].live);
 }
 
@@ -308,6 +323,69 @@ fn only_allocating_threads_grow_their_caches() {
         batcher_growth >= 100,
         "a thread freeing batches of 150 blocks of {SIZE} B caches only {batcher_growth} more"
     );
+}
+
+/// Bytes cached of the classes of `sizes`, in every thread cache.
+fn cached_bytes(s: &Snapshot, sizes: &[usize]) -> usize {
+    sizes
+        .iter()
+        .map(|&n| s.classes[class(s, n)].cached * n)
+        .sum()
+}
+
+/// Child of `a_lone_thread_caches_its_batches_and_gives_back_its_share`: a thread that
+/// allocates and frees batches of 2.3 MiB while it is alone (beside the harness's main
+/// thread) caches well over the 1 MiB every thread may grow by; once seven more threads live,
+/// its next ticks give back down to its share.
+#[test]
+#[ignore = "helper: run by a_lone_thread_caches_its_batches_and_gives_back_its_share"]
+fn lone_batcher_child() {
+    const SIZES: [usize; 3] = [512, 768, 1024];
+    const N: usize = 1000;
+    const MIB: usize = 1 << 20;
+    let before = cached_bytes(&snapshot(), &SIZES);
+    assert!(snapshot().threads <= 2, "not alone: {:?}", snapshot());
+    for _ in 0..8 {
+        let batch: Vec<(*mut u8, usize)> =
+            (0..N).flat_map(|_| SIZES.map(|n| (alloc(n), n))).collect();
+        for (p, n) in batch {
+            free(p, n);
+        }
+    }
+    let alone = cached_bytes(&snapshot(), &SIZES) - before;
+    assert!(
+        alone >= 3 * MIB / 2,
+        "alone, batches of 2.3 MiB left only {alone} bytes cached"
+    );
+    let peers = 7;
+    let started = std::sync::Barrier::new(peers + 1);
+    let done = std::sync::Barrier::new(peers + 1);
+    std::thread::scope(|s| {
+        for _ in 0..peers {
+            s.spawn(|| {
+                let p = alloc(64);
+                started.wait();
+                done.wait();
+                free(p, 64);
+            });
+        }
+        started.wait();
+        pass_ticks(12 << 20);
+        let shared = cached_bytes(&snapshot(), &SIZES) - before;
+        done.wait();
+        assert!(
+            shared <= MIB,
+            "with {peers} more threads live, {shared} bytes are still cached"
+        );
+    });
+}
+
+/// Thread caches share a growth allowance: a thread alone may hold batches of a few MiB in its
+/// cache, as a batch job needs, and gives back to its share when more threads start.
+#[test]
+fn a_lone_thread_caches_its_batches_and_gives_back_its_share() {
+    let _serial = serial();
+    run_child("lone_batcher_child", None);
 }
 
 /// Allocates and frees `bytes` in 1 MiB blocks: enough allocation to pass the thread's ticks

@@ -155,13 +155,14 @@ pub const fn cache_capacity(c: usize) -> usize {
 }
 
 /// How far a class's stack may grow when the thread keeps overflowing it (allocating and
-/// freeing in batches larger than the stack): about 256 KiB worth, up to
-/// [`MAX_CACHE_CAPACITY`] blocks.
+/// freeing in batches larger than the stack): about 1 MiB worth, up to [`MAX_CACHE_CAPACITY`]
+/// blocks (a batch of 1,000 blocks of up to 1 KiB). The thread's growth allowance bounds the
+/// sum (see `thread::cache`).
 pub const fn cache_capacity_max(c: usize) -> usize {
     if class_size(c) > CACHED_LARGE_MIN {
         return cache_capacity(c);
     }
-    let n = clamp_capacity((256 << 10) / class_size(c), MAX_CACHE_CAPACITY);
+    let n = clamp_capacity((1 << 20) / class_size(c), MAX_CACHE_CAPACITY);
     if n < cache_capacity(c) {
         cache_capacity(c)
     } else {
