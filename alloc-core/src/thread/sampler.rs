@@ -135,7 +135,18 @@ impl Schedule {
     pub fn on_event(&mut self, countdown: i64) -> (Due, i64) {
         // Saturating: one allocation may be absurdly large (a request that will fail).
         let consumed = (self.span as i128 - countdown as i128).clamp(0, u64::MAX as i128) as u64;
-        let allocated = self.base.saturating_add(consumed);
+        let mut allocated = self.base.saturating_add(consumed);
+        if allocated > u64::MAX / 4 {
+            // Only requests of absurd sizes (which fail, but count) take the count this far:
+            // it starts again from 0, the next sample and tick as far ahead as they were.
+            let back = |point: u64| match point {
+                u64::MAX => u64::MAX,
+                p => p.saturating_sub(allocated),
+            };
+            self.next_sample = back(self.next_sample);
+            self.next_tick = back(self.next_tick);
+            allocated = 0;
+        }
         let mut due = Due::default();
         let generation = config::sampling_generation();
         if generation != self.generation {
@@ -179,6 +190,23 @@ mod tests {
             assert!(rel < 1e-10, "{bytes} bytes: {rel:e}");
             bytes = bytes * 9 / 8 + 1;
         }
+    }
+
+    /// Requests of 2^62 bytes (which fail, but count) take the count of bytes allocated past
+    /// any real one: the schedule neither overflows nor starts ticking at every allocation.
+    #[test]
+    fn absurd_requests_leave_the_schedule_sound() {
+        let (mut s, mut countdown) = Schedule::new(7);
+        for _ in 0..8 {
+            let (due, next) = s.on_event(countdown - (1 << 62));
+            assert!(due.tick);
+            countdown = next;
+        }
+        let (due, _) = s.on_event(countdown - 16);
+        assert!(
+            !due.tick,
+            "a tick at every allocation after absurd requests"
+        );
     }
 
     #[test]
