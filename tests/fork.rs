@@ -76,7 +76,7 @@ impl Block {
         let layout = Layout::from_size_align(size, align).ok()?;
         // SAFETY: a non-zero layout.
         let p = unsafe { GLOBAL.alloc(layout) };
-        if p.is_null() || p as usize % align != 0 {
+        if p.is_null() || !(p as usize).is_multiple_of(align) {
             return None;
         }
         let b = Block {
@@ -146,7 +146,7 @@ fn worker(id: usize, mix: Mix, stop: &AtomicBool, shared: &Mutex<Vec<Block>>, op
         let size = worker_size(&mut rng, mix);
         ring[i] = Some(Block::new(size, align, rng.next_u64()).expect("alloc"));
         n += 1;
-        if n % 32 == 0 {
+        if n.is_multiple_of(32) {
             {
                 let mut s = shared.lock().unwrap();
                 let at = s.len() - s.len().min(16);
@@ -240,7 +240,7 @@ fn child(inherited: &[Block], round: usize, full: bool) -> i32 {
         };
         // SAFETY: a live block with this layout; a non-zero new size.
         let q = unsafe { GLOBAL.realloc(b.addr as *mut u8, b.layout(), new_size) };
-        if q.is_null() || q as usize % b.align != 0 {
+        if q.is_null() || !(q as usize).is_multiple_of(b.align) {
             return 13;
         }
         let keep = b.size.min(new_size);

@@ -240,7 +240,10 @@ impl Tagged {
         let l = Layout::from_size_align(size, align).expect("layout");
         // SAFETY: a non-zero size.
         let p = unsafe { GLOBAL.alloc(l) };
-        assert!(!p.is_null() && p as usize % align == 0, "{p:p} for {l:?}");
+        assert!(
+            !p.is_null() && (p as usize).is_multiple_of(align),
+            "{p:p} for {l:?}"
+        );
         let b = Tagged {
             p,
             size,

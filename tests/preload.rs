@@ -175,6 +175,27 @@ const EXPORTS: &[&str] = &[
     "sdallocx",
     "valloc",
     "xallocx",
+    // C++ operator new and delete, every form (x86_64).
+    "_ZdaPv",
+    "_ZdaPvRKSt9nothrow_t",
+    "_ZdaPvSt11align_val_t",
+    "_ZdaPvSt11align_val_tRKSt9nothrow_t",
+    "_ZdaPvm",
+    "_ZdaPvmSt11align_val_t",
+    "_ZdlPv",
+    "_ZdlPvRKSt9nothrow_t",
+    "_ZdlPvSt11align_val_t",
+    "_ZdlPvSt11align_val_tRKSt9nothrow_t",
+    "_ZdlPvm",
+    "_ZdlPvmSt11align_val_t",
+    "_Znam",
+    "_ZnamRKSt9nothrow_t",
+    "_ZnamSt11align_val_t",
+    "_ZnamSt11align_val_tRKSt9nothrow_t",
+    "_Znwm",
+    "_ZnwmRKSt9nothrow_t",
+    "_ZnwmSt11align_val_t",
+    "_ZnwmSt11align_val_tRKSt9nothrow_t",
 ];
 
 /// glibc's internal names that glibc-linked programs reach, each a twin of the function it
@@ -377,6 +398,51 @@ fn cxx_exceptions_and_thread_destructors() {
     let r = run(Command::new(&exe));
     r.assert_ok("C++ program", "c++ ok");
     assert_served(&r, "C++ program", 10_000);
+}
+
+/// C++ `operator new` and `delete` are the preload's own, in every form: aligned as asked, a
+/// sized delete with a wrong size harmless, out of memory the new-handler then `bad_alloc`
+/// (thrown by the C++ runtime's own `new`, which ours jumps to), nothrow forms null; also with
+/// every allocation sampled. A bad pointer to `delete` aborts with one line naming it.
+#[test]
+fn cxx_operator_new_and_delete() {
+    if !have("c++") {
+        return;
+    }
+    let dir = Scratch::new("cxx_new");
+    for (out, opt) in [("cxx_new", "-O2"), ("cxx_new_O0", "-O0")] {
+        let exe = compile("c++", &dir, &["cxx_new.cpp"], out, &["-std=c++17", opt]);
+        let r = run(Command::new(&exe));
+        r.assert_ok("C++ new and delete", "new ok");
+        assert_served(&r, "C++ new and delete", 1_000);
+        let every = common::run_conf(Command::new(&exe), Some("prof:true,lg_prof_sample:0"));
+        every.assert_ok("C++ new and delete, every allocation sampled", "new ok");
+        // Under glibc's allocator the forms are libstdc++'s: the program says so.
+        let plain = run_plain(Command::new(&exe));
+        assert!(
+            !plain.status.success() && plain.stderr.contains("FAILED"),
+            "the program cannot tell whose new it calls\n{}",
+            plain.describe()
+        );
+        for (mode, what) in [
+            ("delete-interior", "invalid pointer"),
+            ("delete-twice", "double free of"),
+        ] {
+            let r = run(command(&exe, [mode]));
+            assert_eq!(r.status.signal(), Some(6), "{mode}: {}", r.describe());
+            let ptr = r
+                .stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("ptr "))
+                .unwrap_or_else(|| panic!("{mode}: no pointer printed\n{}", r.describe()));
+            assert_eq!(
+                r.stderr.lines().collect::<Vec<_>>(),
+                [format!("sampalloc: operator delete(): {what} {ptr}")],
+                "{mode}\n{}",
+                r.describe()
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -32,10 +32,10 @@ pub(crate) mod process;
 pub(crate) mod api;
 
 pub use api::alloc::{
-    aligned_fast, alloc_aligned, flush_thread_cache, malloc, malloc_fast, malloc_slow,
-    malloc_zeroed, purge,
+    aligned_fast, aligned_slow, alloc_aligned, flush_thread_cache, malloc, malloc_fast,
+    malloc_slow, malloc_zeroed, purge,
 };
-pub use api::free::{free, free_as, free_sized, usable_size};
+pub use api::free::{free, free_as, free_sized, free_with_size, usable_size};
 pub use api::realloc::{realloc, realloc_exact};
 pub use api::Op;
 
@@ -44,7 +44,7 @@ pub use api::Op;
 pub use addr::segment::USABLE_PAGES;
 pub use base::config;
 pub use base::size_class::{class_of, class_size, LARGE_MAX, NUM_SMALL, QUANTUM, SMALL_MAX};
-pub use platform::os::{errno, fatal_panic, set_errno, PAGE_SIZE};
+pub use platform::os::{errno, fatal, fatal_panic, set_errno, PAGE_SIZE};
 pub use pool::arena::set_narenas;
 pub use process::init::ensure_ready;
 pub use process::stats;

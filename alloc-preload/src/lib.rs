@@ -16,6 +16,10 @@
 // test build (`clippy --all-targets`) links std for the harness.
 #![cfg_attr(all(not(test), target_arch = "x86_64", target_os = "linux"), no_std)]
 
+// C++ `operator new` forms are naked functions in x86_64 assembly; elsewhere the C++
+// runtime's own call `malloc` and `free`.
+#[cfg(target_arch = "x86_64")]
+pub mod cxx;
 pub mod exports;
 pub mod jemalloc_api;
 pub mod mallinfo;

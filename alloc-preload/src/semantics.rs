@@ -22,7 +22,7 @@ use sampalloc_core::PAGE_SIZE;
 use sampalloc_core::QUANTUM;
 
 /// Largest size any function accepts (glibc's limit too): `PTRDIFF_MAX`.
-const MAX_SIZE: usize = isize::MAX as usize;
+pub(crate) const MAX_SIZE: usize = isize::MAX as usize;
 
 /// Sets `errno` and returns null: every failure ends here.
 #[cold]
@@ -139,7 +139,7 @@ fn aligned(align: usize, size: usize) -> *mut c_void {
 /// `memptr` must be valid for a pointer-sized write.
 #[inline]
 pub unsafe fn posix_memalign(memptr: *mut *mut c_void, align: usize, size: usize) -> c_int {
-    if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
+    if !align.is_power_of_two() || !align.is_multiple_of(core::mem::size_of::<*mut c_void>()) {
         return libc::EINVAL;
     }
     // The fast path makes no system call, so `errno` needs saving only past it.

@@ -227,8 +227,10 @@ fn round_to(align: usize, size: usize) -> Option<usize> {
     size.max(1).checked_add(align - 1).map(|v| v & !(align - 1))
 }
 
+/// [`alloc_aligned`] past its fast path, for entry points that read their own stack pointer
+/// (`entry_sp`, see `prof::backtrace`). `align` must be a power of two.
 #[inline(never)]
-fn aligned_slow(align: usize, size: usize, zero: bool, entry_sp: usize) -> *mut u8 {
+pub fn aligned_slow(align: usize, size: usize, zero: bool, entry_sp: usize) -> *mut u8 {
     debug_assert!(align.is_power_of_two());
     if align <= QUANTUM {
         return alloc_slow(size, QUANTUM, zero, entry_sp);

@@ -63,7 +63,7 @@ fn validate_with(p: *mut u8, op: Op, inner: impl FnOnce(*mut u8) -> Option<Inner
                 }
                 if k == kind::SLAB || k == kind::LARGE {
                     let inside = offset % CLASSES.get_unchecked(class).size as usize;
-                    if inside >= addr_sampled::HEADER && p as usize % QUANTUM == 0 {
+                    if inside >= addr_sampled::HEADER && (p as usize).is_multiple_of(QUANTUM) {
                         if let Some(sample) = inner(p) {
                             return Block::Inner(d, class, inside, sample);
                         }
@@ -149,6 +149,39 @@ pub unsafe fn free_sized(p: *mut u8, size: usize) {
 /// As for [`free`].
 #[inline(always)]
 pub unsafe fn free_as(p: *mut u8, op: Op) {
+    // A block freed right after its `malloc` is pushed on the stack of the class that
+    // `malloc` noted, once the page code agrees: the next `malloc` then reads the stack
+    // without waiting for the loads of the page code. (Whether `p` is that block is known at
+    // once, so a wrong guess costs little.)
+    // SAFETY: forwarded contract; `free_guessing` hands the closure the caller's own cache.
+    unsafe {
+        free_guessing(p, op, |tc| {
+            (p == (*tc).last_block).then(|| (*tc).last_class)
+        })
+    }
+}
+
+/// [`free_as`] of a block whose requested size the caller states (C++ sized `delete`): the
+/// block goes on the stack of the size's class at once, as [`free_as`] does with `malloc`'s
+/// note, once the page code agrees. A wrong size is harmless (the page's class is used) and a
+/// wrong pointer aborts, as in [`free`]: only the speed is [`free_sized`]'s.
+///
+/// # Safety
+/// As for [`free`].
+#[inline(always)]
+pub unsafe fn free_with_size(p: *mut u8, size: usize, op: Op) {
+    let hint = (size <= SMALL_MAX).then(|| class_of(size));
+    // SAFETY: forwarded contract.
+    unsafe { free_guessing(p, op, |_| hint) }
+}
+
+/// [`free_as`], with `guess(tc)` (given the caller's cache) the block's class if it is known
+/// before the page code is read.
+///
+/// # Safety
+/// As for [`free`]; `guess` may read the cache it is given.
+#[inline(always)]
+unsafe fn free_guessing(p: *mut u8, op: Op, guess: impl FnOnce(*mut ThreadCache) -> Option<usize>) {
     let tag = registry::segment_tag(p as usize);
     if tag != 0 {
         let tc = thread::cache();
@@ -162,14 +195,9 @@ pub unsafe fn free_as(p: *mut u8, op: Op) {
                 if (tag ^ (*tc).arena_tag) as u64 & subline != 0 {
                     return free_foreign(tc, p, class, tag, op);
                 }
-                // A block freed right after its `malloc` is pushed on the stack of the class
-                // that `malloc` noted, once the page code agrees: the next `malloc` then reads
-                // the stack without waiting for the loads of the page code. (Whether `p` is
-                // that block is known at once, so a wrong guess costs little.)
-                let class = if p == (*tc).last_block {
-                    guess::confirmed(class, (*tc).last_class)
-                } else {
-                    class
+                let class = match guess(tc) {
+                    Some(guessed) => guess::confirmed(class, guessed),
+                    None => class,
                 };
                 if push_to_cache(tc, p, class) {
                     return;

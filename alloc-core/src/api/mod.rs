@@ -19,6 +19,8 @@ pub enum Op {
     Realloc,
     /// `malloc_usable_size`.
     UsableSize,
+    /// C++ `operator delete`, in every form.
+    Delete,
 }
 
 impl Op {
@@ -28,6 +30,7 @@ impl Op {
             Op::Free => "free",
             Op::Realloc => "realloc",
             Op::UsableSize => "malloc_usable_size",
+            Op::Delete => "operator delete",
         }
     }
 }

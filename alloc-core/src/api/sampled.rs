@@ -143,7 +143,7 @@ fn outer_class(class: usize, size: usize, align: usize) -> Option<(usize, usize)
         outer = outer.max(class + 1);
     }
     // Slabs and page runs start on pages, so blocks of a size that `align` divides are aligned.
-    while outer < NUM_CACHED && CLASSES[outer].size as usize % align != 0 {
+    while outer < NUM_CACHED && !(CLASSES[outer].size as usize).is_multiple_of(align) {
         outer += 1;
     }
     (outer < NUM_CACHED && (is_small(outer) || offset < PAGE_SIZE)).then_some((outer, offset))

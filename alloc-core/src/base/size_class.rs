@@ -321,7 +321,7 @@ const fn table_is_sound() -> bool {
     while c < NUM_CLASSES {
         let size = class_size(c);
         // Multiples of the quantum, strictly increasing, and each its own class.
-        if size % QUANTUM != 0 || class_of_computed(size) != c {
+        if !size.is_multiple_of(QUANTUM) || class_of_computed(size) != c {
             return false;
         }
         if c > 0 {
@@ -342,7 +342,7 @@ const fn table_is_sound() -> bool {
             if objs < 1 || objs > MAX_SLAB_OBJECTS || slab_pages(c) > MAX_SLAB_PAGES {
                 return false;
             }
-        } else if size % PAGE_SIZE != 0 {
+        } else if !size.is_multiple_of(PAGE_SIZE) {
             return false;
         }
         c += 1;
@@ -474,7 +474,7 @@ mod tests {
             let size = info.size as usize;
             let span = info.pages as usize * PAGE_SIZE;
             let check = |off: usize| {
-                let expected = off % size == 0 && off / size < info.objects as usize;
+                let expected = off.is_multiple_of(size) && off / size < info.objects as usize;
                 assert_eq!(info.starts_block(off), expected, "class {c} offset {off}");
             };
             if is_small(c) {

@@ -104,7 +104,7 @@ unsafe fn init(s: *mut ThreadState) -> *mut ThreadCache {
         // calloc (for high key numbers); the INITIALIZING phase sends that to the fallback.
         libc::pthread_setspecific(
             EXIT_KEY.load(Ordering::Relaxed),
-            1usize as *const libc::c_void,
+            core::ptr::dangling::<libc::c_void>(),
         );
         let arenas = arena::assign_thread();
         let tc = thread_cache::acquire(arenas, thread_cache::free_key());

@@ -260,7 +260,9 @@ impl Drop for Hold {
 
 /// Whether walks without `_dl_find_object` should refresh for this unknown-code walk.
 pub(super) fn blind_refresh_due() -> bool {
-    BLIND_UNKNOWN.fetch_add(1, Ordering::Relaxed) % BLIND_REFRESH_EVERY == 0
+    BLIND_UNKNOWN
+        .fetch_add(1, Ordering::Relaxed)
+        .is_multiple_of(BLIND_REFRESH_EVERY)
 }
 
 // ---------------------------------------------------------------------------------------------
