@@ -85,6 +85,12 @@ enum Action {
     Free {
         idx: u16,
     },
+    /// A free that states the block's size, as C++ sized `delete` does: its own size, or
+    /// (`wrong`) any other, which must do no harm.
+    FreeWithSize {
+        idx: u16,
+        wrong: Option<Size>,
+    },
     Realloc {
         idx: u16,
         new_size: Size,
@@ -247,6 +253,17 @@ impl State {
         unsafe { engine::free(b.ptr) };
     }
 
+    fn free_with_size(&mut self, idx: u16, wrong: Option<Size>) {
+        if self.live.is_empty() {
+            return;
+        }
+        let b = self.remove(idx as usize % self.live.len());
+        Self::check(&b, b.usable, "free_with_size");
+        let stated = wrong.map_or(b.size, Size::bytes);
+        // SAFETY: a live block of the engine, dropped from the table.
+        unsafe { engine::free_with_size(b.ptr, stated, engine::Op::Delete) };
+    }
+
     fn realloc(&mut self, idx: u16, new_size: Size) {
         if self.live.is_empty() {
             return;
@@ -302,6 +319,7 @@ fuzz_target!(|actions: Vec<Action>| {
             Action::Alloc { size, align_log } => st.alloc(size, align_log, false),
             Action::AllocZeroed { size, align_log } => st.alloc(size, align_log, true),
             Action::Free { idx } => st.free(idx),
+            Action::FreeWithSize { idx, wrong } => st.free_with_size(idx, wrong),
             Action::Realloc { idx, new_size } => st.realloc(idx, new_size),
             Action::UsableSize { idx } => st.usable_size(idx),
             Action::Purge { all } => {
