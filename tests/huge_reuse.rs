@@ -207,11 +207,12 @@ fn kernel_thp() -> bool {
 
 /// A huge block's header lives in metadata memory, so a block of whole huge pages maps nothing
 /// more (a 4 MiB block takes two huge pages, not a third for a header page), and where huge
-/// pages are asked for (the default, unless the kernel's mode is `never`) a block that ends
-/// partway into one is mapped to its end: that tail is not faulted in 4 KiB at a time.
+/// pages are asked for (`thp:always` here, unless the kernel's mode is `never`) a block that
+/// ends partway into one is mapped to its end: that tail is not faulted in 4 KiB at a time.
 #[test]
 fn huge_blocks_map_whole_huge_pages_and_no_header_page() {
     let _serial = serial();
+    sampalloc::configure("thp:always").expect("thp:always");
     let base = clean();
     let a = alloc(4 * MIB, 11);
     let one = snapshot();
@@ -223,6 +224,7 @@ fn huge_blocks_map_whole_huge_pages_and_no_header_page() {
     check_and_free(a, 4 * MIB, 11);
     check_and_free(b, 5 * MIB, 12);
     clean();
+    sampalloc::configure("thp:auto").expect("thp:auto");
 }
 
 /// A live block of the stress test: every page's first byte and the last byte carry its tag.

@@ -143,7 +143,12 @@ pub fn prof_signal() -> i32 {
 /// The `thp` option: whether the engine asks the kernel for transparent huge pages.
 ///
 /// Huge blocks (over 2 MiB, one mapping each, used whole by the program that asked for them) are
-/// dense memory: the default asks for them. Segments ask only with `always`: then every huge
+/// dense memory: the default asks for them, where asking cannot stall the program. In the
+/// kernel's `madvise` mode with a defrag setting that compacts on the spot for advised
+/// mappings (`madvise`, the usual one, `defer+madvise` or `always`), a first touch finding no
+/// free huge page waits for reclaim and compaction: a loop over 5-25 MiB buffers took 0.10 s
+/// or 1.4-1.5 s from run to run on a VM whose memory had been used (0.23 s in small pages,
+/// tcmalloc's 0.21 s); there the default asks for nothing. Segments ask only with `always`: then every huge
 /// page of a segment does, and the page heap keeps them whole (its decay returns a huge page
 /// when all of it is free and breaks a well used one only after a longer delay; see
 /// `span::page_heap`). Measured (issue 19) with segments' huge pages on by default (an arena's
@@ -155,8 +160,9 @@ pub fn prof_signal() -> i32 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Thp {
-    /// The default: `MADV_HUGEPAGE` for huge blocks when the kernel's mode is `madvise` or
-    /// `always`; segments get no advice (the kernel's mode decides for them).
+    /// The default: `MADV_HUGEPAGE` for huge blocks in the kernel's `madvise` mode when its
+    /// defrag setting is `defer` or `never`; otherwise, and for segments, no advice (the
+    /// kernel's mode decides; in `always` mode it gives huge pages unasked).
     Auto = 0,
     /// Never ask; in the kernel's `always` mode say `MADV_NOHUGEPAGE`, so that nothing of ours
     /// is backed by huge pages.
@@ -197,16 +203,19 @@ pub enum Dense {
 /// mode: ask where `thp` says so and the kernel could give huge pages; refuse them (`never`)
 /// only where the kernel would otherwise give them unasked.
 pub fn huge_advice(what: Dense) -> HugeAdvice {
-    huge_advice_for(thp(), os::thp_mode(), what)
+    huge_advice_for(thp(), os::thp_mode(), os::thp_advice_may_stall(), what)
 }
 
-fn huge_advice_for(thp: Thp, mode: ThpMode, what: Dense) -> HugeAdvice {
+/// [`huge_advice`] for `thp`, the kernel's `mode`, and whether advice may stall a fault
+/// (`stalls`, see `os::thp_advice_may_stall`).
+fn huge_advice_for(thp: Thp, mode: ThpMode, stalls: bool, what: Dense) -> HugeAdvice {
     match (thp, mode, what) {
         (_, ThpMode::Never, _) => HugeAdvice::None,
         (Thp::Never, ThpMode::Always, _) => HugeAdvice::NoHuge,
         (Thp::Never, ThpMode::Madvise, _) => HugeAdvice::None,
-        (Thp::Auto, _, Dense::Segment) => HugeAdvice::None,
-        (Thp::Auto, _, Dense::HugeBlock) | (Thp::Always, _, _) => HugeAdvice::Huge,
+        (Thp::Auto, _, Dense::Segment) | (Thp::Auto, ThpMode::Always, _) => HugeAdvice::None,
+        (Thp::Auto, ThpMode::Madvise, Dense::HugeBlock) if stalls => HugeAdvice::None,
+        (Thp::Auto, ThpMode::Madvise, Dense::HugeBlock) | (Thp::Always, _, _) => HugeAdvice::Huge,
     }
 }
 
@@ -513,25 +522,27 @@ mod tests {
         use Dense::{HugeBlock as H, Segment as S};
         use HugeAdvice as A;
         use ThpMode as M;
-        for (t, m, what, a) in [
-            (Thp::Auto, M::Madvise, H, A::Huge),
-            (Thp::Auto, M::Madvise, S, A::None),
-            (Thp::Auto, M::Always, H, A::Huge),
-            (Thp::Auto, M::Always, S, A::None),
-            (Thp::Auto, M::Never, H, A::None),
-            (Thp::Always, M::Madvise, H, A::Huge),
-            (Thp::Always, M::Madvise, S, A::Huge),
-            (Thp::Always, M::Always, S, A::Huge),
-            (Thp::Always, M::Never, S, A::None),
-            (Thp::Never, M::Madvise, H, A::None),
-            (Thp::Never, M::Always, H, A::NoHuge),
-            (Thp::Never, M::Always, S, A::NoHuge),
-            (Thp::Never, M::Never, S, A::None),
+        // (thp, mode, whether advice may stall a fault, what, advice)
+        for (t, m, stalls, what, a) in [
+            (Thp::Auto, M::Madvise, false, H, A::Huge),
+            (Thp::Auto, M::Madvise, true, H, A::None),
+            (Thp::Auto, M::Madvise, false, S, A::None),
+            (Thp::Auto, M::Always, false, H, A::None),
+            (Thp::Auto, M::Always, true, S, A::None),
+            (Thp::Auto, M::Never, false, H, A::None),
+            (Thp::Always, M::Madvise, true, H, A::Huge),
+            (Thp::Always, M::Madvise, false, S, A::Huge),
+            (Thp::Always, M::Always, true, S, A::Huge),
+            (Thp::Always, M::Never, false, S, A::None),
+            (Thp::Never, M::Madvise, false, H, A::None),
+            (Thp::Never, M::Always, true, H, A::NoHuge),
+            (Thp::Never, M::Always, false, S, A::NoHuge),
+            (Thp::Never, M::Never, true, S, A::None),
         ] {
             assert_eq!(
-                huge_advice_for(t, m, what),
+                huge_advice_for(t, m, stalls, what),
                 a,
-                "{t:?} in mode {m:?} for {what:?}"
+                "{t:?} in mode {m:?} (stalls: {stalls}) for {what:?}"
             );
         }
     }

@@ -164,6 +164,14 @@ pub fn thp_mode_name() -> &'static str {
     }
 }
 
+/// Whether a fault in a mapping given `MADV_HUGEPAGE` may reclaim and compact memory on the
+/// spot when no huge page is free: the kernel's defrag setting is `always`, `madvise` or
+/// `defer+madvise` (or unreadable). With `defer` or `never` it takes a huge page only if one
+/// is free and leaves compaction to the kernel's threads.
+pub fn thp_advice_may_stall() -> bool {
+    !matches!(thp_defrag_name(), "defer" | "never")
+}
+
 /// The kernel's THP defrag setting as its file names it (`?` if unreadable).
 pub fn thp_defrag_name() -> &'static str {
     match (thp_state() >> 2) as usize {
