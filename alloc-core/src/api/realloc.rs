@@ -2,7 +2,7 @@
 //! blocks that keep growing get room after them or a mapping of their own.
 
 use super::alloc::{alloc_huge, alloc_slow, cache_or_init, fallback_alloc};
-use super::free::{free, validate, Block};
+use super::free::{free_as, validate, Block};
 use super::sampled::{alloc_sampled, huge_realloc};
 use super::Op;
 use crate::addr::segment::{Segment, FLAG_SAMPLED};
@@ -229,7 +229,7 @@ unsafe fn realloc_slow(p: *mut u8, size: usize, entry_sp: usize, exact: bool) ->
     // SAFETY: both blocks are live and at least the copied length long.
     unsafe {
         ptr::copy_nonoverlapping(p, q, old_usable.min(size));
-        free(p);
+        free_as(p, Op::Realloc);
     }
     q
 }

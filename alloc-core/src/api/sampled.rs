@@ -15,6 +15,7 @@ use crate::pool::arena;
 use crate::pool::huge::{self, HugeHeader};
 use crate::prof::backtrace::{self, TraceMemo};
 use crate::prof::table::{self, StackEntry, MAX_FRAMES};
+use crate::thread;
 use crate::thread::cache::ThreadCache;
 use crate::thread::sampler;
 use crate::thread::InProfiler;
@@ -248,18 +249,29 @@ pub(super) unsafe fn free_inner(
     // was taken with it and is held by nothing else.
     unsafe {
         let base = p.wrapping_sub(offset);
-        if is_small(class) {
+        if is_small(class) || !was_built_up(p, op) {
             free_block(base, d, class, op);
         } else {
-            // A large block goes back to the page heap at once, as a built-up buffer's does:
-            // a sampled buffer grows there (see `api::realloc`) and moves on, and the next
-            // buffer built up grows where it did; cached, its pages would be out of reach.
+            // A buffer that `realloc` built up goes back to the page heap at once, as an
+            // unsampled one does (`FLAG_BUILT`): a sampled buffer grows there (see
+            // `api::realloc`) and moves on, and the next buffer built up grows where it did;
+            // cached, its pages would be out of reach.
             arena::of_segment(segment::segment_of_desc(d)).free_large(&[base]);
         }
         if !sample.stand_in.is_null() {
             free(sample.stand_in);
         }
     }
+}
+
+/// Whether sampled block `p`, being freed by `op`, is a buffer `realloc` built up: `realloc`
+/// moving it on, or the thread's last growing `realloc` returned it. Any other sampled large
+/// block is cached like an unsampled one (a sample of a program that allocates and frees
+/// blocks of 64-320 KiB took the arena's lock twice).
+fn was_built_up(p: *mut u8, op: Op) -> bool {
+    let tc = thread::cache();
+    // SAFETY: a non-null cache is the calling thread's own; the note is only compared.
+    op == Op::Realloc || (!tc.is_null() && unsafe { (*tc).last_grown } == p)
 }
 
 /// A huge block `p` (header `h`) is about to be freed. If it was sampled, while its address is
@@ -554,8 +566,10 @@ mod tests {
     }
 
     /// A sampled large block of a cached class lies inside a block from the thread cache, its
-    /// page keeps its code, and its free gives that block to the page heap, not back to the
-    /// thread cache (where a buffer built up after it could not grow into its pages).
+    /// page keeps its code, and its free gives that block back to the thread cache, as an
+    /// unsampled block's; a buffer `realloc` built up (moved on by `realloc`, or the one the
+    /// thread's last growing `realloc` returned) goes to the page heap instead, where a buffer
+    /// built up after it can grow into its pages.
     #[test]
     fn sampled_large_blocks_come_from_and_go_back_to_the_thread_cache() {
         let _options = config::hold_options();
@@ -565,26 +579,30 @@ mod tests {
             let warm: Vec<*mut u8> = (0..4).map(|_| malloc(size)).collect();
             // SAFETY: live blocks of ours, freed once.
             unsafe { warm.iter().for_each(|&p| free(p)) };
+            // A sampled block, and the cache's top block before it was taken.
             let mut top = warm[3];
-            let mut tries = 0;
-            let p = loop {
-                // Other tests switch sampling too: set it again now and then (each setting
-                // draws the next sample point anew).
-                if tries % 32 == 0 {
-                    config::set(b"prof", b"true").unwrap();
-                    config::set(b"lg_prof_sample", b"10").unwrap();
+            let mut sampled = || {
+                let mut tries = 0;
+                loop {
+                    // Other tests switch sampling too: set it again now and then (each
+                    // setting draws the next sample point anew).
+                    if tries % 32 == 0 {
+                        config::set(b"prof", b"true").unwrap();
+                        config::set(b"lg_prof_sample", b"10").unwrap();
+                    }
+                    tries += 1;
+                    let p = malloc(size);
+                    if inner_record(p).is_some() {
+                        config::set(b"prof", b"false").unwrap();
+                        config::set(b"lg_prof_sample", b"19").unwrap();
+                        return (p, top);
+                    }
+                    top = p;
+                    // SAFETY: as above.
+                    unsafe { free(p) };
                 }
-                tries += 1;
-                let p = malloc(size);
-                if inner_record(p).is_some() {
-                    break p;
-                }
-                top = p;
-                // SAFETY: as above.
-                unsafe { free(p) };
             };
-            config::set(b"prof", b"false").unwrap();
-            config::set(b"lg_prof_sample", b"19").unwrap();
+            let (p, top) = sampled();
             let base = p.wrapping_sub(addr_sampled::HEADER);
             assert_eq!(
                 base, top,
@@ -592,16 +610,41 @@ mod tests {
             );
             assert_eq!(where_is(base as usize), (class_of(size), true));
             assert_eq!(code_of_page(base as usize), class_of(size) + 1);
+            let tc = crate::thread::cache();
             // SAFETY: this thread's own cache.
-            let cached = || unsafe { (*crate::thread::cache()).cached_seen(class_of(size)) };
+            let cached = move || unsafe { (*tc).cached_seen(class_of(size)) };
+            let before = cached();
+            // SAFETY: as above.
+            unsafe { free(p) };
+            assert_eq!(
+                cached(),
+                before + 1,
+                "the sampled block's block did not go back to the thread cache"
+            );
+            // Moved on by a growing `realloc`: to the page heap.
+            let (p, _) = sampled();
+            let before = cached();
+            // SAFETY: a live block of ours; the result replaces it.
+            let q = unsafe { crate::api::realloc::realloc(p, 3 * size) };
+            assert_eq!(
+                cached(),
+                before,
+                "the moved buffer's block went into the cache"
+            );
+            // The buffer the thread's last growing `realloc` returned: to the page heap too.
+            let (p, _) = sampled();
+            // SAFETY: this thread's own cache; the note is only compared.
+            unsafe { (*tc).last_grown = p };
             let before = cached();
             // SAFETY: as above.
             unsafe { free(p) };
             assert_eq!(
                 cached(),
                 before,
-                "the sampled block's block went into the thread cache"
+                "the built-up buffer's block went into the cache"
             );
+            // SAFETY: as above.
+            unsafe { free(q) };
         })
         .join()
         .unwrap();
