@@ -9,6 +9,10 @@
  * `generations` hand-offs a chain frees its blocks and ends. Fixed work: the same request
  * sequence under every allocator. Every block carries a fill tag checked before its free.
  * One op = one free+malloc. Prints one RESULT line (see common.h).
+ * Each chain's state (its RNG above all, written at every step) has 128 bytes of its own: in one
+ * calloc'd array, two chains shared a cache line, and the row measured the program's own false
+ * sharing (4-5x the time of the work itself, varying with where the array landed) rather than
+ * the allocator. 128, not 64: the adjacent-line prefetcher moves lines in pairs.
  * Build: cc -O2 -pthread larson.c -o larson
  */
 #include "common.h"
@@ -18,7 +22,7 @@ typedef struct {
     size_t *sizes;
     long generation;
     rng_t rng;
-} chain_t;
+} __attribute__((aligned(128))) chain_t;
 
 static long g_generations, g_ops, g_slots;
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -63,7 +67,9 @@ int main(int argc, char **argv) {
     g_ops = arg_long(argc, argv, 3, 50000);
     g_slots = arg_long(argc, argv, 4, 1000);
     long seed = arg_long(argc, argv, 5, 4141);
-    chain_t *cs = calloc((size_t)chains, sizeof *cs);
+    chain_t *cs = aligned_alloc(128, (size_t)chains * sizeof *cs);
+    if (!cs) { perror("aligned_alloc"); return 2; }
+    memset(cs, 0, (size_t)chains * sizeof *cs);
     /* The initial arrays are filled by the main thread: the first generation's frees are remote. */
     for (int i = 0; i < chains; i++) {
         rng_seed(&cs[i].rng, (uint64_t)seed + (uint64_t)i);

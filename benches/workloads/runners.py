@@ -36,7 +36,7 @@ WORKLOADS = {
     "batches": ("pairs", ["batches", "600"]),
     "realloc": ("realloc", ["12"]),
     "regrow": ("regrow", ["200000"]),
-    "larson": ("larson", ["4", "80", "50000", "1000"]),
+    "larson": ("larson", ["4", "160", "50000", "1000"]),
     "prodcons": ("prodcons", ["2", "3000000", "16384"]),
     "cache-scratch": ("cache", ["scratch", "2", "1000", "8", "40000"]),
     "cache-thrash": ("cache", ["thrash", "2", "1000", "8", "40000"]),
