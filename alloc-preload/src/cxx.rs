@@ -83,12 +83,36 @@ extern "C" fn try_new_aligned(size: usize, align: usize, _: usize, entry_sp: usi
     engine::aligned_slow(align, size, false, entry_sp).cast()
 }
 
-/// Defines `new` of form `$form` as a naked function: the argument registers saved (three
-/// pushes keep the stack 16-byte aligned for the call), `$try(rdi, rsi, rdx, entry_sp)`, and
-/// its block returned; or, when it is null, the registers restored and a jump to the C++
-/// runtime's own `new` of that form. The CFI directives let unwinders (the profiler's, a
-/// debugger's) step through the pushes.
+/// Defines `new` of form `$form` as a naked function: the argument registers it has saved
+/// (`rdi` alone for `new(size)`, which keeps the stack 16-byte aligned for the call; `rdi`,
+/// `rsi` and `rdx` for the others), `$try(rdi, rsi, rdx, entry_sp)`, and its block returned;
+/// or, when that is null, the registers restored and a jump to the C++ runtime's own `new` of
+/// that form. The CFI directives let unwinders (the profiler's, a debugger's) step through the
+/// pushes.
 macro_rules! new_forms {
+    (@asm $try:ident, $form:expr, [$($push:literal),*], [$($pop:literal),*], $bytes:literal) => {
+        core::arch::naked_asm!(
+            ".cfi_startproc",
+            $($push, ".cfi_adjust_cfa_offset 8",)*
+            "mov rcx, rsp",
+            "call {try}",
+            "test rax, rax",
+            "jz 2f",
+            concat!("add rsp, ", $bytes),
+            concat!(".cfi_adjust_cfa_offset -", $bytes),
+            "ret",
+            "2:",
+            concat!(".cfi_adjust_cfa_offset ", $bytes),
+            "mov edi, {form}",
+            "call {real}",
+            $($pop, ".cfi_adjust_cfa_offset -8",)*
+            "jmp rax",
+            ".cfi_endproc",
+            try = sym $try,
+            real = sym real_new,
+            form = const $form,
+        )
+    };
     ($($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) = $try:ident, $form:expr;)*) => {
         $(
             $(#[$doc])*
@@ -99,39 +123,16 @@ macro_rules! new_forms {
             #[unsafe(naked)]
             #[no_mangle]
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> *mut c_void {
-                core::arch::naked_asm!(
-                    ".cfi_startproc",
-                    "push rdi",
-                    ".cfi_adjust_cfa_offset 8",
-                    "push rsi",
-                    ".cfi_adjust_cfa_offset 8",
-                    "push rdx",
-                    ".cfi_adjust_cfa_offset 8",
-                    "mov rcx, rsp",
-                    "call {try}",
-                    "test rax, rax",
-                    "jz 2f",
-                    "add rsp, 24",
-                    ".cfi_adjust_cfa_offset -24",
-                    "ret",
-                    "2:",
-                    ".cfi_adjust_cfa_offset 24",
-                    "mov edi, {form}",
-                    "call {real}",
-                    "pop rdx",
-                    ".cfi_adjust_cfa_offset -8",
-                    "pop rsi",
-                    ".cfi_adjust_cfa_offset -8",
-                    "pop rdi",
-                    ".cfi_adjust_cfa_offset -8",
-                    "jmp rax",
-                    ".cfi_endproc",
-                    try = sym $try,
-                    real = sym real_new,
-                    form = const $form,
-                )
+                new_forms!(@pick $try, $form, $($arg)*)
             }
         )*
+    };
+    (@pick $try:ident, $form:expr, $one:ident) => {
+        new_forms!(@asm $try, $form, ["push rdi"], ["pop rdi"], "8")
+    };
+    (@pick $try:ident, $form:expr, $($more:ident)*) => {
+        new_forms!(@asm $try, $form, ["push rdi", "push rsi", "push rdx"],
+            ["pop rdx", "pop rsi", "pop rdi"], "24")
     };
 }
 
