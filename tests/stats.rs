@@ -337,7 +337,7 @@ fn cached_bytes(s: &Snapshot, sizes: &[usize]) -> usize {
 /// Child of `a_lone_thread_caches_its_batches_and_gives_back_its_share`: a thread that
 /// allocates and frees batches of 2.3 MiB while it is alone (beside the harness's main
 /// thread) caches well over the 1 MiB every thread may grow by; once seven more threads live,
-/// its next ticks give back down to its share.
+/// its next ticks give back down to its share; a child forked then, alone, may grow again.
 #[test]
 #[ignore = "helper: run by a_lone_thread_caches_its_batches_and_gives_back_its_share"]
 fn lone_batcher_child() {
@@ -373,10 +373,33 @@ fn lone_batcher_child() {
         started.wait();
         pass_ticks(12 << 20);
         let shared = cached_bytes(&snapshot(), &SIZES) - before;
+        // A child forked now has one thread: its allowance is the whole again.
+        // SAFETY: fork has no preconditions; the child only allocates (the engine's fork
+        // handlers make that safe) and leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            for _ in 0..8 {
+                let batch: Vec<(*mut u8, usize)> =
+                    (0..N).flat_map(|_| SIZES.map(|n| (alloc(n), n))).collect();
+                for (p, n) in batch {
+                    free(p, n);
+                }
+            }
+            let held = cached_bytes(&snapshot(), &SIZES);
+            // SAFETY: leaves the child at once.
+            unsafe { libc::_exit(if held >= 2 * MIB { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         done.wait();
         assert!(
             shared <= MIB,
             "with {peers} more threads live, {shared} bytes are still cached"
+        );
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "a forked child, alone, did not cache its batches (status {status})"
         );
     });
 }

@@ -803,6 +803,8 @@ pub fn postfork_child(survivor: *mut ThreadCache) {
             tc = next;
         }
     }
+    // The survivor's cache alone is live (if it has one): its growth allowance is the whole.
+    LIVE_CACHES.store(usize::from(!list.live.is_null()), Ordering::Relaxed);
 }
 
 #[cfg(test)]
