@@ -73,11 +73,14 @@ extern "C" fn try_new(size: usize, _: usize, _: usize, entry_sp: usize) -> *mut 
 /// `new(size, align)`: as [`try_new`], aligned to `align` (a power of two: C++ requires it of
 /// `std::align_val_t`; any other value gets null, and the C++ runtime's answer).
 extern "C" fn try_new_aligned(size: usize, align: usize, _: usize, entry_sp: usize) -> *mut c_void {
+    if !align.is_power_of_two() {
+        return core::ptr::null_mut();
+    }
     let p = engine::aligned_fast(align, size);
     if !p.is_null() {
         return p.cast();
     }
-    if size > semantics::MAX_SIZE || !align.is_power_of_two() {
+    if size > semantics::MAX_SIZE {
         return core::ptr::null_mut();
     }
     engine::aligned_slow(align, size, false, entry_sp).cast()

@@ -148,15 +148,15 @@ pub fn prof_signal() -> i32 {
 /// mappings (`madvise`, the usual one, `defer+madvise` or `always`), a first touch finding no
 /// free huge page waits for reclaim and compaction: a loop over 5-25 MiB buffers took 0.10 s
 /// or 1.4-1.5 s from run to run on a VM whose memory had been used (0.23 s in small pages,
-/// tcmalloc's 0.21 s); there the default asks for nothing. Segments ask only with `always`: then every huge
-/// page of a segment does, and the page heap keeps them whole (its decay returns a huge page
-/// when all of it is free and breaks a well used one only after a longer delay; see
-/// `span::page_heap`). Measured (issue 19) with segments' huge pages on by default (an arena's
-/// segments after its first): 5–100× fewer page faults (thread rounds 89k -> 18k, rss1g 289k ->
-/// 2.8k), but the busy JVM's RSS 765–769 -> 796–799 MiB, +4 %, the whole 2 MiB of a huge page
-/// being resident where the program touches part of it, and on this VM slower first touches
-/// (a fresh huge page costs more to fault than 512 small ones: rss1g 0.66 s -> 2.15 s). Lean by
-/// default is the promise; `always` is there for heaps that are dense.
+/// tcmalloc's 0.21 s); there the default asks for nothing. Segments ask only with `always`:
+/// then every huge page of a segment does, and the page heap keeps them whole (its decay
+/// returns a huge page when all of it is free and breaks a well used one only after a longer
+/// delay; see `span::page_heap`). Measured (issue 19) with segments' huge pages on by default
+/// (an arena's segments after its first): 5–100× fewer page faults (thread rounds 89k -> 18k,
+/// rss1g 289k -> 2.8k), but the busy JVM's RSS 765–769 -> 796–799 MiB, +4 %, the whole 2 MiB
+/// of a huge page being resident where the program touches part of it, and on this VM slower
+/// first touches (a fresh huge page costs more to fault than 512 small ones: rss1g 0.66 s ->
+/// 2.15 s). Lean by default is the promise; `always` is there for heaps that are dense.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Thp {

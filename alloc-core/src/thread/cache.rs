@@ -23,11 +23,11 @@
 //! A small class's stack starts small (about 32 KiB worth) and doubles each time the thread
 //! overflows it, up to about 1 MiB worth and within the thread's share of a growth allowance
 //! (see [`growth_allowance`]), so a thread that allocates and frees in large batches ends up
-//! serving them from its cache alone. The stacks
-//! start packed side by side (a few pages for all classes) and a stack moves to a region of
-//! its own, room for its largest capacity, the first time it grows: laid out at their largest
-//! capacities from the start, every class a thread used put its stack on a page of its own, a
-//! page fault and 4 KiB for each (about 20 per thread in a small program). A grown
+//! serving them from its cache alone. The stacks start packed side by side (a few pages for
+//! all classes) and a stack moves to a region of its own, room for its largest capacity, the
+//! first time it grows: laid out at their largest capacities from the start, every class a
+//! thread used put its stack on a page of its own, a page fault and 4 KiB for each (about 20
+//! per thread in a small program). A grown
 //! stack whose class the thread has not used for `dirty_decay_ms` shrinks back by half at a
 //! tick, once per period, as dirty pages decay: a class used in every round of a batch job
 //! keeps its stack however many ticks fall between its rounds.
