@@ -64,10 +64,7 @@ extern "C" fn try_new(size: usize, _: usize, _: usize, entry_sp: usize) -> *mut 
     if !p.is_null() {
         return p.cast();
     }
-    if size > semantics::MAX_SIZE {
-        return core::ptr::null_mut();
-    }
-    engine::malloc_slow(size, entry_sp).cast()
+    semantics::malloc_slow(size, entry_sp)
 }
 
 /// `new(size, align)`: as [`try_new`], aligned to `align` (a power of two: C++ requires it of

@@ -55,7 +55,7 @@ pub fn malloc(size: usize) -> *mut c_void {
 
 /// `malloc` past the thread cache: a tail call, so that `malloc` itself needs no stack frame.
 #[inline(never)]
-fn malloc_slow(size: usize, entry_sp: usize) -> *mut c_void {
+pub(crate) fn malloc_slow(size: usize, entry_sp: usize) -> *mut c_void {
     if size > MAX_SIZE {
         return fail(libc::ENOMEM);
     }

@@ -591,6 +591,7 @@ pub unsafe fn gc(tc: *mut ThreadCache, now: u64) {
     // SAFETY: the owner's own cache.
     unsafe { flush_remote(tc) };
     let decay = config::decay_ms();
+    let share = growth_allowance();
     for (class, info) in CLASSES.iter().enumerate().take(NUM_CACHED) {
         // SAFETY: the owner has exclusive use of its cache.
         unsafe {
@@ -613,7 +614,7 @@ pub unsafe fn gc(tc: *mut ThreadCache, now: u64) {
             }
             let idle = !used && decay >= 0 && now >= t.used_at[class].saturating_add(decay as u64);
             // A thread that grew while it had fewer peers gives back down to its share.
-            let over_share = t.grown_bytes > growth_allowance();
+            let over_share = t.grown_bytes > share;
             if cap > initial && (idle || over_share) {
                 t.used_at[class] = now;
                 let shrunk = (cap / 2).max(initial);
