@@ -49,6 +49,38 @@ fn blocks_are_sized_aligned_and_distinct() {
     }
 }
 
+/// A block freed with any first byte goes back to the cache: one whose byte is the free key's
+/// (the fast path's double-free test) through the checked path, which reads the whole word.
+/// (Aligned beyond the minimum, `dealloc` takes `free`'s path, with its checks.)
+#[test]
+fn blocks_with_any_first_byte_are_freed_and_reused() {
+    let layout = Layout::from_size_align(64, 64).unwrap();
+    // SAFETY: a non-zero layout; each block is written within its 64 bytes and freed once.
+    let blocks: Vec<usize> = (0..512)
+        .map(|i| unsafe {
+            let p = GLOBAL.alloc(layout);
+            assert!(!p.is_null());
+            p.write_bytes(0x5a, 64);
+            p.write((i % 256) as u8);
+            p as usize
+        })
+        .collect();
+    for &p in &blocks {
+        // SAFETY: a live block of this layout.
+        unsafe { GLOBAL.dealloc(p as *mut u8, layout) };
+    }
+    // SAFETY: as above.
+    let again: std::collections::HashSet<usize> = (0..512)
+        .map(|_| unsafe { GLOBAL.alloc(layout) } as usize)
+        .collect();
+    let back = blocks.iter().filter(|p| again.contains(p)).count();
+    assert_eq!(back, 512, "every freed block came back from the cache");
+    for p in again {
+        // SAFETY: live blocks of this layout.
+        unsafe { GLOBAL.dealloc(p as *mut u8, layout) };
+    }
+}
+
 #[test]
 fn alignments_up_to_a_segment() {
     let mut a = 32;

@@ -232,8 +232,8 @@ unsafe fn block_of_code(p: *mut u8, code: usize) -> Option<(usize, u64)> {
 }
 
 /// Pushes `p`, a block of cached class `class`, on the cache `tc` and writes the free key into
-/// it; false, having done nothing, when its first word holds the key already (a double free is
-/// suspected) or the stack is full.
+/// it; false, having done nothing, when its first byte is the key's (it may be cached: a double
+/// free; the checked path reads the whole word) or the stack is full.
 ///
 /// # Safety
 /// `tc` must be the caller's cache and `p` start a block of `class` the caller frees.
@@ -242,7 +242,7 @@ unsafe fn push_to_cache(tc: *mut ThreadCache, p: *mut u8, class: usize) -> bool 
     // SAFETY: per the contract; a cached class's bin is in bounds.
     unsafe {
         let key = (*tc).free_key;
-        if p.cast::<u64>().read() == key || !(*tc).bins.get_unchecked(class).try_push(p) {
+        if cache::may_hold_free_key(p, key) || !(*tc).bins.get_unchecked(class).try_push(p) {
             return false;
         }
         p.cast::<u64>().write(key);
@@ -261,7 +261,8 @@ unsafe fn push_to_cache(tc: *mut ThreadCache, p: *mut u8, class: usize) -> bool 
 unsafe fn free_foreign(tc: *mut ThreadCache, p: *mut u8, class: usize, tag: u8, op: Op) {
     // SAFETY: our own cache; `p` starts a block of `class` (checked by the caller).
     unsafe {
-        if p.cast::<u64>().read() != (*tc).free_key && cache::sends_home(class, arena::of_tag(tag))
+        if !cache::may_hold_free_key(p, (*tc).free_key)
+            && cache::sends_home(class, arena::of_tag(tag))
         {
             return cache::push_remote(tc, class, p);
         }
@@ -307,7 +308,7 @@ pub(super) unsafe fn free_block(p: *mut u8, d: *mut SpanDesc, class: usize, op: 
         // SAFETY: the caller's own cache; `p` is a validated block of `class`.
         unsafe {
             let key = (*tc).free_key;
-            if p.cast::<u64>().read() == key {
+            if cache::holds_free_key(p, key) {
                 cache::check_double_free(tc, class, d, p, op.name());
             }
             let owner = arena::of_segment(segment::segment_of_desc(d));
