@@ -326,6 +326,51 @@ fn only_allocating_threads_grow_their_caches() {
     );
 }
 
+/// A thread that allocates a class and never frees it (a producer) takes its whole stack at
+/// each refill once a tick has seen it do so; before, half the stack (so that frees find room).
+#[test]
+fn a_producer_refills_its_whole_stack() {
+    let _serial = serial();
+    run_child("producer_child", None);
+}
+
+#[test]
+#[ignore = "helper: run by a_producer_refills_its_whole_stack in a child process (alone: the \
+            figures count every thread's cached blocks)"]
+fn producer_child() {
+    const SIZE: usize = 1280; // a class no other test uses: a stack of 25 blocks
+    let cached = |s: &Snapshot| s.classes[class(s, SIZE)].cached;
+    let most_cached = std::thread::spawn(move || {
+        let mut blocks = Vec::with_capacity(4100);
+        let mut most_before = 0;
+        for i in 0..4000 {
+            blocks.push(alloc(SIZE));
+            // The first 4 MiB allocated bring a tick.
+            if i < 100 {
+                most_before = most_before.max(cached(&snapshot()));
+            }
+        }
+        let mut most = 0;
+        for _ in 0..100 {
+            blocks.push(alloc(SIZE));
+            most = most.max(cached(&snapshot()));
+        }
+        for p in blocks {
+            free(p, SIZE);
+        }
+        (most_before, most)
+    });
+    let (before_tick, after_tick) = most_cached.join().unwrap();
+    assert!(
+        before_tick <= 12,
+        "before a tick, {before_tick} cached after a refill"
+    );
+    assert!(
+        after_tick >= 20,
+        "a producer's refill left only {after_tick} cached"
+    );
+}
+
 /// Bytes cached of the classes of `sizes`, in every thread cache.
 fn cached_bytes(s: &Snapshot, sizes: &[usize]) -> usize {
     sizes

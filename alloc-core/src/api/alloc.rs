@@ -131,6 +131,7 @@ pub(super) unsafe fn alloc_class(
     zero: bool,
     size: usize,
 ) -> *mut u8 {
+    let cache = tc;
     // SAFETY: the caller's own cache, used by this thread only.
     let tc = unsafe { &*tc };
     if class >= NUM_CACHED {
@@ -143,7 +144,8 @@ pub(super) unsafe fn alloc_class(
         if !is_small(class) {
             return tc.arena.alloc_large(class, 1, zero);
         }
-        let want = (bin.capacity() / 2).max(1);
+        // SAFETY: our own cache.
+        let want = unsafe { cache::refill_size(cache, class) };
         // SAFETY: the stack's storage holds `capacity` slots, all free (the stack is empty).
         let slots = unsafe { core::slice::from_raw_parts_mut(bin.base(), want) };
         n = tc
@@ -152,6 +154,8 @@ pub(super) unsafe fn alloc_class(
         if n == 0 {
             return ptr::null_mut();
         }
+        // SAFETY: our own cache.
+        unsafe { cache::refilled(cache, class, n) };
     }
     bin.set_count(n - 1);
     // SAFETY: slot `n - 1` of the stack holds a free block of `class`, now ours.
