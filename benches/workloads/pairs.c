@@ -1,4 +1,4 @@
-/* pairs.c — single-threaded small-object churn: "pairs", "random" and "batches".
+/* pairs.c — single-threaded small-object churn: "pairs", "random", "stamp" and "batches".
  *
  * Usage: pairs pairs   [rounds]   — malloc+free pairs, cycling sizes 16, 64, 256, 1024, 4096 and a
  *                                   fixed pseudo-random size table (16–512 B); one op = one pair.
@@ -8,6 +8,9 @@
  *        pairs batches [rounds]   — 1000 mallocs then 1000 frees: in allocation order for each
  *                                   fixed size, in shuffled order for mixed sizes (8 B–4 KiB);
  *                                   one op = one malloc+free.
+ *        pairs stamp   [rounds]   — "random", but the program stores one byte at the block's
+ *                                   start just before its free (a flag, a string's terminator):
+ *                                   a free that loads a wider word there waits for that store.
  * Mirrors the rows of the criterion benchmark benches/alloc_pairs.rs, but through the C ABI so
  * every allocator (glibc, LD_PRELOADed jemalloc/mimalloc/tcmalloc/sampalloc) is called the same
  * way. Every block gets a fill tag checked before its free (exit 3 on corruption).
@@ -61,6 +64,21 @@ static long long run_random(long rounds) {
     return ops;
 }
 
+static long long run_stamp(long rounds) {
+    size_t sizes[256];
+    long long ops = 0;
+    random_sizes(sizes, 3);
+    for (long round = 0; round < rounds; round++) {
+        for (int i = 0; i < 256; i++) {
+            volatile char *p = xmalloc(sizes[i]);
+            p[0] = (char)i;
+            free((void *)p);
+        }
+        ops += 256;
+    }
+    return ops;
+}
+
 static long long run_batches(long rounds) {
     void *blocks[BATCH];
     size_t sizes[BATCH];
@@ -105,11 +123,14 @@ int main(int argc, char **argv) {
     } else if (strcmp(mode, "random") == 0) {
         long rounds = arg_long(argc, argv, 2, 100000);
         t0 = now_seconds(); ops = run_random(rounds); t1 = now_seconds();
+    } else if (strcmp(mode, "stamp") == 0) {
+        long rounds = arg_long(argc, argv, 2, 100000);
+        t0 = now_seconds(); ops = run_stamp(rounds); t1 = now_seconds();
     } else if (strcmp(mode, "batches") == 0) {
         long rounds = arg_long(argc, argv, 2, 4000);
         t0 = now_seconds(); ops = run_batches(rounds); t1 = now_seconds();
     } else {
-        fprintf(stderr, "usage: %s pairs|random|batches [rounds]\n", argv[0]);
+        fprintf(stderr, "usage: %s pairs|random|stamp|batches [rounds]\n", argv[0]);
         return 1;
     }
     print_result(mode, 1, ops, t1 - t0, rss_kb(), "ops_per_sec=%.0f", ops / (t1 - t0));
