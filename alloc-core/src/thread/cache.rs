@@ -652,7 +652,7 @@ unsafe fn grow(tc: *mut ThreadCache, class: usize) -> bool {
         if bin.base() == region {
             bin.set_capacity(grown);
         } else {
-            // The first growth: the stack leaves the packed initial stacks (it is empty or full).
+            // The first growth: the stack leaves the packed initial stacks.
             bin.move_to(region, grown);
         }
         true
