@@ -19,19 +19,29 @@ pub const DEFAULT_LG_PROF_SAMPLE: u32 = 19;
 /// Longest `prof_prefix` accepted.
 pub const PREFIX_MAX: usize = 240;
 
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static NARENAS: AtomicUsize = AtomicUsize::new(0);
 static DIRTY_DECAY_MS: AtomicI64 = AtomicI64::new(DEFAULT_DECAY_MS);
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static STATS_PRINT: AtomicBool = AtomicBool::new(false);
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static PROF: AtomicBool = AtomicBool::new(false);
 static PROF_ACTIVE: AtomicBool = AtomicBool::new(true);
 static LG_PROF_SAMPLE: AtomicU32 = AtomicU32::new(DEFAULT_LG_PROF_SAMPLE);
 static LG_PROF_INTERVAL: AtomicI32 = AtomicI32::new(-1);
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static PROF_INTERVAL_MS: AtomicU64 = AtomicU64::new(0);
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static PROF_GDUMP: AtomicBool = AtomicBool::new(false);
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static PROF_FINAL: AtomicBool = AtomicBool::new(false);
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static PROF_LEAK: AtomicBool = AtomicBool::new(false);
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static PROF_SIGNAL: AtomicI32 = AtomicI32::new(0);
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static PROF_PEEK: AtomicUsize = AtomicUsize::new(0);
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static THP: AtomicU8 = AtomicU8::new(Thp::Auto as u8);
 /// Bumped when an option that decides sampling changes (see [`sampling_generation`]).
 static SAMPLING_GENERATION: AtomicU32 = AtomicU32::new(1);

@@ -17,7 +17,9 @@ struct Bump {
     end: usize,
 }
 
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static BUMP: Locked<Bump> = Locked::new(Bump { next: 0, end: 0 });
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static MAPPED: AtomicUsize = AtomicUsize::new(0);
 
 /// Returns `size` zeroed bytes aligned to `align` (a power of two up to the page size) that are

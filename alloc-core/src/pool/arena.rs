@@ -253,7 +253,8 @@ impl SlabBin {
     }
 }
 
-/// An arena's page heap and its large-block statistics, under one lock.
+/// An arena's page heap and its large-block statistics, under one lock (the heap first).
+#[repr(C)]
 pub struct ArenaPages {
     /// The span allocator.
     pub heap: PageHeap,
@@ -267,9 +268,11 @@ pub struct ArenaPages {
 }
 
 /// An arena. See the module docs.
+///
+/// In this order (`repr(C)`): what every thread start and refill touches (the counters, the
+/// page heap) comes first, in at most two pages that [`warm_first_arena`] faults in at once.
+#[repr(C)]
 pub struct Arena {
-    bins: [Padded<Locked<SlabBin>>; NUM_SMALL],
-    pages: Locked<ArenaPages>,
     /// Threads that use this arena now, as their shared arena, their line arena or both (see
     /// [`ThreadArenas`]).
     pub threads: AtomicU32,
@@ -293,6 +296,9 @@ pub struct Arena {
     /// `u64::MAX` if it is in use or nothing is kept. One decay period later, the next tick of
     /// any thread releases what is still unused ([`Arena::purge`]).
     idle_since: Deadline,
+    /// On cache lines of its own: the counters above change at flushes and refills.
+    pages: Padded<Locked<ArenaPages>>,
+    bins: [Padded<Locked<SlabBin>>; NUM_SMALL],
 }
 
 /// A time (ms) that may be unset (`u64::MAX`, never), kept complemented so that its zero state
@@ -341,12 +347,12 @@ impl Arena {
                     direct_requests: 0,
                 }))
             }; NUM_SMALL],
-            pages: Locked::new(ArenaPages {
+            pages: Padded(Locked::new(ArenaPages {
                 heap: PageHeap::new(),
                 large_live: [0; NUM_LARGE],
                 large_requests: [0; NUM_LARGE],
                 sampled_small_live: [0; NUM_SMALL],
-            }),
+            })),
             threads: AtomicU32::new(0),
             line_threads: AtomicU32::new(0),
             empty_pages: AtomicUsize::new(0),
@@ -1011,6 +1017,20 @@ pub unsafe fn of_segment(seg: *mut Segment) -> &'static Arena {
 pub fn of_tag(tag: u8) -> &'static Arena {
     // SAFETY: tags are index + 1 of an arena below MAX_ARENAS, so `tag - 1` is in bounds.
     unsafe { ARENAS.get_unchecked(tag as usize - 1) }
+}
+
+/// Faults in, for writing, the pages of arena 0's state (up to its bins) and of its transfer
+/// arrays, which the first thread takes (no arena has threads yet). Its first access to each
+/// is a read, which maps the zero page, and the write after it faulted again: two faults a
+/// page at every start-up. Called once, before any thread can use an arena.
+pub fn warm_first_arena() {
+    let a = &ARENAS[0];
+    let transfers = TRANSFERS.0.get().cast::<Transfer>();
+    // SAFETY: both ranges lie inside the statics; no thread uses an arena yet.
+    unsafe {
+        os::fault_in_for_write(ptr::from_ref(a).cast(), core::mem::offset_of!(Arena, bins));
+        os::fault_in_for_write(transfers.cast(), NUM_SMALL * size_of::<Transfer>());
+    }
 }
 
 /// Sets the number of shared arenas to `n` (clamped to 1..=MAX_ARENAS), and that of line

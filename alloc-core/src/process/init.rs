@@ -44,6 +44,7 @@ fn init_slow() {
     }
     config::load_from_env();
     arena::set_narenas(config::narenas_or_default());
+    arena::warm_first_arena();
     thread::create_exit_key();
     thread::cache::init_free_key();
     memory::install();

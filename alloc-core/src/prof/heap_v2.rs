@@ -284,6 +284,7 @@ pub fn create_new(path: &[u8]) -> Result<i32, i32> {
 pub type MemWriter = fn(&mut dyn Sink) -> bool;
 
 /// The side file's writer, a [`MemWriter`] (null: none, no side file).
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static MEM_WRITER: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
 
 /// The suffix of a profile's side file.

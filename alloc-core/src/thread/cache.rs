@@ -183,17 +183,18 @@ pub struct ThreadCache {
     pub trace_memo: TraceMemo,
     next: *mut ThreadCache,
     prev: *mut ThreadCache,
-    /// Blocks of other arenas freed by this thread, waiting to go home: `remote[..remote_len]`,
-    /// with their classes. Atomics only so that statistics may read them.
-    remote_len: AtomicUsize,
-    remote: [AtomicPtr<u8>; REMOTE_CAP],
-    remote_class: [AtomicU8; REMOTE_CAP],
-    /// The stacks' slots: first every class's initial stack, packed, then each class's own
-    /// region for its largest capacity (see [`STACK_LAYOUT`]).
-    slots: [*mut u8; TOTAL_INITIAL_SLOTS + TOTAL_CACHE_SLOTS],
     /// Each stack's `requests` at which its last refill runs out if the thread frees none of
     /// the class meanwhile, or [`FREES_TOO`] (see [`refill_size`]).
     refill_runs_out_at: [u64; NUM_CACHED],
+    /// How many of `remote` hold blocks. Atomic only so that statistics may read it.
+    remote_len: AtomicUsize,
+    /// The stacks' slots: first every class's initial stack, packed, then each class's own
+    /// region for its largest capacity (see [`STACK_LAYOUT`]).
+    slots: [*mut u8; TOTAL_INITIAL_SLOTS + TOTAL_CACHE_SLOTS],
+    /// Blocks of other arenas freed by this thread, waiting to go home: `remote[..remote_len]`,
+    /// with their classes. Atomics only so that statistics may read them.
+    remote: [AtomicPtr<u8>; REMOTE_CAP],
+    remote_class: [AtomicU8; REMOTE_CAP],
 }
 
 impl ThreadCache {
@@ -283,6 +284,7 @@ const GROWTH_SHARED: usize = 4 << 20;
 const GROWTH_PER_THREAD: usize = 1 << 20;
 
 /// Thread caches in use (acquired and not yet released).
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static LIVE_CACHES: AtomicUsize = AtomicUsize::new(0);
 
 /// Bytes each thread's stacks may grow by now: an even share of [`GROWTH_SHARED`] among the
@@ -309,12 +311,14 @@ fn retire_requests(tc: *mut ThreadCache) {
     }
 }
 
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static CACHES: Locked<CacheList> = Locked::new(CacheList {
     live: ptr::null_mut(),
     spare: ptr::null_mut(),
 });
 
 /// The value cached free blocks carry in their first word (see the module docs).
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static FREE_KEY: AtomicU64 = AtomicU64::new(0);
 
 /// Draws the process's free key (once, at start-up).

@@ -30,6 +30,7 @@ use core::ptr;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 /// The pthread key whose destructor cleans up exiting threads.
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static EXIT_KEY: AtomicU32 = AtomicU32::new(0);
 
 /// Creates the thread-exit key (once, at start-up, before any thread is set up).
