@@ -17,6 +17,7 @@ const UNINIT: u8 = 0;
 const RUNNING: u8 = 1;
 const READY: u8 = 2;
 
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static STATE: AtomicU8 = AtomicU8::new(UNINIT);
 
 /// Makes sure start-up has run; waits if another thread is running it.
