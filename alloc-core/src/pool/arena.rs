@@ -33,6 +33,9 @@ const EMPTY_KEEP_PAGES: usize = (8 << 20) >> os::PAGE_SHIFT;
 /// Classes that are large (page runs).
 pub const NUM_LARGE: usize = NUM_CLASSES - NUM_SMALL;
 
+// A bit for each small class in an arena's `bins_used`.
+const_assert!(NUM_SMALL <= 64);
+
 // Every slab holds at least two objects, so a slab that becomes empty was on the non-full list.
 const_assert!({
     let mut ok = true;
@@ -296,6 +299,8 @@ pub struct Arena {
     /// `u64::MAX` if it is in use or nothing is kept. One decay period later, the next tick of
     /// any thread releases what is still unused ([`Arena::purge`]).
     idle_since: Deadline,
+    /// Bit `c` set: bin `c` has had a slab (only those hold anything for a sweep to release).
+    bins_used: AtomicU64,
     /// On cache lines of its own: the counters above change at flushes and refills.
     pages: Padded<Locked<ArenaPages>>,
     bins: [Padded<Locked<SlabBin>>; NUM_SMALL],
@@ -360,6 +365,7 @@ impl Arena {
             purge_hint: Deadline::never(),
             last_exit: AtomicU64::new(0),
             taken_over: AtomicBool::new(false),
+            bins_used: AtomicU64::new(0),
             idle_since: Deadline::never(),
         }
     }
@@ -524,6 +530,10 @@ impl Arena {
 
     fn new_slab(&self, class: usize) -> *mut SpanDesc {
         let pages = CLASSES[class].pages as usize;
+        let bit = 1u64 << class;
+        if self.bins_used.load(Ordering::Relaxed) & bit == 0 {
+            self.bins_used.fetch_or(bit, Ordering::Relaxed);
+        }
         let mut p = self.pages.lock();
         match p.heap.alloc(pages, 1, true, self.index() as u32) {
             Some((d, _)) => {
@@ -927,7 +937,13 @@ impl Arena {
     /// [`Arena::release_empty_slabs`], the parked objects as freed at `parked_since`.
     fn release_empty_slabs_since(&self, now: u64, parked_since: u64) -> usize {
         let mut purged = 0;
+        // Bins that never had a slab hold nothing: a small program's sweep then leaves most
+        // bins' locks (and their pages, never touched) alone.
+        let used = self.bins_used.load(Ordering::Relaxed);
         for (class, (bin, info)) in self.bins.iter().zip(&CLASSES).enumerate() {
+            if used & (1 << class) == 0 {
+                continue;
+            }
             let mut bin = bin.0.lock();
             // Objects waiting for a refill go back to their slabs, which may empty.
             // SAFETY: we hold the bin's lock.
