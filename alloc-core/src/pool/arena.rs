@@ -1101,8 +1101,15 @@ impl ThreadArenas {
 pub fn assign_thread() -> ThreadArenas {
     let mut best = 0;
     let mut best_threads = u32::MAX;
+    // An arena no thread ever took has none, and is not read: its page's first access is
+    // then the count's write (a read first maps the zero page, and the write faults again).
+    let used = arenas_used();
     for (i, a) in ARENAS.iter().enumerate().take(narenas()) {
-        let t = a.line_threads.load(Ordering::Relaxed);
+        let t = if i < used {
+            a.line_threads.load(Ordering::Relaxed)
+        } else {
+            0
+        };
         if t < best_threads {
             best = i;
             best_threads = t;
