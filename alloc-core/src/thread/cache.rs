@@ -295,6 +295,7 @@ fn growth_allowance() -> usize {
 }
 
 /// Requests served by the caches of threads that have exited, per cached class.
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static RETIRED_REQUESTS: [AtomicU64; NUM_CACHED] = [const { AtomicU64::new(0) }; NUM_CACHED];
 
 /// Requests served so far by the caches of exited threads, for class `class` (< NUM_CACHED).
@@ -382,7 +383,8 @@ pub fn acquire(arenas: ThreadArenas, free_key: u64) -> *mut ThreadCache {
     let mut list = CACHES.lock();
     let mut tc = list.spare;
     if tc.is_null() {
-        tc = meta::alloc(core::mem::size_of::<ThreadCache>(), 64).cast();
+        // Page-aligned, so that the fields before the stacks (3 KiB) take one page, not two.
+        tc = meta::alloc(core::mem::size_of::<ThreadCache>(), os::PAGE_SIZE).cast();
         if tc.is_null() {
             return tc;
         }
