@@ -109,9 +109,9 @@ fn transfer_capacity(class: usize) -> usize {
 }
 
 /// A bin's transfer array: free objects that threads of other arenas sent back, not yet put
-/// back in their slabs; the next refill takes them as they are. Guarded by the bin's lock. It
-/// lives apart from the bins, in zeroed memory that costs nothing until used: in the bins it
-/// would double their size.
+/// back in their slabs; the next refill takes them as they are. Guarded by the bin's lock. The
+/// arrays live beside the bins, not in them (padded to cache lines, that would double their
+/// size).
 struct Transfer {
     /// [`transfer_capacity`] slots of metadata memory, taken at the first use (or null).
     slots: *mut *mut u8,
@@ -135,23 +135,11 @@ impl Transfer {
     }
 }
 
-/// Every arena's transfer arrays, by arena index and class.
-struct Transfers(UnsafeCell<[[Transfer; NUM_SMALL]; MAX_ARENAS]>);
+/// An arena's transfer arrays, by class.
+struct Transfers(UnsafeCell<[Transfer; NUM_SMALL]>);
 
 // SAFETY: each entry is only reached under the lock of its bin.
 unsafe impl Sync for Transfers {}
-
-static TRANSFERS: Transfers = Transfers(UnsafeCell::new(
-    [const {
-        [const {
-            Transfer {
-                slots: ptr::null_mut(),
-                len: 0,
-                credit: 0,
-            }
-        }; NUM_SMALL]
-    }; MAX_ARENAS],
-));
 
 // SAFETY: the raw pointers are slab descriptors owned by the bin, reached only under its lock.
 unsafe impl Send for SlabBin {}
@@ -273,7 +261,8 @@ pub struct ArenaPages {
 /// An arena. See the module docs.
 ///
 /// In this order (`repr(C)`): what every thread start and refill touches (the counters, the
-/// page heap) comes first, in at most two pages that [`warm_first_arena`] faults in at once.
+/// page heap, the transfer arrays) comes first, in at most two pages that
+/// [`warm_first_arena`] faults in at once.
 #[repr(C)]
 pub struct Arena {
     /// Threads that use this arena now, as their shared arena, their line arena or both (see
@@ -303,6 +292,7 @@ pub struct Arena {
     bins_used: AtomicU64,
     /// On cache lines of its own: the counters above change at flushes and refills.
     pages: Padded<Locked<ArenaPages>>,
+    transfers: Transfers,
     bins: [Padded<Locked<SlabBin>>; NUM_SMALL],
 }
 
@@ -358,6 +348,15 @@ impl Arena {
                 large_requests: [0; NUM_LARGE],
                 sampled_small_live: [0; NUM_SMALL],
             })),
+            transfers: Transfers(UnsafeCell::new(
+                [const {
+                    Transfer {
+                        slots: ptr::null_mut(),
+                        len: 0,
+                        credit: 0,
+                    }
+                }; NUM_SMALL],
+            )),
             threads: AtomicU32::new(0),
             line_threads: AtomicU32::new(0),
             empty_pages: AtomicUsize::new(0),
@@ -444,7 +443,7 @@ impl Arena {
     #[allow(clippy::mut_from_ref)]
     unsafe fn transfer(&self, class: usize) -> &mut Transfer {
         // SAFETY: the entry of this arena and class, which the caller's bin lock guards.
-        unsafe { &mut (*TRANSFERS.0.get())[self.index()][class] }
+        unsafe { &mut (*self.transfers.0.get())[class] }
     }
 
     /// Objects parked in the transfer array of class `class` (statistics; the caller holds
@@ -1035,18 +1034,15 @@ pub fn of_tag(tag: u8) -> &'static Arena {
     unsafe { ARENAS.get_unchecked(tag as usize - 1) }
 }
 
-/// Faults in, for writing, the pages of arena 0's state (up to its bins) and of its transfer
-/// arrays, which the first thread takes (no arena has threads yet). Its first access to each
-/// is a read, which maps the zero page, and the write after it faulted again: two faults a
-/// page at every start-up. Called once, before any thread can use an arena.
+/// Faults in, for writing, the pages of arena 0's state up to its bins (its counters, page
+/// heap and transfer arrays), which the first thread takes (no arena has threads yet). Its
+/// first access to each is a read, which maps the zero page, and the write after it faulted
+/// again: two faults a page at every start-up. Called once, before any thread can use an
+/// arena.
 pub fn warm_first_arena() {
     let a = &ARENAS[0];
-    let transfers = TRANSFERS.0.get().cast::<Transfer>();
-    // SAFETY: both ranges lie inside the statics; no thread uses an arena yet.
-    unsafe {
-        os::fault_in_for_write(ptr::from_ref(a).cast(), core::mem::offset_of!(Arena, bins));
-        os::fault_in_for_write(transfers.cast(), NUM_SMALL * size_of::<Transfer>());
-    }
+    // SAFETY: the range lies inside the arena; no thread uses an arena yet.
+    unsafe { os::fault_in_for_write(ptr::from_ref(a).cast(), core::mem::offset_of!(Arena, bins)) };
 }
 
 /// Sets the number of shared arenas to `n` (clamped to 1..=MAX_ARENAS), and that of line
