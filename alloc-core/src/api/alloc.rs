@@ -126,14 +126,13 @@ pub(super) fn alloc_huge(
 }
 
 pub(super) unsafe fn alloc_class(
-    tc: *mut ThreadCache,
+    own: *mut ThreadCache,
     class: usize,
     zero: bool,
     size: usize,
 ) -> *mut u8 {
-    let cache = tc;
     // SAFETY: the caller's own cache, used by this thread only.
-    let tc = unsafe { &*tc };
+    let tc = unsafe { &*own };
     if class >= NUM_CACHED {
         return tc.arena.alloc_large(class, 1, zero);
     }
@@ -145,7 +144,7 @@ pub(super) unsafe fn alloc_class(
             return tc.arena.alloc_large(class, 1, zero);
         }
         // SAFETY: our own cache.
-        let want = unsafe { cache::refill_size(cache, class) };
+        let want = unsafe { cache::refill_size(own, class) };
         // SAFETY: the stack's storage holds `capacity` slots, all free (the stack is empty).
         let slots = unsafe { core::slice::from_raw_parts_mut(bin.base(), want) };
         n = tc
@@ -155,7 +154,7 @@ pub(super) unsafe fn alloc_class(
             return ptr::null_mut();
         }
         // SAFETY: our own cache.
-        unsafe { cache::refilled(cache, class, n) };
+        unsafe { cache::refilled(own, class, n) };
     }
     bin.set_count(n - 1);
     // SAFETY: slot `n - 1` of the stack holds a free block of `class`, now ours.

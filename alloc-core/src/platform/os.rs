@@ -645,6 +645,17 @@ pub fn fatal(what: &str) -> ! {
     unsafe { libc::abort() }
 }
 
+/// The calling thread's minor page faults so far (for tests that count them).
+#[cfg(test)]
+pub fn thread_minor_faults() -> i64 {
+    // SAFETY: getrusage only fills the out-structure.
+    unsafe {
+        let mut u: libc::rusage = core::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut u), 0);
+        u.ru_minflt
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -664,22 +675,12 @@ mod tests {
         assert_eq!(z.as_bytes(), b"0x0");
     }
 
-    /// This thread's minor faults so far.
-    fn thread_faults() -> i64 {
-        // SAFETY: `u` is a plain struct the kernel fills in.
-        unsafe {
-            let mut u: libc::rusage = core::mem::zeroed();
-            assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut u), 0);
-            u.ru_minflt
-        }
-    }
-
     /// Reads then writes each of `pages` pages at `p`, counting this thread's faults.
     ///
     /// # Safety
     /// `p` must be `pages` mapped, writable pages.
     unsafe fn read_then_write(p: *mut u8, pages: usize) -> i64 {
-        let before = thread_faults();
+        let before = thread_minor_faults();
         for i in 0..pages {
             // SAFETY: inside the mapping.
             unsafe {
@@ -688,7 +689,7 @@ mod tests {
                 q.write_volatile(v + 1);
             }
         }
-        thread_faults() - before
+        thread_minor_faults() - before
     }
 
     #[test]
@@ -702,12 +703,12 @@ mod tests {
             // Fresh pages fault twice each: the read maps the zero page, the write copies it.
             assert_eq!(read_then_write(fresh, pages), 2 * pages as i64);
             warmed.add(3 * PAGE_SIZE).write(9);
-            let before = thread_faults();
+            let before = thread_minor_faults();
             // From inside the first page to inside the last: each page it overlaps faults once,
             // but for the fourth, already written.
             fault_in_for_write(warmed.add(100), (pages - 1) * PAGE_SIZE);
             assert_eq!(
-                thread_faults() - before,
+                thread_minor_faults() - before,
                 pages as i64 - 1,
                 "one fault a page"
             );

@@ -7,6 +7,7 @@
 //! `probe`'s caller and everything above it — the two lists must be identical.
 
 use super::*;
+use crate::platform::os;
 use std::hint::black_box;
 use std::sync::Mutex;
 
@@ -172,16 +173,6 @@ fn a_new_thread_walks_known_code_without_its_own_cache() {
     assert_eq!(first[1..], second[1..]);
 }
 
-/// The calling thread's minor page faults so far.
-fn thread_minor_faults() -> i64 {
-    // SAFETY: getrusage only fills the out-structure.
-    unsafe {
-        let mut u: libc::rusage = core::mem::zeroed();
-        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut u), 0);
-        u.ru_minflt
-    }
-}
-
 /// A thread that meets only known code needs no set-up, so its first walk does not prove
 /// 64 KiB of room below it (`stack::Roomy`): that probe faulted in up to sixteen pages of
 /// every new thread's stack (a program of short-lived threads took three times the faults with
@@ -192,9 +183,9 @@ fn a_walk_of_known_code_does_not_probe_the_stack_for_set_up() {
     #[inline(never)]
     fn walk_here() -> (usize, i64) {
         let mut frames = [0usize; 32];
-        let before = thread_minor_faults();
+        let before = os::thread_minor_faults();
         let n = capture(&mut frames, 0);
-        (n, thread_minor_faults() - before)
+        (n, os::thread_minor_faults() - before)
     }
     let run = || {
         std::thread::Builder::new()
