@@ -210,6 +210,37 @@ const LIBC_TWINS: &[&str] = &[
     "__libc_valloc",
 ];
 
+/// The library's writable segments each start a page (`alloc-preload/build.rs`): packed, the
+/// relocated pointers and `.data` each straddled two pages, and the loader wrote all four in
+/// every process.
+#[test]
+fn writable_segments_start_on_pages_of_their_own() {
+    if !have("readelf") {
+        return;
+    }
+    let out = Command::new("readelf")
+        .arg("-lW")
+        .arg(common::preload_lib())
+        .output()
+        .expect("run readelf");
+    let headers = String::from_utf8_lossy(&out.stdout);
+    // LOAD  offset  virtual-address  physical-address  file-size  memory-size  flags  align
+    let writable: Vec<u64> = headers
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.first() == Some(&"LOAD") && f.get(6) == Some(&"RW"))
+        .map(|f| u64::from_str_radix(f[2].trim_start_matches("0x"), 16).expect("an address"))
+        .collect();
+    assert!(writable.len() >= 2, "{headers}");
+    for start in writable {
+        assert_eq!(
+            start % 4096,
+            0,
+            "a writable segment at {start:#x}:\n{headers}"
+        );
+    }
+}
+
 #[test]
 fn exports_every_function_and_libc_twin() {
     if !have("nm") {
@@ -386,6 +417,33 @@ fn threads_come_and_go() {
     let r = run(Command::new(&exe));
     r.assert_ok("thread churn", "threads ok");
     assert_served(&r, "thread churn", 100);
+}
+
+/// A program with one thread never asks for the CPU count, whose call faults in libc pages a
+/// small program does not otherwise touch; one whose second thread finds arena 0 taken does,
+/// to size the arena set.
+#[test]
+fn only_a_second_thread_asks_for_the_cpu_count() {
+    if !have("cc") || !have("strace") {
+        return;
+    }
+    let dir = Scratch::new("cpu-count");
+    let calls = |src: &str, name: &str, expect: &str| {
+        let exe = compile("cc", &dir, &[src], name, &[]);
+        let log = dir.path(&format!("{name}.strace"));
+        let mut strace = command(
+            "strace",
+            ["-f", "-qq", "-e", "trace=sched_getaffinity", "-o"],
+        );
+        strace.arg(&log).arg(&exe);
+        // The preload without options: `stats_print` would size the arena set at exit.
+        let r = common::run_conf(strace, Some(""));
+        r.assert_ok(name, expect);
+        let trace = std::fs::read_to_string(&log).expect("strace's log");
+        trace.matches("sched_getaffinity(").count()
+    };
+    assert_eq!(calls("hello.c", "hello", "hello 5050"), 0, "one thread");
+    assert!(calls("threads.c", "threads", "threads ok") > 0, "threads");
 }
 
 #[test]

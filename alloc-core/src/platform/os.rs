@@ -7,14 +7,16 @@
 //! Hot statics: the small statics every process touches (start-up state, options, counters)
 //! are placed in section `.data.sampalloc_hot`. The linker puts it in `.data`, whose last page
 //! the loader has already written (it zeroes the start of `.bss` there), so they cost no page
-//! fault. In `.bss` they were spread over four pages, each first read (mapping the zero page)
+//! fault. The preload library's `.data` is small and starts a page (see its build script), so
+//! it and the hot statics share that one page. In `.bss` they were spread over four pages, each first read (mapping the zero page)
 //! and then written: seven faults at start-up.
 
 use core::ffi::CStr;
 use core::ptr;
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
-/// The page size the engine is built for. Checked against the kernel's at start-up.
+/// The page size the engine is built for. Checked against the kernel's at start-up (but on
+/// x86-64, whose pages are always 4 KiB).
 pub const PAGE_SIZE: usize = 4096;
 /// log2 of [`PAGE_SIZE`].
 pub const PAGE_SHIFT: u32 = 12;

@@ -1006,6 +1006,9 @@ static ARENAS: [Arena; MAX_ARENAS] = [const { Arena::new() }; MAX_ARENAS];
 static SHARED_ARENAS: AtomicUsize = AtomicUsize::new(1);
 /// Line arenas: `0..LINE_ARENAS`, never fewer than the shared ones.
 static LINE_ARENAS: AtomicUsize = AtomicUsize::new(1);
+/// Whether the arena counts were set (see [`ensure_sized`]).
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
+static SIZED: AtomicBool = AtomicBool::new(false);
 /// One past the highest arena ever given a thread (only those hold memory: ticks, purges,
 /// fork and stats visit these). Not every arena threads may be spread over: each arena's
 /// state has a page of its own, and a program with one thread faulted in all of them at its
@@ -1051,6 +1054,17 @@ pub fn set_narenas(n: usize) {
     let n = n.clamp(1, MAX_ARENAS);
     SHARED_ARENAS.store(n, Ordering::Relaxed);
     LINE_ARENAS.store(n.max(os::cpu_count()).min(MAX_ARENAS), Ordering::Relaxed);
+    SIZED.store(true, Ordering::Release);
+}
+
+/// Sets the arena counts from the configuration unless [`set_narenas`] already did. Start-up
+/// leaves them at one each, all that a thread needs while arena 0 has none (it takes arena 0
+/// whatever the counts); a thread that finds arena 0 taken sets them. So a program with one
+/// thread never asks for the CPU count, whose call faults in a page of libc's code.
+pub fn ensure_sized() {
+    if !SIZED.load(Ordering::Acquire) {
+        set_narenas(config::narenas_or_default());
+    }
 }
 
 /// How many arenas threads are spread over, in all (the line arenas, which include the shared
@@ -1100,6 +1114,10 @@ pub fn assign_thread() -> ThreadArenas {
     // An arena no thread ever took has none, and is not read: its page's first access is
     // then the count's write (a read first maps the zero page, and the write faults again).
     let used = arenas_used();
+    // A thread that finds arena 0 free takes it whatever the counts.
+    if ARENAS[0].line_threads.load(Ordering::Relaxed) != 0 {
+        ensure_sized();
+    }
     for (i, a) in ARENAS.iter().enumerate().take(narenas()) {
         let t = if i < used {
             a.line_threads.load(Ordering::Relaxed)

@@ -123,6 +123,7 @@ pub struct Snapshot {
 
 /// Reads the statistics.
 pub fn snapshot() -> Snapshot {
+    arena::ensure_sized();
     let mut s = Snapshot {
         allocated: 0,
         active: 0,
