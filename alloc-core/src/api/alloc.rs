@@ -136,7 +136,7 @@ pub(super) unsafe fn alloc_class(
     if class >= NUM_CACHED {
         return tc.arena.alloc_large(class, 1, zero);
     }
-    let bin = &tc.bins[class];
+    let mut bin = &tc.bins[class];
     let mut n = bin.count();
     bin.requests.store(bin.requests.load(Relaxed) + 1, Relaxed);
     if n == 0 {
@@ -145,6 +145,8 @@ pub(super) unsafe fn alloc_class(
         }
         // SAFETY: our own cache.
         let want = unsafe { cache::refill_size(own, class) };
+        // SAFETY: as above; read again, as the stack may have moved.
+        bin = unsafe { &(*own).bins[class] };
         // SAFETY: the stack's storage holds `capacity` slots, all free (the stack is empty).
         let slots = unsafe { core::slice::from_raw_parts_mut(bin.base(), want) };
         n = tc
@@ -288,7 +290,7 @@ mod tests {
     use super::{alloc_aligned, flush_thread_cache, malloc, malloc_zeroed};
     use crate::addr::segment::{self, Location, Segment};
     use crate::api::free::free;
-    use crate::base::size_class::{class_of, CLASSES, NUM_CACHED};
+    use crate::base::size_class::{class_of, packed_capacity, CLASSES, NUM_CACHED};
     use crate::platform::stack_use::used_below;
     use crate::pool::arena;
     use crate::thread;
@@ -355,8 +357,10 @@ mod tests {
         .unwrap();
     }
 
-    /// A new thread's stacks start packed side by side, so the classes it uses share pages;
-    /// a stack that grows moves to a region of its own and keeps its blocks.
+    /// A new thread's stacks start small and packed side by side, so the classes it uses
+    /// share a page; a stack that runs dry a second time moves to a region of its own at the
+    /// class's standard capacity, and one that keeps overflowing grows there, keeping its
+    /// blocks.
     #[test]
     fn stacks_start_packed_and_move_out_when_they_grow() {
         std::thread::spawn(|| {
@@ -367,7 +371,7 @@ mod tests {
             // SAFETY: this thread's own cache; only it changes the stacks.
             let base = |c: usize| unsafe { (*tc).bins[c].base() as usize };
             for c in 1..NUM_CACHED {
-                let previous = CLASSES[c - 1].cache_capacity as usize * size_of::<usize>();
+                let previous = packed_capacity(c - 1) * size_of::<usize>();
                 assert_eq!(
                     base(c),
                     base(c - 1) + previous,
@@ -382,6 +386,20 @@ mod tests {
             assert!(n > 0 && s == n, "statistics see {s} of {n} blocks");
             // SAFETY: as above.
             let capacity = || unsafe { (*tc).bins[class].capacity() };
+            assert_eq!(capacity(), packed_capacity(class));
+            // Twice as many blocks as the packed stack holds, none freed: it runs dry again
+            // and moves out, at the standard capacity.
+            let held: Vec<*mut u8> = (0..2 * capacity()).map(|_| malloc(16)).collect();
+            let standard = CLASSES[class].cache_capacity as usize;
+            assert!(standard > packed_capacity(class));
+            assert_eq!(capacity(), standard, "the stack did not move out");
+            assert_ne!(
+                base(class),
+                packed,
+                "the stack did not leave the packed ones"
+            );
+            // SAFETY: live blocks of ours, each freed once.
+            held.iter().for_each(|&p| unsafe { free(p) });
             let first = capacity();
             // Batches far larger than the stack: it grows, as far as the budget allows.
             for _ in 0..4 {
@@ -403,6 +421,34 @@ mod tests {
             assert_eq!(again.len(), count);
             // SAFETY: as above.
             again.iter().for_each(|&p| unsafe { free(p) });
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A packed stack that overflows moves out at the class's standard capacity, whether or
+    /// not its thread allocates the class: the frees of a consumer thread are taken a
+    /// standard stack's worth at a time, as before stacks started small.
+    #[test]
+    fn a_packed_stack_that_overflows_moves_out_at_the_standard_capacity() {
+        let size = 256;
+        let class = class_of(size);
+        let standard = CLASSES[class].cache_capacity as usize;
+        let blocks: Vec<usize> = (0..standard).map(|_| malloc(size) as usize).collect();
+        std::thread::spawn(move || {
+            // SAFETY: blocks of the spawning thread's, each freed once, here.
+            blocks.iter().for_each(|&p| unsafe { free(p as *mut u8) });
+            let tc = thread::cache();
+            // SAFETY: this thread's own cache.
+            let (capacity, count) = unsafe {
+                let bin = &(*tc).bins[class];
+                (bin.capacity(), bin.count())
+            };
+            assert_eq!(
+                capacity, standard,
+                "a packed stack overflowed into a flush or growth"
+            );
+            assert_eq!(count, standard, "every freed block is cached");
         })
         .join()
         .unwrap();

@@ -156,6 +156,21 @@ pub const fn cache_capacity(c: usize) -> usize {
     clamp_capacity((32 << 10) / size, 128)
 }
 
+/// Slots of class `c`'s stack while it is packed among the other classes' at a thread's
+/// start (see `thread::cache`): at most 16, 128 bytes. A small program's classes then share one
+/// page of slots; at the full [`cache_capacity`] (up to 1 KiB of slots each) its 20 or so
+/// classes spread over five.
+pub const fn packed_capacity(c: usize) -> usize {
+    let n = cache_capacity(c);
+    if n < PACKED_MAX {
+        n
+    } else {
+        PACKED_MAX
+    }
+}
+
+const PACKED_MAX: usize = 16;
+
 /// How far a class's stack may grow when the thread keeps overflowing it (allocating and
 /// freeing in batches larger than the stack): about 1 MiB worth, up to [`MAX_CACHE_CAPACITY`]
 /// blocks (a batch of 2,000 blocks of up to 512 B). The thread's growth allowance bounds the

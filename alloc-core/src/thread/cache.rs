@@ -21,14 +21,16 @@
 //! Large classes up to 256 KiB are cached too, two blocks each, flushed at a tick when
 //! they were not used since the last one.
 //!
-//! A small class's stack starts small (about 32 KiB worth) and doubles each time the thread
-//! overflows it, up to about 1 MiB worth and within the thread's share of a growth allowance
-//! (see [`growth_allowance`]), so a thread that allocates and frees in large batches ends up
-//! serving them from its cache alone. The stacks start packed side by side (a few pages for
-//! all classes) and a stack moves to a region of its own, room for its largest capacity, the
-//! first time it grows: laid out at their largest capacities from the start, every class a
-//! thread used put its stack on a page of its own, a page fault and 4 KiB for each (about 20
-//! per thread in a small program). A grown
+//! A small class's stack holds about 32 KiB worth (its standard capacity) and doubles each
+//! time the thread overflows it, up to about 1 MiB worth and within the thread's share of a
+//! growth allowance (see [`growth_allowance`]), so a thread that allocates and frees in large
+//! batches ends up serving them from its cache alone. The stacks start packed side by side, 16
+//! slots each at most (one page of slots for the classes a small program uses), and a stack
+//! moves to a region of its own, room for its largest capacity, at its first overflow or the
+//! second time it runs dry (see [`unpack`]): laid out at their largest capacities from the
+//! start, every class a thread used put its stack on a page of its own, a page fault and 4 KiB
+//! for each (about 20 per thread in a small program), and packed at their standard
+//! capacities, 1 KiB of slots each, they still took five pages. A grown
 //! stack whose class the thread has not used for `dirty_decay_ms` shrinks back by half at a
 //! tick, once per period, as dirty pages decay: a class used in every round of a batch job
 //! keeps its stack however many ticks fall between its rounds.
@@ -43,7 +45,8 @@ use crate::addr::segment::{kind, Segment, SpanDesc};
 use crate::base::config;
 use crate::base::meta;
 use crate::base::size_class::{
-    is_small, CACHED_LARGE_MIN, CLASSES, NUM_CACHED, SUBLINE_CLASSES, TOTAL_CACHE_SLOTS,
+    is_small, packed_capacity, CACHED_LARGE_MIN, CLASSES, NUM_CACHED, SUBLINE_CLASSES,
+    TOTAL_CACHE_SLOTS,
 };
 use crate::platform::lock::Locked;
 use crate::platform::os;
@@ -236,7 +239,7 @@ const TOTAL_INITIAL_SLOTS: usize = {
     let mut sum = 0;
     let mut c = 0;
     while c < NUM_CACHED {
-        sum += CLASSES[c].cache_capacity as usize;
+        sum += packed_capacity(c);
         c += 1;
     }
     sum
@@ -251,7 +254,7 @@ const STACK_LAYOUT: [(usize, usize); NUM_CACHED] = {
     let mut c = 0;
     while c < NUM_CACHED {
         t[c] = (initial, region);
-        initial += CLASSES[c].cache_capacity as usize;
+        initial += packed_capacity(c);
         region += CLASSES[c].cache_capacity_max as usize;
         c += 1;
     }
@@ -414,12 +417,12 @@ pub fn acquire(arenas: ThreadArenas, free_key: u64) -> *mut ThreadCache {
         ptr::addr_of_mut!((*tc).grown_steps).write(0);
         ptr::addr_of_mut!((*tc).trace_memo).write(TraceMemo::EMPTY);
         let slots = ptr::addr_of_mut!((*tc).slots).cast::<*mut u8>();
-        for (class, info) in CLASSES.iter().enumerate().take(NUM_CACHED) {
-            let base = slots.add(STACK_LAYOUT[class].0);
+        for (class, &(packed, _)) in STACK_LAYOUT.iter().enumerate() {
+            let base = slots.add(packed);
             ptr::addr_of_mut!((*tc).bins[class]).write(CacheBin {
                 top: AtomicPtr::new(base),
                 base,
-                end: base.add(info.cache_capacity as usize),
+                end: base.add(packed_capacity(class)),
                 requests: AtomicU64::new(0),
             });
         }
@@ -583,7 +586,12 @@ pub fn for_each_remote(tc: &ThreadCache, mut f: impl FnMut(usize)) {
 const FREES_TOO: u64 = u64::MAX;
 
 /// How many blocks to take into the empty stack of small class `class` at a refill (see
-/// [`refill_rule`]). Call [`refilled`] with what the refill took.
+/// [`refill_rule`]). A packed stack that runs dry a second time moves out first (see
+/// [`unpack`]), so the stack's base may move: read it again afterwards. That refill takes what
+/// a refill of the moved stack would, less what the packed stack's took, so that the thread
+/// holds what it held when every stack started at its standard capacity (one block more or
+/// less left over in a stack tipped a batch of 1,000 blocks into flushing half of them at each
+/// round: 1.07x the time). Call [`refilled`] with what the refill took.
 ///
 /// # Safety
 /// Only the cache's owner may call this.
@@ -591,13 +599,21 @@ const FREES_TOO: u64 = u64::MAX;
 pub unsafe fn refill_size(tc: *mut ThreadCache, class: usize) -> usize {
     // SAFETY: the owner's own cache.
     unsafe {
+        // The request being served is counted: more than one, and this is not the first refill.
+        let unpacked = (*tc).bins[class].requests.load(Ordering::Relaxed) > 1 && unpack(tc, class);
         let bin = &(*tc).bins[class];
-        refill_rule(
+        let want = refill_rule(
             bin.capacity(),
             bin.requests.load(Ordering::Relaxed),
             (*tc).refill_runs_out_at[class],
             (*tc).requests_seen[class] != 0,
-        )
+        );
+        if unpacked {
+            let packed_refill = (packed_capacity(class) / 2).max(1);
+            want.saturating_sub(packed_refill).max(1)
+        } else {
+            want
+        }
     }
 }
 
@@ -635,6 +651,33 @@ pub unsafe fn refilled(tc: *mut ThreadCache, class: usize, n: usize) {
     }
 }
 
+/// Moves the stack of `class` out of the packed initial stacks to its own region, at the
+/// class's standard capacity (`cache_capacity`), which takes nothing of the growth allowance;
+/// false if it is there already or its packed capacity is its standard one. Thread caches
+/// start with small packed stacks so that a small program's classes share a page of slots;
+/// a class that outgrows one gets the capacity every stack used to start with.
+///
+/// # Safety
+/// Only the cache's owner may call this.
+#[cold]
+#[inline(never)]
+unsafe fn unpack(tc: *mut ThreadCache, class: usize) -> bool {
+    // SAFETY: the owner has exclusive use of its cache; the region has room for the class's
+    // largest capacity, which is at least its standard one.
+    unsafe {
+        let standard = CLASSES[class].cache_capacity as usize;
+        let region = ptr::addr_of_mut!((*tc).slots)
+            .cast::<*mut u8>()
+            .add(STACK_LAYOUT[class].1);
+        let bin = &mut (*tc).bins[class];
+        if bin.base() == region || bin.capacity() >= standard {
+            return false;
+        }
+        bin.move_to(region, standard);
+        true
+    }
+}
+
 /// Doubles the stack of `class` (up to the class's largest capacity) if the thread's growth
 /// allowance has room; whether it grew.
 ///
@@ -666,9 +709,10 @@ unsafe fn grow(tc: *mut ThreadCache, class: usize) -> bool {
     }
 }
 
-/// The stack of `class` is full and a block is being freed: grow the stack if the thread's
-/// growth allowance has room and the thread allocates from this class too, else flush half
-/// of it (all of it if the thread does not allocate the class).
+/// The stack of `class` is full and a block is being freed: move a packed stack out to its
+/// standard capacity (see [`unpack`]); else grow the stack if the thread's growth allowance
+/// has room and the thread allocates from this class too, else flush half of it (all of it if
+/// the thread does not allocate the class).
 ///
 /// # Safety
 /// Only the cache's owner may call this.
@@ -677,8 +721,11 @@ unsafe fn grow(tc: *mut ThreadCache, class: usize) -> bool {
 pub unsafe fn on_full(tc: *mut ThreadCache, class: usize) {
     // SAFETY: the owner has exclusive use of its cache.
     unsafe {
-        let cap = (*tc).bins[class].capacity();
         (*tc).refill_runs_out_at[class] = FREES_TOO;
+        if unpack(tc, class) {
+            return;
+        }
+        let cap = (*tc).bins[class].capacity();
         // Only a thread that also allocates from this class gains from a bigger stack; one that
         // only frees (a consumer of blocks other threads allocate) would just hold more memory.
         let allocates = (*tc).bins[class].requests.load(Ordering::Relaxed) >= cap as u64;
