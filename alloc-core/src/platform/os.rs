@@ -687,8 +687,10 @@ mod tests {
             // SAFETY: inside the mapping.
             unsafe {
                 let q = p.add(i * PAGE_SIZE + 64);
-                let v = q.read_volatile();
-                q.write_volatile(v + 1);
+                // The value passes through `black_box`, else the optimizer folds the two
+                // accesses into one increment of memory, which faults once, as a write.
+                let v = core::hint::black_box(q.read_volatile());
+                q.write_volatile(v.wrapping_add(1));
             }
         }
         thread_minor_faults() - before
