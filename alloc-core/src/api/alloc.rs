@@ -387,8 +387,8 @@ mod tests {
             // SAFETY: as above.
             let capacity = || unsafe { (*tc).bins[class].capacity() };
             assert_eq!(capacity(), packed_capacity(class));
-            // Twice as many blocks as the packed stack holds, none freed: it runs dry again
-            // and moves out, at the standard capacity.
+            // Twice as many blocks as the small stack holds, none freed: it runs dry again
+            // and moves to its standard stack, packed with the next class's.
             let held: Vec<*mut u8> = (0..2 * capacity()).map(|_| malloc(16)).collect();
             let standard = CLASSES[class].cache_capacity as usize;
             assert!(standard > packed_capacity(class));
@@ -396,10 +396,21 @@ mod tests {
             assert_ne!(
                 base(class),
                 packed,
-                "the stack did not leave the packed ones"
+                "the stack did not leave the small ones"
+            );
+            let next = class_of(32);
+            assert_eq!(next, class + 1);
+            let next_held: Vec<*mut u8> =
+                (0..2 * packed_capacity(next)).map(|_| malloc(32)).collect();
+            assert_eq!(
+                base(next),
+                base(class) + standard * size_of::<usize>(),
+                "standard stacks are not packed"
             );
             // SAFETY: live blocks of ours, each freed once.
-            held.iter().for_each(|&p| unsafe { free(p) });
+            held.iter()
+                .chain(&next_held)
+                .for_each(|&p| unsafe { free(p) });
             let first = capacity();
             // Batches far larger than the stack: it grows, as far as the budget allows.
             for _ in 0..4 {

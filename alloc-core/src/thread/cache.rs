@@ -24,13 +24,15 @@
 //! A small class's stack holds about 32 KiB worth (its standard capacity) and doubles each
 //! time the thread overflows it, up to about 1 MiB worth and within the thread's share of a
 //! growth allowance (see [`growth_allowance`]), so a thread that allocates and frees in large
-//! batches ends up serving them from its cache alone. The stacks start packed side by side, 16
-//! slots each at most (one page of slots for the classes a small program uses), and a stack
-//! moves to a region of its own, room for its largest capacity, at its first overflow or the
-//! second time it runs dry (see [`unpack`]): laid out at their largest capacities from the
-//! start, every class a thread used put its stack on a page of its own, a page fault and 4 KiB
-//! for each (about 20 per thread in a small program), and packed at their standard
-//! capacities, 1 KiB of slots each, they still took five pages. A grown
+//! batches ends up serving them from its cache alone. A stack has three places, taken in turn
+//! (see [`STACK_LAYOUT`]): it starts small, 16 slots at most, packed side by side with the
+//! other classes' (one page of slots for the classes a small program uses); at its first
+//! overflow or the second time it runs dry it moves to its standard stack, also packed (see
+//! [`unpack`]); the first time it grows it moves to a region of its own, room for its largest
+//! capacity. Laid out at their largest capacities from the start, every class a thread used
+//! put its stack on a page of its own, a page fault and 4 KiB for each (about 20 per thread in
+//! a small program); packed at their standard capacities, 1 KiB of slots each, they still
+//! took five pages. A grown
 //! stack whose class the thread has not used for `dirty_decay_ms` shrinks back by half at a
 //! tick, once per period, as dirty pages decay: a class used in every round of a batch job
 //! keeps its stack however many ticks fall between its rounds.
@@ -65,8 +67,8 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 pub struct CacheBin {
     /// The next free slot.
     pub top: AtomicPtr<*mut u8>,
-    /// Bottom of the stack: in the packed initial stacks, or in the class's own region once
-    /// the stack has grown (see [`STACK_LAYOUT`]).
+    /// Bottom of the stack: in the small packed stacks, the standard packed ones, or the
+    /// class's own region once the stack has grown (see [`STACK_LAYOUT`]).
     base: *mut *mut u8,
     /// One past the last slot the stack may use now.
     pub end: *mut *mut u8,
@@ -191,9 +193,10 @@ pub struct ThreadCache {
     refill_runs_out_at: [u64; NUM_CACHED],
     /// How many of `remote` hold blocks. Atomic only so that statistics may read it.
     remote_len: AtomicUsize,
-    /// The stacks' slots: first every class's initial stack, packed, then each class's own
-    /// region for its largest capacity (see [`STACK_LAYOUT`]).
-    slots: [*mut u8; TOTAL_INITIAL_SLOTS + TOTAL_CACHE_SLOTS],
+    /// The stacks' slots: every class's small stack, packed, then every class's standard
+    /// stack, packed, then each class's own region for its largest capacity (see
+    /// [`STACK_LAYOUT`]).
+    slots: [*mut u8; TOTAL_SMALL_SLOTS + TOTAL_STANDARD_SLOTS + TOTAL_CACHE_SLOTS],
     /// Blocks of other arenas freed by this thread, waiting to go home: `remote[..remote_len]`,
     /// with their classes. Atomics only so that statistics may read them.
     remote: [AtomicPtr<u8>; REMOTE_CAP],
@@ -221,21 +224,24 @@ impl ThreadCache {
     }
 
     /// Blocks cached for `class`, as another thread sees them (statistics). Only `top` is
-    /// read: the stack's bottom is wherever `top` lies, its packed initial stack or its own
-    /// region (the owner may be moving it), so the count is never made of two torn pointers.
+    /// read: the stack's bottom is the start of whichever of its three places `top` lies in
+    /// (they come in that order; the owner may be moving the stack), so the count is never
+    /// made of two torn pointers.
     pub fn cached_seen(&self, class: usize) -> usize {
         let slots = self.slots.as_ptr() as usize;
         let top = self.bins[class].top.load(Ordering::Relaxed) as usize;
-        let (initial, region) = STACK_LAYOUT[class];
-        let packed = slots + initial * size_of::<*mut u8>();
-        let own = slots + region * size_of::<*mut u8>();
-        let base = if top >= own { own } else { packed };
+        let place = |offset: usize| slots + offset * size_of::<*mut u8>();
+        let base = STACK_LAYOUT[class]
+            .iter()
+            .map(|&offset| place(offset))
+            .rfind(|&start| top >= start)
+            .unwrap_or(slots);
         top.saturating_sub(base) / size_of::<*mut u8>()
     }
 }
 
-/// The slots of every class's initial stack, packed at the start of a cache's slots.
-const TOTAL_INITIAL_SLOTS: usize = {
+/// The slots of every class's small stack, packed at the start of a cache's slots.
+const TOTAL_SMALL_SLOTS: usize = {
     let mut sum = 0;
     let mut c = 0;
     while c < NUM_CACHED {
@@ -245,21 +251,40 @@ const TOTAL_INITIAL_SLOTS: usize = {
     sum
 };
 
-/// Where each class's stack lives in a cache's slots: `(initial, region)`, the offsets of its
-/// packed initial stack and of its own region (room for its largest capacity), taken the
-/// first time the stack grows.
-const STACK_LAYOUT: [(usize, usize); NUM_CACHED] = {
-    let mut t = [(0, 0); NUM_CACHED];
-    let (mut initial, mut region) = (0, TOTAL_INITIAL_SLOTS);
+/// The slots of every class's standard stack, packed after the small ones.
+const TOTAL_STANDARD_SLOTS: usize = {
+    let mut sum = 0;
     let mut c = 0;
     while c < NUM_CACHED {
-        t[c] = (initial, region);
-        initial += packed_capacity(c);
-        region += CLASSES[c].cache_capacity_max as usize;
+        sum += CLASSES[c].cache_capacity as usize;
+        c += 1;
+    }
+    sum
+};
+
+/// Where each class's stack lives in a cache's slots, in the order it takes them: the offsets
+/// of its small stack (where it starts), of its standard one (see [`unpack`]) and of its own
+/// region (room for its largest capacity, taken the first time it grows, see [`grow`]).
+const STACK_LAYOUT: [[usize; 3]; NUM_CACHED] = {
+    let mut t = [[0; 3]; NUM_CACHED];
+    let mut small = 0;
+    let mut standard = TOTAL_SMALL_SLOTS;
+    let mut own = TOTAL_SMALL_SLOTS + TOTAL_STANDARD_SLOTS;
+    let mut c = 0;
+    while c < NUM_CACHED {
+        t[c] = [small, standard, own];
+        small += packed_capacity(c);
+        standard += CLASSES[c].cache_capacity as usize;
+        own += CLASSES[c].cache_capacity_max as usize;
         c += 1;
     }
     t
 };
+
+/// The index of a class's standard stack in [`STACK_LAYOUT`].
+const STANDARD: usize = 1;
+/// The index of a class's own region in [`STACK_LAYOUT`].
+const OWN: usize = 2;
 
 /// Blocks of other arenas a cache holds before sending them home: enough that a consumer
 /// thread's frees take one lock per class and arena for dozens of blocks, little enough (2 KiB
@@ -417,8 +442,8 @@ pub fn acquire(arenas: ThreadArenas, free_key: u64) -> *mut ThreadCache {
         ptr::addr_of_mut!((*tc).grown_steps).write(0);
         ptr::addr_of_mut!((*tc).trace_memo).write(TraceMemo::EMPTY);
         let slots = ptr::addr_of_mut!((*tc).slots).cast::<*mut u8>();
-        for (class, &(packed, _)) in STACK_LAYOUT.iter().enumerate() {
-            let base = slots.add(packed);
+        for (class, &[small, ..]) in STACK_LAYOUT.iter().enumerate() {
+            let base = slots.add(small);
             ptr::addr_of_mut!((*tc).bins[class]).write(CacheBin {
                 top: AtomicPtr::new(base),
                 base,
@@ -651,11 +676,13 @@ pub unsafe fn refilled(tc: *mut ThreadCache, class: usize, n: usize) {
     }
 }
 
-/// Moves the stack of `class` out of the packed initial stacks to its own region, at the
-/// class's standard capacity (`cache_capacity`), which takes nothing of the growth allowance;
-/// false if it is there already or its packed capacity is its standard one. Thread caches
-/// start with small packed stacks so that a small program's classes share a page of slots;
-/// a class that outgrows one gets the capacity every stack used to start with.
+/// Moves the small stack of `class` to its standard one (`cache_capacity`), packed among the
+/// other classes' too, which takes nothing of the growth allowance; false if it is there or
+/// further already, or its small capacity is its standard one. Thread caches start with small
+/// stacks so that a small program's classes share a page of slots; a class that outgrows one
+/// gets the capacity and the place every stack used to start with (given a region of its own
+/// instead, each class that a thread used a few dozen times took a page: larson, whose 4
+/// threads at a time use about 20 classes each, 1.19x the page faults).
 ///
 /// # Safety
 /// Only the cache's owner may call this.
@@ -666,14 +693,14 @@ unsafe fn unpack(tc: *mut ThreadCache, class: usize) -> bool {
     // largest capacity, which is at least its standard one.
     unsafe {
         let standard = CLASSES[class].cache_capacity as usize;
-        let region = ptr::addr_of_mut!((*tc).slots)
-            .cast::<*mut u8>()
-            .add(STACK_LAYOUT[class].1);
         let bin = &mut (*tc).bins[class];
-        if bin.base() == region || bin.capacity() >= standard {
+        if bin.capacity() >= standard {
             return false;
         }
-        bin.move_to(region, standard);
+        let to = ptr::addr_of_mut!((*tc).slots)
+            .cast::<*mut u8>()
+            .add(STACK_LAYOUT[class][STANDARD]);
+        bin.move_to(to, standard);
         true
     }
 }
@@ -697,12 +724,12 @@ unsafe fn grow(tc: *mut ThreadCache, class: usize) -> bool {
         t.grown_bytes += cost;
         let region = ptr::addr_of_mut!(t.slots)
             .cast::<*mut u8>()
-            .add(STACK_LAYOUT[class].1);
+            .add(STACK_LAYOUT[class][OWN]);
         let bin = &mut t.bins[class];
         if bin.base() == region {
             bin.set_capacity(grown);
         } else {
-            // The first growth: the stack leaves the packed initial stacks.
+            // The first growth: the stack leaves the packed stacks.
             bin.move_to(region, grown);
         }
         true
