@@ -321,17 +321,40 @@ pub static CLASSES: [ClassInfo; NUM_CLASSES] = {
     t
 };
 
-/// The sum of all largest thread-cache capacities: the slots one thread cache needs (the
-/// memory is only touched as far as stacks actually grow).
-pub const TOTAL_CACHE_SLOTS: usize = {
+/// One of the capacities of a thread-cache stack (see `thread::cache`).
+#[derive(Clone, Copy)]
+pub enum StackCapacity {
+    /// [`packed_capacity`], where a stack starts.
+    Packed,
+    /// [`cache_capacity`].
+    Standard,
+    /// [`cache_capacity_max`].
+    Largest,
+}
+
+/// Class `c`'s stack capacity of kind `which`.
+pub const fn stack_capacity(c: usize, which: StackCapacity) -> usize {
+    match which {
+        StackCapacity::Packed => packed_capacity(c),
+        StackCapacity::Standard => cache_capacity(c),
+        StackCapacity::Largest => cache_capacity_max(c),
+    }
+}
+
+/// The slots of every cached class's stack at capacity `which`, side by side.
+pub const fn total_stack_slots(which: StackCapacity) -> usize {
     let mut sum = 0;
     let mut c = 0;
     while c < NUM_CACHED {
-        sum += cache_capacity_max(c);
+        sum += stack_capacity(c, which);
         c += 1;
     }
     sum
-};
+}
+
+/// The sum of all largest thread-cache capacities: the slots one thread cache needs for its
+/// stacks' own regions (the memory is only touched as far as stacks actually grow).
+pub const TOTAL_CACHE_SLOTS: usize = total_stack_slots(StackCapacity::Largest);
 
 const fn table_is_sound() -> bool {
     let mut c = 0;

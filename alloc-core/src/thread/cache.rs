@@ -47,8 +47,8 @@ use crate::addr::segment::{kind, Segment, SpanDesc};
 use crate::base::config;
 use crate::base::meta;
 use crate::base::size_class::{
-    is_small, packed_capacity, CACHED_LARGE_MIN, CLASSES, NUM_CACHED, SUBLINE_CLASSES,
-    TOTAL_CACHE_SLOTS,
+    is_small, packed_capacity, stack_capacity, total_stack_slots, StackCapacity, CACHED_LARGE_MIN,
+    CLASSES, NUM_CACHED, SUBLINE_CLASSES, TOTAL_CACHE_SLOTS,
 };
 use crate::platform::lock::Locked;
 use crate::platform::os;
@@ -241,26 +241,10 @@ impl ThreadCache {
 }
 
 /// The slots of every class's small stack, packed at the start of a cache's slots.
-const TOTAL_SMALL_SLOTS: usize = {
-    let mut sum = 0;
-    let mut c = 0;
-    while c < NUM_CACHED {
-        sum += packed_capacity(c);
-        c += 1;
-    }
-    sum
-};
+const TOTAL_SMALL_SLOTS: usize = total_stack_slots(StackCapacity::Packed);
 
 /// The slots of every class's standard stack, packed after the small ones.
-const TOTAL_STANDARD_SLOTS: usize = {
-    let mut sum = 0;
-    let mut c = 0;
-    while c < NUM_CACHED {
-        sum += CLASSES[c].cache_capacity as usize;
-        c += 1;
-    }
-    sum
-};
+const TOTAL_STANDARD_SLOTS: usize = total_stack_slots(StackCapacity::Standard);
 
 /// Where each class's stack lives in a cache's slots, in the order it takes them: the offsets
 /// of its small stack (where it starts), of its standard one (see [`unpack`]) and of its own
@@ -273,9 +257,9 @@ const STACK_LAYOUT: [[usize; 3]; NUM_CACHED] = {
     let mut c = 0;
     while c < NUM_CACHED {
         t[c] = [small, standard, own];
-        small += packed_capacity(c);
-        standard += CLASSES[c].cache_capacity as usize;
-        own += CLASSES[c].cache_capacity_max as usize;
+        small += stack_capacity(c, StackCapacity::Packed);
+        standard += stack_capacity(c, StackCapacity::Standard);
+        own += stack_capacity(c, StackCapacity::Largest);
         c += 1;
     }
     t
