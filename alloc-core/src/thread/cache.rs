@@ -344,13 +344,22 @@ pub fn free_key() -> u64 {
     FREE_KEY.load(Ordering::Relaxed)
 }
 
-/// A per-process value unlikely to appear in user data: address-space layout, time and pid
-/// mixed together (no allocation, no system entropy source needed).
+/// A per-process value unlikely to appear in user data: address-space layout, the time and
+/// the CPU's cycle counter (the pid elsewhere) mixed together (no allocation, no system entropy
+/// source needed; `getpid` faulted in a page of libc that a small program does not use).
 fn make_free_key() -> u64 {
     let local = 0u8;
     let mut x = (&local as *const u8 as u64) ^ (os::now_ms() << 32);
-    // SAFETY: getpid has no preconditions.
-    x ^= unsafe { libc::getpid() } as u64;
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: reading the time-stamp counter has no preconditions.
+        x ^= unsafe { core::arch::x86_64::_rdtsc() }.rotate_left(23);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // SAFETY: getpid has no preconditions.
+        x ^= unsafe { libc::getpid() } as u64;
+    }
     x ^= make_free_key as *const () as usize as u64;
     // splitmix64 finaliser
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
