@@ -358,9 +358,9 @@ mod tests {
     }
 
     /// A new thread's stacks start small and packed side by side, so the classes it uses
-    /// share a page; a stack that runs dry a second time moves to a region of its own at the
-    /// class's standard capacity, and one that keeps overflowing grows there, keeping its
-    /// blocks.
+    /// share a page; a stack that runs dry a second time moves to its standard stack, packed
+    /// too, and one that keeps overflowing moves to a region of its own and grows there,
+    /// keeping its blocks.
     #[test]
     fn stacks_start_packed_and_move_out_when_they_grow() {
         std::thread::spawn(|| {

@@ -8,8 +8,8 @@
 //! are placed in section `.data.sampalloc_hot`. The linker puts it in `.data`, whose last page
 //! the loader has already written (it zeroes the start of `.bss` there), so they cost no page
 //! fault. The preload library's `.data` is small and starts a page (see its build script), so
-//! it and the hot statics share that one page. In `.bss` they were spread over four pages, each first read (mapping the zero page)
-//! and then written: seven faults at start-up.
+//! it and the hot statics share that one page. In `.bss` they were spread over four pages,
+//! each first read (mapping the zero page) and then written: seven faults at start-up.
 
 use core::ffi::CStr;
 use core::ptr;

@@ -604,12 +604,12 @@ pub fn for_each_remote(tc: &ThreadCache, mut f: impl FnMut(usize)) {
 const FREES_TOO: u64 = u64::MAX;
 
 /// How many blocks to take into the empty stack of small class `class` at a refill (see
-/// [`refill_rule`]). A packed stack that runs dry a second time moves out first (see
-/// [`unpack`]), so the stack's base may move: read it again afterwards. That refill takes what
-/// a refill of the moved stack would, less what the packed stack's took, so that the thread
-/// holds what it held when every stack started at its standard capacity (one block more or
-/// less left over in a stack tipped a batch of 1,000 blocks into flushing half of them at each
-/// round: 1.07x the time). Call [`refilled`] with what the refill took.
+/// [`refill_rule`]). A small stack that runs dry a second time moves to its standard stack
+/// first (see [`unpack`]), so the stack's base may move: read it again afterwards. That refill
+/// takes what a refill of the standard stack would, less what the small stack's took, so that
+/// the thread holds what it held when every stack started at its standard capacity (one block
+/// more or less left over in a stack tipped a batch of 1,000 blocks into flushing half of them
+/// at each round: 1.07x the time). Call [`refilled`] with what the refill took.
 ///
 /// # Safety
 /// Only the cache's owner may call this.
@@ -682,8 +682,8 @@ pub unsafe fn refilled(tc: *mut ThreadCache, class: usize, n: usize) {
 #[cold]
 #[inline(never)]
 unsafe fn unpack(tc: *mut ThreadCache, class: usize) -> bool {
-    // SAFETY: the owner has exclusive use of its cache; the region has room for the class's
-    // largest capacity, which is at least its standard one.
+    // SAFETY: the owner has exclusive use of its cache; the standard stack has room for the
+    // standard capacity, above the small one and so above the count.
     unsafe {
         let standard = CLASSES[class].cache_capacity as usize;
         let bin = &mut (*tc).bins[class];
@@ -729,8 +729,8 @@ unsafe fn grow(tc: *mut ThreadCache, class: usize) -> bool {
     }
 }
 
-/// The stack of `class` is full and a block is being freed: move a packed stack out to its
-/// standard capacity (see [`unpack`]); else grow the stack if the thread's growth allowance
+/// The stack of `class` is full and a block is being freed: move a small stack to its
+/// standard stack (see [`unpack`]); else grow the stack if the thread's growth allowance
 /// has room and the thread allocates from this class too, else flush half of it (all of it if
 /// the thread does not allocate the class).
 ///
