@@ -618,7 +618,11 @@ pub unsafe fn refill_size(tc: *mut ThreadCache, class: usize) -> usize {
     // SAFETY: the owner's own cache.
     unsafe {
         // The request being served is counted: more than one, and this is not the first refill.
-        let unpacked = (*tc).bins[class].requests.load(Ordering::Relaxed) > 1 && unpack(tc, class);
+        let unpacked =
+            (*tc).bins[class].requests.load(Ordering::Relaxed) > 1 && in_small_stack(tc, class);
+        if unpacked {
+            unpack(tc, class);
+        }
         let bin = &(*tc).bins[class];
         let want = refill_rule(
             bin.capacity(),
@@ -669,32 +673,37 @@ pub unsafe fn refilled(tc: *mut ThreadCache, class: usize, n: usize) {
     }
 }
 
-/// Moves the small stack of `class` to its standard one (`cache_capacity`), packed among the
-/// other classes' too, which takes nothing of the growth allowance; false if it is there or
-/// further already, or its small capacity is its standard one. Thread caches start with small
-/// stacks so that a small program's classes share a page of slots; a class that outgrows one
-/// gets the capacity and the place every stack used to start with (given a region of its own
-/// instead, each class that a thread used a few dozen times took a page: larson, whose 4
-/// threads at a time use about 20 classes each, 1.19x the page faults).
+/// Whether the stack of `class` is still its small stack, below the class's standard
+/// capacity (classes whose small capacity is their standard one stay there until they grow).
 ///
 /// # Safety
 /// Only the cache's owner may call this.
+#[inline(always)]
+unsafe fn in_small_stack(tc: *mut ThreadCache, class: usize) -> bool {
+    // SAFETY: the owner's own cache.
+    unsafe { (*tc).bins[class].capacity() < CLASSES[class].cache_capacity as usize }
+}
+
+/// Moves the small stack of `class` ([`in_small_stack`]) to its standard one
+/// (`cache_capacity`), packed among the other classes' too, which takes nothing of the growth
+/// allowance. Thread caches start with small stacks so that a small program's classes share a
+/// page of slots; a class that outgrows one gets the capacity and the place every stack used
+/// to start with (given a region of its own instead, each class that a thread used a few dozen
+/// times took a page: larson, whose 4 threads at a time use about 20 classes each, 1.19x the
+/// page faults).
+///
+/// # Safety
+/// Only the cache's owner may call this, and only while [`in_small_stack`] holds.
 #[cold]
 #[inline(never)]
-unsafe fn unpack(tc: *mut ThreadCache, class: usize) -> bool {
+unsafe fn unpack(tc: *mut ThreadCache, class: usize) {
     // SAFETY: the owner has exclusive use of its cache; the standard stack has room for the
     // standard capacity, above the small one and so above the count.
     unsafe {
-        let standard = CLASSES[class].cache_capacity as usize;
-        let bin = &mut (*tc).bins[class];
-        if bin.capacity() >= standard {
-            return false;
-        }
         let to = ptr::addr_of_mut!((*tc).slots)
             .cast::<*mut u8>()
             .add(STACK_LAYOUT[class][STANDARD]);
-        bin.move_to(to, standard);
-        true
+        (*tc).bins[class].move_to(to, CLASSES[class].cache_capacity as usize);
     }
 }
 
@@ -742,7 +751,8 @@ pub unsafe fn on_full(tc: *mut ThreadCache, class: usize) {
     // SAFETY: the owner has exclusive use of its cache.
     unsafe {
         (*tc).refill_runs_out_at[class] = FREES_TOO;
-        if unpack(tc, class) {
+        if in_small_stack(tc, class) {
+            unpack(tc, class);
             return;
         }
         let cap = (*tc).bins[class].capacity();
