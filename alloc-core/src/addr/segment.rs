@@ -16,13 +16,16 @@
 //! Descriptors are only meaningful at a span's first page; every other descriptor has kind
 //! `NONE`, so a pointer into the middle of anything is recognised as invalid.
 //!
-//! `free`'s fast path reads neither: a third table, `fast_class`, holds one byte per page, the
-//! class + 1 of a live slab (every page) or of an unsampled cached large block (first page).
-//! Everything else reads 0 and takes the checked path through the descriptors.
+//! `free`'s fast path reads neither: a third table, `fast_code`, holds one entry per KiB, the
+//! fast-path code of a live slab (every granule) or of an unsampled cached large block (its
+//! first page), with how far the granule lies from the span's start. Everything else reads 0
+//! and takes the checked path through the descriptors. A page can hold four mini slabs of
+//! different classes, a KiB each (see `span::slab`): its descriptor is of kind `SHARED` and
+//! points to theirs, which live in the header's descriptor slots of the header pages.
 
 use crate::addr::registry;
 use crate::base::config;
-use crate::base::size_class::NUM_CACHED;
+use crate::base::size_class::{mini_code, MINI_SHIFT, NUM_CACHED, NUM_MINI};
 use crate::platform::os::{self, PAGE_SHIFT, PAGE_SIZE};
 use core::ptr;
 use static_assertions::const_assert;
@@ -43,6 +46,8 @@ pub const FLAG_SUBRELEASE: u16 = 2;
 /// (a buffer being built up): its page has no fast-path code, so its `free` takes the checked
 /// path, which gives its pages back to the page heap at once (see `api::free::free_block`).
 pub const FLAG_BUILT: u16 = 4;
+/// Span flag of a mini slab (see `span::slab`).
+pub const FLAG_MINI: u16 = 8;
 /// Span flag of a slab: it belongs to its bin's second lane (see `pool::arena::SLAB_LANES`).
 pub const FLAG_LANE: u16 = 1 << 15;
 
@@ -63,7 +68,14 @@ pub mod kind {
     pub const SLAB: u8 = 3;
     /// One large block.
     pub const LARGE: u8 = 4;
+    /// A page of mini slabs: `words[g]` is the descriptor of the one in its `g`-th KiB, or 0.
+    pub const SHARED: u8 = 5;
 }
+
+/// Granules (KiB) of `free`'s fast-path codes in a page.
+pub const GRANULES_PER_PAGE: usize = PAGE_SIZE >> MINI_SHIFT;
+/// Granules in a segment.
+pub const GRANULES_PER_SEGMENT: usize = SEGMENT_SIZE >> MINI_SHIFT;
 
 /// Describes one span (a run of pages). 64 bytes, one cache line.
 #[repr(C, align(64))]
@@ -169,13 +181,18 @@ pub struct Segment {
     pub broken: u8,
     /// Free pages (dirty or clean) in each huge page of the segment, kept by the page heap.
     pub hp_free: [u16; HUGE_PAGES_PER_SEGMENT],
-    /// For every page, `free`'s fast-path code: class + 1 on every page of a slab and on the
-    /// first page of a large block of a cached class, 0 everywhere else (free pages, the
-    /// header, blocks with pages of their own, uncached blocks), which sends `free` to its
-    /// checked path. Sampling never changes a code (see `addr::sampled`).
-    pub fast_class: [u8; PAGES_PER_SEGMENT],
+    /// Descriptor slots of the header pages given to mini slabs (they are never taken back).
+    pub minis: u8,
     /// For every page, the first page of the span covering it.
     pub page_head: [u16; PAGES_PER_SEGMENT],
+    /// For every KiB, `free`'s fast-path code in the low byte: class + 1 on every granule of a
+    /// slab and of the first page of a large block of a cached class, the class's
+    /// `size_class::mini_code` on a mini slab's, 0 everywhere else (free pages, the header,
+    /// blocks with pages of their own, uncached blocks), which sends `free` to its checked
+    /// path. The high byte is the granule's distance from the span's start in granules, so
+    /// that a block's offset in its span comes from this entry alone. Sampling never changes
+    /// a code (see `addr::sampled`).
+    pub fast_code: [u16; GRANULES_PER_SEGMENT],
     /// One descriptor per page; meaningful at span heads.
     pub spans: [SpanDesc; PAGES_PER_SEGMENT],
 }
@@ -188,6 +205,8 @@ pub const USABLE_PAGES: usize = PAGES_PER_SEGMENT - HEADER_PAGES;
 const_assert!(USABLE_PAGES >= crate::base::size_class::LARGE_MAX / PAGE_SIZE);
 const_assert!(PAGES_PER_SEGMENT <= u16::MAX as usize);
 const_assert!(HEADER_PAGES <= 20); // the header costs under 2 % of a segment
+const_assert!(NUM_MINI <= HEADER_PAGES); // an arena's mini slabs fit one segment's slots
+const_assert!(crate::base::size_class::MAX_SLAB_PAGES * GRANULES_PER_PAGE <= 256);
 
 impl Segment {
     /// Maps and registers a new segment for `arena`; its usable pages are not yet on any list.
@@ -280,28 +299,37 @@ impl Segment {
         }
     }
 
-    /// Sets the fast-path code (see [`Segment::fast_class`]) of pages `first..first + pages`.
+    /// Sets the fast-path code (see [`Segment::fast_code`]) of `granules` granules from
+    /// `first` on, which start a span: each entry also says how far it is from `first`.
     ///
     /// # Safety
-    /// `seg` must be a live segment and the caller must own those pages (arena lock held).
+    /// `seg` must be a live segment and the caller must own those granules (arena lock held).
     #[inline]
-    pub unsafe fn set_fast_class(seg: *mut Segment, first: usize, pages: usize, code: u8) {
-        debug_assert!(first + pages <= PAGES_PER_SEGMENT);
+    pub unsafe fn set_fast_codes(seg: *mut Segment, first: usize, granules: usize, code: u8) {
+        debug_assert!(first + granules <= GRANULES_PER_SEGMENT);
+        debug_assert!(code == 0 || granules <= 256);
         // SAFETY: in bounds; the caller owns the entries.
         unsafe {
-            let table = ptr::addr_of_mut!((*seg).fast_class).cast::<u8>();
-            ptr::write_bytes(table.add(first), code, pages);
+            let table = ptr::addr_of_mut!((*seg).fast_code).cast::<u16>().add(first);
+            for k in 0..granules {
+                let entry = if code == 0 {
+                    0
+                } else {
+                    (k << 8) as u16 | code as u16
+                };
+                *table.add(k) = entry;
+            }
         }
     }
 
-    /// The fast-path code of `page`: its class + 1, or 0 (see [`Segment::fast_class`]).
+    /// The fast-path entry of `granule` (see [`Segment::fast_code`]).
     ///
     /// # Safety
-    /// `seg` must be a live segment and `page` in range.
+    /// `seg` must be a live segment and `granule` in range.
     #[inline(always)]
-    pub unsafe fn fast_class_of(seg: *mut Segment, page: usize) -> usize {
+    pub unsafe fn fast_code_of(seg: *mut Segment, granule: usize) -> usize {
         // SAFETY: in bounds of the header's table.
-        unsafe { *ptr::addr_of!((*seg).fast_class).cast::<u8>().add(page) as usize }
+        unsafe { *ptr::addr_of!((*seg).fast_code).cast::<u16>().add(granule) as usize }
     }
 
     /// The descriptor of the page holding address `p` (the span's own when `p` is where a
@@ -317,14 +345,20 @@ impl Segment {
         (p >> PAGE_SHIFT) & (PAGES_PER_SEGMENT - 1)
     }
 
-    /// The fast-path code of the page holding address `p` (see [`Segment::fast_class_of`]).
+    /// The index, within its segment, of the granule (KiB) holding address `p`.
+    #[inline(always)]
+    pub fn granule_index(p: usize) -> usize {
+        (p >> MINI_SHIFT) & (GRANULES_PER_SEGMENT - 1)
+    }
+
+    /// The fast-path entry of the granule holding address `p` (see [`Segment::fast_code`]).
     ///
     /// # Safety
     /// `p` must lie in a live segment.
     #[inline(always)]
-    pub unsafe fn fast_class_at(p: usize) -> usize {
+    pub unsafe fn fast_code_at(p: usize) -> usize {
         // SAFETY: per the contract; the index is in range.
-        unsafe { Segment::fast_class_of(Segment::of(p), Segment::page_index(p)) }
+        unsafe { Segment::fast_code_of(Segment::of(p), Segment::granule_index(p)) }
     }
 
     /// The first page of the span covering `page`.
@@ -352,23 +386,38 @@ pub fn page_of_desc(d: *const SpanDesc) -> usize {
 }
 
 /// Sets the fast-path codes of span `d` from its kind, class and flags: class + 1 on every page
-/// of a slab, on the first page of an unsampled large block of a cached class; 0 otherwise.
-/// Called whenever a span becomes a slab or a large block, or a large block changes class.
+/// of a slab, on the first page of an unsampled large block of a cached class; the mini code on
+/// a mini slab's granule; 0 otherwise. Called whenever a span becomes a slab or a large block,
+/// or a large block changes class.
 ///
 /// # Safety
 /// `d` must head a live span that the caller owns (arena lock held).
 pub unsafe fn set_fast_class_of_span(d: *mut SpanDesc) {
-    let seg = segment_of_desc(d);
-    let first = page_of_desc(d);
     // SAFETY: per the contract.
     unsafe {
-        let code = (*d).class + 1;
+        let class = (*d).class as usize;
+        if (*d).flags & FLAG_MINI != 0 {
+            let start = mini_start(d) as usize;
+            let code = mini_code(class) as u8;
+            return Segment::set_fast_codes(
+                Segment::of(start),
+                Segment::granule_index(start),
+                1,
+                code,
+            );
+        }
+        let seg = segment_of_desc(d);
+        let first = page_of_desc(d) * GRANULES_PER_PAGE;
+        let code = class as u8 + 1;
         match (*d).kind {
-            kind::SLAB => Segment::set_fast_class(seg, first, (*d).pages as usize, code),
-            kind::LARGE if (*d).flags == 0 && ((*d).class as usize) < NUM_CACHED => {
-                Segment::set_fast_class(seg, first, 1, code)
+            kind::SLAB => {
+                let granules = (*d).pages as usize * GRANULES_PER_PAGE;
+                Segment::set_fast_codes(seg, first, granules, code)
             }
-            _ => Segment::set_fast_class(seg, first, 1, 0),
+            kind::LARGE if (*d).flags == 0 && class < NUM_CACHED => {
+                Segment::set_fast_codes(seg, first, GRANULES_PER_PAGE, code)
+            }
+            _ => Segment::set_fast_codes(seg, first, GRANULES_PER_PAGE, 0),
         }
     }
 }
@@ -379,14 +428,66 @@ pub unsafe fn set_fast_class_of_span(d: *mut SpanDesc) {
 /// As for [`set_fast_class_of_span`].
 pub unsafe fn clear_fast_class_of_span(d: *mut SpanDesc) {
     // SAFETY: per the contract.
-    unsafe { Segment::set_fast_class(segment_of_desc(d), page_of_desc(d), (*d).pages as usize, 0) }
+    unsafe {
+        let granules = (*d).pages as usize * GRANULES_PER_PAGE;
+        let first = page_of_desc(d) * GRANULES_PER_PAGE;
+        Segment::set_fast_codes(segment_of_desc(d), first, granules, 0)
+    }
 }
 
-/// The first byte of the span a descriptor describes.
+/// The first byte of the span a descriptor describes (not a mini slab's: see [`mini_start`]).
 #[inline(always)]
 pub fn span_start(d: *const SpanDesc) -> *mut u8 {
     let seg = segment_of_desc(d);
     (seg as usize + (page_of_desc(d) << PAGE_SHIFT)) as *mut u8
+}
+
+/// The first byte of mini slab `d` (`FLAG_MINI`), kept in its last word: its descriptor
+/// lives in a header slot, not in the slot of its page.
+///
+/// # Safety
+/// `d` must be a live mini slab's descriptor.
+#[inline(always)]
+pub unsafe fn mini_start(d: *const SpanDesc) -> *mut u8 {
+    // SAFETY: per the contract.
+    unsafe { (*d).words[3] as usize as *mut u8 }
+}
+
+/// Takes a header slot of `seg` for a mini slab's descriptor; null when all are taken.
+///
+/// # Safety
+/// `seg` must be a live segment whose arena's page lock the caller holds.
+pub unsafe fn take_mini_slot(seg: *mut Segment) -> *mut SpanDesc {
+    // SAFETY: per the contract.
+    unsafe {
+        let slot = (*seg).minis as usize;
+        if slot >= HEADER_PAGES {
+            return ptr::null_mut();
+        }
+        (*seg).minis += 1;
+        Segment::desc(seg, slot)
+    }
+}
+
+/// The descriptor of the span holding `p`, a block of a live slab or large block of ours:
+/// a mini slab's own for a block in a shared page.
+///
+/// # Safety
+/// `p` must lie in a live span of a live segment.
+#[inline(always)]
+pub unsafe fn span_of(p: usize) -> *mut SpanDesc {
+    let seg = Segment::of(p);
+    // SAFETY: per the contract.
+    unsafe {
+        let d = Segment::desc(seg, Segment::head_of(seg, Segment::page_index(p)));
+        if (*d).kind == kind::SHARED {
+            let mini = (*d).words[(p >> MINI_SHIFT) & (GRANULES_PER_PAGE - 1)];
+            if mini != 0 {
+                return mini as usize as *mut SpanDesc;
+            }
+        }
+        d
+    }
 }
 
 /// Where a pointer sits, as found by [`locate`].
@@ -416,11 +517,15 @@ pub fn locate(p: usize) -> Location {
         return Location::Foreign;
     }
     // SAFETY: a live segment; `page` is in range.
-    let head = unsafe { Segment::head_of(seg, page) };
-    Location::Span(
-        Segment::desc(seg, head),
-        seg as usize + (head << PAGE_SHIFT),
-    )
+    let d = unsafe { span_of(p) };
+    // SAFETY: as above: `d` is a descriptor of a live segment.
+    let start = if unsafe { (*d).flags } & FLAG_MINI != 0 {
+        // SAFETY: a mini slab's descriptor (`span_of` returns no other with the flag).
+        unsafe { mini_start(d) as usize }
+    } else {
+        seg as usize + (page_of_desc(d) << PAGE_SHIFT)
+    };
+    Location::Span(d, start)
 }
 
 #[cfg(test)]
@@ -464,7 +569,10 @@ mod tests {
             };
             // SAFETY: `p` is a live block in a segment of ours.
             unsafe {
-                let code = Segment::fast_class_at(a);
+                let code = match Segment::fast_code_at(a) & 0xff {
+                    0 => 0,
+                    code => crate::base::size_class::STARTS_BY_CODE[code].class as usize + 1,
+                };
                 if (*d).flags & FLAG_SAMPLED != 0 {
                     assert_eq!(code, 0, "a sampled block has a fast-path code");
                     return class_of((*d).sample().bytes) + 1;
@@ -483,7 +591,7 @@ mod tests {
         assert_eq!(code_of(large), class_of(100_000) + 1);
         let second = large as usize + PAGE_SIZE;
         // SAFETY: a page of a live block of ours.
-        let second_code = unsafe { Segment::fast_class_at(second) };
+        let second_code = unsafe { Segment::fast_code_at(second) };
         assert_eq!(second_code, 0);
         // Resized in place, the code follows the class; an uncached class has none.
         // SAFETY: live blocks of ours, each freed once.

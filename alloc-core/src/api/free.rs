@@ -15,11 +15,12 @@ use crate::addr::segment::{
 };
 use crate::base::guess;
 use crate::base::size_class::{
-    class_of, is_small, CLASSES, NUM_CACHED, QUANTUM, SMALL_MAX, STARTS_BY_CODE,
+    class_of, is_small, CLASSES, MINI_BYTES, MINI_SHIFT, NUM_CACHED, QUANTUM, SMALL_MAX,
+    STARTS_BY_CODE,
 };
-use crate::platform::os::PAGE_SHIFT;
 use crate::pool::arena;
 use crate::pool::huge;
+use crate::span::slab;
 use crate::thread::cache::{self, ThreadCache};
 use crate::thread::{self};
 use core::ptr;
@@ -54,7 +55,7 @@ fn validate_with(p: *mut u8, op: Op, inner: impl FnOnce(*mut u8) -> Option<Inner
                 let class = (*d).class as usize;
                 let offset = (p as usize).wrapping_sub(start);
                 let ok = if k == kind::SLAB {
-                    CLASSES.get_unchecked(class).starts_block(offset)
+                    slab::starts_object(d, offset)
                 } else {
                     k == kind::LARGE && offset == 0
                 };
@@ -110,8 +111,10 @@ pub unsafe fn free(p: *mut u8) {
 /// `size`, freed once. Unlike [`free`], a wrong pointer is not detected.
 #[inline(always)]
 pub unsafe fn free_sized(p: *mut u8, size: usize) {
-    // SAFETY: a small block lies in a live segment.
-    if size <= SMALL_MAX && unsafe { Segment::fast_class_at(p as usize) } == class_of(size) + 1 {
+    // SAFETY: a small block lies in a live segment. (A block of a mini slab, whose code is
+    // another, takes `free`.)
+    let code = || unsafe { Segment::fast_code_at(p as usize) } & 0xff;
+    if size <= SMALL_MAX && code() == class_of(size) + 1 {
         let class = class_of(size);
         let tc = thread::cache();
         // A block that may have to go home takes `free`.
@@ -186,9 +189,9 @@ unsafe fn free_guessing(p: *mut u8, op: Op, guess: impl FnOnce(*mut ThreadCache)
     if tag != 0 {
         let tc = thread::cache();
         // SAFETY: `p` lies in a live segment.
-        let code = unsafe { Segment::fast_class_at(p as usize) };
+        let entry = unsafe { Segment::fast_code_at(p as usize) };
         // SAFETY: as above; codes are below `CODES`.
-        let class = unsafe { block_of_code(p, code) };
+        let class = unsafe { block_of_code(p, entry) };
         if let (Some((class, subline)), false) = (class, tc.is_null()) {
             // SAFETY: our own cache; `p` starts a live-or-cached block of cached `class`.
             unsafe {
@@ -209,26 +212,23 @@ unsafe fn free_guessing(p: *mut u8, op: Op, guess: impl FnOnce(*mut ThreadCache)
     unsafe { free_checked(p, op) }
 }
 
-/// The class of the block starting at `p`, a pointer into a live segment, if `code` (its
-/// page's fast-path code) is a cached class's and `p` is where
-/// one of its blocks starts; with the class's `subline` mask (see [`STARTS_BY_CODE`]).
+/// The class of the block starting at `p`, a pointer into a live segment, if `entry` (its
+/// granule's fast-path entry, see `Segment::fast_code`) has a cached class's code and `p` is
+/// where one of its blocks starts; with the class's `subline` mask (see [`STARTS_BY_CODE`]).
 ///
 /// # Safety
-/// `p` must lie in a live segment and `code` be below `size_class::CODES`.
+/// `p` must lie in a live segment and `entry` be one of its entries, whose codes are below
+/// `size_class::CODES`.
 #[inline(always)]
-unsafe fn block_of_code(p: *mut u8, code: usize) -> Option<(usize, u64)> {
-    let addr = p as usize;
-    let seg = Segment::of(addr);
-    let page = Segment::page_index(addr);
-    // SAFETY: `seg` is a live segment and `page` is in range; `code` is within the table.
-    // A page without a code has a `page_head` too (any value): code 0 accepts no offset.
-    unsafe {
-        let start = seg as usize + (Segment::head_of(seg, page) << PAGE_SHIFT);
-        let entry = STARTS_BY_CODE.get_unchecked(code);
-        entry
-            .accepts(addr.wrapping_sub(start))
-            .then(|| (code - 1, entry.subline))
-    }
+unsafe fn block_of_code(p: *mut u8, entry: usize) -> Option<(usize, u64)> {
+    // The offset of `p` in its span: into its granule, plus the granules before. A granule
+    // without a code has any distance: code 0 accepts no offset.
+    let offset = (p as usize & (MINI_BYTES - 1)) + ((entry >> 8) << MINI_SHIFT);
+    // SAFETY: `entry`'s code is within the table.
+    let starts = unsafe { STARTS_BY_CODE.get_unchecked(entry & 0xff) };
+    starts
+        .accepts(offset)
+        .then_some((starts.class as usize, starts.subline as u64))
 }
 
 /// Pushes `p`, a block of cached class `class`, on the cache `tc` and writes the free key into

@@ -356,11 +356,18 @@ mod tests {
     use crate::api::free::{free, free_sized, usable_size};
     use crate::api::realloc::realloc;
     use crate::base::config;
-    use crate::base::size_class::{class_of, CLASSES};
+    use crate::base::size_class::{class_of, CLASSES, STARTS_BY_CODE};
+    use crate::span::slab;
 
+    /// The class + 1 that `p`'s fast-path code names (in a slab or a mini slab), or 0.
     fn code_of_page(p: usize) -> usize {
         // SAFETY: `p` is a live block in a segment of ours.
-        unsafe { Segment::fast_class_at(p) }
+        let code = unsafe { Segment::fast_code_at(p) } & 0xff;
+        if code == 0 {
+            0
+        } else {
+            STARTS_BY_CODE[code].class as usize + 1
+        }
     }
 
     /// The span class holding `p`, and whether `p` starts one of its blocks.
@@ -369,8 +376,15 @@ mod tests {
             panic!("{p:#x} is not in a segment")
         };
         // SAFETY: `p` is a live block of ours; its span's descriptor is live.
-        let class = unsafe { (*d).class as usize };
-        (class, CLASSES[class].starts_block(p - start))
+        unsafe {
+            let class = (*d).class as usize;
+            let starts = if (*d).kind == crate::addr::segment::kind::SLAB {
+                slab::starts_object(d, p - start)
+            } else {
+                CLASSES[class].starts_block(p - start)
+            };
+            (class, starts)
+        }
     }
 
     /// Allocates with `alloc` under one sample per KiB until `want` blocks were sampled (other

@@ -209,16 +209,19 @@ const fn start_limit(c: usize, objects: usize) -> u64 {
     e * objects as u64
 }
 
-/// What `free`'s fast path needs of one cached class, in a table indexed by a page's fast-path
-/// code (class + 1, or 0 where no cached block starts): the block-start check
-/// ([`ClassInfo::starts_block`]'s constants) and whether the class is smaller than a cache line.
+/// What `free`'s fast path needs of one cached class, in a table indexed by a fast-path code
+/// (class + 1 in a slab, [`mini_code`] in a mini slab, or 0 where no cached block starts): the
+/// block-start check ([`ClassInfo::starts_block`]'s constants, for as many blocks as the span
+/// holds), whether the class is smaller than a cache line, and the class.
 #[derive(Clone, Copy)]
 pub struct BlockStarts {
     mul: u64,
     limit: u64,
     /// All ones for classes below [`SUBLINE_CLASSES`], else 0: `(tag ^ own) & subline` is
     /// non-zero exactly for a line-sharing block of another arena, with no branch on the class.
-    pub subline: u64,
+    pub subline: u32,
+    /// The class.
+    pub class: u32,
 }
 
 impl BlockStarts {
@@ -229,29 +232,63 @@ impl BlockStarts {
     }
 }
 
-/// Entries of [`STARTS_BY_CODE`]: every fast-path code is below this.
-pub const CODES: usize = 64;
-const_assert!(NUM_CACHED < CODES);
+/// Bytes of a mini slab: a class's first slab in an arena when its blocks are at most
+/// [`MINI_MAX`] bytes, a quarter of a page shared with three other classes' (see
+/// `span::slab`). A small program then touches a page for every four such classes it uses,
+/// not one for each.
+pub const MINI_BYTES: usize = 1 << MINI_SHIFT;
+/// log2 of [`MINI_BYTES`]: the granule of `free`'s fast-path codes (see `addr::segment`).
+pub const MINI_SHIFT: u32 = 10;
+/// The largest class with mini slabs (two blocks to a mini slab).
+pub const MINI_MAX: usize = 512;
+/// Classes `0..NUM_MINI` have mini slabs.
+pub const NUM_MINI: usize = class_of_computed(MINI_MAX) + 1;
+const_assert!(class_size(NUM_MINI - 1) == MINI_MAX && MINI_MAX <= MINI_BYTES / 2);
 
-/// [`BlockStarts`] by fast-path code. Code 0's entry and those above the cached classes accept
-/// no offset (nothing is below 0), so `free`'s fast path needs no separate test for them.
+/// Objects in a mini slab of class `c` (below [`NUM_MINI`]).
+pub const fn mini_objects(c: usize) -> usize {
+    MINI_BYTES / class_size(c)
+}
+
+/// The fast-path code of class `c`'s blocks in a mini slab (below [`NUM_MINI`]): the codes
+/// after the cached classes' (`class + 1`), since a mini slab holds fewer blocks than a slab.
+pub const fn mini_code(c: usize) -> usize {
+    NUM_CACHED + 1 + c
+}
+
+/// Entries of [`STARTS_BY_CODE`]: every fast-path code is below this.
+pub const CODES: usize = 80;
+const_assert!(mini_code(NUM_MINI - 1) < CODES && CODES <= 256);
+
+/// [`BlockStarts`] by fast-path code. Code 0's entry and the unused ones accept no offset
+/// (nothing is below 0), so `free`'s fast path needs no separate test for them.
 pub static STARTS_BY_CODE: [BlockStarts; CODES] = {
     let mut t = [BlockStarts {
         mul: 0,
         limit: 0,
         subline: 0,
+        class: 0,
     }; CODES];
     let mut c = 0;
     while c < NUM_CACHED {
-        t[c + 1] = BlockStarts {
-            mul: start_mul(c),
-            limit: start_limit(c, if is_small(c) { slab_objects(c) } else { 1 }),
-            subline: if c < SUBLINE_CLASSES { u64::MAX } else { 0 },
-        };
+        let objects = if is_small(c) { slab_objects(c) } else { 1 };
+        t[c + 1] = block_starts(c, objects);
+        if c < NUM_MINI {
+            t[mini_code(c)] = block_starts(c, mini_objects(c));
+        }
         c += 1;
     }
     t
 };
+
+const fn block_starts(c: usize, objects: usize) -> BlockStarts {
+    BlockStarts {
+        mul: start_mul(c),
+        limit: start_limit(c, objects),
+        subline: if c < SUBLINE_CLASSES { u32::MAX } else { 0 },
+        class: c as u32,
+    }
+}
 
 /// Per-class constants gathered in one table, read on the hot paths.
 #[derive(Clone, Copy)]
@@ -487,7 +524,7 @@ mod tests {
     #[test]
     fn fast_free_table_matches_the_classes_and_code_0_accepts_nothing() {
         for off in (0..(4usize << 20)).step_by(16) {
-            for code in [0, NUM_CACHED + 1, CODES - 1] {
+            for code in [0, mini_code(NUM_MINI - 1) + 1, CODES - 1] {
                 assert!(
                     !STARTS_BY_CODE[code].accepts(off),
                     "code {code} accepted offset {off}"
@@ -503,6 +540,21 @@ mod tests {
                 STARTS_BY_CODE[c + 1].subline != 0,
                 (info.size as usize) < CACHE_LINE
             );
+            assert_eq!(STARTS_BY_CODE[c + 1].class as usize, c);
+        }
+    }
+
+    #[test]
+    fn mini_codes_accept_only_blocks_that_end_in_their_quarter_page() {
+        for c in 0..NUM_MINI {
+            let entry = &STARTS_BY_CODE[mini_code(c)];
+            let size = class_size(c);
+            assert_eq!(entry.class as usize, c);
+            assert!(mini_objects(c) >= 2);
+            for off in (0..2 * MINI_BYTES).step_by(16) {
+                let whole = off % size == 0 && off + size <= MINI_BYTES;
+                assert_eq!(entry.accepts(off), whole, "class {c} offset {off}");
+            }
         }
     }
 

@@ -10,10 +10,11 @@
 
 use crate::addr::segment::{
     self, kind, span_start, Segment, SpanDesc, FLAG_BUILT, FLAG_LANE, FLAG_SAMPLED,
+    GRANULES_PER_PAGE,
 };
 use crate::base::config;
 use crate::base::meta;
-use crate::base::size_class::{CLASSES, NUM_CLASSES, NUM_SMALL};
+use crate::base::size_class::{CLASSES, MINI_BYTES, NUM_CLASSES, NUM_MINI, NUM_SMALL};
 use crate::platform::lock::{Guard, Locked, Padded};
 use crate::platform::os;
 use crate::span::page_heap::PageHeap;
@@ -93,6 +94,8 @@ pub struct SlabBin {
     pub objects_out: usize,
     /// Requests served straight from the bin, without a thread cache.
     pub direct_requests: u64,
+    /// The class has had its mini slab (see `span::slab`), which stays among its slabs.
+    had_mini: bool,
 }
 
 /// Slots of a bin's transfer array (see [`SlabBin`]).
@@ -143,6 +146,9 @@ unsafe impl Sync for Transfers {}
 
 // SAFETY: the raw pointers are slab descriptors owned by the bin, reached only under its lock.
 unsafe impl Send for SlabBin {}
+
+// SAFETY: the shared page's descriptor is the arena's, reached only under its page lock.
+unsafe impl Send for ArenaPages {}
 
 // The bin's slab lists. Every method requires the bin's lock (it takes `&mut self` behind it)
 // and slab descriptors of this bin.
@@ -256,6 +262,9 @@ pub struct ArenaPages {
     /// Live sampled blocks of small classes on pages of their own (aligned so that no larger
     /// cached class can hold them, see `api::sampled`).
     pub sampled_small_live: [usize; NUM_SMALL],
+    /// The shared page that mini slabs are cut from (see `span::slab`) while it has a free
+    /// KiB; null before the first.
+    shared: *mut SpanDesc,
 }
 
 /// An arena. See the module docs.
@@ -340,6 +349,7 @@ impl Arena {
                     slabs: 0,
                     objects_out: 0,
                     direct_requests: 0,
+                    had_mini: false,
                 }))
             }; NUM_SMALL],
             pages: Padded(Locked::new(ArenaPages {
@@ -347,6 +357,7 @@ impl Arena {
                 large_live: [0; NUM_LARGE],
                 large_requests: [0; NUM_LARGE],
                 sampled_small_live: [0; NUM_SMALL],
+                shared: ptr::null_mut(),
             })),
             transfers: Transfers(UnsafeCell::new(
                 [const {
@@ -492,6 +503,7 @@ impl Arena {
         // Kept empty slabs taken, counted off the arena's total once at the end: a locked
         // instruction per slab waited for the program's stores before it each time.
         let mut unkept = 0;
+        let mut first_mini = false;
         while n < out.len() {
             let mut s = bin.current[lane];
             if SlabBin::exhausted(s) {
@@ -503,11 +515,13 @@ impl Arena {
                     }
                 }
                 if s.is_null() {
-                    s = self.new_slab(class);
+                    s = self.new_slab(class, &mut bin);
                     if s.is_null() {
                         break;
                     }
                     bin.slabs += 1;
+                    // SAFETY: a live slab of this bin.
+                    first_mini = bin.slabs == 1 && unsafe { slab::is_mini(s) };
                 }
                 // SAFETY: a live slab of this bin, on no list; we hold its lock.
                 unsafe { set_slab_lane(s, lane) };
@@ -515,6 +529,11 @@ impl Arena {
             }
             // SAFETY: `s` is a live slab of this bin with free objects; we hold its lock.
             n += unsafe { slab::take(s, &mut out[n..]) };
+            // A class's first refill ends with its new mini slab: the class may not be used
+            // more. Later refills go on to slabs of pages.
+            if first_mini {
+                break;
+            }
         }
         if unkept > 0 {
             self.empty_pages.fetch_sub(unkept, Ordering::Relaxed);
@@ -527,13 +546,23 @@ impl Arena {
         n
     }
 
-    fn new_slab(&self, class: usize) -> *mut SpanDesc {
+    /// A new slab of class `class`, whose bin `bin` is (locked): its mini slab if it has
+    /// none yet and its class has them, else one from the page heap. Null when memory ran out.
+    fn new_slab(&self, class: usize, bin: &mut SlabBin) -> *mut SpanDesc {
         let pages = CLASSES[class].pages as usize;
         let bit = 1u64 << class;
         if self.bins_used.load(Ordering::Relaxed) & bit == 0 {
             self.bins_used.fetch_or(bit, Ordering::Relaxed);
         }
         let mut p = self.pages.lock();
+        if class < NUM_MINI && !bin.had_mini {
+            bin.had_mini = true;
+            // SAFETY: we hold the page lock.
+            let mini = unsafe { self.new_mini(&mut p, class) };
+            if !mini.is_null() {
+                return mini;
+            }
+        }
         match p.heap.alloc(pages, 1, true, self.index() as u32) {
             Some((d, _)) => {
                 // SAFETY: a fresh span head of ours.
@@ -541,6 +570,37 @@ impl Arena {
                 d
             }
             None => ptr::null_mut(),
+        }
+    }
+
+    /// A mini slab of class `class` (below `NUM_MINI`), cut from the arena's shared page, or
+    /// from a new one when that one is full; null if the page heap or the header slots of its
+    /// segment ran out.
+    ///
+    /// # Safety
+    /// `p` must be this arena's page heap, locked.
+    unsafe fn new_mini(&self, p: &mut ArenaPages, class: usize) -> *mut SpanDesc {
+        // SAFETY: the shared page is a live span of ours, guarded by the page lock; the slot
+        // and the granule are unused.
+        unsafe {
+            if p.shared.is_null() || (*p.shared).words[GRANULES_PER_PAGE - 1] != 0 {
+                let Some((d, _)) = p.heap.alloc(1, 1, true, self.index() as u32) else {
+                    return ptr::null_mut();
+                };
+                (*d).kind = kind::SHARED;
+                (*d).words = [0; 4];
+                p.shared = d;
+            }
+            let shared = p.shared;
+            let slot = segment::take_mini_slot(segment::segment_of_desc(shared));
+            if slot.is_null() {
+                return ptr::null_mut();
+            }
+            let granule = (*shared).words.iter().position(|&w| w == 0).unwrap_or(0);
+            let start = span_start(shared).add(granule * MINI_BYTES);
+            slab::init_mini(slot, class, start);
+            (*shared).words[granule] = slot as usize as u64;
+            slot
         }
     }
 
@@ -602,10 +662,8 @@ impl Arena {
         // `fill_small`).
         let mut kept = 0;
         for &p in objects {
-            let seg = Segment::of(p as usize);
-            let page = (p as usize - seg as usize) >> os::PAGE_SHIFT;
-            // SAFETY: per the contract, `p` lies inside a live segment of ours.
-            let d = unsafe { Segment::desc(seg, Segment::head_of(seg, page)) };
+            // SAFETY: per the contract, `p` lies inside a live slab of ours.
+            let d = unsafe { segment::span_of(p as usize) };
             // SAFETY: `d` is the descriptor of the span holding `p`.
             let index = match unsafe { slab::object_index(d, p as usize) } {
                 // SAFETY: as above.
@@ -623,7 +681,9 @@ impl Arena {
                     }
                 }
                 Put::NowEmpty => {
-                    if !bin.is_current(d) {
+                    // A mini slab stays where it is, a current slab or on the non-full list.
+                    // SAFETY: `d` is a live slab.
+                    if !bin.is_current(d) && !unsafe { slab::is_mini(d) } {
                         // SAFETY: a slab that was partly used, not a current one, is on the
                         // non-full list.
                         unsafe { bin.unlink_nonfull(d) };
@@ -977,8 +1037,12 @@ impl Arena {
             }
             for lane in 0..SLAB_LANES {
                 let s = bin.current[lane];
+                // A mini slab stays (see `span::slab`).
                 // SAFETY: the current slab is a live descriptor guarded by the bin lock.
-                if !s.is_null() && unsafe { (*s).nfree } == info.objects as u32 {
+                let empty = |s: *mut SpanDesc| unsafe {
+                    (*s).nfree == info.objects as u32 && !slab::is_mini(s)
+                };
+                if !s.is_null() && empty(s) {
                     bin.current[lane] = ptr::null_mut();
                     bin.slabs -= 1;
                     // SAFETY: an empty slab of this arena, on no list.
@@ -1277,6 +1341,7 @@ pub fn postfork_child() {
 mod tests {
     use super::*;
     use crate::base::size_class::{class_of, slab_objects};
+    use crate::span::slab;
 
     /// The slab holding object `p` of one of our slabs.
     fn slab_of(p: *mut u8) -> *mut SpanDesc {
@@ -1291,7 +1356,7 @@ mod tests {
     #[test]
     fn lanes_take_objects_from_slabs_of_their_own() {
         let a = get(204); // an arena no other test uses
-        let class = class_of(256);
+        let class = class_of(768); // without mini slabs, as in the tests below
         let per_slab = slab_objects(class);
         let mut zero = vec![ptr::null_mut(); per_slab];
         let mut one = vec![ptr::null_mut(); per_slab];
@@ -1330,13 +1395,102 @@ mod tests {
         assert_eq!((bin.objects_out, bin.slabs), (0, 0));
     }
 
+    /// A class of at most `MINI_MAX` bytes starts with a mini slab: the first refills of four
+    /// classes share one page, a refill stops at a class's mini slab and the next takes a
+    /// slab of pages. Every block is found and checked from its address, fast path and
+    /// checked path alike. When all is back, the slabs of pages go and the mini slabs stay.
+    #[test]
+    fn small_classes_start_with_mini_slabs_four_to_a_page() {
+        use crate::base::size_class::{mini_code, mini_objects};
+        let a = get(205); // an arena no other test uses
+        let page = |p: *mut u8| p as usize >> os::PAGE_SHIFT;
+        let classes = [class_of(16), class_of(48), class_of(256), class_of(512)];
+        let mut taken = Vec::new();
+        for &class in &classes {
+            let mut out = vec![ptr::null_mut(); 8];
+            let n = a.fill_small(class, 0, &mut out, false);
+            assert_eq!(
+                n,
+                mini_objects(class).min(8),
+                "class {class}: not its mini slab"
+            );
+            out.truncate(n);
+            let d = slab_of(out[0]);
+            let size = CLASSES[class].size as usize;
+            // SAFETY: `d` is the live mini slab of these objects.
+            unsafe {
+                assert!(slab::is_mini(d));
+                let start = slab::start(d) as usize;
+                assert_eq!(start % MINI_BYTES, 0);
+                for &p in &out {
+                    assert_eq!(slab_of(p), d);
+                    assert_eq!(Segment::fast_code_at(p as usize) & 0xff, mini_code(class));
+                    assert!(slab::object_index(d, p as usize).is_some());
+                }
+                // The first offset past its last whole block is no block, though it lies in
+                // its KiB for 48-byte blocks (1,008).
+                let past = start + mini_objects(class) * size;
+                assert!(slab::object_index(d, past).is_none());
+                assert!(!slab::starts_object(d, past - start));
+            }
+            taken.push((class, out));
+        }
+        let shared = page(taken[0].1[0]);
+        assert!(
+            taken.iter().all(|(_, out)| page(out[0]) == shared),
+            "four classes' mini slabs on more than one page"
+        );
+        // The next refill of 512-byte blocks (two to a mini slab) takes a slab of pages.
+        let class = class_of(512);
+        let mut more = vec![ptr::null_mut(); 4];
+        assert_eq!(a.fill_small(class, 0, &mut more, false), 4);
+        // SAFETY: the slab of a live object of ours.
+        let in_mini = |p: *mut u8| unsafe { slab::is_mini(slab_of(p)) };
+        assert!(more.iter().all(|&p| page(p) != shared && !in_mini(p)));
+        taken.push((class, more));
+        // So does the next refill of 16-byte blocks once their mini slab (64) runs out.
+        let class = class_of(16);
+        let mut rest = vec![ptr::null_mut(); 64];
+        assert_eq!(
+            a.fill_small(class, 0, &mut rest, false),
+            64,
+            "a short refill"
+        );
+        assert_eq!(rest.iter().filter(|&&p| page(p) == shared).count(), 56);
+        taken.push((class, rest));
+        // A fifth class starts another shared page.
+        let mut fifth = vec![ptr::null_mut(); 1];
+        assert_eq!(a.fill_small(class_of(32), 0, &mut fifth, false), 1);
+        assert_ne!(page(fifth[0]), shared);
+        taken.push((class_of(32), fifth));
+        for (class, out) in &taken {
+            // SAFETY: objects of this arena's slabs of `class`, unused, each put back once.
+            unsafe { a.put_small(*class, out, false) };
+        }
+        a.release_empty_slabs(0);
+        for &class in classes.iter().chain(&[class_of(32)]) {
+            let bin = a.bin(class).lock();
+            assert_eq!(
+                (bin.objects_out, bin.slabs),
+                (0, 1),
+                "class {class}: mini slab gone"
+            );
+        }
+        // The mini slab serves the class again.
+        let mut again = [ptr::null_mut(); 1];
+        assert_eq!(a.fill_small(class_of(16), 0, &mut again, false), 1);
+        assert_eq!(page(again[0]), shared);
+        // SAFETY: as above.
+        unsafe { a.put_small(class_of(16), &again, false) };
+    }
+
     /// Objects a thread cache sends back wait in their bin's transfer array: the next refill
     /// takes them as they are (the last sent first), a second free of one is recognised, and
     /// the sweep puts the rest back in their slab, which then empties and goes.
     #[test]
     fn sent_back_objects_wait_for_the_next_refill() {
         let a = get(200); // an arena no other test uses
-        let class = class_of(64);
+        let class = class_of(768);
         let mut out = [ptr::null_mut(); 8];
         assert_eq!(a.fill_small(class, 0, &mut out, false), 8);
         // SAFETY: objects of this arena's slabs of `class`, unused.
@@ -1385,7 +1539,7 @@ mod tests {
     #[test]
     fn a_kept_slab_decays_from_when_it_emptied() {
         let a = get(202); // an arena no other test uses
-        let class = class_of(128);
+        let class = class_of(768);
         let per_slab = CLASSES[class].objects as usize;
         // Two slabs' worth: the first is no longer the bin's current slab.
         let mut out = vec![ptr::null_mut(); per_slab + 1];
@@ -1445,7 +1599,7 @@ mod tests {
     #[test]
     fn frees_alone_go_back_to_their_slabs() {
         let a = get(201); // an arena no other test uses
-        let class = class_of(128);
+        let class = class_of(768);
         let mut out = [ptr::null_mut(); 16];
         assert_eq!(a.fill_small(class, 0, &mut out, false), 16);
         // A sweep: no credit left.

@@ -1602,12 +1602,16 @@ mod huge_page_tests {
         );
         heap.check();
         // Freeing the live block empties the segment: everything goes, the segment is unmapped.
-        // The merged span's mean free time: 300 pages at 3000 and 195 at 1000, 2212.
+        // The merged span's mean free time: 300 pages at 3000 and the rest of the huge page
+        // (193) at 1000, 2217.
+        let rest = HUGE_PAGE_PAGES - HEADER_PAGES - 300;
+        let mean = (300 * 3000 + rest as u64 * 1000) / (300 + rest as u64);
         // SAFETY: `live` is allocated in `seg`.
         assert_eq!(unsafe { heap.free(live, 3000, 1000) }, 0);
         heap.check();
+        assert_eq!(heap.purge_expired(mean + 999, 1000), 0, "purged early");
         assert_eq!(
-            heap.purge_expired(3212, 1000),
+            heap.purge_expired(mean + 1000, 1000),
             HUGE_PAGE_PAGES - HEADER_PAGES
         );
         assert_eq!(heap.counts.segments, 0);

@@ -3,9 +3,17 @@
 //! The bitmap lives out of band in the span descriptor (1 = free), so user data never holds
 //! allocator pointers, and returning an object whose bit is already set is a detected double
 //! free. Objects are packed from the slab's (page-aligned) start.
+//!
+//! A class of at most `size_class::MINI_MAX` bytes starts in each arena with a mini slab: a
+//! KiB of a page that three other classes' mini slabs share (a `SHARED` span). A program that
+//! uses a few blocks of many classes then touches a page for every four of them, as it would
+//! under an allocator that mixes sizes on a page, instead of a page for each; a class used more
+//! goes on to full slabs. Mini slabs are never given back (an arena holds at most
+//! `size_class::NUM_MINI` KiB of them); their descriptors live in header slots that are no
+//! page's, and keep their start in their last word.
 
-use crate::addr::segment::{kind, span_start, SpanDesc};
-use crate::base::size_class::CLASSES;
+use crate::addr::segment::{kind, mini_start, span_start, SpanDesc, FLAG_MINI};
+use crate::base::size_class::{mini_objects, ClassInfo, CLASSES, STARTS_BY_CODE};
 
 /// What returning an object did to its slab.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,7 +33,36 @@ pub enum Put {
 /// # Safety
 /// `d` must be an allocated span head with the class's slab page count, owned by the caller.
 pub unsafe fn init(d: *mut SpanDesc, class: usize) {
-    let objects = CLASSES[class].objects as usize;
+    // SAFETY: per the contract.
+    unsafe {
+        init_objects(d, class, CLASSES[class].objects as usize);
+        crate::addr::segment::set_fast_class_of_span(d);
+    }
+}
+
+/// Makes descriptor `d` (a header slot) the mini slab of class `class` (below
+/// `size_class::NUM_MINI`) at `start`, a KiB of a shared page, with every object free.
+///
+/// # Safety
+/// `d` must be an unused header slot and `start` a granule of a shared page of the same
+/// segment, both owned by the caller.
+pub unsafe fn init_mini(d: *mut SpanDesc, class: usize, start: *mut u8) {
+    // SAFETY: exclusive access to the descriptor; the words after the first are free for the
+    // start, since a mini slab has at most 64 objects.
+    unsafe {
+        (*d).flags = FLAG_MINI;
+        (*d).pages = 0;
+        init_objects(d, class, mini_objects(class));
+        (*d).words[3] = start as usize as u64;
+        crate::addr::segment::set_fast_class_of_span(d);
+    }
+}
+
+/// [`init`] of a slab of `objects` objects.
+///
+/// # Safety
+/// As for [`init`].
+unsafe fn init_objects(d: *mut SpanDesc, class: usize, objects: usize) {
     // SAFETY: exclusive access to the descriptor.
     unsafe {
         (*d).kind = kind::SLAB;
@@ -41,7 +78,6 @@ pub unsafe fn init(d: *mut SpanDesc, class: usize) {
                 0
             };
         }
-        crate::addr::segment::set_fast_class_of_span(d);
     }
 }
 
@@ -53,21 +89,85 @@ pub unsafe fn take(d: *mut SpanDesc, out: &mut [*mut u8]) -> usize {
     // SAFETY: the caller holds the bin lock that guards this slab.
     unsafe {
         let size = CLASSES[(*d).class as usize].size as usize;
-        let base = span_start(d) as usize;
+        let base = start(d) as usize;
+        // No more than the free objects: a mini slab's last word is its start, not bits.
+        let want = out.len().min((*d).nfree as usize);
         let mut n = 0;
         for (i, word) in (*d).words.iter_mut().enumerate() {
-            while *word != 0 && n < out.len() {
+            while *word != 0 && n < want {
                 let bit = word.trailing_zeros() as usize;
                 *word &= *word - 1;
                 out[n] = (base + (i * 64 + bit) * size) as *mut u8;
                 n += 1;
             }
-            if n == out.len() {
+            if n == want {
                 break;
             }
         }
         (*d).nfree -= n as u32;
         n
+    }
+}
+
+/// Whether slab `d` is a mini slab.
+///
+/// # Safety
+/// `d` must be a live slab's descriptor.
+#[inline(always)]
+pub unsafe fn is_mini(d: *const SpanDesc) -> bool {
+    // SAFETY: per the contract.
+    unsafe { (*d).flags & FLAG_MINI != 0 }
+}
+
+/// The first byte of slab `d`.
+///
+/// # Safety
+/// `d` must be a live slab's descriptor.
+#[inline(always)]
+pub unsafe fn start(d: *const SpanDesc) -> *mut u8 {
+    // SAFETY: per the contract.
+    unsafe {
+        if is_mini(d) {
+            mini_start(d)
+        } else {
+            span_start(d)
+        }
+    }
+}
+
+/// How many objects slab `d` holds.
+///
+/// # Safety
+/// `d` must be a live slab's descriptor.
+#[inline(always)]
+pub unsafe fn capacity(d: *const SpanDesc) -> usize {
+    // SAFETY: per the contract; a slab's class is small.
+    unsafe {
+        let class = (*d).class as usize;
+        if is_mini(d) {
+            mini_objects(class)
+        } else {
+            CLASSES.get_unchecked(class).objects as usize
+        }
+    }
+}
+
+/// Whether `offset` from slab `d`'s start is where one of its objects starts.
+///
+/// # Safety
+/// `d` must be a live slab's descriptor.
+#[inline(always)]
+pub unsafe fn starts_object(d: *const SpanDesc, offset: usize) -> bool {
+    // SAFETY: per the contract; a slab's class is small, so its mini code is in the table
+    // when it has mini slabs.
+    unsafe {
+        let class = (*d).class as usize;
+        if is_mini(d) {
+            let code = crate::base::size_class::mini_code(class);
+            STARTS_BY_CODE.get_unchecked(code).accepts(offset)
+        } else {
+            ClassInfo::starts_block(CLASSES.get_unchecked(class), offset)
+        }
     }
 }
 
@@ -81,9 +181,9 @@ pub unsafe fn object_index(d: *const SpanDesc, p: usize) -> Option<usize> {
     // not change while it is a slab.
     unsafe {
         let info = CLASSES.get_unchecked((*d).class as usize);
-        let off = p.wrapping_sub(span_start(d) as usize) as u64;
+        let off = p.wrapping_sub(start(d) as usize) as u64;
         let index = (off * info.div_magic as u64) >> 32;
-        if index * info.size as u64 == off && index < info.objects as u64 {
+        if index * info.size as u64 == off && index < capacity(d) as u64 {
             Some(index as usize)
         } else {
             None
@@ -105,8 +205,7 @@ pub unsafe fn put(d: *mut SpanDesc, index: usize) -> Put {
         }
         *word |= bit;
         (*d).nfree += 1;
-        let objects = CLASSES[(*d).class as usize].objects as u32;
-        if (*d).nfree == objects {
+        if (*d).nfree as usize == capacity(d) {
             Put::NowEmpty
         } else if (*d).nfree == 1 {
             Put::WasFull

@@ -606,7 +606,8 @@ const FREES_TOO: u64 = u64::MAX;
 /// How many blocks to take into the empty stack of small class `class` at a refill (see
 /// [`refill_rule`]). A small stack that runs dry a second time moves to its standard stack
 /// first (see [`unpack`]), so the stack's base may move: read it again afterwards. That refill
-/// takes what a refill of the standard stack would, less what the small stack's took, so that
+/// takes what a refill of the standard stack would, less what the small stack's took (at most
+/// half of it), so that
 /// the thread holds what it held when every stack started at its standard capacity (one block
 /// more or less left over in a stack tipped a batch of 1,000 blocks into flushing half of them
 /// at each round: 1.07x the time). Call [`refilled`] with what the refill took.
@@ -631,8 +632,12 @@ pub unsafe fn refill_size(tc: *mut ThreadCache, class: usize) -> usize {
             (*tc).requests_seen[class] != 0,
         );
         if unpacked {
+            // The small stack's one refill took its mark (the requests then, 1, plus what it
+            // took) less one: a mini slab's few blocks may have been fewer than half a small
+            // stack (see `span::slab`). Frees before that refill can only make it seem more.
             let packed_refill = (packed_capacity(class) / 2).max(1);
-            want.saturating_sub(packed_refill).max(1)
+            let took = (*tc).refill_runs_out_at[class].saturating_sub(1);
+            want.saturating_sub(packed_refill.min(took as usize)).max(1)
         } else {
             want
         }
