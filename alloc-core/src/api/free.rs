@@ -1,7 +1,7 @@
 //! Freeing and measuring: `free`, `free_sized`, `malloc_usable_size` and the pointer checks.
 //!
-//! The fast path is here: `free` of a block of a cached class is a segment-map load, the page's
-//! fast-path code (its class), one multiplication that checks the pointer starts a block, and a
+//! The fast path is here: `free` of a block of a cached class is a segment-map load, the
+//! fast-path entry of its KiB (its class and its offset in the span), one multiplication that checks the pointer starts a block, and a
 //! push. Anything suspicious takes the checked path, and misuse is fatal: a pointer that does
 //! not start a live block of ours aborts with one line naming the function and the pointer.
 
@@ -102,7 +102,7 @@ pub unsafe fn free(p: *mut u8) {
 /// Frees `p`, which was allocated with `size` bytes at an alignment of at most 16 (by
 /// [`malloc`], [`malloc_zeroed`] or [`realloc`] to that size). With the size known
 /// the block's class is known too, so a small block goes straight to the thread cache with no
-/// descriptor lookup, if its page's fast-path code is that class's: a sampled block (inside a
+/// descriptor lookup, if its KiB's fast-path code is that class's: a sampled block (inside a
 /// block of a larger class, or on pages of its own) takes [`free`]'s path, as do blocks
 /// smaller than a cache line from other arenas (which may go home).
 ///
@@ -136,10 +136,10 @@ pub unsafe fn free_sized(p: *mut u8, size: usize) {
 
 /// [`free`], naming `op` in the message if `p` is not a live block (e.g. `realloc(p, 0)`).
 ///
-/// The fast path serves the common case, a block of a cached class in a segment, from the page's
-/// fast-path code: the segment map says the chunk is a segment, the code gives the class, the
-/// page's span start and the class's constants check that `p` starts a block, and the block goes
-/// on the thread cache. The segment's address comes from `p` itself, so the loads of the code
+/// The fast path serves the common case, a block of a cached class in a segment, from its KiB's
+/// fast-path entry: the segment map says the chunk is a segment, the entry gives the class and
+/// how far `p`'s KiB lies into its span, the class's constants check that `p` starts a block,
+/// and the block goes on the thread cache. The segment's address comes from `p` itself, so the loads of the code
 /// and of the segment map run side by side. A block smaller than a cache line whose segment
 /// belongs to another arena (the map byte is the arena's tag) takes [`free_foreign`], which may
 /// send it home. Everything else (null, huge and sampled blocks, uncached classes, invalid
