@@ -183,6 +183,10 @@ pub struct Segment {
     pub hp_free: [u16; HUGE_PAGES_PER_SEGMENT],
     /// Descriptor slots of the header pages given to mini slabs (they are never taken back).
     pub minis: u8,
+    /// One descriptor per page; meaningful at span heads. Before the tables, so that the
+    /// descriptors of a small program's spans share the first page with the fields above
+    /// (those of the header pages hold mini slabs' descriptors).
+    pub spans: [SpanDesc; PAGES_PER_SEGMENT],
     /// For every page, the first page of the span covering it.
     pub page_head: [u16; PAGES_PER_SEGMENT],
     /// For every KiB, `free`'s fast-path code in the low byte: class + 1 on every granule of a
@@ -193,8 +197,6 @@ pub struct Segment {
     /// that a block's offset in its span comes from this entry alone. Sampling never changes
     /// a code (see `addr::sampled`).
     pub fast_code: [u16; GRANULES_PER_SEGMENT],
-    /// One descriptor per page; meaningful at span heads.
-    pub spans: [SpanDesc; PAGES_PER_SEGMENT],
 }
 
 /// Pages taken by the header; the first usable page.
