@@ -665,13 +665,15 @@ impl Arena {
             // SAFETY: per the contract, `p` lies inside a live slab of ours.
             let d = unsafe { segment::span_of(p as usize) };
             // SAFETY: `d` is the descriptor of the span holding `p`.
-            let index = match unsafe { slab::object_index(d, p as usize) } {
+            let shape = unsafe { slab::shape(d) };
+            // SAFETY: as above.
+            let index = match unsafe { slab::index_in(d, shape, p as usize) } {
                 // SAFETY: as above.
                 Some(i) if unsafe { (*d).kind } == kind::SLAB => i,
                 _ => os::fatal_pointer("free", "invalid pointer", p as usize),
             };
             // SAFETY: `d` is a slab of this bin (we hold its lock) and `index` one of its objects.
-            match unsafe { slab::put(d, index) } {
+            match unsafe { slab::put(d, index, shape.objects) } {
                 Put::Partial => {}
                 Put::AlreadyFree => os::fatal_pointer("free", "double free of", p as usize),
                 Put::WasFull => {

@@ -171,19 +171,53 @@ pub unsafe fn starts_object(d: *const SpanDesc, offset: usize) -> bool {
     }
 }
 
+/// Where a slab's objects start and how many it holds, read once for a run of lookups.
+#[derive(Clone, Copy)]
+pub struct Shape {
+    /// The slab's first byte.
+    pub start: usize,
+    /// Its objects.
+    pub objects: usize,
+}
+
+/// The shape of slab `d`.
+///
+/// # Safety
+/// `d` must be a live slab's descriptor.
+#[inline(always)]
+pub unsafe fn shape(d: *const SpanDesc) -> Shape {
+    // SAFETY: per the contract.
+    unsafe {
+        Shape {
+            start: start(d) as usize,
+            objects: capacity(d),
+        }
+    }
+}
+
 /// The index of the object at `p` in slab `d`, or `None` if `p` is not the start of one.
 ///
 /// # Safety
 /// `d` must be a slab descriptor covering the page of `p`.
 #[inline(always)]
 pub unsafe fn object_index(d: *const SpanDesc, p: usize) -> Option<usize> {
+    // SAFETY: per the contract.
+    unsafe { index_in(d, shape(d), p) }
+}
+
+/// [`object_index`] with the slab's [`shape`] known.
+///
+/// # Safety
+/// As for [`object_index`]; `shape` must be `d`'s.
+#[inline(always)]
+pub unsafe fn index_in(d: *const SpanDesc, shape: Shape, p: usize) -> Option<usize> {
     // SAFETY: `d` is a live slab descriptor; a slab's class (always < NUM_CLASSES) and kind do
     // not change while it is a slab.
     unsafe {
         let info = CLASSES.get_unchecked((*d).class as usize);
-        let off = p.wrapping_sub(start(d) as usize) as u64;
+        let off = p.wrapping_sub(shape.start) as u64;
         let index = (off * info.div_magic as u64) >> 32;
-        if index * info.size as u64 == off && index < capacity(d) as u64 {
+        if index * info.size as u64 == off && index < shape.objects as u64 {
             Some(index as usize)
         } else {
             None
@@ -191,11 +225,12 @@ pub unsafe fn object_index(d: *const SpanDesc, p: usize) -> Option<usize> {
     }
 }
 
-/// Returns the object with index `index` to slab `d`.
+/// Returns the object with index `index` to slab `d`, which holds `objects` objects.
 ///
 /// # Safety
-/// `d` must be a slab whose bin lock the caller holds; `index` must be in range.
-pub unsafe fn put(d: *mut SpanDesc, index: usize) -> Put {
+/// `d` must be a slab whose bin lock the caller holds; `index` must be in range and `objects`
+/// the slab's [`capacity`].
+pub unsafe fn put(d: *mut SpanDesc, index: usize, objects: usize) -> Put {
     // SAFETY: the caller holds the bin lock that guards this slab.
     unsafe {
         let word = &mut (*d).words[index / 64];
@@ -205,7 +240,7 @@ pub unsafe fn put(d: *mut SpanDesc, index: usize) -> Put {
         }
         *word |= bit;
         (*d).nfree += 1;
-        if (*d).nfree as usize == capacity(d) {
+        if (*d).nfree as usize == objects {
             Put::NowEmpty
         } else if (*d).nfree == 1 {
             Put::WasFull
