@@ -662,18 +662,13 @@ impl Arena {
         // `fill_small`).
         let mut kept = 0;
         for &p in objects {
-            // SAFETY: per the contract, `p` lies inside a live slab of ours.
-            let d = unsafe { segment::span_of(p as usize) };
-            // SAFETY: `d` is the descriptor of the span holding `p`.
-            let shape = unsafe { slab::shape(d) };
-            // SAFETY: as above.
-            let index = match unsafe { slab::index_in(d, shape, p as usize) } {
-                // SAFETY: as above.
-                Some(i) if unsafe { (*d).kind } == kind::SLAB => i,
-                _ => os::fatal_pointer("free", "invalid pointer", p as usize),
+            // SAFETY: per the contract, `p` lies inside a live slab of ours; we hold its bin's
+            // lock.
+            let Some((d, index, objects)) = (unsafe { slab::find_object(p as usize) }) else {
+                os::fatal_pointer("free", "invalid pointer", p as usize)
             };
             // SAFETY: `d` is a slab of this bin (we hold its lock) and `index` one of its objects.
-            match unsafe { slab::put(d, index, shape.objects) } {
+            match unsafe { slab::put(d, index, objects) } {
                 Put::Partial => {}
                 Put::AlreadyFree => os::fatal_pointer("free", "double free of", p as usize),
                 Put::WasFull => {
@@ -1464,6 +1459,12 @@ mod tests {
         let mut fifth = vec![ptr::null_mut(); 1];
         assert_eq!(a.fill_small(class_of(32), 0, &mut fifth, false), 1);
         assert_ne!(page(fifth[0]), shared);
+        // The rest of that page belongs to no slab yet: no object is found there.
+        let unused = (fifth[0] as usize & !(MINI_BYTES - 1)) + MINI_BYTES;
+        // SAFETY: an address in a live shared page of this arena, which no other test uses.
+        assert!(unsafe { slab::find_object(unused) }.is_none());
+        // SAFETY: as above.
+        assert!(unsafe { slab::find_object(fifth[0] as usize) }.is_some());
         taken.push((class_of(32), fifth));
         for (class, out) in &taken {
             // SAFETY: objects of this arena's slabs of `class`, unused, each put back once.

@@ -12,8 +12,10 @@
 //! `size_class::NUM_MINI` KiB of them); their descriptors live in header slots that are no
 //! page's, and keep their start in their last word.
 
-use crate::addr::segment::{kind, mini_start, span_start, SpanDesc, FLAG_MINI};
-use crate::base::size_class::{mini_objects, ClassInfo, CLASSES, STARTS_BY_CODE};
+use crate::addr::segment::{
+    kind, mini_start, span_start, Segment, SpanDesc, FLAG_MINI, GRANULES_PER_PAGE,
+};
+use crate::base::size_class::{mini_objects, ClassInfo, CLASSES, MINI_SHIFT, STARTS_BY_CODE};
 
 /// What returning an object did to its slab.
 #[derive(Debug, PartialEq, Eq)]
@@ -247,6 +249,56 @@ pub unsafe fn put(d: *mut SpanDesc, index: usize, objects: usize) -> Put {
         } else {
             Put::Partial
         }
+    }
+}
+
+/// The slab holding the object at `p`, a pointer into a slab of ours, with the object's index
+/// and the slab's object count, or `None` if `p` starts no object of a live slab (an invalid
+/// pointer).
+///
+/// # Safety
+/// `p` must lie in a live segment of ours whose arena's bin lock for `p`'s class the caller
+/// holds.
+#[inline(always)]
+pub unsafe fn find_object(p: usize) -> Option<(*mut SpanDesc, usize, usize)> {
+    let seg = Segment::of(p);
+    // SAFETY: per the contract; a slab on pages of its own is never a mini slab.
+    unsafe {
+        let d = Segment::desc(seg, Segment::head_of(seg, Segment::page_index(p)));
+        match (*d).kind {
+            kind::SLAB => {
+                let objects = CLASSES.get_unchecked((*d).class as usize).objects as usize;
+                let shape = Shape {
+                    start: span_start(d) as usize,
+                    objects,
+                };
+                index_in(d, shape, p).map(|i| (d, i, objects))
+            }
+            kind::SHARED => find_mini_object(d, p),
+            _ => None,
+        }
+    }
+}
+
+/// [`find_object`] in a shared page, out of the way of the common case.
+///
+/// # Safety
+/// As for [`find_object`]; `shared` must be the descriptor of `p`'s shared page.
+#[cold]
+#[inline(never)]
+unsafe fn find_mini_object(
+    shared: *mut SpanDesc,
+    p: usize,
+) -> Option<(*mut SpanDesc, usize, usize)> {
+    // SAFETY: per the contract; a shared page's words are its mini slabs' descriptors or 0.
+    unsafe {
+        let d = (*shared).words[(p >> MINI_SHIFT) & (GRANULES_PER_PAGE - 1)] as usize;
+        if d == 0 {
+            return None;
+        }
+        let d = d as *mut SpanDesc;
+        let shape = shape(d);
+        index_in(d, shape, p).map(|i| (d, i, shape.objects))
     }
 }
 
