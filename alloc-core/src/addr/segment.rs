@@ -455,6 +455,34 @@ pub unsafe fn mini_start(d: *const SpanDesc) -> *mut u8 {
     unsafe { (*d).words[3] as usize as *mut u8 }
 }
 
+/// The first byte of the span or mini slab `d` describes.
+///
+/// # Safety
+/// `d` must be a live descriptor: a span head's or a mini slab's.
+#[inline(always)]
+pub unsafe fn start_of(d: *const SpanDesc) -> *mut u8 {
+    // SAFETY: per the contract; only mini slabs' descriptors carry `FLAG_MINI`.
+    unsafe {
+        if (*d).flags & FLAG_MINI != 0 {
+            mini_start(d)
+        } else {
+            span_start(d)
+        }
+    }
+}
+
+/// The mini slab of shared page `shared` whose KiB holds `p`, or null if that KiB has none.
+///
+/// # Safety
+/// `shared` must be a live shared page's descriptor and `p` an address in that page.
+#[inline(always)]
+pub unsafe fn mini_at(shared: *const SpanDesc, p: usize) -> *mut SpanDesc {
+    // SAFETY: per the contract; a shared page's words are its mini slabs' descriptors or 0.
+    unsafe {
+        (*shared).words[(p >> MINI_SHIFT) & (GRANULES_PER_PAGE - 1)] as usize as *mut SpanDesc
+    }
+}
+
 /// Takes a header slot of `seg` for a mini slab's descriptor; null when all are taken.
 ///
 /// # Safety
@@ -483,9 +511,9 @@ pub unsafe fn span_of(p: usize) -> *mut SpanDesc {
     unsafe {
         let d = Segment::desc(seg, Segment::head_of(seg, Segment::page_index(p)));
         if (*d).kind == kind::SHARED {
-            let mini = (*d).words[(p >> MINI_SHIFT) & (GRANULES_PER_PAGE - 1)];
-            if mini != 0 {
-                return mini as usize as *mut SpanDesc;
+            let mini = mini_at(d, p);
+            if !mini.is_null() {
+                return mini;
             }
         }
         d
@@ -520,14 +548,8 @@ pub fn locate(p: usize) -> Location {
     }
     // SAFETY: a live segment; `page` is in range.
     let d = unsafe { span_of(p) };
-    // SAFETY: as above: `d` is a descriptor of a live segment.
-    let start = if unsafe { (*d).flags } & FLAG_MINI != 0 {
-        // SAFETY: a mini slab's descriptor (`span_of` returns no other with the flag).
-        unsafe { mini_start(d) as usize }
-    } else {
-        seg as usize + (page_of_desc(d) << PAGE_SHIFT)
-    };
-    Location::Span(d, start)
+    // SAFETY: as above: `d` is a live descriptor of a span head or a mini slab.
+    Location::Span(d, unsafe { start_of(d) } as usize)
 }
 
 #[cfg(test)]

@@ -12,10 +12,8 @@
 //! `size_class::NUM_MINI` KiB of them); their descriptors live in header slots that are no
 //! page's, and keep their start in their last word.
 
-use crate::addr::segment::{
-    kind, mini_start, span_start, Segment, SpanDesc, FLAG_MINI, GRANULES_PER_PAGE,
-};
-use crate::base::size_class::{mini_objects, ClassInfo, CLASSES, MINI_SHIFT, STARTS_BY_CODE};
+use crate::addr::segment::{self, kind, span_start, Segment, SpanDesc, FLAG_MINI};
+use crate::base::size_class::{mini_objects, ClassInfo, CLASSES, STARTS_BY_CODE};
 
 /// What returning an object did to its slab.
 #[derive(Debug, PartialEq, Eq)]
@@ -128,13 +126,7 @@ pub unsafe fn is_mini(d: *const SpanDesc) -> bool {
 #[inline(always)]
 pub unsafe fn start(d: *const SpanDesc) -> *mut u8 {
     // SAFETY: per the contract.
-    unsafe {
-        if is_mini(d) {
-            mini_start(d)
-        } else {
-            span_start(d)
-        }
-    }
+    unsafe { segment::start_of(d) }
 }
 
 /// How many objects slab `d` holds.
@@ -290,13 +282,12 @@ unsafe fn find_mini_object(
     shared: *mut SpanDesc,
     p: usize,
 ) -> Option<(*mut SpanDesc, usize, usize)> {
-    // SAFETY: per the contract; a shared page's words are its mini slabs' descriptors or 0.
+    // SAFETY: per the contract.
     unsafe {
-        let d = (*shared).words[(p >> MINI_SHIFT) & (GRANULES_PER_PAGE - 1)] as usize;
-        if d == 0 {
+        let d = segment::mini_at(shared, p);
+        if d.is_null() {
             return None;
         }
-        let d = d as *mut SpanDesc;
         let shape = shape(d);
         index_in(d, shape, p).map(|i| (d, i, shape.objects))
     }
