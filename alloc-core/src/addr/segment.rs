@@ -455,6 +455,20 @@ pub unsafe fn mini_start(d: *const SpanDesc) -> *mut u8 {
     unsafe { (*d).words[3] as usize as *mut u8 }
 }
 
+/// The class + 1 that the fast-path code of `p`'s KiB names (in a slab or a mini slab), or 0
+/// (for tests).
+///
+/// # Safety
+/// `p` must lie in a live segment.
+#[cfg(test)]
+pub unsafe fn fast_class_at(p: usize) -> usize {
+    // SAFETY: per the contract.
+    match unsafe { Segment::fast_code_at(p) } & 0xff {
+        0 => 0,
+        code => crate::base::size_class::STARTS_BY_CODE[code].class as usize + 1,
+    }
+}
+
 /// The first byte of the span or mini slab `d` describes.
 ///
 /// # Safety
@@ -593,10 +607,7 @@ mod tests {
             };
             // SAFETY: `p` is a live block in a segment of ours.
             unsafe {
-                let code = match Segment::fast_code_at(a) & 0xff {
-                    0 => 0,
-                    code => crate::base::size_class::STARTS_BY_CODE[code].class as usize + 1,
-                };
+                let code = fast_class_at(a);
                 if (*d).flags & FLAG_SAMPLED != 0 {
                     assert_eq!(code, 0, "a sampled block has a fast-path code");
                     return class_of((*d).sample().bytes) + 1;

@@ -1,8 +1,8 @@
 //! Freeing and measuring: `free`, `free_sized`, `malloc_usable_size` and the pointer checks.
 //!
 //! The fast path is here: `free` of a block of a cached class is a segment-map load, the
-//! fast-path entry of its KiB (its class and its offset in the span), one multiplication that checks the pointer starts a block, and a
-//! push. Anything suspicious takes the checked path, and misuse is fatal: a pointer that does
+//! fast-path entry of its KiB (its class and its offset in the span), one multiplication that
+//! checks the pointer starts a block, and a push. Anything suspicious takes the checked path, and misuse is fatal: a pointer that does
 //! not start a live block of ours aborts with one line naming the function and the pointer.
 
 use super::alloc::cache_or_init;

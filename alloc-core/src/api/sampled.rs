@@ -351,23 +351,18 @@ mod tests {
     use super::inner_record;
     use crate::addr::registry;
     use crate::addr::sampled as addr_sampled;
-    use crate::addr::segment::{locate, Location, Segment};
+    use crate::addr::segment::{fast_class_at, locate, Location};
     use crate::api::alloc::{alloc_aligned, malloc};
     use crate::api::free::{free, free_sized, usable_size};
     use crate::api::realloc::realloc;
     use crate::base::config;
-    use crate::base::size_class::{class_of, CLASSES, STARTS_BY_CODE};
+    use crate::base::size_class::{class_of, CLASSES};
     use crate::span::slab;
 
     /// The class + 1 that `p`'s fast-path code names (in a slab or a mini slab), or 0.
     fn code_of_page(p: usize) -> usize {
         // SAFETY: `p` is a live block in a segment of ours.
-        let code = unsafe { Segment::fast_code_at(p) } & 0xff;
-        if code == 0 {
-            0
-        } else {
-            STARTS_BY_CODE[code].class as usize + 1
-        }
+        unsafe { fast_class_at(p) }
     }
 
     /// The span class holding `p`, and whether `p` starts one of its blocks.
