@@ -12,5 +12,9 @@ fn main() {
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") && !rustflags.contains("gold")
     {
         println!("cargo:rustc-cdylib-link-arg=-Wl,-z,separate-loadable-segments");
+        // The code every process runs, gathered just after `.init` (see the script).
+        let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+        println!("cargo:rerun-if-changed=hot.ld");
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-T,{dir}/hot.ld");
     }
 }

@@ -1,0 +1,102 @@
+//! The code every process runs is gathered at the start of `libsampalloc.so`'s code, in the
+//! section `.text.sampalloc_hot` that `alloc-preload/hot.ld` makes just after `.init`: the
+//! C entry points, start-up, the first refill and span, exit, and the PLT that glibc's start-up
+//! and exit code calls through. Spread over the library's code, they cost a small program four
+//! or five page faults of code; gathered, one or two.
+//!
+//! The script names functions by their paths; a function renamed or moved to another module
+//! falls out of the list silently. This test names the start-up path's functions the same way
+//! and fails if one is missing from the library or lies outside the section.
+
+mod common;
+
+use common::profile_programs::run_tool;
+use common::{command, preload_lib};
+
+/// `(address, size)` of section `name` in `readelf -SW`'s listing.
+fn section(listing: &str, name: &str) -> Option<(u64, u64)> {
+    listing.lines().find_map(|line| {
+        let rest = line.split_once(']')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() != Some(&name) {
+            return None;
+        }
+        let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+        Some((hex(fields.get(2)?)?, hex(fields.get(4)?)?))
+    })
+}
+
+/// Symbols of the start-up path, as a substring of their mangled names (legacy Rust mangling,
+/// `<len><name>` per path segment) or an exact C name.
+const START_UP: &[&str] = &[
+    "malloc",
+    "free",
+    "calloc",
+    "realloc",
+    "pthread_atfork",
+    "14sampalloc_core7process4init9init_slow17h",
+    "14sampalloc_core7process4init7at_exit17h",
+    "14sampalloc_core6thread4init17h",
+    "14sampalloc_core3api5alloc10alloc_slow17h",
+    "14sampalloc_core3api5alloc11alloc_class17h",
+    "14sampalloc_core4pool5arena5Arena10fill_small17h",
+    "14sampalloc_core4span9page_heap8PageHeap15alloc_with_room17h",
+    "14sampalloc_core4base4meta5alloc17h",
+];
+
+#[test]
+fn start_up_code_lies_in_the_hot_section_with_the_plt() {
+    let lib = preload_lib();
+    let sections = run_tool(command("readelf", ["-SW".as_ref(), lib.as_os_str()]));
+    assert!(
+        sections.status.success(),
+        "readelf -SW failed:\n{}",
+        sections.stderr
+    );
+    let (hot, hot_size) = section(&sections.stdout, ".text.sampalloc_hot")
+        .unwrap_or_else(|| panic!("no .text.sampalloc_hot in:\n{}", sections.stdout));
+    assert!(
+        section(&sections.stdout, ".plt").is_none(),
+        "the PLT is a section of its own, outside the hot code:\n{}",
+        sections.stdout
+    );
+    // Two 64 KiB windows of code at most (the first starts at `.init`, a page before).
+    assert!(
+        hot_size <= 124 << 10,
+        "the hot section has grown to {hot_size} bytes"
+    );
+
+    let symbols = run_tool(command("nm", ["--defined-only".as_ref(), lib.as_os_str()]));
+    assert!(symbols.status.success(), "nm failed:\n{}", symbols.stderr);
+    for wanted in START_UP {
+        let exact = !wanted.contains("17h");
+        let found: Vec<u64> = symbols
+            .stdout
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split_whitespace();
+                let addr = u64::from_str_radix(fields.next()?, 16).ok()?;
+                let kind = fields.next()?;
+                let name = fields.next()?;
+                let matches = if exact {
+                    name == *wanted
+                } else {
+                    name.contains(wanted)
+                };
+                (matches && kind.eq_ignore_ascii_case("t")).then_some(addr)
+            })
+            .collect();
+        assert!(
+            !found.is_empty(),
+            "{wanted}: no such function in {}",
+            lib.display()
+        );
+        for addr in found {
+            assert!(
+                (hot..hot + hot_size).contains(&addr),
+                "{wanted} at {addr:#x} lies outside .text.sampalloc_hot ({hot:#x}, {hot_size} \
+                 bytes): update alloc-preload/hot.ld"
+            );
+        }
+    }
+}
