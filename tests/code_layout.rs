@@ -4,6 +4,9 @@
 //! and exit code calls through. Spread over the library's code, they cost a small program four
 //! or five page faults of code; gathered, one or two.
 //!
+//! The same script puts arena 0's state (and crt's `completed.0`) first in `.bss`, on the page
+//! that `.data` ends on, which the loader has written already.
+//!
 //! The script names functions by their paths; a function renamed or moved to another module
 //! falls out of the list silently. This test names the start-up path's functions the same way
 //! and fails if one is missing from the library or lies outside the section.
@@ -12,6 +15,21 @@ mod common;
 
 use common::profile_programs::run_tool;
 use common::{command, preload_lib};
+
+/// Addresses of the defined symbols of `nm --defined-only`'s listing whose kind is one of
+/// `kinds` and whose name `matches`.
+fn addresses(listing: &str, kinds: &str, matches: impl Fn(&str) -> bool) -> Vec<u64> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let addr = u64::from_str_radix(fields.next()?, 16).ok()?;
+            let kind = fields.next()?;
+            let name = fields.next()?;
+            (kinds.contains(kind) && matches(name)).then_some(addr)
+        })
+        .collect()
+}
 
 /// `(address, size)` of section `name` in `readelf -SW`'s listing.
 fn section(listing: &str, name: &str) -> Option<(u64, u64)> {
@@ -45,7 +63,7 @@ const START_UP: &[&str] = &[
 ];
 
 #[test]
-fn start_up_code_lies_in_the_hot_section_with_the_plt() {
+fn start_up_code_and_arena_0_lie_where_the_script_puts_them() {
     let lib = preload_lib();
     let sections = run_tool(command("readelf", ["-SW".as_ref(), lib.as_os_str()]));
     assert!(
@@ -70,22 +88,13 @@ fn start_up_code_lies_in_the_hot_section_with_the_plt() {
     assert!(symbols.status.success(), "nm failed:\n{}", symbols.stderr);
     for wanted in START_UP {
         let exact = !wanted.contains("17h");
-        let found: Vec<u64> = symbols
-            .stdout
-            .lines()
-            .filter_map(|line| {
-                let mut fields = line.split_whitespace();
-                let addr = u64::from_str_radix(fields.next()?, 16).ok()?;
-                let kind = fields.next()?;
-                let name = fields.next()?;
-                let matches = if exact {
-                    name == *wanted
-                } else {
-                    name.contains(wanted)
-                };
-                (matches && kind.eq_ignore_ascii_case("t")).then_some(addr)
-            })
-            .collect();
+        let found = addresses(&symbols.stdout, "tT", |name| {
+            if exact {
+                name == *wanted
+            } else {
+                name.contains(wanted)
+            }
+        });
         assert!(
             !found.is_empty(),
             "{wanted}: no such function in {}",
@@ -99,4 +108,21 @@ fn start_up_code_lies_in_the_hot_section_with_the_plt() {
             );
         }
     }
+
+    // Arena 0's counters, page heap and transfer arrays (its first 2,400 bytes) and crt's flag
+    // lie on the page `.data` ends on.
+    let (data, data_size) = section(&sections.stdout, ".data")
+        .unwrap_or_else(|| panic!("no .data in:\n{}", sections.stdout));
+    let data_page = (data + data_size - 1) >> 12;
+    let arenas = addresses(&symbols.stdout, "bB", |name| {
+        name.contains("14sampalloc_core4pool5arena6ARENAS17h")
+    });
+    let flag = addresses(&symbols.stdout, "bB", |name| name == "completed.0");
+    assert_eq!(arenas.len(), 1, "the arenas' table: {arenas:x?}");
+    assert!(
+        (arenas[0] + 2400 - 1) >> 12 == data_page && flag.iter().all(|a| a >> 12 == data_page),
+        "arena 0 ({:#x}) or completed.0 ({flag:x?}) is off .data's last page ({data_page:#x}): \
+         update alloc-preload/hot.ld",
+        arenas[0]
+    );
 }

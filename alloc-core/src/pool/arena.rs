@@ -271,7 +271,8 @@ pub struct ArenaPages {
 ///
 /// In this order (`repr(C)`): what every thread start and refill touches (the counters, the
 /// page heap, the transfer arrays) comes first, in at most two pages that
-/// [`warm_first_arena`] faults in at once.
+/// [`warm_first_arena`] faults in at once. The preload library's linker script puts the table
+/// of arenas first in `.bss`, so that arena 0's part lies on the page `.data` ends on.
 #[repr(C)]
 pub struct Arena {
     /// Threads that use this arena now, as their shared arena, their line arena or both (see
