@@ -52,6 +52,7 @@ const START_UP: &[&str] = &[
     "calloc",
     "realloc",
     "pthread_atfork",
+    "frame_dummy",
     "14sampalloc_core7process4init9init_slow17h",
     "14sampalloc_core7process4init7at_exit17h",
     "14sampalloc_core6thread4init17h",
