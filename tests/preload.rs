@@ -407,6 +407,20 @@ fn fork_from_threaded_process() {
     assert!(s.reports >= 2, "{}", r.describe());
 }
 
+/// A process that forks while it has one thread, then while a second thread allocates: the
+/// fork handlers wait for the second thread (the statistics say so at each stage), and every
+/// child allocates and exits cleanly.
+#[test]
+fn fork_handlers_wait_for_a_second_thread() {
+    if !have("cc") {
+        return;
+    }
+    let dir = Scratch::new("fork-single");
+    let exe = compile("cc", &dir, &["fork_single.c"], "fork_single", &["-pthread"]);
+    let r = run(Command::new(&exe));
+    r.assert_ok("fork with one thread, then two", "fork handlers ok");
+}
+
 #[test]
 fn threads_come_and_go() {
     if !have("cc") {

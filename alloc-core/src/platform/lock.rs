@@ -10,6 +10,7 @@
 //! store. Fork needs locks held across function boundaries and reset in the child, which the
 //! `raw_*` and `reset_after_fork` methods provide.
 
+use super::fork_guard;
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -36,6 +37,7 @@ impl Mutex {
     /// Takes the lock.
     #[inline]
     pub fn lock(&self) {
+        fork_guard::before_lock();
         if self
             .state
             .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
@@ -48,6 +50,7 @@ impl Mutex {
     /// Takes the lock if it is free now; false if another thread holds it.
     #[inline]
     pub fn try_lock(&self) -> bool {
+        fork_guard::before_lock();
         self.state
             .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
@@ -195,6 +198,7 @@ impl RawLock for SpinLock {
     }
     #[inline]
     fn try_lock(&self) -> bool {
+        fork_guard::before_lock();
         self.state
             .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()

@@ -3,11 +3,11 @@
 //! The first part reads the configuration, sizes the arena set and creates the thread-exit
 //! key. It allocates nothing (so it can run inside the very first `malloc`, which the dynamic
 //! loader may make before any constructor). The second part, after the engine is marked ready,
-//! calls into libc functions that may themselves allocate (`pthread_atfork`, `atexit`); those
-//! re-entrant calls are then served normally.
+//! calls into libc functions that may themselves allocate (`atexit`, and `pthread_atfork` if
+//! the process already has threads); those re-entrant calls are then served normally.
 
 use crate::base::config;
-use crate::platform::os;
+use crate::platform::{fork_guard, os};
 use crate::pool::arena;
 use crate::process::{fork, memory, stats};
 use crate::thread;
@@ -52,16 +52,11 @@ fn init_slow() {
     memory::install();
     STATE.store(READY, Ordering::Release);
 
-    // Calls that may allocate: the engine is ready to serve them now.
-    // SAFETY: the handlers are plain extern "C" functions valid for the process's life.
-    unsafe {
-        libc::pthread_atfork(
-            Some(fork::prefork),
-            Some(fork::postfork_parent),
-            Some(fork::postfork_child),
-        );
-        libc::atexit(at_exit);
-    }
+    // Calls that may allocate: the engine is ready to serve them now. The fork handlers are
+    // registered once the process has a second thread (see `platform::fork_guard`).
+    fork_guard::set_handlers(fork::prefork, fork::postfork_parent, fork::postfork_child);
+    // SAFETY: `at_exit` is a plain extern "C" function valid for the process's life.
+    unsafe { libc::atexit(at_exit) };
     crate::prof::trigger::install_signal_handler();
     if config::prof() {
         // Set the unwinder up now, not at the first sample (which would be skipped if another

@@ -32,6 +32,7 @@ use crate::addr::segment::{HEADER_PAGES, SEGMENT_SIZE};
 use crate::base::config;
 use crate::base::meta;
 use crate::base::size_class::{CLASSES, NUM_CACHED, NUM_CLASSES, NUM_SMALL};
+use crate::platform::fork_guard;
 use crate::platform::os::{self, Line, PAGE_SIZE};
 use crate::platform::smaps;
 use crate::pool::arena::{self, NUM_LARGE};
@@ -296,7 +297,13 @@ pub fn print(fd: i32) {
             .str("  kernel: ")
             .str(os::thp_mode_name())
             .str("  defrag: ")
-            .str(os::thp_defrag_name()),
+            .str(os::thp_defrag_name())
+            .str("  fork handlers: ")
+            .str(if fork_guard::registered() {
+                "registered"
+            } else {
+                "waiting for a second thread"
+            }),
     );
     emit(
         Line::new()

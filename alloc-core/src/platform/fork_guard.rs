@@ -1,0 +1,142 @@
+//! The engine's fork handlers, registered when the process first has a second thread rather
+//! than at start-up.
+//!
+//! The handlers take every engine lock before `fork` and release or reset them after it, so
+//! that a child never inherits a lock held by a thread that does not exist in it. While a
+//! process has only ever had one thread, no other thread can hold a lock when it forks: the
+//! only thread is the forking one, and it forks outside the engine. Registering with
+//! `pthread_atfork` faults in two pages of libc (its code and its list of handlers) that a
+//! program which never forks does not otherwise touch, so it waits: every lock acquisition
+//! first calls [`before_lock`], which, once glibc says the process has made a thread
+//! (`__libc_single_threaded` is false), registers the handlers before the lock is taken. A
+//! thread is only made outside the engine's locks, so no lock taken while the process was
+//! single-threaded is still held when a second thread can fork. Other C libraries, which do
+//! not say, get the handlers at once.
+//!
+//! Registration may allocate (glibc grows its list of handlers): the registering thread's own
+//! locks pass, the others wait for it.
+
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+/// No handlers yet (start-up is running): locks pass.
+const UNSET: u8 = 0;
+/// Handlers known, not registered: the process has had one thread so far.
+const WAITING: u8 = 1;
+/// A thread is registering them.
+const REGISTERING: u8 = 2;
+/// Registered.
+const DONE: u8 = 3;
+
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
+static STATE: AtomicU8 = AtomicU8::new(UNSET);
+/// The handlers, as function addresses: before, after in the parent, after in the child.
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
+static HANDLERS: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
+/// The registering thread (`pthread_self`), whose own locks pass while it registers.
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
+static REGISTRAR: AtomicUsize = AtomicUsize::new(0);
+
+/// Gives the handlers (once, at the end of start-up, when the engine can serve the allocations
+/// that registering them may make); registers them now if the process already has threads.
+pub fn set_handlers(
+    prepare: unsafe extern "C" fn(),
+    parent: unsafe extern "C" fn(),
+    child: unsafe extern "C" fn(),
+) {
+    HANDLERS[0].store(prepare as usize, Ordering::Relaxed);
+    HANDLERS[1].store(parent as usize, Ordering::Relaxed);
+    HANDLERS[2].store(child as usize, Ordering::Relaxed);
+    let _ = STATE.compare_exchange(UNSET, WAITING, Ordering::Release, Ordering::Relaxed);
+    before_lock();
+}
+
+/// Whether the handlers are registered (statistics).
+pub fn registered() -> bool {
+    STATE.load(Ordering::Acquire) == DONE
+}
+
+/// Called before every lock acquisition: registers the handlers if the process has made a
+/// thread and they are not registered yet (see the module docs).
+#[inline(always)]
+pub fn before_lock() {
+    if STATE.load(Ordering::Acquire) != DONE {
+        before_lock_slow();
+    }
+}
+
+#[cold]
+fn before_lock_slow() {
+    loop {
+        match STATE.load(Ordering::Acquire) {
+            UNSET | DONE => return,
+            WAITING => {
+                if single_threaded() {
+                    return;
+                }
+                if STATE
+                    .compare_exchange(WAITING, REGISTERING, Ordering::Acquire, Ordering::Acquire)
+                    .is_ok()
+                {
+                    register();
+                    return;
+                }
+            }
+            _ => {
+                // SAFETY: pthread_self has no preconditions.
+                if REGISTRAR.load(Ordering::Relaxed) == unsafe { libc::pthread_self() } as usize {
+                    return;
+                }
+                // SAFETY: sched_yield is a plain system call.
+                unsafe { libc::sched_yield() };
+            }
+        }
+    }
+}
+
+/// Registers the handlers; the state is `REGISTERING`, set by the caller.
+fn register() {
+    // SAFETY: pthread_self has no preconditions.
+    REGISTRAR.store(unsafe { libc::pthread_self() } as usize, Ordering::Relaxed);
+    let handler = |i: usize| {
+        let f = HANDLERS[i].load(Ordering::Relaxed);
+        // SAFETY: `set_handlers` stored these from `unsafe extern "C" fn()` values.
+        (f != 0).then(|| unsafe { core::mem::transmute::<usize, unsafe extern "C" fn()>(f) })
+    };
+    // SAFETY: the handlers are plain extern "C" functions valid for the process's life.
+    unsafe { libc::pthread_atfork(handler(0), handler(1), handler(2)) };
+    REGISTRAR.store(0, Ordering::Relaxed);
+    STATE.store(DONE, Ordering::Release);
+}
+
+/// Whether the process has never made a thread, as glibc keeps it; false where unknown.
+fn single_threaded() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            static __libc_single_threaded: core::ffi::c_char;
+        }
+        // SAFETY: glibc (2.32 and later) defines the flag; it only ever goes from 1 to 0, in
+        // the thread that makes the first thread, before that thread runs.
+        unsafe { core::ptr::addr_of!(__libc_single_threaded).read_volatile() != 0 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_threaded_process_registers_at_its_next_lock() {
+        // The test harness runs tests on threads of its own: the process has made threads.
+        assert!(!single_threaded());
+        // Start-up (any engine use by the harness) set the handlers; the next lock registers
+        // them if nothing did yet.
+        crate::process::init::ensure_ready();
+        before_lock();
+        assert!(registered());
+    }
+}
