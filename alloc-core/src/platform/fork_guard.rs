@@ -13,8 +13,11 @@
 //! single-threaded is still held when a second thread can fork. Other C libraries, which do
 //! not say, get the handlers at once.
 //!
-//! Registration may allocate (glibc grows its list of handlers): the registering thread's own
-//! locks pass, the others wait for it.
+//! Registration may allocate (glibc grows its list of handlers), so while one thread registers,
+//! every lock passes, its own and the others': a thread that waited could deadlock against a
+//! `fork` in progress, which holds glibc's handler lock while it runs other libraries'
+//! handlers, which may allocate. A `fork` that races the registration itself is not covered,
+//! as one that raced start-up was not when the handlers were registered there.
 
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
@@ -22,7 +25,7 @@ use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 const UNSET: u8 = 0;
 /// Handlers known, not registered: the process has had one thread so far.
 const WAITING: u8 = 1;
-/// A thread is registering them.
+/// A thread is registering them: locks pass.
 const REGISTERING: u8 = 2;
 /// Registered.
 const DONE: u8 = 3;
@@ -32,9 +35,6 @@ static STATE: AtomicU8 = AtomicU8::new(UNSET);
 /// The handlers, as function addresses: before, after in the parent, after in the child.
 #[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static HANDLERS: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
-/// The registering thread (`pthread_self`), whose own locks pass while it registers.
-#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
-static REGISTRAR: AtomicUsize = AtomicUsize::new(0);
 
 /// Gives the handlers (once, at the end of start-up, when the engine can serve the allocations
 /// that registering them may make); registers them now if the process already has threads.
@@ -66,46 +66,21 @@ pub fn before_lock() {
 
 #[cold]
 fn before_lock_slow() {
-    loop {
-        match STATE.load(Ordering::Acquire) {
-            UNSET | DONE => return,
-            WAITING => {
-                if single_threaded() {
-                    return;
-                }
-                if STATE
-                    .compare_exchange(WAITING, REGISTERING, Ordering::Acquire, Ordering::Acquire)
-                    .is_ok()
-                {
-                    register();
-                    return;
-                }
-            }
-            _ => {
-                // SAFETY: pthread_self has no preconditions.
-                if REGISTRAR.load(Ordering::Relaxed) == unsafe { libc::pthread_self() } as usize {
-                    return;
-                }
-                // SAFETY: sched_yield is a plain system call.
-                unsafe { libc::sched_yield() };
-            }
-        }
+    if STATE.load(Ordering::Acquire) == WAITING
+        && !single_threaded()
+        && STATE
+            .compare_exchange(WAITING, REGISTERING, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    {
+        let handler = |i: usize| {
+            let f = HANDLERS[i].load(Ordering::Relaxed);
+            // SAFETY: `set_handlers` stored these from `unsafe extern "C" fn()` values.
+            (f != 0).then(|| unsafe { core::mem::transmute::<usize, unsafe extern "C" fn()>(f) })
+        };
+        // SAFETY: the handlers are plain extern "C" functions valid for the process's life.
+        unsafe { libc::pthread_atfork(handler(0), handler(1), handler(2)) };
+        STATE.store(DONE, Ordering::Release);
     }
-}
-
-/// Registers the handlers; the state is `REGISTERING`, set by the caller.
-fn register() {
-    // SAFETY: pthread_self has no preconditions.
-    REGISTRAR.store(unsafe { libc::pthread_self() } as usize, Ordering::Relaxed);
-    let handler = |i: usize| {
-        let f = HANDLERS[i].load(Ordering::Relaxed);
-        // SAFETY: `set_handlers` stored these from `unsafe extern "C" fn()` values.
-        (f != 0).then(|| unsafe { core::mem::transmute::<usize, unsafe extern "C" fn()>(f) })
-    };
-    // SAFETY: the handlers are plain extern "C" functions valid for the process's life.
-    unsafe { libc::pthread_atfork(handler(0), handler(1), handler(2)) };
-    REGISTRAR.store(0, Ordering::Relaxed);
-    STATE.store(DONE, Ordering::Release);
 }
 
 /// Whether the process has never made a thread, as glibc keeps it; false where unknown.
