@@ -158,11 +158,9 @@ pub const fn cache_capacity(c: usize) -> usize {
 }
 
 /// Slots of class `c`'s stack while it is packed among the other classes' at a thread's
-/// start (see `thread::cache`): at most 4, 32 bytes. The small stacks of the classes up to
-/// 8 KiB then share the cache's first page with its fields (at 16 slots, every class above
-/// 32 B was on a second page, glibc's 4 KiB stdio buffer's too); at the full
-/// [`cache_capacity`] (up to 1 KiB of slots each) a small program's 20 or so classes spread
-/// over five pages.
+/// start (see `thread::cache`): at most 16, 128 bytes. A small program's classes then share one
+/// page of slots; at the full [`cache_capacity`] (up to 1 KiB of slots each) its 20 or so
+/// classes spread over five.
 pub const fn packed_capacity(c: usize) -> usize {
     let n = cache_capacity(c);
     if n < PACKED_MAX {
@@ -172,7 +170,7 @@ pub const fn packed_capacity(c: usize) -> usize {
     }
 }
 
-const PACKED_MAX: usize = 4;
+const PACKED_MAX: usize = 16;
 
 /// How far a class's stack may grow when the thread keeps overflowing it (allocating and
 /// freeing in batches larger than the stack): about 1 MiB worth, up to [`MAX_CACHE_CAPACITY`]

@@ -25,7 +25,7 @@
 //! time the thread overflows it, up to about 1 MiB worth and within the thread's share of a
 //! growth allowance (see [`growth_allowance`]), so a thread that allocates and frees in large
 //! batches ends up serving them from its cache alone. A stack has three places, taken in turn
-//! (see [`STACK_LAYOUT`]): it starts small, 4 slots at most, packed side by side with the
+//! (see [`STACK_LAYOUT`]): it starts small, 16 slots at most, packed side by side with the
 //! other classes' (one page of slots for the classes a small program uses); at its first
 //! overflow or the second time it runs dry it moves to its standard stack, also packed (see
 //! [`unpack`]); the first time it grows it moves to a region of its own, room for its largest
@@ -184,6 +184,8 @@ pub struct ThreadCache {
     pub last_grown_size: usize,
     /// How many growths in a row made `last_grown` what it is.
     pub grown_steps: u32,
+    /// The profiler's last stack walk on this thread, to repeat it without walking.
+    pub trace_memo: TraceMemo,
     next: *mut ThreadCache,
     prev: *mut ThreadCache,
     /// Each stack's `requests` at which its last refill runs out if the thread frees none of
@@ -199,9 +201,6 @@ pub struct ThreadCache {
     /// with their classes. Atomics only so that statistics may read them.
     remote: [AtomicPtr<u8>; REMOTE_CAP],
     remote_class: [AtomicU8; REMOTE_CAP],
-    /// The profiler's last stack walk on this thread, to repeat it without walking. Last: only
-    /// the profiler reads it, so a thread that is never sampled never touches its page.
-    pub trace_memo: TraceMemo,
 }
 
 impl ThreadCache {
@@ -404,10 +403,8 @@ pub unsafe fn holds_free_key(p: *const u8, key: u64) -> bool {
 pub fn acquire(arenas: ThreadArenas, free_key: u64) -> *mut ThreadCache {
     let mut list = CACHES.lock();
     let mut tc = list.spare;
-    let fresh = tc.is_null();
-    if fresh {
-        // Page-aligned, so that the fields before the stacks (3 KiB) and the small stacks of
-        // about 30 classes take one page.
+    if tc.is_null() {
+        // Page-aligned, so that the fields before the stacks (3 KiB) take one page, not two.
         tc = meta::alloc(core::mem::size_of::<ThreadCache>(), os::PAGE_SIZE).cast();
         if tc.is_null() {
             return tc;
@@ -436,11 +433,7 @@ pub fn acquire(arenas: ThreadArenas, free_key: u64) -> *mut ThreadCache {
         ptr::addr_of_mut!((*tc).last_grown).write(ptr::null_mut());
         ptr::addr_of_mut!((*tc).last_grown_size).write(0);
         ptr::addr_of_mut!((*tc).grown_steps).write(0);
-        // Fresh metadata memory is zeroed, which is an empty memo: writing it would fault in
-        // the cache's last page.
-        if !fresh {
-            ptr::addr_of_mut!((*tc).trace_memo).write(TraceMemo::EMPTY);
-        }
+        ptr::addr_of_mut!((*tc).trace_memo).write(TraceMemo::EMPTY);
         let slots = ptr::addr_of_mut!((*tc).slots).cast::<*mut u8>();
         for (class, &[small, ..]) in STACK_LAYOUT.iter().enumerate() {
             let base = slots.add(small);
@@ -1017,25 +1010,6 @@ pub fn postfork_child(survivor: *mut ThreadCache) {
 mod tests {
     use super::*;
     use crate::base::size_class::class_of;
-
-    /// A small program's stacks cost no page beyond the cache's first: its fields and the
-    /// small stacks of every class up to 8 KiB (glibc's stdio buffer is 4 KiB) fit in one page,
-    /// and the profiler's memo, which a fresh cache never writes, lies beyond it.
-    #[test]
-    fn fields_and_small_stacks_up_to_8_kib_share_the_first_page() {
-        let slots = core::mem::offset_of!(ThreadCache, slots);
-        for class in 0..NUM_CACHED {
-            if CLASSES[class].size as usize > 8 << 10 {
-                break;
-            }
-            let end = slots + (STACK_LAYOUT[class][0] + packed_capacity(class)) * 8;
-            assert!(
-                end <= os::PAGE_SIZE,
-                "class {class}'s small stack ends at {end}"
-            );
-        }
-        assert!(core::mem::offset_of!(ThreadCache, trace_memo) >= os::PAGE_SIZE);
-    }
 
     /// A thread that frees a class without allocating it (a consumer) parks even its own
     /// arena's blocks in the bin's transfer array, for a producer's next refill; a thread that

@@ -180,24 +180,6 @@ impl TraceMemo {
 
 #[cfg(test)]
 mod tests {
-    /// A fresh thread cache's memo is its zeroed metadata memory, never written (see
-    /// `thread::cache::acquire`): zeroed memory must read as the empty memo.
-    #[test]
-    fn zeroed_memory_is_the_empty_memo() {
-        // SAFETY: every field is an integer, a bool or an array of them: zero is valid.
-        let z: TraceMemo = unsafe { core::mem::zeroed() };
-        let e = TraceMemo::EMPTY;
-        assert_eq!(
-            (z.frames_len, z.reads_len, z.needs_bp, z.pc, z.sp, z.bp),
-            (e.frames_len, e.reads_len, e.needs_bp, e.pc, e.sp, e.bp)
-        );
-        assert_eq!(
-            (z.entry_sp, z.epoch, z.noted),
-            (e.entry_sp, e.epoch, e.noted)
-        );
-        assert_eq!((z.reads, z.frames), (e.reads, e.frames));
-    }
-
     use super::*;
 
     /// A memo of a walk that read `words` (at their addresses) from registers `regs`.
