@@ -71,17 +71,14 @@ static int fork_children(int n) {
 static volatile int stop;
 static volatile long ops;
 
+/* Allocates and frees blocks of many sizes, 512 live at a time, until told to stop. */
 static void *churn(void *arg) {
-  unsigned x = (unsigned)(size_t)arg;
-  void *slots[512] = {0};
-  while (!stop) {
-    x = x * 1103515245 + 12345;
-    unsigned i = (x >> 8) % 512;
-    free(slots[i]);
-    slots[i] = malloc((x >> 16) % 3000 + 1);
+  void **slots = arg;
+  for (size_t i = 0; !stop; i++) {
+    free(slots[i % 512]);
+    slots[i % 512] = malloc(i * 7 % 3000 + 1);
     ops++;
   }
-  for (int i = 0; i < 512; i++) free(slots[i]);
   return NULL;
 }
 
@@ -92,14 +89,16 @@ int main(void) {
   int single = strncmp(before, "waiting", 7) == 0;
   int failed = fork_children(20);
 
+  static void *slots[512];
   pthread_t t;
-  if (pthread_create(&t, NULL, churn, (void *)7) != 0) return 2;
+  if (pthread_create(&t, NULL, churn, slots) != 0) return 2;
   while (ops < 100000) sched_yield();
   const char *after = handlers();
   int threaded = strncmp(after, "registered", 10) == 0;
   failed += fork_children(40);
   stop = 1;
   pthread_join(t, NULL);
+  for (int i = 0; i < 512; i++) free(slots[i]);
 
   printf("one thread: %.10s; two: %.10s; failed children: %d; %s\n", single ? "waiting" : before,
          threaded ? "registered" : after, failed, keep);
