@@ -10,9 +10,7 @@ use super::sampled::{forget_sample, free_inner, free_sampled, huge_freeing};
 use super::{misuse, Op};
 use crate::addr::registry;
 use crate::addr::sampled::{self as addr_sampled, InnerSample};
-use crate::addr::segment::{
-    self, kind, span_start, Location, Segment, SpanDesc, FLAG_BUILT, FLAG_SAMPLED,
-};
+use crate::addr::segment::{self, kind, span_start, Location, Segment, SpanDesc, FLAG_SAMPLED};
 use crate::base::guess;
 use crate::base::size_class::{
     class_of, is_small, CLASSES, MINI_BYTES, MINI_SHIFT, NUM_CACHED, QUANTUM, SMALL_MAX,
@@ -312,14 +310,6 @@ pub(super) unsafe fn free_block(p: *mut u8, d: *mut SpanDesc, class: usize, op: 
                 cache::check_double_free(tc, class, d, p, op.name());
             }
             let owner = arena::of_segment(segment::segment_of_desc(d));
-            if (*d).flags & FLAG_BUILT != 0 {
-                // A buffer that `realloc` built up goes back to the page heap at once: the next
-                // one, which moves into a page run with free pages after it as it grows, finds
-                // these pages there and grows where this one did. Cached, they were out of its
-                // reach: each buffer took pages elsewhere, and the two places alternated.
-                owner.free_large(&[p]);
-                return;
-            }
             if !ptr::eq(owner, (*tc).line_arena) && cache::sends_home(class, owner) {
                 cache::push_remote(tc, class, p);
                 return;

@@ -12,6 +12,7 @@ use crate::pool::huge;
 use crate::process::tick::count_event;
 use crate::prof::backtrace;
 use crate::thread;
+use crate::thread::cache;
 use core::ptr;
 
 /// Blocks that `realloc` grows to at least this size get a mapping of their own (see
@@ -38,6 +39,10 @@ pub(super) fn alloc_for_growth(size: usize, entry_sp: usize) -> *mut u8 {
     unsafe {
         if count_event(tc, size) {
             return alloc_sampled(tc, class, QUANTUM, false, size, entry_sp);
+        }
+        // A buffer built up before and freed, cached (or any cached block large enough).
+        if let Some(p) = cache::take_at_least(tc, class) {
+            return p;
         }
         let pages = CLASSES[class].pages as usize;
         (*tc).arena.alloc_large_with_room(class, 1, pages, false)
@@ -254,44 +259,40 @@ mod tests {
         p
     }
 
-    /// A buffer built up into a page run goes back to the page heap when it is freed, not to
-    /// the thread cache, so the next buffer built the same way finds its pages and grows where
-    /// it did (cached, it was out of reach and buffers alternated between places).
+    /// A buffer built up into a page run waits in the thread cache when it is freed, and the
+    /// next buffer built the same way moves into it when it reaches the page-run sizes, so
+    /// that it grows where the last one did, with no page-heap work at either end.
     #[test]
-    fn a_built_up_buffer_gives_its_pages_back_at_once() {
-        // A sampled buffer is not flagged: no other test may turn sampling on meanwhile.
+    fn the_next_built_up_buffer_moves_into_the_last_one() {
+        // A sampled buffer would take other paths: no other test may turn sampling on.
         let _options = crate::base::config::hold_options();
         std::thread::spawn(|| {
             let tc = thread::cache_or_init();
-            // Another test's thread may take the freed pages before they are looked at: a few
-            // tries, one of which must find them free.
-            let found_free = (0..5).any(|_| {
-                let p = build_up(64 << 10);
-                let Location::Span(d, _) = segment::locate(p as usize) else {
-                    panic!("{p:?} is not in a segment");
-                };
-                // SAFETY: `d` heads the live block `p`.
-                let class = unsafe {
-                    assert_eq!((*d).kind, kind::LARGE, "a 64 KiB buffer is a page run");
-                    assert_ne!((*d).flags & segment::FLAG_BUILT, 0, "not flagged");
-                    (*d).class as usize
-                };
-                // SAFETY: this thread's own cache.
-                let cached = || unsafe { (*tc).cached_seen(class) };
-                let before = cached();
-                // SAFETY: a live block of ours, freed once.
-                unsafe { free(p) };
-                assert_eq!(cached(), before, "the buffer went into the thread cache");
-                let Location::Span(d, _) = segment::locate(p as usize) else {
-                    panic!("{p:?} is not in a segment");
-                };
-                // SAFETY: `d` is a descriptor of a live segment.
-                unsafe { (*d).kind == kind::FREE_DIRTY }
-            });
-            assert!(
-                found_free,
-                "the freed buffers' pages were never free in the page heap"
+            let p = build_up(64 << 10);
+            let Location::Span(d, _) = segment::locate(p as usize) else {
+                panic!("{p:?} is not in a segment");
+            };
+            // SAFETY: `d` heads the live block `p`.
+            let class = unsafe {
+                assert_eq!((*d).kind, kind::LARGE, "a 64 KiB buffer is a page run");
+                assert_ne!((*d).flags & segment::FLAG_BUILT, 0, "not flagged");
+                (*d).class as usize
+            };
+            // SAFETY: this thread's own cache.
+            let cached = || unsafe { (*tc).cached_seen(class) };
+            let before = cached();
+            // SAFETY: a live block of ours, freed once.
+            unsafe { free(p) };
+            assert_eq!(
+                cached(),
+                before + 1,
+                "the buffer did not go into the thread cache"
             );
+            let q = build_up(64 << 10);
+            assert_eq!(q, p, "the next buffer did not move into the last one");
+            assert_eq!(cached(), before);
+            // SAFETY: as above.
+            unsafe { free(q) };
         })
         .join()
         .unwrap();

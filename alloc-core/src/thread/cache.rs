@@ -455,6 +455,35 @@ pub fn acquire(arenas: ThreadArenas, free_key: u64) -> *mut ThreadCache {
     tc
 }
 
+/// Takes a cached block of the smallest class from large class `class` up to four times its
+/// size that has one, for a block that `realloc` is growing (see `api::realloc`): a buffer
+/// built up and freed waits in its class's stack, and the next one built the same way moves
+/// into it rather than into new pages. None if no such class has a block cached.
+///
+/// # Safety
+/// Only the cache's owner may call this; `class` must be a large class.
+pub unsafe fn take_at_least(tc: *mut ThreadCache, class: usize) -> Option<*mut u8> {
+    // Four classes a doubling: eight up is four times the size.
+    for c in class..NUM_CACHED.min(class + 9) {
+        // SAFETY: the owner's own cache.
+        let bin = unsafe { &(*tc).bins[c] };
+        let n = bin.count();
+        if n > 0 {
+            bin.requests
+                .store(bin.requests.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            bin.set_count(n - 1);
+            // SAFETY: slot `n - 1` holds a cached block of class `c`, now ours; the free key in
+            // its first word goes, as `malloc` clears it.
+            unsafe {
+                let p = *bin.base().add(n - 1);
+                p.cast::<u64>().write(0);
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
 /// Flushes a cache completely and recycles it (thread exit).
 ///
 /// # Safety
