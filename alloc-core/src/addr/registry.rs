@@ -67,19 +67,17 @@ const MAP_LEN: usize = 1 << (ADDRESS_BITS - CHUNK_SHIFT);
 /// kernel maps pages only when they are first written (reads of untouched pages share the zero
 /// page). A static rather than a mapping: `free` reaches it PC-relative, with no pointer or
 /// length to load first.
-struct SegmentMap(UnsafeCell<[u8; MAP_LEN + 1]>);
+struct SegmentMap(UnsafeCell<[u8; MAP_LEN]>);
 
 // SAFETY: every access is an atomic byte load or store (see `byte`).
 unsafe impl Sync for SegmentMap {}
 
-/// One byte more than the chunks: [`segment_tag`]'s bounds check lets through the chunk just
-/// past the last (a non-canonical address), whose byte stays 0.
-static SEGMENT_MAP: SegmentMap = SegmentMap(UnsafeCell::new([0; MAP_LEN + 1]));
+static SEGMENT_MAP: SegmentMap = SegmentMap(UnsafeCell::new([0; MAP_LEN]));
 
-/// The map byte of chunk `chunk` (<= MAP_LEN).
+/// The map byte of chunk `chunk` (< MAP_LEN).
 #[inline(always)]
 fn byte(chunk: usize) -> &'static AtomicU8 {
-    debug_assert!(chunk <= MAP_LEN);
+    debug_assert!(chunk < MAP_LEN);
     // SAFETY: in bounds; the map is only ever accessed through atomics.
     unsafe { &*SEGMENT_MAP.0.get().cast::<AtomicU8>().add(chunk) }
 }
@@ -94,13 +92,11 @@ pub const fn tag_of_index(index: usize) -> u8 {
 /// after). Never faults.
 #[inline(always)]
 pub fn segment_tag(addr: usize) -> u8 {
-    // The first chunk (null among it) is never a segment, and is answered without a load:
-    // `free(NULL)`, which exiting threads make, read the map's first page, a page fault
-    // nothing else needs. The test is the bounds check's, moved down by a chunk: as cheap.
-    if addr.wrapping_sub(1 << CHUNK_SHIFT) >> ADDRESS_BITS != 0 {
+    let chunk = addr >> CHUNK_SHIFT;
+    if chunk >= MAP_LEN {
         return 0;
     }
-    byte(addr >> CHUNK_SHIFT).load(Ordering::Relaxed)
+    byte(chunk).load(Ordering::Relaxed)
 }
 
 /// Whether the chunk holding `addr` is one of our segments. Never faults.
@@ -187,24 +183,5 @@ mod tests {
         assert!(!is_segment(a));
         // Never a segment, never a fault: beyond 48 bits, and address 0.
         assert!(!is_segment(usize::MAX) && !is_segment(1 << 48) && !is_segment(0));
-    }
-
-    #[test]
-    fn the_first_and_last_chunks_answer_from_their_bounds() {
-        // The first chunk is never a segment, whatever its byte says: the bounds check
-        // answers before the map is read (so `free(NULL)` touches no page of it).
-        mark_segment(0, 9);
-        assert_eq!(segment_tag(0), 0);
-        assert_eq!(segment_tag((1 << CHUNK_SHIFT) - 1), 0);
-        unmark_segment(0);
-        // The last chunk below 2^48 is read from the map; the one past it reads the spare
-        // byte, never set.
-        let last = (1usize << 48) - (1 << CHUNK_SHIFT);
-        mark_segment(last, 5);
-        assert_eq!(segment_tag(last + 4096), 5);
-        assert_eq!(segment_tag(1 << 48), 0);
-        assert_eq!(segment_tag((1 << 48) + (1 << CHUNK_SHIFT) - 1), 0);
-        unmark_segment(last);
-        assert_eq!(segment_tag(last), 0);
     }
 }
