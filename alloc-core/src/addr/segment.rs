@@ -43,8 +43,8 @@ pub const FLAG_SAMPLED: u16 = 1;
 /// list (see `span::page_heap`).
 pub const FLAG_SUBRELEASE: u16 = 2;
 /// Span flag of a large block placed with free pages after it for `realloc` to grow it into
-/// (a buffer being built up): its page has no fast-path code, so its `free` takes the checked
-/// path, which gives its pages back to the page heap at once (see `api::free::free_block`).
+/// (a buffer being built up). Freed, it is cached like any block of its class, where the next
+/// buffer built up finds it (see `api::realloc::alloc_for_growth`).
 pub const FLAG_BUILT: u16 = 4;
 /// Span flag of a mini slab (see `span::slab`).
 pub const FLAG_MINI: u16 = 8;
@@ -416,7 +416,7 @@ pub unsafe fn set_fast_class_of_span(d: *mut SpanDesc) {
                 let granules = (*d).pages as usize * GRANULES_PER_PAGE;
                 Segment::set_fast_codes(seg, first, granules, code)
             }
-            kind::LARGE if (*d).flags == 0 && class < NUM_CACHED => {
+            kind::LARGE if (*d).flags & FLAG_SAMPLED == 0 && class < NUM_CACHED => {
                 Segment::set_fast_codes(seg, first, GRANULES_PER_PAGE, code)
             }
             _ => Segment::set_fast_codes(seg, first, GRANULES_PER_PAGE, 0),

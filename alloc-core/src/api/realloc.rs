@@ -21,8 +21,9 @@ use core::ptr;
 const REALLOC_MAP_MIN: usize = 256 << 10;
 
 /// Allocates the new home of a block that `realloc` is growing, placed so that it can keep
-/// growing: large blocks get free pages after them, and blocks from `REALLOC_MAP_MIN` up
-/// mappings of their own (reusing the largest cached one).
+/// growing: a large block takes a cached one up to four times its size (the last buffer built
+/// up, freed) or else gets free pages after it, and blocks from `REALLOC_MAP_MIN` up mappings
+/// of their own (reusing the largest cached one).
 pub(super) fn alloc_for_growth(size: usize, entry_sp: usize) -> *mut u8 {
     if size >= REALLOC_MAP_MIN {
         return alloc_huge(size, QUANTUM, false, true, entry_sp);
