@@ -42,10 +42,6 @@ pub const FLAG_SAMPLED: u16 = 1;
 /// Span flag of a dirty free span: it waits on the page heap's subrelease list, not its decay
 /// list (see `span::page_heap`).
 pub const FLAG_SUBRELEASE: u16 = 2;
-/// Span flag of a large block placed with free pages after it for `realloc` to grow it into
-/// (a buffer being built up). Freed, it is cached like any block of its class, where the next
-/// buffer built up finds it (see `api::realloc::alloc_for_growth`).
-pub const FLAG_BUILT: u16 = 4;
 /// Span flag of a mini slab (see `span::slab`).
 pub const FLAG_MINI: u16 = 8;
 /// Span flag of a slab: it belongs to its bin's second lane (see `pool::arena::SLAB_LANES`).

@@ -15,7 +15,6 @@ use crate::pool::arena;
 use crate::pool::huge::{self, HugeHeader};
 use crate::prof::backtrace::{self, TraceMemo};
 use crate::prof::table::{self, StackEntry, MAX_FRAMES};
-use crate::thread;
 use crate::thread::cache::ThreadCache;
 use crate::thread::sampler;
 use crate::thread::InProfiler;
@@ -248,30 +247,11 @@ pub(super) unsafe fn free_inner(
     // SAFETY: per the contract, the block around `p` is live and ours to free; the stand-in
     // was taken with it and is held by nothing else.
     unsafe {
-        let base = p.wrapping_sub(offset);
-        if is_small(class) || !was_built_up(p, op) {
-            free_block(base, d, class, op);
-        } else {
-            // A buffer that `realloc` built up goes back to the page heap at once, as an
-            // unsampled one does (`FLAG_BUILT`): a sampled buffer grows there (see
-            // `api::realloc`) and moves on, and the next buffer built up grows where it did;
-            // cached, its pages would be out of reach.
-            arena::of_segment(segment::segment_of_desc(d)).free_large(&[base]);
-        }
+        free_block(p.wrapping_sub(offset), d, class, op);
         if !sample.stand_in.is_null() {
             free(sample.stand_in);
         }
     }
-}
-
-/// Whether sampled block `p`, being freed by `op`, is a buffer `realloc` built up: `realloc`
-/// moving it on, or the thread's last growing `realloc` returned it. Any other sampled large
-/// block is cached like an unsampled one (a sample of a program that allocates and frees
-/// blocks of 64-320 KiB took the arena's lock twice).
-fn was_built_up(p: *mut u8, op: Op) -> bool {
-    let tc = thread::cache();
-    // SAFETY: a non-null cache is the calling thread's own; the note is only compared.
-    op == Op::Realloc || (!tc.is_null() && unsafe { (*tc).last_grown } == p)
 }
 
 /// A huge block `p` (header `h`) is about to be freed. If it was sampled, while its address is
@@ -576,9 +556,9 @@ mod tests {
 
     /// A sampled large block of a cached class lies inside a block from the thread cache, its
     /// page keeps its code, and its free gives that block back to the thread cache, as an
-    /// unsampled block's; a buffer `realloc` built up (moved on by `realloc`, or the one the
-    /// thread's last growing `realloc` returned) goes to the page heap instead, where a buffer
-    /// built up after it can grow into its pages.
+    /// unsampled block's, a buffer `realloc` built up too (moved on by `realloc`, or the one
+    /// the thread's last growing `realloc` returned): the next buffer built up looks for it
+    /// there (`thread::cache::take_at_least`).
     #[test]
     fn sampled_large_blocks_come_from_and_go_back_to_the_thread_cache() {
         let _options = config::hold_options();
@@ -630,17 +610,18 @@ mod tests {
                 before + 1,
                 "the sampled block's block did not go back to the thread cache"
             );
-            // Moved on by a growing `realloc`: to the page heap.
+            // Moved on by a growing `realloc` (to a larger class): to the thread cache.
             let (p, _) = sampled();
             let before = cached();
             // SAFETY: a live block of ours; the result replaces it.
             let q = unsafe { crate::api::realloc::realloc(p, 3 * size) };
+            assert_ne!(q, p);
             assert_eq!(
                 cached(),
-                before,
-                "the moved buffer's block went into the cache"
+                before + 1,
+                "the moved buffer's block did not go back to the thread cache"
             );
-            // The buffer the thread's last growing `realloc` returned: to the page heap too.
+            // The buffer the thread's last growing `realloc` returned: to the thread cache too.
             let (p, _) = sampled();
             // SAFETY: this thread's own cache; the note is only compared.
             unsafe { (*tc).last_grown = p };
@@ -649,8 +630,8 @@ mod tests {
             unsafe { free(p) };
             assert_eq!(
                 cached(),
-                before,
-                "the built-up buffer's block went into the cache"
+                before + 1,
+                "the built-up buffer's block did not go back to the thread cache"
             );
             // SAFETY: as above.
             unsafe { free(q) };

@@ -9,8 +9,7 @@
 //! arena's page lock is only ever tried (`try_lock`), with no lock of ours held.
 
 use crate::addr::segment::{
-    self, kind, span_start, Segment, SpanDesc, FLAG_BUILT, FLAG_LANE, FLAG_SAMPLED,
-    GRANULES_PER_PAGE,
+    self, kind, span_start, Segment, SpanDesc, FLAG_LANE, FLAG_SAMPLED, GRANULES_PER_PAGE,
 };
 use crate::base::config;
 use crate::base::meta;
@@ -731,8 +730,7 @@ impl Arena {
     }
 
     /// [`Arena::alloc_large`] with `room` free pages after the block where possible (for a
-    /// block that `realloc` is growing: its next growth can then happen in place). Such a
-    /// block is flagged [`FLAG_BUILT`].
+    /// block that `realloc` is growing: its next growth can then happen in place).
     pub fn alloc_large_with_room(
         &self,
         class: usize,
@@ -741,9 +739,7 @@ impl Arena {
         zero: bool,
     ) -> *mut u8 {
         let pages = CLASSES[class].pages as usize;
-        let flags = if room > 0 { FLAG_BUILT } else { 0 };
-        self.alloc_block(class, pages, align_pages, room, zero, flags)
-            .0
+        self.alloc_block(class, pages, align_pages, room, zero, 0).0
     }
 
     /// Allocates a block of class `class` that the profiler samples: always a page run of its
