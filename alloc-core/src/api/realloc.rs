@@ -297,4 +297,35 @@ mod tests {
         .join()
         .unwrap();
     }
+    /// A smaller block left cached in the classes a growing buffer may move into (one a buffer
+    /// outgrew, or a sampled block's) does not come between successive buffers built up: the
+    /// next buffer still moves into the last one, the largest cached, and the smaller block
+    /// stays where it is. Taken first, it was outgrown, copied out of and cached again by
+    /// every buffer.
+    #[test]
+    fn a_smaller_cached_block_does_not_come_between_built_up_buffers() {
+        let _options = crate::base::config::hold_options();
+        std::thread::spawn(|| {
+            let p = build_up(64 << 10);
+            let stray = malloc(20 << 10);
+            // SAFETY: live blocks of ours, freed once; `stray` on top of its own stack.
+            unsafe {
+                free(p);
+                free(stray);
+            }
+            for _ in 0..3 {
+                let q = build_up(64 << 10);
+                assert_eq!(q, p, "the next buffer did not move into the last one");
+                // SAFETY: as above.
+                unsafe { free(q) };
+            }
+            assert_eq!(
+                malloc(20 << 10),
+                stray,
+                "the smaller block was taken meanwhile"
+            );
+        })
+        .join()
+        .unwrap();
+    }
 }

@@ -455,16 +455,21 @@ pub fn acquire(arenas: ThreadArenas, free_key: u64) -> *mut ThreadCache {
     tc
 }
 
-/// Takes a cached block of the smallest class from large class `class` up to four times its
+/// Takes a cached block of the largest class from large class `class` up to four times its
 /// size that has one, for a block that `realloc` is growing (see `api::realloc`): a buffer
 /// built up and freed waits in its class's stack, and the next one built the same way moves
 /// into it rather than into new pages. None if no such class has a block cached.
+///
+/// The largest, not the smallest: a smaller block left in the cache (one a buffer outgrew, or
+/// one a sample put in the way) would otherwise be taken by every buffer, outgrown and copied
+/// out of, and cached again for the next (`regrow` with the profiler on fell into that after
+/// a sample about one run in two: a copy or two of 16-40 KiB for every buffer).
 ///
 /// # Safety
 /// Only the cache's owner may call this; `class` must be a large class.
 pub unsafe fn take_at_least(tc: *mut ThreadCache, class: usize) -> Option<*mut u8> {
     // Four classes a doubling: eight up is four times the size.
-    for c in class..NUM_CACHED.min(class + 9) {
+    for c in (class..NUM_CACHED.min(class + 9)).rev() {
         // SAFETY: the owner's own cache.
         let bin = unsafe { &(*tc).bins[c] };
         let n = bin.count();
