@@ -421,6 +421,24 @@ fn fork_handlers_wait_for_a_second_thread() {
     r.assert_ok("fork with one thread, then two", "fork handlers ok");
 }
 
+/// A program whose own fork handlers allocate, registered before the engine started or
+/// after it but before a second thread: the engine's handlers are registered before the
+/// program's (glibc runs prepare handlers last-registered first, the others in order), so no
+/// handler of the program's allocates while the engine's locks are held for the fork.
+#[test]
+fn the_engines_fork_handlers_come_before_the_programs() {
+    if !have("cc") {
+        return;
+    }
+    let dir = Scratch::new("fork-order");
+    let exe = compile("cc", &dir, &["fork_order.c"], "fork_order", &["-pthread"]);
+    for order in ["first", "later"] {
+        let mut cmd = Command::new(&exe);
+        cmd.arg(order);
+        run(cmd).assert_ok(order, &format!("fork order ok ({order})"));
+    }
+}
+
 #[test]
 fn threads_come_and_go() {
     if !have("cc") {

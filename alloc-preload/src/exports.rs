@@ -4,7 +4,7 @@
 //! Exported because glibc-linked programs reach them: the C and POSIX allocation functions,
 //! glibc's extensions (`cfree`, `malloc_usable_size`, `malloc_trim`, `mallopt`, `mallinfo`,
 //! `mallinfo2`, `malloc_stats`) and glibc's internal `__libc_*` names for them, generated as
-//! twins of the function they name. jemalloc's own API (`mallctl`, `malloc_stats_print`, the
+//! twins of the function they name, and glibc's `__register_atfork` (see [`atfork`]). jemalloc's own API (`mallctl`, `malloc_stats_print`, the
 //! `*allocx` family) is exported too, for programs linked against libjemalloc (Redis): see
 //! [`jemalloc_api`]. C++ `operator new` and `delete` are in `cxx`: the forms of `new` are
 //! naked functions, which this macro does not make.
@@ -14,6 +14,7 @@
 //! own rather than ELF aliases: a symbol that `global_asm!` defines is not in the version
 //! script rustc writes for a cdylib, so it would stay local.
 
+use crate::atfork::{self, Handler};
 use crate::jemalloc_api::{self, WriteCb};
 use crate::mallinfo::{self, Mallinfo, Mallinfo2};
 use crate::semantics;
@@ -154,4 +155,7 @@ exports! {
     unsafe fn dallocx(p: *mut c_void, flags: c_int) = jemalloc_api::dallocx;
     /// jemalloc's `sdallocx`: frees `p`.
     unsafe fn sdallocx(p: *mut c_void, size: usize, flags: c_int) = jemalloc_api::sdallocx;
+    /// glibc's function behind `pthread_atfork`: the engine's fork handlers go first.
+    unsafe fn __register_atfork(prepare: Handler, parent: Handler, child: Handler,
+        dso: *mut c_void) -> c_int = atfork::register;
 }

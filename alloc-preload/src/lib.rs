@@ -20,6 +20,7 @@
 // runtime's own call `malloc` and `free`.
 #[cfg(target_arch = "x86_64")]
 pub mod cxx;
+pub mod atfork;
 pub mod exports;
 pub mod jemalloc_api;
 pub mod mallinfo;

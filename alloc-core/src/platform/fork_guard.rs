@@ -18,6 +18,15 @@
 //! `fork` in progress, which holds glibc's handler lock while it runs other libraries'
 //! handlers, which may allocate. A `fork` that races the registration itself is not covered,
 //! as one that raced start-up was not when the handlers were registered there.
+//!
+//! Ours must come before any other library's handlers: glibc runs the prepare handlers in the
+//! reverse order of registration and the parent and child ones in order. Registered after
+//! another library's, ours would take every lock before that library's prepare handler runs
+//! and reset them only after its child handler ran: one that allocates (and needs a lock)
+//! would wait for ever. So the preload library interposes glibc's `__register_atfork` (what
+//! `pthread_atfork` calls) and registers ours first ([`register_now`]) whenever another
+//! library registers; a program that registers no handler of its own and never has a second
+//! thread never faults in those pages.
 
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
@@ -66,21 +75,29 @@ pub fn before_lock() {
 
 #[cold]
 fn before_lock_slow() {
-    if STATE.load(Ordering::Acquire) == WAITING
-        && !single_threaded()
-        && STATE
-            .compare_exchange(WAITING, REGISTERING, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-    {
-        let handler = |i: usize| {
-            let f = HANDLERS[i].load(Ordering::Relaxed);
-            // SAFETY: `set_handlers` stored these from `unsafe extern "C" fn()` values.
-            (f != 0).then(|| unsafe { core::mem::transmute::<usize, unsafe extern "C" fn()>(f) })
-        };
-        // SAFETY: the handlers are plain extern "C" functions valid for the process's life.
-        unsafe { libc::pthread_atfork(handler(0), handler(1), handler(2)) };
-        STATE.store(DONE, Ordering::Release);
+    if STATE.load(Ordering::Acquire) == WAITING && !single_threaded() {
+        register_now();
     }
+}
+
+/// Registers the handlers now if they are given and not registered yet, however many threads
+/// the process has: before another library registers handlers of its own (see the module
+/// docs).
+pub fn register_now() {
+    if STATE
+        .compare_exchange(WAITING, REGISTERING, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    let handler = |i: usize| {
+        let f = HANDLERS[i].load(Ordering::Relaxed);
+        // SAFETY: `set_handlers` stored these from `unsafe extern "C" fn()` values.
+        (f != 0).then(|| unsafe { core::mem::transmute::<usize, unsafe extern "C" fn()>(f) })
+    };
+    // SAFETY: the handlers are plain extern "C" functions valid for the process's life.
+    unsafe { libc::pthread_atfork(handler(0), handler(1), handler(2)) };
+    STATE.store(DONE, Ordering::Release);
 }
 
 /// Whether the process has never made a thread, as glibc keeps it; false where unknown.
