@@ -147,6 +147,8 @@ fn c_api_conformance() {
 
 /// Every function `libsampalloc.so` exports (`alloc-preload/src/exports.rs`).
 const EXPORTS: &[&str] = &[
+    // glibc's function behind `pthread_atfork`: the engine's fork handlers go first.
+    "__register_atfork",
     "aligned_alloc",
     "calloc",
     "cfree",
