@@ -62,6 +62,7 @@ const START_UP: &[&str] = &[
     "14sampalloc_core4span9page_heap8PageHeap15alloc_with_room17h",
     "14sampalloc_core4base4meta5alloc17h",
     "14sampalloc_core8platform10fork_guard16before_lock_slow17h",
+    "9sampalloc6atfork15note_interposer17h",
 ];
 
 #[test]

@@ -20,6 +20,9 @@
 //!   that overflow (flush) one thread-cache class while the main thread forks children that
 //!   only `_exit(0)`.
 //!
+//! - `handlers_registered_after_start_up_come_after_the_engines`: the order of handlers (see
+//!   below).
+//!
 //! The tests take a static lock: a fork copies every thread of the process, so one test's
 //! workers would otherwise be inherited by the other test's children.
 
@@ -466,5 +469,96 @@ fn fork_child_survives_cache_flushes() {
         "{} of {forks} children died: {:?}",
         died.len(),
         &died[..died.len().min(5)]
+    );
+}
+
+/// Set in the environment of a re-executed test binary: its constructor runs
+/// [`fork_order_scenario`] and exits, before the test harness makes a thread.
+const FORK_ORDER_ENV: &str = "SAMPALLOC_TEST_FORK_ORDER";
+
+/// Allocates and frees 4,096 blocks of `N` bytes through the engine: more than a thread cache
+/// holds, so the engine's locks are needed.
+fn churn<const N: usize>() {
+    let blocks: Vec<Box<[u8; N]>> = (0..4096).map(|_| Box::new([7; N])).collect();
+    drop(blocks);
+}
+
+extern "C" fn prepare_allocates() {
+    churn::<3000>();
+}
+
+extern "C" fn parent_allocates() {
+    churn::<1500>();
+}
+
+extern "C" fn child_allocates() {
+    churn::<700>();
+}
+
+/// A single-threaded program that starts the engine, registers fork handlers of its own that
+/// allocate, makes a second thread and forks. glibc runs prepare handlers last-registered
+/// first and the others in order, so the engine's handlers must have been registered before
+/// the program's: at start-up, without the preload library's `__register_atfork` (had the
+/// engine waited for the second thread, the fork would hang in the program's handlers). Exits
+/// 0 when the fork and its child succeed, 1 if the child failed or hung, 3 if the parent hung.
+fn fork_order_scenario() -> i32 {
+    churn::<64>();
+    // SAFETY: plain extern "C" functions, valid for the process's life.
+    let r = unsafe {
+        libc::pthread_atfork(
+            Some(prepare_allocates),
+            Some(parent_allocates),
+            Some(child_allocates),
+        )
+    };
+    if r != 0 {
+        return 2;
+    }
+    std::thread::spawn(churn::<64>).join().unwrap_or(());
+    // SAFETY: the default action of SIGALRM ends this process if a handler hangs in it.
+    unsafe { libc::alarm(20) };
+    // SAFETY: the child only `_exit`s (its handler ran inside `fork`).
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: ends the child at once.
+        unsafe { libc::_exit(0) };
+    }
+    if pid < 0 {
+        return 2;
+    }
+    match wait_with_timeout(pid, CHILD_TIMEOUT) {
+        Some(st) if libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0 => 0,
+        _ => 1,
+    }
+}
+
+/// Runs [`fork_order_scenario`] instead of the tests when [`FORK_ORDER_ENV`] is set.
+extern "C" fn fork_order_constructor() {
+    if std::env::var_os(FORK_ORDER_ENV).is_some() {
+        let code = fork_order_scenario();
+        // SAFETY: ends the re-executed process with the scenario's result.
+        unsafe { libc::_exit(code) };
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static FORK_ORDER_CONSTRUCTOR: extern "C" fn() = fork_order_constructor;
+
+/// Fork handlers that a program (using the engine as Rust's global allocator) registers after
+/// the engine started and before its second thread, and that allocate: the fork succeeds,
+/// because the engine registered its own at start-up. Runs in a re-executed copy of this
+/// binary, whose constructor plays the program before the harness makes any thread.
+#[test]
+fn handlers_registered_after_start_up_come_after_the_engines() {
+    let exe = std::env::current_exe().expect("the test binary");
+    let status = std::process::Command::new(exe)
+        .env(FORK_ORDER_ENV, "1")
+        .status()
+        .expect("re-execute the test binary");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the fork hung or failed in the program's handlers: {status}"
     );
 }

@@ -44,7 +44,9 @@ pub use api::Op;
 pub use addr::segment::USABLE_PAGES;
 pub use base::config;
 pub use base::size_class::{class_of, class_size, LARGE_MAX, NUM_SMALL, QUANTUM, SMALL_MAX};
-pub use platform::fork_guard::register_now as register_fork_handlers_now;
+pub use platform::fork_guard::{
+    interposed as atfork_interposed, register_now as register_fork_handlers_now,
+};
 pub use platform::os::{errno, fatal, fatal_panic, set_errno, PAGE_SIZE};
 pub use pool::arena::set_narenas;
 pub use process::init::ensure_ready;

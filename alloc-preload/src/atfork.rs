@@ -8,7 +8,8 @@
 //! would take every engine lock before that library's prepare handler runs and reset them
 //! only after its child handler ran, and a handler that allocates would wait for ever (gRPC's
 //! fork support, for one, allocates in its child handler). So any registration first
-//! registers the engine's, then goes on to glibc's.
+//! registers the engine's, then goes on to glibc's. The library's constructor tells the
+//! engine so ([`note_interposer`]): only then may it wait for a second thread to register.
 
 use core::ffi::{c_char, c_int, c_void};
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -56,3 +57,13 @@ pub unsafe fn register(
     // SAFETY: `f` is glibc's `__register_atfork`, of this type; the caller keeps its contract.
     unsafe { core::mem::transmute::<usize, RegisterAtfork>(f)(prepare, parent, child, dso) }
 }
+
+/// Run by the dynamic loader with the library's constructors: tells the engine that other
+/// libraries' registrations come through [`register`] (see the engine's `fork_guard`).
+extern "C" fn note_interposer() {
+    engine::atfork_interposed();
+}
+
+#[used]
+#[link_section = ".init_array"]
+static NOTE_INTERPOSER: extern "C" fn() = note_interposer;

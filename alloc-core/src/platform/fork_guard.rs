@@ -26,9 +26,11 @@
 //! would wait for ever. So the preload library interposes glibc's `__register_atfork` (what
 //! `pthread_atfork` calls) and registers ours first ([`register_now`]) whenever another
 //! library registers; a program that registers no handler of its own and never has a second
-//! thread never faults in those pages.
+//! thread never faults in those pages. Only the preload library can interpose (its
+//! constructor says so, [`interposed`]); without it the handlers are registered at start-up,
+//! before any library that registers later.
 
-use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 /// No handlers yet (start-up is running): locks pass.
 const UNSET: u8 = 0;
@@ -45,8 +47,23 @@ static STATE: AtomicU8 = AtomicU8::new(UNSET);
 #[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static HANDLERS: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
 
+/// Set by [`interposed`].
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
+static INTERPOSED: AtomicBool = AtomicBool::new(false);
+
+/// Says that every other library's registration of fork handlers comes through
+/// [`register_now`] first (the preload library's `__register_atfork`, from its constructor):
+/// start-up may then leave the handlers unregistered until the process has a second thread.
+/// Start-up that ran before (a constructor that allocated) registered them already.
+pub fn interposed() {
+    INTERPOSED.store(true, Ordering::Relaxed);
+}
+
 /// Gives the handlers (once, at the end of start-up, when the engine can serve the allocations
-/// that registering them may make); registers them now if the process already has threads.
+/// that registering them may make); registers them now if the process already has threads, or
+/// if nothing said it interposes `__register_atfork` ([`interposed`]; the Rust global
+/// allocator): the earliest the engine can, as other allocators do, since it cannot put its
+/// handlers before those of a library that registers later.
 pub fn set_handlers(
     prepare: unsafe extern "C" fn(),
     parent: unsafe extern "C" fn(),
@@ -56,7 +73,11 @@ pub fn set_handlers(
     HANDLERS[1].store(parent as usize, Ordering::Relaxed);
     HANDLERS[2].store(child as usize, Ordering::Relaxed);
     let _ = STATE.compare_exchange(UNSET, WAITING, Ordering::Release, Ordering::Relaxed);
-    before_lock();
+    if INTERPOSED.load(Ordering::Relaxed) {
+        before_lock();
+    } else {
+        register_now();
+    }
 }
 
 /// Whether the handlers are registered (statistics).
