@@ -514,7 +514,11 @@ fn fork_order_scenario() -> i32 {
     if r != 0 {
         return 2;
     }
-    std::thread::spawn(churn::<64>).join().unwrap_or(());
+    // No panic may leave this function: it runs in a constructor.
+    match std::thread::Builder::new().spawn(churn::<64>) {
+        Ok(t) => t.join().unwrap_or(()),
+        Err(_) => return 2,
+    }
     // SAFETY: the default action of SIGALRM ends this process if a handler hangs in it.
     unsafe { libc::alarm(20) };
     // SAFETY: the child only `_exit`s (its handler ran inside `fork`).

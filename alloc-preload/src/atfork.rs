@@ -11,8 +11,8 @@
 //! registers the engine's, then goes on to glibc's. The library's constructor tells the
 //! engine so ([`note_interposer`]): only then may it wait for a second thread to register.
 
-use core::ffi::{c_char, c_int, c_void};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::ffi::{c_int, c_void};
+use core::sync::atomic::AtomicUsize;
 use sampalloc_core as engine;
 
 /// A fork handler, as `pthread_atfork` takes it (null: none).
@@ -39,20 +39,9 @@ pub unsafe fn register(
     // The engine's own registration comes back here, through its `pthread_atfork`, and goes
     // straight on: it is already under way.
     engine::register_fork_handlers_now();
-    let mut f = REAL.load(Ordering::Acquire);
+    let f = crate::next_symbol(&REAL, c"__register_atfork");
     if f == 0 {
-        // SAFETY: a NUL-terminated name; `dlsym` may allocate, through our `malloc`, which
-        // holds no lock here.
-        f = unsafe {
-            libc::dlsym(
-                libc::RTLD_NEXT,
-                c"__register_atfork".as_ptr().cast::<c_char>(),
-            )
-        } as usize;
-        if f == 0 {
-            return libc::ENOMEM;
-        }
-        REAL.store(f, Ordering::Release);
+        return libc::ENOMEM;
     }
     // SAFETY: `f` is glibc's `__register_atfork`, of this type; the caller keeps its contract.
     unsafe { core::mem::transmute::<usize, RegisterAtfork>(f)(prepare, parent, child, dso) }

@@ -18,8 +18,8 @@
 #![allow(non_snake_case)] // the Itanium C++ ABI's names
 
 use crate::semantics;
-use core::ffi::{c_char, c_void};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::ffi::{c_void, CStr};
+use core::sync::atomic::AtomicUsize;
 use sampalloc_core as engine;
 
 /// The C++ runtime's `new` of each form, as found (0: not looked up yet).
@@ -27,32 +27,24 @@ static REAL_NEW: [AtomicUsize; NEW_FORMS] = [const { AtomicUsize::new(0) }; NEW_
 
 /// The forms of `new`, by index into [`REAL_NEW`], with their mangled names.
 const NEW_FORMS: usize = 8;
-const NEW_NAMES: [&[u8]; NEW_FORMS] = [
-    b"_Znwm\0",
-    b"_Znam\0",
-    b"_ZnwmRKSt9nothrow_t\0",
-    b"_ZnamRKSt9nothrow_t\0",
-    b"_ZnwmSt11align_val_t\0",
-    b"_ZnamSt11align_val_t\0",
-    b"_ZnwmSt11align_val_tRKSt9nothrow_t\0",
-    b"_ZnamSt11align_val_tRKSt9nothrow_t\0",
+const NEW_NAMES: [&CStr; NEW_FORMS] = [
+    c"_Znwm",
+    c"_Znam",
+    c"_ZnwmRKSt9nothrow_t",
+    c"_ZnamRKSt9nothrow_t",
+    c"_ZnwmSt11align_val_t",
+    c"_ZnamSt11align_val_t",
+    c"_ZnwmSt11align_val_tRKSt9nothrow_t",
+    c"_ZnamSt11align_val_tRKSt9nothrow_t",
 ];
 
 /// The address of the C++ runtime's `new` of form `form`, for a `new` that found no memory.
 /// Without one (no C++ runtime loaded after us: cannot happen for a program that calls `new`
 /// through the dynamic linker) nothing can throw `std::bad_alloc`, and the process stops.
 extern "C" fn real_new(form: usize) -> usize {
-    let slot = &REAL_NEW[form];
-    let mut f = slot.load(Ordering::Acquire);
+    let f = crate::next_symbol(&REAL_NEW[form], NEW_NAMES[form]);
     if f == 0 {
-        let name = NEW_NAMES[form];
-        // SAFETY: a NUL-terminated name; `dlsym` may allocate, through our `malloc`, which
-        // holds no lock here.
-        f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast::<c_char>()) } as usize;
-        if f == 0 {
-            engine::fatal("operator new: out of memory, and no C++ runtime to throw bad_alloc");
-        }
-        slot.store(f, Ordering::Release);
+        engine::fatal("operator new: out of memory, and no C++ runtime to throw bad_alloc");
     }
     f
 }

@@ -4,8 +4,8 @@
 //! Exported because glibc-linked programs reach them: the C and POSIX allocation functions,
 //! glibc's extensions (`cfree`, `malloc_usable_size`, `malloc_trim`, `mallopt`, `mallinfo`,
 //! `mallinfo2`, `malloc_stats`) and glibc's internal `__libc_*` names for them, generated as
-//! twins of the function they name, and glibc's `__register_atfork` (see [`atfork`]). jemalloc's own API (`mallctl`, `malloc_stats_print`, the
-//! `*allocx` family) is exported too, for programs linked against libjemalloc (Redis): see
+//! twins of the function they name, and glibc's `__register_atfork` (see [`atfork`]).
+//! jemalloc's own API (`mallctl`, `malloc_stats_print`, the `*allocx` family) is exported too, for programs linked against libjemalloc (Redis): see
 //! [`jemalloc_api`]. C++ `operator new` and `delete` are in `cxx`: the forms of `new` are
 //! naked functions, which this macro does not make.
 //!

@@ -18,12 +18,26 @@
 
 // C++ `operator new` forms are naked functions in x86_64 assembly; elsewhere the C++
 // runtime's own call `malloc` and `free`.
+pub mod atfork;
 #[cfg(target_arch = "x86_64")]
 pub mod cxx;
-pub mod atfork;
 pub mod exports;
 pub mod jemalloc_api;
 pub mod mallinfo;
 #[cfg(all(not(test), target_arch = "x86_64", target_os = "linux"))]
 mod runtime;
 mod semantics;
+
+/// The address of the next definition of `name` after this library's (`dlsym(RTLD_NEXT)`):
+/// the C++ runtime's `new`, glibc's `__register_atfork`. Looked up once into `slot`; 0 if
+/// there is none. `dlsym` may allocate, through our `malloc`: callers hold no engine lock.
+fn next_symbol(slot: &core::sync::atomic::AtomicUsize, name: &core::ffi::CStr) -> usize {
+    use core::sync::atomic::Ordering;
+    let mut f = slot.load(Ordering::Acquire);
+    if f == 0 {
+        // SAFETY: a NUL-terminated name; see above for the allocation.
+        f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
+        slot.store(f, Ordering::Release);
+    }
+    f
+}

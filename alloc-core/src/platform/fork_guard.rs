@@ -1,5 +1,5 @@
-//! The engine's fork handlers, registered when the process first has a second thread rather
-//! than at start-up.
+//! The engine's fork handlers, registered under the preload library when the process first has
+//! a second thread, or another library registers its own, rather than at start-up.
 //!
 //! The handlers take every engine lock before `fork` and release or reset them after it, so
 //! that a child never inherits a lock held by a thread that does not exist in it. While a

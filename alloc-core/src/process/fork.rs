@@ -1,6 +1,6 @@
 //! Fork safety: every engine lock is taken before `fork` and released (parent) or reset
 //! (child) after it, so the child never inherits a lock held by a thread that does not exist
-//! in it. Registered with `pthread_atfork` once the process has a second thread (see
+//! in it. Registered with `pthread_atfork` before any other library's handlers (see
 //! `platform::fork_guard`).
 //!
 //! Lock order, outermost first: profile-dump buffer, thread-cache list, arena bins, arena

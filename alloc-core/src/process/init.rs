@@ -53,7 +53,8 @@ fn init_slow() {
     STATE.store(READY, Ordering::Release);
 
     // Calls that may allocate: the engine is ready to serve them now. The fork handlers are
-    // registered once the process has a second thread (see `platform::fork_guard`).
+    // registered here, or under the preload library once the process has a second thread or
+    // another library registers its own (see `platform::fork_guard`).
     fork_guard::set_handlers(fork::prefork, fork::postfork_parent, fork::postfork_child);
     // SAFETY: `at_exit` is a plain extern "C" function valid for the process's life.
     unsafe { libc::atexit(at_exit) };
