@@ -9,6 +9,7 @@ use super::usdt;
 use super::Op;
 use crate::addr::sampled::{self as addr_sampled, InnerSample};
 use crate::addr::segment::{self, SampleRecord, SpanDesc};
+use crate::base::config;
 use crate::base::size_class::{class_of, is_small, CLASSES, NUM_CACHED, QUANTUM};
 use crate::platform::os::PAGE_SIZE;
 use crate::pool::arena;
@@ -76,7 +77,7 @@ pub(super) unsafe fn alloc_sampled(
     } else {
         ptr::null_mut()
     };
-    let weight = sampler::weight(size, sampler::mean_interval());
+    let weight = sampler::weight(size, config::lg_prof_sample());
     let bytes = size.max(1);
     if let Some((outer, offset)) = outer_class(class, size, align) {
         // The stand-in keeps the sampled class's blocks flowing as if unsampled. Large classes
@@ -168,7 +169,7 @@ pub(super) fn alloc_huge_sampled(
             ptr::null_mut(),
             trace,
             size,
-            sampler::weight(size, sampler::mean_interval()),
+            sampler::weight(size, config::lg_prof_sample()),
             p,
         );
         // SAFETY: a live huge block we just allocated.

@@ -5,8 +5,8 @@
 //! resolvers run at relocation time) costs every process about 280 KiB of resident memory
 //! before the first allocation. `exp_m1` is accurate to a few units in the last place over the
 //! range the sampler uses, spending only as many terms as its argument needs; the draw,
-//! [`neg_ln_uniform`], is five terms of a series accurate to 1e-9. (With full series for
-//! both, a sample's draw and weight were a sixth of its cost.)
+//! [`neg_ln_uniform`], is a polynomial accurate to 3e-9. (With full series for both, a
+//! sample's draw and weight were a sixth of its cost.)
 
 const LN_2: f64 = core::f64::consts::LN_2;
 
@@ -21,32 +21,47 @@ const INVERSE_FACTORIALS: [f64; 18] = {
     t
 };
 
-/// The constants of the sampler's arithmetic, on two cache lines: [`neg_ln_uniform`]'s on the
-/// first, the sample weight's (`thread::sampler`) on the second. Read through
+/// The constants of the sampler's arithmetic, on three cache lines: [`neg_ln_uniform`]'s on
+/// the first two, the sample weight's (`thread::sampler`) on the third. Read through
 /// [`sampling_constants`], an opaque reference, so that the compiler loads them from here
 /// rather than from its constant pool, where they lay on six lines among others: samples are
 /// far apart, and each line was a cache miss.
 #[repr(C, align(64))]
 pub struct SamplingConstants {
+    /// `ln(m) / (m - 1)` for `m` in `[1, 2]`: a polynomial in `m - 1.5`, by powers from 0
+    /// (interpolated at the ten Chebyshev nodes).
+    pub ln_ratio: [f64; 10],
+    pub one_and_half: f64,
+    pub ln_2: f64,
+    /// The largest sample interval drawn, `2^62` bytes.
+    pub max_draw: f64,
+    _pad: [f64; 3],
     pub half: f64,
     pub one: f64,
-    pub sqrt_2: f64,
-    pub ln_2: f64,
-    /// `1/3, 1/5, 1/7, 1/9`: the series of `atanh`.
-    pub atanh: [f64; 4],
     /// `1/12, -1/720, 1/30240, -1/1209600, 1/47900160, -691/1307674368000`: the series of
     /// `1/(1 - exp(-x)) - 1/x - 1/2`, by odd powers of `x` from the first.
     pub bernoulli: [f64; 6],
-    /// The largest sample interval drawn, `2^62` bytes.
-    pub max_draw: f64,
 }
 
 static SAMPLING_CONSTANTS: SamplingConstants = SamplingConstants {
+    ln_ratio: [
+        0.810_930_219_913_242_7,
+        -0.288_527_101_371_979_34,
+        0.132_609_015_777_187_14,
+        -0.067_688_189_653_995_73,
+        0.036_635_234_166_339_38,
+        -0.020_563_182_432_163_537,
+        0.011_577_685_182_382_747,
+        -0.006_788_016_951_938_559,
+        0.005_250_270_678_070_283,
+        -0.003_176_057_018_431_96,
+    ],
+    one_and_half: 1.5,
+    ln_2: LN_2,
+    max_draw: (1u64 << 62) as f64,
+    _pad: [0.0; 3],
     half: 0.5,
     one: 1.0,
-    sqrt_2: core::f64::consts::SQRT_2,
-    ln_2: LN_2,
-    atanh: [1.0 / 3.0, 1.0 / 5.0, 1.0 / 7.0, 1.0 / 9.0],
     bernoulli: [
         1.0 / 12.0,
         -1.0 / 720.0,
@@ -55,7 +70,6 @@ static SAMPLING_CONSTANTS: SamplingConstants = SamplingConstants {
         1.0 / 47_900_160.0,
         -691.0 / 1_307_674_368_000.0,
     ],
-    max_draw: (1u64 << 62) as f64,
 };
 
 /// [`SamplingConstants`], through a reference the compiler cannot see through.
@@ -65,11 +79,13 @@ pub fn sampling_constants() -> &'static SamplingConstants {
 }
 
 /// `-ln(u)` for `u = (r + 1) / 2^53`, `r < 2^53`: an exponential draw of mean 1 from 53 random
-/// bits, for the sampler's every sample. Accurate to about 1e-9 absolute (a bias far below the
-/// sampling error). `r + 1 = 2^k * m`, with `m` taken into [sqrt(1/2), sqrt(2)); then
-/// `-ln u = (53 - k) ln 2 - ln m`, and `ln m = 2 atanh(s)`, `s = (m - 1) / (m + 1)`,
-/// `|s| < 0.172`, by five terms of its series. No table: a table's line had always left the
-/// cache by the next sample; the constants share one line ([`SamplingConstants`]).
+/// bits, for the sampler's every sample. Accurate to 3e-9 absolute (a bias far below the
+/// sampling error), and exactly 0 for `u = 1`. `r + 1 = 2^k * m` with `m` in `[1, 2)`; then
+/// `-ln u = (53 - k) ln 2 - ln m`, and `ln m = (m - 1) g(m)` with `g` a polynomial of degree 9
+/// evaluated in Estrin's form. No table (a table's line had always left the cache by the next
+/// sample), no division and no branch: the atanh series this replaced waited on a division,
+/// a chain of nine dependent steps and a branch taken half the time, and the lock a sample
+/// takes next waited for all of it.
 #[inline]
 pub fn neg_ln_uniform(r: u64) -> f64 {
     debug_assert!(r < 1 << 53);
@@ -80,17 +96,12 @@ pub fn neg_ln_uniform(r: u64) -> f64 {
     let frac = v << lz << 1;
     let m = f64::from_bits((1023u64 << 52) | (frac >> 12));
     let k = 63 - lz as i64;
-    let (m, k) = if m > c.sqrt_2 {
-        (m * c.half, k + 1)
-    } else {
-        (m, k)
-    };
-    let s = (m - c.one) / (m + c.one);
-    let s2 = s * s;
-    let [a3, a5, a7, a9] = c.atanh;
-    let t = s + s;
-    let ln_m = t + t * s2 * (a3 + s2 * (a5 + s2 * (a7 + s2 * a9)));
-    (53 - k) as f64 * c.ln_2 - ln_m
+    let t = m - c.one_and_half;
+    let (t2, [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9]) = (t * t, c.ln_ratio);
+    let (t4, low) = (t2 * t2, (c0 + c1 * t) + (c2 + c3 * t) * t2);
+    let high = (c4 + c5 * t) + (c6 + c7 * t) * t2;
+    let g = (low + high * t4) + (c8 + c9 * t) * (t4 * t4);
+    (53 - k) as f64 * c.ln_2 - (m - c.one) * g
 }
 
 /// `exp(x) - 1`, accurate also for `x` near 0, for finite `x <= 0` (the sampler's

@@ -38,26 +38,35 @@ pub fn sampling_on() -> bool {
 
 /// The mean sample interval `R` in bytes.
 pub fn mean_interval() -> f64 {
-    // Through i64: the conversion from u64 takes constants from memory.
-    (1i64 << config::lg_prof_sample()) as f64
+    power_of_2(config::lg_prof_sample() as i64)
 }
 
-/// The unbiased weight of a sample of `bytes` under mean interval `mean`: how many allocations
-/// of that size it stands for.
-pub fn weight(bytes: usize, mean: f64) -> f64 {
-    // The constants from one line of their own (see `SamplingConstants`); sizes are below
-    // 2^63, and the conversion from i64 takes no constant from memory.
+/// `2^e` for `-1022 <= e <= 1023`, from its bits (no conversion, no constant from memory).
+#[inline(always)]
+fn power_of_2(e: i64) -> f64 {
+    f64::from_bits(((e + 1023) as u64) << 52)
+}
+
+/// The unbiased weight of a sample of `bytes` under mean interval `2^lg_interval` (at most
+/// `2^40`): how many allocations of that size it stands for.
+pub fn weight(bytes: usize, lg_interval: u32) -> f64 {
+    // The constants from lines of their own (see `SamplingConstants`); sizes are below 2^63,
+    // and the conversion from i64 takes no constant from memory.
     let c = crate::base::fmath::sampling_constants();
-    let x = bytes.max(1) as i64 as f64 / mean;
+    let lg = lg_interval as i64;
+    let bytes = bytes.max(1) as i64 as f64;
+    // `bytes / R` by a multiplication, exact since R is a power of two: no division in the
+    // chain of the polynomial below.
+    let x = bytes * power_of_2(-lg);
     if x < c.one {
         // 1/(1 - exp(-x)) = 1/x + 1/2 + x/12 - x^3/720 + x^5/30240 - x^7/1209600 + ...
-        // (Bernoulli numbers): one division and a short polynomial, where the exponential's
-        // series took up to 16 terms in a chain. Below 1 (blocks up to the mean interval) the
-        // first term left out is under 1e-11 of the sum.
-        let x2 = x * x;
-        let [b1, b3, b5, b7, b9, b11] = c.bernoulli;
-        let tail = b1 + x2 * (b3 + x2 * (b5 + x2 * (b7 + x2 * (b9 + x2 * b11))));
-        return c.one / x + c.half + x * tail;
+        // (Bernoulli numbers): one division, `R / bytes`, which runs beside a short polynomial
+        // in Estrin's form. Below 1 (blocks up to the mean interval) the first term left out is
+        // under 1e-11 of the sum.
+        let (x2, [b1, b3, b5, b7, b9, b11]) = (x * x, c.bernoulli);
+        let x4 = x2 * x2;
+        let tail = ((b1 + b3 * x2) + (b5 + b7 * x2) * x4) + (b9 + b11 * x2) * (x4 * x4);
+        return power_of_2(lg) / bytes + c.half + x * tail;
     }
     // 1 - exp(-x), accurate for any x (negated by subtraction from 0: `-x` loads a sign mask).
     c.one / (0.0 - crate::base::fmath::exp_m1(0.0 - x))
@@ -78,6 +87,8 @@ pub struct Schedule {
     generation: u32,
     /// xorshift64* state.
     rng: u64,
+    /// The next draw of mean 1, made one draw ahead (see [`Schedule::draw`]).
+    next_unit: f64,
 }
 
 /// What an event asks the caller to do.
@@ -102,7 +113,9 @@ impl Schedule {
             next_tick: tick_bytes(),
             generation: config::sampling_generation(),
             rng: seed | 1,
+            next_unit: 0.0,
         };
+        s.next_unit = s.unit_draw();
         if sampling_on() {
             s.next_sample = s.draw(mean_interval());
         }
@@ -118,10 +131,19 @@ impl Schedule {
         self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    /// An exponentially distributed number of bytes with mean `mean` (at least 1).
-    fn draw(&mut self, mean: f64) -> u64 {
+    /// An exponential draw of mean 1.
+    fn unit_draw(&mut self) -> f64 {
         // -ln(u) for u uniform in (0, 1]: never zero, so the logarithm is finite.
-        let bytes = crate::base::fmath::neg_ln_uniform(self.next_random() >> 11) * mean;
+        crate::base::fmath::neg_ln_uniform(self.next_random() >> 11)
+    }
+
+    /// An exponentially distributed number of bytes with mean `mean` (at least 1). Uses the
+    /// draw made at the last call and makes the next, so that the countdown set now does not
+    /// wait for the logarithm's chain of about sixty cycles (a sample every 16 KiB ran 2.7 %
+    /// faster).
+    fn draw(&mut self, mean: f64) -> u64 {
+        let bytes = self.next_unit * mean;
+        self.next_unit = self.unit_draw();
         if bytes < crate::base::fmath::sampling_constants().max_draw {
             // Below 2^62: through i64, whose conversion takes no constant from memory.
             (bytes as i64 as u64).max(1)
@@ -179,16 +201,21 @@ mod tests {
     #[test]
     fn weights() {
         let r = 512.0 * 1024.0;
-        assert!((weight(512 * 1024, r) - 1.0 / (1.0 - (-1.0f64).exp())).abs() < 1e-9);
-        assert!((weight(16, r) - r / 16.0).abs() / (r / 16.0) < 1e-4);
-        assert!((weight(1 << 30, r) - 1.0).abs() < 1e-9);
-        // Against std's exp_m1 over the whole range, both sides of the series' bound.
-        let mut bytes = 1usize;
-        while bytes < 1 << 34 {
-            let reference = -1.0 / (-(bytes as f64) / r).exp_m1();
-            let rel = (weight(bytes, r) - reference).abs() / reference;
-            assert!(rel < 1e-10, "{bytes} bytes: {rel:e}");
-            bytes = bytes * 9 / 8 + 1;
+        assert!((weight(512 * 1024, 19) - 1.0 / (1.0 - (-1.0f64).exp())).abs() < 1e-9);
+        assert!((weight(16, 19) - r / 16.0).abs() / (r / 16.0) < 1e-4);
+        assert!((weight(1 << 30, 19) - 1.0).abs() < 1e-9);
+        // Against std's exp_m1 over the whole range, both sides of the series' bound, for
+        // intervals from 1 KiB to 1 TiB.
+        for lg in [10, 14, 19, 30, 40] {
+            let r = (1u64 << lg) as f64;
+            assert_eq!(power_of_2(lg as i64), r);
+            let mut bytes = 1usize;
+            while bytes < 1 << 44 {
+                let reference = -1.0 / (-(bytes as f64) / r).exp_m1();
+                let rel = (weight(bytes, lg) - reference).abs() / reference;
+                assert!(rel < 1e-10, "{bytes} bytes at 2^{lg}: {rel:e}");
+                bytes = bytes * 9 / 8 + 1;
+            }
         }
     }
 
