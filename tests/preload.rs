@@ -441,6 +441,24 @@ fn the_engines_fork_handlers_come_before_the_programs() {
     }
 }
 
+/// The profiler's own memory (its unwinder's module list, set up at start-up) comes from an
+/// arena of its own: with the profiler on, every block of the program lands where it lands
+/// with the profiler off (sampling paused, so that no sample moves a block).
+#[test]
+fn the_profiler_leaves_the_programs_blocks_where_they_were() {
+    if !have("cc") {
+        return;
+    }
+    let dir = Scratch::new("layout");
+    let exe = compile("cc", &dir, &["layout.c"], "layout", &[]);
+    let off = common::run_conf(Command::new(&exe), Some("prof:false"));
+    off.assert_ok("layout, profiler off", "layout ok");
+    let conf = "prof:true,prof_active:false,prof_final:false";
+    let on = common::run_conf(Command::new(&exe), Some(conf));
+    on.assert_ok("layout, profiler on", "layout ok");
+    assert_eq!(on.stdout, off.stdout, "blocks moved with the profiler on");
+}
+
 #[test]
 fn threads_come_and_go() {
     if !have("cc") {

@@ -172,12 +172,13 @@ pub(super) unsafe fn alloc_class(
     p
 }
 
-/// Serves a thread that has no cache (setting up, exiting, or out of metadata): straight from
-/// arena 0 under its locks. Such allocations are not sampled.
+/// Serves a thread that has no cache (setting up, exiting, or out of metadata) straight from
+/// arena 0 under its locks, and the profiler from its own arena. Such allocations are not
+/// sampled.
 #[cold]
 pub(super) fn fallback_alloc(class: usize, zero: bool, size: usize) -> *mut u8 {
     init::ensure_ready();
-    let a = arena::get(0);
+    let a = fallback_arena();
     if is_small(class) {
         let mut out = [ptr::null_mut(); 1];
         if a.fill_small(class, 0, &mut out, true) == 0 {
@@ -190,6 +191,15 @@ pub(super) fn fallback_alloc(class: usize, zero: bool, size: usize) -> *mut u8 {
         out[0]
     } else {
         a.alloc_large(class, 1, zero)
+    }
+}
+
+/// The arena of an allocation made without a cache: the profiler's own when inside it.
+fn fallback_arena() -> &'static arena::Arena {
+    if thread::InProfiler::inside() {
+        arena::profiler_arena()
+    } else {
+        arena::get(0)
     }
 }
 
@@ -255,7 +265,7 @@ pub fn aligned_slow(align: usize, size: usize, zero: bool, entry_sp: usize) -> *
             let tc = cache_or_init();
             if tc.is_null() {
                 init::ensure_ready();
-                return arena::get(0).alloc_large(class, align_pages, zero);
+                return fallback_arena().alloc_large(class, align_pages, zero);
             }
             // SAFETY: our own cache.
             unsafe {

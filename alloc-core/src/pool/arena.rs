@@ -1,8 +1,9 @@
 //! Arenas: the shared pools that thread caches refill from and flush to.
 //!
 //! There are at most [`MAX_ARENAS`] (255), statically allocated and constant-initialised, of
-//! which the first `narenas` are handed to threads, two to each: a line arena for the classes
-//! smaller than a cache line and a shared one for the rest (see [`ThreadArenas`]). An arena
+//! which the first `narenas` (at most 254) are handed to threads, two to each: a line arena for
+//! the classes smaller than a cache line and a shared one for the rest (see [`ThreadArenas`]).
+//! The last is the profiler's own (see [`profiler_arena`]). An arena
 //! owns its segments. It has one lock per small size class (the bin: the class's current slab
 //! and its list of non-full slabs) and one lock for its page heap (large blocks and new slabs).
 //! Lock order: a bin lock may be held while the page lock is taken, never the reverse. Another
@@ -25,6 +26,9 @@ use static_assertions::const_assert;
 
 /// The most arenas a process can have: each has a one-byte tag (index + 1) in the segment map.
 pub const MAX_ARENAS: usize = 255;
+/// The arena the profiler's own memory comes from (see [`profiler_arena`]): no thread is given
+/// it.
+const PROFILER_ARENA: usize = MAX_ARENAS - 1;
 
 /// Pages of empty slabs an arena's bins keep for reuse, together (see [`SlabBin::empty`]):
 /// 8 MiB. They are released at the arena's sweeps, once per `dirty_decay_ms`, so they live no
@@ -1073,6 +1077,32 @@ static SIZED: AtomicBool = AtomicBool::new(false);
 /// first tick.
 static ARENAS_USED: AtomicUsize = AtomicUsize::new(1);
 
+/// Whether the profiler's arena was ever used (it then holds memory: ticks, purges, fork and
+/// stats visit it too).
+static PROFILER_ARENA_USED: AtomicBool = AtomicBool::new(false);
+
+/// The arena that serves the profiler's own allocations (its unwinder's module lists and
+/// caches, its stack table, the buffers of a dump), which are made without a thread cache (see
+/// `thread::InProfiler`). Apart from the program's arenas, so that they take no block or slab
+/// the program's allocations would have had: with the profiler on, the program's blocks lie
+/// where they lay with it off (its set-up's blocks alone made `pairs` 3-5 % slower).
+pub fn profiler_arena() -> &'static Arena {
+    if !PROFILER_ARENA_USED.load(Ordering::Relaxed) {
+        // Before its first lock is taken: `prefork` then visits it.
+        PROFILER_ARENA_USED.store(true, Ordering::SeqCst);
+    }
+    &ARENAS[PROFILER_ARENA]
+}
+
+/// The arenas that may hold memory: those ever given a thread, and the profiler's if used.
+pub fn in_use() -> impl Iterator<Item = &'static Arena> {
+    let profiler = PROFILER_ARENA_USED.load(Ordering::SeqCst);
+    ARENAS
+        .iter()
+        .take(arenas_used())
+        .chain(profiler.then(|| &ARENAS[PROFILER_ARENA]))
+}
+
 /// Arena number `i`.
 pub fn get(i: usize) -> &'static Arena {
     &ARENAS[i]
@@ -1106,12 +1136,15 @@ pub fn warm_first_arena() {
     unsafe { os::fault_in_for_write(ptr::from_ref(a).cast(), core::mem::offset_of!(Arena, bins)) };
 }
 
-/// Sets the number of shared arenas to `n` (clamped to 1..=MAX_ARENAS), and that of line
-/// arenas to `n` or the CPU count, whichever is larger.
+/// Sets the number of shared arenas to `n` (clamped to 1..=254, the arenas threads may have),
+/// and that of line arenas to `n` or the CPU count, whichever is larger.
 pub fn set_narenas(n: usize) {
-    let n = n.clamp(1, MAX_ARENAS);
+    let n = n.clamp(1, PROFILER_ARENA);
     SHARED_ARENAS.store(n, Ordering::Relaxed);
-    LINE_ARENAS.store(n.max(os::cpu_count()).min(MAX_ARENAS), Ordering::Relaxed);
+    LINE_ARENAS.store(
+        n.max(os::cpu_count()).min(PROFILER_ARENA),
+        Ordering::Relaxed,
+    );
     SIZED.store(true, Ordering::Release);
 }
 
@@ -1282,23 +1315,19 @@ fn count_out(a: &Arena) {
 /// visited by the ticks of those that remain. Costs two atomic loads per arena when nothing is
 /// due.
 pub fn purge_due_arenas(now: u64) {
-    for a in ARENAS.iter().take(arenas_used()) {
+    for a in in_use() {
         a.purge_at(now, false);
     }
 }
 
 /// Purges every arena (see [`Arena::purge`]). Returns how many pages were purged.
 pub fn purge_all_arenas(all: bool) -> usize {
-    ARENAS
-        .iter()
-        .take(arenas_used())
-        .map(|a| a.purge(all))
-        .sum()
+    in_use().map(|a| a.purge(all)).sum()
 }
 
 /// Fork: take every arena lock, in the documented order.
 pub fn prefork() {
-    for a in ARENAS.iter().take(arenas_used()) {
+    for a in in_use() {
         for b in &a.bins {
             b.0.raw_lock();
         }
@@ -1308,7 +1337,7 @@ pub fn prefork() {
 
 /// Fork: release every arena lock in the parent.
 pub fn postfork_parent() {
-    for a in ARENAS.iter().take(arenas_used()) {
+    for a in in_use() {
         // SAFETY: all taken by this thread in `prefork`.
         unsafe {
             a.pages.raw_unlock();
@@ -1321,7 +1350,7 @@ pub fn postfork_parent() {
 
 /// Fork: reset every arena lock in the child.
 pub fn postfork_child() {
-    for a in ARENAS.iter().take(arenas_used()) {
+    for a in in_use() {
         a.pages.reset_after_fork();
         for b in &a.bins {
             b.0.reset_after_fork();

@@ -161,8 +161,7 @@ pub fn snapshot() -> Snapshot {
     // Pages freed at or before this are past their decay window.
     let expired_before = now.checked_sub(s.decay_ms.max(0) as u64 + 1);
     let mut oldest = u64::MAX;
-    for i in 0..arena::arenas_used() {
-        let a = arena::get(i);
+    for a in arena::in_use() {
         for (c, o) in out.iter_mut().enumerate().take(NUM_SMALL) {
             let bin = a.bin(c).lock();
             *o += bin.objects_out;

@@ -88,6 +88,11 @@ pub fn cache_or_init() -> *mut ThreadCache {
     let s = state();
     // SAFETY: the block belongs to the calling thread.
     unsafe {
+        if (*s).in_profiler != 0 {
+            // The profiler's own allocations (see `InProfiler`), and set-up waits until the
+            // thread leaves it.
+            return ptr::null_mut();
+        }
         match (*s).phase {
             phase::LIVE => (*s).cache,
             phase::UNINIT => init(s),
@@ -138,10 +143,16 @@ pub extern "C" fn on_thread_exit(_value: *mut libc::c_void) {
     }
 }
 
-/// Marks the calling thread as inside the profiler (its allocations are not sampled and do not
-/// serve pending dumps) until dropped.
+/// Marks the calling thread as inside the profiler until dropped: its allocations are not
+/// sampled, do not serve pending dumps, and do not use its cache. The cache pointer reads
+/// null meanwhile, so `malloc` and `free` leave their fast paths for the fallback path, which
+/// serves the profiler from an arena of its own (`pool::arena::profiler_arena`): the
+/// profiler's memory then never takes a block the program would have had, and the fast paths
+/// pay nothing for it. The sampling path keeps the cache it was called with.
 pub struct InProfiler {
     previous: u8,
+    /// The thread's cache, set aside by the outermost guard.
+    cache: *mut ThreadCache,
 }
 
 impl InProfiler {
@@ -152,14 +163,86 @@ impl InProfiler {
         unsafe {
             let previous = (*s).in_profiler;
             (*s).in_profiler = 1;
-            InProfiler { previous }
+            let cache = if previous == 0 {
+                core::mem::replace(&mut (*s).cache, ptr::null_mut())
+            } else {
+                ptr::null_mut()
+            };
+            InProfiler { previous, cache }
         }
+    }
+
+    /// Whether the calling thread is inside the profiler.
+    #[inline]
+    pub fn inside() -> bool {
+        // SAFETY: the thread's own block.
+        unsafe { (*state()).in_profiler != 0 }
     }
 }
 
 impl Drop for InProfiler {
     fn drop(&mut self) {
-        // SAFETY: the thread's own block.
-        unsafe { (*state()).in_profiler = self.previous };
+        let s = state();
+        // SAFETY: the thread's own block. No set-up or exit ran while the cache was aside
+        // (`cache_or_init` starts none inside the profiler), so it is the thread's still.
+        unsafe {
+            (*s).in_profiler = self.previous;
+            if self.previous == 0 {
+                (*s).cache = self.cache;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::segment::Segment;
+    use crate::api::alloc::malloc;
+    use crate::api::free::free;
+
+    /// The arena whose segment holds `p`.
+    fn arena_of(p: *mut u8) -> usize {
+        // SAFETY: `p` is a live block of ours, in one of our segments.
+        unsafe { arena::of_segment(Segment::of(p as usize)).index() }
+    }
+
+    /// Inside the profiler, blocks come from the profiler's arena, not from the thread's
+    /// cache: the block the program gets next is the one it would have got anyway. Leaving
+    /// (the outermost guard only) gives the thread its cache back.
+    #[test]
+    fn the_profiler_allocates_apart_from_the_program() {
+        let warm = malloc(200);
+        assert!(!cache().is_null());
+        // SAFETY: a live block of ours, freed once.
+        unsafe { free(warm) };
+        let profiler_arena = arena::profiler_arena().index();
+        let (inner, outer);
+        {
+            let _outer_guard = InProfiler::enter();
+            assert!(cache().is_null());
+            assert!(InProfiler::inside());
+            outer = malloc(200);
+            {
+                let _inner_guard = InProfiler::enter();
+                inner = malloc(5000);
+            }
+            // Still inside: the inner guard must not give the cache back.
+            assert!(cache().is_null());
+        }
+        assert!(!InProfiler::inside());
+        assert!(!cache().is_null());
+        assert_eq!(arena_of(outer), profiler_arena);
+        assert_eq!(arena_of(inner), profiler_arena);
+        // The program's next block of that class is the one the thread freed last.
+        let again = malloc(200);
+        assert_eq!(again, warm);
+        assert_ne!(arena_of(again), profiler_arena);
+        // SAFETY: live blocks of ours, each freed once (the profiler's from outside it, too).
+        unsafe {
+            free(again);
+            free(outer);
+            free(inner);
+        }
     }
 }
