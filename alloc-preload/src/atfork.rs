@@ -19,6 +19,7 @@ use sampalloc_core as engine;
 pub type Handler = Option<unsafe extern "C" fn()>;
 
 /// glibc's `__register_atfork`, as found (0: not looked up yet).
+#[link_section = ".data.sampalloc_hot"] // see `platform::os` (engine), hot statics
 static REAL: AtomicUsize = AtomicUsize::new(0);
 
 type RegisterAtfork = unsafe extern "C" fn(Handler, Handler, Handler, *mut c_void) -> c_int;

@@ -23,6 +23,7 @@ use core::sync::atomic::AtomicUsize;
 use sampalloc_core as engine;
 
 /// The C++ runtime's `new` of each form, as found (0: not looked up yet).
+#[link_section = ".data.sampalloc_hot"] // see `platform::os` (engine), hot statics
 static REAL_NEW: [AtomicUsize; NEW_FORMS] = [const { AtomicUsize::new(0) }; NEW_FORMS];
 
 /// The forms of `new`, by index into [`REAL_NEW`], with their mangled names.

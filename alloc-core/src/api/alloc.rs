@@ -330,6 +330,8 @@ mod tests {
     /// the bytes a freed block left behind.
     #[test]
     fn a_zeroed_block_from_the_cache_reads_zero() {
+        // No other test may switch sampling on meanwhile: a sampled block is not the top one.
+        let _options = crate::base::config::hold_options();
         std::thread::spawn(|| {
             for size in [8, 100, 1000, 5000] {
                 takes_the_dirty_top(size, size, true, || malloc_zeroed(size));
@@ -343,6 +345,8 @@ mod tests {
     /// would use, aligned, and zeroed if asked.
     #[test]
     fn a_small_aligned_block_comes_from_the_cache() {
+        // As above: no sampling meanwhile.
+        let _options = crate::base::config::hold_options();
         std::thread::spawn(|| {
             let cases = [
                 (8, 24),

@@ -212,6 +212,8 @@ mod tests {
     /// (the outermost guard only) gives the thread its cache back.
     #[test]
     fn the_profiler_allocates_apart_from_the_program() {
+        // No other test may switch sampling on meanwhile: a sampled block is not the top one.
+        let _options = crate::base::config::hold_options();
         let warm = malloc(200);
         assert!(!cache().is_null());
         // SAFETY: a live block of ours, freed once.
