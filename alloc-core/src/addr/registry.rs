@@ -93,11 +93,7 @@ pub const fn tag_of_index(index: usize) -> u8 {
 #[inline(always)]
 pub fn segment_tag(addr: usize) -> u8 {
     let chunk = addr >> CHUNK_SHIFT;
-    // Chunk 0 (the first 4 MiB, where nothing of ours is ever mapped) is left out by the
-    // comparison that leaves out the chunks past the map: `free(NULL)`, which glibc makes when
-    // a thread exits, reads no entry, and the map's first page, which nothing else touches,
-    // is not faulted in (a thread's first `free(NULL)` cost a fault).
-    if chunk.wrapping_sub(1) >= MAP_LEN - 1 {
+    if chunk >= MAP_LEN {
         return 0;
     }
     byte(chunk).load(Ordering::Relaxed)
@@ -112,7 +108,7 @@ pub fn is_segment(addr: usize) -> bool {
 /// Marks the chunk at `addr` (a new segment's header, below 2^48) as a segment of the arena
 /// with tag `tag` (non-zero) in the segment map.
 pub fn mark_segment(addr: usize, tag: u8) {
-    debug_assert!(tag != 0 && addr >> CHUNK_SHIFT != 0);
+    debug_assert!(tag != 0);
     byte(addr >> CHUNK_SHIFT).store(tag, Ordering::Release);
 }
 
