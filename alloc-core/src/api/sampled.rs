@@ -104,7 +104,7 @@ pub(super) unsafe fn alloc_sampled(
         // In bounds: blocks of `outer` hold `size + offset` bytes.
         let p = base.wrapping_add(offset);
         let record = record(known, trace, bytes, weight, p);
-        remember(tc, &record);
+        recorded(tc, &record);
         // SAFETY: `p` lies `offset` (at least HEADER, a multiple of 16) bytes into the block
         // `base`, ours and not handed out.
         unsafe { addr_sampled::write(p, InnerSample { stand_in, record }) };
@@ -118,7 +118,7 @@ pub(super) unsafe fn alloc_sampled(
         return p;
     }
     let record = record(known, trace, bytes, weight, p);
-    remember(tc, &record);
+    recorded(tc, &record);
     // SAFETY: `d` heads the block we just allocated; its record is ours to set.
     unsafe { (*d).set_sample(record) };
     announce_alloc(p, record);
@@ -195,11 +195,16 @@ fn record(
     }
 }
 
-/// Notes `record`'s stack entry in thread cache `tc`'s memo, which holds the frames it was
-/// recorded from, for the next sample from the same stack.
-fn remember(tc: *mut ThreadCache, record: &SampleRecord) {
+/// What thread cache `tc` keeps once a sample is recorded as `record`: its stack entry in the
+/// memo, which holds the frames it was recorded from, for the next sample from the same stack;
+/// and the next sample point's draw, made now that the sample's locked instructions are behind
+/// (see `Schedule::prepare_draw`).
+fn recorded(tc: *mut ThreadCache, record: &SampleRecord) {
     // SAFETY: the caller's own cache (see `alloc_sampled`).
-    unsafe { (*tc).trace_memo.note(record.stack as usize) };
+    unsafe {
+        (*tc).trace_memo.note(record.stack as usize);
+        (*tc).schedule.prepare_draw();
+    }
 }
 
 /// Fires `otel_memory:alloc` for the sampled block `p` just recorded as `record`.
