@@ -142,7 +142,17 @@ fn trend_puts_the_leak_first_and_the_cache_levels() {
         rows[0].starts_with("growing") && rows[0].contains("leak_record"),
         "{table}"
     );
-    assert!(rows[0].contains('▁') && rows[0].contains('█'), "{table}");
+    // Rising from the bottom: the leak's first profile holds about a twentieth of its last,
+    // which sampling noise puts in the lowest or the next level (the next one in about one
+    // run in a hundred).
+    let spark: Vec<char> = rows[0]
+        .chars()
+        .filter(|c| ('▁'..='█').contains(c))
+        .collect();
+    assert!(
+        matches!(spark.first(), Some('▁' | '▂')) && spark.last() == Some(&'█'),
+        "{table}"
+    );
     assert!(
         rows.iter()
             .any(|r| r.starts_with("levelled") && r.contains("cache_insert")),
