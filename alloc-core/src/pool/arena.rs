@@ -1325,9 +1325,29 @@ pub fn purge_all_arenas(all: bool) -> usize {
     in_use().map(|a| a.purge(all)).sum()
 }
 
+/// The arenas [`prefork`] locked, for [`postfork_parent`] to unlock the same ones: how many of
+/// the first, shifted left by one, and whether the profiler's (bit 0). A thread that takes a
+/// new arena (or the profiler's, for the first time) while another forks must not have its
+/// lock released by the forking thread.
+static FORK_LOCKED: AtomicUsize = AtomicUsize::new(0);
+
+/// The arenas [`prefork`] locked.
+fn fork_locked() -> impl Iterator<Item = &'static Arena> {
+    let locked = FORK_LOCKED.load(Ordering::Relaxed);
+    ARENAS
+        .iter()
+        .take(locked >> 1)
+        .chain((locked & 1 != 0).then(|| &ARENAS[PROFILER_ARENA]))
+}
+
 /// Fork: take every arena lock, in the documented order.
 pub fn prefork() {
-    for a in in_use() {
+    let profiler = PROFILER_ARENA_USED.load(Ordering::SeqCst);
+    FORK_LOCKED.store(
+        arenas_used() << 1 | usize::from(profiler),
+        Ordering::Relaxed,
+    );
+    for a in fork_locked() {
         for b in &a.bins {
             b.0.raw_lock();
         }
@@ -1335,9 +1355,9 @@ pub fn prefork() {
     }
 }
 
-/// Fork: release every arena lock in the parent.
+/// Fork: release every arena lock in the parent (those [`prefork`] took).
 pub fn postfork_parent() {
-    for a in in_use() {
+    for a in fork_locked() {
         // SAFETY: all taken by this thread in `prefork`.
         unsafe {
             a.pages.raw_unlock();
@@ -1372,6 +1392,26 @@ mod tests {
             segment::Location::Span(d, _) => d,
             _ => panic!("{p:?} is not in a span of ours"),
         }
+    }
+
+    /// The parent's side of `fork` releases only the locks `prefork` took: an arena that a
+    /// thread took for the first time meanwhile (here: arena 210, whose bin this test holds,
+    /// as that thread would) keeps its lock.
+    #[test]
+    fn the_parent_after_fork_releases_only_what_prefork_took() {
+        let a = get(210); // an arena no other test uses
+        assert!(arenas_used() <= 210);
+        prefork();
+        // Another thread's first use of the arena, after `prefork` looked.
+        ARENAS_USED.fetch_max(211, Ordering::SeqCst);
+        let held = a.bin(0).try_lock().expect("arena 210's bin is free");
+        postfork_parent();
+        assert!(
+            a.bin(0).try_lock().is_none(),
+            "released the lock of another thread"
+        );
+        drop(held);
+        assert!(a.bin(0).try_lock().is_some());
     }
 
     /// Two lanes' refills come from slabs of their own, and a lane whose slabs are full takes
