@@ -104,6 +104,13 @@ pub fn neg_ln_uniform(r: u64) -> f64 {
     (53 - k) as f64 * c.ln_2 - (m - c.one) * g
 }
 
+/// `2^e` for `-1022 <= e <= 1023`, built from its bits (no conversion, no constant from
+/// memory).
+#[inline(always)]
+pub fn pow2(e: i64) -> f64 {
+    f64::from_bits(((e + 1023) as u64) << 52)
+}
+
 /// `exp(x) - 1`, accurate also for `x` near 0, for finite `x <= 0` (the sampler's
 /// `-size / R`). Positive `x` up to about 700 works too.
 pub fn exp_m1(x: f64) -> f64 {
@@ -160,7 +167,6 @@ fn exp(x: f64) -> f64 {
     }
     let k = k as i64;
     let half = k / 2;
-    let pow2 = |e: i64| f64::from_bits(((e + 1023) as u64) << 52);
     sum * pow2(half) * pow2(k - half)
 }
 

@@ -38,13 +38,7 @@ pub fn sampling_on() -> bool {
 
 /// The mean sample interval `R` in bytes.
 pub fn mean_interval() -> f64 {
-    power_of_2(config::lg_prof_sample() as i64)
-}
-
-/// `2^e` for `-1022 <= e <= 1023`, from its bits (no conversion, no constant from memory).
-#[inline(always)]
-fn power_of_2(e: i64) -> f64 {
-    f64::from_bits(((e + 1023) as u64) << 52)
+    crate::base::fmath::pow2(config::lg_prof_sample() as i64)
 }
 
 /// The unbiased weight of a sample of `bytes` under mean interval `2^lg_interval` (at most
@@ -57,7 +51,7 @@ pub fn weight(bytes: usize, lg_interval: u32) -> f64 {
     let bytes = bytes.max(1) as i64 as f64;
     // `bytes / R` by a multiplication, exact since R is a power of two: no division in the
     // chain of the polynomial below.
-    let x = bytes * power_of_2(-lg);
+    let x = bytes * crate::base::fmath::pow2(-lg);
     if x < c.one {
         // 1/(1 - exp(-x)) = 1/x + 1/2 + x/12 - x^3/720 + x^5/30240 - x^7/1209600 + ...
         // (Bernoulli numbers): one division, `R / bytes`, which runs beside a short polynomial
@@ -66,7 +60,7 @@ pub fn weight(bytes: usize, lg_interval: u32) -> f64 {
         let (x2, [b1, b3, b5, b7, b9, b11]) = (x * x, c.bernoulli);
         let x4 = x2 * x2;
         let tail = ((b1 + b3 * x2) + (b5 + b7 * x2) * x4) + (b9 + b11 * x2) * (x4 * x4);
-        return power_of_2(lg) / bytes + c.half + x * tail;
+        return crate::base::fmath::pow2(lg) / bytes + c.half + x * tail;
     }
     // 1 - exp(-x), accurate for any x (negated by subtraction from 0: `-x` loads a sign mask).
     c.one / (0.0 - crate::base::fmath::exp_m1(0.0 - x))
@@ -224,7 +218,7 @@ mod tests {
         // intervals from 1 KiB to 1 TiB.
         for lg in [10, 14, 19, 30, 40] {
             let r = (1u64 << lg) as f64;
-            assert_eq!(power_of_2(lg as i64), r);
+            assert_eq!(crate::base::fmath::pow2(lg as i64), r);
             let mut bytes = 1usize;
             while bytes < 1 << 44 {
                 let reference = -1.0 / (-(bytes as f64) / r).exp_m1();
