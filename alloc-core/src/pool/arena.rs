@@ -1078,8 +1078,25 @@ static SIZED: AtomicBool = AtomicBool::new(false);
 static ARENAS_USED: AtomicUsize = AtomicUsize::new(1);
 
 /// Whether the profiler's arena was ever used (it then holds memory: ticks, purges, fork and
-/// stats visit it too).
+/// stats visit it too). Read at every tick and thread exit: with the hot statics.
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static PROFILER_ARENA_USED: AtomicBool = AtomicBool::new(false);
+
+/// Held while an arena comes into use ([`ARENAS_USED`] grows, or the profiler's is used for the
+/// first time), and by `fork` from [`prefork`]'s snapshot of the arenas in use until its
+/// handlers end: no arena comes into use between the snapshot and `fork`, so the child finds
+/// no arena that a thread was changing under a lock `prefork` did not take.
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
+static GROWTH: Locked<()> = Locked::new(());
+
+/// Counts arena `index` in use (before the thread can take any of its locks), under
+/// [`GROWTH`] if it was not yet.
+fn take_into_use(index: usize) {
+    if arenas_used() <= index {
+        let _growing = GROWTH.lock();
+        ARENAS_USED.fetch_max(index + 1, Ordering::SeqCst);
+    }
+}
 
 /// The arena that serves the profiler's own allocations (its unwinder's module lists and
 /// caches, its stack table, the buffers of a dump), which are made without a thread cache (see
@@ -1089,6 +1106,7 @@ static PROFILER_ARENA_USED: AtomicBool = AtomicBool::new(false);
 pub fn profiler_arena() -> &'static Arena {
     if !PROFILER_ARENA_USED.load(Ordering::Relaxed) {
         // Before its first lock is taken: `prefork` then visits it.
+        let _growing = GROWTH.lock();
         PROFILER_ARENA_USED.store(true, Ordering::SeqCst);
     }
     &ARENAS[PROFILER_ARENA]
@@ -1224,7 +1242,7 @@ pub fn assign_thread() -> ThreadArenas {
         }
     }
     // Before the thread can take any of the arena's locks: `prefork` visits the arenas used.
-    ARENAS_USED.fetch_max(best + 1, Ordering::SeqCst);
+    take_into_use(best);
     let arenas = ThreadArenas {
         shared: &ARENAS[best % shared_arenas()],
         line: &ARENAS[best],
@@ -1329,6 +1347,7 @@ pub fn purge_all_arenas(all: bool) -> usize {
 /// the first, shifted left by one, and whether the profiler's (bit 0). A thread that takes a
 /// new arena (or the profiler's, for the first time) while another forks must not have its
 /// lock released by the forking thread.
+#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static FORK_LOCKED: AtomicUsize = AtomicUsize::new(0);
 
 /// The arenas [`prefork`] locked.
@@ -1340,8 +1359,10 @@ fn fork_locked() -> impl Iterator<Item = &'static Arena> {
         .chain((locked & 1 != 0).then(|| &ARENAS[PROFILER_ARENA]))
 }
 
-/// Fork: take every arena lock, in the documented order.
+/// Fork: take every arena lock, in the documented order, and hold the arenas in use as they
+/// are until the parent's or child's handler.
 pub fn prefork() {
+    GROWTH.raw_lock();
     let profiler = PROFILER_ARENA_USED.load(Ordering::SeqCst);
     FORK_LOCKED.store(
         arenas_used() << 1 | usize::from(profiler),
@@ -1366,10 +1387,13 @@ pub fn postfork_parent() {
             }
         }
     }
+    // SAFETY: taken in `prefork` by this thread.
+    unsafe { GROWTH.raw_unlock() };
 }
 
 /// Fork: reset every arena lock in the child.
 pub fn postfork_child() {
+    GROWTH.reset_after_fork();
     for a in in_use() {
         a.pages.reset_after_fork();
         for b in &a.bins {
@@ -1394,17 +1418,40 @@ mod tests {
         }
     }
 
-    /// The parent's side of `fork` releases only the locks `prefork` took: an arena that a
-    /// thread took for the first time meanwhile (here: arena 210, whose bin this test holds,
-    /// as that thread would) keeps its lock.
+    /// While `fork` runs (from `prefork` to the parent's handler), no arena comes into use: a
+    /// thread's first use of one waits, so the child never finds an arena that a thread was
+    /// changing under a lock `prefork` did not take. And the parent's handler releases only the
+    /// locks `prefork` took: an arena counted in use meanwhile all the same (here: arena 212,
+    /// counted directly, whose bin this test holds, as a thread using it would) keeps its lock.
+    /// One test, as both need arenas no thread has used yet (the count only grows).
     #[test]
-    fn the_parent_after_fork_releases_only_what_prefork_took() {
-        let a = get(210); // an arena no other test uses
-        assert!(arenas_used() <= 210);
+    fn fork_holds_the_arenas_in_use_as_they_were() {
+        const WAITS: usize = 210; // arenas no other test uses
+        const HELD: usize = 212;
+        assert!(arenas_used() <= WAITS);
+        // The thread is made before `prefork`: nothing between it and `postfork_parent` may
+        // allocate (this thread holds every arena lock).
+        let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let taker = {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                take_into_use(WAITS);
+            })
+        };
         prefork();
-        // Another thread's first use of the arena, after `prefork` looked.
-        ARENAS_USED.fetch_max(211, Ordering::SeqCst);
-        let held = a.bin(0).try_lock().expect("arena 210's bin is free");
+        start.wait();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let during = arenas_used();
+        postfork_parent();
+        taker.join().unwrap();
+        assert!(during <= WAITS, "an arena came into use while fork ran");
+        assert_eq!(arenas_used(), WAITS + 1);
+
+        let a = get(HELD);
+        prefork();
+        ARENAS_USED.fetch_max(HELD + 1, Ordering::SeqCst);
+        let held = a.bin(0).try_lock().expect("the arena's bin is free");
         postfork_parent();
         assert!(
             a.bin(0).try_lock().is_none(),

@@ -3,8 +3,8 @@
 //! in it. Registered with `pthread_atfork` before any other library's handlers (see
 //! `platform::fork_guard`).
 //!
-//! Lock order, outermost first: profile-dump buffer, thread-cache list, arena bins, arena
-//! pages, huge cache, profiler table, metadata. Every path that nests
+//! Lock order, outermost first: profile-dump buffer, thread-cache list, arena growth, arena
+//! bins, arena pages, huge cache, profiler table, metadata. Every path that nests
 //! locks follows it.
 
 use crate::base::meta;
