@@ -1344,9 +1344,9 @@ pub fn purge_all_arenas(all: bool) -> usize {
 }
 
 /// The arenas [`prefork`] locked, for [`postfork_parent`] to unlock the same ones: how many of
-/// the first, shifted left by one, and whether the profiler's (bit 0). A thread that takes a
-/// new arena (or the profiler's, for the first time) while another forks must not have its
-/// lock released by the forking thread.
+/// the first, shifted left by one, and whether the profiler's (bit 0). [`GROWTH`] keeps the
+/// arenas in use as they are meanwhile; the snapshot makes the parent's handler release
+/// exactly the locks `prefork` took whatever the count says by then.
 #[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static FORK_LOCKED: AtomicUsize = AtomicUsize::new(0);
 
