@@ -15,13 +15,15 @@ packaged peers under the name given (no environment of its own; also in the jvm-
 
 What it does:
 1. builds sampalloc's preload (`cargo build --release -p sampalloc-preload`,
-   target/release/libsampalloc.so) and the C workloads of this directory (`cc -O2 -pthread`, into
-   target/workloads/);
+   target/release/libsampalloc.so), the C workloads of this directory (`cc -O2 -pthread`, into
+   target/workloads/) and the empty library of preload_floor.c;
 2. finds libjemalloc.so.2, libmimalloc.so.2 and libtcmalloc_minimal.so.4 (`ldconfig -p`, then the
    multiarch directory); when one is missing it leaves that allocator out and says to run
    benches/workloads/setup.sh, which installs them (and, with --real and --jvm, what those rows
    run) with apt-get. Nothing here installs anything;
-3. runs each workload under each configuration — glibc (no preload), jemalloc, mimalloc, tcmalloc,
+3. runs each workload under each configuration — glibc (no preload), preload-floor (glibc with an
+   empty library preloaded, preload_floor.c: the faults any preloaded allocator starts from, a
+   reference, not a peer), jemalloc, mimalloc, tcmalloc,
    sampalloc (`SAMPALLOC_CONF=prof:false`), sampalloc-prof (`prof:true`, default sample
    interval), sampalloc-thp (`prof:false,thp:always`: segments in huge pages too; only when
    asked for) and jemalloc-prof (`MALLOC_CONF=prof:true`: jemalloc's own profiler at the same
@@ -82,10 +84,10 @@ def main():
     ap.add_argument("--reps", type=int, default=5, help="repetitions per configuration (default 5)")
     ap.add_argument("--only", default="", help="comma-separated workloads (default: all)")
     ap.add_argument("--allocators",
-                    default="glibc,jemalloc,mimalloc,tcmalloc,sampalloc,sampalloc-prof,jemalloc-prof",
-                    help="comma-separated: glibc, jemalloc, mimalloc, tcmalloc, sampalloc, sampalloc-prof, sampalloc-thp, "
-                         "jemalloc-prof, and name=/path/to/lib.so for a preload library built elsewhere "
-                         "(default: all the named ones)")
+                    default="glibc,preload-floor,jemalloc,mimalloc,tcmalloc,sampalloc,sampalloc-prof,jemalloc-prof",
+                    help="comma-separated: glibc, preload-floor, jemalloc, mimalloc, tcmalloc, sampalloc, "
+                         "sampalloc-prof, sampalloc-thp, jemalloc-prof, and name=/path/to/lib.so for a preload "
+                         "library built elsewhere (default: all the named ones but sampalloc-thp)")
     ap.add_argument("--real", action="store_true", help="also run redis, python3 and gcc")
     ap.add_argument("--real-only", action="store_true", help="run only the real programs")
     ap.add_argument("--no-cargo", action="store_true", help="use the existing target/release/libsampalloc.so")

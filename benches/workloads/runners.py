@@ -27,6 +27,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 BUILD = os.path.join(ROOT, "target", "workloads")
+# An empty shared library (preload_floor.c): the `preload-floor` configuration preloads it.
+PRELOAD_FLOOR = os.path.join(BUILD, "libpreload_floor.so")
 RUN_TIMEOUT = 180  # seconds; any single run longer than this is killed and recorded as failed
 
 # Workloads: name -> (program, args). Sized so that glibc takes about 0.5-3 s on a 2-core machine.
@@ -95,7 +97,10 @@ def build(skip_cargo):
         src = os.path.join(HERE, prog + ".c")
         out = os.path.join(BUILD, prog)
         subprocess.run([cc, "-O2", "-pthread", "-Wall", "-o", out, src], check=True)
-    log(f"== built {len(PROGRAMS)} workload programs in {os.path.relpath(BUILD, ROOT)}/")
+    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", PRELOAD_FLOOR, os.path.join(HERE, "preload_floor.c")],
+                   check=True)
+    log(f"== built {len(PROGRAMS)} workload programs and the empty preload library in "
+        f"{os.path.relpath(BUILD, ROOT)}/")
     return so
 
 
@@ -130,7 +135,8 @@ def find_lib(soname):
 
 # The allocators known by name; anything else is given as name=/path/to/lib.so.
 KNOWN_ALLOCATORS = (
-    "glibc", "jemalloc", "mimalloc", "tcmalloc", "sampalloc", "sampalloc-prof", "sampalloc-thp", "jemalloc-prof",
+    "glibc", "preload-floor", "jemalloc", "mimalloc", "tcmalloc", "sampalloc", "sampalloc-prof", "sampalloc-thp",
+    "jemalloc-prof",
 )
 
 
@@ -150,6 +156,9 @@ def find_allocators(so, wanted):
             allocs.append((name, os.path.abspath(path), {}))
         elif name == "glibc":
             allocs.append((name, None, {}))
+        elif name == "preload-floor":
+            # glibc's malloc with an empty library preloaded: what preloading alone costs.
+            allocs.append((name, PRELOAD_FLOOR, {}))
         elif name in LIBS or name == "jemalloc-prof":
             lib = LIBS[name.removesuffix("-prof")][0]
             path = find_lib(lib)
