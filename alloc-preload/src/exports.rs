@@ -6,8 +6,9 @@
 //! `mallinfo2`, `malloc_stats`) and glibc's internal `__libc_*` names for them, generated as
 //! twins of the function they name, and glibc's `__register_atfork` (see [`atfork`]).
 //! jemalloc's own API (`mallctl`, `malloc_stats_print`, the `*allocx` family) is exported too,
-//! for programs linked against libjemalloc (Redis): see [`jemalloc_api`]. C++ `operator new` and `delete` are in `cxx`: the forms of `new` are
-//! naked functions, which this macro does not make.
+//! for programs linked against libjemalloc (Redis): see [`jemalloc_api`]. C++ `operator new`
+//! and `delete` are in `cxx`: the forms of `new` are naked functions, which this macro does not
+//! make.
 //!
 //! Every export is `#[no_mangle] pub unsafe extern "C"` and only calls its implementation,
 //! which never panics and allocates only through the engine. The twins are functions of their
