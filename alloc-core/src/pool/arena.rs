@@ -1083,9 +1083,9 @@ static ARENAS_USED: AtomicUsize = AtomicUsize::new(1);
 static PROFILER_ARENA_USED: AtomicBool = AtomicBool::new(false);
 
 /// Held while an arena comes into use ([`ARENAS_USED`] grows, or the profiler's is used for the
-/// first time), and by `fork` from [`prefork`]'s snapshot of the arenas in use until its
-/// handlers end: no arena comes into use between the snapshot and `fork`, so the child finds
-/// no arena that a thread was changing under a lock `prefork` did not take.
+/// first time), and by `fork` from [`prefork`] until its handlers end: no arena comes into use
+/// while it runs, so the parent's handler releases exactly the locks `prefork` took, and the
+/// child finds no arena that a thread was changing under a lock `prefork` did not take.
 #[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
 static GROWTH: Locked<()> = Locked::new(());
 
@@ -1343,32 +1343,12 @@ pub fn purge_all_arenas(all: bool) -> usize {
     in_use().map(|a| a.purge(all)).sum()
 }
 
-/// The arenas [`prefork`] locked, for [`postfork_parent`] to unlock the same ones: how many of
-/// the first, shifted left by one, and whether the profiler's (bit 0). [`GROWTH`] keeps the
-/// arenas in use as they are meanwhile; the snapshot makes the parent's handler release
-/// exactly the locks `prefork` took whatever the count says by then.
-#[link_section = ".data.sampalloc_hot"] // see `platform::os`, hot statics
-static FORK_LOCKED: AtomicUsize = AtomicUsize::new(0);
-
-/// The arenas [`prefork`] locked.
-fn fork_locked() -> impl Iterator<Item = &'static Arena> {
-    let locked = FORK_LOCKED.load(Ordering::Relaxed);
-    ARENAS
-        .iter()
-        .take(locked >> 1)
-        .chain((locked & 1 != 0).then(|| &ARENAS[PROFILER_ARENA]))
-}
-
 /// Fork: take every arena lock, in the documented order, and hold the arenas in use as they
 /// are until the parent's or child's handler.
 pub fn prefork() {
+    // First: the arenas in use are then the same when the parent's handler releases them.
     GROWTH.raw_lock();
-    let profiler = PROFILER_ARENA_USED.load(Ordering::SeqCst);
-    FORK_LOCKED.store(
-        arenas_used() << 1 | usize::from(profiler),
-        Ordering::Relaxed,
-    );
-    for a in fork_locked() {
+    for a in in_use() {
         for b in &a.bins {
             b.0.raw_lock();
         }
@@ -1376,9 +1356,10 @@ pub fn prefork() {
     }
 }
 
-/// Fork: release every arena lock in the parent (those [`prefork`] took).
+/// Fork: release every arena lock in the parent (those [`prefork`] took: [`GROWTH`] kept the
+/// arenas in use as they were).
 pub fn postfork_parent() {
-    for a in fork_locked() {
+    for a in in_use() {
         // SAFETY: all taken by this thread in `prefork`.
         unsafe {
             a.pages.raw_unlock();
@@ -1421,9 +1402,8 @@ mod tests {
     /// While `fork` runs (from `prefork` to the parent's handler), no arena comes into use: a
     /// thread's first use of one waits, so the child never finds an arena that a thread was
     /// changing under a lock `prefork` did not take. And the parent's handler releases only the
-    /// locks `prefork` took: an arena counted in use meanwhile all the same (here: arena 212,
-    /// counted directly, whose bin this test holds, as a thread using it would) keeps its lock.
-    /// One test, as both need arenas no thread has used yet (the count only grows).
+    /// locks `prefork` took: those of the arenas in use, not another's (here: arena 212's bin,
+    /// which this test holds, as a thread using it would).
     #[test]
     fn fork_holds_the_arenas_in_use_as_they_were() {
         const WAITS: usize = 210; // arenas no other test uses
@@ -1449,9 +1429,8 @@ mod tests {
         assert_eq!(arenas_used(), WAITS + 1);
 
         let a = get(HELD);
-        prefork();
-        ARENAS_USED.fetch_max(HELD + 1, Ordering::SeqCst);
         let held = a.bin(0).try_lock().expect("the arena's bin is free");
+        prefork();
         postfork_parent();
         assert!(
             a.bin(0).try_lock().is_none(),
