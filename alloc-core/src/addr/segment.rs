@@ -1,22 +1,27 @@
 //! Segments: the 4 MiB, 4 MiB-aligned mappings that small and large blocks are carved from.
 //!
 //! A segment describes itself: its first pages hold the header, which has one span descriptor
-//! per page and a `page_head` table mapping every page to the first page of the span that
-//! covers it. So `free(p)` finds its metadata with no header in front of the block:
+//! per page; each also names the first page of the span that covers its page. So `free(p)`
+//! finds its metadata with no header in front of the block:
 //!
 //! ```text
 //!  segment (4 MiB, aligned)                         page = (p - segment) >> 12
 //!  ┌──────────────┬────────────┬───────────┬──────┬──────────────────────────┐
 //!  │ header pages │ slab (3 p) │ large (5p)│ free │ ...                      │
 //!  └──────────────┴────────────┴───────────┴──────┴──────────────────────────┘
-//!  header: page_head[page] -> first page of its span -> spans[first] = SpanDesc
+//!  header: spans[page].head -> first page of its span -> spans[first] = SpanDesc
 //!          { kind: slab/large/free, class, pages, free bitmap or free-list links }
 //! ```
+//!
+//! The header's fields sit between the descriptors, which run backwards from them (the
+//! first page's last), and `fast_code` (below), which runs forwards: the descriptors and
+//! codes of a segment's first 56 pages then share the fields' page, and a small program's
+//! header costs one page fault, not two.
 //!
 //! Descriptors are only meaningful at a span's first page; every other descriptor has kind
 //! `NONE`, so a pointer into the middle of anything is recognised as invalid.
 //!
-//! `free`'s fast path reads neither: a third table, `fast_code`, holds one entry per KiB, the
+//! `free`'s fast path reads no descriptor: a table, `fast_code`, holds one entry per KiB, the
 //! fast-path code of a live slab (every granule) or of an unsampled cached large block (its
 //! first page), with how far the granule lies from the span's start. Everything else reads 0
 //! and takes the checked path through the descriptors. A page can hold four mini slabs of
@@ -83,7 +88,11 @@ pub struct SpanDesc {
     /// Spare bits for later use (e.g. the profiler's "sampled" mark).
     pub flags: u16,
     /// Pages in the span.
-    pub pages: u32,
+    pub pages: u16,
+    /// The first page of the span that covers this page: kept on every page of a slab (its
+    /// objects are looked up from inside it) and on the first and last pages of other spans
+    /// (the boundary tags that free spans merge by). Stale elsewhere.
+    head: u16,
     /// Previous in the list this span is on (free bin or a bin's non-full slabs).
     pub prev: *mut SpanDesc,
     /// Next in that list.
@@ -163,9 +172,17 @@ impl SpanDesc {
     }
 }
 
+/// Bytes before the descriptors, never touched: they place the fields (and the descriptors and
+/// fast-path codes of the first pages, on either side) 3.5 KiB into a page.
+const LEAD_BYTES: usize = 0xe00;
+
 /// The segment header, at the start of every segment.
 #[repr(C)]
 pub struct Segment {
+    _lead: [u8; LEAD_BYTES],
+    /// One descriptor per page, the last page's first (see [`Segment::desc`]); meaningful at
+    /// span heads. Those of the header pages hold mini slabs' descriptors.
+    spans: [SpanDesc; PAGES_PER_SEGMENT],
     /// The arena that owns every span in this segment.
     pub arena: u32,
     /// Bit `h` set: huge page `h` of this segment was given `MADV_HUGEPAGE` (see
@@ -179,12 +196,6 @@ pub struct Segment {
     pub hp_free: [u16; HUGE_PAGES_PER_SEGMENT],
     /// Descriptor slots of the header pages given to mini slabs (they are never taken back).
     pub minis: u8,
-    /// One descriptor per page; meaningful at span heads. Before the tables, so that the
-    /// descriptors of a small program's spans share the first page with the fields above
-    /// (those of the header pages hold mini slabs' descriptors).
-    pub spans: [SpanDesc; PAGES_PER_SEGMENT],
-    /// For every page, the first page of the span covering it.
-    pub page_head: [u16; PAGES_PER_SEGMENT],
     /// For every KiB, `free`'s fast-path code in the low byte: class + 1 on every granule of a
     /// slab and of the first page of a large block of a cached class, the class's
     /// `size_class::mini_code` on a mini slab's, 0 everywhere else (free pages, the header,
@@ -194,6 +205,16 @@ pub struct Segment {
     /// a code (see `addr::sampled`).
     pub fast_code: [u16; GRANULES_PER_SEGMENT],
 }
+
+/// Where page 0's descriptor lies in a segment.
+const DESC_0: usize =
+    core::mem::offset_of!(Segment, spans) + (PAGES_PER_SEGMENT - 1) * size_of::<SpanDesc>();
+
+// The fields, the first 56 pages' descriptors and their fast-path codes share a page.
+const_assert!(
+    (core::mem::offset_of!(Segment, arena) - 56 * size_of::<SpanDesc>()) / PAGE_SIZE
+        == (core::mem::offset_of!(Segment, fast_code) + 56 * GRANULES_PER_PAGE * 2) / PAGE_SIZE
+);
 
 /// Pages taken by the header; the first usable page.
 pub const HEADER_PAGES: usize = core::mem::size_of::<Segment>().div_ceil(PAGE_SIZE);
@@ -273,27 +294,54 @@ impl Segment {
         (p & !(SEGMENT_SIZE - 1)) as *mut Segment
     }
 
-    /// The descriptor of page `page` of `seg`.
+    /// The descriptor of page `page` of `seg`. They run backwards, page 0's last, ending where
+    /// the fields begin (see the module docs).
     #[inline(always)]
     pub fn desc(seg: *mut Segment, page: usize) -> *mut SpanDesc {
         debug_assert!(page < PAGES_PER_SEGMENT);
-        (seg as usize + core::mem::offset_of!(Segment, spans) + page * size_of::<SpanDesc>())
-            as *mut SpanDesc
+        (seg as usize + DESC_0 - page * size_of::<SpanDesc>()) as *mut SpanDesc
     }
 
-    /// Sets `page_head` of pages `first..first + pages` to `head`.
+    /// Records `head` as the first page of the span covering pages `first..first + pages`.
     ///
     /// # Safety
     /// `seg` must be a live segment and the caller must own those pages (arena lock held).
     #[inline]
     pub unsafe fn set_heads(seg: *mut Segment, first: usize, pages: usize, head: usize) {
         debug_assert!(first + pages <= PAGES_PER_SEGMENT);
-        // SAFETY: in bounds; the caller owns the entries.
+        for i in first..first + pages {
+            // SAFETY: in bounds; the caller owns the descriptors.
+            unsafe { (*Segment::desc(seg, i)).head = head as u16 };
+        }
+    }
+
+    /// Records the span `first..first + pages` (not a slab) by its ends: the head on its first
+    /// page, and on its last the boundary tag that the span after it reads when freed.
+    ///
+    /// # Safety
+    /// As for [`Segment::set_heads`].
+    #[inline]
+    pub unsafe fn set_ends(seg: *mut Segment, first: usize, pages: usize) {
+        // SAFETY: per the contract.
         unsafe {
-            let table = ptr::addr_of_mut!((*seg).page_head).cast::<u16>();
-            for i in first..first + pages {
-                *table.add(i) = head as u16;
-            }
+            Segment::set_heads(seg, first, 1, first);
+            Segment::set_tail(seg, first, pages);
+        }
+    }
+
+    /// Records on the last page of span `first..first + pages` its boundary tag, the first
+    /// page, unless the span ends the segment: no span after it reads that, and the last
+    /// page's descriptor lies on a page of the header that a small program, whose first span
+    /// ends the segment, touches for nothing else.
+    ///
+    /// # Safety
+    /// As for [`Segment::set_heads`].
+    #[inline]
+    pub unsafe fn set_tail(seg: *mut Segment, first: usize, pages: usize) {
+        let last = first + pages - 1;
+        if last + 1 < PAGES_PER_SEGMENT {
+            // SAFETY: per the contract.
+            unsafe { Segment::set_heads(seg, last, 1, first) };
         }
     }
 
@@ -365,8 +413,8 @@ impl Segment {
     /// `seg` must be a live segment.
     #[inline(always)]
     pub unsafe fn head_of(seg: *mut Segment, page: usize) -> usize {
-        // SAFETY: in bounds of the header's table.
-        unsafe { *ptr::addr_of!((*seg).page_head).cast::<u16>().add(page) as usize }
+        // SAFETY: a descriptor of the header.
+        unsafe { (*Segment::desc(seg, page)).head as usize }
     }
 }
 
@@ -380,7 +428,7 @@ pub fn segment_of_desc(d: *const SpanDesc) -> *mut Segment {
 #[inline(always)]
 pub fn page_of_desc(d: *const SpanDesc) -> usize {
     let seg = segment_of_desc(d);
-    (d as usize - Segment::desc(seg, 0) as usize) / core::mem::size_of::<SpanDesc>()
+    (seg as usize + DESC_0 - d as usize) / core::mem::size_of::<SpanDesc>()
 }
 
 /// Sets the fast-path codes of span `d` from its kind, class and flags: class + 1 on every page

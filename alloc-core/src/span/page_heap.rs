@@ -35,10 +35,10 @@
 //! region wait at most until that region expires. A span freed and reused within the window is
 //! never purged: carving takes it off the decay list.
 //!
-//! Neighbours are found through boundary tags: a free span's first and last `page_head` entries
-//! name its first page, and every descriptor that is not a span head has kind `NONE`. Slabs
-//! have every `page_head` entry set (their objects are looked up from inside the span); large
-//! blocks only the first and last.
+//! Neighbours are found through boundary tags: the descriptors of a free span's first and last
+//! pages name its first page (the last only if a span follows, see `Segment::set_tail`), and
+//! every descriptor that is not a span head has kind `NONE`. Slabs have every page's head set
+//! (their objects are looked up from inside the span); large blocks only the first and last.
 
 use crate::addr::segment::{
     kind, page_of_desc, segment_of_desc, Segment, SpanDesc, FLAG_SUBRELEASE, HEADER_PAGES,
@@ -482,13 +482,12 @@ impl PageHeap {
                 self.insert_free(seg, start + pages, trail, dirty, freed_at, after, sub);
             }
             let sd = Segment::desc(seg, start);
-            (*sd).pages = pages as u32;
+            (*sd).pages = pages as u16;
             (*sd).flags = 0;
             if all_heads {
                 Segment::set_heads(seg, start, pages, start);
             } else {
-                Segment::set_heads(seg, start, 1, start);
-                Segment::set_heads(seg, start + pages - 1, 1, start);
+                Segment::set_ends(seg, start, pages);
             }
             self.counts.active += pages;
             sd
@@ -512,10 +511,9 @@ impl PageHeap {
         // SAFETY: the pages are ours and on no list; the caller holds the lock.
         unsafe {
             let d = Segment::desc(seg, first);
-            (*d).pages = pages as u32;
+            (*d).pages = pages as u16;
             (*d).flags = 0;
-            Segment::set_heads(seg, first, 1, first);
-            Segment::set_heads(seg, first + pages - 1, 1, first);
+            Segment::set_ends(seg, first, pages);
             count_huge_page_free(seg, first, pages, true);
             if dirty {
                 (*d).kind = kind::FREE_DIRTY;
@@ -740,8 +738,8 @@ impl PageHeap {
             if rest > 0 {
                 self.insert_free(seg, first + new_pages, rest, dirty, freed_at, after, sub);
             }
-            (*d).pages = new_pages as u32;
-            Segment::set_heads(seg, first + new_pages - 1, 1, first);
+            (*d).pages = new_pages as u16;
+            Segment::set_tail(seg, first, new_pages);
             self.counts.active += extra;
             true
         }
@@ -759,11 +757,10 @@ impl PageHeap {
             let old = (*d).pages as usize;
             let tail = Segment::desc(seg, first + new_pages);
             (*tail).kind = kind::LARGE;
-            (*tail).pages = (old - new_pages) as u32;
-            (*d).pages = new_pages as u32;
-            Segment::set_heads(seg, first + new_pages - 1, 1, first);
-            Segment::set_heads(seg, first + new_pages, 1, first + new_pages);
-            Segment::set_heads(seg, first + old - 1, 1, first + new_pages);
+            (*tail).pages = (old - new_pages) as u16;
+            (*d).pages = new_pages as u16;
+            Segment::set_tail(seg, first, new_pages);
+            Segment::set_ends(seg, first + new_pages, old - new_pages);
             self.free(tail, now, decay_ms);
         }
     }
@@ -1058,9 +1055,8 @@ impl PageHeap {
             }
             self.counts.purged += pages as u64;
             let md = Segment::desc(seg, from);
-            (*md).pages = pages as u32;
-            Segment::set_heads(seg, from, 1, from);
-            Segment::set_heads(seg, to - 1, 1, from);
+            (*md).pages = pages as u16;
+            Segment::set_ends(seg, from, to - from);
             let Merged {
                 first,
                 pages: merged,
@@ -1119,8 +1115,8 @@ impl PageHeap {
                         let first = page_of_desc(d);
                         let after = first + (*d).pages as usize;
                         assert_eq!(Segment::head_of(seg, first), first);
-                        assert_eq!(Segment::head_of(seg, after - 1), first);
                         if after < PAGES_PER_SEGMENT {
+                            assert_eq!(Segment::head_of(seg, after - 1), first);
                             assert_ne!((*Segment::desc(seg, after)).kind, k, "unmerged neighbours");
                         }
                         d = (*d).next;
