@@ -112,8 +112,8 @@ fn start_up_code_and_arena_0_lie_where_the_script_puts_them() {
         }
     }
 
-    // Arena 0's counters, page heap and transfer arrays (its first 2,400 bytes) and crt's flag
-    // lie on the page `.data` ends on.
+    // Arena 0's counters, bins, page heap and mini slabs' page (its first `ARENA_HOT_BYTES`)
+    // and crt's flag lie on the page `.data` ends on.
     let (data, data_size) = section(&sections.stdout, ".data")
         .unwrap_or_else(|| panic!("no .data in:\n{}", sections.stdout));
     let data_page = (data + data_size - 1) >> 12;
@@ -123,7 +123,8 @@ fn start_up_code_and_arena_0_lie_where_the_script_puts_them() {
     let flag = addresses(&symbols.stdout, "bB", |name| name == "completed.0");
     assert_eq!(arenas.len(), 1, "the arenas' table: {arenas:x?}");
     assert!(
-        (arenas[0] + 2400 - 1) >> 12 == data_page && flag.iter().all(|a| a >> 12 == data_page),
+        (arenas[0] + sampalloc_core::ARENA_HOT_BYTES as u64 - 1) >> 12 == data_page
+            && flag.iter().all(|a| a >> 12 == data_page),
         "arena 0 ({:#x}) or completed.0 ({flag:x?}) is off .data's last page ({data_page:#x}): \
          update alloc-preload/hot.ld",
         arenas[0]

@@ -48,7 +48,7 @@ pub use platform::fork_guard::{
     interposed as atfork_interposed, register_now as register_fork_handlers_now,
 };
 pub use platform::os::{errno, fatal, fatal_panic, set_errno, PAGE_SIZE};
-pub use pool::arena::set_narenas;
+pub use pool::arena::{set_narenas, ARENA_HOT_BYTES};
 pub use process::init::ensure_ready;
 pub use process::stats;
 pub use prof::backtrace::current_sp;

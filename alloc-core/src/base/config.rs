@@ -52,28 +52,20 @@ pub fn sampling_generation() -> u32 {
     SAMPLING_GENERATION.load(Ordering::Relaxed)
 }
 
+/// `prof_prefix` as set; empty until set, which reads as [`DEFAULT_PREFIX`]. All zeroes, it
+/// lives in `.bss`: the default's bytes would put 264 bytes of `.data` on the page that arena
+/// 0's first part shares (see `pool::arena::Arena`).
 struct Prefix {
     bytes: [u8; PREFIX_MAX],
     len: usize,
 }
-static PROF_PREFIX: Locked<Prefix> = Locked::new(Prefix::default_prefix());
+static PROF_PREFIX: Locked<Prefix> = Locked::new(Prefix {
+    bytes: [0; PREFIX_MAX],
+    len: 0,
+});
 
-impl Prefix {
-    const fn default_prefix() -> Prefix {
-        let default = b"sampalloc";
-        let mut bytes = [0u8; PREFIX_MAX];
-        let mut i = 0;
-        while i < default.len() {
-            bytes[i] = default[i];
-            i += 1;
-        }
-        Prefix {
-            bytes,
-            len: default.len(),
-        }
-    }
-}
-
+/// `prof_prefix` until set.
+const DEFAULT_PREFIX: &[u8] = b"sampalloc";
 /// `narenas` (0: the default, see [`narenas_or_default`]).
 pub fn narenas() -> usize {
     NARENAS.load(Ordering::Relaxed)
@@ -232,8 +224,13 @@ fn huge_advice_for(thp: Thp, mode: ThpMode, stalls: bool, what: Dense) -> HugeAd
 /// Copies `prof_prefix` into `out`; returns its length.
 pub fn prof_prefix(out: &mut [u8; PREFIX_MAX]) -> usize {
     let p = PROF_PREFIX.lock();
-    out[..p.len].copy_from_slice(&p.bytes[..p.len]);
-    p.len
+    let prefix = if p.len == 0 {
+        DEFAULT_PREFIX
+    } else {
+        &p.bytes[..p.len]
+    };
+    out[..prefix.len()].copy_from_slice(prefix);
+    prefix.len()
 }
 
 /// Why an option was refused.

@@ -212,7 +212,10 @@ impl RawLock for SpinLock {
     }
 }
 
-/// Data that may only be touched with its lock (a [`Mutex`] unless said otherwise) held.
+/// Data that may only be touched with its lock (a [`Mutex`] unless said otherwise) held. The
+/// lock comes first (`repr(C)`), so that a layout may place the data's fields by page (see
+/// [`Locked::DATA_OFFSET`]).
+#[repr(C)]
 pub struct Locked<T, L: RawLock = Mutex> {
     mutex: L,
     data: UnsafeCell<T>,
@@ -224,6 +227,9 @@ unsafe impl<T: Send, L: RawLock + Sync> Sync for Locked<T, L> {}
 unsafe impl<T: Send, L: RawLock + Send> Send for Locked<T, L> {}
 
 impl<T, L: RawLock> Locked<T, L> {
+    /// Where the data lies in a `Locked`.
+    pub const DATA_OFFSET: usize = core::mem::offset_of!(Self, data);
+
     /// Wraps `data`.
     pub const fn new(data: T) -> Self {
         Locked {

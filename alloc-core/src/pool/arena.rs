@@ -79,7 +79,7 @@ unsafe fn set_slab_lane(d: *mut SpanDesc, lane: usize) {
     }
 }
 
-/// One small size class of an arena.
+/// One small size class of an arena. With its lock it fills one cache line (see [`Arena`]).
 pub struct SlabBin {
     /// By lane: the slab objects are taken from first.
     current: [*mut SpanDesc; SLAB_LANES],
@@ -89,17 +89,22 @@ pub struct SlabBin {
     /// that empties and refills its slabs in batches then does not churn them through the page
     /// heap.
     empty: *mut SpanDesc,
-    /// Slabs on `empty`.
-    pub empty_slabs: usize,
-    /// Slabs of this class.
-    pub slabs: usize,
     /// Objects taken out of slabs: in use, or cached by a thread.
     pub objects_out: usize,
-    /// Requests served straight from the bin, without a thread cache.
-    pub direct_requests: u64,
-    /// The class has had its mini slab (see `span::slab`), which stays among its slabs.
-    had_mini: bool,
+    /// Slabs of this class.
+    pub slabs: u32,
+    /// Objects waiting in the transfer array (see [`transfer_capacity`]).
+    transfer_len: u16,
+    /// How many more objects the transfer array may take: refills add what they take, puts
+    /// spend it, the sweep clears it. Objects parked there keep their slabs from emptying, so
+    /// they are parked only while refills take as many: in a phase of frees alone they go
+    /// back to their slabs after one array's worth.
+    transfer_credit: u16,
 }
+
+// A bin and its lock fill one cache line; the transfer array's counts fit their fields.
+const_assert!(core::mem::size_of::<Locked<SlabBin>>() <= 64);
+const_assert!(TRANSFER_SLOTS <= u16::MAX as usize);
 
 /// Slots of a bin's transfer array (see [`SlabBin`]).
 const TRANSFER_SLOTS: usize = 1024;
@@ -114,35 +119,12 @@ fn transfer_capacity(class: usize) -> usize {
     (TRANSFER_BYTES / CLASSES[class].size as usize).min(TRANSFER_SLOTS)
 }
 
-/// A bin's transfer array: free objects that threads of other arenas sent back, not yet put
-/// back in their slabs; the next refill takes them as they are. Guarded by the bin's lock. The
-/// arrays live beside the bins, not in them (padded to cache lines, that would double their
-/// size).
-struct Transfer {
-    /// [`transfer_capacity`] slots of metadata memory, taken at the first use (or null).
-    slots: *mut *mut u8,
-    /// Objects in `slots`.
-    len: usize,
-    /// How many more objects it may take: refills add what they take, puts spend it, the
-    /// sweep clears it. Objects parked here keep their slabs from emptying, so they are parked
-    /// only while refills take as many: in a phase of frees alone they go back to their slabs
-    /// after one array's worth.
-    credit: usize,
-}
-
-impl Transfer {
-    /// The objects parked.
-    fn parked(&self) -> &[*mut u8] {
-        if self.slots.is_null() {
-            return &[];
-        }
-        // SAFETY: the first `len` slots of the array hold objects.
-        unsafe { core::slice::from_raw_parts(self.slots, self.len) }
-    }
-}
-
-/// An arena's transfer arrays, by class.
-struct Transfers(UnsafeCell<[Transfer; NUM_SMALL]>);
+/// The bins' transfer arrays, by class: free objects that threads of other arenas sent back,
+/// not yet put back in their slabs; the next refill takes them as they are. Each is
+/// [`transfer_capacity`] slots of metadata memory, taken at its first use (or null), guarded
+/// by its bin's lock, which keeps its counts. The pointers live apart from the bins, which a
+/// small program's refills touch and they do not (see [`Arena`]).
+struct Transfers(UnsafeCell<[*mut *mut u8; NUM_SMALL]>);
 
 // SAFETY: each entry is only reached under the lock of its bin.
 unsafe impl Sync for Transfers {}
@@ -232,7 +214,19 @@ impl SlabBin {
             (*d).next = self.empty;
         }
         self.empty = d;
-        self.empty_slabs += 1;
+    }
+
+    /// Slabs kept empty for reuse: at most [`EMPTY_KEEP_PAGES`] pages' worth and a slab more,
+    /// counted when asked (statistics) so that no count shares the bin's line.
+    pub fn empty_slabs(&self) -> usize {
+        let mut n = 0;
+        let mut d = self.empty;
+        while !d.is_null() {
+            n += 1;
+            // SAFETY: kept slabs are live slabs of this bin, linked through `next`.
+            d = unsafe { (*d).next };
+        }
+        n
     }
 
     /// A kept empty slab, taken off its list; null if none.
@@ -241,7 +235,6 @@ impl SlabBin {
         if !d.is_null() {
             // SAFETY: kept slabs are live slabs of this bin.
             self.empty = unsafe { (*d).next };
-            self.empty_slabs -= 1;
         }
         d
     }
@@ -253,29 +246,41 @@ impl SlabBin {
     }
 }
 
-/// An arena's page heap and its large-block statistics, under one lock (the heap first).
+/// An arena's page heap and its large-block statistics, under one lock: the heap and the
+/// mini slabs' page first, which every program uses, the statistics of large and sampled
+/// blocks after them (see [`Arena`]).
 #[repr(C)]
 pub struct ArenaPages {
     /// The span allocator.
     pub heap: PageHeap,
-    /// Live large blocks per large class (taken out of the heap, maybe in a thread cache).
-    pub large_live: [usize; NUM_LARGE],
-    /// Large requests served straight from the heap.
-    pub large_requests: [u64; NUM_LARGE],
-    /// Live sampled blocks of small classes on pages of their own (aligned so that no larger
-    /// cached class can hold them, see `api::sampled`).
-    pub sampled_small_live: [usize; NUM_SMALL],
     /// The shared page that mini slabs are cut from (see `span::slab`) while it has a free
     /// KiB; null before the first.
     shared: *mut SpanDesc,
+    /// Per large class, its two counts side by side: the smaller classes' then lie on the
+    /// page the fields above end on (see [`Arena`]).
+    pub large: [LargeCounts; NUM_LARGE],
+    /// Live sampled blocks of small classes on pages of their own (aligned so that no larger
+    /// cached class can hold them, see `api::sampled`).
+    pub sampled_small_live: [usize; NUM_SMALL],
+}
+
+/// The counts of one large class in an arena.
+#[derive(Clone, Copy)]
+pub struct LargeCounts {
+    /// Live blocks (taken out of the heap, maybe in a thread cache).
+    pub live: usize,
+    /// Requests served straight from the heap.
+    pub requests: u64,
 }
 
 /// An arena. See the module docs.
 ///
-/// In this order (`repr(C)`): what every thread start and refill touches (the counters, the
-/// page heap, the transfer arrays) comes first, in at most two pages that
-/// [`warm_first_arena`] faults in at once. The preload library's linker script puts the table
-/// of arenas first in `.bss`, so that arena 0's part lies on the page `.data` ends on.
+/// In this order (`repr(C)`): what a small program touches comes first (the counters, the bins,
+/// a cache line each, the page heap and the mini slabs' page), in under 3 KiB that
+/// [`warm_first_arena`] faults in at once; the transfer arrays, which a thread's first
+/// overflow uses, and the statistics of large and sampled blocks come after. The preload
+/// library's linker script puts the table of arenas first in `.bss`, so that arena 0's first
+/// part lies on the page `.data` ends on, which the loader has written already.
 #[repr(C)]
 pub struct Arena {
     /// Threads that use this arena now, as their shared arena, their line arena or both (see
@@ -303,11 +308,21 @@ pub struct Arena {
     idle_since: Deadline,
     /// Bit `c` set: bin `c` has had a slab (only those hold anything for a sweep to release).
     bins_used: AtomicU64,
-    /// On cache lines of its own: the counters above change at flushes and refills.
+    /// On cache lines of their own: the counters above change at flushes and refills.
+    bins: [Padded<Locked<SlabBin>>; NUM_SMALL],
     pages: Padded<Locked<ArenaPages>>,
     transfers: Transfers,
-    bins: [Padded<Locked<SlabBin>>; NUM_SMALL],
+    /// Per class: requests served straight from its bin, without a thread cache. Written
+    /// under the bin's lock.
+    direct_requests: [AtomicU64; NUM_SMALL],
 }
+
+/// Where the part of an arena that a small program touches ends: the mini slabs' page pointer
+/// (see [`Arena`]).
+pub const ARENA_HOT_BYTES: usize = core::mem::offset_of!(Arena, pages.0)
+    + Locked::<ArenaPages>::DATA_OFFSET
+    + core::mem::offset_of!(ArenaPages, shared)
+    + core::mem::size_of::<*mut SpanDesc>();
 
 /// A time (ms) that may be unset (`u64::MAX`, never), kept complemented so that its zero state
 /// means never. The arenas' table then starts as all zeroes and lives in `.bss`: with these
@@ -349,29 +364,22 @@ impl Arena {
                     current: [ptr::null_mut(); SLAB_LANES],
                     nonfull: [ptr::null_mut(); SLAB_LANES],
                     empty: ptr::null_mut(),
-                    empty_slabs: 0,
-                    slabs: 0,
                     objects_out: 0,
-                    direct_requests: 0,
-                    had_mini: false,
+                    slabs: 0,
+                    transfer_len: 0,
+                    transfer_credit: 0,
                 }))
             }; NUM_SMALL],
             pages: Padded(Locked::new(ArenaPages {
                 heap: PageHeap::new(),
-                large_live: [0; NUM_LARGE],
-                large_requests: [0; NUM_LARGE],
-                sampled_small_live: [0; NUM_SMALL],
                 shared: ptr::null_mut(),
+                large: [LargeCounts {
+                    live: 0,
+                    requests: 0,
+                }; NUM_LARGE],
+                sampled_small_live: [0; NUM_SMALL],
             })),
-            transfers: Transfers(UnsafeCell::new(
-                [const {
-                    Transfer {
-                        slots: ptr::null_mut(),
-                        len: 0,
-                        credit: 0,
-                    }
-                }; NUM_SMALL],
-            )),
+            transfers: Transfers(UnsafeCell::new([ptr::null_mut(); NUM_SMALL])),
             threads: AtomicU32::new(0),
             line_threads: AtomicU32::new(0),
             empty_pages: AtomicUsize::new(0),
@@ -381,6 +389,7 @@ impl Arena {
             taken_over: AtomicBool::new(false),
             bins_used: AtomicU64::new(0),
             idle_since: Deadline::never(),
+            direct_requests: [const { AtomicU64::new(0) }; NUM_SMALL],
         }
     }
 
@@ -453,24 +462,38 @@ impl Arena {
         (self as *const Arena as usize - ARENAS.as_ptr() as usize) / core::mem::size_of::<Arena>()
     }
 
-    /// The transfer array of small class `class`. The caller must hold that bin's lock for as
-    /// long as it uses the entry.
+    /// The transfer array of small class `class` (null before its first use). The caller must
+    /// hold that bin's lock for as long as it uses the entry.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn transfer(&self, class: usize) -> &mut Transfer {
+    unsafe fn transfer_slots(&self, class: usize) -> &mut *mut *mut u8 {
         // SAFETY: the entry of this arena and class, which the caller's bin lock guards.
         unsafe { &mut (*self.transfers.0.get())[class] }
     }
 
-    /// Objects parked in the transfer array of class `class` (statistics; the caller holds
-    /// that bin's lock).
-    pub fn parked(&self, class: usize, _bin: &SlabBin) -> usize {
-        // SAFETY: the caller holds the bin lock, as `_bin` shows.
-        unsafe { self.transfer(class).len }
+    /// The objects parked in the transfer array of class `class`, whose bin `bin` is (locked).
+    fn parked_objects(&self, class: usize, bin: &SlabBin) -> &[*mut u8] {
+        // SAFETY: the caller holds the bin lock, as `bin` shows.
+        let slots = unsafe { *self.transfer_slots(class) };
+        if slots.is_null() {
+            return &[];
+        }
+        // SAFETY: the array's first `transfer_len` slots hold objects.
+        unsafe { core::slice::from_raw_parts(slots, bin.transfer_len.into()) }
+    }
+
+    /// Objects parked in the transfer array of class `class`, whose bin `bin` is (locked).
+    pub fn parked(&self, _class: usize, bin: &SlabBin) -> usize {
+        bin.transfer_len.into()
     }
 
     /// The bin of small class `class`.
     pub fn bin(&self, class: usize) -> &Locked<SlabBin> {
         &self.bins[class].0
+    }
+
+    /// Requests of `class` served straight from its bin, without a thread cache.
+    pub fn direct_requests(&self, class: usize) -> u64 {
+        self.direct_requests[class].load(Ordering::Relaxed)
     }
 
     /// The page heap.
@@ -492,14 +515,13 @@ impl Arena {
     ) -> usize {
         let lane = lane % SLAB_LANES;
         let mut bin = self.bin(class).lock();
-        // SAFETY: we hold the bin's lock.
-        let t = unsafe { self.transfer(class) };
-        let from_transfer = t.len.min(out.len());
+        let from_transfer = usize::from(bin.transfer_len).min(out.len());
         if from_transfer > 0 {
-            t.len -= from_transfer;
-            // SAFETY: the first `len + from_transfer` slots hold objects.
+            bin.transfer_len -= from_transfer as u16;
+            // SAFETY: we hold the bin's lock; the array's first `len + from_transfer` slots
+            // hold objects.
             unsafe {
-                let src = t.slots.add(t.len);
+                let src = self.transfer_slots(class).add(bin.transfer_len.into());
                 ptr::copy_nonoverlapping(src, out.as_mut_ptr(), from_transfer);
             }
         }
@@ -519,7 +541,7 @@ impl Arena {
                     }
                 }
                 if s.is_null() {
-                    s = self.new_slab(class, &mut bin);
+                    s = self.new_slab(class, &bin);
                     if s.is_null() {
                         break;
                     }
@@ -543,24 +565,31 @@ impl Arena {
             self.empty_pages.fetch_sub(unkept, Ordering::Relaxed);
         }
         bin.objects_out += n - from_transfer;
-        t.credit = (t.credit + n).min(transfer_capacity(class));
+        bin.transfer_credit =
+            (usize::from(bin.transfer_credit) + n).min(transfer_capacity(class)) as u16;
         if direct {
-            bin.direct_requests += n as u64;
+            // Under the bin's lock: no other thread writes the counter meanwhile.
+            let requests = &self.direct_requests[class];
+            requests.store(
+                requests.load(Ordering::Relaxed) + n as u64,
+                Ordering::Relaxed,
+            );
         }
         n
     }
 
-    /// A new slab of class `class`, whose bin `bin` is (locked): its mini slab if it has
+    /// A new slab of class `class`, whose bin `_bin` is (locked): its mini slab if it has
     /// none yet and its class has them, else one from the page heap. Null when memory ran out.
-    fn new_slab(&self, class: usize, bin: &mut SlabBin) -> *mut SpanDesc {
+    fn new_slab(&self, class: usize, _bin: &SlabBin) -> *mut SpanDesc {
         let pages = CLASSES[class].pages as usize;
         let bit = 1u64 << class;
-        if self.bins_used.load(Ordering::Relaxed) & bit == 0 {
+        // Set under the bin's lock, never cleared: the class's first slab is its mini slab.
+        let first = self.bins_used.load(Ordering::Relaxed) & bit == 0;
+        if first {
             self.bins_used.fetch_or(bit, Ordering::Relaxed);
         }
         let mut p = self.pages.lock();
-        if class < NUM_MINI && !bin.had_mini {
-            bin.had_mini = true;
+        if class < NUM_MINI && first {
             // SAFETY: we hold the page lock.
             let mini = unsafe { self.new_mini(&mut p, class) };
             if !mini.is_null() {
@@ -619,28 +648,26 @@ impl Arena {
     /// Every pointer must be an object start of a slab of this arena of class `class`.
     pub unsafe fn put_small(&self, class: usize, objects: &[*mut u8], park: bool) {
         let mut bin = self.bin(class).lock();
-        // SAFETY: we hold the bin's lock.
-        let t = unsafe { self.transfer(class) };
+        let len = usize::from(bin.transfer_len);
         let room = if park {
-            (transfer_capacity(class) - t.len).min(t.credit)
+            (transfer_capacity(class) - len).min(bin.transfer_credit.into())
         } else {
             0
         };
         let mut kept = 0;
         if room > 0 {
-            if t.slots.is_null() {
+            // SAFETY: we hold the bin's lock.
+            let slots = unsafe { self.transfer_slots(class) };
+            if slots.is_null() {
                 let bytes = transfer_capacity(class) * size_of::<*mut u8>();
-                t.slots = meta::alloc(bytes, align_of::<*mut u8>()).cast();
+                *slots = meta::alloc(bytes, align_of::<*mut u8>()).cast();
             }
-            if !t.slots.is_null() {
+            if !slots.is_null() {
                 kept = room.min(objects.len());
                 // SAFETY: `kept` slots from `len` on are within the array.
-                unsafe {
-                    let dst = t.slots.add(t.len);
-                    ptr::copy_nonoverlapping(objects.as_ptr(), dst, kept);
-                }
-                t.len += kept;
-                t.credit -= kept;
+                unsafe { ptr::copy_nonoverlapping(objects.as_ptr(), slots.add(len), kept) };
+                bin.transfer_len += kept as u16;
+                bin.transfer_credit -= kept as u16;
             }
         }
         // SAFETY: as documented; we hold the bin's lock.
@@ -718,12 +745,12 @@ impl Arena {
     /// # Safety
     /// `d` must be the slab holding `p`.
     pub unsafe fn slab_object_is_free(&self, class: usize, d: *mut SpanDesc, p: usize) -> bool {
-        let _bin = self.bin(class).lock();
-        // SAFETY: the slab and the transfer array are guarded by the lock we hold.
+        let bin = self.bin(class).lock();
+        // SAFETY: the slab is guarded by the lock we hold.
         unsafe {
             (*d).kind == kind::SLAB
                 && (slab::object_index(d, p).is_some_and(|i| slab::is_free(d, i))
-                    || self.transfer(class).parked().contains(&(p as *mut u8)))
+                    || self.parked_objects(class, &bin).contains(&(p as *mut u8)))
         }
     }
 
@@ -806,8 +833,8 @@ impl Arena {
         if class < NUM_SMALL {
             p.sampled_small_live[class] += 1;
         } else {
-            p.large_live[class - NUM_SMALL] += 1;
-            p.large_requests[class - NUM_SMALL] += 1;
+            p.large[class - NUM_SMALL].live += 1;
+            p.large[class - NUM_SMALL].requests += 1;
         }
         drop(p);
         let start = span_start(d);
@@ -863,7 +890,7 @@ impl Arena {
             if class < NUM_SMALL {
                 p.sampled_small_live[class] -= 1;
             } else {
-                p.large_live[class - NUM_SMALL] -= 1;
+                p.large[class - NUM_SMALL].live -= 1;
             }
             (*d).flags = 0;
             self.free_span(&mut p, d, now);
@@ -884,7 +911,7 @@ impl Arena {
                 if (*d).kind != kind::LARGE {
                     os::fatal_pointer("free", "double free of", b as usize);
                 }
-                p.large_live[(*d).class as usize - NUM_SMALL] -= 1;
+                p.large[(*d).class as usize - NUM_SMALL].live -= 1;
                 self.free_span(&mut p, d, now);
             }
         }
@@ -919,8 +946,8 @@ impl Arena {
                 true
             };
             if ok {
-                p.large_live[(*d).class as usize - NUM_SMALL] -= 1;
-                p.large_live[class - NUM_SMALL] += 1;
+                p.large[(*d).class as usize - NUM_SMALL].live -= 1;
+                p.large[class - NUM_SMALL].live += 1;
                 (*d).class = class as u8;
                 segment::set_fast_class_of_span(d);
             }
@@ -1003,22 +1030,19 @@ impl Arena {
             }
             let mut bin = bin.0.lock();
             // Objects waiting for a refill go back to their slabs, which may empty.
-            // SAFETY: we hold the bin's lock.
-            let t = unsafe { self.transfer(class) };
-            t.credit = 0;
-            let waiting = t.len;
+            bin.transfer_credit = 0;
+            let waiting = usize::from(bin.transfer_len);
             if waiting > 0 {
-                t.len = 0;
-                let objects = t.slots;
-                // SAFETY: the array's first `waiting` slots hold validated objects of this
-                // bin's class, no longer listed there; we hold the bin lock.
+                bin.transfer_len = 0;
+                // SAFETY: we hold the bin's lock; the array's first `waiting` slots hold
+                // validated objects of this bin's class, no longer listed there.
                 unsafe {
-                    let objects = core::slice::from_raw_parts(objects, waiting);
+                    let objects = core::slice::from_raw_parts(*self.transfer_slots(class), waiting);
                     self.put_in_slabs(&mut bin, class, objects, Some(parked_since));
                 }
             }
             if !bin.empty.is_null() {
-                let kept_pages = bin.empty_slabs * info.pages as usize;
+                let mut kept_pages = 0;
                 let mut p = self.pages.lock();
                 while !bin.empty.is_null() {
                     let s = bin.empty;
@@ -1028,7 +1052,7 @@ impl Arena {
                         let kept_for = (now as u32).wrapping_sub((*s).kept_at) as u64;
                         purged += self.free_span_aged(&mut p, s, now - kept_for.min(now), now);
                     }
-                    bin.empty_slabs -= 1;
+                    kept_pages += info.pages as usize;
                     bin.slabs -= 1;
                 }
                 self.empty_pages.fetch_sub(kept_pages, Ordering::Relaxed);
@@ -1090,11 +1114,15 @@ static PROFILER_ARENA_USED: AtomicBool = AtomicBool::new(false);
 static GROWTH: Locked<()> = Locked::new(());
 
 /// Counts arena `index` in use (before the thread can take any of its locks), under
-/// [`GROWTH`] if it was not yet.
+/// [`GROWTH`] if it was not yet, after faulting in its first part (see [`warm`]): no other
+/// thread uses it before it counts.
 fn take_into_use(index: usize) {
     if arenas_used() <= index {
         let _growing = GROWTH.lock();
-        ARENAS_USED.fetch_max(index + 1, Ordering::SeqCst);
+        if arenas_used() <= index {
+            warm(&ARENAS[index]);
+            ARENAS_USED.fetch_max(index + 1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -1143,15 +1171,19 @@ pub fn of_tag(tag: u8) -> &'static Arena {
     unsafe { ARENAS.get_unchecked(tag as usize - 1) }
 }
 
-/// Faults in, for writing, the pages of arena 0's state up to its bins (its counters, page
-/// heap and transfer arrays), which the first thread takes (no arena has threads yet). Its
-/// first access to each is a read, which maps the zero page, and the write after it faulted
-/// again: two faults a page at every start-up. Called once, before any thread can use an
-/// arena.
+/// Faults in, for writing, the pages of arena 0's first part, which the first thread takes
+/// (no arena has threads yet). Called once, before any thread can use an arena.
 pub fn warm_first_arena() {
-    let a = &ARENAS[0];
-    // SAFETY: the range lies inside the arena; no thread uses an arena yet.
-    unsafe { os::fault_in_for_write(ptr::from_ref(a).cast(), core::mem::offset_of!(Arena, bins)) };
+    warm(&ARENAS[0]);
+}
+
+/// Faults in, for writing, the pages of `a`'s first [`ARENA_HOT_BYTES`] (its counters, bins,
+/// page heap and mini slabs' page), which a thread's first refill uses. Its first access to
+/// some of them is a read, which maps the zero page, and the write after it faulted again:
+/// two faults for such a page. No thread may use the arena yet.
+fn warm(a: &Arena) {
+    // SAFETY: the range lies inside the arena, which no thread uses yet.
+    unsafe { os::fault_in_for_write(ptr::from_ref(a).cast(), ARENA_HOT_BYTES) };
 }
 
 /// Sets the number of shared arenas to `n` (clamped to 1..=254, the arenas threads may have),
@@ -1593,8 +1625,7 @@ mod tests {
         {
             let bin = a.bin(class).lock();
             assert_eq!(a.parked(class, &bin), 6);
-            // SAFETY: we hold the bin's lock.
-            assert_eq!(unsafe { a.transfer(class) }.parked(), &out[..6]);
+            assert_eq!(a.parked_objects(class, &bin), &out[..6]);
             assert_eq!(bin.objects_out, 8, "still out of their slab");
         }
         let d = slab_of(out[0]);
@@ -1611,8 +1642,7 @@ mod tests {
             "taken from the transfer array, as they were"
         );
         let bin = a.bin(class).lock();
-        // SAFETY: we hold the bin's lock.
-        assert_eq!(unsafe { a.transfer(class) }.parked(), &out[..2]);
+        assert_eq!(a.parked_objects(class, &bin), &out[..2]);
         drop(bin);
         // SAFETY: as above.
         unsafe {
@@ -1642,7 +1672,11 @@ mod tests {
         let emptied = os::now_ms();
         // SAFETY: objects of this arena's slabs of `class`, unused.
         unsafe { a.put_small(class, &out[..per_slab], false) };
-        assert_eq!(a.bin(class).lock().empty_slabs, 1, "the first slab is kept");
+        assert_eq!(
+            a.bin(class).lock().empty_slabs(),
+            1,
+            "the first slab is kept"
+        );
         let later = emptied + 10_000;
         a.release_empty_slabs(later);
         let oldest = a.pages().lock().heap.oldest_dirty();

@@ -166,10 +166,11 @@ pub fn snapshot() -> Snapshot {
             let bin = a.bin(c).lock();
             *o += bin.objects_out;
             s.classes[c].cached += a.parked(c, &bin);
-            s.classes[c].slabs += bin.slabs;
-            s.classes[c].empty_slabs += bin.empty_slabs;
-            empty_pages += bin.empty_slabs * CLASSES[c].pages as usize;
-            s.classes[c].requests += bin.direct_requests;
+            s.classes[c].slabs += bin.slabs as usize;
+            let empty_slabs = bin.empty_slabs();
+            s.classes[c].empty_slabs += empty_slabs;
+            empty_pages += empty_slabs * CLASSES[c].pages as usize;
+            s.classes[c].requests += a.direct_requests(c);
         }
         let p = a.pages().lock();
         active_pages += p.heap.counts.active;
@@ -185,9 +186,9 @@ pub fn snapshot() -> Snapshot {
             oldest = oldest.min(t);
         }
         for l in 0..NUM_LARGE {
-            out[NUM_SMALL + l] += p.large_live[l];
+            out[NUM_SMALL + l] += p.large[l].live;
             if NUM_SMALL + l >= NUM_CACHED {
-                s.classes[NUM_SMALL + l].requests += p.large_requests[l];
+                s.classes[NUM_SMALL + l].requests += p.large[l].requests;
             }
         }
     }
