@@ -2,7 +2,8 @@
 //!
 //! The address space is cut into 4 MiB chunks (the segment size). Two tables cover it:
 //!
-//! - the segment map, one byte per chunk in a flat array indexed by `addr >> 22`: is the chunk a
+//! - the segment map, one byte per chunk in a flat array indexed by `(addr >> 22) - 1` (see
+//!   [`segment_tag`]): is the chunk a
 //!   segment, and of which arena? (A segment is a whole aligned chunk, so its header is
 //!   `addr & !(4 MiB - 1)`.) The byte is the owning arena's tag (index + 1; 0: not a segment). It
 //!   takes 64 MiB of address space (`.bss`), of which only the pages covering our chunks are
@@ -74,9 +75,10 @@ unsafe impl Sync for SegmentMap {}
 
 static SEGMENT_MAP: SegmentMap = SegmentMap(UnsafeCell::new([0; MAP_LEN]));
 
-/// The map byte of chunk `chunk` (< MAP_LEN).
+/// The map byte of the chunk holding `addr`, which lies in a chunk the map covers.
 #[inline(always)]
-fn byte(chunk: usize) -> &'static AtomicU8 {
+fn byte(addr: usize) -> &'static AtomicU8 {
+    let chunk = map_index(addr);
     debug_assert!(chunk < MAP_LEN);
     // SAFETY: in bounds; the map is only ever accessed through atomics.
     unsafe { &*SEGMENT_MAP.0.get().cast::<AtomicU8>().add(chunk) }
@@ -92,13 +94,21 @@ pub const fn tag_of_index(index: usize) -> u8 {
 /// after). Never faults.
 #[inline(always)]
 pub fn segment_tag(addr: usize) -> u8 {
-    let chunk = addr >> CHUNK_SHIFT;
+    let chunk = map_index(addr);
     if chunk >= MAP_LEN {
         return 0;
     }
-    byte(chunk).load(Ordering::Relaxed)
+    byte(addr).load(Ordering::Relaxed)
 }
 
+/// The map index of the chunk holding `addr`: the chunks from the second on, so that a lookup
+/// of null (glibc frees null at every thread's exit) falls outside the map like a wild
+/// address, and does not fault in the map's first page, which no segment uses. As quick:
+/// the subtraction replaces a copy.
+#[inline(always)]
+fn map_index(addr: usize) -> usize {
+    addr.wrapping_sub(1 << CHUNK_SHIFT) >> CHUNK_SHIFT
+}
 /// Whether the chunk holding `addr` is one of our segments. Never faults.
 #[inline(always)]
 pub fn is_segment(addr: usize) -> bool {
@@ -109,12 +119,12 @@ pub fn is_segment(addr: usize) -> bool {
 /// with tag `tag` (non-zero) in the segment map.
 pub fn mark_segment(addr: usize, tag: u8) {
     debug_assert!(tag != 0);
-    byte(addr >> CHUNK_SHIFT).store(tag, Ordering::Release);
+    byte(addr).store(tag, Ordering::Release);
 }
 
 /// Clears the segment-map byte of the segment at `addr` (it is being unmapped).
 pub fn unmark_segment(addr: usize) {
-    byte(addr >> CHUNK_SHIFT).store(0, Ordering::Release);
+    byte(addr).store(0, Ordering::Release);
 }
 
 /// Registers `header` for the chunk holding `addr`. False if metadata memory ran out.
@@ -183,5 +193,22 @@ mod tests {
         assert!(!is_segment(a));
         // Never a segment, never a fault: beyond 48 bits, and address 0.
         assert!(!is_segment(usize::MAX) && !is_segment(1 << 48) && !is_segment(0));
+    }
+
+    /// The null chunk is outside the map: its lookup reads no byte of it (the map's first byte
+    /// is the second chunk's), and every other 48-bit address is inside.
+    #[test]
+    fn the_segment_map_starts_at_the_second_chunk() {
+        let chunk = 1usize << CHUNK_SHIFT;
+        assert_eq!(map_index(0), usize::MAX >> CHUNK_SHIFT);
+        assert!(
+            map_index(chunk - 1) >= MAP_LEN,
+            "the null chunk's last byte"
+        );
+        assert_eq!(map_index(chunk), 0);
+        assert!(map_index((1 << ADDRESS_BITS) - 1) < MAP_LEN);
+        let first = ptr::from_ref(byte(chunk));
+        assert_eq!(first.cast::<u8>(), SEGMENT_MAP.0.get().cast::<u8>());
+        assert_eq!(segment_tag(chunk - 1), 0);
     }
 }

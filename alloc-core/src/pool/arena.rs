@@ -19,9 +19,8 @@ use crate::platform::lock::{Guard, Locked, Padded};
 use crate::platform::os;
 use crate::span::page_heap::PageHeap;
 use crate::span::slab::{self, Put};
-use core::cell::UnsafeCell;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use static_assertions::const_assert;
 
 /// The most arenas a process can have: each has a one-byte tag (index + 1) in the segment map.
@@ -123,11 +122,9 @@ fn transfer_capacity(class: usize) -> usize {
 /// not yet put back in their slabs; the next refill takes them as they are. Each is
 /// [`transfer_capacity`] slots of metadata memory, taken at its first use (or null), guarded
 /// by its bin's lock, which keeps its counts. The pointers live apart from the bins, which a
-/// small program's refills touch and they do not (see [`Arena`]).
-struct Transfers(UnsafeCell<[*mut *mut u8; NUM_SMALL]>);
-
-// SAFETY: each entry is only reached under the lock of its bin.
-unsafe impl Sync for Transfers {}
+/// small program's refills touch and they do not (see [`Arena`]). Atomics only for the way
+/// [`Arena::put_small`] first reaches them; the bin's lock orders every access.
+type Transfers = [AtomicPtr<*mut u8>; NUM_SMALL];
 
 // SAFETY: the raw pointers are slab descriptors owned by the bin, reached only under its lock.
 unsafe impl Send for SlabBin {}
@@ -379,7 +376,7 @@ impl Arena {
                 }; NUM_LARGE],
                 sampled_small_live: [0; NUM_SMALL],
             })),
-            transfers: Transfers(UnsafeCell::new([ptr::null_mut(); NUM_SMALL])),
+            transfers: [const { AtomicPtr::new(ptr::null_mut()) }; NUM_SMALL],
             threads: AtomicU32::new(0),
             line_threads: AtomicU32::new(0),
             empty_pages: AtomicUsize::new(0),
@@ -459,21 +456,18 @@ impl Arena {
 
     /// This arena's index.
     pub fn index(&self) -> usize {
-        (self as *const Arena as usize - ARENAS.as_ptr() as usize) / core::mem::size_of::<Arena>()
+        (self as *const Arena as usize - ptr::from_ref(&ARENAS) as usize) / ARENA_STRIDE
     }
 
-    /// The transfer array of small class `class` (null before its first use). The caller must
-    /// hold that bin's lock for as long as it uses the entry.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn transfer_slots(&self, class: usize) -> &mut *mut *mut u8 {
-        // SAFETY: the entry of this arena and class, which the caller's bin lock guards.
-        unsafe { &mut (*self.transfers.0.get())[class] }
+    /// The transfer array of small class `class` (null before its first use), whose bin the
+    /// caller holds locked.
+    fn transfer_slots(&self, class: usize) -> *mut *mut u8 {
+        self.transfers[class].load(Ordering::Relaxed)
     }
 
     /// The objects parked in the transfer array of class `class`, whose bin `bin` is (locked).
     fn parked_objects(&self, class: usize, bin: &SlabBin) -> &[*mut u8] {
-        // SAFETY: the caller holds the bin lock, as `bin` shows.
-        let slots = unsafe { *self.transfer_slots(class) };
+        let slots = self.transfer_slots(class);
         if slots.is_null() {
             return &[];
         }
@@ -656,11 +650,26 @@ impl Arena {
         };
         let mut kept = 0;
         if room > 0 {
-            // SAFETY: we hold the bin's lock.
-            let slots = unsafe { self.transfer_slots(class) };
+            let entry = &self.transfers[class];
+            // With the array empty it may not exist yet, and the pointers may lie on a page of
+            // the arena not touched yet: a read first would map the zero page and the write
+            // of a new array's pointer fault again. A compare-exchange writes (it faults as
+            // one) and changes nothing.
+            let mut slots = if len == 0 {
+                let (Ok(p) | Err(p)) = entry.compare_exchange(
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                p
+            } else {
+                entry.load(Ordering::Relaxed)
+            };
             if slots.is_null() {
                 let bytes = transfer_capacity(class) * size_of::<*mut u8>();
-                *slots = meta::alloc(bytes, align_of::<*mut u8>()).cast();
+                slots = meta::alloc(bytes, align_of::<*mut u8>()).cast();
+                entry.store(slots, Ordering::Relaxed);
             }
             if !slots.is_null() {
                 kept = room.min(objects.len());
@@ -1037,7 +1046,7 @@ impl Arena {
                 // SAFETY: we hold the bin's lock; the array's first `waiting` slots hold
                 // validated objects of this bin's class, no longer listed there.
                 unsafe {
-                    let objects = core::slice::from_raw_parts(*self.transfer_slots(class), waiting);
+                    let objects = core::slice::from_raw_parts(self.transfer_slots(class), waiting);
                     self.put_in_slabs(&mut bin, class, objects, Some(parked_since));
                 }
             }
@@ -1087,7 +1096,56 @@ fn parked_since(last: u64, now: u64) -> u64 {
     last.max(now.saturating_sub(decay as u64)).min(now)
 }
 
-static ARENAS: [Arena; MAX_ARENAS] = [const { Arena::new() }; MAX_ARENAS];
+static ARENAS: ArenaTable = ArenaTable(
+    [const {
+        ArenaSlot {
+            arena: Arena::new(),
+            _pad: [0; ARENA_STRIDE - core::mem::size_of::<Arena>()],
+        }
+    }; MAX_ARENAS],
+);
+
+/// The arenas, each on a whole number of pages ([`ARENA_STRIDE`]): every arena's first part
+/// then lies at the same place in its page as arena 0's, where it fits in the page (see
+/// [`Arena`]). Packed, the next arena's straddled two pages, a fault more for its first thread.
+#[repr(transparent)]
+struct ArenaTable([ArenaSlot; MAX_ARENAS]);
+
+/// An arena and the padding after it, never touched.
+#[repr(C)]
+struct ArenaSlot {
+    arena: Arena,
+    _pad: [u8; ARENA_STRIDE - core::mem::size_of::<Arena>()],
+}
+
+/// Bytes from one arena to the next (the table's 255 arenas take 2 MiB of `.bss`, in which
+/// only what threads use is ever touched).
+const ARENA_STRIDE: usize = core::mem::size_of::<Arena>().next_multiple_of(os::PAGE_SIZE);
+
+impl core::ops::Index<usize> for ArenaTable {
+    type Output = Arena;
+    #[inline(always)]
+    fn index(&self, i: usize) -> &Arena {
+        &self.0[i].arena
+    }
+}
+
+impl ArenaTable {
+    /// The arenas in order.
+    fn iter(&self) -> impl Iterator<Item = &Arena> {
+        self.0.iter().map(|slot| &slot.arena)
+    }
+
+    /// Arena `i`, unchecked.
+    ///
+    /// # Safety
+    /// `i` must be below [`MAX_ARENAS`].
+    #[inline(always)]
+    unsafe fn get_unchecked(&self, i: usize) -> &Arena {
+        // SAFETY: per the contract.
+        unsafe { &self.0.get_unchecked(i).arena }
+    }
+}
 /// Shared arenas: `0..SHARED_ARENAS` (see [`ThreadArenas`]).
 static SHARED_ARENAS: AtomicUsize = AtomicUsize::new(1);
 /// Line arenas: `0..LINE_ARENAS`, never fewer than the shared ones.
@@ -1422,6 +1480,15 @@ mod tests {
     use super::*;
     use crate::base::size_class::{class_of, slab_objects};
     use crate::span::slab;
+
+    /// Every arena lies where arena 0 does in its page, so that where the preload's linker
+    /// script puts arena 0's first part within a page, every arena's lies within one too.
+    #[test]
+    fn arenas_lie_alike_in_their_pages() {
+        let offset = |a: &Arena| ptr::from_ref(a) as usize % os::PAGE_SIZE;
+        assert!(ARENAS.iter().all(|a| offset(a) == offset(&ARENAS[0])));
+        assert_eq!(ARENAS[MAX_ARENAS - 1].index(), MAX_ARENAS - 1);
+    }
 
     /// The slab holding object `p` of one of our slabs.
     fn slab_of(p: *mut u8) -> *mut SpanDesc {
