@@ -80,8 +80,12 @@ static SEGMENT_MAP: SegmentMap = SegmentMap(UnsafeCell::new([0; MAP_LEN]));
 fn byte(addr: usize) -> &'static AtomicU8 {
     let chunk = map_index(addr);
     debug_assert!(chunk < MAP_LEN);
-    // SAFETY: in bounds; the map is only ever accessed through atomics.
-    unsafe { &*SEGMENT_MAP.0.get().cast::<AtomicU8>().add(chunk) }
+    // The map's address less one, plus the chunk: the load takes the one off in its
+    // displacement, and waits on no subtraction.
+    let before_map = SEGMENT_MAP.0.get().cast::<AtomicU8>().wrapping_sub(1);
+    // SAFETY: in bounds (`chunk` is the index plus one); the map is only ever accessed through
+    // atomics.
+    unsafe { &*before_map.wrapping_add(addr >> CHUNK_SHIFT) }
 }
 
 /// The segment-map tag of arena number `index`: never 0, which means "not a segment".
@@ -103,11 +107,10 @@ pub fn segment_tag(addr: usize) -> u8 {
 
 /// The map index of the chunk holding `addr`: the chunks from the second on, so that a lookup
 /// of null (glibc frees null at every thread's exit) falls outside the map like a wild
-/// address, and does not fault in the map's first page, which no segment uses. As quick:
-/// the subtraction replaces a copy.
+/// address, and does not fault in the map's first page, which no segment uses.
 #[inline(always)]
 fn map_index(addr: usize) -> usize {
-    addr.wrapping_sub(1 << CHUNK_SHIFT) >> CHUNK_SHIFT
+    (addr >> CHUNK_SHIFT).wrapping_sub(1)
 }
 /// Whether the chunk holding `addr` is one of our segments. Never faults.
 #[inline(always)]
@@ -200,7 +203,7 @@ mod tests {
     #[test]
     fn the_segment_map_starts_at_the_second_chunk() {
         let chunk = 1usize << CHUNK_SHIFT;
-        assert_eq!(map_index(0), usize::MAX >> CHUNK_SHIFT);
+        assert_eq!(map_index(0), usize::MAX);
         assert!(
             map_index(chunk - 1) >= MAP_LEN,
             "the null chunk's last byte"
