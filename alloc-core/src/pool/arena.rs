@@ -14,7 +14,7 @@ use crate::addr::segment::{
 };
 use crate::base::config;
 use crate::base::meta;
-use crate::base::size_class::{CLASSES, MINI_BYTES, NUM_CLASSES, NUM_MINI, NUM_SMALL};
+use crate::base::size_class::{class_size, CLASSES, MINI_BYTES, NUM_CLASSES, NUM_MINI, NUM_SMALL};
 use crate::platform::lock::{Guard, Locked, Padded};
 use crate::platform::os;
 use crate::span::page_heap::PageHeap;
@@ -114,17 +114,27 @@ const TRANSFER_BYTES: usize = 64 << 10;
 /// and [`TRANSFER_BYTES`] worth. Blocks one thread frees and another allocates (a producer and
 /// its consumer) then go from cache to cache through it, two copies under the bin lock, instead
 /// of into their slabs' bitmaps and out again, one object at a time.
-fn transfer_capacity(class: usize) -> usize {
-    (TRANSFER_BYTES / CLASSES[class].size as usize).min(TRANSFER_SLOTS)
+const fn transfer_capacity(class: usize) -> usize {
+    let n = TRANSFER_BYTES / class_size(class);
+    if n < TRANSFER_SLOTS {
+        n
+    } else {
+        TRANSFER_SLOTS
+    }
 }
 
-/// The bins' transfer arrays, by class: free objects that threads of other arenas sent back,
-/// not yet put back in their slabs; the next refill takes them as they are. Each is
-/// [`transfer_capacity`] slots of metadata memory, taken at its first use (or null), guarded
-/// by its bin's lock, which keeps its counts. The pointers live apart from the bins, which a
-/// small program's refills touch and they do not (see [`Arena`]). Atomics only for the way
-/// [`Arena::put_small`] first reaches them; the bin's lock orders every access.
-type Transfers = [AtomicPtr<*mut u8>; NUM_SMALL];
+/// Where each class's transfer array starts in an arena's transfer region, in slots, and (last)
+/// the region's size: the arrays side by side, about 73 KiB, of which only the arrays used are
+/// ever touched.
+const TRANSFER_OFFSETS: [usize; NUM_SMALL + 1] = {
+    let mut t = [0; NUM_SMALL + 1];
+    let mut c = 0;
+    while c < NUM_SMALL {
+        t[c + 1] = t[c] + transfer_capacity(c);
+        c += 1;
+    }
+    t
+};
 
 // SAFETY: the raw pointers are slab descriptors owned by the bin, reached only under its lock.
 unsafe impl Send for SlabBin {}
@@ -307,8 +317,14 @@ pub struct Arena {
     bins_used: AtomicU64,
     /// On cache lines of their own: the counters above change at flushes and refills.
     bins: [Padded<Locked<SlabBin>>; NUM_SMALL],
+    /// The bins' transfer arrays, side by side (see [`TRANSFER_OFFSETS`]): free objects that
+    /// threads of other arenas sent back, not yet put back in their slabs; the next refill
+    /// takes them as they are. Metadata memory taken at the first use (null before), each
+    /// array guarded by its bin's lock, which keeps its counts. One pointer, here on the
+    /// arena's first page: a pointer per class did not fit there, and the page after it cost a
+    /// program whose threads free each other's blocks a fault.
+    transfers: AtomicPtr<*mut u8>,
     pages: Padded<Locked<ArenaPages>>,
-    transfers: Transfers,
     /// Per class: requests served straight from its bin, without a thread cache. Written
     /// under the bin's lock.
     direct_requests: [AtomicU64; NUM_SMALL],
@@ -376,7 +392,7 @@ impl Arena {
                 }; NUM_LARGE],
                 sampled_small_live: [0; NUM_SMALL],
             })),
-            transfers: [const { AtomicPtr::new(ptr::null_mut()) }; NUM_SMALL],
+            transfers: AtomicPtr::new(ptr::null_mut()),
             threads: AtomicU32::new(0),
             line_threads: AtomicU32::new(0),
             empty_pages: AtomicUsize::new(0),
@@ -462,7 +478,25 @@ impl Arena {
     /// The transfer array of small class `class` (null before its first use), whose bin the
     /// caller holds locked.
     fn transfer_slots(&self, class: usize) -> *mut *mut u8 {
-        self.transfers[class].load(Ordering::Relaxed)
+        let region = self.transfers.load(Ordering::Acquire);
+        if region.is_null() {
+            return region;
+        }
+        region.wrapping_add(TRANSFER_OFFSETS[class])
+    }
+
+    /// [`Arena::transfer_slots`], taking the arena's transfer region if it has none yet (under
+    /// the page lock, which comes after the bins' in the lock order). Null if memory ran out.
+    fn transfer_slots_or_new(&self, class: usize) -> *mut *mut u8 {
+        if self.transfers.load(Ordering::Acquire).is_null() {
+            let _pages = self.pages.lock();
+            if self.transfers.load(Ordering::Acquire).is_null() {
+                let bytes = TRANSFER_OFFSETS[NUM_SMALL] * size_of::<*mut u8>();
+                let region = meta::alloc(bytes, align_of::<*mut u8>()).cast();
+                self.transfers.store(region, Ordering::Release);
+            }
+        }
+        self.transfer_slots(class)
     }
 
     /// The objects parked in the transfer array of class `class`, whose bin `bin` is (locked).
@@ -650,27 +684,7 @@ impl Arena {
         };
         let mut kept = 0;
         if room > 0 {
-            let entry = &self.transfers[class];
-            // With the array empty it may not exist yet, and the pointers may lie on a page of
-            // the arena not touched yet: a read first would map the zero page and the write
-            // of a new array's pointer fault again. A compare-exchange writes (it faults as
-            // one) and changes nothing.
-            let mut slots = if len == 0 {
-                let (Ok(p) | Err(p)) = entry.compare_exchange(
-                    ptr::null_mut(),
-                    ptr::null_mut(),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-                p
-            } else {
-                entry.load(Ordering::Relaxed)
-            };
-            if slots.is_null() {
-                let bytes = transfer_capacity(class) * size_of::<*mut u8>();
-                slots = meta::alloc(bytes, align_of::<*mut u8>()).cast();
-                entry.store(slots, Ordering::Relaxed);
-            }
+            let slots = self.transfer_slots_or_new(class);
             if !slots.is_null() {
                 kept = room.min(objects.len());
                 // SAFETY: `kept` slots from `len` on are within the array.
