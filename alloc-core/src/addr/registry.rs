@@ -112,6 +112,7 @@ pub fn segment_tag(addr: usize) -> u8 {
 fn map_index(addr: usize) -> usize {
     (addr >> CHUNK_SHIFT).wrapping_sub(1)
 }
+
 /// Whether the chunk holding `addr` is one of our segments. Never faults.
 #[inline(always)]
 pub fn is_segment(addr: usize) -> bool {

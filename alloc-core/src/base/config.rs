@@ -53,7 +53,7 @@ pub fn sampling_generation() -> u32 {
 }
 
 /// `prof_prefix` as set; empty until set, which reads as [`DEFAULT_PREFIX`]. All zeroes, it
-/// lives in `.bss`: the default's bytes would put 264 bytes of `.data` on the page that arena
+/// lives in `.bss`: the default's bytes would put 256 bytes of `.data` on the page that arena
 /// 0's first part shares (see `pool::arena::Arena`).
 struct Prefix {
     bytes: [u8; PREFIX_MAX],

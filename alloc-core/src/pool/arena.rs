@@ -223,6 +223,11 @@ impl SlabBin {
         self.empty = d;
     }
 
+    /// Objects parked in the bin's transfer array.
+    pub fn parked(&self) -> usize {
+        self.transfer_len.into()
+    }
+
     /// Slabs kept empty for reuse: at most [`EMPTY_KEEP_PAGES`] pages' worth and a slab more,
     /// counted when asked (statistics) so that no count shares the bin's line.
     pub fn empty_slabs(&self) -> usize {
@@ -283,9 +288,10 @@ pub struct LargeCounts {
 /// An arena. See the module docs.
 ///
 /// In this order (`repr(C)`): what a small program touches comes first (the counters, the bins,
-/// a cache line each, the page heap and the mini slabs' page), in under 3 KiB that
-/// [`warm_first_arena`] faults in at once; the transfer arrays, which a thread's first
-/// overflow uses, and the statistics of large and sampled blocks come after. The preload
+/// a cache line each, the transfer arrays' pointer, the page heap and the mini slabs' page),
+/// in about 3 KiB ([`ARENA_HOT_BYTES`]) that [`warm`] faults in at once; the counts of large
+/// and sampled blocks (the smaller large classes' still on that page in the preload) and the
+/// requests served without a cache come after. The preload
 /// library's linker script puts the table of arenas first in `.bss`, so that arena 0's first
 /// part lies on the page `.data` ends on, which the loader has written already.
 #[repr(C)]
@@ -507,11 +513,6 @@ impl Arena {
         }
         // SAFETY: the array's first `transfer_len` slots hold objects.
         unsafe { core::slice::from_raw_parts(slots, bin.transfer_len.into()) }
-    }
-
-    /// Objects parked in the transfer array of class `class`, whose bin `bin` is (locked).
-    pub fn parked(&self, _class: usize, bin: &SlabBin) -> usize {
-        bin.transfer_len.into()
     }
 
     /// The bin of small class `class`.
@@ -1705,7 +1706,7 @@ mod tests {
         unsafe { a.put_small(class, &out[..6], true) };
         {
             let bin = a.bin(class).lock();
-            assert_eq!(a.parked(class, &bin), 6);
+            assert_eq!(bin.parked(), 6);
             assert_eq!(a.parked_objects(class, &bin), &out[..6]);
             assert_eq!(bin.objects_out, 8, "still out of their slab");
         }
@@ -1733,7 +1734,7 @@ mod tests {
         a.release_empty_slabs(0);
         let bin = a.bin(class).lock();
         assert_eq!(
-            (a.parked(class, &bin), bin.objects_out, bin.slabs),
+            (bin.parked(), bin.objects_out, bin.slabs),
             (0, 0, 0),
             "back in the slab, which emptied and went"
         );
@@ -1816,12 +1817,12 @@ mod tests {
         a.release_empty_slabs(0);
         // SAFETY: objects of this arena's slabs of `class`, unused.
         unsafe { a.put_small(class, &out[..8], true) };
-        assert_eq!(a.parked(class, &a.bin(class).lock()), 0);
+        assert_eq!(a.bin(class).lock().parked(), 0);
         // A thread's own objects are never parked.
         assert_eq!(a.fill_small(class, 0, &mut out[..8], false), 8);
         // SAFETY: as above.
         unsafe { a.put_small(class, &out, false) };
         let bin = a.bin(class).lock();
-        assert_eq!((a.parked(class, &bin), bin.objects_out), (0, 0));
+        assert_eq!((bin.parked(), bin.objects_out), (0, 0));
     }
 }

@@ -165,7 +165,7 @@ pub fn snapshot() -> Snapshot {
         for (c, o) in out.iter_mut().enumerate().take(NUM_SMALL) {
             let bin = a.bin(c).lock();
             *o += bin.objects_out;
-            s.classes[c].cached += a.parked(c, &bin);
+            s.classes[c].cached += bin.parked();
             s.classes[c].slabs += bin.slabs as usize;
             let empty_slabs = bin.empty_slabs();
             s.classes[c].empty_slabs += empty_slabs;

@@ -1057,14 +1057,14 @@ mod tests {
         // SAFETY: unused objects of this arena's slabs of `class`.
         unsafe { return_blocks(class, &mut out[..4], a, false) };
         assert_eq!(
-            a.parked(class, &a.bin(class).lock()),
+            a.bin(class).lock().parked(),
             0,
             "an allocating thread's own"
         );
         // SAFETY: as above.
         unsafe { return_blocks(class, &mut out[4..], a, true) };
         assert_eq!(
-            a.parked(class, &a.bin(class).lock()),
+            a.bin(class).lock().parked(),
             4,
             "a consumer's, its arena's too"
         );
