@@ -67,13 +67,13 @@ pub(super) unsafe fn alloc_sampled(
     let mut frames = [MaybeUninit::uninit(); MAX_FRAMES];
     // SAFETY: the caller's own cache; the memo is used by this thread's samples only, and
     // samples do not nest (the profiler guard).
-    let memo = unsafe { &mut (*tc).trace_memo };
+    let memo = unsafe { (*tc).trace_memo() };
     let (_inside, trace, recalled) = enter_and_capture(&mut frames, entry_sp, Some(memo));
     // The stack's entry, when the memo gave back the frames of the last sample (entries are
     // never freed).
     let known = if recalled {
         // SAFETY: as above.
-        unsafe { (*tc).trace_memo.noted() as *mut StackEntry }
+        unsafe { (*tc).trace_memo().noted() as *mut StackEntry }
     } else {
         ptr::null_mut()
     };
@@ -202,7 +202,7 @@ fn record(
 fn recorded(tc: *mut ThreadCache, record: &SampleRecord) {
     // SAFETY: the caller's own cache (see `alloc_sampled`).
     unsafe {
-        (*tc).trace_memo.note(record.stack as usize);
+        (*tc).trace_memo().note(record.stack as usize);
         (*tc).schedule.prepare_draw();
     }
 }

@@ -158,9 +158,10 @@ pub const fn cache_capacity(c: usize) -> usize {
 }
 
 /// Slots of class `c`'s stack while it is packed among the other classes' at a thread's
-/// start (see `thread::cache`): at most 16, 128 bytes. A small program's classes then share one
-/// page of slots; at the full [`cache_capacity`] (up to 1 KiB of slots each) its 20 or so
-/// classes spread over five.
+/// start (see `thread::cache`): at most 4, 32 bytes, so that all of them fit the cache's first
+/// page with its fields (at 16 they ran into a second page, which every thread touched). At
+/// the full [`cache_capacity`] (up to 1 KiB of slots each) a small program's 20 or so classes
+/// spread over five pages.
 pub const fn packed_capacity(c: usize) -> usize {
     let n = cache_capacity(c);
     if n < PACKED_MAX {
@@ -170,7 +171,7 @@ pub const fn packed_capacity(c: usize) -> usize {
     }
 }
 
-const PACKED_MAX: usize = 16;
+const PACKED_MAX: usize = 4;
 
 /// How far a class's stack may grow when the thread keeps overflowing it (allocating and
 /// freeing in batches larger than the stack): about 1 MiB worth, up to [`MAX_CACHE_CAPACITY`]

@@ -25,8 +25,9 @@
 //! time the thread overflows it, up to about 1 MiB worth and within the thread's share of a
 //! growth allowance (see [`growth_allowance`]), so a thread that allocates and frees in large
 //! batches ends up serving them from its cache alone. A stack has three places, taken in turn
-//! (see [`STACK_LAYOUT`]): it starts small, 16 slots at most, packed side by side with the
-//! other classes' (one page of slots for the classes a small program uses); at its first
+//! (see [`STACK_LAYOUT`]): it starts small, 4 slots at most, packed side by side with the
+//! other classes' on the cache's first page, with every field the hot paths and a tick use
+//! (so a small program's thread touches one page of its cache); at its first
 //! overflow or the second time it runs dry it moves to its standard stack, also packed (see
 //! [`unpack`]); the first time it grows it moves to a region of its own, room for its largest
 //! capacity. Laid out at their largest capacities from the start, every class a thread used
@@ -163,40 +164,46 @@ pub struct ThreadCache {
     /// The thread's shared arena: refills of every class but the sub-line ones come from here
     /// (see [`ThreadArenas`]).
     pub arena: &'static Arena,
-    /// Each stack's `requests` at the last tick: unchanged means unused since (see [`gc`]).
-    requests_seen: [u64; NUM_CACHED],
-    /// When each class was last seen used at a tick, or its stack last shrank (ms).
-    used_at: [u64; NUM_CACHED],
-    /// Bytes by which the stacks have grown beyond their initial capacities (at most the
-    /// growth allowance when they grew, see [`growth_allowance`]).
-    grown_bytes: usize,
     /// The thread's line arena: refills of the sub-line classes come from here (after the
     /// stacks, which keep their alignment to cache lines).
     pub line_arena: &'static Arena,
-    /// The segment-map tag of the thread's line arena, which tells `free` a sub-line block that
-    /// another thread may be using a cache line of.
-    pub arena_tag: u8,
+    /// Bytes by which the stacks have grown beyond their initial capacities (at most the
+    /// growth allowance when they grew, see [`growth_allowance`]).
+    grown_bytes: usize,
     /// The block this thread's last growing `realloc` returned, if still where it was moved:
     /// growing it again means it keeps growing, and it gets headroom (see `api::realloc`).
     /// Only compared, never dereferenced.
     pub last_grown: *mut u8,
     /// The size that `realloc` was last asked to grow `last_grown` to.
     pub last_grown_size: usize,
-    /// How many growths in a row made `last_grown` what it is.
-    pub grown_steps: u32,
-    /// The profiler's last stack walk on this thread, to repeat it without walking.
-    pub trace_memo: TraceMemo,
     next: *mut ThreadCache,
     prev: *mut ThreadCache,
-    /// Each stack's `requests` at which its last refill runs out if the thread frees none of
-    /// the class meanwhile, or [`FREES_TOO`] (see [`refill_size`]).
-    refill_runs_out_at: [u64; NUM_CACHED],
     /// How many of `remote` hold blocks. Atomic only so that statistics may read it.
     remote_len: AtomicUsize,
+    /// How many growths in a row made `last_grown` what it is.
+    pub grown_steps: u32,
+    /// The segment-map tag of the thread's line arena, which tells `free` a sub-line block that
+    /// another thread may be using a cache line of.
+    pub arena_tag: u8,
+    /// Whether `trace_memo` may hold a walk (see [`ThreadCache::trace_memo`]).
+    memo_used: bool,
+    /// Each stack's `requests` (their low 32 bits, as every field below) at which its last
+    /// refill runs out if the thread frees none of the class meanwhile, or [`FREES_TOO`] (see
+    /// [`refill_size`]).
+    refill_runs_out_at: [u32; NUM_CACHED],
+    /// Each stack's `requests` at the last tick: unchanged means unused since (see [`gc`]).
+    requests_seen: [u32; NUM_CACHED],
+    /// When each class was last seen used at a tick, or its stack last shrank
+    /// ([`os::now_ms`], wrapping).
+    used_at: [u32; NUM_CACHED],
     /// The stacks' slots: every class's small stack, packed, then every class's standard
     /// stack, packed, then each class's own region for its largest capacity (see
-    /// [`STACK_LAYOUT`]).
+    /// [`STACK_LAYOUT`]). Everything up to the small stacks lies in the cache's first page.
     slots: [*mut u8; TOTAL_SMALL_SLOTS + TOTAL_STANDARD_SLOTS + TOTAL_CACHE_SLOTS],
+    /// The profiler's last stack walk on this thread, to repeat it without walking. Far from
+    /// the first page and left as mapped (zero: empty) until a sample uses it, so that a
+    /// thread that takes no sample never touches its page.
+    trace_memo: TraceMemo,
     /// Blocks of other arenas freed by this thread, waiting to go home: `remote[..remote_len]`,
     /// with their classes. Atomics only so that statistics may read them.
     remote: [AtomicPtr<u8>; REMOTE_CAP],
@@ -204,6 +211,12 @@ pub struct ThreadCache {
 }
 
 impl ThreadCache {
+    /// The profiler's memo of this thread's last stack walk (the caller's own cache).
+    pub fn trace_memo(&mut self) -> &mut TraceMemo {
+        self.memo_used = true;
+        &mut self.trace_memo
+    }
+
     /// The thread's arenas.
     pub fn arenas(&self) -> ThreadArenas {
         ThreadArenas {
@@ -403,8 +416,9 @@ pub unsafe fn holds_free_key(p: *const u8, key: u64) -> bool {
 pub fn acquire(arenas: ThreadArenas, free_key: u64) -> *mut ThreadCache {
     let mut list = CACHES.lock();
     let mut tc = list.spare;
-    if tc.is_null() {
-        // Page-aligned, so that the fields before the stacks (3 KiB) take one page, not two.
+    let recycled = !tc.is_null();
+    if !recycled {
+        // Page-aligned: the fields and the small stacks take one page (see `ThreadCache`).
         tc = meta::alloc(core::mem::size_of::<ThreadCache>(), os::PAGE_SIZE).cast();
         if tc.is_null() {
             return tc;
@@ -428,12 +442,17 @@ pub fn acquire(arenas: ThreadArenas, free_key: u64) -> *mut ThreadCache {
         ptr::addr_of_mut!((*tc).remote_len).write(AtomicUsize::new(0));
         ptr::addr_of_mut!((*tc).requests_seen).write([0; NUM_CACHED]);
         ptr::addr_of_mut!((*tc).refill_runs_out_at).write([0; NUM_CACHED]);
-        ptr::addr_of_mut!((*tc).used_at).write([os::now_ms(); NUM_CACHED]);
+        ptr::addr_of_mut!((*tc).used_at).write([os::now_ms() as u32; NUM_CACHED]);
         ptr::addr_of_mut!((*tc).grown_bytes).write(0);
         ptr::addr_of_mut!((*tc).last_grown).write(ptr::null_mut());
         ptr::addr_of_mut!((*tc).last_grown_size).write(0);
         ptr::addr_of_mut!((*tc).grown_steps).write(0);
-        ptr::addr_of_mut!((*tc).trace_memo).write(TraceMemo::EMPTY);
+        // Fresh metadata is zero, an empty memo; a recycled cache's is emptied only if used
+        // (writing it would fault its page in).
+        if recycled && (*tc).memo_used {
+            ptr::addr_of_mut!((*tc).trace_memo).write(TraceMemo::EMPTY);
+        }
+        ptr::addr_of_mut!((*tc).memo_used).write(false);
         let slots = ptr::addr_of_mut!((*tc).slots).cast::<*mut u8>();
         for (class, &[small, ..]) in STACK_LAYOUT.iter().enumerate() {
             let base = slots.add(small);
@@ -635,7 +654,7 @@ pub fn for_each_remote(tc: &ThreadCache, mut f: impl FnMut(usize)) {
 }
 
 /// The mark of a stack whose thread has overflowed it (see [`refill_size`]).
-const FREES_TOO: u64 = u64::MAX;
+const FREES_TOO: u32 = u32::MAX;
 
 /// How many blocks to take into the empty stack of small class `class` at a refill (see
 /// [`refill_rule`]). A small stack that runs dry a second time moves to its standard stack
@@ -661,7 +680,7 @@ pub unsafe fn refill_size(tc: *mut ThreadCache, class: usize) -> usize {
         let bin = &(*tc).bins[class];
         let want = refill_rule(
             bin.capacity(),
-            bin.requests.load(Ordering::Relaxed),
+            bin.requests.load(Ordering::Relaxed) as u32,
             (*tc).refill_runs_out_at[class],
             (*tc).requests_seen[class] != 0,
         );
@@ -688,7 +707,7 @@ pub unsafe fn refill_size(tc: *mut ThreadCache, class: usize) -> usize {
 /// thread that frees the class in batches of its own keeps half refills: full ones in its
 /// first batches left more blocks in the stacks when the frees came, the stacks grew further
 /// to take them, and the classes after them found the growth allowance spent (1.08x the time).
-fn refill_rule(cap: usize, requests: u64, runs_out_at: u64, ticked: bool) -> usize {
+fn refill_rule(cap: usize, requests: u32, runs_out_at: u32, ticked: bool) -> usize {
     if requests == runs_out_at && ticked {
         cap
     } else {
@@ -707,7 +726,9 @@ pub unsafe fn refilled(tc: *mut ThreadCache, class: usize, n: usize) {
     unsafe {
         let mark = &mut (*tc).refill_runs_out_at[class];
         if *mark != FREES_TOO {
-            *mark = (*tc).bins[class].requests.load(Ordering::Relaxed) + n as u64;
+            // A mark that came out as the sentinel by wrapping is one off: one half refill.
+            let at = ((*tc).bins[class].requests.load(Ordering::Relaxed) + n as u64) as u32;
+            *mark = at.min(FREES_TOO - 1);
         }
     }
 }
@@ -725,8 +746,8 @@ unsafe fn in_small_stack(tc: *mut ThreadCache, class: usize) -> bool {
 
 /// Moves the small stack of `class` ([`in_small_stack`]) to its standard one
 /// (`cache_capacity`), packed among the other classes' too, which takes nothing of the growth
-/// allowance. Thread caches start with small stacks so that a small program's classes share a
-/// page of slots; a class that outgrows one gets the capacity and the place every stack used
+/// allowance. Thread caches start with small stacks so that a small program's classes share
+/// the cache's first page; a class that outgrows one gets the capacity and the place every stack used
 /// to start with (given a region of its own instead, each class that a thread used a few dozen
 /// times took a page: larson, whose 4 threads at a time use about 20 classes each, 1.19x the
 /// page faults).
@@ -828,11 +849,11 @@ pub unsafe fn gc(tc: *mut ThreadCache, now: u64) {
         // SAFETY: the owner has exclusive use of its cache.
         unsafe {
             let t = &mut *tc;
-            let requests = t.bins[class].requests.load(Ordering::Relaxed);
+            let requests = t.bins[class].requests.load(Ordering::Relaxed) as u32;
             let used = requests != t.requests_seen[class];
             if used {
                 t.requests_seen[class] = requests;
-                t.used_at[class] = now;
+                t.used_at[class] = now as u32;
             }
             let cap = t.bins[class].capacity();
             let initial = info.cache_capacity as usize;
@@ -844,11 +865,12 @@ pub unsafe fn gc(tc: *mut ThreadCache, now: u64) {
                 }
                 continue;
             }
-            let idle = !used && decay >= 0 && now >= t.used_at[class].saturating_add(decay as u64);
+            let idle_for = (now as u32).wrapping_sub(t.used_at[class]);
+            let idle = !used && decay >= 0 && u64::from(idle_for) >= decay as u64;
             // A thread that grew while it had fewer peers gives back down to its share.
             let over_share = t.grown_bytes > share;
             if cap > initial && (idle || over_share) {
-                t.used_at[class] = now;
+                t.used_at[class] = now as u32;
                 let shrunk = (cap / 2).max(initial);
                 let count = t.bins[class].count();
                 if count > shrunk {
@@ -1101,6 +1123,28 @@ mod tests {
         );
         assert_eq!(tests(key ^ 0x1), (false, false), "another first byte");
         assert_eq!(tests(0), (false, false));
+    }
+
+    /// A thread that uses a few dozen classes touches one page of its cache: every field
+    /// `malloc`, `free`, a refill and a tick use, and every class's small stack, lie in the
+    /// first page; the profiler's memo and the remote buffer lie far from it.
+    #[test]
+    fn a_small_programs_cache_is_one_page() {
+        use core::mem::offset_of;
+        let small_end = offset_of!(ThreadCache, slots) + TOTAL_SMALL_SLOTS * size_of::<*mut u8>();
+        assert!(
+            small_end <= os::PAGE_SIZE,
+            "the small stacks end at {small_end}"
+        );
+        for (name, at) in [
+            ("trace_memo", offset_of!(ThreadCache, trace_memo)),
+            ("remote", offset_of!(ThreadCache, remote)),
+        ] {
+            assert!(
+                at >= os::PAGE_SIZE,
+                "{name} lies in the first page, at {at}"
+            );
+        }
     }
 
     /// Half refills, but whole ones for a producer: a thread whose last refill all went out
