@@ -657,10 +657,12 @@ pub fn for_each_remote(tc: &ThreadCache, mut f: impl FnMut(usize)) {
 const FREES_TOO: u32 = u32::MAX;
 
 /// How many blocks to take into the empty stack of small class `class` at a refill (see
-/// [`refill_rule`]). A small stack that runs dry a second time moves to its standard stack
+/// [`refill_rule`]). A small stack's first refill fills it: at half of its four slots, a
+/// thread that used a class three times (a small program's `main`: two `FILE`s of stdio, a few
+/// strings) ran it dry twice, and the move to the standard stack touched a second page of
+/// the cache. A small stack that runs dry a second time moves to its standard stack
 /// first (see [`unpack`]), so the stack's base may move: read it again afterwards. That refill
-/// takes what a refill of the standard stack would, less what the small stack's took (at most
-/// half of it), so that
+/// takes what a refill of the standard stack would, less what the small stack's took, so that
 /// the thread holds what it held when every stack started at its standard capacity (one block
 /// more or less left over in a stack tipped a batch of 1,000 blocks into flushing half of them
 /// at each round: 1.07x the time). Call [`refilled`] with what the refill took.
@@ -676,6 +678,8 @@ pub unsafe fn refill_size(tc: *mut ThreadCache, class: usize) -> usize {
             (*tc).bins[class].requests.load(Ordering::Relaxed) > 1 && in_small_stack(tc, class);
         if unpacked {
             unpack(tc, class);
+        } else if in_small_stack(tc, class) {
+            return (*tc).bins[class].capacity();
         }
         let bin = &(*tc).bins[class];
         let want = refill_rule(
@@ -686,9 +690,9 @@ pub unsafe fn refill_size(tc: *mut ThreadCache, class: usize) -> usize {
         );
         if unpacked {
             // The small stack's one refill took its mark (the requests then, 1, plus what it
-            // took) less one: a mini slab's few blocks may have been fewer than half a small
-            // stack (see `span::slab`). Frees before that refill can only make it seem more.
-            let packed_refill = (packed_capacity(class) / 2).max(1);
+            // took) less one: a mini slab's few blocks may have been fewer than a small stack
+            // (see `span::slab`). Frees before that refill can only make it seem more.
+            let packed_refill = packed_capacity(class);
             let took = (*tc).refill_runs_out_at[class].saturating_sub(1);
             want.saturating_sub(packed_refill.min(took as usize)).max(1)
         } else {
