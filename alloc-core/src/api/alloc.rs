@@ -401,9 +401,17 @@ mod tests {
             // SAFETY: as above.
             let capacity = || unsafe { (*tc).bins[class].capacity() };
             assert_eq!(capacity(), packed_capacity(class));
-            // Twice as many blocks as the small stack holds, none freed: it runs dry again
-            // and moves to its standard stack, packed with the next class's.
-            let held: Vec<*mut u8> = (0..2 * capacity()).map(|_| malloc(16)).collect();
+            // Its first refill filled it: as many blocks as it holds come from it, and it
+            // stays where it is, on the cache's first page.
+            let mut held: Vec<*mut u8> = (0..capacity()).map(|_| malloc(16)).collect();
+            assert_eq!(
+                (base(class), capacity()),
+                (packed, packed_capacity(class)),
+                "the small stack moved out before it ran dry twice"
+            );
+            // As many again, none freed: it runs dry a second time and moves to its standard
+            // stack, packed with the next class's.
+            held.extend((0..capacity()).map(|_| malloc(16)));
             let standard = CLASSES[class].cache_capacity as usize;
             assert!(standard > packed_capacity(class));
             assert_eq!(capacity(), standard, "the stack did not move out");
