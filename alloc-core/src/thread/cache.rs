@@ -193,24 +193,44 @@ pub struct ThreadCache {
     refill_runs_out_at: [u32; NUM_CACHED],
     /// Each stack's `requests` at the last tick: unchanged means unused since (see [`gc`]).
     requests_seen: [u32; NUM_CACHED],
-    /// When each class was last seen used at a tick, or its stack last shrank
-    /// ([`os::now_ms`], wrapping).
-    used_at: [u32; NUM_CACHED],
+    /// Blocks of other arenas freed by this thread, waiting to go home, with their classes:
+    /// the first [`REMOTE_NEAR`] of the `remote_len` (see [`ThreadCache::remote_slot`]).
+    /// Atomics only so that statistics may read them.
+    remote_near: [AtomicPtr<u8>; REMOTE_NEAR],
+    remote_near_class: [AtomicU8; REMOTE_NEAR],
     /// The stacks' slots: every class's small stack, packed, then every class's standard
     /// stack, packed, then each class's own region for its largest capacity (see
     /// [`STACK_LAYOUT`]). Everything up to the small stacks lies in the cache's first page.
     slots: [*mut u8; TOTAL_SMALL_SLOTS + TOTAL_STANDARD_SLOTS + TOTAL_CACHE_SLOTS],
+    /// When each grown stack's class was last seen used at a tick, grew or shrank
+    /// ([`os::now_ms`], wrapping); written only for grown stacks, so that a thread whose
+    /// stacks never grow never touches it (see [`gc`]).
+    used_at: [u32; NUM_CACHED],
     /// The profiler's last stack walk on this thread, to repeat it without walking. Far from
     /// the first page and left as mapped (zero: empty) until a sample uses it, so that a
     /// thread that takes no sample never touches its page.
     trace_memo: TraceMemo,
-    /// Blocks of other arenas freed by this thread, waiting to go home: `remote[..remote_len]`,
-    /// with their classes. Atomics only so that statistics may read them.
-    remote: [AtomicPtr<u8>; REMOTE_CAP],
-    remote_class: [AtomicU8; REMOTE_CAP],
+    /// The rest of the remote buffer, from [`REMOTE_NEAR`] on.
+    remote_far: [AtomicPtr<u8>; REMOTE_CAP - REMOTE_NEAR],
+    remote_far_class: [AtomicU8; REMOTE_CAP - REMOTE_NEAR],
 }
 
 impl ThreadCache {
+    /// Slot `i` (below [`REMOTE_CAP`]) of the remote buffer and its class: a thread that frees
+    /// a few blocks of other arenas between ticks uses the slots on the cache's first page
+    /// alone; one that frees many, all of them.
+    #[inline(always)]
+    fn remote_slot(&self, i: usize) -> (&AtomicPtr<u8>, &AtomicU8) {
+        if i < REMOTE_NEAR {
+            (&self.remote_near[i], &self.remote_near_class[i])
+        } else {
+            (
+                &self.remote_far[i - REMOTE_NEAR],
+                &self.remote_far_class[i - REMOTE_NEAR],
+            )
+        }
+    }
+
     /// The profiler's memo of this thread's last stack walk (the caller's own cache).
     pub fn trace_memo(&mut self) -> &mut TraceMemo {
         self.memo_used = true;
@@ -287,6 +307,12 @@ const OWN: usize = 2;
 /// thread's frees take one lock per class and arena for dozens of blocks, little enough (2 KiB
 /// of pointers) that a thread which stops freeing keeps little memory from others.
 pub const REMOTE_CAP: usize = 256;
+
+/// The remote buffer's slots on the cache's first page, with the small stacks: all of it lay
+/// on a page of its own, which a thread faulted in at the first block of another arena it
+/// freed. The rest stays where it was, so a thread that frees many such blocks still sends
+/// them home 256 at a time.
+const REMOTE_NEAR: usize = 32;
 
 struct CacheList {
     live: *mut ThreadCache,
@@ -442,7 +468,6 @@ pub fn acquire(arenas: ThreadArenas, free_key: u64) -> *mut ThreadCache {
         ptr::addr_of_mut!((*tc).remote_len).write(AtomicUsize::new(0));
         ptr::addr_of_mut!((*tc).requests_seen).write([0; NUM_CACHED]);
         ptr::addr_of_mut!((*tc).refill_runs_out_at).write([0; NUM_CACHED]);
-        ptr::addr_of_mut!((*tc).used_at).write([os::now_ms() as u32; NUM_CACHED]);
         ptr::addr_of_mut!((*tc).grown_bytes).write(0);
         ptr::addr_of_mut!((*tc).last_grown).write(ptr::null_mut());
         ptr::addr_of_mut!((*tc).last_grown_size).write(0);
@@ -586,8 +611,9 @@ pub unsafe fn push_remote(tc: *mut ThreadCache, class: usize, p: *mut u8) {
             n = 0;
         }
         let t = &*tc;
-        t.remote[n].store(p, Ordering::Relaxed);
-        t.remote_class[n].store(class as u8, Ordering::Relaxed);
+        let (slot, slot_class) = t.remote_slot(n);
+        slot.store(p, Ordering::Relaxed);
+        slot_class.store(class as u8, Ordering::Relaxed);
         t.remote_len.store(n + 1, Ordering::Relaxed);
         p.cast::<u64>().write(t.free_key);
     }
@@ -619,8 +645,9 @@ unsafe fn flush_remote_in<const CHUNK: usize>(tc: *mut ThreadCache) {
         }
         let k = n.min(CHUNK);
         for i in 0..k {
-            batch[i] = t.remote[n - k + i].load(Ordering::Relaxed);
-            classes[i] = t.remote_class[n - k + i].load(Ordering::Relaxed);
+            let (slot, slot_class) = t.remote_slot(n - k + i);
+            batch[i] = slot.load(Ordering::Relaxed);
+            classes[i] = slot_class.load(Ordering::Relaxed);
         }
         t.remote_len.store(n - k, Ordering::Relaxed);
         core::sync::atomic::compiler_fence(Ordering::SeqCst);
@@ -648,8 +675,8 @@ unsafe fn flush_remote_in<const CHUNK: usize>(tc: *mut ThreadCache) {
 /// bounds).
 pub fn for_each_remote(tc: &ThreadCache, mut f: impl FnMut(usize)) {
     let n = tc.remote_len.load(Ordering::Relaxed).min(REMOTE_CAP);
-    for c in &tc.remote_class[..n] {
-        f(c.load(Ordering::Relaxed) as usize);
+    for i in 0..n {
+        f(tc.remote_slot(i).1.load(Ordering::Relaxed) as usize);
     }
 }
 
@@ -788,6 +815,7 @@ unsafe fn grow(tc: *mut ThreadCache, class: usize) -> bool {
             return false;
         }
         t.grown_bytes += cost;
+        t.used_at[class] = os::now_ms() as u32;
         let region = ptr::addr_of_mut!(t.slots)
             .cast::<*mut u8>()
             .add(STACK_LAYOUT[class][OWN]);
@@ -855,12 +883,14 @@ pub unsafe fn gc(tc: *mut ThreadCache, now: u64) {
             let t = &mut *tc;
             let requests = t.bins[class].requests.load(Ordering::Relaxed) as u32;
             let used = requests != t.requests_seen[class];
-            if used {
-                t.requests_seen[class] = requests;
-                t.used_at[class] = now as u32;
-            }
             let cap = t.bins[class].capacity();
             let initial = info.cache_capacity as usize;
+            if used {
+                t.requests_seen[class] = requests;
+                if cap > initial {
+                    t.used_at[class] = now as u32;
+                }
+            }
             if info.size as usize > CACHED_LARGE_MIN {
                 if !used {
                     // Idle large blocks go back to the page heap, where others can use them.
@@ -999,10 +1029,7 @@ pub unsafe fn check_double_free(
             os::fatal_pointer(op, "double free of", p as usize);
         }
         let n = (*tc).remote_len.load(Ordering::Relaxed);
-        if (&(*tc).remote)[..n]
-            .iter()
-            .any(|r| r.load(Ordering::Relaxed) == p)
-        {
+        if (0..n).any(|i| (*tc).remote_slot(i).0.load(Ordering::Relaxed) == p) {
             os::fatal_pointer(op, "double free of", p as usize);
         }
         if (*d).kind == kind::SLAB {
@@ -1129,9 +1156,63 @@ mod tests {
         assert_eq!(tests(0), (false, false));
     }
 
+    /// The remote buffer's first slots lie on the cache's first page, the rest after the
+    /// stacks: a thread that frees more blocks of another arena than the first page holds
+    /// keeps them all, and sends them all home at the flush.
+    #[test]
+    fn the_remote_buffer_runs_on_past_the_first_page() {
+        let a = arena::get(206); // an arena no other test uses
+        let class = class_of(16);
+        let n = REMOTE_NEAR + 8;
+        let mut out = vec![ptr::null_mut(); n];
+        assert_eq!(a.fill_small(class, 0, &mut out, false), n);
+        assert_eq!(a.bin(class).lock().objects_out, n);
+        let blocks: Vec<usize> = out.iter().map(|&p| p as usize).collect();
+        let mut sent = blocks.clone();
+        std::thread::spawn(move || {
+            // SAFETY: a live block of ours, freed once; it sets up this thread's cache.
+            unsafe { crate::api::free::free(crate::api::alloc::malloc(16)) };
+            let tc = crate::thread::cache();
+            assert!(!tc.is_null());
+            // SAFETY: this thread's own cache; unused blocks of a sub-line class of another
+            // arena, each pushed once.
+            unsafe {
+                for &p in &blocks {
+                    push_remote(tc, class, p as *mut u8);
+                }
+                let mut held = Vec::new();
+                for i in 0..(*tc).remote_len.load(Ordering::Relaxed) {
+                    held.push((*tc).remote_slot(i).0.load(Ordering::Relaxed) as usize);
+                }
+                assert_eq!(held, blocks, "the buffer lost or reordered blocks");
+                let mut classes = 0;
+                for_each_remote(&*tc, |c| {
+                    assert_eq!(c, class);
+                    classes += 1;
+                });
+                assert_eq!(classes, n);
+                flush_remote(tc);
+                assert_eq!((*tc).remote_len.load(Ordering::Relaxed), 0);
+            }
+        })
+        .join()
+        .unwrap();
+        // Home, waiting in the transfer array: the arena's next refill takes them all.
+        let mut again = vec![ptr::null_mut(); n];
+        assert_eq!(a.fill_small(class, 0, &mut again, false), n);
+        let mut back: Vec<usize> = again.iter().map(|&p| p as usize).collect();
+        back.sort();
+        sent.sort();
+        assert_eq!(back, sent, "not all went home");
+        // SAFETY: unused objects of this arena's slabs of `class`.
+        unsafe { a.put_small(class, &again, false) };
+        assert_eq!(a.bin(class).lock().objects_out, 0);
+    }
+
     /// A thread that uses a few dozen classes touches one page of its cache: every field
-    /// `malloc`, `free`, a refill and a tick use, and every class's small stack, lie in the
-    /// first page; the profiler's memo and the remote buffer lie far from it.
+    /// `malloc`, `free`, a refill and a tick use, the remote buffer and every class's small
+    /// stack lie in the first page; the grown stacks' times and the profiler's memo far from
+    /// it.
     #[test]
     fn a_small_programs_cache_is_one_page() {
         use core::mem::offset_of;
@@ -1140,9 +1221,11 @@ mod tests {
             small_end <= os::PAGE_SIZE,
             "the small stacks end at {small_end}"
         );
+        assert!(offset_of!(ThreadCache, remote_near_class) + REMOTE_NEAR <= small_end);
         for (name, at) in [
+            ("used_at", offset_of!(ThreadCache, used_at)),
             ("trace_memo", offset_of!(ThreadCache, trace_memo)),
-            ("remote", offset_of!(ThreadCache, remote)),
+            ("remote_far", offset_of!(ThreadCache, remote_far)),
         ] {
             assert!(
                 at >= os::PAGE_SIZE,
