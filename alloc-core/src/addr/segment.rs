@@ -15,22 +15,23 @@
 //!
 //! The header's fields sit between the descriptors, which run backwards from them (the
 //! first page's last), and `fast_code` (below), which runs forwards: the descriptors and
-//! codes of a segment's first 56 pages then share the fields' page, and a small program's
+//! codes of a segment's first 51 pages then share the fields' page, and a small program's
 //! header costs one page fault, not two.
 //!
 //! Descriptors are only meaningful at a span's first page; every other descriptor has kind
 //! `NONE`, so a pointer into the middle of anything is recognised as invalid.
 //!
-//! `free`'s fast path reads no descriptor: a table, `fast_code`, holds one entry per KiB, the
-//! fast-path code of a live slab (every granule) or of an unsampled cached large block (its
-//! first page), with how far the granule lies from the span's start. Everything else reads 0
-//! and takes the checked path through the descriptors. A page can hold four mini slabs of
-//! different classes, a KiB each (see `span::slab`): its descriptor is of kind `SHARED` and
-//! points to theirs, which live in the header's descriptor slots of the header pages.
+//! `free`'s fast path reads no descriptor: a table, `fast_code`, holds one entry per granule
+//! (512 bytes), the fast-path code of a live slab (every granule) or of an unsampled cached
+//! large block (its first page), with how far the granule lies from the span's start.
+//! Everything else reads 0 and takes the checked path through the descriptors. A page can
+//! hold up to eight mini slabs of different classes, a granule or two each (see
+//! `span::slab`): its descriptor is of kind `SHARED` and names theirs, which live in the
+//! header's descriptor slots of the header pages.
 
 use crate::addr::registry;
 use crate::base::config;
-use crate::base::size_class::{mini_code, MINI_SHIFT, NUM_CACHED, NUM_MINI};
+use crate::base::size_class::{mini_bytes, mini_code, GRANULE_SHIFT, NUM_CACHED, NUM_MINI};
 use crate::platform::os::{self, PAGE_SHIFT, PAGE_SIZE};
 use core::ptr;
 use static_assertions::const_assert;
@@ -69,14 +70,15 @@ pub mod kind {
     pub const SLAB: u8 = 3;
     /// One large block.
     pub const LARGE: u8 = 4;
-    /// A page of mini slabs: `words[g]` is the descriptor of the one in its `g`-th KiB, or 0.
+    /// A page of mini slabs: byte `g` of `words[0]` names the header slot (plus one) of the
+    /// mini slab in its `g`-th granule, or is 0 (see `segment::mini_at`).
     pub const SHARED: u8 = 5;
 }
 
-/// Granules (KiB) of `free`'s fast-path codes in a page.
-pub const GRANULES_PER_PAGE: usize = PAGE_SIZE >> MINI_SHIFT;
+/// Granules of `free`'s fast-path codes in a page.
+pub const GRANULES_PER_PAGE: usize = PAGE_SIZE >> GRANULE_SHIFT;
 /// Granules in a segment.
-pub const GRANULES_PER_SEGMENT: usize = SEGMENT_SIZE >> MINI_SHIFT;
+pub const GRANULES_PER_SEGMENT: usize = SEGMENT_SIZE >> GRANULE_SHIFT;
 
 /// Describes one span (a run of pages). 64 bytes, one cache line.
 #[repr(C, align(64))]
@@ -173,8 +175,12 @@ impl SpanDesc {
 }
 
 /// Bytes before the descriptors, never touched: they place the fields (and the descriptors and
-/// fast-path codes of the first pages, on either side) 3.5 KiB into a page.
-const LEAD_BYTES: usize = 0xe00;
+/// fast-path codes of the first pages, on either side) 51 descriptors into a page.
+const LEAD_BYTES: usize = SHARED_PAGES * size_of::<SpanDesc>();
+
+/// Pages whose descriptors and fast-path codes lie on the fields' page, as many as fit: a
+/// small program's spans, from the first usable page on, have theirs there.
+const SHARED_PAGES: usize = 51;
 
 /// The segment header, at the start of every segment.
 #[repr(C)]
@@ -196,7 +202,7 @@ pub struct Segment {
     pub hp_free: [u16; HUGE_PAGES_PER_SEGMENT],
     /// Descriptor slots of the header pages given to mini slabs (they are never taken back).
     pub minis: u8,
-    /// For every KiB, `free`'s fast-path code in the low byte: class + 1 on every granule of a
+    /// For every granule, `free`'s fast-path code in the low byte: class + 1 on every granule of a
     /// slab and of the first page of a large block of a cached class, the class's
     /// `size_class::mini_code` on a mini slab's, 0 everywhere else (free pages, the header,
     /// blocks with pages of their own, uncached blocks), which sends `free` to its checked
@@ -210,10 +216,11 @@ pub struct Segment {
 const DESC_0: usize =
     core::mem::offset_of!(Segment, spans) + (PAGES_PER_SEGMENT - 1) * size_of::<SpanDesc>();
 
-// The fields, the first 56 pages' descriptors and their fast-path codes share a page.
+// The fields, the first pages' descriptors and their fast-path codes share a page.
 const_assert!(
-    (core::mem::offset_of!(Segment, arena) - 56 * size_of::<SpanDesc>()) / PAGE_SIZE
-        == (core::mem::offset_of!(Segment, fast_code) + 56 * GRANULES_PER_PAGE * 2) / PAGE_SIZE
+    (core::mem::offset_of!(Segment, arena) - SHARED_PAGES * size_of::<SpanDesc>()) / PAGE_SIZE
+        == (core::mem::offset_of!(Segment, fast_code) + SHARED_PAGES * GRANULES_PER_PAGE * 2 - 1)
+            / PAGE_SIZE
 );
 
 /// Pages taken by the header; the first usable page.
@@ -223,8 +230,10 @@ pub const USABLE_PAGES: usize = PAGES_PER_SEGMENT - HEADER_PAGES;
 
 const_assert!(USABLE_PAGES >= crate::base::size_class::LARGE_MAX / PAGE_SIZE);
 const_assert!(PAGES_PER_SEGMENT <= u16::MAX as usize);
-const_assert!(HEADER_PAGES <= 20); // the header costs under 2 % of a segment
+const_assert!(HEADER_PAGES <= 21); // the header costs about 2 % of a segment
 const_assert!(NUM_MINI <= HEADER_PAGES); // an arena's mini slabs fit one segment's slots
+                                         // A shared page's slots fit a byte each, in its descriptor's first word.
+const_assert!(HEADER_PAGES < 256 && GRANULES_PER_PAGE <= 8);
 const_assert!(crate::base::size_class::MAX_SLAB_PAGES * GRANULES_PER_PAGE <= 256);
 
 impl Segment {
@@ -391,10 +400,10 @@ impl Segment {
         (p >> PAGE_SHIFT) & (PAGES_PER_SEGMENT - 1)
     }
 
-    /// The index, within its segment, of the granule (KiB) holding address `p`.
+    /// The index, within its segment, of the granule holding address `p`.
     #[inline(always)]
     pub fn granule_index(p: usize) -> usize {
-        (p >> MINI_SHIFT) & (GRANULES_PER_SEGMENT - 1)
+        (p >> GRANULE_SHIFT) & (GRANULES_PER_SEGMENT - 1)
     }
 
     /// The fast-path entry of the granule holding address `p` (see [`Segment::fast_code`]).
@@ -448,7 +457,7 @@ pub unsafe fn set_fast_class_of_span(d: *mut SpanDesc) {
             return Segment::set_fast_codes(
                 Segment::of(start),
                 Segment::granule_index(start),
-                1,
+                mini_bytes(class) >> GRANULE_SHIFT,
                 code,
             );
         }
@@ -529,15 +538,41 @@ pub unsafe fn start_of(d: *const SpanDesc) -> *mut u8 {
     }
 }
 
-/// The mini slab of shared page `shared` whose KiB holds `p`, or null if that KiB has none.
+/// The mini slab of shared page `shared` whose granule holds `p`, or null if that granule
+/// has none.
 ///
 /// # Safety
 /// `shared` must be a live shared page's descriptor and `p` an address in that page.
 #[inline(always)]
 pub unsafe fn mini_at(shared: *const SpanDesc, p: usize) -> *mut SpanDesc {
-    // SAFETY: per the contract; a shared page's words are its mini slabs' descriptors or 0.
-    unsafe {
-        (*shared).words[(p >> MINI_SHIFT) & (GRANULES_PER_PAGE - 1)] as usize as *mut SpanDesc
+    // SAFETY: per the contract.
+    match unsafe { shared_slot(shared, (p >> GRANULE_SHIFT) & (GRANULES_PER_PAGE - 1)) } {
+        0 => ptr::null_mut(),
+        slot => Segment::desc(segment_of_desc(shared), slot - 1),
+    }
+}
+
+/// The header slot plus one of the mini slab in granule `g` of shared page `shared`, or 0.
+///
+/// # Safety
+/// `shared` must be a live shared page's descriptor and `g` below [`GRANULES_PER_PAGE`].
+#[inline(always)]
+pub unsafe fn shared_slot(shared: *const SpanDesc, g: usize) -> usize {
+    // SAFETY: per the contract; the first word holds a byte per granule.
+    unsafe { ((*shared).words[0] >> (8 * g)) as u8 as usize }
+}
+
+/// Gives granules `first..first + n` of shared page `shared` to mini slab `mini`, a header
+/// slot of the same segment.
+///
+/// # Safety
+/// `shared` must be a live shared page's descriptor, the granules free in it, and the caller
+/// must hold its arena's page lock.
+pub unsafe fn give_granules(shared: *mut SpanDesc, first: usize, n: usize, mini: *mut SpanDesc) {
+    let slot = page_of_desc(mini) as u64 + 1;
+    for g in first..first + n {
+        // SAFETY: per the contract.
+        unsafe { (*shared).words[0] |= slot << (8 * g) };
     }
 }
 

@@ -13,7 +13,7 @@ use crate::addr::sampled::{self as addr_sampled, InnerSample};
 use crate::addr::segment::{self, kind, span_start, Location, Segment, SpanDesc, FLAG_SAMPLED};
 use crate::base::guess;
 use crate::base::size_class::{
-    class_of, is_small, CLASSES, MINI_BYTES, MINI_SHIFT, NUM_CACHED, QUANTUM, SMALL_MAX,
+    class_of, is_small, CLASSES, GRANULE, GRANULE_SHIFT, NUM_CACHED, QUANTUM, SMALL_MAX,
     STARTS_BY_CODE,
 };
 use crate::pool::arena;
@@ -221,7 +221,7 @@ unsafe fn free_guessing(p: *mut u8, op: Op, guess: impl FnOnce(*mut ThreadCache)
 unsafe fn block_of_code(p: *mut u8, entry: usize) -> Option<(usize, u64)> {
     // The offset of `p` in its span: into its granule, plus the granules before. A granule
     // without a code has any distance: code 0 accepts no offset.
-    let offset = (p as usize & (MINI_BYTES - 1)) + ((entry >> 8) << MINI_SHIFT);
+    let offset = (p as usize & (GRANULE - 1)) + ((entry >> 8) << GRANULE_SHIFT);
     // SAFETY: `entry`'s code is within the table.
     let starts = unsafe { STARTS_BY_CODE.get_unchecked(entry & 0xff) };
     starts

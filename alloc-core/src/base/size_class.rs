@@ -10,7 +10,7 @@
 //! With four classes per doubling the waste above 64 bytes is at most a fifth of the block;
 //! below it the 16-byte alignment quantum decides (at most 15 bytes). A class whose size is a
 //! multiple of an alignment `a ≤ 4 KiB` has every object aligned to `a`, because slabs start on
-//! a page (mini slabs, of classes up to 512 B, on a KiB) and objects are packed from the slab's
+//! a page (mini slabs, of classes up to 1 KiB, on their own size) and objects are packed from the slab's
 //! start; aligned requests rely on that.
 //! The table is computed by `const fn`s and its invariants checked at compile time.
 
@@ -234,22 +234,36 @@ impl BlockStarts {
     }
 }
 
-/// Bytes of a mini slab: a class's first slab in an arena when its blocks are at most
-/// [`MINI_MAX`] bytes, a quarter of a page shared with three other classes' (see
-/// `span::slab`). A small program then touches a page for every four such classes it uses,
-/// not one for each.
-pub const MINI_BYTES: usize = 1 << MINI_SHIFT;
-/// log2 of [`MINI_BYTES`]: the granule of `free`'s fast-path codes (see `addr::segment`).
-pub const MINI_SHIFT: u32 = 10;
-/// The largest class with mini slabs (two blocks to a mini slab).
-pub const MINI_MAX: usize = 512;
+/// log2 of [`GRANULE`].
+pub const GRANULE_SHIFT: u32 = 9;
+/// The granule of `free`'s fast-path codes (see `addr::segment`), and of mini slabs.
+pub const GRANULE: usize = 1 << GRANULE_SHIFT;
+/// The largest class with mini slabs: a class's first slab in an arena, a granule or two of a
+/// page that other classes' mini slabs share (see `span::slab`). A small program then touches
+/// a page for every five or six such classes it uses, not one for each; and the KiB that
+/// stdio takes for a `/proc` file's buffer (the block size procfs reports) shares a page too.
+pub const MINI_MAX: usize = 1 << 10;
 /// Classes `0..NUM_MINI` have mini slabs.
 pub const NUM_MINI: usize = class_of_computed(MINI_MAX) + 1;
-const_assert!(class_size(NUM_MINI - 1) == MINI_MAX && MINI_MAX <= MINI_BYTES / 2);
+const_assert!(class_size(NUM_MINI - 1) == MINI_MAX);
+
+/// Classes up to this size have mini slabs of one granule (four blocks at least), the larger
+/// ones of two, aligned to their size (so that a KiB block is aligned to a KiB).
+const MINI_ONE_GRANULE_MAX: usize = 128;
+
+/// Bytes of a mini slab of class `c` (below [`NUM_MINI`]): one granule or two.
+pub const fn mini_bytes(c: usize) -> usize {
+    if class_size(c) <= MINI_ONE_GRANULE_MAX {
+        GRANULE
+    } else {
+        2 * GRANULE
+    }
+}
+const_assert!(2 * GRANULE >= MINI_MAX);
 
 /// Objects in a mini slab of class `c` (below [`NUM_MINI`]).
 pub const fn mini_objects(c: usize) -> usize {
-    MINI_BYTES / class_size(c)
+    mini_bytes(c) / class_size(c)
 }
 
 /// The fast-path code of class `c`'s blocks in a mini slab (below [`NUM_MINI`]): the codes
@@ -547,14 +561,15 @@ mod tests {
     }
 
     #[test]
-    fn mini_codes_accept_only_blocks_that_end_in_their_quarter_page() {
+    fn mini_codes_accept_only_blocks_that_end_in_their_mini_slab() {
         for c in 0..NUM_MINI {
             let entry = &STARTS_BY_CODE[mini_code(c)];
             let size = class_size(c);
+            let bytes = mini_bytes(c);
             assert_eq!(entry.class as usize, c);
-            assert!(mini_objects(c) >= 2);
-            for off in (0..2 * MINI_BYTES).step_by(16) {
-                let whole = off % size == 0 && off + size <= MINI_BYTES;
+            assert!(mini_objects(c) >= if size <= MINI_ONE_GRANULE_MAX { 4 } else { 1 });
+            for off in (0..2 * bytes).step_by(16) {
+                let whole = off % size == 0 && off + size <= bytes;
                 assert_eq!(entry.accepts(off), whole, "class {c} offset {off}");
             }
         }

@@ -14,7 +14,9 @@ use crate::addr::segment::{
 };
 use crate::base::config;
 use crate::base::meta;
-use crate::base::size_class::{class_size, CLASSES, MINI_BYTES, NUM_CLASSES, NUM_MINI, NUM_SMALL};
+use crate::base::size_class::{
+    class_size, mini_bytes, CLASSES, GRANULE, GRANULE_SHIFT, NUM_CLASSES, NUM_MINI, NUM_SMALL,
+};
 use crate::platform::lock::{Guard, Locked, Padded};
 use crate::platform::os;
 use crate::span::page_heap::PageHeap;
@@ -265,8 +267,8 @@ impl SlabBin {
 pub struct ArenaPages {
     /// The span allocator.
     pub heap: PageHeap,
-    /// The shared page that mini slabs are cut from (see `span::slab`) while it has a free
-    /// KiB; null before the first.
+    /// The shared page that mini slabs are cut from (see `span::slab`) while it has room;
+    /// null before the first.
     shared: *mut SpanDesc,
     /// Per large class, its two counts side by side: the smaller classes' then lie on the
     /// page the fields above end on (see [`Arena`]).
@@ -645,7 +647,14 @@ impl Arena {
         // SAFETY: the shared page is a live span of ours, guarded by the page lock; the slot
         // and the granule are unused.
         unsafe {
-            if p.shared.is_null() || (*p.shared).words[GRANULES_PER_PAGE - 1] != 0 {
+            // Aligned to its size, so that its blocks are aligned as those of a slab of pages.
+            let n = mini_bytes(class) >> GRANULE_SHIFT;
+            let room = |shared: *mut SpanDesc| {
+                (0..GRANULES_PER_PAGE)
+                    .step_by(n)
+                    .find(|&g| (g..g + n).all(|k| segment::shared_slot(shared, k) == 0))
+            };
+            if p.shared.is_null() || room(p.shared).is_none() {
                 let Some((d, _)) = p.heap.alloc(1, 1, true, self.index() as u32) else {
                     return ptr::null_mut();
                 };
@@ -658,10 +667,10 @@ impl Arena {
             if slot.is_null() {
                 return ptr::null_mut();
             }
-            let granule = (*shared).words.iter().position(|&w| w == 0).unwrap_or(0);
-            let start = span_start(shared).add(granule * MINI_BYTES);
+            let granule = room(shared).unwrap_or(0);
+            let start = span_start(shared).add(granule * GRANULE);
             slab::init_mini(slot, class, start);
-            (*shared).words[granule] = slot as usize as u64;
+            segment::give_granules(shared, granule, n, slot);
             slot
         }
     }
@@ -1559,7 +1568,7 @@ mod tests {
     #[test]
     fn lanes_take_objects_from_slabs_of_their_own() {
         let a = get(204); // an arena no other test uses
-        let class = class_of(768); // without mini slabs, as in the tests below
+        let class = class_of(1280); // without mini slabs, as in the tests below
         let per_slab = slab_objects(class);
         let mut zero = vec![ptr::null_mut(); per_slab];
         let mut one = vec![ptr::null_mut(); per_slab];
@@ -1598,16 +1607,23 @@ mod tests {
         assert_eq!((bin.objects_out, bin.slabs), (0, 0));
     }
 
-    /// A class of at most `MINI_MAX` bytes starts with a mini slab: the first refills of four
-    /// classes share one page, a refill stops at a class's mini slab and the next takes a
-    /// slab of pages. Every block is found and checked from its address, fast path and
-    /// checked path alike. When all is back, the slabs of pages go and the mini slabs stay.
+    /// A class of at most `MINI_MAX` bytes starts with a mini slab, a granule or two aligned
+    /// to its size: the first refills of five classes share one page, a refill stops at a
+    /// class's mini slab and the next takes a slab of pages. Every block is found and checked
+    /// from its address, fast path and checked path alike. When all is back, the slabs of
+    /// pages go and the mini slabs stay.
     #[test]
-    fn small_classes_start_with_mini_slabs_four_to_a_page() {
+    fn small_classes_start_with_mini_slabs_five_to_a_page() {
         use crate::base::size_class::{mini_code, mini_objects};
         let a = get(205); // an arena no other test uses
         let page = |p: *mut u8| p as usize >> os::PAGE_SHIFT;
-        let classes = [class_of(16), class_of(48), class_of(256), class_of(512)];
+        let classes = [
+            class_of(16),
+            class_of(48),
+            class_of(256),
+            class_of(512),
+            class_of(1024),
+        ];
         let mut taken = Vec::new();
         for &class in &classes {
             let mut out = vec![ptr::null_mut(); 8];
@@ -1624,14 +1640,14 @@ mod tests {
             unsafe {
                 assert!(slab::is_mini(d));
                 let start = slab::start(d) as usize;
-                assert_eq!(start % MINI_BYTES, 0);
+                assert_eq!(start % mini_bytes(class), 0);
                 for &p in &out {
                     assert_eq!(slab_of(p), d);
                     assert_eq!(Segment::fast_code_at(p as usize) & 0xff, mini_code(class));
                     assert!(slab::object_index(d, p as usize).is_some());
                 }
                 // The first offset past its last whole block is no block, though it lies in
-                // its KiB for 48-byte blocks (1,008).
+                // its granule for 48-byte blocks (480).
                 let past = start + mini_objects(class) * size;
                 assert!(slab::object_index(d, past).is_none());
                 assert!(!slab::starts_object(d, past - start));
@@ -1641,7 +1657,7 @@ mod tests {
         let shared = page(taken[0].1[0]);
         assert!(
             taken.iter().all(|(_, out)| page(out[0]) == shared),
-            "four classes' mini slabs on more than one page"
+            "five classes' mini slabs on more than one page"
         );
         // The next refill of 512-byte blocks (two to a mini slab) takes a slab of pages.
         let class = class_of(512);
@@ -1651,7 +1667,7 @@ mod tests {
         let in_mini = |p: *mut u8| unsafe { slab::is_mini(slab_of(p)) };
         assert!(more.iter().all(|&p| page(p) != shared && !in_mini(p)));
         taken.push((class, more));
-        // So does the next refill of 16-byte blocks once their mini slab (64) runs out.
+        // So does the next refill of 16-byte blocks once their mini slab (32) runs out.
         let class = class_of(16);
         let mut rest = vec![ptr::null_mut(); 64];
         assert_eq!(
@@ -1659,14 +1675,15 @@ mod tests {
             64,
             "a short refill"
         );
-        assert_eq!(rest.iter().filter(|&&p| page(p) == shared).count(), 56);
+        let left = mini_objects(class) - mini_objects(class).min(8);
+        assert_eq!(rest.iter().filter(|&&p| page(p) == shared).count(), left);
         taken.push((class, rest));
-        // A fifth class starts another shared page.
+        // A sixth class starts another shared page.
         let mut fifth = vec![ptr::null_mut(); 1];
         assert_eq!(a.fill_small(class_of(32), 0, &mut fifth, false), 1);
         assert_ne!(page(fifth[0]), shared);
         // The rest of that page belongs to no slab yet: no object is found there.
-        let unused = (fifth[0] as usize & !(MINI_BYTES - 1)) + MINI_BYTES;
+        let unused = (fifth[0] as usize & !(GRANULE - 1)) + GRANULE;
         // SAFETY: an address in a live shared page of this arena, which no other test uses.
         assert!(unsafe { slab::find_object(unused) }.is_none());
         // SAFETY: as above.
@@ -1699,7 +1716,7 @@ mod tests {
     #[test]
     fn sent_back_objects_wait_for_the_next_refill() {
         let a = get(200); // an arena no other test uses
-        let class = class_of(768);
+        let class = class_of(1280);
         let mut out = [ptr::null_mut(); 8];
         assert_eq!(a.fill_small(class, 0, &mut out, false), 8);
         // SAFETY: objects of this arena's slabs of `class`, unused.
@@ -1746,7 +1763,7 @@ mod tests {
     #[test]
     fn a_kept_slab_decays_from_when_it_emptied() {
         let a = get(202); // an arena no other test uses
-        let class = class_of(768);
+        let class = class_of(1280);
         let per_slab = CLASSES[class].objects as usize;
         // Two slabs' worth: the first is no longer the bin's current slab.
         let mut out = vec![ptr::null_mut(); per_slab + 1];
@@ -1810,7 +1827,7 @@ mod tests {
     #[test]
     fn frees_alone_go_back_to_their_slabs() {
         let a = get(201); // an arena no other test uses
-        let class = class_of(768);
+        let class = class_of(1280);
         let mut out = [ptr::null_mut(); 16];
         assert_eq!(a.fill_small(class, 0, &mut out, false), 16);
         // A sweep: no credit left.

@@ -5,12 +5,12 @@
 //! free. Objects are packed from the slab's (page-aligned) start.
 //!
 //! A class of at most `size_class::MINI_MAX` bytes starts in each arena with a mini slab: a
-//! KiB of a page that three other classes' mini slabs share (a `SHARED` span). A program that
-//! uses a few blocks of many classes then touches a page for every four of them, as it would
-//! under an allocator that mixes sizes on a page, instead of a page for each; a class used more
-//! goes on to full slabs. Mini slabs are never given back (an arena holds at most
-//! `size_class::NUM_MINI` KiB of them); their descriptors live in header slots that are no
-//! page's, and keep their start in their last word.
+//! granule or two of a page that other classes' mini slabs share (a `SHARED` span, see
+//! `size_class::mini_bytes`). A program that uses a few blocks of many classes then touches a
+//! page for every five or more of them, as it would under an allocator that mixes sizes on a
+//! page, instead of a page for each; a class used more goes on to full slabs. Mini slabs are
+//! never given back (an arena holds at most 16 KiB of them); their descriptors live in header
+//! slots that are no page's, and keep their start in their last word.
 
 use crate::addr::segment::{self, kind, span_start, Segment, SpanDesc, FLAG_MINI};
 use crate::base::size_class::{mini_objects, ClassInfo, CLASSES, STARTS_BY_CODE};
