@@ -256,6 +256,11 @@ fn dlopen_dlclose_loop_while_capturing() {
                 }
             }
         });
+        // The rounds race the other thread's walks only once it walks: on a busy machine (the
+        // other tests of this binary run meanwhile) it once had not started by their end.
+        while other.load(Ordering::Relaxed) == 0 {
+            std::thread::yield_now();
+        }
         let mut truncated = 0;
         for i in 0..100 {
             let hinted = i >= 50;
