@@ -240,16 +240,18 @@ pub const GRANULE_SHIFT: u32 = 9;
 pub const GRANULE: usize = 1 << GRANULE_SHIFT;
 /// The largest class with mini slabs: a class's first slab in an arena, a granule or two of a
 /// page that other classes' mini slabs share (see `span::slab`). A small program then touches
-/// a page for every five or six such classes it uses, not one for each; and the KiB that
+/// a page for every four to eight such classes it uses, not one for each; and the KiB that
 /// stdio takes for a `/proc` file's buffer (the block size procfs reports) shares a page too.
 pub const MINI_MAX: usize = 1 << 10;
 /// Classes `0..NUM_MINI` have mini slabs.
 pub const NUM_MINI: usize = class_of_computed(MINI_MAX) + 1;
 const_assert!(class_size(NUM_MINI - 1) == MINI_MAX);
 
-/// Classes up to this size have mini slabs of one granule (four blocks at least), the larger
-/// ones of two, aligned to their size (so that a KiB block is aligned to a KiB).
-const MINI_ONE_GRANULE_MAX: usize = 128;
+/// Classes up to this size have mini slabs of one granule (two blocks at least), the larger
+/// ones of two, aligned to their size (so that a KiB block is aligned to a KiB). At 128 B,
+/// `pairs`' classes took a page more (11 KiB of mini slabs against 13); programs that use a
+/// few blocks of the classes of 160-256 B take their first slab of pages a refill earlier.
+const MINI_ONE_GRANULE_MAX: usize = 256;
 
 /// Bytes of a mini slab of class `c` (below [`NUM_MINI`]): one granule or two.
 pub const fn mini_bytes(c: usize) -> usize {
@@ -567,7 +569,7 @@ mod tests {
             let size = class_size(c);
             let bytes = mini_bytes(c);
             assert_eq!(entry.class as usize, c);
-            assert!(mini_objects(c) >= if size <= MINI_ONE_GRANULE_MAX { 4 } else { 1 });
+            assert!(mini_objects(c) >= if size <= MINI_ONE_GRANULE_MAX { 2 } else { 1 });
             for off in (0..2 * bytes).step_by(16) {
                 let whole = off % size == 0 && off + size <= bytes;
                 assert_eq!(entry.accepts(off), whole, "class {c} offset {off}");

@@ -1608,19 +1608,21 @@ mod tests {
     }
 
     /// A class of at most `MINI_MAX` bytes starts with a mini slab, a granule or two aligned
-    /// to its size: the first refills of five classes share one page, a refill stops at a
+    /// to its size: the first refills of six classes share one page, a refill stops at a
     /// class's mini slab and the next takes a slab of pages. Every block is found and checked
     /// from its address, fast path and checked path alike. When all is back, the slabs of
     /// pages go and the mini slabs stay.
     #[test]
-    fn small_classes_start_with_mini_slabs_five_to_a_page() {
+    fn small_classes_start_with_mini_slabs_six_to_a_page() {
         use crate::base::size_class::{mini_code, mini_objects};
         let a = get(205); // an arena no other test uses
         let page = |p: *mut u8| p as usize >> os::PAGE_SHIFT;
+        // Granules 0 to 3, then 4-5 and 6-7 (a KiB slab is aligned to a KiB).
         let classes = [
             class_of(16),
             class_of(48),
             class_of(256),
+            class_of(64),
             class_of(512),
             class_of(1024),
         ];
@@ -1657,7 +1659,7 @@ mod tests {
         let shared = page(taken[0].1[0]);
         assert!(
             taken.iter().all(|(_, out)| page(out[0]) == shared),
-            "five classes' mini slabs on more than one page"
+            "six classes' mini slabs on more than one page"
         );
         // The next refill of 512-byte blocks (two to a mini slab) takes a slab of pages.
         let class = class_of(512);
@@ -1678,17 +1680,17 @@ mod tests {
         let left = mini_objects(class) - mini_objects(class).min(8);
         assert_eq!(rest.iter().filter(|&&p| page(p) == shared).count(), left);
         taken.push((class, rest));
-        // A sixth class starts another shared page.
-        let mut fifth = vec![ptr::null_mut(); 1];
-        assert_eq!(a.fill_small(class_of(32), 0, &mut fifth, false), 1);
-        assert_ne!(page(fifth[0]), shared);
+        // A seventh class starts another shared page.
+        let mut seventh = vec![ptr::null_mut(); 1];
+        assert_eq!(a.fill_small(class_of(32), 0, &mut seventh, false), 1);
+        assert_ne!(page(seventh[0]), shared);
         // The rest of that page belongs to no slab yet: no object is found there.
-        let unused = (fifth[0] as usize & !(GRANULE - 1)) + GRANULE;
+        let unused = (seventh[0] as usize & !(GRANULE - 1)) + GRANULE;
         // SAFETY: an address in a live shared page of this arena, which no other test uses.
         assert!(unsafe { slab::find_object(unused) }.is_none());
         // SAFETY: as above.
-        assert!(unsafe { slab::find_object(fifth[0] as usize) }.is_some());
-        taken.push((class_of(32), fifth));
+        assert!(unsafe { slab::find_object(seventh[0] as usize) }.is_some());
+        taken.push((class_of(32), seventh));
         for (class, out) in &taken {
             // SAFETY: objects of this arena's slabs of `class`, unused, each put back once.
             unsafe { a.put_small(*class, out, false) };

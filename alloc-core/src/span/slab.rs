@@ -7,9 +7,9 @@
 //! A class of at most `size_class::MINI_MAX` bytes starts in each arena with a mini slab: a
 //! granule or two of a page that other classes' mini slabs share (a `SHARED` span, see
 //! `size_class::mini_bytes`). A program that uses a few blocks of many classes then touches a
-//! page for every five or more of them, as it would under an allocator that mixes sizes on a
+//! page for every four to eight of them, as it would under an allocator that mixes sizes on a
 //! page, instead of a page for each; a class used more goes on to full slabs. Mini slabs are
-//! never given back (an arena holds at most 16 KiB of them); their descriptors live in header
+//! never given back (an arena holds at most 14 KiB of them); their descriptors live in header
 //! slots that are no page's, and keep their start in their last word.
 
 use crate::addr::segment::{self, kind, span_start, Segment, SpanDesc, FLAG_MINI};
