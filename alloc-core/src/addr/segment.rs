@@ -231,8 +231,9 @@ pub const USABLE_PAGES: usize = PAGES_PER_SEGMENT - HEADER_PAGES;
 const_assert!(USABLE_PAGES >= crate::base::size_class::LARGE_MAX / PAGE_SIZE);
 const_assert!(PAGES_PER_SEGMENT <= u16::MAX as usize);
 const_assert!(HEADER_PAGES <= 21); // the header costs about 2 % of a segment
-const_assert!(NUM_MINI <= HEADER_PAGES); // an arena's mini slabs fit one segment's slots
-                                         // A shared page's slots fit a byte each, in its descriptor's first word.
+                                   // An arena's mini slabs fit one segment's slots.
+const_assert!(NUM_MINI <= HEADER_PAGES);
+// A shared page names its mini slabs' slots a byte each, in its descriptor's first word.
 const_assert!(HEADER_PAGES < 256 && GRANULES_PER_PAGE <= 8);
 const_assert!(crate::base::size_class::MAX_SLAB_PAGES * GRANULES_PER_PAGE <= 256);
 

@@ -10,8 +10,8 @@
 //! With four classes per doubling the waste above 64 bytes is at most a fifth of the block;
 //! below it the 16-byte alignment quantum decides (at most 15 bytes). A class whose size is a
 //! multiple of an alignment `a ≤ 4 KiB` has every object aligned to `a`, because slabs start on
-//! a page (mini slabs, of classes up to 1 KiB, on their own size) and objects are packed from the slab's
-//! start; aligned requests rely on that.
+//! a page (mini slabs, of classes up to 1 KiB, on a multiple of their own size) and objects are
+//! packed from the slab's start; aligned requests rely on that.
 //! The table is computed by `const fn`s and its invariants checked at compile time.
 
 use crate::platform::os::{PAGE_SHIFT, PAGE_SIZE};

@@ -649,25 +649,28 @@ impl Arena {
         unsafe {
             // Aligned to its size, so that its blocks are aligned as those of a slab of pages.
             let n = mini_bytes(class) >> GRANULE_SHIFT;
-            let room = |shared: *mut SpanDesc| {
+            let room = (!p.shared.is_null()).then(|| {
                 (0..GRANULES_PER_PAGE)
                     .step_by(n)
-                    .find(|&g| (g..g + n).all(|k| segment::shared_slot(shared, k) == 0))
+                    .find(|&g| (g..g + n).all(|k| segment::shared_slot(p.shared, k) == 0))
+            });
+            let granule = match room.flatten() {
+                Some(g) => g,
+                None => {
+                    let Some((d, _)) = p.heap.alloc(1, 1, true, self.index() as u32) else {
+                        return ptr::null_mut();
+                    };
+                    (*d).kind = kind::SHARED;
+                    (*d).words = [0; 4];
+                    p.shared = d;
+                    0
+                }
             };
-            if p.shared.is_null() || room(p.shared).is_none() {
-                let Some((d, _)) = p.heap.alloc(1, 1, true, self.index() as u32) else {
-                    return ptr::null_mut();
-                };
-                (*d).kind = kind::SHARED;
-                (*d).words = [0; 4];
-                p.shared = d;
-            }
             let shared = p.shared;
             let slot = segment::take_mini_slot(segment::segment_of_desc(shared));
             if slot.is_null() {
                 return ptr::null_mut();
             }
-            let granule = room(shared).unwrap_or(0);
             let start = span_start(shared).add(granule * GRANULE);
             slab::init_mini(slot, class, start);
             segment::give_granules(shared, granule, n, slot);

@@ -700,13 +700,14 @@ const FREES_TOO: u32 = u32::MAX;
 pub unsafe fn refill_size(tc: *mut ThreadCache, class: usize) -> usize {
     // SAFETY: the owner's own cache.
     unsafe {
-        // The request being served is counted: more than one, and this is not the first refill.
-        let unpacked =
-            (*tc).bins[class].requests.load(Ordering::Relaxed) > 1 && in_small_stack(tc, class);
+        let unpacked = in_small_stack(tc, class);
         if unpacked {
+            // The request being served is counted: one, and this is the small stack's first
+            // refill.
+            if (*tc).bins[class].requests.load(Ordering::Relaxed) <= 1 {
+                return (*tc).bins[class].capacity();
+            }
             unpack(tc, class);
-        } else if in_small_stack(tc, class) {
-            return (*tc).bins[class].capacity();
         }
         let bin = &(*tc).bins[class];
         let want = refill_rule(
@@ -778,10 +779,10 @@ unsafe fn in_small_stack(tc: *mut ThreadCache, class: usize) -> bool {
 /// Moves the small stack of `class` ([`in_small_stack`]) to its standard one
 /// (`cache_capacity`), packed among the other classes' too, which takes nothing of the growth
 /// allowance. Thread caches start with small stacks so that a small program's classes share
-/// the cache's first page; a class that outgrows one gets the capacity and the place every stack used
-/// to start with (given a region of its own instead, each class that a thread used a few dozen
-/// times took a page: larson, whose 4 threads at a time use about 20 classes each, 1.19x the
-/// page faults).
+/// the cache's first page; a class that outgrows one gets the capacity and the place every
+/// stack used to start with (given a region of its own instead, each class that a thread used
+/// a few dozen times took a page: larson, whose 4 threads at a time use about 20 classes each,
+/// 1.19x the page faults).
 ///
 /// # Safety
 /// Only the cache's owner may call this, and only while [`in_small_stack`] holds.
